@@ -1,0 +1,27 @@
+//! ftpct: a userspace FTP ALG for Linux.
+//!
+//! The crate is split in two (see docs/design.md):
+//! - the **core**, pure and sans-IO: [`parser`], [`session`], [`expect`], [`seqadj`],
+//!   [`packet`], [`policy`] and the [`engine`] that ties them together. Bytes and timestamps in,
+//!   decisions out; no sockets, no clock, no globals.
+//! - the **I/O shell** used by the daemon: [`nfqueue`], [`ctnetlink`], [`ipset`], [`netlink`],
+//!   [`rules`], [`control`], [`daemon`].
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod engine;
+pub mod expect;
+pub mod packet;
+pub mod parser;
+pub mod policy;
+pub mod seqadj;
+pub mod session;
+pub mod types;
+
+pub mod control;
+pub mod ctnetlink;
+pub mod daemon;
+pub mod ipset;
+pub mod netlink;
+pub mod nfqueue;
+pub mod rules;
