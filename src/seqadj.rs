@@ -1,1 +1,392 @@
-//! (stub: being written)
+//! Sequence-number bookkeeping for rewritten TCP streams (the job of the kernel's
+//! `nf_conntrack_seqadj`, generalised).
+//!
+//! Every payload rewrite of one direction is kept as a [`Record`]: at original sequence number
+//! `pos`, `old_len` bytes were replaced by `new` bytes. Together they define a monotone map from
+//! the sender's sequence space ("original") to the receiver's ("new"):
+//! - outside every record the map is a shift by the sum of the deltas of the records before it,
+//!   so it is a bijection there and [`SeqAdj::unmap`] (used for ACKs and SACK blocks of the other
+//!   direction) inverts it exactly;
+//! - a position inside a replaced range maps into the replacement, clamped to its length, so any
+//!   re-segmentation of a retransmission still yields byte ranges that fit together into one
+//!   consistent rewritten stream ([`SeqAdj::transform`]).
+//!
+//! The kernel keeps a single correction position with an offset before and after it, so a
+//! retransmission of data from before the second-to-last rewrite gets the wrong offset; here the
+//! last [`MAX_RECORDS`] rewrites are kept exactly and older ones are folded into a base offset.
+//! No allocation: records live in a fixed array and replacements are stored inline.
+
+/// How many rewrites per direction are kept exactly.
+pub const MAX_RECORDS: usize = 16;
+/// Longest replacement text (an EPRT argument with a full IPv6 address is 49 bytes).
+pub const MAX_REPLACEMENT: usize = 56;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SeqAdjError {
+    #[error("replacement longer than {MAX_REPLACEMENT} bytes")]
+    TooLong,
+    #[error("rewrite overlaps or precedes an earlier rewrite")]
+    Overlap,
+    #[error("empty rewrite range")]
+    Empty,
+}
+
+/// One rewrite: `old_len` bytes at sequence number `pos` were replaced by `new`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub pos: u32,
+    pub old_len: u32,
+    new_len: u8,
+    new: [u8; MAX_REPLACEMENT],
+}
+
+impl Record {
+    pub fn new_bytes(&self) -> &[u8] {
+        self.new.get(..usize::from(self.new_len)).unwrap_or(&[])
+    }
+    fn new_len(&self) -> u32 {
+        u32::from(self.new_len)
+    }
+    fn delta(&self) -> u32 {
+        self.new_len().wrapping_sub(self.old_len)
+    }
+    /// Offset in the replacement of a point `rel` bytes into the original range.
+    fn inner(&self, rel: u32) -> u32 {
+        if rel >= self.old_len {
+            self.new_len()
+        } else {
+            rel.min(self.new_len())
+        }
+    }
+}
+
+/// Signed distance `a - b` in sequence space.
+fn diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+/// The rewrites of one direction of one connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeqAdj {
+    /// Sum of the deltas of folded (forgotten) records, as a wrapping two's-complement offset.
+    base: u32,
+    len: usize,
+    records: [Option<Record>; MAX_RECORDS],
+}
+
+impl SeqAdj {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when nothing was ever rewritten: every map is the identity.
+    pub fn is_identity(&self) -> bool {
+        self.base == 0 && self.len == 0
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Record> + '_ {
+        self.records.iter().take(self.len).flatten()
+    }
+
+    /// Offset applied after the last rewrite (what the kernel calls `offset_after`).
+    pub fn offset_after(&self) -> i32 {
+        self.records()
+            .fold(self.base, |d, r| d.wrapping_add(r.delta())) as i32
+    }
+
+    /// Position of the last rewrite (the kernel's `correction_pos`).
+    pub fn correction_pos(&self) -> Option<u32> {
+        self.records().last().map(|r| r.pos)
+    }
+
+    /// Folded base offset (for the state file).
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
+    /// Rebuilds from a saved state.
+    pub fn restore(base: u32, records: &[(u32, u32, &[u8])]) -> Result<Self, SeqAdjError> {
+        let mut s = SeqAdj {
+            base,
+            ..Default::default()
+        };
+        for (pos, old_len, new) in records {
+            s.add(*pos, *old_len, new)?;
+        }
+        Ok(s)
+    }
+
+    /// Records that `old_len` bytes at `pos` were replaced by `new`. Rewrites must come in
+    /// stream order; a repeated identical record (the same line seen again) is accepted as a no-op.
+    pub fn add(&mut self, pos: u32, old_len: u32, new: &[u8]) -> Result<(), SeqAdjError> {
+        if old_len == 0 {
+            return Err(SeqAdjError::Empty);
+        }
+        if new.len() > MAX_REPLACEMENT {
+            return Err(SeqAdjError::TooLong);
+        }
+        let mut rec = Record {
+            pos,
+            old_len,
+            new_len: new.len() as u8,
+            new: [0; MAX_REPLACEMENT],
+        };
+        if let Some(dst) = rec.new.get_mut(..new.len()) {
+            dst.copy_from_slice(new);
+        }
+        if let Some(last) = self.records().last() {
+            if *last == rec {
+                return Ok(());
+            }
+            if diff(pos, last.pos.wrapping_add(last.old_len)) < 0 {
+                return Err(SeqAdjError::Overlap);
+            }
+        }
+        if self.len == MAX_RECORDS {
+            if let Some(oldest) = self.records[0].take() {
+                self.base = self.base.wrapping_add(oldest.delta());
+            }
+            self.records.rotate_left(1);
+            self.len -= 1;
+        }
+        self.records[self.len] = Some(rec);
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Maps a sequence number of the sender's space to the receiver's.
+    pub fn map(&self, p: u32) -> u32 {
+        let mut d = self.base;
+        for r in self.records() {
+            let rel = diff(p, r.pos);
+            if rel <= 0 {
+                break;
+            }
+            if rel as u32 >= r.old_len {
+                d = d.wrapping_add(r.delta());
+                continue;
+            }
+            return r.pos.wrapping_add(d).wrapping_add(r.inner(rel as u32));
+        }
+        p.wrapping_add(d)
+    }
+
+    /// Maps a sequence number of the receiver's space back to the sender's (for ACK and SACK of
+    /// the other direction). Exact inverse of [`SeqAdj::map`] outside replaced ranges.
+    pub fn unmap(&self, q: u32) -> u32 {
+        let mut d = self.base;
+        for r in self.records() {
+            let new_start = r.pos.wrapping_add(d);
+            let rel = diff(q, new_start);
+            if rel <= 0 {
+                break;
+            }
+            if rel as u32 >= r.new_len() {
+                d = d.wrapping_add(r.delta());
+                continue;
+            }
+            return r.pos.wrapping_add((rel as u32).min(r.old_len));
+        }
+        q.wrapping_sub(d)
+    }
+
+    /// Writes the rewritten form of the original bytes `payload` starting at sequence number
+    /// `seq` into `out` (cleared first) and returns the sequence number they start at in the
+    /// receiver's space. Works for any segment: first transmission, retransmission, or a
+    /// re-segmented retransmission that splits a replaced range.
+    pub fn transform(&self, seq: u32, payload: &[u8], out: &mut Vec<u8>) -> u32 {
+        out.clear();
+        let len = payload.len() as i64;
+        let mut cursor: usize = 0;
+        for r in self.records() {
+            let start = i64::from(diff(r.pos, seq));
+            let end = start + i64::from(r.old_len);
+            if end <= 0 {
+                continue;
+            }
+            if start >= len {
+                break;
+            }
+            let ov_start = start.max(0) as usize;
+            let ov_end = end.min(len) as usize;
+            if let Some(id) = payload.get(cursor..ov_start) {
+                out.extend_from_slice(id);
+            }
+            let a = r.inner((ov_start as i64 - start) as u32) as usize;
+            let b = r.inner((ov_end as i64 - start) as u32) as usize;
+            if let Some(rep) = r.new_bytes().get(a..b) {
+                out.extend_from_slice(rep);
+            }
+            cursor = ov_end;
+        }
+        if let Some(rest) = payload.get(cursor..) {
+            out.extend_from_slice(rest);
+        }
+        self.map(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Applies records to an original stream starting at `isn` (the model).
+    fn model(isn: u32, orig: &[u8], recs: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut cur = 0usize;
+        for (pos, old, new) in recs {
+            let s = pos.wrapping_sub(isn) as usize;
+            out.extend_from_slice(&orig[cur..s]);
+            out.extend_from_slice(new);
+            cur = s + *old as usize;
+        }
+        out.extend_from_slice(&orig[cur..]);
+        out
+    }
+
+    #[test]
+    fn lengthen_then_shorten() {
+        let mut s = SeqAdj::new();
+        assert!(s.is_identity());
+        // "PORT 10,0,0,2,4,1" at 1000: args at 1005, 12 bytes -> 18 bytes (+6)
+        s.add(1005, 12, b"203,0,113,10,4,1").unwrap(); // 16 bytes: +4
+        assert_eq!(s.map(1000), 1000);
+        assert_eq!(s.map(1005), 1005);
+        assert_eq!(s.map(1017), 1021);
+        assert_eq!(s.unmap(1021), 1017);
+        s.add(1100, 16, b"1,2,3,4,4,1").unwrap(); // 11 bytes: -5
+        assert_eq!(s.map(1116), 1116 + 4 - 5);
+        assert_eq!(s.unmap(1115), 1116);
+        assert_eq!(s.offset_after(), -1);
+        // retransmission of data before both rewrites is unchanged
+        assert_eq!(s.map(1001), 1001);
+        // between the two
+        assert_eq!(s.map(1050), 1054);
+    }
+
+    #[test]
+    fn wraparound() {
+        let mut s = SeqAdj::new();
+        let pos = u32::MAX - 3;
+        s.add(pos, 4, b"abcdefgh").unwrap();
+        assert_eq!(s.map(pos.wrapping_add(4)), pos.wrapping_add(8));
+        assert_eq!(s.map(5), 9);
+        assert_eq!(s.unmap(9), 5);
+    }
+
+    #[test]
+    fn repeated_identical_record_is_noop_and_overlap_refused() {
+        let mut s = SeqAdj::new();
+        s.add(10, 5, b"abcdefg").unwrap();
+        s.add(10, 5, b"abcdefg").unwrap();
+        assert_eq!(s.records().count(), 1);
+        assert_eq!(s.add(12, 5, b"x"), Err(SeqAdjError::Overlap));
+        assert_eq!(s.add(20, 0, b"x"), Err(SeqAdjError::Empty));
+        assert_eq!(s.add(20, 1, &[b'x'; 60]), Err(SeqAdjError::TooLong));
+    }
+
+    #[test]
+    fn folding_keeps_the_offset() {
+        let mut s = SeqAdj::new();
+        for i in 0..(MAX_RECORDS as u32 + 5) {
+            s.add(100 * i + 1, 2, b"abc").unwrap();
+        }
+        assert_eq!(s.records().count(), MAX_RECORDS);
+        let n = MAX_RECORDS as u32 + 5;
+        assert_eq!(s.offset_after(), n as i32);
+        assert_eq!(s.map(100 * n + 50), 100 * n + 50 + n);
+    }
+
+    #[test]
+    fn transform_split_record() {
+        let orig = b"xxPORT 10,0,0,2,4,1\r\nyy";
+        let isn = 500u32;
+        let mut s = SeqAdj::new();
+        s.add(isn + 7, 12, b"203,0,113,10,4,1").unwrap();
+        let want = model(isn, orig, &[(isn + 7, 12, b"203,0,113,10,4,1".to_vec())]);
+        // every split point into two segments
+        for cut in 0..=orig.len() {
+            let mut out = Vec::new();
+            let mut stream = vec![0u8; want.len()];
+            let s1 = s.transform(isn, &orig[..cut], &mut out);
+            stream[(s1 - isn) as usize..][..out.len()].copy_from_slice(&out);
+            let l1 = out.len();
+            let s2 = s.transform(isn + cut as u32, &orig[cut..], &mut out);
+            assert_eq!((s2 - isn) as usize, l1, "segments must be contiguous at cut {cut}");
+            stream[(s2 - isn) as usize..][..out.len()].copy_from_slice(&out);
+            assert_eq!(l1 + out.len(), want.len());
+            assert_eq!(stream, want);
+        }
+    }
+
+    fn arb_stream() -> impl Strategy<Value = (u32, Vec<u8>, Vec<(u32, u32, Vec<u8>)>)> {
+        (
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 1..300),
+            prop::collection::vec((1u32..40, 1u32..20, prop::collection::vec(any::<u8>(), 0..40)), 0..8),
+        )
+            .prop_map(|(isn, orig, gaps)| {
+                let mut recs = Vec::new();
+                let mut at = 0u32;
+                for (gap, old, new) in gaps {
+                    let start = at + gap;
+                    if (start + old) as usize > orig.len() {
+                        break;
+                    }
+                    let new = if new.is_empty() { vec![b'z'] } else { new };
+                    recs.push((isn.wrapping_add(start), old, new));
+                    at = start + old;
+                }
+                (isn, orig, recs)
+            })
+    }
+
+    proptest! {
+        /// map/unmap are inverse outside replaced ranges, and map is monotone everywhere.
+        #[test]
+        fn map_is_a_monotone_bijection_outside_records((isn, orig, recs) in arb_stream()) {
+            let mut s = SeqAdj::new();
+            for (p, o, n) in &recs { s.add(*p, *o, n).unwrap(); }
+            let mut prev: Option<u32> = None;
+            for i in 0..=orig.len() as u32 {
+                let p = isn.wrapping_add(i);
+                let m = s.map(p);
+                if let Some(pm) = prev { prop_assert!(diff(m, pm) >= 0); }
+                prev = Some(m);
+                let inside = recs.iter().any(|(rp, o, _)| { let r = diff(p, *rp); r > 0 && (r as u32) < *o });
+                if !inside { prop_assert_eq!(s.unmap(m), p); }
+            }
+        }
+
+        /// Any segmentation, retransmission and reordering of the original stream yields
+        /// segments that agree byte for byte with the rewritten stream at their mapped position.
+        #[test]
+        fn any_interleaving_of_segments_is_consistent(
+            (isn, orig, recs) in arb_stream(),
+            cuts in prop::collection::vec((0usize..300, 0usize..300), 1..30),
+        ) {
+            let mut s = SeqAdj::new();
+            for (p, o, n) in &recs { s.add(*p, *o, n).unwrap(); }
+            let want = model(isn, &orig, &recs);
+            let mut covered = vec![false; want.len()];
+            let mut segs: Vec<(usize, usize)> = cuts.iter().map(|(a, b)| {
+                let a = a % (orig.len() + 1); let b = b % (orig.len() + 1);
+                (a.min(b), a.max(b))
+            }).collect();
+            segs.push((0, orig.len()));
+            let mut out = Vec::new();
+            for (a, b) in segs {
+                let ns = s.transform(isn.wrapping_add(a as u32), &orig[a..b], &mut out);
+                let off = ns.wrapping_sub(isn.wrapping_add(0)) as usize;
+                let off = off.wrapping_sub(s.base as usize);
+                prop_assert!(off + out.len() <= want.len());
+                prop_assert_eq!(&want[off..off + out.len()], &out[..]);
+                for c in covered.iter_mut().skip(off).take(out.len()) { *c = true; }
+                // the segment end maps to where the output ends
+                prop_assert_eq!(s.map(isn.wrapping_add(b as u32)), ns.wrapping_add(out.len() as u32));
+            }
+            prop_assert!(covered.iter().all(|c| *c));
+        }
+    }
+}
