@@ -1,1 +1,1066 @@
-//! (stub: being written)
+//! The sans-IO FTP ALG engine: packets and timestamps in; verdicts, actions and events out.
+//!
+//! Shaped like quinn-proto's `Connection`: the I/O shell calls [`Engine::handle_packet`] for
+//! every queued packet, carries out the returned [`Verdict`] after draining
+//! [`Engine::poll_action`] (kernel work such as creating a conntrack entry, which must happen
+//! before the verdict), logs what [`Engine::poll_event`] yields, and calls
+//! [`Engine::handle_timeout`] when [`Engine::poll_timeout`] says so. The engine never reads a
+//! clock and does no I/O, so every rule is tested with simulated packets and time.
+//!
+//! Sequence spaces (see [`Hook`]): at [`Hook::PreConntrack`] the payload is parsed, rewritten,
+//! and the packet's own `seq` mapped into the receiver's space; at [`Hook::PostConntrack`] the
+//! `ack` and SACK blocks are mapped back into the sender's space. Conntrack, between the two,
+//! therefore sees one consistent sequence space per direction and its strict window tracking
+//! keeps accepting the connection.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation, InsertError};
+use crate::packet::{self, Edit, TcpPacket};
+use crate::parser::{self, Command, ParseError};
+use crate::policy::{Policy, Refusal};
+use crate::session::{LineOut, Pending, Session};
+use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
+
+/// Engine configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// TCP ports of FTP control connections (server side).
+    pub control_ports: Vec<u16>,
+    pub policy: Policy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            control_ports: vec![21],
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// What the shell knows about the packet's conntrack entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtHint {
+    /// Not looked up (the common case: the engine knows the flow).
+    NotLooked,
+    /// Looked up: these are the tuples.
+    Found(CtTuples),
+    /// Looked up: the kernel has no entry (or lookups are unavailable).
+    Missing,
+}
+
+/// What to do with the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it continue unchanged.
+    Accept,
+    /// Let it continue as [`Engine::modified_packet`].
+    AcceptModified,
+    /// Drop it (a held partial line, or an out-of-order segment; the sender retransmits).
+    Drop,
+    /// The engine needs the conntrack entry of this packet's flow: look it up (ctnetlink, by the
+    /// packet's tuple in either direction) and call `handle_packet` again with the result.
+    NeedConntrack(FlowTuple),
+}
+
+/// Kernel work for the shell, in order, before the verdict of the packet that caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create this conntrack entry (ctnetlink) so the data connection is RELATED and NATed.
+    CreateRelated(RelatedEntry),
+    /// Let SYNs to `dst` be queued (ipset add with this timeout).
+    WatchDst { dst: SocketAddr, timeout_secs: u32 },
+    /// Stop queueing SYNs to `dst` (ipset del).
+    UnwatchDst { dst: SocketAddr },
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Closed,
+    Reset,
+    Idle,
+    Evicted,
+}
+
+/// Why an expectation went away without being used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoveReason {
+    Expired,
+    /// The per-session limit evicted it for a newer one.
+    Evicted,
+    /// The same data address was announced again.
+    Replaced,
+    /// Its control session ended.
+    MasterGone,
+}
+
+/// The FTP messages the engine acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsgKind {
+    Port,
+    Eprt,
+    Pasv,
+    Epsv,
+    Reply227,
+    Reply229,
+    AuthTls,
+    Reply234,
+}
+
+impl MsgKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            MsgKind::Port => "port",
+            MsgKind::Eprt => "eprt",
+            MsgKind::Pasv => "pasv",
+            MsgKind::Epsv => "epsv",
+            MsgKind::Reply227 => "227",
+            MsgKind::Reply229 => "229",
+            MsgKind::AuthTls => "auth_tls",
+            MsgKind::Reply234 => "234",
+        }
+    }
+}
+
+/// Something worth a log line or a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    SessionStart { id: SessionId, ct: CtTuples },
+    SessionEnd { id: SessionId, ct: CtTuples, reason: EndReason },
+    Message { id: SessionId, kind: MsgKind },
+    Rewritten { id: SessionId, kind: ExpectKind, from: SocketAddr, to: SocketAddr },
+    ExpectCreated { id: ExpectId, exp: Expectation },
+    ExpectUsed { id: ExpectId, exp: Expectation, data: FlowTuple },
+    ExpectRemoved { id: ExpectId, exp: Expectation, reason: RemoveReason },
+    Refused { id: SessionId, kind: ExpectKind, addr: SocketAddr, reason: Refusal },
+    ParseFailed { id: SessionId, dir: Dir, kind: MsgKind, error: ParseError },
+    /// AUTH TLS accepted: data connections of this session will not be admitted.
+    TlsStarted { id: SessionId },
+    LineTooLong { id: SessionId, dir: Dir },
+    /// A partial line was held and never completed; let through without rewrite.
+    HoldGaveUp { id: SessionId, dir: Dir },
+    /// A message needed rewriting but its line had already been let through.
+    NotRewritten { id: SessionId, kind: ExpectKind },
+}
+
+/// Counters for metrics. Monotonic except `sessions`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub packets_accepted: u64,
+    pub packets_modified: u64,
+    pub packets_dropped_held: u64,
+    pub packets_dropped_ooo: u64,
+    pub packets_malformed: u64,
+    pub messages: [u64; 8],
+    pub rewrites: u64,
+    pub expect_created: u64,
+    pub expect_used: u64,
+    pub expect_expired: u64,
+    pub expect_evicted: u64,
+    pub refused_bounce: u64,
+    pub refused_privileged: u64,
+    pub refused_other: u64,
+    pub parse_failures: u64,
+    pub tls_sessions: u64,
+    pub lines_too_long: u64,
+    pub hold_gave_up: u64,
+    pub sessions_started: u64,
+    pub sessions_evicted: u64,
+    pub syn_unmatched: u64,
+    pub events_dropped: u64,
+}
+
+const MAX_EVENTS: usize = 4096;
+const MAX_ACTIONS: usize = 4096;
+/// Public port candidates tried per rewrite (bounded work on the packet path).
+const PORT_TRIES: u32 = 4096;
+/// CTA_TIMEOUT of a created data entry, until its SYN moves it on.
+const DATA_CT_TIMEOUT: u32 = 120;
+/// Minimum segment size assumed when merging held bytes into the next segment.
+const MIN_MERGE: u32 = 536;
+
+/// Flow index key: which hook class the tuple was seen at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    tuple: FlowTuple,
+    post: bool,
+}
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    cfg: Config,
+    sessions: HashMap<SessionId, Session>,
+    flows: HashMap<FlowKey, (SessionId, Dir)>,
+    /// (deadline, session) — lazily updated: an entry may be older than the session's real
+    /// deadline, in which case it is re-inserted when reached.
+    deadlines: BTreeSet<(Timestamp, SessionId)>,
+    expect: ExpectTable,
+    next_session: u64,
+    events: VecDeque<Event>,
+    actions: VecDeque<Action>,
+    stats: Stats,
+    out: Vec<u8>,
+    line: Vec<u8>,
+    orig: Vec<u8>,
+    xform: Vec<u8>,
+    fmt: Vec<u8>,
+    scratch_removed: Vec<(ExpectId, Expectation)>,
+    /// Time of the packet or timeout being handled.
+    now: Timestamp,
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Self {
+        let limits = ExpectLimits {
+            max_total: cfg.policy.max_expectations,
+            max_per_master: cfg.policy.max_expect_per_session.max(1),
+        };
+        Engine {
+            cfg,
+            sessions: HashMap::new(),
+            flows: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            expect: ExpectTable::new(limits),
+            next_session: 1,
+            events: VecDeque::new(),
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+            out: Vec::with_capacity(2048),
+            line: Vec::with_capacity(256),
+            orig: Vec::with_capacity(2048),
+            xform: Vec::with_capacity(2048),
+            fmt: Vec::with_capacity(64),
+            scratch_removed: Vec::new(),
+            now: Timestamp::ZERO,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Applies a new configuration (SIGHUP reload) without touching live state.
+    pub fn reconfigure(&mut self, cfg: Config) {
+        self.expect.set_limits(ExpectLimits {
+            max_total: cfg.policy.max_expectations,
+            max_per_master: cfg.policy.max_expect_per_session.max(1),
+        });
+        self.cfg = cfg;
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> + '_ {
+        self.sessions.values()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn expectations(&self) -> &ExpectTable {
+        &self.expect
+    }
+
+    /// The packet to send for [`Verdict::AcceptModified`].
+    pub fn modified_packet(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let s = self.deadlines.iter().next().map(|(t, _)| *t);
+        match (s, self.expect.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires expectations and idle or closed sessions.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.now = now;
+        let mut removed = std::mem::take(&mut self.scratch_removed);
+        removed.clear();
+        self.expect.expire(now, &mut removed);
+        for (id, exp) in removed.drain(..) {
+            self.stats.expect_expired += 1;
+            self.unwatch(exp.dst);
+            self.event(Event::ExpectRemoved {
+                id,
+                exp,
+                reason: RemoveReason::Expired,
+            });
+        }
+        self.scratch_removed = removed;
+        while let Some(&(t, sid)) = self.deadlines.iter().next() {
+            if t > now {
+                break;
+            }
+            self.deadlines.remove(&(t, sid));
+            let Some(s) = self.sessions.get(&sid) else { continue };
+            let real = self.deadline_of(s);
+            if real > now {
+                self.deadlines.insert((real, sid));
+                continue;
+            }
+            let reason = if s.reset {
+                EndReason::Reset
+            } else if s.is_closing() {
+                EndReason::Closed
+            } else {
+                EndReason::Idle
+            };
+            self.end_session(sid, reason);
+        }
+    }
+
+    fn deadline_of(&self, s: &Session) -> Timestamp {
+        let p = &self.cfg.policy;
+        if s.is_closing() {
+            s.last_seen.add(p.session_close_linger)
+        } else {
+            s.last_seen.add(p.session_idle_timeout)
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        self.events.push_back(e);
+    }
+
+    fn action(&mut self, a: Action) {
+        if self.actions.len() < MAX_ACTIONS {
+            self.actions.push_back(a);
+        }
+    }
+
+    fn unwatch(&mut self, dst: SocketAddr) {
+        self.action(Action::UnwatchDst { dst });
+    }
+
+    fn is_control_port(&self, p: u16) -> bool {
+        self.cfg.control_ports.contains(&p)
+    }
+
+    /// Handles one queued packet (bytes from the IP header on).
+    pub fn handle_packet(&mut self, bytes: &[u8], hook: Hook, ct: CtHint, now: Timestamp) -> Verdict {
+        self.now = now;
+        let pkt = match TcpPacket::parse(bytes) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.packets_malformed += 1;
+                self.stats.packets_accepted += 1;
+                return Verdict::Accept;
+            }
+        };
+        let post = hook == Hook::PostConntrack;
+        let key = FlowKey {
+            tuple: pkt.tuple,
+            post,
+        };
+        let found = self.flows.get(&key).copied();
+        let (sid, dir) = match found {
+            Some(x) => x,
+            None => {
+                let control = self.is_control_port(pkt.tuple.dst.port()) || self.is_control_port(pkt.tuple.src.port());
+                if !post && pkt.flags.syn && !pkt.flags.ack {
+                    if !control {
+                        return self.data_syn(&pkt, now);
+                    }
+                    // A control connection's SYN: nothing to track until the SYN-ACK.
+                    self.stats.packets_accepted += 1;
+                    return Verdict::Accept;
+                }
+                if post || !control || pkt.flags.rst {
+                    self.stats.packets_accepted += 1;
+                    return Verdict::Accept;
+                }
+                let cttuples = match ct {
+                    CtHint::NotLooked => return Verdict::NeedConntrack(pkt.tuple),
+                    CtHint::Found(t) => t,
+                    CtHint::Missing => {
+                        // Without a kernel entry we assume no NAT: tracking still works,
+                        // nothing is rewritten.
+                        if self.is_control_port(pkt.tuple.dst.port()) {
+                            CtTuples::untranslated(pkt.tuple)
+                        } else {
+                            CtTuples::untranslated(pkt.tuple.inverse())
+                        }
+                    }
+                };
+                match self.new_session(&pkt, cttuples, now) {
+                    Some(x) => x,
+                    None => {
+                        self.stats.packets_accepted += 1;
+                        return Verdict::Accept;
+                    }
+                }
+            }
+        };
+        let verdict = if post {
+            self.post(&pkt, sid, dir, now)
+        } else {
+            self.pre(&pkt, sid, dir, now)
+        };
+        match verdict {
+            Verdict::Accept => self.stats.packets_accepted += 1,
+            Verdict::AcceptModified => self.stats.packets_modified += 1,
+            _ => {}
+        }
+        verdict
+    }
+
+    fn new_session(&mut self, pkt: &TcpPacket<'_>, ct: CtTuples, now: Timestamp) -> Option<(SessionId, Dir)> {
+        let dir = if pkt.tuple == ct.original {
+            Dir::Original
+        } else if pkt.tuple == ct.reply {
+            Dir::Reply
+        } else {
+            return None;
+        };
+        if !self.is_control_port(ct.original.dst.port()) && !self.is_control_port(ct.reply.src.port()) {
+            return None;
+        }
+        if self.sessions.len() >= self.cfg.policy.max_sessions.max(1) {
+            self.evict_one();
+        }
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let mut s = Session::new(id, ct, now);
+        if dir == Dir::Reply && pkt.flags.syn && pkt.flags.ack {
+            // SYN-ACK: both streams start here, at a line start.
+            s.dir_mut(Dir::Reply).sync(pkt.seq.wrapping_add(1), true);
+            s.dir_mut(Dir::Original).sync(pkt.ack, true);
+        }
+        let deadline = self.deadline_of(&s);
+        self.sessions.insert(id, s);
+        self.deadlines.insert((deadline, id));
+        self.index(id, &ct, true);
+        self.stats.sessions_started += 1;
+        self.event(Event::SessionStart { id, ct });
+        Some((id, dir))
+    }
+
+    fn index(&mut self, id: SessionId, ct: &CtTuples, add: bool) {
+        let mid = ct.mid();
+        let keys = [
+            (ct.original, false, Dir::Original),
+            (ct.reply, false, Dir::Reply),
+            (mid, true, Dir::Original),
+            (mid.inverse(), true, Dir::Reply),
+        ];
+        for (tuple, post, dir) in keys {
+            let k = FlowKey { tuple, post };
+            if add {
+                self.flows.insert(k, (id, dir));
+            } else if self.flows.get(&k).map(|x| x.0) == Some(id) {
+                self.flows.remove(&k);
+            }
+        }
+    }
+
+    /// Ends the least recently active session (bounded memory under a flood of sessions).
+    fn evict_one(&mut self) {
+        while let Some(&(t, sid)) = self.deadlines.iter().next() {
+            self.deadlines.remove(&(t, sid));
+            let Some(s) = self.sessions.get(&sid) else { continue };
+            let real = self.deadline_of(s);
+            if real > t {
+                self.deadlines.insert((real, sid));
+                continue;
+            }
+            self.stats.sessions_evicted += 1;
+            self.end_session(sid, EndReason::Evicted);
+            return;
+        }
+    }
+
+    fn end_session(&mut self, sid: SessionId, reason: EndReason) {
+        let Some(s) = self.sessions.remove(&sid) else { return };
+        self.index(sid, &s.ct, false);
+        let mut removed = std::mem::take(&mut self.scratch_removed);
+        removed.clear();
+        self.expect.remove_master(sid, &mut removed);
+        for (id, exp) in removed.drain(..) {
+            self.unwatch(exp.dst);
+            self.event(Event::ExpectRemoved {
+                id,
+                exp,
+                reason: RemoveReason::MasterGone,
+            });
+        }
+        self.scratch_removed = removed;
+        self.event(Event::SessionEnd {
+            id: sid,
+            ct: s.ct,
+            reason,
+        });
+    }
+
+    /// A SYN that is not on a control port: a data connection that may match an expectation.
+    fn data_syn(&mut self, pkt: &TcpPacket<'_>, now: Timestamp) -> Verdict {
+        self.stats.packets_accepted += 1;
+        let Some((id, _)) = self.expect.lookup(pkt.tuple.src.ip(), pkt.tuple.dst) else {
+            self.stats.syn_unmatched += 1;
+            return Verdict::Accept;
+        };
+        let Some(exp) = self.expect.remove(id) else {
+            return Verdict::Accept;
+        };
+        self.unwatch(exp.dst);
+        let Some(master) = self.sessions.get(&exp.master) else {
+            return Verdict::Accept;
+        };
+        if exp.expires <= now {
+            self.stats.expect_expired += 1;
+            self.event(Event::ExpectRemoved {
+                id,
+                exp,
+                reason: RemoveReason::Expired,
+            });
+            return Verdict::Accept;
+        }
+        // Follow the master's NAT like the kernel's nf_nat_follow_master: the data connection
+        // appears to come from where the master's peer sends to, and goes to the announced
+        // (private) endpoint.
+        let announcer = match exp.kind {
+            ExpectKind::Port | ExpectKind::Eprt => Dir::Original,
+            ExpectKind::Pasv227 | ExpectKind::Epsv229 => Dir::Reply,
+        };
+        let snat = master.tuple(announcer).dst.ip();
+        let dnat = exp.nat_to.unwrap_or(exp.dst);
+        let translated = snat != pkt.tuple.src.ip() || dnat != pkt.tuple.dst;
+        let entry = RelatedEntry {
+            original: pkt.tuple,
+            nat_src: translated.then_some(snat),
+            nat_dst: translated.then_some(dnat),
+            master: master.ct.original,
+            mark: self.cfg.policy.data_mark,
+            timeout_secs: DATA_CT_TIMEOUT,
+        };
+        self.stats.expect_used += 1;
+        self.action(Action::CreateRelated(entry));
+        self.event(Event::ExpectUsed {
+            id,
+            exp,
+            data: pkt.tuple,
+        });
+        Verdict::Accept
+    }
+
+    /// After conntrack: map ACK and SACK back into the sender's space.
+    fn post(&mut self, pkt: &TcpPacket<'_>, sid: SessionId, dir: Dir, now: Timestamp) -> Verdict {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Verdict::Accept;
+        };
+        s.last_seen = now;
+        let adj = &s.dir(dir.flip()).seqadj;
+        if adj.is_identity() || !pkt.flags.ack {
+            return Verdict::Accept;
+        }
+        let ack = adj.unmap(pkt.ack);
+        let map = |x: u32| adj.unmap(x);
+        let edit = Edit {
+            seq: pkt.seq,
+            ack,
+            payload: None,
+            sack: Some(&map),
+            clear_fin: false,
+        };
+        match packet::build(pkt, &edit, &mut self.out) {
+            Ok(()) => Verdict::AcceptModified,
+            Err(_) => Verdict::Accept,
+        }
+    }
+
+    /// Before conntrack: parse new bytes, rewrite, and map `seq` into the receiver's space.
+    fn pre(&mut self, pkt: &TcpPacket<'_>, sid: SessionId, dir: Dir, now: Timestamp) -> Verdict {
+        let max_line = self.cfg.policy.max_line;
+        let max_hold = self.cfg.policy.max_hold_retries;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Verdict::Accept;
+        };
+        s.last_seen = now;
+        let was_closing = s.is_closing();
+        if pkt.flags.rst {
+            s.reset = true;
+        }
+        if pkt.flags.fin {
+            s.dir_mut(dir).fin = true;
+        }
+        if !was_closing && s.is_closing() {
+            let t = now.add(self.cfg.policy.session_close_linger);
+            self.deadlines.insert((t, sid));
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Verdict::Accept;
+        };
+        let payload = pkt.payload();
+        let plen = pkt.payload_len();
+        let seq = pkt.seq;
+        let end = seq.wrapping_add(plen);
+        {
+            let d = s.dir_mut(dir);
+            d.max_seg = d.max_seg.max(plen);
+            if !d.synced {
+                // Picked up mid-stream (restart without state, or the SYN-ACK was missed).
+                d.sync(if pkt.flags.syn { seq.wrapping_add(1) } else { seq }, pkt.flags.syn);
+            }
+        }
+        let d = s.dir(dir);
+        let rel_start = end_diff(seq, d.next);
+        let rel_end = end_diff(end, d.next);
+        if rel_start > 0 && plen > 0 {
+            // A gap before this segment: we cannot know what the missing bytes rewrite, so the
+            // segment cannot be placed yet. Drop it; the sender retransmits in order.
+            self.stats.packets_dropped_ooo += 1;
+            return Verdict::Drop;
+        }
+
+        // Feed the new bytes, if any, to the line assembler.
+        let mut merged_from: Option<u32> = None;
+        let mut hold_from: Option<u32> = None;
+        if rel_end > 0 && !s.encrypted {
+            let held = s.dir(dir).held_from;
+            // Bytes of the held partial line, needed if they are merged into this segment.
+            self.orig.clear();
+            if held.is_some() {
+                self.orig.extend_from_slice(&s.dir(dir).line);
+            }
+            let skip = (-rel_start).max(0) as usize;
+            let fresh = payload.get(skip..).unwrap_or(&[]);
+            self.feed(sid, dir, fresh, max_line);
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return Verdict::Accept;
+            };
+            let multiline = s.multiline;
+            let nat = rewrite_possible(&s.ct, dir);
+            let d = s.dir_mut(dir);
+            if let Some(h) = held {
+                if d.held_from.is_some() && !d.line.is_empty() && d.line_start == h {
+                    // Still incomplete: keep holding from the same place.
+                } else {
+                    d.held_from = None;
+                    d.hold_tries = 0;
+                    merged_from = Some(h);
+                }
+            }
+            // Hold a partial line that may need a rewrite once complete.
+            if !d.line.is_empty() && !d.skipping && !d.no_rewrite_line && !pkt.flags.fin && !pkt.flags.rst {
+                if nat && may_need_rewrite(dir, &d.line, multiline) {
+                    hold_from = Some(d.line_start);
+                    if d.held_from.is_none() {
+                        d.held_from = Some(d.line_start);
+                        d.hold_tries = 0;
+                    }
+                }
+            }
+        } else if rel_end > 0 {
+            // Encrypted: no parsing, just advance.
+            s.dir_mut(dir).next = end;
+        } else if let (Some(h), true) = (s.dir(dir).held_from, plen > 0) {
+            // A retransmission of bytes we already have. If it reaches into the held bytes,
+            // the sender is waiting for them to be acknowledged.
+            if end_diff(end, h) > 0 {
+                let d = s.dir_mut(dir);
+                d.hold_tries = d.hold_tries.saturating_add(1);
+                if d.hold_tries > max_hold {
+                    d.held_from = None;
+                    d.no_rewrite_line = true;
+                    self.stats.hold_gave_up += 1;
+                    self.event(Event::HoldGaveUp { id: sid, dir });
+                } else {
+                    hold_from = Some(h);
+                }
+            }
+        }
+
+        let Some(s) = self.sessions.get(&sid) else {
+            return Verdict::Accept;
+        };
+        let adj = &s.dir(dir).seqadj;
+
+        // The byte range of the original stream this packet will carry.
+        let mut emit_start = seq;
+        let mut prefix_len = 0usize;
+        if let Some(h) = merged_from {
+            let total = end.wrapping_sub(h);
+            let limit = s.dir(dir).max_seg.max(MIN_MERGE);
+            if end_diff(seq, h) > 0 && total <= limit && self.orig.len() == seq.wrapping_sub(h) as usize {
+                emit_start = h;
+                prefix_len = self.orig.len();
+            }
+        }
+        self.orig.truncate(prefix_len);
+        let mut emit_end = end;
+        if let Some(h) = hold_from {
+            if end_diff(h, emit_start) <= 0 {
+                self.stats.packets_dropped_held += 1;
+                return Verdict::Drop;
+            }
+            if end_diff(h, end) < 0 {
+                emit_end = h;
+            }
+        }
+        let keep = emit_end.wrapping_sub(seq) as usize;
+        self.orig.extend_from_slice(payload.get(..keep).unwrap_or(payload));
+        let changed_range = emit_start != seq || emit_end != end;
+        if !changed_range && adj.is_identity() {
+            return Verdict::Accept;
+        }
+        let new_seq = adj.transform(emit_start, &self.orig, &mut self.xform);
+        if !changed_range && new_seq == seq && self.xform == payload {
+            return Verdict::Accept;
+        }
+        let edit = Edit {
+            seq: new_seq,
+            ack: pkt.ack,
+            payload: Some(&self.xform),
+            sack: None,
+            clear_fin: emit_end != end,
+        };
+        match packet::build(pkt, &edit, &mut self.out) {
+            Ok(()) => Verdict::AcceptModified,
+            Err(_) => Verdict::Accept,
+        }
+    }
+
+    /// Feeds in-order bytes of one direction and acts on each complete line.
+    fn feed(&mut self, sid: SessionId, dir: Dir, fresh: &[u8], max_line: usize) {
+        let mut pos = 0usize;
+        let mut line = std::mem::take(&mut self.line);
+        loop {
+            let Some(s) = self.sessions.get_mut(&sid) else { break };
+            match s.dir_mut(dir).next_line(fresh, &mut pos, max_line, &mut line) {
+                LineOut::NeedMore => break,
+                LineOut::Overlong => {
+                    self.stats.lines_too_long += 1;
+                    self.event(Event::LineTooLong { id: sid, dir });
+                }
+                LineOut::Line(at) => {
+                    let no_rewrite = s.dir(dir).no_rewrite_line;
+                    s.dir_mut(dir).no_rewrite_line = false;
+                    match dir {
+                        Dir::Original => self.on_command(sid, &line, at, no_rewrite),
+                        Dir::Reply => self.on_reply(sid, &line, at, no_rewrite),
+                    }
+                }
+            }
+        }
+        self.line = line;
+    }
+
+    fn count(&mut self, sid: SessionId, kind: MsgKind) {
+        self.stats.messages[kind as usize] += 1;
+        self.event(Event::Message { id: sid, kind });
+    }
+
+    fn on_command(&mut self, sid: SessionId, line: &[u8], at: u32, no_rewrite: bool) {
+        match parser::parse_command(line) {
+            Ok(Command::Port(f)) => {
+                self.count(sid, MsgKind::Port);
+                self.announce(sid, Dir::Original, ExpectKind::Port, SocketAddr::V4(f.addr), f.span, 0, at, no_rewrite);
+            }
+            Ok(Command::Eprt { found, delim }) => {
+                self.count(sid, MsgKind::Eprt);
+                self.announce(sid, Dir::Original, ExpectKind::Eprt, found.addr, found.span, delim, at, no_rewrite);
+            }
+            Ok(Command::Pasv) => {
+                self.count(sid, MsgKind::Pasv);
+                self.set_pending(sid, Pending::Pasv);
+            }
+            Ok(Command::Epsv) => {
+                self.count(sid, MsgKind::Epsv);
+                self.set_pending(sid, Pending::Epsv);
+            }
+            Ok(Command::AuthTls) => {
+                self.count(sid, MsgKind::AuthTls);
+                self.set_pending(sid, Pending::AuthTls);
+            }
+            Ok(Command::Other) => {}
+            Err(error) => {
+                let kind = if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"EPRT") {
+                    MsgKind::Eprt
+                } else {
+                    MsgKind::Port
+                };
+                self.stats.parse_failures += 1;
+                self.event(Event::ParseFailed {
+                    id: sid,
+                    dir: Dir::Original,
+                    kind,
+                    error,
+                });
+            }
+        }
+    }
+
+    fn set_pending(&mut self, sid: SessionId, p: Pending) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.pending = p;
+        }
+    }
+
+    fn on_reply(&mut self, sid: SessionId, line: &[u8], at: u32, no_rewrite: bool) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let start = parser::parse_reply_start(line);
+        // Which reply this line belongs to, and whether it ends it.
+        let (code, last) = match (s.multiline, start) {
+            (Some(c), Some(r)) if r.code == c && !r.multiline => (c, true),
+            (Some(c), _) => (c, false),
+            (None, Some(r)) => {
+                if r.multiline {
+                    s.multiline = Some(r.code);
+                    s.multiline_done = false;
+                }
+                (r.code, !r.multiline)
+            }
+            (None, None) => return,
+        };
+        let first_in_reply = !s.multiline_done;
+        if last {
+            s.multiline = None;
+        }
+        match code {
+            227 if first_in_reply => match parser::parse_227(line) {
+                Ok(f) => {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.multiline_done = s.multiline.is_some();
+                        s.pending = Pending::None;
+                    }
+                    self.count(sid, MsgKind::Reply227);
+                    let mut addr = SocketAddr::V4(f.addr);
+                    if f.addr.ip().is_unspecified() {
+                        // 0,0,0,0: "the address you are connected to".
+                        if let Some(s) = self.sessions.get(&sid) {
+                            addr = SocketAddr::new(s.ct.reply.src.ip(), f.addr.port());
+                        }
+                    }
+                    self.announce(sid, Dir::Reply, ExpectKind::Pasv227, addr, f.span, 0, at, no_rewrite);
+                }
+                Err(error) => {
+                    // Only a final line without an address is a failure (pure-ftpd's
+                    // "227 Logout." included): let it through, log it, never block.
+                    if last {
+                        self.stats.parse_failures += 1;
+                        self.event(Event::ParseFailed {
+                            id: sid,
+                            dir: Dir::Reply,
+                            kind: MsgKind::Reply227,
+                            error,
+                        });
+                    }
+                }
+            },
+            229 if first_in_reply => match parser::parse_229(line) {
+                Ok(f) => {
+                    let Some(s) = self.sessions.get_mut(&sid) else { return };
+                    s.multiline_done = s.multiline.is_some();
+                    s.pending = Pending::None;
+                    let addr = SocketAddr::new(s.ct.reply.src.ip(), f.addr);
+                    self.count(sid, MsgKind::Reply229);
+                    self.announce(sid, Dir::Reply, ExpectKind::Epsv229, addr, f.span, 0, at, no_rewrite);
+                }
+                Err(error) => {
+                    if last {
+                        self.stats.parse_failures += 1;
+                        self.event(Event::ParseFailed {
+                            id: sid,
+                            dir: Dir::Reply,
+                            kind: MsgKind::Reply229,
+                            error,
+                        });
+                    }
+                }
+            },
+            234 if last => {
+                if s.pending == Pending::AuthTls {
+                    s.encrypted = true;
+                    s.pending = Pending::None;
+                    self.stats.tls_sessions += 1;
+                    self.count(sid, MsgKind::Reply234);
+                    self.event(Event::TlsStarted { id: sid });
+                }
+            }
+            _ => {
+                if last && !(100..200).contains(&code) {
+                    s.pending = Pending::None;
+                }
+            }
+        }
+    }
+
+    /// Acts on an announced data address: policy, public address and port, rewrite, expectation.
+    #[allow(clippy::too_many_arguments)]
+    fn announce(
+        &mut self,
+        sid: SessionId,
+        dir: Dir,
+        kind: ExpectKind,
+        announced: SocketAddr,
+        span: std::ops::Range<usize>,
+        delim: u8,
+        line_at: u32,
+        no_rewrite: bool,
+    ) {
+        let Some(s) = self.sessions.get(&sid) else { return };
+        // The announcer's real address, and where the other side's packets go.
+        let peer = s.tuple(dir).src.ip();
+        let public_ip = s.tuple(dir.flip()).dst.ip();
+        let syn_src = s.tuple(dir.flip()).src.ip();
+        let policy = self.cfg.policy.clone();
+        if let Err(reason) = policy.check_announced(announced, peer) {
+            self.refuse(sid, kind, announced, reason);
+            return;
+        }
+        let translated = public_ip != peer;
+        let mut dst = SocketAddr::new(if translated { public_ip } else { announced.ip() }, announced.port());
+        // Keep the port when free, else the next free one in the range.
+        if self.expect.lookup(syn_src, dst).map(|(_, e)| e.master) != Some(sid) && self.expect.dst_in_use(dst) {
+            if !translated {
+                self.refuse(sid, kind, announced, Refusal::Clash(dst));
+                return;
+            }
+            let ip = dst.ip();
+            let expect = &self.expect;
+            match policy.pick_port(announced.port(), PORT_TRIES, |p| expect.dst_in_use(SocketAddr::new(ip, p))) {
+                Some(p) => dst.set_port(p),
+                None => {
+                    let (lo, hi) = (policy.nat_port_min, policy.nat_port_max);
+                    self.refuse(sid, kind, announced, Refusal::NoPublicPort(lo, hi));
+                    return;
+                }
+            }
+        }
+        let rewrite = dst != announced;
+        if rewrite {
+            if no_rewrite {
+                self.event(Event::NotRewritten { id: sid, kind });
+                return;
+            }
+            self.fmt.clear();
+            match (kind, dst) {
+                (ExpectKind::Port | ExpectKind::Pasv227, SocketAddr::V4(v4)) => parser::format_port_args(v4, &mut self.fmt),
+                (ExpectKind::Eprt, _) => parser::format_eprt_args(dst, delim, &mut self.fmt),
+                (ExpectKind::Epsv229, _) => parser::format_port_number(dst.port(), &mut self.fmt),
+                (_, SocketAddr::V6(_)) => {
+                    self.refuse(sid, kind, announced, Refusal::FamilyMismatch(dst.ip()));
+                    return;
+                }
+            }
+            let pos = line_at.wrapping_add(span.start as u32);
+            let old_len = span.len() as u32;
+            let Some(s) = self.sessions.get_mut(&sid) else { return };
+            if s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_err() {
+                self.event(Event::NotRewritten { id: sid, kind });
+                return;
+            }
+            s.rewrites += 1;
+            self.stats.rewrites += 1;
+            self.event(Event::Rewritten {
+                id: sid,
+                kind,
+                from: announced,
+                to: dst,
+            });
+        }
+        let timeout = self.cfg.policy.expect_timeout;
+        let exp = Expectation {
+            master: sid,
+            kind,
+            src: syn_src,
+            dst,
+            nat_to: (dst != announced).then_some(announced),
+            created: self.now,
+            expires: self.now.add(timeout),
+        };
+        match self.expect.insert(exp) {
+            Ok(ins) => {
+                self.stats.expect_created += 1;
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.expectations += 1;
+                }
+                for (old, reason) in [(ins.evicted, RemoveReason::Evicted), (ins.replaced, RemoveReason::Replaced)] {
+                    if let Some((oid, oexp)) = old {
+                        if reason == RemoveReason::Evicted {
+                            self.stats.expect_evicted += 1;
+                        }
+                        if oexp.dst != dst {
+                            self.unwatch(oexp.dst);
+                        }
+                        self.event(Event::ExpectRemoved {
+                            id: oid,
+                            exp: oexp,
+                            reason,
+                        });
+                    }
+                }
+                self.action(Action::WatchDst {
+                    dst,
+                    timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+                });
+                self.event(Event::ExpectCreated { id: ins.id, exp });
+            }
+            Err(InsertError::TableFull(_)) => self.refuse(sid, kind, announced, Refusal::TableFull),
+            Err(InsertError::Clash) => self.refuse(sid, kind, announced, Refusal::Clash(dst)),
+        }
+    }
+
+    fn refuse(&mut self, sid: SessionId, kind: ExpectKind, addr: SocketAddr, reason: Refusal) {
+        match reason {
+            Refusal::ThirdParty { .. } => self.stats.refused_bounce += 1,
+            Refusal::PrivilegedPort(_) => self.stats.refused_privileged += 1,
+            _ => self.stats.refused_other += 1,
+        }
+        self.event(Event::Refused {
+            id: sid,
+            kind,
+            addr,
+            reason,
+        });
+    }
+}
+
+/// `a - b` in sequence space.
+fn end_diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+/// Could this partial line, once complete, be a message whose address gets rewritten?
+fn may_need_rewrite(dir: Dir, partial: &[u8], multiline: Option<u16>) -> bool {
+    fn prefix_of(partial: &[u8], word: &[u8]) -> bool {
+        let n = partial.len().min(word.len());
+        partial[..n].eq_ignore_ascii_case(&word[..n])
+    }
+    match dir {
+        Dir::Original => prefix_of(partial, b"PORT ") || prefix_of(partial, b"EPRT "),
+        Dir::Reply => {
+            matches!(multiline, Some(227) | Some(229)) || prefix_of(partial, b"227") || prefix_of(partial, b"229")
+        }
+    }
+}
+
+/// Does a message sent in direction `dir` of this connection need its address rewritten?
+fn rewrite_possible(ct: &CtTuples, dir: Dir) -> bool {
+    match dir {
+        Dir::Original => ct.is_src_nat(),
+        Dir::Reply => ct.is_dst_nat(),
+    }
+}
+

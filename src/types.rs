@@ -165,8 +165,11 @@ pub fn l3proto(ip: &IpAddr) -> u8 {
 pub struct RelatedEntry {
     /// The data connection's SYN as it arrives at the gateway (before NAT).
     pub original: FlowTuple,
-    /// DNAT target of the data connection (`CTA_NAT_DST`), when the control message was rewritten.
-    pub nat_to: Option<SocketAddr>,
+    /// SNAT of the data connection (`CTA_NAT_SRC`, address only), when it is translated.
+    /// `nat_src` and `nat_dst` are both set or both `None` (then the nat table's rules apply).
+    pub nat_src: Option<IpAddr>,
+    /// DNAT of the data connection (`CTA_NAT_DST`, address and port), when it is translated.
+    pub nat_dst: Option<SocketAddr>,
     /// Original tuple of the control connection's conntrack entry (`CTA_TUPLE_MASTER`).
     pub master: FlowTuple,
     /// `CTA_MARK` of the new entry.
