@@ -1,1 +1,126 @@
-//! (stub: being written)
+//! The control socket: a Unix stream socket (default `/run/ftpct/ftpct.sock`, mode 0600) on which
+//! `ftpct list`, `ftpct sessions` and `ftpct stats` ask the running daemon for its tables.
+//!
+//! Protocol: the client sends one request line (`list`, `sessions`, `stats`), the daemon answers
+//! with text and closes. The formatting functions here are pure (engine + time in, text out).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::expect;
+use crate::types::{Dir, Timestamp};
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64;
+
+/// Requests the daemon understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    List,
+    Sessions,
+    Stats,
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Option<Request> {
+        match line.trim() {
+            "list" => Some(Request::List),
+            "sessions" => Some(Request::Sessions),
+            "stats" => Some(Request::Stats),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Request::List => "list",
+            Request::Sessions => "sessions",
+            Request::Stats => "stats",
+        }
+    }
+}
+
+/// The expectation table in the kernel's `/proc/net/nf_conntrack_expect` format.
+pub fn format_list(engine: &Engine, now: Timestamp) -> String {
+    let mut out = String::new();
+    let mut rows: Vec<_> = engine.expectations().iter().collect();
+    rows.sort_by_key(|(id, _)| *id);
+    for (_, e) in rows {
+        expect::format_kernel_line(e, now, &mut out);
+    }
+    out
+}
+
+/// The tracked control connections, one line each.
+pub fn format_sessions(engine: &Engine, now: Timestamp) -> String {
+    let mut out = String::new();
+    let mut rows: Vec<_> = engine.sessions().collect();
+    rows.sort_by_key(|s| s.id);
+    for s in rows {
+        let nat = match (s.ct.is_src_nat(), s.ct.is_dst_nat()) {
+            (true, true) => format!("snat={} dnat={}", s.ct.reply.dst, s.ct.reply.src),
+            (true, false) => format!("snat={}", s.ct.reply.dst),
+            (false, true) => format!("dnat={}", s.ct.reply.src),
+            (false, false) => "nat=none".to_string(),
+        };
+        let state = if s.encrypted {
+            "tls"
+        } else if s.reset {
+            "reset"
+        } else if s.is_closing() {
+            "closing"
+        } else {
+            "open"
+        };
+        let _ = write!(
+            out,
+            "{} client={} server={} {} state={} age={}s idle={}s rewrites={} expectations={}",
+            s.id,
+            s.ct.original.src,
+            s.ct.original.dst,
+            nat,
+            state,
+            now.since(s.created).as_secs(),
+            now.since(s.last_seen).as_secs(),
+            s.rewrites,
+            s.expectations,
+        );
+        for d in [Dir::Original, Dir::Reply] {
+            let adj = &s.dir(d).seqadj;
+            let name = if d == Dir::Original { "orig" } else { "reply" };
+            match adj.correction_pos() {
+                Some(pos) => {
+                    let _ = write!(out, " seq_{name}=offset:{:+},pos:{pos}", adj.offset_after());
+                }
+                None => {
+                    let _ = write!(out, " seq_{name}=offset:{:+}", adj.offset_after());
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Asks the daemon at `socket` and returns its answer.
+pub fn query(socket: &Path, req: Request) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot connect to the ftpct daemon at {}: {e} (is `ftpct run` running with this --socket?)",
+                socket.display()
+            ),
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(req.as_str().as_bytes())?;
+    s.write_all(b"\n")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}

@@ -1,1 +1,489 @@
-//! (stub: being written)
+//! The I/O shell: feeds NFQUEUE packets to the [`Engine`], carries out its actions through
+//! ctnetlink and ipset, answers the control socket, and handles signals and timers.
+//!
+//! One current-thread tokio runtime owns everything, so the engine needs no locks: the queue fd is
+//! polled with `AsyncFd`, control clients are served by small tasks that ask the main loop for a
+//! snapshot over a channel, and the engine's next deadline is a `sleep_until`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{self, Settings};
+use crate::control::{self, Request};
+use crate::ctnetlink::Ctnetlink;
+use crate::engine::{Action, CtHint, Engine, EndReason, Event, RemoveReason, Verdict};
+use crate::ipset::{Ipset, SetFamily};
+use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
+use crate::types::{Hook, Timestamp};
+
+/// What `ftpct run` needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub settings: Settings,
+    /// The configuration file, re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Ct(#[from] crate::ctnetlink::CtError),
+    #[error(transparent)]
+    Ipset(#[from] crate::ipset::IpsetError),
+    #[error("control socket {path}: {source} (is another ftpct using it? choose another --socket)")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the event loop: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Reads CLOCK_MONOTONIC, which keeps counting across a daemon restart.
+pub fn monotonic_now() -> Timestamp {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => Timestamp((ts.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec() as u64)),
+        Err(_) => Timestamp::ZERO,
+    }
+}
+
+/// Per-packet processing time (queue in → verdict out), log2 buckets of nanoseconds.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    buckets: [u64; 40],
+    count: u64,
+    max_ns: u64,
+}
+
+impl Histogram {
+    pub fn record(&mut self, ns: u64) {
+        let b = (64 - ns.leading_zeros()) as usize;
+        if let Some(x) = self.buckets.get_mut(b.min(39)) {
+            *x += 1;
+        }
+        self.count += 1;
+        self.max_ns = self.max_ns.max(ns);
+    }
+    /// Upper bound of the bucket holding quantile `q` (0..=1), in ns.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return if i == 0 { 1 } else { 1u64 << i };
+            }
+        }
+        self.max_ns
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn max(&self) -> u64 {
+        self.max_ns
+    }
+}
+
+/// Counters of the shell (kernel side).
+#[derive(Clone, Debug, Default)]
+pub struct ShellStats {
+    pub queue_overruns: u64,
+    pub verdict_errors: u64,
+    pub ct_lookups: u64,
+    pub ct_lookup_errors: u64,
+    pub ct_created: u64,
+    pub ct_create_errors: u64,
+    pub ipset_errors: u64,
+}
+
+struct Shell {
+    engine: Engine,
+    ct: Ctnetlink,
+    ipset: Ipset,
+    settings: Settings,
+    hist: Histogram,
+    stats: ShellStats,
+}
+
+impl Shell {
+    fn set_for(&self, dst: &std::net::SocketAddr) -> &str {
+        if dst.is_ipv4() {
+            &self.settings.ipset4
+        } else {
+            &self.settings.ipset6
+        }
+    }
+
+    fn process(&mut self, q: &mut NfQueue, pkt: Packet) {
+        let t0 = Instant::now();
+        let now = monotonic_now();
+        let hook = pkt.hook().unwrap_or(Hook::PreConntrack);
+        let mut v = self.engine.handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
+        if let Verdict::NeedConntrack(tuple) = v {
+            self.stats.ct_lookups += 1;
+            let hint = match self.ct.get(&tuple) {
+                Ok(Some(t)) => CtHint::Found(t),
+                Ok(None) => CtHint::Missing,
+                Err(e) => {
+                    self.stats.ct_lookup_errors += 1;
+                    warn!(error = %e, flow = %tuple, "conntrack lookup failed; tracking without NAT information");
+                    CtHint::Missing
+                }
+            };
+            v = self.engine.handle_packet(pkt.payload(), hook, hint, now);
+        }
+        self.run_actions();
+        let r = match v {
+            Verdict::AcceptModified => q.verdict_accept_modified(pkt, self.engine.modified_packet()),
+            Verdict::Drop => q.verdict_drop(pkt),
+            Verdict::Accept | Verdict::NeedConntrack(_) => q.verdict_accept(pkt),
+        };
+        if let Err(e) = r {
+            self.stats.verdict_errors += 1;
+            warn!(error = %e, "verdict failed");
+        }
+        self.drain_events();
+        self.hist.record(t0.elapsed().as_nanos() as u64);
+    }
+
+    fn run_actions(&mut self) {
+        while let Some(a) = self.engine.poll_action() {
+            match a {
+                Action::CreateRelated(entry) => match self.ct.create_related(&entry) {
+                    Ok(()) => self.stats.ct_created += 1,
+                    Err(e) if e.is_already_exists() => debug!(flow = %entry.original, "data connection already tracked"),
+                    Err(e) => {
+                        self.stats.ct_create_errors += 1;
+                        error!(error = %e, flow = %entry.original, "cannot admit the data connection");
+                    }
+                },
+                Action::WatchDst { dst, timeout_secs } => {
+                    let set = self.set_for(&dst).to_string();
+                    if let Err(e) = self.ipset.add(&set, dst, timeout_secs) {
+                        self.stats.ipset_errors += 1;
+                        error!(error = %e, %dst, "cannot watch the data address; its SYN will not reach ftpct");
+                    }
+                }
+                Action::UnwatchDst { dst } => {
+                    let set = self.set_for(&dst).to_string();
+                    if let Err(e) = self.ipset.del(&set, dst) {
+                        self.stats.ipset_errors += 1;
+                        debug!(error = %e, %dst, "ipset del failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(e) = self.engine.poll_event() {
+            log_event(&e);
+        }
+    }
+
+    fn answer(&self, req: Request) -> String {
+        let now = monotonic_now();
+        match req {
+            Request::List => control::format_list(&self.engine, now),
+            Request::Sessions => control::format_sessions(&self.engine, now),
+            Request::Stats => self.format_stats(),
+        }
+    }
+
+    fn format_stats(&self) -> String {
+        let s = self.engine.stats();
+        let k = &self.stats;
+        format!(
+            "sessions {}\nexpectations {}\npackets_accepted {}\npackets_modified {}\npackets_dropped_held {}\n\
+             packets_dropped_out_of_order {}\nrewrites {}\nexpect_created {}\nexpect_used {}\nexpect_expired {}\n\
+             expect_evicted {}\nrefused_bounce {}\nrefused_privileged {}\nrefused_other {}\nparse_failures {}\n\
+             tls_sessions {}\nqueue_overruns {}\nct_created {}\nct_create_errors {}\nct_lookup_errors {}\n\
+             ipset_errors {}\nlatency_count {}\nlatency_p50_ns {}\nlatency_p99_ns {}\nlatency_max_ns {}\n",
+            self.engine.session_count(),
+            self.engine.expectations().len(),
+            s.packets_accepted,
+            s.packets_modified,
+            s.packets_dropped_held,
+            s.packets_dropped_ooo,
+            s.rewrites,
+            s.expect_created,
+            s.expect_used,
+            s.expect_expired,
+            s.expect_evicted,
+            s.refused_bounce,
+            s.refused_privileged,
+            s.refused_other,
+            s.parse_failures,
+            s.tls_sessions,
+            k.queue_overruns,
+            k.ct_created,
+            k.ct_create_errors,
+            k.ct_lookup_errors,
+            k.ipset_errors,
+            self.hist.count(),
+            self.hist.quantile(0.5),
+            self.hist.quantile(0.99),
+            self.hist.max(),
+        )
+    }
+}
+
+/// One log line per event, with the session id, addresses and NAT, for an admin to follow.
+pub fn log_event(e: &Event) {
+    match e {
+        Event::SessionStart { id, ct } => info!(
+            session = %id,
+            client = %ct.original.src,
+            server = %ct.original.dst,
+            nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
+            "control session start"
+        ),
+        Event::SessionEnd { id, ct, reason } => {
+            let why = match reason {
+                EndReason::Closed => "closed",
+                EndReason::Reset => "reset",
+                EndReason::Idle => "idle timeout",
+                EndReason::Evicted => "evicted (session table full)",
+            };
+            info!(session = %id, client = %ct.original.src, server = %ct.original.dst, reason = why, "control session end")
+        }
+        Event::Message { id, kind } => debug!(session = %id, message = kind.label(), "message"),
+        Event::Rewritten { id, kind, from, to } => {
+            info!(session = %id, message = ?kind, from = %from, to = %to, "address rewritten")
+        }
+        Event::ExpectCreated { id, exp } => info!(
+            session = %exp.master,
+            expectation = id.0,
+            src = %exp.src,
+            dst = %exp.dst,
+            nat_to = ?exp.nat_to,
+            "expecting data connection"
+        ),
+        Event::ExpectUsed { id, exp, data } => {
+            info!(session = %exp.master, expectation = id.0, data = %data, "data connection admitted as RELATED")
+        }
+        Event::ExpectRemoved { id, exp, reason } => {
+            let why = match reason {
+                RemoveReason::Expired => "expired unused",
+                RemoveReason::Evicted => "evicted by a newer one (per-session limit)",
+                RemoveReason::Replaced => "replaced",
+                RemoveReason::MasterGone => "control session ended",
+            };
+            info!(session = %exp.master, expectation = id.0, dst = %exp.dst, reason = why, "expectation removed")
+        }
+        Event::Refused { id, kind, addr, reason } => {
+            warn!(session = %id, message = ?kind, addr = %addr, reason = %reason, "refused data address")
+        }
+        Event::ParseFailed { id, dir, kind, error } => warn!(
+            session = %id,
+            dir = ?dir,
+            message = kind.label(),
+            error = %error,
+            "unparseable message let through unchanged"
+        ),
+        Event::TlsStarted { id } => warn!(
+            session = %id,
+            "AUTH TLS accepted: the control channel is encrypted and no longer inspected; data \
+             connections of this session cannot be admitted (allow the server's passive port \
+             range in the firewall, or use plain FTP)"
+        ),
+        Event::LineTooLong { id, dir } => warn!(session = %id, dir = ?dir, "control line too long; skipped to its end"),
+        Event::HoldGaveUp { id, dir } => warn!(
+            session = %id,
+            dir = ?dir,
+            "a split control line never completed while held; let through without rewrite"
+        ),
+        Event::NotRewritten { id, kind } => warn!(
+            session = %id,
+            message = ?kind,
+            "message needed a rewrite but its start had already been forwarded; the data connection will likely fail"
+        ),
+    }
+}
+
+fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale socket file from a crash does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "a daemon is already listening there",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(l)
+}
+
+async fn serve_client(stream: tokio::net::UnixStream, tx: mpsc::Sender<(Request, oneshot::Sender<String>)>) {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut r = BufReader::new(r).take(control::MAX_REQUEST as u64);
+    let read = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
+    let answer = match (read, Request::parse(&line)) {
+        (Ok(Ok(_)), Some(req)) => {
+            let (otx, orx) = oneshot::channel();
+            if tx.send((req, otx)).await.is_err() {
+                return;
+            }
+            orx.await.unwrap_or_default()
+        }
+        _ => "error: unknown request (expected: list, sessions, stats)\n".to_string(),
+    };
+    let _ = w.write_all(answer.as_bytes()).await;
+    let _ = w.shutdown().await;
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(run_async(opts))
+}
+
+async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
+    let mut settings = opts.settings.clone();
+    let qopts = QueueOptions {
+        fail_open: settings.fail_open,
+        ..QueueOptions::default()
+    };
+    let queue = NfQueue::open(settings.queue, qopts)?;
+    let mut queue = AsyncFd::new(queue).map_err(DaemonError::Runtime)?;
+    let ct = Ctnetlink::open()?;
+    let mut ipset = Ipset::open()?;
+    let timeout = u32::try_from(settings.policy.expect_timeout.as_secs()).unwrap_or(u32::MAX);
+    ipset.create_hash_ip_port(&settings.ipset4, SetFamily::Inet, timeout)?;
+    ipset.create_hash_ip_port(&settings.ipset6, SetFamily::Inet6, timeout)?;
+    let listener = bind_control_socket(&settings.socket)?;
+    let mut shell = Shell {
+        engine: Engine::new(settings.engine_config()),
+        ct,
+        ipset,
+        settings: settings.clone(),
+        hist: Histogram::default(),
+        stats: ShellStats::default(),
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+    let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
+    info!(
+        queue = settings.queue,
+        ports = ?settings.ports,
+        socket = %settings.socket.display(),
+        fail_open = settings.fail_open,
+        "ftpct running; install the rules with `ftpct rules --queue {} --apply` if not done",
+        settings.queue
+    );
+    loop {
+        let deadline = shell.engine.poll_timeout().map(|t| {
+            let now = monotonic_now();
+            tokio::time::Instant::now() + Duration::from_nanos(t.0.saturating_sub(now.0))
+        });
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            ready = queue.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => { error!(error = %e, "queue poll failed"); continue; }
+                };
+                // Drain what is there, bounded so that timers and the control socket still run.
+                for _ in 0..256 {
+                    let q = guard.get_inner_mut();
+                    match q.recv() {
+                        Ok(Some(pkt)) => shell.process(q, pkt),
+                        Ok(None) => { guard.clear_ready(); break; }
+                        Err(QueueError::Overrun) => {
+                            shell.stats.queue_overruns += 1;
+                            warn!("NFQUEUE overrun: the kernel dropped queued packets (ENOBUFS); \
+                                   TCP retransmits them. If frequent, raise the socket buffer or check CPU load");
+                        }
+                        Err(e) if e.is_fatal() => return Err(e.into()),
+                        Err(e) => warn!(error = %e, "queue receive error"),
+                    }
+                }
+            }
+            _ = sleep => {
+                shell.engine.handle_timeout(monotonic_now());
+                shell.run_actions();
+                shell.drain_events();
+            }
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    tokio::spawn(serve_client(stream, tx.clone()));
+                }
+            }
+            Some((req, reply)) = rx.recv() => {
+                let _ = reply.send(shell.answer(req));
+            }
+            _ = hup.recv() => {
+                match &opts.config_path {
+                    Some(p) => match config::load(p) {
+                        Ok(new) => {
+                            shell.engine.reconfigure(new.engine_config());
+                            shell.settings.policy = new.policy.clone();
+                            settings = new;
+                            info!(config = %p.display(), "configuration reloaded; live sessions and expectations kept");
+                        }
+                        Err(e) => error!(error = %e, "reload failed; keeping the running configuration"),
+                    },
+                    None => info!("SIGHUP: no --config file to reload"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!(
+        sessions = shell.engine.session_count(),
+        expectations = shell.engine.expectations().len(),
+        "ftpct stopping"
+    );
+    let _ = std::fs::remove_file(&settings.socket);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::default();
+        for ns in [100u64, 200, 300, 5000, 100_000] {
+            h.record(ns);
+        }
+        assert_eq!(h.count(), 5);
+        assert!(h.quantile(0.5) >= 300 && h.quantile(0.5) < 1024);
+        assert!(h.quantile(0.99) >= 100_000);
+        assert_eq!(h.max(), 100_000);
+    }
+}

@@ -964,21 +964,6 @@ impl Engine {
                     return;
                 }
             }
-            let pos = line_at.wrapping_add(span.start as u32);
-            let old_len = span.len() as u32;
-            let Some(s) = self.sessions.get_mut(&sid) else { return };
-            if s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_err() {
-                self.event(Event::NotRewritten { id: sid, kind });
-                return;
-            }
-            s.rewrites += 1;
-            self.stats.rewrites += 1;
-            self.event(Event::Rewritten {
-                id: sid,
-                kind,
-                from: announced,
-                to: dst,
-            });
         }
         let timeout = self.cfg.policy.expect_timeout;
         let exp = Expectation {
@@ -1010,6 +995,29 @@ impl Engine {
                             reason,
                         });
                     }
+                }
+                if rewrite {
+                    let pos = line_at.wrapping_add(span.start as u32);
+                    let old_len = span.len() as u32;
+                    let added = self
+                        .sessions
+                        .get_mut(&sid)
+                        .map(|s| s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_ok());
+                    if added != Some(true) {
+                        self.expect.remove(ins.id);
+                        self.event(Event::NotRewritten { id: sid, kind });
+                        return;
+                    }
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.rewrites += 1;
+                    }
+                    self.stats.rewrites += 1;
+                    self.event(Event::Rewritten {
+                        id: sid,
+                        kind,
+                        from: announced,
+                        to: dst,
+                    });
                 }
                 self.action(Action::WatchDst {
                     dst,

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod config;
 pub mod engine;
 pub mod expect;
 pub mod packet;

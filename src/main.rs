@@ -1,3 +1,191 @@
-fn main() {
-    println!("ftpct: under construction");
+//! `ftpct`: command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ftpct::config::{self, Settings};
+use ftpct::control::{self, Request};
+use ftpct::{daemon, rules};
+
+#[derive(Parser, Debug)]
+#[command(name = "ftpct", version, about = "Userspace FTP ALG for Linux (NFQUEUE + ctnetlink)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon in the foreground, in the current network namespace.
+    Run {
+        /// NFQUEUE number (overrides the config file).
+        #[arg(long)]
+        queue: Option<u16>,
+        /// Configuration file (see ftpct.conf(5)); re-read on SIGHUP.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Control socket path (overrides the config file).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// FTP control ports, comma separated (overrides the config file).
+        #[arg(long, value_delimiter = ',')]
+        ports: Option<Vec<u16>>,
+        /// Accept packets unprocessed when the queue is full, instead of dropping them.
+        #[arg(long)]
+        fail_open: bool,
+        /// Log filter (tracing EnvFilter syntax, e.g. info or ftpct=debug).
+        #[arg(long)]
+        log: Option<String>,
+    },
+    /// Print, apply or delete the iptables/ip6tables rules ftpct needs.
+    Rules {
+        #[arg(long, default_value_t = 0)]
+        queue: u16,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![21u16])]
+        ports: Vec<u16>,
+        /// Install the rules (idempotent).
+        #[arg(long, conflicts_with = "delete")]
+        apply: bool,
+        /// Remove exactly ftpct's rules.
+        #[arg(long)]
+        delete: bool,
+        /// Let control packets bypass the queue when no daemon is bound (fail-open; sessions
+        /// with rewrites then break across a daemon restart).
+        #[arg(long)]
+        bypass: bool,
+    },
+    /// Print the live expectation table (nf_conntrack_expect format).
+    List {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print the tracked control connections.
+    Sessions {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print the daemon's counters and latency figures.
+    Stats {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Validate a configuration file.
+    CheckConfig { file: PathBuf },
+}
+
+fn init_logs(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            queue,
+            config,
+            socket,
+            ports,
+            fail_open,
+            log,
+        } => {
+            let mut s = match &config {
+                Some(p) => match config::load(p) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("ftpct: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Settings::default(),
+            };
+            if let Some(q) = queue {
+                s.queue = q;
+            }
+            if let Some(p) = socket {
+                s.socket = p;
+            }
+            if let Some(p) = ports {
+                s.ports = p;
+            }
+            if fail_open {
+                s.fail_open = true;
+            }
+            init_logs(log.as_deref().unwrap_or(&s.log));
+            match daemon::run(daemon::RunOptions {
+                settings: s,
+                config_path: config,
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Rules {
+            queue,
+            ports,
+            apply,
+            delete,
+            bypass,
+        } => {
+            let spec = rules::RuleSpec {
+                queue,
+                ports,
+                bypass,
+                ..rules::RuleSpec::default()
+            };
+            let result = if apply {
+                rules::apply(&spec).map(|n| format!("ftpct rules: {n} rules added (existing ones kept)"))
+            } else if delete {
+                rules::delete(&spec).map(|n| format!("ftpct rules: {n} rules removed"))
+            } else {
+                rules::rules(&spec).map(|r| rules::print(&r))
+            };
+            match result {
+                Ok(text) => {
+                    println!("{}", text.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ftpct rules: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::List { socket } => ask(&socket, Request::List),
+        Cmd::Sessions { socket } => ask(&socket, Request::Sessions),
+        Cmd::Stats { socket } => ask(&socket, Request::Stats),
+        Cmd::CheckConfig { file } => match config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn ask(socket: &std::path::Path, req: Request) -> ExitCode {
+    match control::query(socket, req) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ftpct: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,210 @@
+//! The configuration file: `key = value` lines, `#` comments, validated with errors that name the
+//! line and the fix. Command-line flags override it; SIGHUP re-reads it.
+//!
+//! ```text
+//! # /etc/ftpct/ftpct.conf
+//! queue = 0
+//! ports = 21, 2121
+//! socket = /run/ftpct/ftpct.sock
+//! fail_open = false
+//! allow_third_party = false
+//! allow_privileged_ports = false
+//! max_expect_per_session = 1
+//! expect_timeout = 300
+//! nat_ports = 1024-65535
+//! max_sessions = 65536
+//! session_idle_timeout = 21600
+//! ipset4 = ftpct4
+//! ipset6 = ftpct6
+//! log = info
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::engine;
+use crate::policy::Policy;
+
+pub const DEFAULT_SOCKET: &str = "/run/ftpct/ftpct.sock";
+
+/// Everything the daemon reads from the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub queue: u16,
+    pub ports: Vec<u16>,
+    pub socket: PathBuf,
+    pub fail_open: bool,
+    pub ipset4: String,
+    pub ipset6: String,
+    pub log: String,
+    pub policy: Policy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            queue: 0,
+            ports: vec![21],
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            fail_open: false,
+            ipset4: "ftpct4".into(),
+            ipset6: "ftpct6".into(),
+            log: "info".into(),
+            policy: Policy::default(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn engine_config(&self) -> engine::Config {
+        engine::Config {
+            control_ports: self.ports.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    Invalid { path: PathBuf, line: usize, msg: String },
+}
+
+/// Parses a list of ports: `21, 2121`.
+pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
+    let mut out = Vec::new();
+    for p in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => out.push(n),
+            _ => return Err(format!("'{p}' is not a TCP port (1-65535)")),
+        }
+    }
+    if out.is_empty() {
+        return Err("at least one port is needed, e.g. 'ports = 21'".into());
+    }
+    if out.len() > 15 {
+        return Err("at most 15 control ports (iptables multiport limit)".into());
+    }
+    Ok(out)
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("'{v}' is not a boolean: use true or false")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
+    v.parse::<T>().map_err(|_| format!("'{v}' is not a valid {what}"))
+}
+
+/// Parses the text of a configuration file.
+pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    let mut s = Settings::default();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let err = |msg: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(err(format!("expected 'key = value', found '{line}'")));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let r: Result<(), String> = (|| {
+            match k {
+                "queue" => s.queue = parse_num(v, "queue number (0-65535)")?,
+                "ports" => s.ports = parse_ports(v)?,
+                "socket" => s.socket = PathBuf::from(v),
+                "fail_open" => s.fail_open = parse_bool(v)?,
+                "ipset4" => s.ipset4 = v.to_string(),
+                "ipset6" => s.ipset6 = v.to_string(),
+                "log" => s.log = v.to_string(),
+                "allow_third_party" => s.policy.allow_third_party = parse_bool(v)?,
+                "allow_privileged_ports" => s.policy.allow_privileged_ports = parse_bool(v)?,
+                "max_expect_per_session" => {
+                    s.policy.max_expect_per_session = parse_num(v, "count")?;
+                    if s.policy.max_expect_per_session == 0 {
+                        return Err("must be at least 1".into());
+                    }
+                }
+                "max_expectations" => s.policy.max_expectations = parse_num(v, "count")?,
+                "expect_timeout" => s.policy.expect_timeout = Duration::from_secs(parse_num(v, "number of seconds")?),
+                "nat_ports" => {
+                    let (a, b) = v
+                        .split_once('-')
+                        .ok_or_else(|| format!("'{v}' is not a range: use e.g. 1024-65535"))?;
+                    let a: u16 = parse_num(a.trim(), "port")?;
+                    let b: u16 = parse_num(b.trim(), "port")?;
+                    if a == 0 || a > b {
+                        return Err(format!("'{v}': the range must be low-high with low >= 1"));
+                    }
+                    s.policy.nat_port_min = a;
+                    s.policy.nat_port_max = b;
+                }
+                "max_line" => s.policy.max_line = parse_num(v, "number of bytes")?,
+                "max_sessions" => s.policy.max_sessions = parse_num(v, "count")?,
+                "session_idle_timeout" => {
+                    s.policy.session_idle_timeout = Duration::from_secs(parse_num(v, "number of seconds")?)
+                }
+                "data_mark" => {
+                    let t = v.trim_start_matches("0x");
+                    s.policy.data_mark = u32::from_str_radix(t, if v.starts_with("0x") { 16 } else { 10 })
+                        .map_err(|_| format!("'{v}' is not a mark (decimal or 0x hex)"))?
+                }
+                _ => return Err(format!("unknown key '{k}' (see ftpct.conf(5) for the list)")),
+            }
+            Ok(())
+        })();
+        r.map_err(err)?;
+    }
+    Ok(s)
+}
+
+/// Reads and parses a configuration file.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = "# comment\nqueue = 3\nports = 21, 2121 # trailing\nfail_open = yes\nnat_ports = 40000-41000\nexpect_timeout = 60\nallow_third_party = false\n";
+        let s = parse(text, Path::new("t.conf")).unwrap();
+        assert_eq!(s.queue, 3);
+        assert_eq!(s.ports, vec![21, 2121]);
+        assert!(s.fail_open);
+        assert_eq!((s.policy.nat_port_min, s.policy.nat_port_max), (40000, 41000));
+        assert_eq!(s.policy.expect_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_fix() {
+        let e = parse("queue = 1\nports = 21, x\n", Path::new("a.conf")).unwrap_err().to_string();
+        assert_eq!(e, "a.conf:2: 'x' is not a TCP port (1-65535)");
+        let e = parse("bogus = 1\n", Path::new("a.conf")).unwrap_err().to_string();
+        assert!(e.contains("a.conf:1: unknown key 'bogus'"), "{e}");
+        let e = parse("nat_ports = 5\n", Path::new("a.conf")).unwrap_err().to_string();
+        assert!(e.contains("use e.g. 1024-65535"), "{e}");
+        let e = parse("just words\n", Path::new("a.conf")).unwrap_err().to_string();
+        assert!(e.contains("expected 'key = value'"), "{e}");
+    }
+}
