@@ -113,9 +113,10 @@ pub enum Command {
     Port(Found<SocketAddrV4>),
     /// `EPRT <d>1<d>a.b.c.d<d>port<d>` or `<d>2<d>ipv6<d>port<d>`; `delim` is `<d>`.
     Eprt { found: Found<SocketAddr>, delim: u8 },
-    /// `PASV`
+    /// `PASV` (any argument is ignored, as servers do)
     Pasv,
-    /// `EPSV`, `EPSV 1`, `EPSV 2`, `EPSV ALL`
+    /// `EPSV`, `EPSV 1`, `EPSV 2`, `EPSV ALL` (any argument is accepted: a server answers an
+    /// unknown one with an error, not with a 229)
     Epsv,
     /// `AUTH TLS`, `AUTH SSL`, `AUTH TLS-C`, `AUTH TLS-P` (any case)
     AuthTls,
