@@ -18,7 +18,8 @@
 //! # Grammar accepted
 //!
 //! Commands (client → server), verbs case-insensitive, verb at byte 0, followed by a space
-//! or the end of the line (`PORTX`, ` PORT ...` and `PORT\t...` are [`Command::Other`]):
+//! or the end of the line (`PORTX`, ` PORT ...` and `PORT\t...` are [`Command::Other`]).
+//! Below, SP+ is one or more spaces and WS* any ASCII whitespace (space, tab, CR, LF, FF):
 //!
 //! - `PORT` SP+ `h1,h2,h3,h4,p1,p2` WS*: each field 1–3 decimal digits (leading zeros allowed,
 //!   read as decimal, as RFC 959 and the kernel's `nf_conntrack_ftp` do), ≤ 255, no spaces
@@ -42,8 +43,11 @@
 //!   the end; a continuation line is scanned from its first byte), the first ASCII digit
 //!   starts `h1,h2,h3,h4,p1,p2` (RFC 1123 §4.1.2.6), read with the PORT rules. No retry at a
 //!   later digit: like the kernel, the first digit decides. Anything may follow `p2` except a
-//!   `,` (a seventh field). No spaces are accepted after the commas: no server known to us
-//!   sends them, and the kernel does not accept them either.
+//!   `,` (a seventh field). No spaces are accepted after the commas: the only server found
+//!   sending `(h1, h2, ...)` is the FTP service built into Bochs' emulated "vnet" network,
+//!   whose traffic stays inside the emulator and never crosses a netfilter hook; the kernel's
+//!   helper refuses such replies too, and a stricter grammar leaves less room for disagreement
+//!   between the ALG and the client.
 //! - 229: the first `(` is followed by `<d><d><d><port><d>)` (`<d>` as for EPRT, the same four
 //!   times; anything may follow the `)`). A line without `(` is scanned for the first
 //!   `<d><d><d><digits><d>`.
@@ -113,9 +117,10 @@ pub enum Command {
     Port(Found<SocketAddrV4>),
     /// `EPRT <d>1<d>a.b.c.d<d>port<d>` or `<d>2<d>ipv6<d>port<d>`; `delim` is `<d>`.
     Eprt { found: Found<SocketAddr>, delim: u8 },
-    /// `PASV`
+    /// `PASV` (any argument is ignored, as servers do)
     Pasv,
-    /// `EPSV`, `EPSV 1`, `EPSV 2`, `EPSV ALL`
+    /// `EPSV`, `EPSV 1`, `EPSV 2`, `EPSV ALL` (any argument is accepted: a server answers an
+    /// unknown one with an error, not with a 229)
     Epsv,
     /// `AUTH TLS`, `AUTH SSL`, `AUTH TLS-C`, `AUTH TLS-P` (any case)
     AuthTls,
