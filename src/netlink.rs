@@ -515,6 +515,11 @@ impl<'a> Iterator for AttrIter<'a> {
 // ---------------------------------------------------------------------------------------------
 // Socket
 
+/// Held while this crate creates a `NETLINK_NETFILTER` socket, so that
+/// [`crate::nfqueue::NfQueue::open`] can identify the socket the `nfq` crate creates (it does
+/// not expose its file descriptor) as the one new netfilter netlink socket of the process.
+pub(crate) static NETLINK_OPEN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A `NETLINK_NETFILTER` socket for request/answer exchanges with the kernel.
 pub struct NetlinkSocket {
     fd: OwnedFd,
@@ -536,6 +541,9 @@ impl std::fmt::Debug for NetlinkSocket {
 impl NetlinkSocket {
     /// Opens and binds a `NETLINK_NETFILTER` socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, NlError> {
+        let _guard = NETLINK_OPEN_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
