@@ -115,15 +115,11 @@ pub enum CtError {
          shed load", crate::netlink::errno_text(*.0)
     )]
     TableFull(i32),
-    #[error(
-        "ctnetlink: the kernel does not support this request (operation not supported): {0}"
-    )]
+    #[error("ctnetlink: the kernel does not support this request (operation not supported): {0}")]
     NotSupported(&'static str),
     #[error("ctnetlink: the kernel rejected the request as invalid (EINVAL): {0}")]
     Invalid(&'static str),
-    #[error(
-        "ctnetlink: the tuple {0} mixes IPv4 and IPv6 addresses; this is a bug in the caller"
-    )]
+    #[error("ctnetlink: the tuple {0} mixes IPv4 and IPv6 addresses; this is a bug in the caller")]
     MixedFamilies(FlowTuple),
     #[error("ctnetlink: {op} failed: {}", crate::netlink::errno_text(*errno))]
     Kernel { op: &'static str, errno: i32 },
@@ -386,10 +382,12 @@ fn put_nat(b: &mut MsgBuilder<'_>, which: u16, to: SocketAddr) {
     let nat = b.nest_start(which);
     match to.ip() {
         IpAddr::V4(a) => {
-            b.put_ipv4(CTA_NAT_V4_MINIP, a).put_ipv4(CTA_NAT_V4_MAXIP, a);
+            b.put_ipv4(CTA_NAT_V4_MINIP, a)
+                .put_ipv4(CTA_NAT_V4_MAXIP, a);
         }
         IpAddr::V6(a) => {
-            b.put_ipv6(CTA_NAT_V6_MINIP, a).put_ipv6(CTA_NAT_V6_MAXIP, a);
+            b.put_ipv6(CTA_NAT_V6_MINIP, a)
+                .put_ipv6(CTA_NAT_V6_MAXIP, a);
         }
     }
     let p = b.nest_start(CTA_NAT_PROTO);
@@ -408,12 +406,10 @@ fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
 
 fn parse_entry(attrs: AttrIter<'_>) -> Result<CtEntry, CtError> {
     let t: [Option<Attr>; CTA_TABLE_LEN] = attrs.table()?;
-    let original = parse_tuple(t[CTA_TUPLE_ORIG as usize].ok_or(CtError::BadAnswer(
-        "no CTA_TUPLE_ORIG",
-    ))?)?;
-    let reply = parse_tuple(t[CTA_TUPLE_REPLY as usize].ok_or(CtError::BadAnswer(
-        "no CTA_TUPLE_REPLY",
-    ))?)?;
+    let original =
+        parse_tuple(t[CTA_TUPLE_ORIG as usize].ok_or(CtError::BadAnswer("no CTA_TUPLE_ORIG"))?)?;
+    let reply =
+        parse_tuple(t[CTA_TUPLE_REPLY as usize].ok_or(CtError::BadAnswer("no CTA_TUPLE_REPLY"))?)?;
     let u32_of = |k: u16| -> Result<u32, CtError> {
         match t[k as usize] {
             Some(a) => Ok(a.be32()?),

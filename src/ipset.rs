@@ -18,7 +18,7 @@
 //!   carry `NLA_F_NET_BYTEORDER` or the kernel answers `IPSET_ERR_PROTOCOL`; nested attributes
 //!   must carry `NLA_F_NESTED`;
 //! - without `NLM_F_EXCL` the kernel applies `IPSET_FLAG_EXIST`: create of an identical existing
-//!   set succeeds, add of an existing element replaces it (its timeout is reset), delete of a
+//!   set succeeds (a set of that name with another type or parameters gives `EEXIST`), add of an existing element replaces it (its timeout is reset), delete of a
 //!   missing element succeeds; errors above 4096 are ipset's own (`enum ipset_errno`);
 //! - `IPSET_CMD_TEST` answers 0 when the element is in the set and `IPSET_ERR_EXIST` when not.
 
@@ -27,8 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 use nix::libc;
 
 use crate::netlink::{
-    nfnl_msg_type, Attr, MsgBuilder, NetlinkSocket, NlError, NFNL_SUBSYS_IPSET, NLA_F_NET_BYTEORDER,
-    NLM_F_ACK, NLM_F_REQUEST,
+    nfnl_msg_type, Attr, MsgBuilder, NetlinkSocket, NlError, NFNL_SUBSYS_IPSET,
+    NLA_F_NET_BYTEORDER, NLM_F_ACK, NLM_F_REQUEST,
 };
 
 /// Protocol version sent with every command.
@@ -160,8 +160,8 @@ pub enum IpsetError {
     )]
     SetFull(String),
     #[error(
-        "ipset: the address family does not match set {0:?} (IPv4 set, IPv6 address or the \
-         reverse); this is a bug in the caller"
+        "ipset: set {0:?} refused the element: its address family does not match the set's \
+         (IPv6 address for an IPv4 set or the reverse); this is a bug in the caller"
     )]
     FamilyMismatch(String),
     #[error(
@@ -205,12 +205,17 @@ fn map_errno(op: &'static str, name: &str, errno: i32) -> IpsetError {
     match errno {
         libc::EPERM | libc::EACCES => IpsetError::PermissionDenied,
         libc::ENOENT => IpsetError::SetNotFound(n()),
+        // An IPv6 address sent to an IPv4 set lacks the IPv4 attribute the kernel looks for,
+        // which it reports as a protocol error.
+        IPSET_ERR_PROTOCOL if matches!(op, "add" | "del" | "test") => {
+            IpsetError::FamilyMismatch(n())
+        }
         IPSET_ERR_PROTOCOL => IpsetError::Protocol,
         IPSET_ERR_FIND_TYPE => IpsetError::NoSetType,
         IPSET_ERR_MAX_SETS => IpsetError::TooManySets,
         IPSET_ERR_BUSY => IpsetError::SetInUse(n()),
         IPSET_ERR_EXIST_SETNAME2 | IPSET_ERR_TYPE_MISMATCH => IpsetError::SetConflict(n()),
-        IPSET_ERR_EXIST if op == "create" => IpsetError::SetConflict(n()),
+        IPSET_ERR_EXIST | libc::EEXIST if op == "create" => IpsetError::SetConflict(n()),
         IPSET_ERR_TIMEOUT => IpsetError::NoTimeout(n()),
         IPSET_ERR_HASH_FULL => IpsetError::SetFull(n()),
         IPSET_ERR_INVALID_FAMILY | IPSET_ERR_IPADDR_IPV4 | IPSET_ERR_IPADDR_IPV6 => {
@@ -345,7 +350,12 @@ impl Ipset {
 
     /// Adds `address,tcp:port` with a timeout; an existing element is replaced (its timeout
     /// restarts).
-    pub fn add(&mut self, name: &str, dst: SocketAddr, timeout_secs: u32) -> Result<(), IpsetError> {
+    pub fn add(
+        &mut self,
+        name: &str,
+        dst: SocketAddr,
+        timeout_secs: u32,
+    ) -> Result<(), IpsetError> {
         check_name(name)?;
         self.element(IPSET_CMD_ADD, name, dst, Some(timeout_secs));
         self.ack("add", name)
@@ -430,7 +440,10 @@ mod tests {
         b.put_cstr(IPSET_ATTR_SETNAME, "ftpct4");
         let data = b.nest_start(IPSET_ATTR_DATA);
         let ip = b.nest_start(IPSET_ATTR_IP);
-        b.put(IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &[192, 0, 2, 1]);
+        b.put(
+            IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER,
+            &[192, 0, 2, 1],
+        );
         b.nest_end(ip);
         b.put_be16(IPSET_ATTR_PORT | NLA_F_NET_BYTEORDER, 2121);
         b.nest_end(data);
@@ -439,7 +452,10 @@ mod tests {
         assert_eq!(m.subsys(), NFNL_SUBSYS_IPSET);
         let (_, attrs) = m.nfgen().unwrap();
         let t: [Option<Attr>; 8] = attrs.table().unwrap();
-        assert_eq!(t[IPSET_ATTR_SETNAME as usize].unwrap().str().unwrap(), "ftpct4");
+        assert_eq!(
+            t[IPSET_ATTR_SETNAME as usize].unwrap().str().unwrap(),
+            "ftpct4"
+        );
         let d = t[IPSET_ATTR_DATA as usize].unwrap();
         assert!(d.is_nested());
         let dt: [Option<Attr>; 8] = d.nested().table().unwrap();

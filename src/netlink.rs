@@ -249,7 +249,8 @@ impl<'a> MsgBuilder<'a> {
     pub fn nest_start(&mut self, ty: u16) -> Nest {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         Nest(at)
     }
 
@@ -318,16 +319,17 @@ impl<'a> NlMsg<'a> {
         match self.payload.get(0..4) {
             Some(s) => Ok(i32::from_ne_bytes([s[0], s[1], s[2], s[3]])),
             None if self.msg_type == NLMSG_DONE => Ok(0),
-            None => Err(NlError::Malformed("NLMSG_ERROR shorter than its error code")),
+            None => Err(NlError::Malformed(
+                "NLMSG_ERROR shorter than its error code",
+            )),
         }
     }
 
     /// The `nfgenmsg` of an nfnetlink message and an iterator over its attributes.
     pub fn nfgen(&self) -> Result<(NfGenMsg, AttrIter<'a>), NlError> {
-        let h = self
-            .payload
-            .get(0..NFGENMSG_LEN)
-            .ok_or(NlError::Malformed("nfnetlink message shorter than nfgenmsg"))?;
+        let h = self.payload.get(0..NFGENMSG_LEN).ok_or(NlError::Malformed(
+            "nfnetlink message shorter than nfgenmsg",
+        ))?;
         let g = NfGenMsg {
             family: h[0],
             version: h[1],
@@ -444,7 +446,9 @@ impl<'a> Attr<'a> {
         Ok(Ipv4Addr::from(self.fixed::<4>("IPv4 attribute too short")?))
     }
     pub fn ipv6(&self) -> Result<Ipv6Addr, NlError> {
-        Ok(Ipv6Addr::from(self.fixed::<16>("IPv6 attribute too short")?))
+        Ok(Ipv6Addr::from(
+            self.fixed::<16>("IPv6 attribute too short")?,
+        ))
     }
     /// A string attribute, up to its first NUL.
     pub fn str(&self) -> Result<&'a str, NlError> {
@@ -678,14 +682,20 @@ mod tests {
         b.nest_end(n);
         let msg = b.finish().unwrap();
         assert_eq!(msg.len(), 16 + 4 + 8 + 4 + 8 + 8);
-        assert_eq!(u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize, msg.len());
+        assert_eq!(
+            u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize,
+            msg.len()
+        );
         assert_eq!(u16::from_ne_bytes(msg[4..6].try_into().unwrap()), 0x0100);
         assert_eq!(&msg[16..20], &[2, 0, 0x12, 0x34]);
         // u8 attribute: len 5, padded to 8.
         assert_eq!(&msg[20..28], &[5, 0, 7, 0, 0xaa, 0, 0, 0]);
         // nested: len 4 + 8 + 8 = 20, type 1 | NESTED.
         assert_eq!(u16::from_ne_bytes(msg[28..30].try_into().unwrap()), 20);
-        assert_eq!(u16::from_ne_bytes(msg[30..32].try_into().unwrap()), 1 | NLA_F_NESTED);
+        assert_eq!(
+            u16::from_ne_bytes(msg[30..32].try_into().unwrap()),
+            1 | NLA_F_NESTED
+        );
 
         let m = NlMsgIter::new(msg).next().unwrap().unwrap();
         let (g, attrs) = m.nfgen().unwrap();
@@ -768,7 +778,15 @@ mod tests {
             let _ = m.error_code();
             if let Ok((_, attrs)) = m.nfgen() {
                 for a in attrs.flatten() {
-                    let _ = (a.u8(), a.be16(), a.be32(), a.be64(), a.ipv4(), a.ipv6(), a.str());
+                    let _ = (
+                        a.u8(),
+                        a.be16(),
+                        a.be32(),
+                        a.be64(),
+                        a.ipv4(),
+                        a.ipv6(),
+                        a.str(),
+                    );
                     for n in a.nested().flatten() {
                         let _ = n.be64();
                     }

@@ -373,7 +373,11 @@ fn netfilter_sockets() -> io::Result<HashMap<RawFd, u64>> {
     let mut out = HashMap::new();
     for entry in std::fs::read_dir("/proc/thread-self/fd")? {
         let Ok(entry) = entry else { continue };
-        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) else {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        else {
             continue;
         };
         let Ok(target) = std::fs::read_link(entry.path()) else {

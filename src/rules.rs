@@ -115,7 +115,12 @@ pub struct Rule {
 impl Rule {
     /// The command line that appends this rule.
     pub fn command_line(&self) -> String {
-        let mut s = format!("{} -t {} -A {}", self.family.program(), self.table, self.chain);
+        let mut s = format!(
+            "{} -t {} -A {}",
+            self.family.program(),
+            self.table,
+            self.chain
+        );
         for a in &self.args {
             s.push(' ');
             s.push_str(&shell_quote(a));
@@ -219,7 +224,10 @@ pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
 
     let mut out = Vec::new();
     let groups: [(Group, [(&'static str, &'static str); 2]); 2] = [
-        (Group::ControlPre, [("raw", "PREROUTING"), ("raw", "OUTPUT")]),
+        (
+            Group::ControlPre,
+            [("raw", "PREROUTING"), ("raw", "OUTPUT")],
+        ),
         (
             Group::ControlPost,
             [("mangle", "POSTROUTING"), ("mangle", "INPUT")],
@@ -243,7 +251,16 @@ pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
         }
     }
     for (family, set) in [(Family::V4, &spec.set4), (Family::V6, &spec.set6)] {
-        let mut a = strings(&["-p", "tcp", "--syn", "-m", "set", "--match-set", set, "dst,dst"]);
+        let mut a = strings(&[
+            "-p",
+            "tcp",
+            "--syn",
+            "-m",
+            "set",
+            "--match-set",
+            set,
+            "dst,dst",
+        ]);
         a.extend(comment.iter().cloned());
         a.extend(target(true));
         out.push(Rule {
@@ -418,12 +435,25 @@ pub fn apply(spec: &RuleSpec) -> Result<usize, RulesError> {
 
 /// Removes exactly ftpct's rules, then destroys the two ipsets. Returns how many rules were
 /// deleted.
+///
+/// `iptables -C` of a rule that names a missing set fails (exit status 2) instead of answering
+/// "absent", so the sets are (re)created first if missing. A set of that name with another type
+/// or other parameters than `apply` gives it is not ftpct's and is left alone.
 pub fn delete(spec: &RuleSpec) -> Result<usize, RulesError> {
     let rules = rules(spec)?;
-    let n = delete_rules(&mut SystemExec, &rules)?;
     let mut set = Ipset::open()?;
-    set.destroy(&spec.set4)?;
-    set.destroy(&spec.set6)?;
+    let mut ours = Vec::with_capacity(2);
+    for (name, family) in [(&spec.set4, SetFamily::V4), (&spec.set6, SetFamily::V6)] {
+        match set.create_hash_ip_port(name, family, SET_DEFAULT_TIMEOUT) {
+            Ok(()) => ours.push(name),
+            Err(IpsetError::SetConflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let n = delete_rules(&mut SystemExec, &rules)?;
+    for name in ours {
+        set.destroy(name)?;
+    }
     Ok(n)
 }
 
@@ -459,7 +489,10 @@ mod tests {
         assert!(pre.iter().all(|r| r.table == "raw"));
         assert!(pre.iter().any(|r| r.chain == "OUTPUT"));
         assert!(pre.iter().any(|r| r.args.contains(&"--sports".to_string())));
-        let post: Vec<_> = rs.iter().filter(|r| r.group == Group::ControlPost).collect();
+        let post: Vec<_> = rs
+            .iter()
+            .filter(|r| r.group == Group::ControlPost)
+            .collect();
         assert!(post
             .iter()
             .all(|r| r.table == "mangle" && (r.chain == "POSTROUTING" || r.chain == "INPUT")));
@@ -473,7 +506,10 @@ mod tests {
         assert_eq!(syn[1].family, Family::V6);
         assert!(syn[1].args.contains(&"ftpct6".to_string()));
         let nat: Vec<_> = rs.iter().filter(|r| r.group == Group::NatHook).collect();
-        assert_eq!(nat[0].command_line(), "iptables -t nat -A PREROUTING -m comment --comment ftpct");
+        assert_eq!(
+            nat[0].command_line(),
+            "iptables -t nat -A PREROUTING -m comment --comment ftpct"
+        );
         assert_eq!(nat[1].family, Family::V6);
     }
 
@@ -489,7 +525,10 @@ mod tests {
                 continue;
             }
             let j = r.args.join(" ");
-            assert!(j.ends_with("-j NFQUEUE --queue-num 7 --queue-bypass"), "{j}");
+            assert!(
+                j.ends_with("-j NFQUEUE --queue-num 7 --queue-bypass"),
+                "{j}"
+            );
         }
         let s = RuleSpec {
             bypass: false,
@@ -518,7 +557,10 @@ mod tests {
             .filter(|r| r.args.contains(&"--dports".to_string()))
             .map(|r| &r.args[5])
             .collect();
-        assert_eq!(lists, ["1,2,3,4,5,6,7,8,9,10,11,12,13,14,15", "16,17,18,19,20,21"]);
+        assert_eq!(
+            lists,
+            ["1,2,3,4,5,6,7,8,9,10,11,12,13,14,15", "16,17,18,19,20,21"]
+        );
     }
 
     #[test]
@@ -552,9 +594,14 @@ mod tests {
     fn print_has_headers_and_one_command_per_rule() {
         let rs = rules(&spec()).unwrap();
         let p = print(&rs);
-        let cmds: Vec<&str> = p.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        let cmds: Vec<&str> = p
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
         assert_eq!(cmds.len(), rs.len());
-        assert!(cmds.iter().all(|l| l.starts_with("iptables -t ") || l.starts_with("ip6tables -t ")));
+        assert!(cmds
+            .iter()
+            .all(|l| l.starts_with("iptables -t ") || l.starts_with("ip6tables -t ")));
         for h in ["(a)", "(b)", "(c)", "(d)", "nat PREROUTING base chain"] {
             assert!(p.contains(h), "missing {h} in\n{p}");
         }
@@ -608,7 +655,9 @@ mod tests {
     fn apply_is_idempotent_and_delete_removes_duplicates_only_of_ours() {
         let rs = rules(&spec()).unwrap();
         let mut f = Fake::default();
-        f.present.push("iptables filter FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT".into());
+        f.present.push(
+            "iptables filter FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT".into(),
+        );
         assert_eq!(apply_rules(&mut f, &rs).unwrap(), rs.len());
         assert_eq!(apply_rules(&mut f, &rs).unwrap(), 0);
         assert_eq!(f.present.len(), rs.len() + 1);
