@@ -135,7 +135,7 @@ pub enum IpsetError {
     )]
     PermissionDenied,
     #[error(
-        "ipset: set {0:?} does not exist: create it with `ftpct rules apply` (or `ipset create \
+        "ipset: set {0:?} does not exist: create it with `ftpct rules --apply` (or `ipset create \
          {0} hash:ip,port family inet timeout 120`)"
     )]
     SetNotFound(String),
@@ -146,7 +146,7 @@ pub enum IpsetError {
     SetConflict(String),
     #[error(
         "ipset: set {0:?} is in use by iptables rules: remove ftpct's rules first (`ftpct rules \
-         delete`)"
+         --delete`)"
     )]
     SetInUse(String),
     #[error(

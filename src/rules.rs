@@ -310,7 +310,7 @@ fn group_header(g: Group) -> &'static str {
 pub fn print(rules: &[Rule]) -> String {
     let mut s = String::from(
         "# ftpct: iptables/ip6tables rules (every rule carries -m comment --comment ftpct;\n\
-         # `ftpct rules delete` removes exactly these).\n",
+         # `ftpct rules --delete` removes exactly these).\n",
     );
     let mut last = None;
     for r in rules {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ftpct::ctnetlink::{status, CtError, Ctnetlink};
 use ftpct::ipset::{Ipset, IpsetError, SetFamily};
-use ftpct::nfqueue::{NfQueue, Packet, QueueOptions};
+use ftpct::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use ftpct::rules::{self, RuleSpec};
 use ftpct::types::{FlowTuple, Hook, RelatedEntry};
 use nix::sched::{setns, CloneFlags};
@@ -635,6 +635,52 @@ fn nfqueue_accept_modify_drop_udp() {
             .unwrap();
         assert!(rx.recv(&mut buf).is_err(), "dropped packet was delivered");
         assert!(q.recv().unwrap().is_none());
+    });
+}
+
+/// A socket receive buffer overflow is reported as the non-fatal `Overrun`, and the queue keeps
+/// working after it.
+#[test]
+fn nfqueue_overrun_is_reported_and_not_fatal() {
+    require_root();
+    let ns = Netns::new("nfqovr");
+    ns.shw("iptables -w -t raw -A OUTPUT -p udp --dport 5001 -j NFQUEUE --queue-num 4");
+    ns.run(|| {
+        let opts = QueueOptions {
+            rcvbuf: 1, // the kernel rounds it up to its minimum, a few KiB
+            ..QueueOptions::default()
+        };
+        let mut q = NfQueue::open(4, opts).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..100 {
+            let _ = tx.send_to(&[0u8; 1200], "127.0.0.1:5001");
+        }
+        let (mut overruns, mut got) = (0, 0);
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            match q.recv() {
+                Ok(Some(p)) => {
+                    got += 1;
+                    q.verdict_drop(p).unwrap();
+                }
+                Ok(None) if got + overruns > 0 => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e @ QueueError::Overrun) => {
+                    assert!(!e.is_fatal());
+                    overruns += 1;
+                }
+                Err(e) => panic!("unexpected queue error: {e}"),
+            }
+        }
+        assert!(
+            overruns >= 1,
+            "no overrun reported ({got} packets received)"
+        );
+        assert!((1..100).contains(&got), "{got} packets received");
+        tx.send_to(b"after overrun", "127.0.0.1:5001").unwrap();
+        let p = recv_within(&mut q, Duration::from_secs(2)).expect("queue works after overrun");
+        assert!(p.payload().ends_with(b"after overrun"));
+        q.verdict_drop(p).unwrap();
     });
 }
 
