@@ -9,9 +9,16 @@
 //! Kernel facts relied on (include/uapi/linux/netfilter/nfnetlink_conntrack.h,
 //! net/netfilter/nf_conntrack_netlink.c, and `shared/notes/kernel-mechanisms.md`, verified by
 //! `tests/kernel_netns.rs`):
-//! - `IPCTNL_MSG_CT_GET` with one tuple finds the entry whichever direction the tuple is (the
-//!   hash table holds both directions); `ENOENT` when there is none. [`Ctnetlink::get`] still
-//!   tries `CTA_TUPLE_ORIG` then `CTA_TUPLE_REPLY`, which costs a second request only on a miss.
+//! - `IPCTNL_MSG_CT_GET` looks the given tuple up in the conntrack hash, which holds both tuples
+//!   of every entry: whether it is sent as `CTA_TUPLE_ORIG` or `CTA_TUPLE_REPLY` makes no
+//!   difference, an original-direction and a reply-direction packet as they arrive are both
+//!   found ([`Ctnetlink::lookup`]); `ENOENT` when there is none.
+//! - Those two tuples are the only ones hashed. A reply packet of a source-NATed connection
+//!   after conntrack (mangle POSTROUTING/INPUT, [`Hook::PostConntrack`](crate::types::Hook))
+//!   carries the *de-NATed* tuple `server → private client`, which is neither; it is the
+//!   inverse of the original tuple, as an original packet after DNAT is the inverse of the
+//!   reply tuple. So [`Ctnetlink::get`] tries the packet's tuple, then its inverse (a second
+//!   request only on a miss), and finds the entry at every hook ftpct queues in.
 //! - `IPCTNL_MSG_CT_NEW` with `NLM_F_CREATE|NLM_F_EXCL` creates an entry; it needs both tuples and
 //!   `CTA_TIMEOUT`. `CTA_TUPLE_MASTER` names the master by one of its tuples; the new entry gets
 //!   `IPS_EXPECTED` and its first packet is classified RELATED. No master → `ENOENT`; the
@@ -184,19 +191,25 @@ impl Ctnetlink {
     }
 
     /// The conntrack entry (TCP) that a packet with this tuple belongs to, whichever direction
-    /// the packet is. `Ok(None)` if there is none.
+    /// the packet is and whether it is seen before or after NAT (see the module doc: the
+    /// tuple, then its inverse). `Ok(None)` if there is none.
     pub fn get(&mut self, packet: &FlowTuple) -> Result<Option<CtTuples>, CtError> {
         Ok(self.get_entry(packet)?.map(|e| e.tuples))
     }
 
     /// Like [`Ctnetlink::get`], with the entry's id, status, mark, timeout and TCP state.
     pub fn get_entry(&mut self, packet: &FlowTuple) -> Result<Option<CtEntry>, CtError> {
-        for which in [CTA_TUPLE_ORIG, CTA_TUPLE_REPLY] {
-            if let Some(e) = self.query(which, packet)? {
-                return Ok(Some(e));
-            }
+        if let Some(e) = self.query(CTA_TUPLE_ORIG, packet)? {
+            return Ok(Some(e));
         }
-        Ok(None)
+        // A packet after conntrack whose addresses were translated back: as the reply of the
+        // original tuple, or as the original of the reply tuple.
+        self.query(CTA_TUPLE_REPLY, &packet.inverse())
+    }
+
+    /// The entry one of whose two tuples is exactly `tuple` (a single request).
+    pub fn lookup(&mut self, tuple: &FlowTuple) -> Result<Option<CtEntry>, CtError> {
+        self.query(CTA_TUPLE_ORIG, tuple)
     }
 
     fn query(&mut self, which: u16, t: &FlowTuple) -> Result<Option<CtEntry>, CtError> {

@@ -372,8 +372,17 @@ fn ctnetlink_get_finds_both_directions_and_the_nat() {
             .unwrap()
             .expect("reply lookup");
         assert_eq!(a, b);
-        // The de-NATed reply tuple is not a conntrack tuple of a NATed connection.
-        assert_eq!(ct.get(&orig4.inverse()).unwrap(), None);
+        // A single lookup finds the entry by either of its tuples, whatever attribute carries
+        // it...
+        let by_reply = ct
+            .lookup(&FlowTuple::new(orig4.dst, peer4))
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_reply.tuples, a);
+        // ...but a reply packet after de-SNAT (server → private client, as mangle POSTROUTING
+        // sees it) carries neither tuple; `get` finds it through the inverse.
+        assert_eq!(ct.lookup(&orig4.inverse()).unwrap(), None);
+        assert_eq!(ct.get(&orig4.inverse()).unwrap(), Some(a));
         let e = ct.get_entry(&orig4).unwrap().unwrap();
         assert_ne!(e.status & status::IPS_SRC_NAT, 0);
         assert_ne!(e.status & status::IPS_CONFIRMED, 0);
@@ -462,6 +471,10 @@ fn data_connection_through_gateway(t: &Topo, v6: bool) {
                 // The kernel rewrote the reply tuple to the NAT target.
                 assert_eq!(got.tuples.reply.src, to);
                 assert!(got.tuples.is_dst_nat());
+                // The SYN after DNAT (server → private client) is found too.
+                let mid = FlowTuple::new(entry.original.src, to);
+                assert_eq!(got.tuples.mid(), mid);
+                assert_eq!(ct.get(&mid).unwrap(), Some(got.tuples));
             }
             None => assert_eq!(got.tuples.reply, entry.original.inverse()),
         }
