@@ -72,7 +72,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {msg}")]
-    Invalid { path: PathBuf, line: usize, msg: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
 }
 
 /// Parses a list of ports: `21, 2121`.
@@ -102,7 +106,8 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 }
 
 fn parse_num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
-    v.parse::<T>().map_err(|_| format!("'{v}' is not a valid {what}"))
+    v.parse::<T>()
+        .map_err(|_| format!("'{v}' is not a valid {what}"))
 }
 
 /// Parses the text of a configuration file.
@@ -140,7 +145,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                     }
                 }
                 "max_expectations" => s.policy.max_expectations = parse_num(v, "count")?,
-                "expect_timeout" => s.policy.expect_timeout = Duration::from_secs(parse_num(v, "number of seconds")?),
+                "expect_timeout" => {
+                    s.policy.expect_timeout =
+                        Duration::from_secs(parse_num(v, "number of seconds")?)
+                }
                 "nat_ports" => {
                     let (a, b) = v
                         .split_once('-')
@@ -156,14 +164,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 "max_line" => s.policy.max_line = parse_num(v, "number of bytes")?,
                 "max_sessions" => s.policy.max_sessions = parse_num(v, "count")?,
                 "session_idle_timeout" => {
-                    s.policy.session_idle_timeout = Duration::from_secs(parse_num(v, "number of seconds")?)
+                    s.policy.session_idle_timeout =
+                        Duration::from_secs(parse_num(v, "number of seconds")?)
                 }
                 "data_mark" => {
                     let t = v.trim_start_matches("0x");
-                    s.policy.data_mark = u32::from_str_radix(t, if v.starts_with("0x") { 16 } else { 10 })
-                        .map_err(|_| format!("'{v}' is not a mark (decimal or 0x hex)"))?
+                    s.policy.data_mark =
+                        u32::from_str_radix(t, if v.starts_with("0x") { 16 } else { 10 })
+                            .map_err(|_| format!("'{v}' is not a mark (decimal or 0x hex)"))?
                 }
-                _ => return Err(format!("unknown key '{k}' (see ftpct.conf(5) for the list)")),
+                _ => {
+                    return Err(format!(
+                        "unknown key '{k}' (see ftpct.conf(5) for the list)"
+                    ))
+                }
             }
             Ok(())
         })();
@@ -192,19 +206,30 @@ mod tests {
         assert_eq!(s.queue, 3);
         assert_eq!(s.ports, vec![21, 2121]);
         assert!(s.fail_open);
-        assert_eq!((s.policy.nat_port_min, s.policy.nat_port_max), (40000, 41000));
+        assert_eq!(
+            (s.policy.nat_port_min, s.policy.nat_port_max),
+            (40000, 41000)
+        );
         assert_eq!(s.policy.expect_timeout, Duration::from_secs(60));
     }
 
     #[test]
     fn errors_name_the_line_and_the_fix() {
-        let e = parse("queue = 1\nports = 21, x\n", Path::new("a.conf")).unwrap_err().to_string();
+        let e = parse("queue = 1\nports = 21, x\n", Path::new("a.conf"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "a.conf:2: 'x' is not a TCP port (1-65535)");
-        let e = parse("bogus = 1\n", Path::new("a.conf")).unwrap_err().to_string();
+        let e = parse("bogus = 1\n", Path::new("a.conf"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a.conf:1: unknown key 'bogus'"), "{e}");
-        let e = parse("nat_ports = 5\n", Path::new("a.conf")).unwrap_err().to_string();
+        let e = parse("nat_ports = 5\n", Path::new("a.conf"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("use e.g. 1024-65535"), "{e}");
-        let e = parse("just words\n", Path::new("a.conf")).unwrap_err().to_string();
+        let e = parse("just words\n", Path::new("a.conf"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected 'key = value'"), "{e}");
     }
 }

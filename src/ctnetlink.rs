@@ -56,6 +56,7 @@ const CTA_TIMEOUT: u16 = 7;
 const CTA_MARK: u16 = 8;
 const CTA_ID: u16 = 12;
 const CTA_NAT_DST: u16 = 13;
+const CTA_NAT_SRC: u16 = 6;
 const CTA_TUPLE_MASTER: u16 = 14;
 const CTA_TABLE_LEN: usize = 27;
 
@@ -243,14 +244,14 @@ impl Ctnetlink {
 
     /// Creates the conntrack entry of a data connection (see the module doc):
     /// `CTA_TUPLE_ORIG` = `e.original`, `CTA_TUPLE_REPLY` = its plain inverse,
-    /// `CTA_TUPLE_MASTER` = `e.master`, `CTA_NAT_DST` = `e.nat_to` if any, `CTA_MARK`,
+    /// `CTA_TUPLE_MASTER` = `e.master`, `CTA_NAT_SRC`/`CTA_NAT_DST` = `e.nat_src`/`e.nat_dst` if any, `CTA_MARK`,
     /// `CTA_TIMEOUT`, TCP state NONE.
     pub fn create_related(&mut self, e: &RelatedEntry) -> Result<(), CtError> {
         let family = family_of(&e.original)?;
         if family_of(&e.master)? != family {
             return Err(CtError::MixedFamilies(e.master));
         }
-        if let Some(to) = e.nat_to {
+        if let Some(to) = e.nat_dst {
             if l3proto(&to.ip()) != family {
                 return Err(CtError::MixedFamilies(FlowTuple::new(e.original.src, to)));
             }
@@ -265,7 +266,15 @@ impl Ctnetlink {
         put_tuple(&mut b, CTA_TUPLE_ORIG, &e.original);
         put_tuple(&mut b, CTA_TUPLE_REPLY, &e.original.inverse());
         put_tuple(&mut b, CTA_TUPLE_MASTER, &e.master);
-        if let Some(to) = e.nat_to {
+        // Both or neither: a missing one would get a null binding from the kernel.
+        if let Some(from) = e.nat_src {
+            put_nat(
+                &mut b,
+                CTA_NAT_SRC,
+                SocketAddr::new(from, e.original.src.port()),
+            );
+        }
+        if let Some(to) = e.nat_dst {
             put_nat(&mut b, CTA_NAT_DST, to);
         }
         b.put_be32(CTA_TIMEOUT, e.timeout_secs);

@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{self, Settings};
 use crate::control::{self, Request};
 use crate::ctnetlink::Ctnetlink;
-use crate::engine::{Action, CtHint, Engine, EndReason, Event, RemoveReason, Verdict};
+use crate::engine::{Action, CtHint, EndReason, Engine, Event, RemoveReason, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::types::{Hook, Timestamp};
@@ -40,8 +40,13 @@ pub enum DaemonError {
     Ct(#[from] crate::ctnetlink::CtError),
     #[error(transparent)]
     Ipset(#[from] crate::ipset::IpsetError),
-    #[error("control socket {path}: {source} (is another ftpct using it? choose another --socket)")]
-    Socket { path: PathBuf, source: std::io::Error },
+    #[error(
+        "control socket {path}: {source} (is another ftpct using it? choose another --socket)"
+    )]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the event loop: {0}")]
     Runtime(std::io::Error),
 }
@@ -49,7 +54,11 @@ pub enum DaemonError {
 /// Reads CLOCK_MONOTONIC, which keeps counting across a daemon restart.
 pub fn monotonic_now() -> Timestamp {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => Timestamp((ts.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec() as u64)),
+        Ok(ts) => Timestamp(
+            (ts.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec() as u64),
+        ),
         Err(_) => Timestamp::ZERO,
     }
 }
@@ -57,7 +66,7 @@ pub fn monotonic_now() -> Timestamp {
 /// Per-packet processing time (queue in → verdict out), log2 buckets of nanoseconds.
 #[derive(Clone, Debug, Default)]
 pub struct Histogram {
-    buckets: [u64; 40],
+    buckets: [u64; 32],
     count: u64,
     max_ns: u64,
 }
@@ -65,7 +74,7 @@ pub struct Histogram {
 impl Histogram {
     pub fn record(&mut self, ns: u64) {
         let b = (64 - ns.leading_zeros()) as usize;
-        if let Some(x) = self.buckets.get_mut(b.min(39)) {
+        if let Some(x) = self.buckets.get_mut(b.min(31)) {
             *x += 1;
         }
         self.count += 1;
@@ -128,7 +137,9 @@ impl Shell {
         let t0 = Instant::now();
         let now = monotonic_now();
         let hook = pkt.hook().unwrap_or(Hook::PreConntrack);
-        let mut v = self.engine.handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
+        let mut v = self
+            .engine
+            .handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
         if let Verdict::NeedConntrack(tuple) = v {
             self.stats.ct_lookups += 1;
             let hint = match self.ct.get(&tuple) {
@@ -144,7 +155,9 @@ impl Shell {
         }
         self.run_actions();
         let r = match v {
-            Verdict::AcceptModified => q.verdict_accept_modified(pkt, self.engine.modified_packet()),
+            Verdict::AcceptModified => {
+                q.verdict_accept_modified(pkt, self.engine.modified_packet())
+            }
             Verdict::Drop => q.verdict_drop(pkt),
             Verdict::Accept | Verdict::NeedConntrack(_) => q.verdict_accept(pkt),
         };
@@ -161,7 +174,9 @@ impl Shell {
             match a {
                 Action::CreateRelated(entry) => match self.ct.create_related(&entry) {
                     Ok(()) => self.stats.ct_created += 1,
-                    Err(e) if e.is_already_exists() => debug!(flow = %entry.original, "data connection already tracked"),
+                    Err(e) if e.is_already_exists() => {
+                        debug!(flow = %entry.original, "data connection already tracked")
+                    }
                     Err(e) => {
                         self.stats.ct_create_errors += 1;
                         error!(error = %e, flow = %entry.original, "cannot admit the data connection");
@@ -281,10 +296,20 @@ pub fn log_event(e: &Event) {
             };
             info!(session = %exp.master, expectation = id.0, dst = %exp.dst, reason = why, "expectation removed")
         }
-        Event::Refused { id, kind, addr, reason } => {
+        Event::Refused {
+            id,
+            kind,
+            addr,
+            reason,
+        } => {
             warn!(session = %id, message = ?kind, addr = %addr, reason = %reason, "refused data address")
         }
-        Event::ParseFailed { id, dir, kind, error } => warn!(
+        Event::ParseFailed {
+            id,
+            dir,
+            kind,
+            error,
+        } => warn!(
             session = %id,
             dir = ?dir,
             message = kind.label(),
@@ -297,7 +322,9 @@ pub fn log_event(e: &Event) {
              connections of this session cannot be admitted (allow the server's passive port \
              range in the firewall, or use plain FTP)"
         ),
-        Event::LineTooLong { id, dir } => warn!(session = %id, dir = ?dir, "control line too long; skipped to its end"),
+        Event::LineTooLong { id, dir } => {
+            warn!(session = %id, dir = ?dir, "control line too long; skipped to its end")
+        }
         Event::HoldGaveUp { id, dir } => warn!(
             session = %id,
             dir = ?dir,
@@ -334,7 +361,10 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(l)
 }
 
-async fn serve_client(stream: tokio::net::UnixStream, tx: mpsc::Sender<(Request, oneshot::Sender<String>)>) {
+async fn serve_client(
+    stream: tokio::net::UnixStream,
+    tx: mpsc::Sender<(Request, oneshot::Sender<String>)>,
+) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut r = BufReader::new(r).take(control::MAX_REQUEST as u64);
@@ -371,12 +401,17 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         ..QueueOptions::default()
     };
     let queue = NfQueue::open(settings.queue, qopts)?;
-    let mut queue = AsyncFd::new(queue).map_err(DaemonError::Runtime)?;
+    // SAFETY: `NfQueue` owns its netlink socket from `open` until it is dropped, and its
+    // `as_raw_fd` always returns that same descriptor, as `AsyncFd::register` requires.
+    let mut queue =
+        unsafe { AsyncFd::register(queue) }.map_err(|e| DaemonError::Runtime(e.into()))?;
     let ct = Ctnetlink::open()?;
     let mut ipset = Ipset::open()?;
-    let timeout = u32::try_from(settings.policy.expect_timeout.as_secs()).unwrap_or(u32::MAX);
-    ipset.create_hash_ip_port(&settings.ipset4, SetFamily::Inet, timeout)?;
-    ipset.create_hash_ip_port(&settings.ipset6, SetFamily::Inet6, timeout)?;
+    // Same parameters as `ftpct rules --apply` uses, so an existing set is accepted; every
+    // element carries its own timeout (the expectation's).
+    let timeout = crate::rules::SET_DEFAULT_TIMEOUT;
+    ipset.create_hash_ip_port(&settings.ipset4, SetFamily::V4, timeout)?;
+    ipset.create_hash_ip_port(&settings.ipset6, SetFamily::V6, timeout)?;
     let listener = bind_control_socket(&settings.socket)?;
     let mut shell = Shell {
         engine: Engine::new(settings.engine_config()),

@@ -14,7 +14,7 @@
 //! keeps accepting the connection.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation, InsertError};
 use crate::packet::{self, Edit, TcpPacket};
@@ -128,22 +128,69 @@ impl MsgKind {
 /// Something worth a log line or a metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    SessionStart { id: SessionId, ct: CtTuples },
-    SessionEnd { id: SessionId, ct: CtTuples, reason: EndReason },
-    Message { id: SessionId, kind: MsgKind },
-    Rewritten { id: SessionId, kind: ExpectKind, from: SocketAddr, to: SocketAddr },
-    ExpectCreated { id: ExpectId, exp: Expectation },
-    ExpectUsed { id: ExpectId, exp: Expectation, data: FlowTuple },
-    ExpectRemoved { id: ExpectId, exp: Expectation, reason: RemoveReason },
-    Refused { id: SessionId, kind: ExpectKind, addr: SocketAddr, reason: Refusal },
-    ParseFailed { id: SessionId, dir: Dir, kind: MsgKind, error: ParseError },
+    SessionStart {
+        id: SessionId,
+        ct: CtTuples,
+    },
+    SessionEnd {
+        id: SessionId,
+        ct: CtTuples,
+        reason: EndReason,
+    },
+    Message {
+        id: SessionId,
+        kind: MsgKind,
+    },
+    Rewritten {
+        id: SessionId,
+        kind: ExpectKind,
+        from: SocketAddr,
+        to: SocketAddr,
+    },
+    ExpectCreated {
+        id: ExpectId,
+        exp: Expectation,
+    },
+    ExpectUsed {
+        id: ExpectId,
+        exp: Expectation,
+        data: FlowTuple,
+    },
+    ExpectRemoved {
+        id: ExpectId,
+        exp: Expectation,
+        reason: RemoveReason,
+    },
+    Refused {
+        id: SessionId,
+        kind: ExpectKind,
+        addr: SocketAddr,
+        reason: Refusal,
+    },
+    ParseFailed {
+        id: SessionId,
+        dir: Dir,
+        kind: MsgKind,
+        error: ParseError,
+    },
     /// AUTH TLS accepted: data connections of this session will not be admitted.
-    TlsStarted { id: SessionId },
-    LineTooLong { id: SessionId, dir: Dir },
+    TlsStarted {
+        id: SessionId,
+    },
+    LineTooLong {
+        id: SessionId,
+        dir: Dir,
+    },
     /// A partial line was held and never completed; let through without rewrite.
-    HoldGaveUp { id: SessionId, dir: Dir },
+    HoldGaveUp {
+        id: SessionId,
+        dir: Dir,
+    },
     /// A message needed rewriting but its line had already been let through.
-    NotRewritten { id: SessionId, kind: ExpectKind },
+    NotRewritten {
+        id: SessionId,
+        kind: ExpectKind,
+    },
 }
 
 /// Counters for metrics. Monotonic except `sessions`.
@@ -310,7 +357,9 @@ impl Engine {
                 break;
             }
             self.deadlines.remove(&(t, sid));
-            let Some(s) = self.sessions.get(&sid) else { continue };
+            let Some(s) = self.sessions.get(&sid) else {
+                continue;
+            };
             let real = self.deadline_of(s);
             if real > now {
                 self.deadlines.insert((real, sid));
@@ -330,9 +379,9 @@ impl Engine {
     fn deadline_of(&self, s: &Session) -> Timestamp {
         let p = &self.cfg.policy;
         if s.is_closing() {
-            s.last_seen.add(p.session_close_linger)
+            s.last_seen.plus(p.session_close_linger)
         } else {
-            s.last_seen.add(p.session_idle_timeout)
+            s.last_seen.plus(p.session_idle_timeout)
         }
     }
 
@@ -359,7 +408,13 @@ impl Engine {
     }
 
     /// Handles one queued packet (bytes from the IP header on).
-    pub fn handle_packet(&mut self, bytes: &[u8], hook: Hook, ct: CtHint, now: Timestamp) -> Verdict {
+    pub fn handle_packet(
+        &mut self,
+        bytes: &[u8],
+        hook: Hook,
+        ct: CtHint,
+        now: Timestamp,
+    ) -> Verdict {
         self.now = now;
         let pkt = match TcpPacket::parse(bytes) {
             Ok(p) => p,
@@ -378,7 +433,8 @@ impl Engine {
         let (sid, dir) = match found {
             Some(x) => x,
             None => {
-                let control = self.is_control_port(pkt.tuple.dst.port()) || self.is_control_port(pkt.tuple.src.port());
+                let control = self.is_control_port(pkt.tuple.dst.port())
+                    || self.is_control_port(pkt.tuple.src.port());
                 if !post && pkt.flags.syn && !pkt.flags.ack {
                     if !control {
                         return self.data_syn(&pkt, now);
@@ -426,7 +482,12 @@ impl Engine {
         verdict
     }
 
-    fn new_session(&mut self, pkt: &TcpPacket<'_>, ct: CtTuples, now: Timestamp) -> Option<(SessionId, Dir)> {
+    fn new_session(
+        &mut self,
+        pkt: &TcpPacket<'_>,
+        ct: CtTuples,
+        now: Timestamp,
+    ) -> Option<(SessionId, Dir)> {
         let dir = if pkt.tuple == ct.original {
             Dir::Original
         } else if pkt.tuple == ct.reply {
@@ -434,7 +495,9 @@ impl Engine {
         } else {
             return None;
         };
-        if !self.is_control_port(ct.original.dst.port()) && !self.is_control_port(ct.reply.src.port()) {
+        if !self.is_control_port(ct.original.dst.port())
+            && !self.is_control_port(ct.reply.src.port())
+        {
             return None;
         }
         if self.sessions.len() >= self.cfg.policy.max_sessions.max(1) {
@@ -479,7 +542,9 @@ impl Engine {
     fn evict_one(&mut self) {
         while let Some(&(t, sid)) = self.deadlines.iter().next() {
             self.deadlines.remove(&(t, sid));
-            let Some(s) = self.sessions.get(&sid) else { continue };
+            let Some(s) = self.sessions.get(&sid) else {
+                continue;
+            };
             let real = self.deadline_of(s);
             if real > t {
                 self.deadlines.insert((real, sid));
@@ -492,7 +557,9 @@ impl Engine {
     }
 
     fn end_session(&mut self, sid: SessionId, reason: EndReason) {
-        let Some(s) = self.sessions.remove(&sid) else { return };
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
         self.index(sid, &s.ct, false);
         let mut removed = std::mem::take(&mut self.scratch_removed);
         removed.clear();
@@ -605,7 +672,7 @@ impl Engine {
             s.dir_mut(dir).fin = true;
         }
         if !was_closing && s.is_closing() {
-            let t = now.add(self.cfg.policy.session_close_linger);
+            let t = now.plus(self.cfg.policy.session_close_linger);
             self.deadlines.insert((t, sid));
         }
         let Some(s) = self.sessions.get_mut(&sid) else {
@@ -620,7 +687,14 @@ impl Engine {
             d.max_seg = d.max_seg.max(plen);
             if !d.synced {
                 // Picked up mid-stream (restart without state, or the SYN-ACK was missed).
-                d.sync(if pkt.flags.syn { seq.wrapping_add(1) } else { seq }, pkt.flags.syn);
+                d.sync(
+                    if pkt.flags.syn {
+                        seq.wrapping_add(1)
+                    } else {
+                        seq
+                    },
+                    pkt.flags.syn,
+                );
             }
         }
         let d = s.dir(dir);
@@ -662,13 +736,17 @@ impl Engine {
                 }
             }
             // Hold a partial line that may need a rewrite once complete.
-            if !d.line.is_empty() && !d.skipping && !d.no_rewrite_line && !pkt.flags.fin && !pkt.flags.rst {
-                if nat && may_need_rewrite(dir, &d.line, multiline) {
-                    hold_from = Some(d.line_start);
-                    if d.held_from.is_none() {
-                        d.held_from = Some(d.line_start);
-                        d.hold_tries = 0;
-                    }
+            let open_line = !d.line.is_empty() && !d.skipping && !d.no_rewrite_line;
+            if open_line
+                && !pkt.flags.fin
+                && !pkt.flags.rst
+                && nat
+                && may_need_rewrite(dir, &d.line, multiline)
+            {
+                hold_from = Some(d.line_start);
+                if d.held_from.is_none() {
+                    d.held_from = Some(d.line_start);
+                    d.hold_tries = 0;
                 }
             }
         } else if rel_end > 0 {
@@ -702,7 +780,10 @@ impl Engine {
         if let Some(h) = merged_from {
             let total = end.wrapping_sub(h);
             let limit = s.dir(dir).max_seg.max(MIN_MERGE);
-            if end_diff(seq, h) > 0 && total <= limit && self.orig.len() == seq.wrapping_sub(h) as usize {
+            if end_diff(seq, h) > 0
+                && total <= limit
+                && self.orig.len() == seq.wrapping_sub(h) as usize
+            {
                 emit_start = h;
                 prefix_len = self.orig.len();
             }
@@ -719,7 +800,8 @@ impl Engine {
             }
         }
         let keep = emit_end.wrapping_sub(seq) as usize;
-        self.orig.extend_from_slice(payload.get(..keep).unwrap_or(payload));
+        self.orig
+            .extend_from_slice(payload.get(..keep).unwrap_or(payload));
         let changed_range = emit_start != seq || emit_end != end;
         if !changed_range && adj.is_identity() {
             return Verdict::Accept;
@@ -745,9 +827,11 @@ impl Engine {
     fn feed(&mut self, sid: SessionId, dir: Dir, fresh: &[u8], max_line: usize) {
         let mut pos = 0usize;
         let mut line = std::mem::take(&mut self.line);
-        loop {
-            let Some(s) = self.sessions.get_mut(&sid) else { break };
-            match s.dir_mut(dir).next_line(fresh, &mut pos, max_line, &mut line) {
+        while let Some(s) = self.sessions.get_mut(&sid) {
+            match s
+                .dir_mut(dir)
+                .next_line(fresh, &mut pos, max_line, &mut line)
+            {
                 LineOut::NeedMore => break,
                 LineOut::Overlong => {
                     self.stats.lines_too_long += 1;
@@ -775,11 +859,29 @@ impl Engine {
         match parser::parse_command(line) {
             Ok(Command::Port(f)) => {
                 self.count(sid, MsgKind::Port);
-                self.announce(sid, Dir::Original, ExpectKind::Port, SocketAddr::V4(f.addr), f.span, 0, at, no_rewrite);
+                self.announce(
+                    sid,
+                    Dir::Original,
+                    ExpectKind::Port,
+                    SocketAddr::V4(f.addr),
+                    f.span,
+                    0,
+                    at,
+                    no_rewrite,
+                );
             }
             Ok(Command::Eprt { found, delim }) => {
                 self.count(sid, MsgKind::Eprt);
-                self.announce(sid, Dir::Original, ExpectKind::Eprt, found.addr, found.span, delim, at, no_rewrite);
+                self.announce(
+                    sid,
+                    Dir::Original,
+                    ExpectKind::Eprt,
+                    found.addr,
+                    found.span,
+                    delim,
+                    at,
+                    no_rewrite,
+                );
             }
             Ok(Command::Pasv) => {
                 self.count(sid, MsgKind::Pasv);
@@ -818,13 +920,16 @@ impl Engine {
     }
 
     fn on_reply(&mut self, sid: SessionId, line: &[u8], at: u32, no_rewrite: bool) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let start = parser::parse_reply_start(line);
         // Which reply this line belongs to, and whether it ends it.
         let (code, last) = match (s.multiline, start) {
             (Some(c), Some(r)) if r.code == c && !r.multiline => (c, true),
             (Some(c), _) => (c, false),
             (None, Some(r)) => {
+                s.multiline_done = false;
                 if r.multiline {
                     s.multiline = Some(r.code);
                     s.multiline_done = false;
@@ -845,14 +950,17 @@ impl Engine {
                         s.pending = Pending::None;
                     }
                     self.count(sid, MsgKind::Reply227);
-                    let mut addr = SocketAddr::V4(f.addr);
-                    if f.addr.ip().is_unspecified() {
-                        // 0,0,0,0: "the address you are connected to".
-                        if let Some(s) = self.sessions.get(&sid) {
-                            addr = SocketAddr::new(s.ct.reply.src.ip(), f.addr.port());
-                        }
-                    }
-                    self.announce(sid, Dir::Reply, ExpectKind::Pasv227, addr, f.span, 0, at, no_rewrite);
+                    let addr = SocketAddr::V4(f.addr);
+                    self.announce(
+                        sid,
+                        Dir::Reply,
+                        ExpectKind::Pasv227,
+                        addr,
+                        f.span,
+                        0,
+                        at,
+                        no_rewrite,
+                    );
                 }
                 Err(error) => {
                     // Only a final line without an address is a failure (pure-ftpd's
@@ -870,12 +978,24 @@ impl Engine {
             },
             229 if first_in_reply => match parser::parse_229(line) {
                 Ok(f) => {
-                    let Some(s) = self.sessions.get_mut(&sid) else { return };
+                    let Some(s) = self.sessions.get_mut(&sid) else {
+                        return;
+                    };
                     s.multiline_done = s.multiline.is_some();
                     s.pending = Pending::None;
-                    let addr = SocketAddr::new(s.ct.reply.src.ip(), f.addr);
+                    // 229 carries no address: the data connection goes to the control peer.
+                    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), f.addr);
                     self.count(sid, MsgKind::Reply229);
-                    self.announce(sid, Dir::Reply, ExpectKind::Epsv229, addr, f.span, 0, at, no_rewrite);
+                    self.announce(
+                        sid,
+                        Dir::Reply,
+                        ExpectKind::Epsv229,
+                        addr,
+                        f.span,
+                        0,
+                        at,
+                        no_rewrite,
+                    );
                 }
                 Err(error) => {
                     if last {
@@ -919,9 +1039,18 @@ impl Engine {
         line_at: u32,
         no_rewrite: bool,
     ) {
-        let Some(s) = self.sessions.get(&sid) else { return };
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
         // The announcer's real address, and where the other side's packets go.
         let peer = s.tuple(dir).src.ip();
+        // 227 with 0,0,0,0 and every 229 mean "the address you are connected to": the peer.
+        let implicit = announced.ip().is_unspecified();
+        let announced = if implicit {
+            SocketAddr::new(peer, announced.port())
+        } else {
+            announced
+        };
         let public_ip = s.tuple(dir.flip()).dst.ip();
         let syn_src = s.tuple(dir.flip()).src.ip();
         let policy = self.cfg.policy.clone();
@@ -930,16 +1059,27 @@ impl Engine {
             return;
         }
         let translated = public_ip != peer;
-        let mut dst = SocketAddr::new(if translated { public_ip } else { announced.ip() }, announced.port());
+        let mut dst = SocketAddr::new(
+            if translated {
+                public_ip
+            } else {
+                announced.ip()
+            },
+            announced.port(),
+        );
         // Keep the port when free, else the next free one in the range.
-        if self.expect.lookup(syn_src, dst).map(|(_, e)| e.master) != Some(sid) && self.expect.dst_in_use(dst) {
+        if self.expect.lookup(syn_src, dst).map(|(_, e)| e.master) != Some(sid)
+            && self.expect.dst_in_use(dst)
+        {
             if !translated {
                 self.refuse(sid, kind, announced, Refusal::Clash(dst));
                 return;
             }
             let ip = dst.ip();
             let expect = &self.expect;
-            match policy.pick_port(announced.port(), PORT_TRIES, |p| expect.dst_in_use(SocketAddr::new(ip, p))) {
+            match policy.pick_port(announced.port(), PORT_TRIES, |p| {
+                expect.dst_in_use(SocketAddr::new(ip, p))
+            }) {
                 Some(p) => dst.set_port(p),
                 None => {
                     let (lo, hi) = (policy.nat_port_min, policy.nat_port_max);
@@ -948,7 +1088,8 @@ impl Engine {
                 }
             }
         }
-        let rewrite = dst != announced;
+        // An implicit address stays implicit unless the port had to change.
+        let rewrite = dst != announced && !(implicit && dst.port() == announced.port());
         if rewrite {
             if no_rewrite {
                 self.event(Event::NotRewritten { id: sid, kind });
@@ -956,7 +1097,9 @@ impl Engine {
             }
             self.fmt.clear();
             match (kind, dst) {
-                (ExpectKind::Port | ExpectKind::Pasv227, SocketAddr::V4(v4)) => parser::format_port_args(v4, &mut self.fmt),
+                (ExpectKind::Port | ExpectKind::Pasv227, SocketAddr::V4(v4)) => {
+                    parser::format_port_args(v4, &mut self.fmt)
+                }
                 (ExpectKind::Eprt, _) => parser::format_eprt_args(dst, delim, &mut self.fmt),
                 (ExpectKind::Epsv229, _) => parser::format_port_number(dst.port(), &mut self.fmt),
                 (_, SocketAddr::V6(_)) => {
@@ -973,7 +1116,7 @@ impl Engine {
             dst,
             nat_to: (dst != announced).then_some(announced),
             created: self.now,
-            expires: self.now.add(timeout),
+            expires: self.now.plus(timeout),
         };
         match self.expect.insert(exp) {
             Ok(ins) => {
@@ -981,7 +1124,10 @@ impl Engine {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.expectations += 1;
                 }
-                for (old, reason) in [(ins.evicted, RemoveReason::Evicted), (ins.replaced, RemoveReason::Replaced)] {
+                for (old, reason) in [
+                    (ins.evicted, RemoveReason::Evicted),
+                    (ins.replaced, RemoveReason::Replaced),
+                ] {
                     if let Some((oid, oexp)) = old {
                         if reason == RemoveReason::Evicted {
                             self.stats.expect_evicted += 1;
@@ -1059,7 +1205,9 @@ fn may_need_rewrite(dir: Dir, partial: &[u8], multiline: Option<u16>) -> bool {
     match dir {
         Dir::Original => prefix_of(partial, b"PORT ") || prefix_of(partial, b"EPRT "),
         Dir::Reply => {
-            matches!(multiline, Some(227) | Some(229)) || prefix_of(partial, b"227") || prefix_of(partial, b"229")
+            matches!(multiline, Some(227) | Some(229))
+                || prefix_of(partial, b"227")
+                || prefix_of(partial, b"229")
         }
     }
 }
@@ -1071,4 +1219,3 @@ fn rewrite_possible(ct: &CtTuples, dir: Dir) -> bool {
         Dir::Reply => ct.is_dst_nat(),
     }
 }
-

@@ -9,7 +9,11 @@ use ftpct::control::{self, Request};
 use ftpct::{daemon, rules};
 
 #[derive(Parser, Debug)]
-#[command(name = "ftpct", version, about = "Userspace FTP ALG for Linux (NFQUEUE + ctnetlink)")]
+#[command(
+    name = "ftpct",
+    version,
+    about = "Userspace FTP ALG for Linux (NFQUEUE + ctnetlink)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -144,7 +148,8 @@ fn main() -> ExitCode {
                 ..rules::RuleSpec::default()
             };
             let result = if apply {
-                rules::apply(&spec).map(|n| format!("ftpct rules: {n} rules added (existing ones kept)"))
+                rules::apply(&spec)
+                    .map(|n| format!("ftpct rules: {n} rules added (existing ones kept)"))
             } else if delete {
                 rules::delete(&spec).map(|n| format!("ftpct rules: {n} rules removed"))
             } else {

@@ -93,7 +93,9 @@ impl<'a> TcpPacket<'a> {
     }
 
     pub fn payload(&self) -> &'a [u8] {
-        self.bytes.get(self.payload_off..self.payload_end).unwrap_or(&[])
+        self.bytes
+            .get(self.payload_off..self.payload_end)
+            .unwrap_or(&[])
     }
 
     pub fn payload_len(&self) -> u32 {
@@ -133,7 +135,10 @@ pub struct Edit<'p> {
 pub fn build(pkt: &TcpPacket<'_>, edit: &Edit<'_>, out: &mut Vec<u8>) -> Result<(), PacketError> {
     let payload = edit.payload.unwrap_or_else(|| pkt.payload());
     out.clear();
-    let headers = pkt.bytes.get(..pkt.payload_off).ok_or(PacketError::BadTcp)?;
+    let headers = pkt
+        .bytes
+        .get(..pkt.payload_off)
+        .ok_or(PacketError::BadTcp)?;
     out.extend_from_slice(headers);
     out.extend_from_slice(payload);
     let total = out.len();
@@ -267,7 +272,13 @@ pub(crate) mod testutil {
     }
 
     impl<'a> Seg<'a> {
-        pub fn new(src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, payload: &'a [u8]) -> Self {
+        pub fn new(
+            src: SocketAddr,
+            dst: SocketAddr,
+            seq: u32,
+            ack: u32,
+            payload: &'a [u8],
+        ) -> Self {
             Seg {
                 src,
                 dst,
@@ -318,7 +329,11 @@ pub(crate) mod testutil {
                     ),
                 };
                 b = b
-                    .options(&[etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Noop, opt])
+                    .options(&[
+                        etherparse::TcpOptionElement::Noop,
+                        etherparse::TcpOptionElement::Noop,
+                        opt,
+                    ])
                     .expect("sack option");
             }
             let mut v = Vec::new();
@@ -362,7 +377,14 @@ mod tests {
 
     #[test]
     fn parse_v4_and_v6() {
-        let b = Seg::new(a("10.0.0.2:40000"), a("198.51.100.2:21"), 100, 7, b"PORT 1,2,3,4,5,6\r\n").bytes();
+        let b = Seg::new(
+            a("10.0.0.2:40000"),
+            a("198.51.100.2:21"),
+            100,
+            7,
+            b"PORT 1,2,3,4,5,6\r\n",
+        )
+        .bytes();
         let p = TcpPacket::parse(&b).unwrap();
         assert_eq!(p.tuple.src, a("10.0.0.2:40000"));
         assert_eq!(p.seq, 100);
@@ -436,7 +458,8 @@ mod tests {
         )
         .unwrap();
         assert!(checksums_ok(&out));
-        let tcp = TcpSlice::from_slice(IpSlice::from_slice(&out).unwrap().payload().payload).unwrap();
+        let tcp =
+            TcpSlice::from_slice(IpSlice::from_slice(&out).unwrap().payload().payload).unwrap();
         let mut found = vec![];
         for o in tcp.options_iterator() {
             if let Ok(etherparse::TcpOptionElement::SelectiveAcknowledgement(first, rest)) = o {

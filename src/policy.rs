@@ -113,13 +113,22 @@ impl Policy {
     /// Picks the public port for a rewritten address: `wanted` if it is in range and free,
     /// else the next free one in the range (wrapping), else `None`. `in_use` is asked at most
     /// once per candidate, and at most `limit` candidates are tried (bounded work per packet).
-    pub fn pick_port(&self, wanted: u16, limit: u32, mut in_use: impl FnMut(u16) -> bool) -> Option<u16> {
+    pub fn pick_port(
+        &self,
+        wanted: u16,
+        limit: u32,
+        mut in_use: impl FnMut(u16) -> bool,
+    ) -> Option<u16> {
         let (lo, hi) = (self.nat_port_min.max(1), self.nat_port_max);
         if lo > hi {
             return None;
         }
         let span = u32::from(hi - lo) + 1;
-        let start = if (lo..=hi).contains(&wanted) { wanted } else { lo };
+        let start = if (lo..=hi).contains(&wanted) {
+            wanted
+        } else {
+            lo
+        };
         let mut p = start;
         for _ in 0..span.min(limit) {
             if !in_use(p) {
@@ -139,7 +148,9 @@ mod tests {
     fn defaults_refuse_bounce_and_privileged() {
         let p = Policy::default();
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(p.check_announced("10.0.0.2:40000".parse().unwrap(), peer).is_ok());
+        assert!(p
+            .check_announced("10.0.0.2:40000".parse().unwrap(), peer)
+            .is_ok());
         assert_eq!(
             p.check_announced("10.0.0.9:40000".parse().unwrap(), peer),
             Err(Refusal::ThirdParty {
@@ -160,7 +171,9 @@ mod tests {
             allow_privileged_ports: true,
             ..Policy::default()
         };
-        assert!(loose.check_announced("10.0.0.9:22".parse().unwrap(), peer).is_ok());
+        assert!(loose
+            .check_announced("10.0.0.9:22".parse().unwrap(), peer)
+            .is_ok());
     }
 
     #[test]

@@ -313,18 +313,31 @@ mod tests {
             stream[(s1 - isn) as usize..][..out.len()].copy_from_slice(&out);
             let l1 = out.len();
             let s2 = s.transform(isn + cut as u32, &orig[cut..], &mut out);
-            assert_eq!((s2 - isn) as usize, l1, "segments must be contiguous at cut {cut}");
+            assert_eq!(
+                (s2 - isn) as usize,
+                l1,
+                "segments must be contiguous at cut {cut}"
+            );
             stream[(s2 - isn) as usize..][..out.len()].copy_from_slice(&out);
             assert_eq!(l1 + out.len(), want.len());
             assert_eq!(stream, want);
         }
     }
 
-    fn arb_stream() -> impl Strategy<Value = (u32, Vec<u8>, Vec<(u32, u32, Vec<u8>)>)> {
+    type Stream = (u32, Vec<u8>, Vec<(u32, u32, Vec<u8>)>);
+
+    fn arb_stream() -> impl Strategy<Value = Stream> {
         (
             any::<u32>(),
             prop::collection::vec(any::<u8>(), 1..300),
-            prop::collection::vec((1u32..40, 1u32..20, prop::collection::vec(any::<u8>(), 0..40)), 0..8),
+            prop::collection::vec(
+                (
+                    1u32..40,
+                    1u32..20,
+                    prop::collection::vec(any::<u8>(), 0..40),
+                ),
+                0..8,
+            ),
         )
             .prop_map(|(isn, orig, gaps)| {
                 let mut recs = Vec::new();

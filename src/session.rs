@@ -84,7 +84,13 @@ impl DirState {
 
     /// Consumes in-order bytes `input[*pos..]` (whose first byte is at sequence `self.next`)
     /// until a line completes. A completed line is moved into `out` without its terminator.
-    pub fn next_line(&mut self, input: &[u8], pos: &mut usize, max_line: usize, out: &mut Vec<u8>) -> LineOut {
+    pub fn next_line(
+        &mut self,
+        input: &[u8],
+        pos: &mut usize,
+        max_line: usize,
+        out: &mut Vec<u8>,
+    ) -> LineOut {
         let rest = input.get(*pos..).unwrap_or(&[]);
         if rest.is_empty() {
             return LineOut::NeedMore;
@@ -227,9 +233,15 @@ mod tests {
     fn lines_across_segments() {
         let mut d = DirState::default();
         d.sync(100, true);
-        assert_eq!(lines(&mut d, b"USER a\r\nPA"), vec![(100, b"USER a".to_vec())]);
+        assert_eq!(
+            lines(&mut d, b"USER a\r\nPA"),
+            vec![(100, b"USER a".to_vec())]
+        );
         assert_eq!(d.line_start, 108);
-        assert_eq!(lines(&mut d, b"SS b\r\nNOOP\n"), vec![(108, b"PASS b".to_vec()), (116, b"NOOP".to_vec())]);
+        assert_eq!(
+            lines(&mut d, b"SS b\r\nNOOP\n"),
+            vec![(108, b"PASS b".to_vec()), (116, b"NOOP".to_vec())]
+        );
         assert_eq!(d.next, 121);
     }
 
@@ -237,7 +249,10 @@ mod tests {
     fn picked_up_mid_stream_skips_to_newline() {
         let mut d = DirState::default();
         d.sync(0, false);
-        assert_eq!(lines(&mut d, b"T 1,2,3,4,5,6\r\nPORT 1\r\n"), vec![(15, b"PORT 1".to_vec())]);
+        assert_eq!(
+            lines(&mut d, b"T 1,2,3,4,5,6\r\nPORT 1\r\n"),
+            vec![(15, b"PORT 1".to_vec())]
+        );
     }
 
     #[test]

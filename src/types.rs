@@ -29,8 +29,11 @@ impl Timestamp {
         self.0 / 1_000_000_000
     }
     /// `self + d`, saturating.
-    pub fn add(self, d: std::time::Duration) -> Self {
-        Timestamp(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
     }
     /// `self - earlier`, zero if `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> std::time::Duration {

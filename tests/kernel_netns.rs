@@ -406,7 +406,7 @@ fn ctnetlink_get_finds_both_directions_and_the_nat() {
     drop((c4, c6));
 }
 
-/// One data connection admitted by `create_related`; `nat_to` None = IPv6 without NAT.
+/// One data connection admitted by `create_related`; no NAT = IPv6 without NAT.
 fn data_connection_through_gateway(t: &Topo, v6: bool) {
     let (s_ip, c_ip, data_dst) = if v6 {
         (S6, C6, sa(&format!("[{C6}]:40000")))
@@ -431,7 +431,13 @@ fn data_connection_through_gateway(t: &Topo, v6: bool) {
 
     let entry = RelatedEntry {
         original: FlowTuple::new(fmt(s_ip, 2020), data_dst),
-        nat_to: if v6 { None } else { Some(fmt(c_ip, 40000)) },
+        // As the engine asks for it (nf_nat_follow_master): source kept, destination DNATed.
+        nat_src: if v6 {
+            None
+        } else {
+            Some(s_ip.parse().unwrap())
+        },
+        nat_dst: if v6 { None } else { Some(fmt(c_ip, 40000)) },
         master,
         mark: 0x4654,
         timeout_secs: 30,
@@ -460,7 +466,7 @@ fn data_connection_through_gateway(t: &Topo, v6: bool) {
             "status {:#x}",
             got.status
         );
-        match entry.nat_to {
+        match entry.nat_dst {
             Some(to) => {
                 assert_ne!(
                     got.status & status::IPS_DST_NAT,
