@@ -3,7 +3,7 @@
 //! Besides the criterion benches (insert, lookup hit/miss at 1 k and 1 M, next_expiry), this
 //! prints measurements criterion cannot express directly:
 //! - heap bytes per expectation, counted by a global allocator wrapper (live bytes before and
-//!   after filling a table), with and without `reserve`;
+//!   after filling a table), with and without `try_reserve`;
 //! - the average cost of filling an empty table to 1 M;
 //! - expire throughput while draining 1 M expectations, with three call patterns;
 //! - lookup cost at 1 k vs 1 M entries (flat-cost check).
@@ -119,7 +119,7 @@ fn limits() -> ExpectLimits {
 fn build(n: u64, reserve: bool) -> ExpectTable {
     let mut t = ExpectTable::new(limits());
     if reserve {
-        t.reserve(n as usize);
+        t.try_reserve(n as usize).expect("reserve");
     }
     let spacing = TIMEOUT / n.max(1);
     for k in 0..n {

@@ -34,18 +34,21 @@
 //! deadlines; the one slot of the tick in progress is sorted the first time `expire` has to
 //! take part of it, which makes repeated `expire` calls within a tick O(1 + expired).
 //! Level-1 and overflow lists are kept sorted by inserting from the tail, which is O(1) when
-//! deadlines arrive in increasing order (a constant timeout and a monotonic clock).
+//! deadlines arrive in increasing order (a constant timeout and a monotonic clock); otherwise an
+//! insert walks past the later deadlines already in the same slot. Only timeouts longer than a
+//! revolution (512 s) use these lists.
 //!
 //! Removal by id is O(1): an [`ExpectId`] is the slot index plus the slot's generation, which is
 //! bumped whenever the slot is freed, so a stale id never names a later occupant (a slot whose
 //! generation counter is exhausted is retired instead of reused).
 //!
 //! Memory, measured by `benches/expect.rs` with a counting allocator at 1 M entries: about
-//! 165 bytes per expectation after [`ExpectTable::reserve`] (144-byte node, 16.8 bytes of dst
+//! 165 bytes per expectation after [`ExpectTable::try_reserve`] (144-byte node, 16.8 bytes of dst
 //! index, 4.2 bytes of master index) and about 172 bytes when grown by doubling.
-//! The slab and the indexes grow by doubling (amortised O(1)); `reserve` pre-sizes them.
+//! The slab and the indexes grow by doubling (amortised O(1)); `try_reserve` pre-sizes them.
 
 use std::collections::hash_map::RandomState;
+use std::collections::TryReserveError;
 use std::fmt::{self, Write as _};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
@@ -230,6 +233,14 @@ impl DstKey {
     }
 }
 
+/// `vec![value; len]`, failing instead of aborting when the memory cannot be had.
+fn filled_vec<T: Copy>(len: usize, value: T) -> Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)?;
+    v.resize(len, value);
+    Ok(v)
+}
+
 fn tick_of(t: u64) -> u64 {
     t / WHEEL_TICK_NS
 }
@@ -366,22 +377,31 @@ impl ExpectTable {
     }
 
     /// Makes room for `additional` more expectations (slab and both hash indexes), so that
-    /// inserts up to that size never reallocate or rehash.
-    pub fn reserve(&mut self, additional: usize) {
-        let want = self.len.saturating_add(additional).min(MAX_NODES);
+    /// inserts up to that size never reallocate or rehash. The request is capped at
+    /// `max_total`. Fails, leaving the table usable, when the memory cannot be had.
+    pub fn try_reserve(&mut self, additional: usize) -> Result<(), TryReserveError> {
+        let want = self
+            .len
+            .saturating_add(additional)
+            .min(self.limits.max_total)
+            .min(MAX_NODES);
         let free_slots = self.nodes.len() - self.len;
         self.nodes
-            .reserve_exact(want.saturating_sub(self.len).saturating_sub(free_slots));
+            .try_reserve_exact(want.saturating_sub(self.len).saturating_sub(free_slots))?;
         let buckets = want
             .checked_next_power_of_two()
             .unwrap_or(want)
             .max(MIN_BUCKETS);
-        if buckets.saturating_mul(2) > self.dst_slots.len() {
-            self.rehash_dst(buckets.saturating_mul(2));
+        let dst_slots = buckets.saturating_mul(2);
+        if dst_slots > self.dst_slots.len() {
+            let fresh = filled_vec(dst_slots, DST_EMPTY)?;
+            self.rehash_dst_into(fresh);
         }
         if buckets > self.master_buckets.len() {
-            self.rehash_masters(buckets);
+            let fresh = filled_vec(buckets, NIL)?;
+            self.rehash_masters_into(fresh);
         }
+        Ok(())
     }
 
     /// Heap bytes held by the table, computed from the capacities of its vectors.
@@ -711,8 +731,13 @@ impl ExpectTable {
 
     /// Rebuilds the dst index with `slots` positions, from the stored hashes.
     fn rehash_dst(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.dst_slots, vec![DST_EMPTY; slots]);
-        let mask = slots - 1;
+        self.rehash_dst_into(vec![DST_EMPTY; slots]);
+    }
+
+    /// Moves the dst index into `fresh` (all `DST_EMPTY`, power-of-two length).
+    fn rehash_dst_into(&mut self, fresh: Vec<u64>) {
+        let old = std::mem::replace(&mut self.dst_slots, fresh);
+        let mask = self.dst_slots.len() - 1;
         for s in old.into_iter().filter(|&s| s != DST_EMPTY) {
             let mut p = (s >> 32) as usize & mask;
             while self.dst_slots[p] != DST_EMPTY {
@@ -812,7 +837,12 @@ impl ExpectTable {
     }
 
     fn rehash_masters(&mut self, buckets: usize) {
-        let old = std::mem::replace(&mut self.master_buckets, vec![NIL; buckets]);
+        self.rehash_masters_into(vec![NIL; buckets]);
+    }
+
+    /// Moves the master index into `fresh` (all `NIL`, power-of-two length).
+    fn rehash_masters_into(&mut self, fresh: Vec<u32>) {
+        let old = std::mem::replace(&mut self.master_buckets, fresh);
         for mut i in old {
             while i != NIL {
                 let next = self.nodes[i as usize].h_next;
@@ -1736,7 +1766,7 @@ mod tests {
     #[test]
     fn reserve_presizes() {
         let mut t = ExpectTable::default();
-        t.reserve(1000);
+        t.try_reserve(1000).unwrap();
         let before = t.heap_bytes();
         for k in 0..1000u64 {
             t.insert(exp_at(
@@ -1749,6 +1779,19 @@ mod tests {
             .unwrap();
         }
         assert_eq!(t.heap_bytes(), before);
+    }
+
+    #[test]
+    fn try_reserve_is_capped_by_max_total() {
+        let mut t = table(100, 1);
+        t.insert(exp_at(1, "10.0.0.1", "192.0.2.1:1000", 0, 300 * S))
+            .unwrap();
+        t.try_reserve(usize::MAX).unwrap();
+        assert!(t.heap_bytes() < 100_000);
+        assert!(t.lookup(ip("10.0.0.1"), sa("192.0.2.1:1000")).is_some());
+        t.insert(exp_at(2, "10.0.0.1", "192.0.2.1:1001", 0, 300 * S))
+            .unwrap();
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
