@@ -9,12 +9,16 @@
 //!
 //! Every expectation lives in one node of a slab (`Vec<Node>`, addressed by `u32` indices, free
 //! slots chained in a free list). A node holds the [`Expectation`] itself (the API hands out
-//! `&Expectation`, so it is stored as is: 112 bytes) and ten `u32` words of bookkeeping, so the
-//! table needs no heap allocation per entry. Three intrusive structures thread through the nodes:
+//! `&Expectation`, so it is stored as is: 112 bytes) and eight `u32` words of bookkeeping
+//! (144 bytes in all), so the table needs no heap allocation per entry. Three structures index
+//! the nodes:
 //!
-//! - **dst index**: a chained hash table (`Vec<u32>` bucket heads, `Node::d_next` links) keyed by
-//!   the destination address and port, hashed with a per-table random SipHash key (the ports come
-//!   from the network). At most one live expectation per destination.
+//! - **dst index**: an open-addressing hash table with linear probing, at most half full, whose
+//!   8-byte positions hold a node index and 32 bits of the key's hash, so a miss usually reads no
+//!   node at all and a growth rehash needs no hashing. Keys are the destination address and port,
+//!   hashed with a per-table random SipHash key (ports come from the network). Deletion shifts
+//!   the rest of the probe run back (no tombstones). At most one live expectation per
+//!   destination.
 //! - **per-master lists**: each master's expectations form a circular doubly linked list in
 //!   insertion order (oldest first). Only the oldest node of each master is entered in a second
 //!   chained hash table keyed by [`SessionId`]; it also carries the master's entry count.
@@ -30,17 +34,21 @@
 //! deadlines; the one slot of the tick in progress is sorted the first time `expire` has to
 //! take part of it, which makes repeated `expire` calls within a tick O(1 + expired).
 //! Level-1 and overflow lists are kept sorted by inserting from the tail, which is O(1) when
-//! deadlines arrive in increasing order (a constant timeout and a monotonic clock).
+//! deadlines arrive in increasing order (a constant timeout and a monotonic clock); otherwise an
+//! insert walks past the later deadlines already in the same slot. Only timeouts longer than a
+//! revolution (512 s) use these lists.
 //!
 //! Removal by id is O(1): an [`ExpectId`] is the slot index plus the slot's generation, which is
 //! bumped whenever the slot is freed, so a stale id never names a later occupant (a slot whose
 //! generation counter is exhausted is retired instead of reused).
 //!
-//! Memory, measured by `benches/expect.rs` with a counting allocator: about 160 bytes per
-//! expectation at 1 M entries (152-byte node, two 4-byte bucket heads, vector slack).
-//! Hash tables grow by doubling (amortised O(1)); [`ExpectTable::reserve`] pre-sizes them.
+//! Memory, measured by `benches/expect.rs` with a counting allocator at 1 M entries: about
+//! 165 bytes per expectation after [`ExpectTable::try_reserve`] (144-byte node, 16.8 bytes of dst
+//! index, 4.2 bytes of master index) and about 172 bytes when grown by doubling.
+//! The slab and the indexes grow by doubling (amortised O(1)); `try_reserve` pre-sizes them.
 
 use std::collections::hash_map::RandomState;
+use std::collections::TryReserveError;
 use std::fmt::{self, Write as _};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
@@ -151,6 +159,8 @@ const LOC_FAR: u32 = 2 << 16;
 const GEN_RETIRED: u32 = u32::MAX;
 
 const MIN_BUCKETS: usize = 64;
+/// An unused position of the dst index (no node index is `u32::MAX`).
+const DST_EMPTY: u64 = u64::MAX;
 
 /// One slab slot.
 #[derive(Clone, Copy, Debug)]
@@ -160,14 +170,12 @@ struct Node {
     gen: u32,
     /// Which timer list the node is on (`LOC_*`), or `LOC_FREE`.
     loc: u32,
-    /// Timer list links.
+    /// Timer list links (`t_next`: next free slot while free).
     t_prev: u32,
     t_next: u32,
     /// Circular per-master list, in insertion order.
     m_prev: u32,
     m_next: u32,
-    /// Next node in the dst hash chain; next free slot while free.
-    d_next: u32,
     /// Next master head in the master hash chain (meaningful on a master's oldest node only).
     h_next: u32,
     /// Number of the master's expectations (meaningful on a master's oldest node only).
@@ -223,6 +231,14 @@ impl DstKey {
             },
         }
     }
+}
+
+/// `vec![value; len]`, failing instead of aborting when the memory cannot be had.
+fn filled_vec<T: Copy>(len: usize, value: T) -> Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)?;
+    v.resize(len, value);
+    Ok(v)
 }
 
 fn tick_of(t: u64) -> u64 {
@@ -288,8 +304,9 @@ pub struct ExpectTable {
     nodes: Vec<Node>,
     free_head: u32,
     len: usize,
-    /// dst hash index: bucket heads (power-of-two length), chained through `Node::d_next`.
-    dst_buckets: Vec<u32>,
+    /// dst hash index, open addressing with linear probing (power-of-two length, at most half
+    /// full): `hash32 << 32 | node`, or `DST_EMPTY`.
+    dst_slots: Vec<u64>,
     hasher: RandomState,
     /// master hash index: bucket heads of master-head chains (`Node::h_next`).
     master_buckets: Vec<u32>,
@@ -331,7 +348,7 @@ impl ExpectTable {
             nodes: Vec::new(),
             free_head: NIL,
             len: 0,
-            dst_buckets: vec![NIL; MIN_BUCKETS],
+            dst_slots: vec![DST_EMPTY; 2 * MIN_BUCKETS],
             hasher: RandomState::new(),
             master_buckets: vec![NIL; MIN_BUCKETS],
             masters: 0,
@@ -360,30 +377,38 @@ impl ExpectTable {
     }
 
     /// Makes room for `additional` more expectations (slab and both hash indexes), so that
-    /// inserts up to that size never reallocate or rehash.
-    pub fn reserve(&mut self, additional: usize) {
-        let want = self.len.saturating_add(additional).min(MAX_NODES);
+    /// inserts up to that size never reallocate or rehash. The request is capped at
+    /// `max_total`. Fails, leaving the table usable, when the memory cannot be had.
+    pub fn try_reserve(&mut self, additional: usize) -> Result<(), TryReserveError> {
+        let want = self
+            .len
+            .saturating_add(additional)
+            .min(self.limits.max_total)
+            .min(MAX_NODES);
         let free_slots = self.nodes.len() - self.len;
         self.nodes
-            .reserve_exact(want.saturating_sub(self.len).saturating_sub(free_slots));
+            .try_reserve_exact(want.saturating_sub(self.len).saturating_sub(free_slots))?;
         let buckets = want
             .checked_next_power_of_two()
             .unwrap_or(want)
             .max(MIN_BUCKETS);
-        if buckets > self.dst_buckets.len() {
-            self.rehash_dst(buckets);
+        let dst_slots = buckets.saturating_mul(2);
+        if dst_slots > self.dst_slots.len() {
+            let fresh = filled_vec(dst_slots, DST_EMPTY)?;
+            self.rehash_dst_into(fresh);
         }
         if buckets > self.master_buckets.len() {
-            self.rehash_masters(buckets);
+            let fresh = filled_vec(buckets, NIL)?;
+            self.rehash_masters_into(fresh);
         }
+        Ok(())
     }
 
     /// Heap bytes held by the table, computed from the capacities of its vectors.
     pub fn heap_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
-            + (self.dst_buckets.capacity()
-                + self.master_buckets.capacity()
-                + self.scratch.capacity())
+            + self.dst_slots.capacity() * std::mem::size_of::<u64>()
+            + (self.master_buckets.capacity() + self.scratch.capacity())
                 * std::mem::size_of::<u32>()
             + (self.l0.capacity() + self.l1.capacity()) * std::mem::size_of::<TimerList>()
     }
@@ -404,7 +429,8 @@ impl ExpectTable {
     /// On error nothing changes.
     pub fn insert(&mut self, exp: Expectation) -> Result<Inserted, InsertError> {
         let key = DstKey::of(&exp.dst);
-        let existing = self.dst_find(&key);
+        let hash = self.dst_hash(&key);
+        let existing = self.dst_find(&key, hash).map(|(_, i)| i);
         if let Some(e) = existing {
             if self.nodes[e as usize].exp.master != exp.master {
                 return Err(InsertError::Clash);
@@ -443,7 +469,7 @@ impl ExpectTable {
             self.cur = self.cur.max(t);
         }
         let i = self.alloc(exp);
-        self.dst_link(i, &key);
+        self.dst_link(i, hash);
         self.master_link(i);
         self.timer_place(i);
         self.len += 1;
@@ -456,7 +482,8 @@ impl ExpectTable {
 
     /// The expectation a SYN from `src` to `dst` matches, if any.
     pub fn lookup(&self, src: IpAddr, dst: SocketAddr) -> Option<(ExpectId, &Expectation)> {
-        let i = self.dst_find(&DstKey::of(&dst))?;
+        let key = DstKey::of(&dst);
+        let (_, i) = self.dst_find(&key, self.dst_hash(&key))?;
         let n = &self.nodes[i as usize];
         if n.exp.src == src || n.exp.src.is_unspecified() {
             Some((make_id(i, n.gen), &n.exp))
@@ -565,7 +592,8 @@ impl ExpectTable {
     }
     /// True if some live expectation has this `dst` (used to pick a free public port).
     pub fn dst_in_use(&self, dst: SocketAddr) -> bool {
-        self.dst_find(&DstKey::of(&dst)).is_some()
+        let key = DstKey::of(&dst);
+        self.dst_find(&key, self.dst_hash(&key)).is_some()
     }
     /// All expectations, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (ExpectId, &Expectation)> + '_ {
@@ -590,7 +618,7 @@ impl ExpectTable {
         if self.free_head != NIL {
             let i = self.free_head;
             let n = &mut self.nodes[i as usize];
-            self.free_head = n.d_next;
+            self.free_head = n.t_next;
             n.exp = exp;
             i
         } else {
@@ -603,7 +631,6 @@ impl ExpectTable {
                 t_next: NIL,
                 m_prev: NIL,
                 m_next: NIL,
-                d_next: NIL,
                 h_next: NIL,
                 m_count: 0,
             });
@@ -618,7 +645,7 @@ impl ExpectTable {
         n.loc = LOC_FREE;
         n.gen = n.gen.wrapping_add(1);
         if n.gen != GEN_RETIRED {
-            n.d_next = self.free_head;
+            n.t_next = self.free_head;
             self.free_head = i;
         }
         self.len -= 1;
@@ -634,60 +661,89 @@ impl ExpectTable {
 
     // ---- dst index ----
 
-    fn dst_bucket(&self, key: &DstKey) -> usize {
-        (self.hasher.hash_one(key) as usize) & (self.dst_buckets.len() - 1)
+    fn dst_hash(&self, key: &DstKey) -> u32 {
+        self.hasher.hash_one(key) as u32
     }
 
-    fn dst_find(&self, key: &DstKey) -> Option<u32> {
-        let mut i = self.dst_buckets[self.dst_bucket(key)];
-        while i != NIL {
-            let n = &self.nodes[i as usize];
-            if DstKey::of(&n.exp.dst) == *key {
-                return Some(i);
+    /// Position in `dst_slots` and node of the live expectation for `key` (`hash` is its hash).
+    fn dst_find(&self, key: &DstKey, hash: u32) -> Option<(usize, u32)> {
+        let mask = self.dst_slots.len() - 1;
+        let mut p = hash as usize & mask;
+        loop {
+            let s = self.dst_slots[p];
+            if s == DST_EMPTY {
+                return None;
             }
-            i = n.d_next;
+            if (s >> 32) as u32 == hash {
+                let i = s as u32;
+                if DstKey::of(&self.nodes[i as usize].exp.dst) == *key {
+                    return Some((p, i));
+                }
+            }
+            p = (p + 1) & mask;
         }
-        None
     }
 
-    fn dst_link(&mut self, i: u32, key: &DstKey) {
-        if self.len + 1 > self.dst_buckets.len() {
-            self.rehash_dst(self.dst_buckets.len() * 2);
+    fn dst_link(&mut self, i: u32, hash: u32) {
+        if (self.len + 1) * 2 > self.dst_slots.len() {
+            self.rehash_dst(self.dst_slots.len() * 2);
         }
-        let b = self.dst_bucket(key);
-        self.nodes[i as usize].d_next = self.dst_buckets[b];
-        self.dst_buckets[b] = i;
+        let mask = self.dst_slots.len() - 1;
+        let mut p = hash as usize & mask;
+        while self.dst_slots[p] != DST_EMPTY {
+            p = (p + 1) & mask;
+        }
+        self.dst_slots[p] = (u64::from(hash) << 32) | u64::from(i);
     }
 
     fn dst_unlink(&mut self, i: u32) {
-        let b = self.dst_bucket(&DstKey::of(&self.nodes[i as usize].exp.dst));
-        let next = self.nodes[i as usize].d_next;
-        let mut p = self.dst_buckets[b];
-        if p == i {
-            self.dst_buckets[b] = next;
-            return;
+        let key = DstKey::of(&self.nodes[i as usize].exp.dst);
+        match self.dst_find(&key, self.dst_hash(&key)) {
+            Some((p, found)) if found == i => self.dst_remove_at(p),
+            _ => debug_assert!(false, "dst_unlink: node not indexed"),
         }
-        while p != NIL {
-            let pn = self.nodes[p as usize].d_next;
-            if pn == i {
-                self.nodes[p as usize].d_next = next;
-                return;
-            }
-            p = pn;
-        }
-        debug_assert!(false, "dst_unlink: node not in its chain");
     }
 
-    fn rehash_dst(&mut self, buckets: usize) {
-        let old = std::mem::replace(&mut self.dst_buckets, vec![NIL; buckets]);
-        for mut i in old {
-            while i != NIL {
-                let next = self.nodes[i as usize].d_next;
-                let b = self.dst_bucket(&DstKey::of(&self.nodes[i as usize].exp.dst));
-                self.nodes[i as usize].d_next = self.dst_buckets[b];
-                self.dst_buckets[b] = i;
-                i = next;
+    /// Empties position `hole`, shifting later members of its probe run back (no tombstones).
+    fn dst_remove_at(&mut self, mut hole: usize) {
+        let mask = self.dst_slots.len() - 1;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.dst_slots[j];
+            if s == DST_EMPTY {
+                break;
             }
+            let home = (s >> 32) as usize & mask;
+            // The entry at `j` must stay if its home lies cyclically in `(hole, j]`.
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.dst_slots[hole] = s;
+                hole = j;
+            }
+        }
+        self.dst_slots[hole] = DST_EMPTY;
+    }
+
+    /// Rebuilds the dst index with `slots` positions, from the stored hashes.
+    fn rehash_dst(&mut self, slots: usize) {
+        self.rehash_dst_into(vec![DST_EMPTY; slots]);
+    }
+
+    /// Moves the dst index into `fresh` (all `DST_EMPTY`, power-of-two length).
+    fn rehash_dst_into(&mut self, fresh: Vec<u64>) {
+        let old = std::mem::replace(&mut self.dst_slots, fresh);
+        let mask = self.dst_slots.len() - 1;
+        for s in old.into_iter().filter(|&s| s != DST_EMPTY) {
+            let mut p = (s >> 32) as usize & mask;
+            while self.dst_slots[p] != DST_EMPTY {
+                p = (p + 1) & mask;
+            }
+            self.dst_slots[p] = s;
         }
     }
 
@@ -781,7 +837,12 @@ impl ExpectTable {
     }
 
     fn rehash_masters(&mut self, buckets: usize) {
-        let old = std::mem::replace(&mut self.master_buckets, vec![NIL; buckets]);
+        self.rehash_masters_into(vec![NIL; buckets]);
+    }
+
+    /// Moves the master index into `fresh` (all `NIL`, power-of-two length).
+    fn rehash_masters_into(&mut self, fresh: Vec<u32>) {
+        let old = std::mem::replace(&mut self.master_buckets, fresh);
         for mut i in old {
             while i != NIL {
                 let next = self.nodes[i as usize].h_next;
@@ -1658,10 +1719,54 @@ mod tests {
         assert_eq!(t.next_expiry(), None);
     }
 
+    /// Random inserts and removals over a large key space against a `HashMap`, exercising
+    /// the dst index's probe runs, backward-shift deletion and growth.
+    #[test]
+    fn dst_index_random_churn() {
+        let mut t = table(1 << 20, 0);
+        let mut model: std::collections::HashMap<u64, ExpectId> = Default::default();
+        let mut x: u64 = 0x1234_5678;
+        for step in 0..60_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = x % 6_000;
+            let dst = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(0xc000_0200 + (k % 7) as u32)),
+                (k / 7) as u16,
+            );
+            if let Some(id) = model.remove(&k) {
+                assert_eq!(t.remove(id).map(|e| e.dst), Some(dst));
+            } else {
+                let e = Expectation {
+                    master: SessionId(k % 13),
+                    kind: ExpectKind::Port,
+                    src: ip("10.0.0.1"),
+                    dst,
+                    nat_to: None,
+                    created: Timestamp(step),
+                    expires: Timestamp(step + 300 * S),
+                };
+                model.insert(k, t.insert(e).unwrap().id);
+            }
+            if step % 5_000 == 0 {
+                for probe in 0..6_000u64 {
+                    let dst = SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::from(0xc000_0200 + (probe % 7) as u32)),
+                        (probe / 7) as u16,
+                    );
+                    let got = t.lookup(ip("10.0.0.1"), dst).map(|(id, _)| id);
+                    assert_eq!(got, model.get(&probe).copied());
+                }
+            }
+        }
+        assert_eq!(t.len(), model.len());
+    }
+
     #[test]
     fn reserve_presizes() {
         let mut t = ExpectTable::default();
-        t.reserve(1000);
+        t.try_reserve(1000).unwrap();
         let before = t.heap_bytes();
         for k in 0..1000u64 {
             t.insert(exp_at(
@@ -1674,6 +1779,19 @@ mod tests {
             .unwrap();
         }
         assert_eq!(t.heap_bytes(), before);
+    }
+
+    #[test]
+    fn try_reserve_is_capped_by_max_total() {
+        let mut t = table(100, 1);
+        t.insert(exp_at(1, "10.0.0.1", "192.0.2.1:1000", 0, 300 * S))
+            .unwrap();
+        t.try_reserve(usize::MAX).unwrap();
+        assert!(t.heap_bytes() < 100_000);
+        assert!(t.lookup(ip("10.0.0.1"), sa("192.0.2.1:1000")).is_some());
+        t.insert(exp_at(2, "10.0.0.1", "192.0.2.1:1001", 0, 300 * S))
+            .unwrap();
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
