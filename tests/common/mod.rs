@@ -244,6 +244,18 @@ pub fn unique_prefix(test: &str) -> String {
     format!("f{:07x}", h.finish() & 0xfff_ffff)
 }
 
+/// Once per test process: remove labs left by an earlier run that was killed (Ctrl-C, SIGKILL)
+/// before its `Drop` ran (`lab.sh gc`: labs whose owner PID is gone; never labs made by hand).
+fn gc_once() {
+    static GC: std::sync::Once = std::sync::Once::new();
+    GC.call_once(|| {
+        let r = run("lab.sh gc", Command::new(LAB_SH).arg("gc"));
+        if !r.ok() || !r.stdout.is_empty() {
+            eprintln!("{r}");
+        }
+    });
+}
+
 /// The ftpct daemon running in a lab's gateway.
 struct FtpctProc {
     child: Child,
@@ -270,12 +282,15 @@ impl Lab {
     #[track_caller]
     pub fn up_with_port(test: &str, topology: Topology, port: u16) -> Lab {
         require_root_and_tools();
+        gc_once();
         let prefix = unique_prefix(test);
         let r = run(
             format!("lab.sh up {prefix} --topology {}", topology.name()),
             Command::new(LAB_SH).args([
                 "up",
                 &prefix,
+                "--owner",
+                &std::process::id().to_string(),
                 "--topology",
                 topology.name(),
                 "--port",

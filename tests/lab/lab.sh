@@ -15,6 +15,7 @@
 #   lab.sh status PREFIX                      rules, conntrack table and logs of the gateway
 #   lab.sh exec PREFIX cli|gw|srv CMD...      run a command in one of the namespaces
 #   lab.sh env PREFIX                         print the lab's variables (addresses, port, ...)
+#   lab.sh gc                                 remove labs made with --owner PID whose PID is gone
 #
 # See tests/lab/README.md for the addresses and what each command checks.
 set -euo pipefail
@@ -93,6 +94,7 @@ save_state() {
     cat >"$S/env.tmp" <<EOF
 TOPO=$TOPO
 PORT=$PORT
+OWNER=${OWNER:-}
 EOF
     mv "$S/env.tmp" "$S/env"
 }
@@ -107,9 +109,10 @@ url_host() { if [ "$FAMILY" = 6 ]; then echo "[$1]"; else echo "$1"; fi; }
 cmd_up() {
     local P=${1:-}; shift || true
     check_prefix "$P"
-    TOPO=masq PORT=21
+    TOPO=masq PORT=21 OWNER=
     while [ $# -gt 0 ]; do
         case $1 in
+        --owner) OWNER=${2:?}; shift 2 ;;
         --topology) TOPO=${2:?}; shift 2 ;;
         --topology=*) TOPO=${1#*=}; shift ;;
         --port) PORT=${2:?}; shift 2 ;;
@@ -135,6 +138,9 @@ cmd_up() {
 
     for n in "$NS_CLI" "$NS_GW" "$NS_SRV"; do
         ip netns add "$n"
+        # No duplicate address detection in the lab (also for link-local addresses): a tentative
+        # address delays neighbour discovery by ~2 s on the first IPv6 connection.
+        nsx "$n" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
         ip -n "$n" link set lo up
     done
     # veth pairs are created directly inside the lab's namespaces: no name in the root namespace.
@@ -333,7 +339,7 @@ connect_from_port_20=$port20
 pasv_promiscuous=NO
 port_promiscuous=NO
 seccomp_sandbox=NO
-connect_timeout=5
+connect_timeout=3
 accept_timeout=5
 data_connection_timeout=15
 idle_session_timeout=60
@@ -508,6 +514,21 @@ cmd_split() {
         --host "$TARGET" --port "$PORT" --mode "$mode" --timeout "$TMO" --file "$file" --root "$S/root"
 }
 
+# Labs whose owner (the test process that made them, `up --owner PID`) no longer exists were left
+# by a test run that was killed before its cleanup ran. Labs made without --owner (by hand) are
+# never touched.
+cmd_gc() {
+    local d owner
+    for d in "$STATE_ROOT"/*/; do
+        [ -f "$d/env" ] || continue
+        owner=$(sed -n 's/^OWNER=//p' "$d/env")
+        [[ $owner =~ ^[0-9]+$ ]] || continue
+        kill -0 "$owner" 2>/dev/null && continue
+        echo "lab.sh gc: removing $(basename "$d") (owner $owner is gone)"
+        down_impl "$(basename "$d")"
+    done
+}
+
 cmd_status() {
     load_state "${1:-}"
     echo "== lab $P: topology $TOPO, control port $PORT, client $CLI_IP -> $TARGET, server $SRV_IP"
@@ -567,6 +588,7 @@ split) cmd_split "$@" ;;
 status) cmd_status "$@" ;;
 exec) cmd_exec "$@" ;;
 env) cmd_env "$@" ;;
+gc) cmd_gc ;;
 -h | --help | help | "") usage ;;
 *) echo "lab.sh: unknown command '$cmd'" >&2; usage ;;
 esac
