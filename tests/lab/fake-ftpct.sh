@@ -6,6 +6,7 @@
 #   FTPCT_E2E_BIN=$PWD/tests/lab/fake-ftpct.sh cargo test --test e2e -- --ignored
 # Contract mimicked: ftpct rules [--queue N] [--ports 21,...] [--apply|--delete]
 #                    ftpct run [--queue N] [--config FILE] [--socket PATH]
+#                    ftpct list|sessions --socket PATH
 set -euo pipefail
 cmd=${1:-}; shift || true
 queue=0 ports=21 action="" sock=""
@@ -41,5 +42,7 @@ run)
     child=$!
     wait "$child"
     ;;
+list) conntrack -L expect ;;
+sessions) [ -e "$sock" ] && echo "fake-ftpct: no sessions (socket $sock)" ;;
 *) echo "fake-ftpct: $cmd not implemented" >&2; exit 2 ;;
 esac
