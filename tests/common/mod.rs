@@ -1,0 +1,596 @@
+//! Shared helpers for the end-to-end tests: a three-namespace FTP lab driven by
+//! `tests/lab/lab.sh` (client, gateway, server), with the ALG under test attached to the gateway.
+//!
+//! Every lab is torn down by `Drop` (namespaces, veths, processes, state dir), also when the test
+//! panics; on a failing test the gateway's rules, conntrack table and logs are printed first.
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The lab script.
+pub const LAB_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab.sh");
+/// Where lab.sh keeps each lab's state (`STATE_ROOT/PREFIX`).
+pub const STATE_ROOT: &str = "/run/ftpct-lab";
+/// NFQUEUE number the ftpct daemon is started with in the lab (queues are per network namespace;
+/// a non-zero number checks that `--queue` is honoured by both `rules` and `run`).
+pub const FTPCT_QUEUE: u16 = 7;
+/// The ftpct binary under test: this crate's `ftpct`, or `$FTPCT_E2E_BIN` if set (e.g. a release
+/// build, or `tests/lab/fake-ftpct.sh` to check the harness itself).
+pub fn ftpct_bin() -> String {
+    std::env::var("FTPCT_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ftpct").to_string())
+}
+
+/// How long to wait for the daemon's control socket to appear.
+const FTPCT_START_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Private client 10.77.100.102 behind MASQUERADE; public server 203.0.113.2.
+    Masq,
+    /// Public client 203.0.113.2; server 10.77.2.2 behind DNAT of the control port only.
+    Dnat,
+    /// IPv6 only, routed, no NAT: client fd77:1::2, server fd77:2::2.
+    V6,
+}
+
+impl Topology {
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Masq => "masq",
+            Topology::Dnat => "dnat",
+            Topology::V6 => "v6",
+        }
+    }
+}
+
+/// Which ALG runs in the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alg {
+    /// The kernel's nf_conntrack_ftp + nf_nat_ftp via `-t raw ... -j CT --helper ftp` (reference).
+    KernelHelper,
+    /// This project's daemon (`ftpct rules --apply` + `ftpct run`).
+    Ftpct,
+    /// Nothing: FTP data connections must fail (proves the tests are not vacuous).
+    None,
+}
+
+impl Alg {
+    pub fn is_some(self) -> bool {
+        self != Alg::None
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    Curl,
+    Lftp,
+    Ftplib,
+}
+
+impl Client {
+    pub const ALL: [Client; 3] = [Client::Curl, Client::Lftp, Client::Ftplib];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Curl => "curl",
+            Client::Lftp => "lftp",
+            Client::Ftplib => "ftplib",
+        }
+    }
+
+    /// Whether this client can be forced to use exactly `mode` in `topo`.
+    pub fn supports(self, topo: Topology, mode: Mode) -> bool {
+        match (topo, mode) {
+            // PORT and PASV carry IPv4 addresses only.
+            (Topology::V6, Mode::Port | Mode::Pasv) => false,
+            // lftp sends EPRT only over IPv6 (no setting forces it over IPv4).
+            (Topology::Masq | Topology::Dnat, Mode::Eprt) => self != Client::Lftp,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Port,
+    Eprt,
+    Pasv,
+    Epsv,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Port => "port",
+            Mode::Eprt => "eprt",
+            Mode::Pasv => "pasv",
+            Mode::Epsv => "epsv",
+        }
+    }
+    pub fn is_active(self) -> bool {
+        matches!(self, Mode::Port | Mode::Eprt)
+    }
+    pub fn command(self) -> &'static str {
+        match self {
+            Mode::Port => "PORT",
+            Mode::Eprt => "EPRT",
+            Mode::Pasv => "PASV",
+            Mode::Epsv => "EPSV",
+        }
+    }
+}
+
+/// The outcome of one command (a lab.sh step, a client run, an ftpct CLI call).
+pub struct Run {
+    pub what: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+    /// stdout and stderr together (the client's control dialog is on stderr).
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    pub fn contains(&self, s: &str) -> bool {
+        self.stdout.contains(s) || self.stderr.contains(s)
+    }
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.ok(), "expected success: {self}");
+        self
+    }
+    #[track_caller]
+    pub fn assert_fails(&self) -> &Self {
+        assert!(
+            !self.ok(),
+            "expected FAILURE but it succeeded (the test would be vacuous): {self}"
+        );
+        // exit status 2 is lab.sh's "usage/unsupported": a mistake of the test, not a failure
+        assert_ne!(self.code, Some(2), "lab.sh refused the command: {self}");
+        self
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "`{}` exit {:?} after {:.2?}",
+            self.what, self.code, self.elapsed
+        )?;
+        writeln!(f, "--- stdout ---\n{}", self.stdout.trim_end())?;
+        write!(f, "--- stderr ---\n{}", self.stderr.trim_end())
+    }
+}
+
+/// Runs a command to completion and captures everything.
+pub fn run(what: impl Into<String>, cmd: &mut Command) -> Run {
+    let what = what.into();
+    let t0 = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
+    Run {
+        what,
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: t0.elapsed(),
+    }
+}
+
+/// The e2e tests need root (network namespaces, iptables, conntrack) and the lab's tools. Not
+/// having them is a test FAILURE with a clear message, never a silent pass.
+#[track_caller]
+pub fn require_root_and_tools() {
+    let euid = nix::unistd::geteuid();
+    assert!(
+        euid.is_root(),
+        "the end-to-end tests must run as root (they create network namespaces and firewall \
+         rules); effective uid is {euid}. Run e.g. `sudo -E cargo test --test e2e`."
+    );
+    let missing: Vec<&str> = [
+        "ip",
+        "iptables",
+        "ip6tables",
+        "iptables-restore",
+        "conntrack",
+        "vsftpd",
+        "curl",
+        "lftp",
+        "python3",
+        "ss",
+        "sha256sum",
+        "timeout",
+    ]
+    .into_iter()
+    .filter(|t| !in_path(t))
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "tools missing for the end-to-end lab: {missing:?}; install what tests/lab/requirements.txt lists"
+    );
+}
+
+fn in_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
+        .any(|d| d.join(tool).is_file())
+}
+
+/// A prefix unique per test and process: `f` + hash(test name, pid, counter), 8 characters, so
+/// tests can run in parallel and namespace names stay short.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let mut h = DefaultHasher::new();
+    test.hash(&mut h);
+    std::process::id().hash(&mut h);
+    COUNTER.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+    format!("f{:07x}", h.finish() & 0xfff_ffff)
+}
+
+/// Once per test process: remove labs left by an earlier run that was killed (Ctrl-C, SIGKILL)
+/// before its `Drop` ran (`lab.sh gc`: labs whose owner PID is gone; never labs made by hand).
+fn gc_once() {
+    static GC: std::sync::Once = std::sync::Once::new();
+    GC.call_once(|| {
+        let r = run("lab.sh gc", Command::new(LAB_SH).arg("gc"));
+        if !r.ok() || !r.stdout.is_empty() {
+            eprintln!("{r}");
+        }
+    });
+}
+
+/// The ftpct daemon running in a lab's gateway.
+struct FtpctProc {
+    child: Child,
+    ports: String,
+    log: PathBuf,
+}
+
+/// One lab: three namespaces, firewall, optional server and ALG. Dropping it removes everything.
+pub struct Lab {
+    test: String,
+    prefix: String,
+    topology: Topology,
+    port: u16,
+    ftpct: Option<FtpctProc>,
+}
+
+impl Lab {
+    /// `lab.sh up` with the control port 21.
+    #[track_caller]
+    pub fn up(test: &str, topology: Topology) -> Lab {
+        Self::up_with_port(test, topology, 21)
+    }
+
+    #[track_caller]
+    pub fn up_with_port(test: &str, topology: Topology, port: u16) -> Lab {
+        require_root_and_tools();
+        gc_once();
+        let prefix = unique_prefix(test);
+        let r = run(
+            format!("lab.sh up {prefix} --topology {}", topology.name()),
+            Command::new(LAB_SH).args([
+                "up",
+                &prefix,
+                "--owner",
+                &std::process::id().to_string(),
+                "--topology",
+                topology.name(),
+                "--port",
+                &port.to_string(),
+            ]),
+        );
+        // From here on Drop cleans up, also if `up` itself failed half-way.
+        let lab = Lab {
+            test: test.to_string(),
+            prefix,
+            topology,
+            port,
+            ftpct: None,
+        };
+        assert!(r.ok(), "[{test}] lab up failed: {r}");
+        lab
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        Path::new(STATE_ROOT).join(&self.prefix)
+    }
+    pub fn ns(&self, which: &str) -> String {
+        format!("{}-{}", self.prefix, which)
+    }
+
+    /// `lab.sh CMD PREFIX ARGS...`
+    pub fn sh(&self, cmd: &str, args: &[&str]) -> Run {
+        let mut c = Command::new(LAB_SH);
+        c.arg(cmd).arg(&self.prefix).args(args);
+        run(
+            format!("lab.sh {cmd} {} {}", self.prefix, args.join(" ")),
+            &mut c,
+        )
+    }
+
+    /// Starts vsftpd on the lab's control port (connect_from_port_20=YES).
+    #[track_caller]
+    pub fn server(&self) {
+        self.server_with(self.port, true);
+    }
+
+    #[track_caller]
+    pub fn server_with(&self, port: u16, port20: bool) {
+        assert_eq!(
+            port, self.port,
+            "use Lab::up_with_port for another control port"
+        );
+        let r = self.sh(
+            "server",
+            &[
+                "--port",
+                &port.to_string(),
+                "--port20",
+                if port20 { "yes" } else { "no" },
+            ],
+        );
+        assert!(r.ok(), "[{}] server start failed: {r}", self.test);
+    }
+
+    /// Attaches (or detaches) the kernel's FTP helper on the control port in the gateway.
+    #[track_caller]
+    pub fn kernel_helper(&self, on: bool) {
+        let r = self.sh("helper", &[if on { "on" } else { "off" }]);
+        assert!(r.ok(), "[{}] helper {on} failed: {r}", self.test);
+    }
+
+    /// Attaches a kernel helper rule for a port other than the lab's control port.
+    #[track_caller]
+    pub fn kernel_helper_on_port(&self, port: u16) {
+        for tool in ["iptables", "ip6tables"] {
+            let p = port.to_string();
+            let r = self.exec(
+                "gw",
+                &[
+                    tool,
+                    "-t",
+                    "raw",
+                    "-A",
+                    "PREROUTING",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &p,
+                    "-j",
+                    "CT",
+                    "--helper",
+                    "ftp",
+                ],
+            );
+            assert!(r.ok(), "[{}] helper rule failed: {r}", self.test);
+        }
+    }
+
+    /// Puts `alg` in place in the gateway.
+    #[track_caller]
+    pub fn enable(&mut self, alg: Alg) {
+        match alg {
+            Alg::KernelHelper => self.kernel_helper(true),
+            Alg::Ftpct => self.start_ftpct(&[]),
+            Alg::None => {}
+        }
+    }
+
+    /// Runs a command in one of the lab's namespaces (`cli`, `gw`, `srv`).
+    pub fn exec(&self, which: &str, argv: &[&str]) -> Run {
+        let ns = self.ns(which);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns]).args(argv);
+        run(format!("ip netns exec {ns} {}", argv.join(" ")), &mut c)
+    }
+
+    pub fn ftpct_socket(&self) -> PathBuf {
+        self.state_dir().join("ftpct.sock")
+    }
+
+    /// Installs ftpct's rules in the gateway (`ftpct rules --queue N --ports P --apply`) and starts
+    /// `ftpct run --queue N --socket STATE/ftpct.sock ARGS...` there; waits for the control socket.
+    /// Stopped (and its rules deleted) by `stop_ftpct` or when the lab is dropped.
+    #[track_caller]
+    pub fn start_ftpct(&mut self, args: &[&str]) {
+        assert!(self.ftpct.is_none(), "ftpct already running in this lab");
+        let bin = ftpct_bin();
+        let bin = bin.as_str();
+        let queue = FTPCT_QUEUE.to_string();
+        let ports = self.port.to_string();
+        let gw = self.ns("gw");
+        let r = self.exec(
+            "gw",
+            &[
+                bin, "rules", "--queue", &queue, "--ports", &ports, "--apply",
+            ],
+        );
+        assert!(
+            r.ok(),
+            "[{}] `ftpct rules --apply` failed in {gw}: {r}",
+            self.test
+        );
+        let sock = self.ftpct_socket();
+        let _ = fs::remove_file(&sock);
+        let log = self.state_dir().join("ftpct.log");
+        let logf = fs::File::create(&log).expect("create ftpct.log");
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &gw, bin, "run", "--queue", &queue, "--socket",
+            ])
+            .arg(&sock)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ftpct: {e}"));
+        // Recorded for lab.sh down as well (it kills the PIDs in STATE/*.pid).
+        let _ = fs::write(
+            self.state_dir().join("ftpct.pid"),
+            format!("{}\n", child.id()),
+        );
+        self.ftpct = Some(FtpctProc {
+            child,
+            ports,
+            log: log.clone(),
+        });
+        let t0 = Instant::now();
+        loop {
+            if sock.exists() {
+                return;
+            }
+            let p = self.ftpct.as_mut().unwrap();
+            if let Ok(Some(st)) = p.child.try_wait() {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                panic!("[{}] ftpct exited at start ({st}):\n{text}", self.test);
+            }
+            if t0.elapsed() > FTPCT_START_TIMEOUT {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                panic!(
+                    "[{}] ftpct did not create its socket {} within {:?}:\n{text}",
+                    self.test,
+                    sock.display(),
+                    FTPCT_START_TIMEOUT
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 3 s) and deletes its rules. Returns its log.
+    pub fn stop_ftpct(&mut self) -> Option<String> {
+        let mut p = self.ftpct.take()?;
+        let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !matches!(p.child.try_wait(), Ok(Some(_))) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        let _ = fs::remove_file(self.state_dir().join("ftpct.pid"));
+        let bin = ftpct_bin();
+        let bin = bin.as_str();
+        let queue = FTPCT_QUEUE.to_string();
+        let r = self.exec(
+            "gw",
+            &[
+                bin, "rules", "--queue", &queue, "--ports", &p.ports, "--delete",
+            ],
+        );
+        if !r.ok() {
+            eprintln!("[{}] `ftpct rules --delete` failed: {r}", self.test);
+        }
+        Some(fs::read_to_string(&p.log).unwrap_or_default())
+    }
+
+    /// `ftpct list` / `ftpct sessions` (with `--socket`) in the gateway.
+    pub fn ftpct_cli(&self, cmd: &str) -> Run {
+        let bin = ftpct_bin();
+        let bin = bin.as_str();
+        let sock = self.ftpct_socket();
+        let sock = sock.to_string_lossy();
+        self.exec("gw", &[bin, cmd, "--socket", &sock])
+    }
+
+    /// Downloads FILE from the server with CLIENT forced to MODE; sha256-checked by lab.sh.
+    pub fn fetch(&self, client: Client, mode: Mode, file: &str) -> Run {
+        self.sh("fetch", &[client.name(), mode.name(), file])
+    }
+
+    /// Control connection only (login, SIZE): proves the lab works without any data connection.
+    pub fn probe(&self) -> Run {
+        self.sh("probe", &[])
+    }
+
+    /// One session, COUNT files, MODE = port|eprt|pasv|epsv|active|passive.
+    pub fn many(&self, mode: &str, count: u32) -> Run {
+        self.sh("many", &[mode, &count.to_string()])
+    }
+
+    /// PORT (or EPRT) split across two TCP segments 50 ms apart, then RETR in active mode.
+    pub fn split(&self, mode: Mode, file: &str) -> Run {
+        self.sh("split", &[mode.name(), file])
+    }
+
+    /// The server's protocol log (vsftpd log_ftp_protocol): what the server really received.
+    pub fn server_log(&self) -> String {
+        fs::read_to_string(self.state_dir().join("vsftpd.log")).unwrap_or_default()
+    }
+
+    fn teardown(&mut self) -> Result<(), String> {
+        let log = self.stop_ftpct();
+        if std::thread::panicking() {
+            let st = self.sh("status", &[]);
+            eprintln!(
+                "==== [{}] lab {} at failure ====\n{}\n{}",
+                self.test, self.prefix, st.stdout, st.stderr
+            );
+            if let Some(log) = log {
+                eprintln!("==== ftpct log ====\n{log}");
+            }
+        }
+        let r = self.sh("down", &[]);
+        let left: Vec<String> = ["cli", "gw", "srv"]
+            .iter()
+            .map(|w| self.ns(w))
+            .filter(|n| Path::new("/run/netns").join(n).exists())
+            .collect();
+        if !r.ok() || !left.is_empty() || self.state_dir().exists() {
+            return Err(format!(
+                "lab {} not cleaned up (namespaces left: {left:?}): {r}",
+                self.prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            if std::thread::panicking() {
+                eprintln!("[{}] {e}", self.test);
+            } else {
+                panic!("[{}] {e}", self.test);
+            }
+        }
+    }
+}
