@@ -28,7 +28,6 @@ macro_rules! alg_tests {
             $scenario(stringify!($none), Alg::None $(, $arg)*)
         }
         #[test]
-        #[ignore = "needs the ftpct daemon (issue 3)"]
         fn $ftpct() {
             $scenario(stringify!($ftpct), Alg::Ftpct $(, $arg)*)
         }
@@ -343,7 +342,6 @@ fn port2121_kernel_helper_rule_on_21_only_fails() {
 /// `ftpct list` and `ftpct sessions --socket PATH` answer while the daemon runs in the gateway,
 /// during an FTP session (the control connection of a 30-file transfer is open meanwhile).
 #[test]
-#[ignore = "needs the ftpct daemon (issue 3)"]
 fn ftpct_list_and_sessions() {
     let test = "ftpct_list_and_sessions";
     let mut lab = Lab::up(test, Topology::Masq);

@@ -439,6 +439,14 @@ impl Lab {
         );
         let sock = self.ftpct_socket();
         let _ = fs::remove_file(&sock);
+        // The control port goes to the daemon through its configuration file (the documented
+        // contract is `ftpct run [--queue N] [--config FILE] [--socket PATH]`).
+        let conf = self.state_dir().join("ftpct.conf");
+        fs::write(
+            &conf,
+            format!("# written by tests/common\nports = {ports}\n"),
+        )
+        .expect("write ftpct.conf");
         let log = self.state_dir().join("ftpct.log");
         let logf = fs::File::create(&log).expect("create ftpct.log");
         let child = Command::new("ip")
@@ -446,6 +454,8 @@ impl Lab {
                 "netns", "exec", &gw, bin, "run", "--queue", &queue, "--socket",
             ])
             .arg(&sock)
+            .arg("--config")
+            .arg(&conf)
             .args(args)
             .env(
                 "RUST_LOG",
