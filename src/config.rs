@@ -6,6 +6,7 @@
 //! queue = 0
 //! ports = 21, 2121
 //! socket = /run/ftpct/ftpct.sock
+//! state_file = /run/ftpct/ftpct.sock.state
 //! fail_open = false
 //! allow_third_party = false
 //! allow_privileged_ports = false
@@ -33,6 +34,8 @@ pub struct Settings {
     pub queue: u16,
     pub ports: Vec<u16>,
     pub socket: PathBuf,
+    /// State file; `None` = the socket path with `.state` appended.
+    pub state_file: Option<PathBuf>,
     pub fail_open: bool,
     pub ipset4: String,
     pub ipset6: String,
@@ -46,6 +49,7 @@ impl Default for Settings {
             queue: 0,
             ports: vec![21],
             socket: PathBuf::from(DEFAULT_SOCKET),
+            state_file: None,
             fail_open: false,
             ipset4: "ftpct4".into(),
             ipset6: "ftpct6".into(),
@@ -56,6 +60,15 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Where the state that survives a restart is kept.
+    pub fn state_path(&self) -> PathBuf {
+        self.state_file.clone().unwrap_or_else(|| {
+            let mut p = self.socket.clone().into_os_string();
+            p.push(".state");
+            PathBuf::from(p)
+        })
+    }
+
     pub fn engine_config(&self) -> engine::Config {
         engine::Config {
             control_ports: self.ports.clone(),
@@ -132,6 +145,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 "queue" => s.queue = parse_num(v, "queue number (0-65535)")?,
                 "ports" => s.ports = parse_ports(v)?,
                 "socket" => s.socket = PathBuf::from(v),
+                "state_file" => s.state_file = Some(PathBuf::from(v)),
                 "fail_open" => s.fail_open = parse_bool(v)?,
                 "ipset4" => s.ipset4 = v.to_string(),
                 "ipset6" => s.ipset6 = v.to_string(),

@@ -22,6 +22,7 @@ use crate::ctnetlink::Ctnetlink;
 use crate::engine::{Action, CtHint, EndReason, Engine, Event, RemoveReason, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
+use crate::state::StateFile;
 use crate::types::{Hook, Timestamp};
 
 /// What `ftpct run` needs.
@@ -117,6 +118,7 @@ pub struct ShellStats {
 
 struct Shell {
     engine: Engine,
+    state: Option<StateFile>,
     ct: Ctnetlink,
     ipset: Ipset,
     settings: Settings,
@@ -154,6 +156,9 @@ impl Shell {
             v = self.engine.handle_packet(pkt.payload(), hook, hint, now);
         }
         self.run_actions();
+        // Persist before the verdict: once a rewritten packet has left, its record must survive
+        // a kill of the daemon.
+        self.persist();
         let r = match v {
             Verdict::AcceptModified => {
                 q.verdict_accept_modified(pkt, self.engine.modified_packet())
@@ -167,6 +172,17 @@ impl Shell {
         }
         self.drain_events();
         self.hist.record(t0.elapsed().as_nanos() as u64);
+    }
+
+    fn persist(&mut self) {
+        if let Some(st) = &mut self.state {
+            if let Err(e) = st.append_from(&mut self.engine) {
+                error!(error = %e, "cannot write the state file; continuing without it (a restart will lose sessions)");
+                self.state = None;
+            }
+        } else {
+            while self.engine.poll_journal().is_some() {}
+        }
     }
 
     fn run_actions(&mut self) {
@@ -204,6 +220,44 @@ impl Shell {
         while let Some(e) = self.engine.poll_event() {
             log_event(&e);
         }
+    }
+
+    /// After a restore: forget sessions whose conntrack entry is gone, and make sure the
+    /// restored expectations' destinations are in the ipsets again.
+    fn revalidate_restored(&mut self) {
+        let sessions: Vec<_> = self
+            .engine
+            .sessions()
+            .map(|s| (s.id, s.ct.original))
+            .collect();
+        let mut gone = 0;
+        for (id, original) in sessions {
+            if let Ok(None) = self.ct.get(&original) {
+                self.engine.forget_session(id);
+                gone += 1;
+            }
+        }
+        let now = monotonic_now();
+        let exps: Vec<_> = self.engine.expectations().iter().map(|(_, e)| *e).collect();
+        for e in exps {
+            let left = e.expires.0.saturating_sub(now.0) / 1_000_000_000;
+            let set = self.set_for(&e.dst).to_string();
+            if let Err(err) =
+                self.ipset
+                    .add(&set, e.dst, u32::try_from(left.max(1)).unwrap_or(u32::MAX))
+            {
+                warn!(error = %err, dst = %e.dst, "cannot re-watch a restored expectation");
+            }
+        }
+        if gone > 0 {
+            info!(
+                sessions = gone,
+                "restored sessions whose connection is gone were dropped"
+            );
+        }
+        self.run_actions();
+        self.drain_events();
+        self.persist();
     }
 
     fn answer(&self, req: Request) -> String {
@@ -413,14 +467,43 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     ipset.create_hash_ip_port(&settings.ipset4, SetFamily::V4, timeout)?;
     ipset.create_hash_ip_port(&settings.ipset6, SetFamily::V6, timeout)?;
     let listener = bind_control_socket(&settings.socket)?;
+    let mut engine = Engine::new(settings.engine_config());
+    let state_path = settings.state_path();
+    let state = match StateFile::open(&state_path, &mut engine, monotonic_now()) {
+        Ok((sf, report)) => {
+            if report.stale {
+                info!(state = %state_path.display(), "state file from another boot (or unreadable header) ignored");
+            } else if report.records == 0 {
+                info!(state = %state_path.display(), "no saved state");
+            } else {
+                info!(
+                    state = %state_path.display(),
+                    records = report.records,
+                    sessions = report.sessions,
+                    expectations = report.expectations,
+                    "state restored"
+                );
+            }
+            if let Some(line) = report.corrupt_at {
+                warn!(state = %state_path.display(), line, "state file corrupt from this line on; the rest was ignored");
+            }
+            Some(sf)
+        }
+        Err(e) => {
+            error!(error = %e, "running without a state file: a restart will lose live sessions");
+            None
+        }
+    };
     let mut shell = Shell {
-        engine: Engine::new(settings.engine_config()),
+        state,
+        engine,
         ct,
         ipset,
         settings: settings.clone(),
         hist: Histogram::default(),
         stats: ShellStats::default(),
     };
+    shell.revalidate_restored();
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
@@ -469,6 +552,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             _ = sleep => {
                 shell.engine.handle_timeout(monotonic_now());
                 shell.run_actions();
+                shell.persist();
                 shell.drain_events();
             }
             conn = listener.accept() => {
@@ -503,6 +587,11 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         "ftpct stopping"
     );
     let _ = std::fs::remove_file(&settings.socket);
+    if let Some(st) = &mut shell.state {
+        if let Err(e) = st.compact(&shell.engine) {
+            error!(error = %e, "cannot write the final state");
+        }
+    }
     Ok(())
 }
 

@@ -193,6 +193,50 @@ pub enum Event {
     },
 }
 
+/// A change of the state that must survive a daemon restart (the shell appends these to the
+/// state file before it issues the verdict of the packet that caused them; see `state.rs`).
+/// Replaying a snapshot followed by later records with [`Engine::restore`] rebuilds the
+/// sessions' rewrite logs, stream positions and the expectation table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Journal {
+    SessionStart {
+        id: SessionId,
+        ct: CtTuples,
+        created: Timestamp,
+    },
+    /// The stream of `dir` continues at a line start at `pos`.
+    LinePos {
+        id: SessionId,
+        dir: Dir,
+        pos: u32,
+    },
+    /// A rewrite record of `dir` (see [`crate::seqadj::Record`]).
+    Rewrite {
+        id: SessionId,
+        dir: Dir,
+        record: crate::seqadj::Record,
+    },
+    /// The folded offset of `dir` (snapshots only).
+    Base {
+        id: SessionId,
+        dir: Dir,
+        base: u32,
+    },
+    Tls {
+        id: SessionId,
+    },
+    SessionEnd {
+        id: SessionId,
+    },
+    ExpectAdd {
+        exp: Expectation,
+    },
+    ExpectDel {
+        src: std::net::IpAddr,
+        dst: SocketAddr,
+    },
+}
+
 /// Counters for metrics. Monotonic except `sessions`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -248,6 +292,9 @@ pub struct Engine {
     next_session: u64,
     events: VecDeque<Event>,
     actions: VecDeque<Action>,
+    journal: VecDeque<Journal>,
+    /// Set when a journal record could not be queued: the shell must write a full snapshot.
+    journal_overflow: bool,
     stats: Stats,
     out: Vec<u8>,
     line: Vec<u8>,
@@ -274,6 +321,8 @@ impl Engine {
             next_session: 1,
             events: VecDeque::new(),
             actions: VecDeque::new(),
+            journal: VecDeque::new(),
+            journal_overflow: false,
             stats: Stats::default(),
             out: Vec::with_capacity(2048),
             line: Vec::with_capacity(256),
@@ -327,6 +376,139 @@ impl Engine {
         self.actions.pop_front()
     }
 
+    /// The next state change to persist.
+    pub fn poll_journal(&mut self) -> Option<Journal> {
+        self.journal.pop_front()
+    }
+
+    /// True (once) when journal records were lost to the queue bound: persist a full snapshot.
+    pub fn take_journal_overflow(&mut self) -> bool {
+        std::mem::take(&mut self.journal_overflow)
+    }
+
+    fn journal(&mut self, j: Journal) {
+        if self.journal.len() >= MAX_ACTIONS {
+            self.journal_overflow = true;
+            return;
+        }
+        self.journal.push_back(j);
+    }
+
+    /// The whole persistent state as records, in an order [`Engine::restore`] accepts.
+    pub fn snapshot(&self, out: &mut Vec<Journal>) {
+        let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
+        ids.sort();
+        for id in ids {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            out.push(Journal::SessionStart {
+                id: *id,
+                ct: s.ct,
+                created: s.created,
+            });
+            for dir in [Dir::Original, Dir::Reply] {
+                let d = s.dir(dir);
+                if d.seqadj.base() != 0 {
+                    out.push(Journal::Base {
+                        id: *id,
+                        dir,
+                        base: d.seqadj.base(),
+                    });
+                }
+                for r in d.seqadj.records() {
+                    out.push(Journal::Rewrite {
+                        id: *id,
+                        dir,
+                        record: *r,
+                    });
+                }
+                if d.synced && !d.skipping {
+                    out.push(Journal::LinePos {
+                        id: *id,
+                        dir,
+                        pos: d.line_start,
+                    });
+                }
+            }
+            if s.encrypted {
+                out.push(Journal::Tls { id: *id });
+            }
+        }
+        let mut exps: Vec<_> = self.expect.iter().collect();
+        exps.sort_by_key(|(id, _)| *id);
+        for (_, e) in exps {
+            out.push(Journal::ExpectAdd { exp: *e });
+        }
+    }
+
+    /// Applies one persisted record (state file replay at start). Unknown sessions and records
+    /// that no longer fit are ignored, so a replay is idempotent.
+    pub fn restore(&mut self, rec: &Journal, now: Timestamp) {
+        self.now = now;
+        match *rec {
+            Journal::SessionStart { id, ct, created } => {
+                if self.sessions.contains_key(&id) {
+                    return;
+                }
+                let mut s = Session::new(id, ct, created);
+                s.last_seen = now;
+                let deadline = self.deadline_of(&s);
+                self.sessions.insert(id, s);
+                self.deadlines.insert((deadline, id));
+                self.index(id, &ct, true);
+                self.next_session = self.next_session.max(id.0 + 1);
+            }
+            Journal::LinePos { id, dir, pos } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let d = s.dir_mut(dir);
+                    d.sync(pos, true);
+                    d.restored = true;
+                }
+            }
+            Journal::Rewrite { id, dir, record } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let _ =
+                        s.dir_mut(dir)
+                            .seqadj
+                            .add(record.pos, record.old_len, record.new_bytes());
+                }
+            }
+            Journal::Base { id, dir, base } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.dir_mut(dir).seqadj.set_base(base);
+                }
+            }
+            Journal::Tls { id } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.encrypted = true;
+                }
+            }
+            Journal::SessionEnd { id } => {
+                if let Some(s) = self.sessions.remove(&id) {
+                    self.index(id, &s.ct, false);
+                    let mut removed = Vec::new();
+                    self.expect.remove_master(id, &mut removed);
+                }
+            }
+            Journal::ExpectAdd { exp } => {
+                if self.sessions.contains_key(&exp.master) && exp.expires > now {
+                    let _ = self.expect.insert(exp);
+                }
+            }
+            Journal::ExpectDel { src, dst } => {
+                if let Some((id, _)) = self.expect.lookup(src, dst) {
+                    self.expect.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Forgets a session (e.g. its conntrack entry is gone after a restart).
+    pub fn forget_session(&mut self, id: SessionId) {
+        self.end_session(id, EndReason::Closed);
+    }
+
     /// When [`Engine::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let s = self.deadlines.iter().next().map(|(t, _)| *t);
@@ -344,7 +526,7 @@ impl Engine {
         self.expect.expire(now, &mut removed);
         for (id, exp) in removed.drain(..) {
             self.stats.expect_expired += 1;
-            self.unwatch(exp.dst);
+            self.unwatch(&exp);
             self.event(Event::ExpectRemoved {
                 id,
                 exp,
@@ -399,8 +581,13 @@ impl Engine {
         }
     }
 
-    fn unwatch(&mut self, dst: SocketAddr) {
-        self.action(Action::UnwatchDst { dst });
+    /// An expectation left the table: stop queueing its SYNs and journal it.
+    fn unwatch(&mut self, exp: &Expectation) {
+        self.action(Action::UnwatchDst { dst: exp.dst });
+        self.journal(Journal::ExpectDel {
+            src: exp.src,
+            dst: exp.dst,
+        });
     }
 
     fn is_control_port(&self, p: u16) -> bool {
@@ -516,6 +703,19 @@ impl Engine {
         self.deadlines.insert((deadline, id));
         self.index(id, &ct, true);
         self.stats.sessions_started += 1;
+        self.journal(Journal::SessionStart {
+            id,
+            ct,
+            created: now,
+        });
+        if dir == Dir::Reply && pkt.flags.syn && pkt.flags.ack {
+            for (d, pos) in [
+                (Dir::Reply, pkt.seq.wrapping_add(1)),
+                (Dir::Original, pkt.ack),
+            ] {
+                self.journal(Journal::LinePos { id, dir: d, pos });
+            }
+        }
         self.event(Event::SessionStart { id, ct });
         Some((id, dir))
     }
@@ -565,7 +765,7 @@ impl Engine {
         removed.clear();
         self.expect.remove_master(sid, &mut removed);
         for (id, exp) in removed.drain(..) {
-            self.unwatch(exp.dst);
+            self.unwatch(&exp);
             self.event(Event::ExpectRemoved {
                 id,
                 exp,
@@ -573,6 +773,7 @@ impl Engine {
             });
         }
         self.scratch_removed = removed;
+        self.journal(Journal::SessionEnd { id: sid });
         self.event(Event::SessionEnd {
             id: sid,
             ct: s.ct,
@@ -590,7 +791,7 @@ impl Engine {
         let Some(exp) = self.expect.remove(id) else {
             return Verdict::Accept;
         };
-        self.unwatch(exp.dst);
+        self.unwatch(&exp);
         let Some(master) = self.sessions.get(&exp.master) else {
             return Verdict::Accept;
         };
@@ -697,7 +898,15 @@ impl Engine {
                 );
             }
         }
-        let d = s.dir(dir);
+        let d = s.dir_mut(dir);
+        if d.restored {
+            // First packet after a restart: bytes forwarded before the restart but not yet
+            // journaled (part of a line) leave a gap; continue from here at the next line.
+            d.restored = false;
+            if end_diff(seq, d.next) > 0 {
+                d.sync(seq, false);
+            }
+        }
         let rel_start = end_diff(seq, d.next);
         let rel_end = end_diff(end, d.next);
         if rel_start > 0 && plen > 0 {
@@ -827,6 +1036,7 @@ impl Engine {
     fn feed(&mut self, sid: SessionId, dir: Dir, fresh: &[u8], max_line: usize) {
         let mut pos = 0usize;
         let mut line = std::mem::take(&mut self.line);
+        let mut completed = false;
         while let Some(s) = self.sessions.get_mut(&sid) {
             match s
                 .dir_mut(dir)
@@ -838,6 +1048,7 @@ impl Engine {
                     self.event(Event::LineTooLong { id: sid, dir });
                 }
                 LineOut::Line(at) => {
+                    completed = true;
                     let no_rewrite = s.dir(dir).no_rewrite_line;
                     s.dir_mut(dir).no_rewrite_line = false;
                     match dir {
@@ -848,6 +1059,14 @@ impl Engine {
             }
         }
         self.line = line;
+        if completed {
+            if let Some(d) = self.sessions.get(&sid).map(|s| s.dir(dir)) {
+                if !d.skipping {
+                    let pos = d.line_start;
+                    self.journal(Journal::LinePos { id: sid, dir, pos });
+                }
+            }
+        }
     }
 
     fn count(&mut self, sid: SessionId, kind: MsgKind) {
@@ -1013,6 +1232,7 @@ impl Engine {
                 if s.pending == Pending::AuthTls {
                     s.encrypted = true;
                     s.pending = Pending::None;
+                    self.journal(Journal::Tls { id: sid });
                     self.stats.tls_sessions += 1;
                     self.count(sid, MsgKind::Reply234);
                     self.event(Event::TlsStarted { id: sid });
@@ -1133,7 +1353,7 @@ impl Engine {
                             self.stats.expect_evicted += 1;
                         }
                         if oexp.dst != dst {
-                            self.unwatch(oexp.dst);
+                            self.unwatch(&oexp);
                         }
                         self.event(Event::ExpectRemoved {
                             id: oid,
@@ -1151,11 +1371,22 @@ impl Engine {
                         .map(|s| s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_ok());
                     if added != Some(true) {
                         self.expect.remove(ins.id);
+                        self.journal(Journal::ExpectDel {
+                            src: exp.src,
+                            dst: exp.dst,
+                        });
                         self.event(Event::NotRewritten { id: sid, kind });
                         return;
                     }
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.rewrites += 1;
+                        if let Some(record) = s.dir(dir).seqadj.records().last().copied() {
+                            self.journal(Journal::Rewrite {
+                                id: sid,
+                                dir,
+                                record,
+                            });
+                        }
                     }
                     self.stats.rewrites += 1;
                     self.event(Event::Rewritten {
@@ -1165,6 +1396,7 @@ impl Engine {
                         to: dst,
                     });
                 }
+                self.journal(Journal::ExpectAdd { exp });
                 self.action(Action::WatchDst {
                     dst,
                     timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),

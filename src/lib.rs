@@ -17,6 +17,7 @@ pub mod parser;
 pub mod policy;
 pub mod seqadj;
 pub mod session;
+pub mod state;
 pub mod types;
 
 pub mod control;

@@ -41,6 +41,18 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record; `None` if `new` is longer than [`MAX_REPLACEMENT`].
+    pub fn new(pos: u32, old_len: u32, new: &[u8]) -> Option<Record> {
+        let mut r = Record {
+            pos,
+            old_len,
+            new_len: u8::try_from(new.len()).ok()?,
+            new: [0; MAX_REPLACEMENT],
+        };
+        r.new.get_mut(..new.len())?.copy_from_slice(new);
+        Some(r)
+    }
+
     pub fn new_bytes(&self) -> &[u8] {
         self.new.get(..usize::from(self.new_len)).unwrap_or(&[])
     }
@@ -102,6 +114,11 @@ impl SeqAdj {
     /// Folded base offset (for the state file).
     pub fn base(&self) -> u32 {
         self.base
+    }
+
+    /// Sets the folded base offset (state restore).
+    pub fn set_base(&mut self, base: u32) {
+        self.base = base;
     }
 
     /// Rebuilds from a saved state.

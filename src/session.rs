@@ -46,6 +46,8 @@ pub struct DirState {
     pub max_seg: u32,
     /// FIN seen.
     pub fin: bool,
+    /// Position restored from the state file; the first packet may leave a gap (see engine).
+    pub restored: bool,
     /// The rewrites of this direction.
     pub seqadj: SeqAdj,
 }
@@ -63,6 +65,7 @@ impl Default for DirState {
             no_rewrite_line: false,
             max_seg: 0,
             fin: false,
+            restored: false,
             seqadj: SeqAdj::new(),
         }
     }

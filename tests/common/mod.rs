@@ -448,7 +448,12 @@ impl Lab {
         )
         .expect("write ftpct.conf");
         let log = self.state_dir().join("ftpct.log");
-        let logf = fs::File::create(&log).expect("create ftpct.log");
+        // Appended to, so that the log of a restarted daemon follows the first one.
+        let logf = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open ftpct.log");
         let child = Command::new("ip")
             .args([
                 "netns", "exec", &gw, bin, "run", "--queue", &queue, "--socket",
@@ -529,6 +534,49 @@ impl Lab {
             eprintln!("[{}] `ftpct rules --delete` failed: {r}", self.test);
         }
         Some(fs::read_to_string(&p.log).unwrap_or_default())
+    }
+
+    /// Sends `sig` to the daemon. For SIGKILL/SIGTERM waits for it to exit and forgets it, but
+    /// keeps its rules (a restart with `start_ftpct` follows). Returns the exit status text.
+    pub fn signal_ftpct(&mut self, sig: nix::sys::signal::Signal) -> String {
+        use nix::sys::signal::Signal;
+        let p = self.ftpct.as_mut().expect("ftpct is running");
+        let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal ftpct");
+        if !matches!(sig, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT) {
+            return String::new();
+        }
+        let mut p = self.ftpct.take().expect("ftpct is running");
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                return format!("{st}");
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                return "did not exit within 5 s".into();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn ftpct_log(&self) -> String {
+        fs::read_to_string(self.state_dir().join("ftpct.log")).unwrap_or_default()
+    }
+
+    /// `lab.sh CMD PREFIX ARGS...` in the background (stdout and stderr captured).
+    pub fn spawn_sh(&self, cmd: &str, args: &[&str]) -> Child {
+        Command::new(LAB_SH)
+            .arg(cmd)
+            .arg(&self.prefix)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run lab.sh {cmd}: {e}"))
     }
 
     /// `ftpct list` / `ftpct sessions` (with `--socket`) in the gateway.

@@ -145,6 +145,9 @@ def cmd_many(args):
             log("FAIL: file %d/%d %s with %s: sha256 %s, server's %s" % (i, args.count, name, mode, got, want))
             return 1
         total += n
+        if args.delay:
+            # a pause between transfers, with the control connection open (restart tests)
+            time.sleep(args.delay)
     ftp.quit()
     result("OK %d files (%d bytes) in one session, modes %s, %.2f s"
           % (args.count, total, "/".join(m.upper() for m in cycle), time.monotonic() - t0))
@@ -276,6 +279,7 @@ def main():
             s.add_argument("--root", required=True)
         if name == "many":
             s.add_argument("--count", type=int, default=30)
+            s.add_argument("--delay", type=float, default=0.0)
         if name == "split":
             s.add_argument("--delay", type=float, default=0.05)
     args = p.parse_args()

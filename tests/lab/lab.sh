@@ -10,7 +10,7 @@
 #   lab.sh helper PREFIX on|off
 #   lab.sh fetch PREFIX curl|lftp|ftplib port|eprt|pasv|epsv FILE
 #   lab.sh probe PREFIX                       control connection only (login + SIZE), no data
-#   lab.sh many PREFIX port|eprt|pasv|epsv|active|passive [COUNT]
+#   lab.sh many PREFIX port|eprt|pasv|epsv|active|passive [COUNT [DELAY]]  (DELAY s between files)
 #   lab.sh split PREFIX [port|eprt] [FILE]    PORT/EPRT sent in two TCP segments, then RETR
 #   lab.sh status PREFIX                      rules, conntrack table and logs of the gateway
 #   lab.sh exec PREFIX cli|gw|srv CMD...      run a command in one of the namespaces
@@ -501,9 +501,10 @@ cmd_probe() {
 
 cmd_many() {
     load_state "${1:-}"; shift || true
-    local mode=${1:-active} count=${2:-30}
+    local mode=${1:-active} count=${2:-30} delay=${3:-0}
     timeout -k 2 $((HARD_TMO + count)) ip netns exec "$NS_CLI" "$PY" "$LAB_DIR/ftpclient.py" many \
-        --host "$TARGET" --port "$PORT" --mode "$mode" --timeout "$TMO" --count "$count" --root "$S/root"
+        --host "$TARGET" --port "$PORT" --mode "$mode" --timeout "$TMO" --count "$count" --root "$S/root" \
+        --delay "$delay"
 }
 
 cmd_split() {
