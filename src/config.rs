@@ -18,6 +18,7 @@
 //! ipset4 = ftpct4
 //! ipset6 = ftpct6
 //! log = info
+//! metrics = 127.0.0.1:9477
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub struct Settings {
     /// State file; `None` = the socket path with `.state` appended.
     pub state_file: Option<PathBuf>,
     pub fail_open: bool,
+    /// Prometheus endpoint (`http://ADDR/metrics`); off by default.
+    pub metrics: Option<std::net::SocketAddr>,
     pub ipset4: String,
     pub ipset6: String,
     pub log: String,
@@ -51,6 +54,7 @@ impl Default for Settings {
             socket: PathBuf::from(DEFAULT_SOCKET),
             state_file: None,
             fail_open: false,
+            metrics: None,
             ipset4: "ftpct4".into(),
             ipset6: "ftpct6".into(),
             log: "info".into(),
@@ -148,6 +152,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 "state_file" => s.state_file = Some(PathBuf::from(v)),
                 "fail_open" => s.fail_open = parse_bool(v)?,
                 "ipset4" => s.ipset4 = v.to_string(),
+                "metrics" => {
+                    s.metrics = match v {
+                        "" | "off" | "none" => None,
+                        _ => Some(v.parse().map_err(|_| {
+                            format!(
+                                "'{v}' is not an address:port, e.g. 127.0.0.1:9477 or [::1]:9477"
+                            )
+                        })?),
+                    }
+                }
                 "ipset6" => s.ipset6 = v.to_string(),
                 "log" => s.log = v.to_string(),
                 "allow_third_party" => s.policy.allow_third_party = parse_bool(v)?,

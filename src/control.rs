@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::engine::{EndReason, Engine, Event, RemoveReason};
 use crate::expect;
 use crate::types::{Dir, Timestamp};
 
@@ -23,6 +23,10 @@ pub enum Request {
     List,
     Sessions,
     Stats,
+    /// Stream event lines until the client disconnects.
+    Events,
+    /// The Prometheus text (also served over HTTP when enabled).
+    Metrics,
 }
 
 impl Request {
@@ -31,6 +35,8 @@ impl Request {
             "list" => Some(Request::List),
             "sessions" => Some(Request::Sessions),
             "stats" => Some(Request::Stats),
+            "events" => Some(Request::Events),
+            "metrics" => Some(Request::Metrics),
             _ => None,
         }
     }
@@ -39,6 +45,8 @@ impl Request {
             Request::List => "list",
             Request::Sessions => "sessions",
             Request::Stats => "stats",
+            Request::Events => "events",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -105,9 +113,113 @@ pub fn format_sessions(engine: &Engine, now: Timestamp) -> String {
     out
 }
 
-/// Asks the daemon at `socket` and returns its answer.
-pub fn query(socket: &Path, req: Request) -> std::io::Result<String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
+/// One line for `ftpct events`, in the spirit of `conntrack -E expect`: `[NEW]`, `[DESTROY]`,
+/// `[USED]`, `[REWRITE]`, `[REFUSED]`, `[WARN]` followed by the details. `None` for events that
+/// are only counted (every parsed message).
+pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
+    let mut out = String::new();
+    match e {
+        Event::SessionStart { id, ct } => {
+            let _ = writeln!(
+                out,
+                "[NEW] session {id} client={} server={} reply={} -> {}",
+                ct.original.src, ct.original.dst, ct.reply.src, ct.reply.dst
+            );
+        }
+        Event::SessionEnd { id, ct, reason } => {
+            let why = match reason {
+                EndReason::Closed => "closed",
+                EndReason::Reset => "reset",
+                EndReason::Idle => "idle",
+                EndReason::Evicted => "evicted",
+            };
+            let _ = writeln!(
+                out,
+                "[DESTROY] session {id} client={} server={} reason={why}",
+                ct.original.src, ct.original.dst
+            );
+        }
+        Event::ExpectCreated { exp, .. } => {
+            out.push_str("[NEW] ");
+            expect::format_kernel_line(exp, now, &mut out);
+        }
+        Event::ExpectUsed { exp, data, .. } => {
+            let _ = writeln!(
+                out,
+                "[USED] session {} data={} (expected dst={})",
+                exp.master, data, exp.dst
+            );
+        }
+        Event::ExpectRemoved { exp, reason, .. } => {
+            let why = match reason {
+                RemoveReason::Expired => "expired",
+                RemoveReason::Evicted => "evicted",
+                RemoveReason::Replaced => "replaced",
+                RemoveReason::MasterGone => "master_gone",
+            };
+            let _ = write!(out, "[DESTROY] reason={why} ");
+            expect::format_kernel_line(exp, now, &mut out);
+        }
+        Event::Rewritten { id, kind, from, to } => {
+            let _ = writeln!(out, "[REWRITE] session {id} {kind:?} {from} -> {to}");
+        }
+        Event::Refused {
+            id,
+            kind,
+            addr,
+            reason,
+        } => {
+            let _ = writeln!(out, "[REFUSED] session {id} {kind:?} {addr}: {reason}");
+        }
+        Event::ParseFailed {
+            id,
+            dir,
+            kind,
+            error,
+        } => {
+            let _ = writeln!(
+                out,
+                "[WARN] session {id} {dir:?} {}: unparseable ({error})",
+                kind.label()
+            );
+        }
+        Event::TlsStarted { id } => {
+            let _ = writeln!(out, "[WARN] session {id}: AUTH TLS, no longer inspected");
+        }
+        Event::LineTooLong { id, dir } => {
+            let _ = writeln!(out, "[WARN] session {id} {dir:?}: line too long");
+        }
+        Event::HoldGaveUp { id, dir } => {
+            let _ = writeln!(
+                out,
+                "[WARN] session {id} {dir:?}: split line never completed, let through"
+            );
+        }
+        Event::NotRewritten { id, kind } => {
+            let _ = writeln!(out, "[WARN] session {id} {kind:?}: could not be rewritten");
+        }
+        Event::Message { .. } => return None,
+    }
+    Some(out)
+}
+
+/// Streams the daemon's events to `out` until it closes the connection.
+pub fn stream_events(socket: &Path, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut s = connect(socket)?;
+    s.write_all(b"events\n")?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(buf.get(..n).unwrap_or(&[]))?;
+        out.flush()?;
+    }
+}
+
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    UnixStream::connect(socket).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!(
@@ -115,7 +227,12 @@ pub fn query(socket: &Path, req: Request) -> std::io::Result<String> {
                 socket.display()
             ),
         )
-    })?;
+    })
+}
+
+/// Asks the daemon at `socket` and returns its answer.
+pub fn query(socket: &Path, req: Request) -> std::io::Result<String> {
+    let mut s = connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(req.as_str().as_bytes())?;
     s.write_all(b"\n")?;

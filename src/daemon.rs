@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Settings};
@@ -21,6 +21,7 @@ use crate::control::{self, Request};
 use crate::ctnetlink::Ctnetlink;
 use crate::engine::{Action, CtHint, EndReason, Engine, Event, RemoveReason, Verdict};
 use crate::ipset::{Ipset, SetFamily};
+use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::state::StateFile;
 use crate::types::{Hook, Timestamp};
@@ -48,6 +49,11 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("metrics address {addr}: {source} (choose another `metrics` address or remove it)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the event loop: {0}")]
     Runtime(std::io::Error),
 }
@@ -64,60 +70,10 @@ pub fn monotonic_now() -> Timestamp {
     }
 }
 
-/// Per-packet processing time (queue in → verdict out), log2 buckets of nanoseconds.
-#[derive(Clone, Debug, Default)]
-pub struct Histogram {
-    buckets: [u64; 32],
-    count: u64,
-    max_ns: u64,
-}
-
-impl Histogram {
-    pub fn record(&mut self, ns: u64) {
-        let b = (64 - ns.leading_zeros()) as usize;
-        if let Some(x) = self.buckets.get_mut(b.min(31)) {
-            *x += 1;
-        }
-        self.count += 1;
-        self.max_ns = self.max_ns.max(ns);
-    }
-    /// Upper bound of the bucket holding quantile `q` (0..=1), in ns.
-    pub fn quantile(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= target {
-                return if i == 0 { 1 } else { 1u64 << i };
-            }
-        }
-        self.max_ns
-    }
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-    pub fn max(&self) -> u64 {
-        self.max_ns
-    }
-}
-
-/// Counters of the shell (kernel side).
-#[derive(Clone, Debug, Default)]
-pub struct ShellStats {
-    pub queue_overruns: u64,
-    pub verdict_errors: u64,
-    pub ct_lookups: u64,
-    pub ct_lookup_errors: u64,
-    pub ct_created: u64,
-    pub ct_create_errors: u64,
-    pub ipset_errors: u64,
-}
-
 struct Shell {
     engine: Engine,
+    /// Live event lines for `ftpct events` clients.
+    events: broadcast::Sender<String>,
     state: Option<StateFile>,
     ct: Ctnetlink,
     ipset: Ipset,
@@ -178,6 +134,7 @@ impl Shell {
         if let Some(st) = &mut self.state {
             if let Err(e) = st.append_from(&mut self.engine) {
                 error!(error = %e, "cannot write the state file; continuing without it (a restart will lose sessions)");
+                self.stats.state_errors += 1;
                 self.state = None;
             }
         } else {
@@ -217,8 +174,15 @@ impl Shell {
     }
 
     fn drain_events(&mut self) {
+        let listeners = self.events.receiver_count() > 0;
+        let now = monotonic_now();
         while let Some(e) = self.engine.poll_event() {
             log_event(&e);
+            if listeners {
+                if let Some(line) = control::format_event(&e, now) {
+                    let _ = self.events.send(line);
+                }
+            }
         }
     }
 
@@ -266,6 +230,14 @@ impl Shell {
             Request::List => control::format_list(&self.engine, now),
             Request::Sessions => control::format_sessions(&self.engine, now),
             Request::Stats => self.format_stats(),
+            Request::Metrics => metrics::render(&metrics::Snapshot {
+                engine: self.engine.stats(),
+                shell: &self.stats,
+                latency: &self.hist,
+                sessions: self.engine.session_count(),
+                expectations: self.engine.expectations().len(),
+            }),
+            Request::Events => String::new(),
         }
     }
 
@@ -277,7 +249,7 @@ impl Shell {
              packets_dropped_out_of_order {}\nrewrites {}\nexpect_created {}\nexpect_used {}\nexpect_expired {}\n\
              expect_evicted {}\nrefused_bounce {}\nrefused_privileged {}\nrefused_other {}\nparse_failures {}\n\
              tls_sessions {}\nqueue_overruns {}\nct_created {}\nct_create_errors {}\nct_lookup_errors {}\n\
-             ipset_errors {}\nlatency_count {}\nlatency_p50_ns {}\nlatency_p99_ns {}\nlatency_max_ns {}\n",
+             ipset_errors {}\nstate_errors {}\nlatency_count {}\nlatency_p50_ns {}\nlatency_p99_ns {}\nlatency_max_ns {}\n",
             self.engine.session_count(),
             self.engine.expectations().len(),
             s.packets_accepted,
@@ -299,6 +271,7 @@ impl Shell {
             k.ct_create_errors,
             k.ct_lookup_errors,
             k.ipset_errors,
+            k.state_errors,
             self.hist.count(),
             self.hist.quantile(0.5),
             self.hist.quantile(0.99),
@@ -415,25 +388,91 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(l)
 }
 
+type Asker = mpsc::Sender<(Request, oneshot::Sender<String>)>;
+
+async fn ask(tx: &Asker, req: Request) -> Option<String> {
+    let (otx, orx) = oneshot::channel();
+    tx.send((req, otx)).await.ok()?;
+    orx.await.ok()
+}
+
 async fn serve_client(
     stream: tokio::net::UnixStream,
-    tx: mpsc::Sender<(Request, oneshot::Sender<String>)>,
+    tx: Asker,
+    events: broadcast::Sender<String>,
 ) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut r = BufReader::new(r).take(control::MAX_REQUEST as u64);
     let read = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
-    let answer = match (read, Request::parse(&line)) {
-        (Ok(Ok(_)), Some(req)) => {
-            let (otx, orx) = oneshot::channel();
-            if tx.send((req, otx)).await.is_err() {
+    let req = match (read, Request::parse(&line)) {
+        (Ok(Ok(_)), Some(req)) => req,
+        _ => {
+            let _ = w
+                .write_all(
+                    b"error: unknown request (expected: list, sessions, stats, events, metrics)\n",
+                )
+                .await;
+            return;
+        }
+    };
+    if req == Request::Events {
+        // Streams until the client goes away, like `conntrack -E expect`.
+        let mut rx = events.subscribe();
+        loop {
+            let line = match rx.recv().await {
+                Ok(l) => l,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    format!("[LOST] {n} events (client too slow)\n")
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if w.write_all(line.as_bytes()).await.is_err() {
                 return;
             }
-            orx.await.unwrap_or_default()
         }
-        _ => "error: unknown request (expected: list, sessions, stats)\n".to_string(),
-    };
+    }
+    let answer = ask(&tx, req).await.unwrap_or_default();
     let _ = w.write_all(answer.as_bytes()).await;
+    let _ = w.shutdown().await;
+}
+
+/// A minimal HTTP/1.1 responder for Prometheus scrapes: `GET /metrics` only.
+async fn serve_metrics(stream: tokio::net::TcpStream, tx: Asker) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r).take(8192);
+    let mut first = String::new();
+    if tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut first))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Read (and ignore) the headers up to the empty line.
+    loop {
+        let mut h = String::new();
+        match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut h)).await {
+            Ok(Ok(n)) if n > 0 && h != "\r\n" && h != "\n" => continue,
+            _ => break,
+        }
+    }
+    let mut parts = first.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body, ctype) =
+        if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
+            match ask(&tx, Request::Metrics).await {
+                Some(b) => ("200 OK", b, "text/plain; version=0.0.4; charset=utf-8"),
+                None => ("503 Service Unavailable", String::new(), "text/plain"),
+            }
+        } else {
+            ("404 Not Found", "try /metrics\n".to_string(), "text/plain")
+        };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = w.write_all(head.as_bytes()).await;
+    let _ = w.write_all(body.as_bytes()).await;
     let _ = w.shutdown().await;
 }
 
@@ -494,7 +533,17 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             None
         }
     };
+    let (events_tx, _) = broadcast::channel(1024);
+    let metrics_listener = match settings.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let mut shell = Shell {
+        events: events_tx,
         state,
         engine,
         ct,
@@ -557,7 +606,17 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             }
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
-                    tokio::spawn(serve_client(stream, tx.clone()));
+                    tokio::spawn(serve_client(stream, tx.clone(), shell.events.clone()));
+                }
+            }
+            conn = async {
+                match &metrics_listener {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok((stream, _)) = conn {
+                    tokio::spawn(serve_metrics(stream, tx.clone()));
                 }
             }
             Some((req, reply)) = rx.recv() => {
@@ -593,21 +652,4 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_quantiles() {
-        let mut h = Histogram::default();
-        for ns in [100u64, 200, 300, 5000, 100_000] {
-            h.record(ns);
-        }
-        assert_eq!(h.count(), 5);
-        assert!(h.quantile(0.5) >= 300 && h.quantile(0.5) < 1024);
-        assert!(h.quantile(0.99) >= 100_000);
-        assert_eq!(h.max(), 100_000);
-    }
 }

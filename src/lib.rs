@@ -24,6 +24,7 @@ pub mod control;
 pub mod ctnetlink;
 pub mod daemon;
 pub mod ipset;
+pub mod metrics;
 pub mod netlink;
 pub mod nfqueue;
 pub mod rules;

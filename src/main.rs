@@ -41,6 +41,12 @@ enum Cmd {
         /// Log filter (tracing EnvFilter syntax, e.g. info or ftpct=debug).
         #[arg(long)]
         log: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+        /// State file (default: the socket path with .state appended).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Print, apply or delete the iptables/ip6tables rules ftpct needs.
     Rules {
@@ -74,6 +80,16 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Stream session and expectation events live (like `conntrack -E expect`).
+    Events {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print the Prometheus metrics text.
+    Metrics {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
 }
@@ -100,6 +116,8 @@ fn main() -> ExitCode {
             ports,
             fail_open,
             log,
+            metrics,
+            state,
         } => {
             let mut s = match &config {
                 Some(p) => match config::load(p) {
@@ -122,6 +140,12 @@ fn main() -> ExitCode {
             }
             if fail_open {
                 s.fail_open = true;
+            }
+            if metrics.is_some() {
+                s.metrics = metrics;
+            }
+            if state.is_some() {
+                s.state_file = state;
             }
             init_logs(log.as_deref().unwrap_or(&s.log));
             match daemon::run(daemon::RunOptions {
@@ -170,6 +194,14 @@ fn main() -> ExitCode {
         Cmd::List { socket } => ask(&socket, Request::List),
         Cmd::Sessions { socket } => ask(&socket, Request::Sessions),
         Cmd::Stats { socket } => ask(&socket, Request::Stats),
+        Cmd::Metrics { socket } => ask(&socket, Request::Metrics),
+        Cmd::Events { socket } => match control::stream_events(&socket, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ftpct: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::CheckConfig { file } => match config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -337,18 +337,4 @@ fn port2121_kernel_helper_rule_on_21_only_fails() {
     assert!(r.contains("500 Illegal PORT"), "[{test}] {r}");
 }
 
-// ---- the daemon's command line --------------------------------------------------------------
-
-/// `ftpct list` and `ftpct sessions --socket PATH` answer while the daemon runs in the gateway,
-/// during an FTP session (the control connection of a 30-file transfer is open meanwhile).
-#[test]
-fn ftpct_list_and_sessions() {
-    let test = "ftpct_list_and_sessions";
-    let mut lab = Lab::up(test, Topology::Masq);
-    lab.server();
-    lab.enable(Alg::Ftpct);
-    lab.many("active", 30).assert_ok();
-    lab.ftpct_cli("list").assert_ok();
-    lab.ftpct_cli("sessions").assert_ok();
-    lab.stop_ftpct().expect("ftpct was running");
-}
+// The daemon's command line (list, sessions, events, metrics) is tested in tests/ops.rs.

@@ -1,0 +1,322 @@
+//! Prometheus text exposition of the daemon's counters (opt-in: `metrics = ADDR` in the config
+//! or `--metrics ADDR`). Names follow node_exporter's conntrack metrics
+//! (`node_nf_conntrack_entries`, ...): `ftpct_` prefix, `_total` on counters, base units.
+//!
+//! Rendering is a pure function of the counters, so it is unit-tested; `daemon.rs` serves it.
+
+use std::fmt::Write as _;
+
+use crate::engine::Stats;
+
+/// Per-packet processing time (queue in → verdict out), log2 buckets of nanoseconds:
+/// bucket `i` counts samples in `[2^(i-1), 2^i)` ns.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    buckets: [u64; 32],
+    count: u64,
+    sum_ns: u64,
+    max_ns: u64,
+}
+
+impl Histogram {
+    pub fn record(&mut self, ns: u64) {
+        let b = (64 - ns.leading_zeros()) as usize;
+        if let Some(x) = self.buckets.get_mut(b.min(31)) {
+            *x += 1;
+        }
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+    /// Upper bound of the bucket holding quantile `q` (0..=1), in ns.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return 1u64 << i;
+            }
+        }
+        self.max_ns
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn max(&self) -> u64 {
+        self.max_ns
+    }
+}
+
+/// Counters of the I/O shell (kernel side).
+#[derive(Clone, Debug, Default)]
+pub struct ShellStats {
+    pub queue_overruns: u64,
+    pub verdict_errors: u64,
+    pub ct_lookups: u64,
+    pub ct_lookup_errors: u64,
+    pub ct_created: u64,
+    pub ct_create_errors: u64,
+    pub ipset_errors: u64,
+    pub state_errors: u64,
+}
+
+/// Everything a scrape shows.
+pub struct Snapshot<'a> {
+    pub engine: &'a Stats,
+    pub shell: &'a ShellStats,
+    pub latency: &'a Histogram,
+    pub sessions: usize,
+    pub expectations: usize,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// The exposition text (format version 0.0.4).
+pub fn render(s: &Snapshot<'_>) -> String {
+    let e = s.engine;
+    let k = s.shell;
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "ftpct_sessions",
+        "gauge",
+        "FTP control connections tracked.",
+        &[("", s.sessions as u64)],
+    );
+    metric(
+        &mut out,
+        "ftpct_expectations",
+        "gauge",
+        "Expected data connections (like node_nf_conntrack_entries for the expect table).",
+        &[("", s.expectations as u64)],
+    );
+    metric(
+        &mut out,
+        "ftpct_packets_total",
+        "counter",
+        "Queued packets by verdict.",
+        &[
+            ("verdict=\"accepted\"", e.packets_accepted),
+            ("verdict=\"modified\"", e.packets_modified),
+            ("verdict=\"dropped_held\"", e.packets_dropped_held),
+            ("verdict=\"dropped_out_of_order\"", e.packets_dropped_ooo),
+        ],
+    );
+    metric(
+        &mut out,
+        "ftpct_packets_malformed_total",
+        "counter",
+        "Queued packets that were not TCP/IP.",
+        &[("", e.packets_malformed)],
+    );
+    let kinds = [
+        "port", "eprt", "pasv", "epsv", "227", "229", "auth_tls", "234",
+    ];
+    let labels: Vec<String> = kinds.iter().map(|k| format!("type=\"{k}\"")).collect();
+    let samples: Vec<(&str, u64)> = labels
+        .iter()
+        .zip(e.messages.iter())
+        .map(|(l, v)| (l.as_str(), *v))
+        .collect();
+    metric(
+        &mut out,
+        "ftpct_messages_total",
+        "counter",
+        "FTP messages parsed, by type.",
+        &samples,
+    );
+    metric(
+        &mut out,
+        "ftpct_rewrites_total",
+        "counter",
+        "Addresses rewritten for NAT.",
+        &[("", e.rewrites)],
+    );
+    metric(
+        &mut out,
+        "ftpct_expectations_total",
+        "counter",
+        "Expectation events.",
+        &[
+            ("event=\"created\"", e.expect_created),
+            ("event=\"used\"", e.expect_used),
+            ("event=\"expired\"", e.expect_expired),
+            ("event=\"evicted\"", e.expect_evicted),
+        ],
+    );
+    metric(
+        &mut out,
+        "ftpct_expectations_refused_total",
+        "counter",
+        "Announced data addresses refused by policy.",
+        &[
+            ("reason=\"bounce\"", e.refused_bounce),
+            ("reason=\"privileged_port\"", e.refused_privileged),
+            ("reason=\"other\"", e.refused_other),
+        ],
+    );
+    metric(
+        &mut out,
+        "ftpct_parse_failures_total",
+        "counter",
+        "PORT/EPRT/227/229 that could not be parsed.",
+        &[("", e.parse_failures)],
+    );
+    metric(
+        &mut out,
+        "ftpct_tls_sessions_total",
+        "counter",
+        "Sessions that switched to TLS (not inspectable).",
+        &[("", e.tls_sessions)],
+    );
+    metric(
+        &mut out,
+        "ftpct_lines_too_long_total",
+        "counter",
+        "Control lines over the length limit.",
+        &[("", e.lines_too_long)],
+    );
+    metric(
+        &mut out,
+        "ftpct_sessions_started_total",
+        "counter",
+        "Control sessions tracked since start.",
+        &[("", e.sessions_started)],
+    );
+    metric(
+        &mut out,
+        "ftpct_sessions_evicted_total",
+        "counter",
+        "Sessions evicted because the table was full.",
+        &[("", e.sessions_evicted)],
+    );
+    metric(
+        &mut out,
+        "ftpct_queue_overruns_total",
+        "counter",
+        "NFQUEUE overruns (ENOBUFS: the kernel dropped queued packets).",
+        &[("", k.queue_overruns)],
+    );
+    metric(
+        &mut out,
+        "ftpct_kernel_errors_total",
+        "counter",
+        "Failed kernel requests.",
+        &[
+            ("op=\"verdict\"", k.verdict_errors),
+            ("op=\"ct_lookup\"", k.ct_lookup_errors),
+            ("op=\"ct_create\"", k.ct_create_errors),
+            ("op=\"ipset\"", k.ipset_errors),
+            ("op=\"state_file\"", k.state_errors),
+        ],
+    );
+    metric(
+        &mut out,
+        "ftpct_conntrack_created_total",
+        "counter",
+        "Data connection entries created through ctnetlink.",
+        &[("", k.ct_created)],
+    );
+    // Latency histogram in seconds, cumulative buckets.
+    let name = "ftpct_packet_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Per queued packet, queue in to verdict out."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cum = 0u64;
+    for (i, n) in s.latency.buckets.iter().enumerate().skip(8).take(20) {
+        cum += n;
+        if i == 8 {
+            cum += s.latency.buckets.iter().take(8).sum::<u64>();
+        }
+        let le = (1u64 << i) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le:e}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", s.latency.count);
+    let _ = writeln!(out, "{name}_sum {:e}", s.latency.sum_ns as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count {}", s.latency.count);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::default();
+        for ns in [100u64, 200, 300, 5000, 100_000] {
+            h.record(ns);
+        }
+        assert_eq!(h.count(), 5);
+        assert!(h.quantile(0.5) >= 300 && h.quantile(0.5) < 1024);
+        assert!(h.quantile(0.99) >= 100_000);
+        assert_eq!(h.max(), 100_000);
+    }
+
+    #[test]
+    fn renders_valid_exposition_text() {
+        let stats = Stats {
+            packets_accepted: 10,
+            rewrites: 3,
+            refused_bounce: 1,
+            ..Stats::default()
+        };
+        let mut h = Histogram::default();
+        h.record(3_000);
+        h.record(70_000);
+        let text = render(&Snapshot {
+            engine: &stats,
+            shell: &ShellStats::default(),
+            latency: &h,
+            sessions: 2,
+            expectations: 1,
+        });
+        assert!(text.contains("ftpct_packets_total{verdict=\"accepted\"} 10\n"));
+        assert!(text.contains("ftpct_rewrites_total 3\n"));
+        assert!(text.contains("ftpct_expectations_refused_total{reason=\"bounce\"} 1\n"));
+        assert!(text.contains("ftpct_sessions 2\n"));
+        assert!(text.contains("ftpct_packet_latency_seconds_count 2\n"));
+        assert!(text.contains("ftpct_packet_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
+        // every sample line is "name{labels} value" or "name value", and every name is declared
+        let mut declared = std::collections::HashSet::new();
+        let mut last_bucket = 0u64;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            let base = name.split('{').next().unwrap();
+            let family = base
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(declared.contains(family), "undeclared {base}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            if base.ends_with("_bucket") {
+                let v: u64 = value.parse().unwrap();
+                assert!(v >= last_bucket, "buckets must be cumulative");
+                last_bucket = v;
+            }
+        }
+    }
+}
