@@ -18,6 +18,7 @@
 //! ipset4 = ftpct4
 //! ipset6 = ftpct6
 //! log = info
+//! user = ftpct
 //! metrics = 127.0.0.1:9477
 //! ```
 
@@ -43,6 +44,8 @@ pub struct Settings {
     pub ipset4: String,
     pub ipset6: String,
     pub log: String,
+    /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = stay root.
+    pub user: Option<String>,
     pub policy: Policy,
 }
 
@@ -58,6 +61,7 @@ impl Default for Settings {
             ipset4: "ftpct4".into(),
             ipset6: "ftpct6".into(),
             log: "info".into(),
+            user: None,
             policy: Policy::default(),
         }
     }
@@ -164,6 +168,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 }
                 "ipset6" => s.ipset6 = v.to_string(),
                 "log" => s.log = v.to_string(),
+                "user" => s.user = (!v.is_empty()).then(|| v.to_string()),
                 "allow_third_party" => s.policy.allow_third_party = parse_bool(v)?,
                 "allow_privileged_ports" => s.policy.allow_privileged_ports = parse_bool(v)?,
                 "max_expect_per_session" => {

@@ -54,6 +54,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Privileges(#[from] crate::privs::PrivError),
     #[error("cannot start the event loop: {0}")]
     Runtime(std::io::Error),
 }
@@ -553,6 +555,11 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         stats: ShellStats::default(),
     };
     shell.revalidate_restored();
+    // Everything is open: keep CAP_NET_ADMIN only (and switch user if configured).
+    match crate::privs::drop_privileges(settings.user.as_deref()) {
+        Ok(d) => info!(uid = d.uid, capabilities = ?d.effective, "privileges dropped"),
+        Err(e) => return Err(DaemonError::Privileges(e)),
+    }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;

@@ -27,4 +27,5 @@ pub mod ipset;
 pub mod metrics;
 pub mod netlink;
 pub mod nfqueue;
+pub mod privs;
 pub mod rules;

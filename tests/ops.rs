@@ -248,3 +248,36 @@ fn events_stream_and_prometheus_metrics() {
         stats.stdout
     );
 }
+
+#[test]
+fn daemon_keeps_only_cap_net_admin_and_a_private_socket() {
+    let test = "daemon_keeps_only_cap_net_admin_and_a_private_socket";
+    let mut lab = Lab::up(test, Topology::Masq);
+    lab.server();
+    lab.enable(Alg::Ftpct);
+    let pid = std::fs::read_to_string(lab.state_dir().join("ftpct.pid")).expect("pid file");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    // CAP_NET_ADMIN is capability 12
+    assert_eq!(field("CapEff:"), "0000000000001000", "[{test}]\n{status}");
+    assert_eq!(field("CapPrm:"), "0000000000001000", "[{test}]\n{status}");
+    assert_eq!(field("CapBnd:"), "0000000000001000", "[{test}]\n{status}");
+    assert_eq!(field("CapInh:"), "0000000000000000", "[{test}]\n{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "[{test}]\n{status}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(lab.ftpct_socket())
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "[{test}] control socket mode {mode:o}");
+    // and it still does its job with only that capability
+    lab.fetch(common::Client::Curl, common::Mode::Port, "small.txt")
+        .assert_ok();
+    assert!(lab.ftpct_log().contains("privileges dropped"), "[{test}]");
+}

@@ -1,0 +1,77 @@
+//! Dropping privileges once the daemon's sockets are open.
+//!
+//! Every nfnetlink message (queue verdicts, ctnetlink, ipset) is checked by the kernel against
+//! CAP_NET_ADMIN of the *sending task* (and of the socket's opener), so the daemon keeps exactly
+//! that one capability: permitted and effective sets = {CAP_NET_ADMIN}, inheritable and ambient
+//! empty, the bounding set reduced to it, and `no_new_privs` set. With `user = NAME` it also
+//! switches to that user (keeping CAP_NET_ADMIN across the switch); the state file and socket
+//! directories must then be writable by that user (systemd's `RuntimeDirectory=` does it).
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivError {
+    #[error("unknown user '{0}' (create it, e.g. `adduser --system {0}`, or remove `user =`)")]
+    NoUser(String),
+    #[error("cannot switch to user '{user}': {source}")]
+    Switch { user: String, source: nix::Error },
+    #[error("cannot set capabilities: {0} (ftpct must start as root or with CAP_NET_ADMIN and CAP_SETPCAP)")]
+    Caps(String),
+}
+
+/// What the daemon runs with after [`drop_privileges`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    pub uid: u32,
+    pub effective: Vec<String>,
+}
+
+fn only_net_admin() -> CapsHashSet {
+    let mut s = CapsHashSet::new();
+    s.insert(Capability::CAP_NET_ADMIN);
+    s
+}
+
+/// Keeps CAP_NET_ADMIN only (and switches to `user` if given).
+pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivError> {
+    let caps_err = |e: caps::errors::CapsError| PrivError::Caps(e.to_string());
+    if let Some(name) = user {
+        let u = nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| PrivError::NoUser(name.to_string()))?;
+        let sw = |source| PrivError::Switch {
+            user: name.to_string(),
+            source,
+        };
+        // Keep the permitted set across setuid; the effective set is cleared and raised again.
+        nix::sys::prctl::set_keepcaps(true).map_err(sw)?;
+        nix::unistd::setgroups(&[]).map_err(sw)?;
+        nix::unistd::setgid(u.gid).map_err(sw)?;
+        nix::unistd::setuid(u.uid).map_err(sw)?;
+        nix::sys::prctl::set_keepcaps(false).map_err(sw)?;
+    }
+    // Bounding set first (needs CAP_SETPCAP, which is still permitted at this point).
+    for cap in caps::all() {
+        if cap != Capability::CAP_NET_ADMIN
+            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
+            caps::drop(None, CapSet::Bounding, cap).map_err(caps_err)?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps_err)?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_err)?;
+    caps::set(None, CapSet::Effective, &only_net_admin()).map_err(caps_err)?;
+    caps::set(None, CapSet::Permitted, &only_net_admin()).map_err(caps_err)?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| PrivError::Caps(e.to_string()))?;
+    let mut effective: Vec<String> = caps::read(None, CapSet::Effective)
+        .map_err(caps_err)?
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect();
+    effective.sort();
+    Ok(Dropped {
+        uid: nix::unistd::getuid().as_raw(),
+        effective,
+    })
+}
