@@ -198,6 +198,12 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
         Event::NotRewritten { id, kind } => {
             let _ = writeln!(out, "[WARN] session {id} {kind:?}: could not be rewritten");
         }
+        Event::Resynced { id, dir } => {
+            let _ = writeln!(
+                out,
+                "[WARN] session {id} {dir:?}: bytes missed, resynchronised"
+            );
+        }
         Event::Message { .. } => return None,
     }
     Some(out)

@@ -359,6 +359,11 @@ pub fn log_event(e: &Event) {
             dir = ?dir,
             "a split control line never completed while held; let through without rewrite"
         ),
+        Event::Resynced { id, dir } => warn!(
+            session = %id,
+            dir = ?dir,
+            "bytes of the control connection never reached ftpct (queue bypass?); tracking resumes at the next line"
+        ),
         Event::NotRewritten { id, kind } => warn!(
             session = %id,
             message = ?kind,

@@ -191,6 +191,11 @@ pub enum Event {
         id: SessionId,
         kind: ExpectKind,
     },
+    /// Bytes before a segment never came; tracking continues at the next line.
+    Resynced {
+        id: SessionId,
+        dir: Dir,
+    },
 }
 
 /// A change of the state that must survive a daemon restart (the shell appends these to the
@@ -258,6 +263,7 @@ pub struct Stats {
     pub tls_sessions: u64,
     pub lines_too_long: u64,
     pub hold_gave_up: u64,
+    pub resyncs: u64,
     pub sessions_started: u64,
     pub sessions_evicted: u64,
     pub syn_unmatched: u64,
@@ -270,6 +276,8 @@ const MAX_ACTIONS: usize = 4096;
 const PORT_TRIES: u32 = 4096;
 /// CTA_TIMEOUT of a created data entry, until its SYN moves it on.
 const DATA_CT_TIMEOUT: u32 = 120;
+/// Segments dropped after a gap before the stream is resynchronised past it.
+const MAX_GAP_DROPS: u8 = 6;
 /// Minimum segment size assumed when merging held bytes into the next segment.
 const MIN_MERGE: u32 = 536;
 
@@ -907,13 +915,29 @@ impl Engine {
                 d.sync(seq, false);
             }
         }
+        if end_diff(seq, d.next) > 0 && plen > 0 {
+            // A gap before this segment: we cannot know what the missing bytes rewrite, so the
+            // segment cannot be placed yet. Drop it; the sender retransmits in order. If the gap
+            // never fills (bytes that reached the receiver without passing through ftpct, e.g.
+            // a fail-open queue overflow), the receiver has acknowledged them and the sender
+            // will never send them again: resynchronise at the next line instead of wedging.
+            if d.gap_drops < MAX_GAP_DROPS {
+                d.gap_drops += 1;
+                self.stats.packets_dropped_ooo += 1;
+                return Verdict::Drop;
+            }
+            d.sync(seq, false);
+            self.stats.resyncs += 1;
+            self.event(Event::Resynced { id: sid, dir });
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Verdict::Accept;
+        };
+        let d = s.dir_mut(dir);
         let rel_start = end_diff(seq, d.next);
         let rel_end = end_diff(end, d.next);
-        if rel_start > 0 && plen > 0 {
-            // A gap before this segment: we cannot know what the missing bytes rewrite, so the
-            // segment cannot be placed yet. Drop it; the sender retransmits in order.
-            self.stats.packets_dropped_ooo += 1;
-            return Verdict::Drop;
+        if rel_end > 0 {
+            d.gap_drops = 0;
         }
 
         // Feed the new bytes, if any, to the line assembler.
@@ -963,10 +987,14 @@ impl Engine {
             s.dir_mut(dir).next = end;
         } else if let (Some(h), true) = (s.dir(dir).held_from, plen > 0) {
             // A retransmission of bytes we already have. If it reaches into the held bytes,
-            // the sender is waiting for them to be acknowledged.
+            // they must not be forwarded yet. Only a retransmission from the first held byte
+            // (or before) counts as the sender waiting for them to be acknowledged; a duplicate
+            // of a later piece does not.
             if end_diff(end, h) > 0 {
                 let d = s.dir_mut(dir);
-                d.hold_tries = d.hold_tries.saturating_add(1);
+                if end_diff(seq, h) <= 0 {
+                    d.hold_tries = d.hold_tries.saturating_add(1);
+                }
                 if d.hold_tries > max_hold {
                     d.held_from = None;
                     d.no_rewrite_line = true;

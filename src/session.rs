@@ -48,6 +48,8 @@ pub struct DirState {
     pub fin: bool,
     /// Position restored from the state file; the first packet may leave a gap (see engine).
     pub restored: bool,
+    /// Segments dropped in a row because of a gap before them.
+    pub gap_drops: u8,
     /// The rewrites of this direction.
     pub seqadj: SeqAdj,
 }
@@ -66,6 +68,7 @@ impl Default for DirState {
             max_seg: 0,
             fin: false,
             restored: false,
+            gap_drops: 0,
             seqadj: SeqAdj::new(),
         }
     }
@@ -83,6 +86,7 @@ impl DirState {
         self.held_from = None;
         self.hold_tries = 0;
         self.no_rewrite_line = false;
+        self.gap_drops = 0;
     }
 
     /// Consumes in-order bytes `input[*pos..]` (whose first byte is at sequence `self.next`)

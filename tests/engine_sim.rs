@@ -1169,3 +1169,32 @@ fn restart_in_the_middle_of_a_line_resumes_at_the_next_line() {
         .ends_with("NOOP and some text\r\nPORT 203,0,113,1,195,81\r\n"));
     lab.all_acked();
 }
+
+#[test]
+fn a_gap_that_never_fills_is_skipped_instead_of_wedging_the_session() {
+    let mut lab = Lab::masq(cfg());
+    // bytes that reached the server without passing through the engine (queue bypass)
+    let (a, b) = lab.cli.write(b"NOOP\r\n");
+    let missed = lab.cli.seg(a, b);
+    lab.srv.receive(&missed);
+    let (c, d) = lab.cli.write(b"PORT 10,0,0,2,195,80\r\n");
+    let mut delivered = false;
+    for _ in 0..10 {
+        if lab.c2s(c, d) {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the session must not stay wedged");
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Resynced { .. })));
+    // resynchronised in the middle of nowhere: this line is skipped, the next one is tracked
+    lab.client_says("PORT 10,0,0,2,195,81\r\n");
+    assert!(
+        lab.server_got().ends_with("PORT 203,0,113,1,195,81\r\n"),
+        "{}",
+        lab.server_got()
+    );
+}
