@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::engine::{EndReason, Engine, Event, RemoveReason};
+use crate::engine::{Engine, Event};
 use crate::expect;
 use crate::types::{Dir, Timestamp};
 
@@ -127,16 +127,12 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
             );
         }
         Event::SessionEnd { id, ct, reason } => {
-            let why = match reason {
-                EndReason::Closed => "closed",
-                EndReason::Reset => "reset",
-                EndReason::Idle => "idle",
-                EndReason::Evicted => "evicted",
-            };
             let _ = writeln!(
                 out,
-                "[DESTROY] session {id} client={} server={} reason={why}",
-                ct.original.src, ct.original.dst
+                "[DESTROY] session {id} client={} server={} reason={}",
+                ct.original.src,
+                ct.original.dst,
+                reason.label()
             );
         }
         Event::ExpectCreated { exp, .. } => {
@@ -151,13 +147,7 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
             );
         }
         Event::ExpectRemoved { exp, reason, .. } => {
-            let why = match reason {
-                RemoveReason::Expired => "expired",
-                RemoveReason::Evicted => "evicted",
-                RemoveReason::Replaced => "replaced",
-                RemoveReason::MasterGone => "master_gone",
-            };
-            let _ = write!(out, "[DESTROY] reason={why} ");
+            let _ = write!(out, "[DESTROY] reason={} ", reason.label());
             expect::format_kernel_line(exp, now, &mut out);
         }
         Event::Rewritten { id, kind, from, to } => {

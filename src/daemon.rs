@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{self, Settings};
 use crate::control::{self, Request};
 use crate::ctnetlink::Ctnetlink;
-use crate::engine::{Action, CtHint, EndReason, Engine, Event, RemoveReason, Verdict};
+use crate::engine::{Action, CtHint, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
@@ -292,15 +292,13 @@ pub fn log_event(e: &Event) {
             nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
             "control session start"
         ),
-        Event::SessionEnd { id, ct, reason } => {
-            let why = match reason {
-                EndReason::Closed => "closed",
-                EndReason::Reset => "reset",
-                EndReason::Idle => "idle timeout",
-                EndReason::Evicted => "evicted (session table full)",
-            };
-            info!(session = %id, client = %ct.original.src, server = %ct.original.dst, reason = why, "control session end")
-        }
+        Event::SessionEnd { id, ct, reason } => info!(
+            session = %id,
+            client = %ct.original.src,
+            server = %ct.original.dst,
+            reason = reason.label(),
+            "control session end"
+        ),
         Event::Message { id, kind } => debug!(session = %id, message = kind.label(), "message"),
         Event::Rewritten { id, kind, from, to } => {
             info!(session = %id, message = ?kind, from = %from, to = %to, "address rewritten")
@@ -316,15 +314,13 @@ pub fn log_event(e: &Event) {
         Event::ExpectUsed { id, exp, data } => {
             info!(session = %exp.master, expectation = id.0, data = %data, "data connection admitted as RELATED")
         }
-        Event::ExpectRemoved { id, exp, reason } => {
-            let why = match reason {
-                RemoveReason::Expired => "expired unused",
-                RemoveReason::Evicted => "evicted by a newer one (per-session limit)",
-                RemoveReason::Replaced => "replaced",
-                RemoveReason::MasterGone => "control session ended",
-            };
-            info!(session = %exp.master, expectation = id.0, dst = %exp.dst, reason = why, "expectation removed")
-        }
+        Event::ExpectRemoved { id, exp, reason } => info!(
+            session = %exp.master,
+            expectation = id.0,
+            dst = %exp.dst,
+            reason = reason.label(),
+            "expectation removed"
+        ),
         Event::Refused {
             id,
             kind,

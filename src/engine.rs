@@ -85,6 +85,17 @@ pub enum EndReason {
     Evicted,
 }
 
+impl EndReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::Reset => "reset",
+            EndReason::Idle => "idle",
+            EndReason::Evicted => "evicted",
+        }
+    }
+}
+
 /// Why an expectation went away without being used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoveReason {
@@ -95,6 +106,17 @@ pub enum RemoveReason {
     Replaced,
     /// Its control session ended.
     MasterGone,
+}
+
+impl RemoveReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RemoveReason::Expired => "expired",
+            RemoveReason::Evicted => "evicted",
+            RemoveReason::Replaced => "replaced",
+            RemoveReason::MasterGone => "master_gone",
+        }
+    }
 }
 
 /// The FTP messages the engine acts on.
@@ -1190,72 +1212,41 @@ impl Engine {
             s.multiline = None;
         }
         match code {
-            227 if first_in_reply => match parser::parse_227(line) {
-                Ok(f) => {
-                    if let Some(s) = self.sessions.get_mut(&sid) {
+            227 | 229 if first_in_reply => {
+                let (kind, msg, parsed) = if code == 227 {
+                    let p = parser::parse_227(line).map(|f| (SocketAddr::V4(f.addr), f.span));
+                    (ExpectKind::Pasv227, MsgKind::Reply227, p)
+                } else {
+                    // 229 carries no address: the data connection goes to the control peer.
+                    let p = parser::parse_229(line).map(|f| {
+                        (
+                            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), f.addr),
+                            f.span,
+                        )
+                    });
+                    (ExpectKind::Epsv229, MsgKind::Reply229, p)
+                };
+                match parsed {
+                    Ok((addr, span)) => {
                         s.multiline_done = s.multiline.is_some();
                         s.pending = Pending::None;
+                        self.count(sid, msg);
+                        self.announce(sid, Dir::Reply, kind, addr, span, 0, at, no_rewrite);
                     }
-                    self.count(sid, MsgKind::Reply227);
-                    let addr = SocketAddr::V4(f.addr);
-                    self.announce(
-                        sid,
-                        Dir::Reply,
-                        ExpectKind::Pasv227,
-                        addr,
-                        f.span,
-                        0,
-                        at,
-                        no_rewrite,
-                    );
-                }
-                Err(error) => {
                     // Only a final line without an address is a failure (pure-ftpd's
                     // "227 Logout." included): let it through, log it, never block.
-                    if last {
+                    Err(error) if last => {
                         self.stats.parse_failures += 1;
                         self.event(Event::ParseFailed {
                             id: sid,
                             dir: Dir::Reply,
-                            kind: MsgKind::Reply227,
+                            kind: msg,
                             error,
                         });
                     }
+                    Err(_) => {}
                 }
-            },
-            229 if first_in_reply => match parser::parse_229(line) {
-                Ok(f) => {
-                    let Some(s) = self.sessions.get_mut(&sid) else {
-                        return;
-                    };
-                    s.multiline_done = s.multiline.is_some();
-                    s.pending = Pending::None;
-                    // 229 carries no address: the data connection goes to the control peer.
-                    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), f.addr);
-                    self.count(sid, MsgKind::Reply229);
-                    self.announce(
-                        sid,
-                        Dir::Reply,
-                        ExpectKind::Epsv229,
-                        addr,
-                        f.span,
-                        0,
-                        at,
-                        no_rewrite,
-                    );
-                }
-                Err(error) => {
-                    if last {
-                        self.stats.parse_failures += 1;
-                        self.event(Event::ParseFailed {
-                            id: sid,
-                            dir: Dir::Reply,
-                            kind: MsgKind::Reply229,
-                            error,
-                        });
-                    }
-                }
-            },
+            }
             234 if last => {
                 if s.pending == Pending::AuthTls {
                     s.encrypted = true;
