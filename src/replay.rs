@@ -1833,13 +1833,26 @@ impl<'o> Replayer<'o> {
 
     /// End of the capture: per-session sequence offsets, pending expectations, summary.
     fn finish(&mut self, complete: bool) -> io::Result<()> {
-        let live: Vec<SessionId> = self.engine.sessions().map(|s| s.id).collect();
-        for sid in live {
+        let live: Vec<(SessionId, bool)> = self
+            .engine
+            .sessions()
+            .map(|s| (s.id, s.is_closing()))
+            .collect();
+        let mut closing = Vec::new();
+        for (sid, c) in live {
             self.refresh_adj(sid);
+            if c {
+                closing.push(sid);
+            }
         }
         let mut lines = Vec::new();
         for (sid, s) in &self.sessions {
-            let state = s.end.map(end_label).unwrap_or("open");
+            // "open", "closing" (FIN both ways or RST, not yet forgotten) or why it ended.
+            let state = match s.end {
+                Some(r) => end_label(r),
+                None if closing.contains(sid) => "closing",
+                None => "open",
+            };
             let o = &s.adj[0];
             let r = &s.adj[1];
             let line = if self.json {
