@@ -1128,6 +1128,9 @@ impl Tcpdump {
                 "-i",
                 "eth0",
                 "-n",
+                // every packet to the file as it arrives: no buffering in the kernel ring
+                // (TPACKET_V3 hands over blocks only after a timeout) nor in the file
+                "--immediate-mode",
                 "-U",
                 "-Z",
                 "root",
@@ -1160,7 +1163,9 @@ impl Tcpdump {
         }
     }
 
+    /// Lets the last packets reach the file, then stops tcpdump (SIGINT: it flushes and exits).
     fn stop(&mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let t0 = Instant::now();
@@ -1217,6 +1222,7 @@ fn lab_masq_port_capture_replays_with_snat() {
     let dump_log = dump.stop();
     assert!(r.ok(), "[{test}] fetch failed: {r}");
     let cap = std::fs::read(&file).unwrap_or_else(|e| panic!("no capture ({e}): {dump_log}"));
+    eprintln!("capture: {} bytes; tcpdump: {dump_log}", cap.len());
 
     let mut o = ReplayOptions::new(&file);
     o.nat = Nat::Snat(public.parse().unwrap());
