@@ -1199,65 +1199,100 @@ fn lab_env(lab: &common::Lab) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Client behind MASQUERADE, kernel helper doing the real NAT traversal, capture on the client's
-/// side: replay with `--snat` shows the PORT from the private address rewritten to the gateway's
-/// public address with its port, and the expectation from the server.
-#[test]
-fn lab_masq_port_capture_replays_with_snat() {
-    let test = "lab_masq_port_capture_replays_with_snat";
+/// A lab with the kernel helper doing the real NAT traversal: tcpdump in namespace `side`
+/// (`cli` or `srv`) with `filter` around one ftplib download in `mode`. Returns the lab (for its
+/// server log; dropped = torn down), its variables and the capture file.
+fn lab_capture(
+    test: &str,
+    topo: common::Topology,
+    side: &str,
+    filter: &str,
+    mode: common::Mode,
+) -> (common::Lab, BTreeMap<String, String>, std::path::PathBuf) {
     common::require_root_and_tools();
     assert!(
         Command::new("tcpdump").arg("--version").output().is_ok(),
         "tcpdump is needed (tests/lab/requirements.txt)"
     );
-    let lab = common::Lab::up(test, common::Topology::Masq);
+    let lab = common::Lab::up(test, topo);
     let env = lab_env(&lab);
-    let (cli_ip, srv_ip, public) = (&env["CLI_IP"], &env["SRV_IP"], &env["GW_PUBLIC_IP"]);
-    assert_eq!(public, "203.0.113.1");
+    assert_eq!(env["GW_PUBLIC_IP"], "203.0.113.1");
     lab.server();
     lab.kernel_helper(true);
-    let file = lab.state_dir().join("cli.pcap");
-    let mut dump = Tcpdump::start(&lab, "cli", &file, "tcp port 21");
-    let r = lab.fetch(common::Client::Ftplib, common::Mode::Port, "small.txt");
+    let file = lab.state_dir().join(format!("{side}.pcap"));
+    let mut dump = Tcpdump::start(&lab, side, &file, filter);
+    let r = lab.fetch(common::Client::Ftplib, mode, "small.txt");
     let dump_log = dump.stop();
     assert!(r.ok(), "[{test}] fetch failed: {r}");
-    let cap = std::fs::read(&file).unwrap_or_else(|e| panic!("no capture ({e}): {dump_log}"));
-    eprintln!("capture: {} bytes; tcpdump: {dump_log}", cap.len());
+    let len = std::fs::metadata(&file)
+        .unwrap_or_else(|e| panic!("no capture ({e}): {dump_log}"))
+        .len();
+    eprintln!("[{test}] capture: {len} bytes; {dump_log}");
+    (lab, env, file)
+}
 
-    let mut o = ReplayOptions::new(&file);
-    o.nat = Nat::Snat(public.parse().unwrap());
+/// Replays `file` in text (through [`replay::run`], as the CLI does) and in JSON.
+fn lab_replay(file: &std::path::Path, nat: Nat) -> (Summary, String, Vec<J>) {
+    let mut o = ReplayOptions::new(file);
+    o.nat = nat;
     let mut text = Vec::new();
     let sum = replay::run(&o, &mut text).unwrap_or_else(|e| panic!("replay failed: {e}"));
     let text = String::from_utf8(text).unwrap();
     eprintln!("{text}");
     o.format = OutputFormat::Json;
-    let (r, json) = replay_with(&cap, &o);
-    r.unwrap();
+    let mut json = Vec::new();
+    let sum2 = replay::run(&o, &mut json).unwrap_or_else(|e| panic!("replay failed: {e}"));
+    assert_eq!(sum, sum2);
+    let json = String::from_utf8(json).unwrap();
     eprintln!("{json}");
+    let recs = json_lines(&json);
+    (sum, text, recs)
+}
+
+/// Client behind MASQUERADE, kernel helper doing the real NAT traversal, capture of the control
+/// connection on the client's side: replay with `--snat` shows the PORT from the private address
+/// rewritten to the gateway's public address with its port, and the expectation from the server.
+#[test]
+fn lab_masq_port_capture_replays_with_snat() {
+    let test = "lab_masq_port_capture_replays_with_snat";
+    let (lab, env, file) = lab_capture(
+        test,
+        common::Topology::Masq,
+        "cli",
+        "tcp port 21",
+        common::Mode::Port,
+    );
+    let (cli_ip, srv_ip, public) = (&env["CLI_IP"], &env["SRV_IP"], &env["GW_PUBLIC_IP"]);
+    let (sum, text, recs) = lab_replay(&file, Nat::Snat(public.parse().unwrap()));
 
     // the PORT as the client sent it, from its private address
-    let dots = cli_ip.replace('.', ",");
-    let recs = json_lines(&json);
     let port_msgs: Vec<&J> = of_type(&recs, "message")
         .into_iter()
         .filter(|m| m.get("kind").str() == "port")
         .collect();
-    assert_eq!(port_msgs.len(), 1, "{json}");
+    assert_eq!(port_msgs.len(), 1, "{text}");
     let line = port_msgs[0].get("line").str();
-    assert!(line.starts_with(&format!("PORT {dots},")), "{line}");
+    assert!(
+        line.starts_with(&format!("PORT {},", cli_ip.replace('.', ","))),
+        "{line}"
+    );
     // rewritten to the gateway's public address, same port
     let rw = of_type(&recs, "rewrite");
-    assert_eq!(rw.len(), 1, "{json}");
+    assert_eq!(rw.len(), 1, "{text}");
     let from: SocketAddr = rw[0].get("from").str().parse().unwrap();
     let to: SocketAddr = rw[0].get("to").str().parse().unwrap();
     assert_eq!(from.ip().to_string(), *cli_ip);
     assert_eq!(to.ip().to_string(), *public);
     assert_eq!(from.port(), to.port());
-    let pubc = public.replace('.', ",");
     let new_line = rw[0].get("new_line").str();
     assert_eq!(
         new_line,
-        format!("PORT {pubc},{},{}", to.port() >> 8, to.port() & 0xff)
+        format!(
+            "PORT {},{},{}",
+            public.replace('.', ","),
+            to.port() >> 8,
+            to.port() & 0xff
+        )
     );
     // what the server really received (vsftpd's protocol log) is that line
     let slog = lab.server_log();
@@ -1267,7 +1302,7 @@ fn lab_masq_port_capture_replays_with_snat() {
     );
     // the expectation: from the server's address to the public address and port
     let created = of_type(&recs, "expect_created");
-    assert_eq!(created.len(), 1, "{json}");
+    assert_eq!(created.len(), 1, "{text}");
     assert_eq!(created[0].get("src").str(), srv_ip.as_str());
     assert_eq!(created[0].get("dst").str(), to.to_string());
     assert_eq!(created[0].get("nat_to").str(), from.to_string());
@@ -1292,4 +1327,87 @@ fn lab_masq_port_capture_replays_with_snat() {
         "{text}"
     );
     assert!(sum.seq_adjusted > 0 && sum.ack_adjusted > 0, "{sum:?}");
+}
+
+/// Server behind DNAT, everything captured on the server's side (control and data): replay with
+/// `--dnat` rewrites the 227 to the public address, and the client's data connection (seen
+/// after DNAT in the capture) uses the expectation.
+#[test]
+fn lab_dnat_pasv_capture_replays_with_dnat() {
+    let test = "lab_dnat_pasv_capture_replays_with_dnat";
+    let (lab, env, file) = lab_capture(
+        test,
+        common::Topology::Dnat,
+        "srv",
+        "tcp",
+        common::Mode::Pasv,
+    );
+    let (cli_ip, srv_ip, public) = (&env["CLI_IP"], &env["SRV_IP"], &env["GW_PUBLIC_IP"]);
+    let (sum, text, recs) = lab_replay(&file, Nat::Dnat(public.parse().unwrap()));
+    drop(lab);
+
+    let start = of_type(&recs, "session_start");
+    assert_eq!(start.len(), 1, "{text}");
+    assert_eq!(
+        start[0].get("original").get("dst").str(),
+        format!("{public}:21")
+    );
+    assert_eq!(
+        start[0].get("reply").get("src").str(),
+        format!("{srv_ip}:21")
+    );
+    let kinds: Vec<&str> = of_type(&recs, "message")
+        .iter()
+        .map(|m| m.get("kind").str())
+        .collect();
+    assert_eq!(kinds, ["pasv", "227"], "{text}");
+    let rw = of_type(&recs, "rewrite");
+    assert_eq!(rw.len(), 1, "{text}");
+    assert_eq!(rw[0].get("dir").str(), "reply");
+    let from: SocketAddr = rw[0].get("from").str().parse().unwrap();
+    let to: SocketAddr = rw[0].get("to").str().parse().unwrap();
+    assert_eq!(from.ip().to_string(), *srv_ip);
+    assert_eq!(to, SocketAddr::new(public.parse().unwrap(), from.port()));
+    assert!(
+        rw[0].get("line").str().contains(&srv_ip.replace('.', ",")),
+        "{text}"
+    );
+    assert!(
+        rw[0].get("new_line").str().contains(&format!(
+            "({},{},{})",
+            public.replace('.', ","),
+            to.port() >> 8,
+            to.port() & 0xff
+        )),
+        "{text}"
+    );
+    let used = of_type(&recs, "expect_used");
+    assert_eq!(used.len(), 1, "{text}");
+    assert_eq!(used[0].get("data").get("dst").str(), to.to_string());
+    assert!(
+        used[0]
+            .get("data")
+            .get("src")
+            .str()
+            .starts_with(&format!("{cli_ip}:")),
+        "{text}"
+    );
+    assert_eq!(used[0].get("nat_dst").str(), from.to_string());
+    // the data connection's other packets are TCP too: nothing skipped
+    assert_eq!(sum.packets_skipped(), 0);
+    assert_eq!(
+        (
+            sum.sessions,
+            sum.rewrites,
+            sum.expect_created,
+            sum.expect_used
+        ),
+        (1, 1, 1, 1)
+    );
+    // "10,77,2,2" became "203,0,113,1": the server's later bytes move on by 2 (as with the
+    // kernel helper, which the capture's acknowledgements followed)
+    assert!(
+        text.contains("seq offsets: original +0 (0 rewrites), reply +2 (1 rewrites)"),
+        "{text}"
+    );
 }
