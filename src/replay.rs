@@ -675,6 +675,8 @@ fn set_ports(ip: &mut [u8], tcp_off: usize, src: Option<u16>, dst: Option<u16>) 
 // Line text of the control streams (the engine's events carry none)
 
 const MAX_TEXT_LINE: usize = 2048;
+/// Line streams kept at most (two per control connection).
+const MAX_STREAMS: usize = 1 << 17;
 
 #[derive(Clone, Debug, Default)]
 struct Line {
@@ -1241,8 +1243,7 @@ impl<'o> Replayer<'o> {
             }
         }
         self.timeouts()?;
-        let ip = ip.to_vec();
-        self.packet(&ip)
+        self.packet(ip)
     }
 
     fn timeouts(&mut self) -> io::Result<()> {
@@ -1271,6 +1272,11 @@ impl<'o> Replayer<'o> {
             related: VecDeque::new(),
         };
         if ctl.is_some() {
+            if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&cap.tuple) {
+                // Bounded memory on a capture of many connections that never became sessions
+                // (scans): start over; a live session may then miss one line's text.
+                self.streams.clear();
+            }
             let st = self.streams.entry(cap.tuple).or_default();
             st.feed(cap.seq, cap.flags.syn, cap.payload());
             ctx.lines.extend(st.ready.drain(..));
