@@ -338,16 +338,19 @@ impl<'r> CaptureReader<'r> {
         if n == 0 {
             return Err(ReplayError::Empty);
         }
-        let format = match head {
-            [0x0a, 0x0d, 0x0d, 0x0a] => CaptureFormat::PcapNg,
-            [0xd4, 0xc3, 0xb2, 0xa1]
-            | [0xa1, 0xb2, 0xc3, 0xd4]
-            | [0x4d, 0x3c, 0xb2, 0xa1]
-            | [0xa1, 0xb2, 0x3c, 0x4d]
-            | [0x34, 0xcd, 0xb2, 0xa1]
-            | [0xa1, 0xb2, 0xcd, 0x34] => CaptureFormat::Pcap,
-            _ if n < 4 => return Err(ReplayError::ShortHeader(n as u64)),
-            _ => return Err(ReplayError::NotACapture),
+        const MAGICS: [([u8; 4], CaptureFormat); 7] = [
+            ([0x0a, 0x0d, 0x0d, 0x0a], CaptureFormat::PcapNg),
+            ([0xd4, 0xc3, 0xb2, 0xa1], CaptureFormat::Pcap),
+            ([0xa1, 0xb2, 0xc3, 0xd4], CaptureFormat::Pcap),
+            ([0x4d, 0x3c, 0xb2, 0xa1], CaptureFormat::Pcap),
+            ([0xa1, 0xb2, 0x3c, 0x4d], CaptureFormat::Pcap),
+            ([0x34, 0xcd, 0xb2, 0xa1], CaptureFormat::Pcap),
+            ([0xa1, 0xb2, 0xcd, 0x34], CaptureFormat::Pcap),
+        ];
+        let format = match MAGICS.iter().find(|(m, _)| m[..n] == head[..n]) {
+            Some((_, _)) if n < 4 => return Err(ReplayError::ShortHeader(n as u64)),
+            Some((_, f)) => *f,
+            None => return Err(ReplayError::NotACapture),
         };
         let chained = io::Cursor::new(head[..n].to_vec()).chain(input);
         let chained = FullRead {

@@ -979,6 +979,8 @@ fn broken_captures_give_clear_errors() {
     );
     let (r, _) = replay_with(&good[..2], &o);
     assert!(matches!(r, Err(ReplayError::ShortHeader(2))), "{r:?}");
+    let (r, _) = replay_with(b"ab\n", &o);
+    assert!(matches!(r, Err(ReplayError::NotACapture)), "{r:?}");
     let (r, _) = replay_with(&good[..20], &o);
     assert!(matches!(r, Err(ReplayError::ShortHeader(_))), "{r:?}");
 
