@@ -15,6 +15,7 @@ pub mod expect;
 pub mod packet;
 pub mod parser;
 pub mod policy;
+pub mod replay;
 pub mod seqadj;
 pub mod session;
 pub mod state;

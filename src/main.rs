@@ -1,12 +1,14 @@
 //! `ftpct`: command line.
 
+use std::io::Write;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ftpct::config::{self, Settings};
 use ftpct::control::{self, Request};
-use ftpct::{daemon, rules};
+use ftpct::{daemon, replay, rules};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -92,6 +94,27 @@ enum Cmd {
     },
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
+    /// Run the core over a capture (pcap or pcapng) and print what it would have parsed,
+    /// rewritten and expected. Needs no root.
+    Replay {
+        /// The capture (`-` reads standard input): Ethernet, Linux cooked v1/v2 or raw IP.
+        file: PathBuf,
+        /// JSON lines (one object per line with a `type` field) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The client was behind MASQUERADE/SNAT to this address (capture on the client side).
+        #[arg(long, value_name = "PUBLIC_IP", conflicts_with = "dnat")]
+        snat: Option<IpAddr>,
+        /// The server was behind DNAT from this address (capture on the server side).
+        #[arg(long, value_name = "PUBLIC_IP")]
+        dnat: Option<IpAddr>,
+        /// FTP control ports, comma separated (default: the config file's, else 21).
+        #[arg(long, value_delimiter = ',')]
+        ports: Option<Vec<u16>>,
+        /// Take the policy (and control ports) from this configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_logs(filter: &str) {
@@ -202,6 +225,52 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Replay {
+            file,
+            json,
+            snat,
+            dnat,
+            ports,
+            config,
+        } => {
+            let s = match &config {
+                Some(p) => match config::load(p) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("ftpct: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Settings::default(),
+            };
+            let mut opts = replay::ReplayOptions::new(file);
+            if json {
+                opts.format = replay::OutputFormat::Json;
+            }
+            opts.nat = match (snat, dnat) {
+                (Some(ip), _) => replay::Nat::Snat(ip),
+                (None, Some(ip)) => replay::Nat::Dnat(ip),
+                (None, None) => replay::Nat::None,
+            };
+            opts.ports = ports.unwrap_or(s.ports);
+            opts.policy = s.policy;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let result = replay::run(&opts, &mut out);
+            let _ = out.flush();
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                // `ftpct replay ... | head`: the reader is gone, nothing to report
+                Err(replay::ReplayError::Write(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ftpct replay: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::CheckConfig { file } => match config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -1,0 +1,1987 @@
+//! `ftpct replay`: runs the core over a recorded capture (pcap or pcapng) and reports what it
+//! would have parsed, rewritten and expected, so a lab user can check the NAT traversal of a
+//! recorded FTP session without root, netfilter or a running daemon.
+//!
+//! # The model
+//!
+//! A capture is taken on one side of the gateway. With NAT it is the **private side**: the
+//! client's side for `--snat PUBLIC_IP` (client behind MASQUERADE), the server's side for
+//! `--dnat PUBLIC_IP` (server behind DNAT of the control port). Packets sent by the private host
+//! are what the gateway received; packets from the far side are what the gateway delivered,
+//! i.e. already translated back. Replay rebuilds, for each packet, what arrived at the gateway:
+//! - a control packet from the far side gets the public address back as its destination (same
+//!   port) and its acknowledgement number and SACK blocks mapped into the sequence space of the
+//!   rewritten stream (the inverse of the engine's post-conntrack fix-up);
+//! - a data connection's SYN from the far side to the private host gets the destination of the
+//!   expectation that translates to it (`nat_to`).
+//!
+//! Each packet then goes through [`Hook::PreConntrack`], with synthesized conntrack tuples when
+//! the engine asks ([`Verdict::NeedConntrack`]): without NAT the untranslated tuples; with
+//! `--snat P` `original = client -> server`, `reply = server -> P:client_port`; with `--dnat P`
+//! `original = client -> P:server_port`, `reply = server -> client`. With NAT, the packet the
+//! engine let through is then translated as the kernel would between the hooks (DNAT of the
+//! original direction, de-SNAT of the reply direction) and goes through [`Hook::PostConntrack`],
+//! so the counts show the engine's seq/ack fix-ups. The capture's timestamps are the engine's
+//! clock; [`Engine::handle_timeout`] runs as time passes.
+//!
+//! A capture taken on the public side (the client's address is the `--snat` address, or the
+//! server's the `--dnat` one) holds the already translated dialog: its sessions are replayed
+//! without NAT, with a warning.
+//!
+//! # Output
+//!
+//! One record per interesting event, never per packet: capture, session start and end, each FTP
+//! message the engine acted on (with the line as sent), each rewrite (with the new line), each
+//! expectation created / used / removed and each refusal, then at the end one `seq` record per
+//! session (sequence offsets and fix-up counts), the expectations still pending and a summary.
+//! Text by default, JSON lines (one object per line with a `type` field) with
+//! [`OutputFormat::Json`]. Times are seconds since the first packet of the capture. The output
+//! depends only on the capture and the options.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::{self, Write as _};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pcap_parser::traits::{PcapNGPacketBlock, PcapReaderIterator};
+use pcap_parser::{Block, PcapBlockOwned, PcapError};
+
+use crate::engine::{
+    Action, Config, CtHint, EndReason, Engine, Event, MsgKind, RemoveReason, Verdict,
+};
+use crate::expect::{ExpectId, ExpectKind, Expectation};
+use crate::packet::{self, Edit, PacketError, TcpPacket};
+use crate::parser::ParseError;
+use crate::policy::{Policy, Refusal};
+use crate::seqadj::SeqAdj;
+use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
+
+// ---------------------------------------------------------------------------------------------
+// Options, summary, errors
+
+/// Output format of [`run`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Human-friendly lines.
+    #[default]
+    Text,
+    /// JSON lines: one object per line, each with a `type` field.
+    Json,
+}
+
+/// The NAT the gateway applied to the recorded control connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Nat {
+    /// No NAT: the engine only parses and expects.
+    #[default]
+    None,
+    /// The client is behind MASQUERADE / SNAT to this address (capture on the client side).
+    Snat(IpAddr),
+    /// The server is behind DNAT from this address (capture on the server side).
+    Dnat(IpAddr),
+}
+
+/// What [`run`] replays and how it reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// The capture; `-` reads standard input.
+    pub file: PathBuf,
+    pub format: OutputFormat,
+    pub nat: Nat,
+    /// TCP ports of FTP control connections (server side). Default: 21.
+    pub ports: Vec<u16>,
+    /// The engine's policy (defaults, or a configuration file's).
+    pub policy: Policy,
+}
+
+impl ReplayOptions {
+    pub fn new(file: impl Into<PathBuf>) -> Self {
+        ReplayOptions {
+            file: file.into(),
+            format: OutputFormat::Text,
+            nat: Nat::None,
+            ports: vec![21],
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// Container format of a capture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CaptureFormat {
+    #[default]
+    Pcap,
+    PcapNg,
+}
+
+impl CaptureFormat {
+    pub fn label(self) -> &'static str {
+        match self {
+            CaptureFormat::Pcap => "pcap",
+            CaptureFormat::PcapNg => "pcapng",
+        }
+    }
+}
+
+/// Counts of one replay (also printed as the last record).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub format: CaptureFormat,
+    /// Packet records in the capture.
+    pub packets_read: u64,
+    /// Skipped: link type not supported (see [`run`]).
+    pub skipped_link: u64,
+    /// Skipped: not IPv4 / IPv6 (ARP, LLDP, ...).
+    pub skipped_non_ip: u64,
+    /// Skipped: IP but not TCP.
+    pub skipped_non_tcp: u64,
+    /// Skipped: IP fragments (the engine sees reassembled packets only).
+    pub skipped_fragment: u64,
+    /// Skipped: malformed, or cut short by the capture's snap length.
+    pub skipped_malformed: u64,
+    /// Control sessions the engine tracked.
+    pub sessions: u64,
+    /// FTP messages the engine acted on (PORT, EPRT, PASV, EPSV, 227, 229, AUTH TLS, 234).
+    pub messages: u64,
+    pub rewrites: u64,
+    pub expect_created: u64,
+    pub expect_used: u64,
+    pub expect_expired: u64,
+    /// Expectations evicted, replaced or dropped with their session.
+    pub expect_removed: u64,
+    pub refusals: u64,
+    pub parse_failures: u64,
+    /// Messages that needed a rewrite but whose line had already been let through.
+    pub not_rewritten: u64,
+    /// Packets whose seq or payload the engine changed at the pre-conntrack hook.
+    pub seq_adjusted: u64,
+    /// Packets whose ack or SACK blocks the engine changed at the post-conntrack hook.
+    pub ack_adjusted: u64,
+    /// Packets the engine would have dropped (held partial line, out of order).
+    pub dropped: u64,
+}
+
+impl Summary {
+    pub fn packets_skipped(&self) -> u64 {
+        self.skipped_link
+            + self.skipped_non_ip
+            + self.skipped_non_tcp
+            + self.skipped_fragment
+            + self.skipped_malformed
+    }
+}
+
+/// Why a replay failed. A capture that breaks off in the middle still produces the records of
+/// the packets before the break, the end-of-capture records and the summary, then this error.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{path}: cannot open: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("invalid options: {0}")]
+    Options(String),
+    #[error("the capture is empty")]
+    Empty,
+    #[error("not a pcap or pcapng capture (unrecognised file header)")]
+    NotACapture,
+    #[error("the capture ends inside its file header ({0} bytes)")]
+    ShortHeader(u64),
+    #[error("the capture is truncated: the record at byte {offset} is incomplete ({packets} packets read before it)")]
+    Truncated { offset: u64, packets: u64 },
+    #[error(
+        "the capture is corrupt at byte {offset} ({packets} packets read before it): {detail}"
+    )]
+    Corrupt {
+        offset: u64,
+        packets: u64,
+        detail: String,
+    },
+    #[error("cannot read the capture: {0}")]
+    Read(String),
+    #[error("cannot write the output: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// Replays the capture `opts.file` (`-`: standard input) and writes the report to `out`.
+///
+/// Link types: Ethernet (with 802.1Q / 802.1ad tags), Linux cooked capture v1 and v2 (what
+/// `tcpdump -i any` writes), raw IP (`DLT_RAW`, `LINKTYPE_IPV4`, `LINKTYPE_IPV6`) and BSD
+/// loopback. Frames of other link types, non-IP, non-TCP, fragmented and malformed frames are
+/// skipped and counted.
+pub fn run(opts: &ReplayOptions, out: &mut dyn Write) -> Result<Summary, ReplayError> {
+    if opts.file.as_os_str() == "-" {
+        return replay(io::stdin(), opts, out);
+    }
+    let f = File::open(&opts.file).map_err(|source| ReplayError::Open {
+        path: opts.file.clone(),
+        source,
+    })?;
+    replay(f, opts, out)
+}
+
+/// Like [`run`], reading the capture from `input` (`opts.file` is not used).
+pub fn replay<R: Read + Send>(
+    input: R,
+    opts: &ReplayOptions,
+    out: &mut dyn Write,
+) -> Result<Summary, ReplayError> {
+    if opts.ports.is_empty() || opts.ports.contains(&0) {
+        return Err(ReplayError::Options(
+            "control ports must be a non-empty list of ports 1-65535".into(),
+        ));
+    }
+    let mut cap = CaptureReader::open(input)?;
+    let mut r = Replayer::new(opts, out, cap.format);
+    r.start()?;
+    let mut frame = Vec::with_capacity(2048);
+    let failure = loop {
+        match cap.next(&mut frame) {
+            Ok(Some(meta)) => r.frame(meta, &frame)?,
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    if let Some(e) = &failure {
+        r.warning(None, &e.to_string())?;
+    }
+    r.finish(failure.is_none())?;
+    r.out.flush()?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(r.sum),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading pcap / pcapng
+
+/// Largest record accepted (the reader's buffer grows up to this).
+const MAX_RECORD: usize = 64 << 20;
+const INITIAL_BUFFER: usize = 1 << 18;
+
+/// Reads until `buf` is full or the input ends (pcap-parser expects a read to return all it
+/// asked for unless at the end), and keeps the text of an I/O error for the report.
+struct FullRead<R> {
+    inner: R,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl<R: Read> Read for FullRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.inner.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if let Ok(mut slot) = self.error.lock() {
+                        *slot = Some(e.to_string());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Iface {
+    linktype: i32,
+    /// Timestamp units per second.
+    resolution: u64,
+    /// Seconds added to every timestamp.
+    offset: i64,
+}
+
+/// One packet record.
+#[derive(Clone, Copy, Debug)]
+struct FrameMeta {
+    ts_ns: u64,
+    linktype: i32,
+}
+
+struct CaptureReader<'r> {
+    inner: Box<dyn PcapReaderIterator + Send + 'r>,
+    format: CaptureFormat,
+    read_error: Arc<Mutex<Option<String>>>,
+    /// Legacy pcap: link type and whether timestamps are in nanoseconds.
+    legacy: Option<(i32, bool)>,
+    /// pcapng: interfaces of the current section.
+    ifaces: Vec<Iface>,
+    last_ts: u64,
+    packets: u64,
+    capacity: usize,
+}
+
+fn ts_to_ns(secs: i128, frac: u128, resolution: u64) -> u64 {
+    let res = u128::from(resolution.max(1));
+    let ns = secs.saturating_mul(1_000_000_000) + (frac * 1_000_000_000 / res) as i128;
+    u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
+}
+
+impl<'r> CaptureReader<'r> {
+    fn open<R: Read + Send + 'r>(input: R) -> Result<Self, ReplayError> {
+        let read_error = Arc::new(Mutex::new(None));
+        let mut input = FullRead {
+            inner: input,
+            error: read_error.clone(),
+        };
+        // Look at the magic number ourselves for a clear error, then let pcap-parser read.
+        let mut head = [0u8; 4];
+        let n = input
+            .read(&mut head)
+            .map_err(|e| ReplayError::Read(e.to_string()))?;
+        if n == 0 {
+            return Err(ReplayError::Empty);
+        }
+        const MAGICS: [([u8; 4], CaptureFormat); 7] = [
+            ([0x0a, 0x0d, 0x0d, 0x0a], CaptureFormat::PcapNg),
+            ([0xd4, 0xc3, 0xb2, 0xa1], CaptureFormat::Pcap),
+            ([0xa1, 0xb2, 0xc3, 0xd4], CaptureFormat::Pcap),
+            ([0x4d, 0x3c, 0xb2, 0xa1], CaptureFormat::Pcap),
+            ([0xa1, 0xb2, 0x3c, 0x4d], CaptureFormat::Pcap),
+            ([0x34, 0xcd, 0xb2, 0xa1], CaptureFormat::Pcap),
+            ([0xa1, 0xb2, 0xcd, 0x34], CaptureFormat::Pcap),
+        ];
+        let format = match MAGICS.iter().find(|(m, _)| m[..n] == head[..n]) {
+            Some((_, _)) if n < 4 => return Err(ReplayError::ShortHeader(n as u64)),
+            Some((_, f)) => *f,
+            None => return Err(ReplayError::NotACapture),
+        };
+        let chained = io::Cursor::new(head[..n].to_vec()).chain(input);
+        let chained = FullRead {
+            inner: chained,
+            error: read_error.clone(),
+        };
+        let inner = pcap_parser::create_reader(INITIAL_BUFFER, chained).map_err(|e| match e {
+            PcapError::Eof => ReplayError::Empty,
+            PcapError::Incomplete(_) | PcapError::UnexpectedEof => {
+                ReplayError::ShortHeader(n as u64)
+            }
+            PcapError::ReadError => ReplayError::Read(
+                read_error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_else(|| "read error".into()),
+            ),
+            PcapError::HeaderNotRecognized => ReplayError::Corrupt {
+                offset: 0,
+                packets: 0,
+                detail: format!("invalid {} file header", format.label()),
+            },
+            other => ReplayError::Corrupt {
+                offset: 0,
+                packets: 0,
+                detail: format!("invalid {} file header ({other:?})", format.label()),
+            },
+        })?;
+        Ok(CaptureReader {
+            inner,
+            format,
+            read_error,
+            legacy: None,
+            ifaces: Vec::new(),
+            last_ts: 0,
+            packets: 0,
+            capacity: INITIAL_BUFFER,
+        })
+    }
+
+    fn offset(&self) -> u64 {
+        self.inner.consumed() as u64
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> ReplayError {
+        ReplayError::Corrupt {
+            offset: self.offset(),
+            packets: self.packets,
+            detail: detail.into(),
+        }
+    }
+
+    /// The next packet record: its bytes into `frame`. `None` at the end of the capture.
+    fn next(&mut self, frame: &mut Vec<u8>) -> Result<Option<FrameMeta>, ReplayError> {
+        loop {
+            let offset = self.offset();
+            let packets = self.packets;
+            let (len, meta) = match self.inner.next() {
+                Ok((len, block)) => {
+                    let meta = match block {
+                        PcapBlockOwned::LegacyHeader(h) => {
+                            self.legacy = Some((h.network.0, h.is_nanosecond_precision()));
+                            None
+                        }
+                        PcapBlockOwned::Legacy(b) => {
+                            let (linktype, nanos) = self.legacy.unwrap_or((1, false));
+                            let frac_res = if nanos { 1_000_000_000 } else { 1_000_000 };
+                            let ts =
+                                ts_to_ns(i128::from(b.ts_sec), u128::from(b.ts_usec), frac_res);
+                            frame.clear();
+                            frame.extend_from_slice(b.data);
+                            Some(Ok(FrameMeta {
+                                ts_ns: ts,
+                                linktype,
+                            }))
+                        }
+                        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                            self.ifaces.clear();
+                            None
+                        }
+                        PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                            self.ifaces.push(Iface {
+                                linktype: idb.linktype.0,
+                                resolution: idb.ts_resolution().unwrap_or(1_000_000),
+                                offset: idb.ts_offset(),
+                            });
+                            None
+                        }
+                        PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                            match self.ifaces.get(epb.if_id as usize).copied() {
+                                Some(i) => {
+                                    let ts =
+                                        (u128::from(epb.ts_high) << 32) | u128::from(epb.ts_low);
+                                    let res = u128::from(i.resolution.max(1));
+                                    let secs = (ts / res) as i128 + i128::from(i.offset);
+                                    let ts = ts_to_ns(secs, ts % res, i.resolution);
+                                    frame.clear();
+                                    frame.extend_from_slice(epb.packet_data());
+                                    Some(Ok(FrameMeta {
+                                        ts_ns: ts,
+                                        linktype: i.linktype,
+                                    }))
+                                }
+                                None => Some(Err(format!(
+                                    "packet block for interface {} which was not described",
+                                    epb.if_id
+                                ))),
+                            }
+                        }
+                        PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+                            match self.ifaces.first().copied() {
+                                Some(i) => {
+                                    frame.clear();
+                                    frame.extend_from_slice(spb.packet_data());
+                                    Some(Ok(FrameMeta {
+                                        ts_ns: self.last_ts,
+                                        linktype: i.linktype,
+                                    }))
+                                }
+                                None => Some(Err(
+                                    "simple packet block before any interface description".into(),
+                                )),
+                            }
+                        }
+                        PcapBlockOwned::NG(_) => None,
+                    };
+                    (len, meta)
+                }
+                Err(PcapError::Eof) => return Ok(None),
+                Err(PcapError::Incomplete(_)) => {
+                    self.refill()?;
+                    continue;
+                }
+                Err(PcapError::BufferTooSmall) => {
+                    if self.capacity >= MAX_RECORD {
+                        return Err(self
+                            .corrupt(format!("a record is larger than {} MiB", MAX_RECORD >> 20)));
+                    }
+                    self.capacity *= 2;
+                    if !self.inner.grow(self.capacity) {
+                        return Err(self.corrupt("cannot grow the read buffer"));
+                    }
+                    self.refill()?;
+                    continue;
+                }
+                Err(PcapError::UnexpectedEof) => {
+                    return Err(ReplayError::Truncated { offset, packets })
+                }
+                Err(PcapError::ReadError) => return Err(self.read_failed()),
+                Err(PcapError::NomError(_, kind)) | Err(PcapError::OwnedNomError(_, kind)) => {
+                    return Err(ReplayError::Corrupt {
+                        offset,
+                        packets,
+                        detail: format!("invalid block or record ({kind:?})"),
+                    })
+                }
+                Err(PcapError::HeaderNotRecognized) => {
+                    return Err(ReplayError::Corrupt {
+                        offset,
+                        packets,
+                        detail: "unrecognised block".into(),
+                    })
+                }
+            };
+            self.inner.consume(len);
+            match meta {
+                None => continue,
+                Some(Ok(m)) => {
+                    self.packets += 1;
+                    self.last_ts = m.ts_ns;
+                    return Ok(Some(m));
+                }
+                Some(Err(detail)) => {
+                    return Err(ReplayError::Corrupt {
+                        offset,
+                        packets,
+                        detail,
+                    })
+                }
+            }
+        }
+    }
+
+    fn refill(&mut self) -> Result<(), ReplayError> {
+        match self.inner.refill() {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.read_failed()),
+        }
+    }
+
+    fn read_failed(&self) -> ReplayError {
+        ReplayError::Read(
+            self.read_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_else(|| "read error".into()),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link layer
+
+enum Link<'a> {
+    Ip(&'a [u8]),
+    Unsupported,
+    NotIp,
+    Malformed,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    b.get(at..at + 2).map(|x| u16::from_be_bytes([x[0], x[1]]))
+}
+
+/// An IP packet by its version nibble.
+fn ip_by_version(b: &[u8]) -> Link<'_> {
+    match b.first().map(|v| v >> 4) {
+        Some(4) | Some(6) => Link::Ip(b),
+        Some(_) => Link::NotIp,
+        None => Link::Malformed,
+    }
+}
+
+fn ip_by_ethertype(ethertype: u16, rest: &[u8]) -> Link<'_> {
+    match ethertype {
+        0x0800 | 0x86dd => ip_by_version(rest),
+        _ => Link::NotIp,
+    }
+}
+
+/// Strips the link layer down to the IP header.
+fn strip_link(linktype: i32, frame: &[u8]) -> Link<'_> {
+    match linktype & 0xffff {
+        // Ethernet, with up to three VLAN tags.
+        1 => {
+            let mut at = 12;
+            for _ in 0..4 {
+                let Some(et) = be16(frame, at) else {
+                    return Link::Malformed;
+                };
+                match et {
+                    0x8100 | 0x88a8 | 0x9100 => at += 4,
+                    _ => {
+                        return match frame.get(at + 2..) {
+                            Some(rest) => ip_by_ethertype(et, rest),
+                            None => Link::Malformed,
+                        }
+                    }
+                }
+            }
+            Link::NotIp
+        }
+        // Linux cooked capture v1: protocol at 14, header 16 bytes.
+        113 => match (be16(frame, 14), frame.get(16..)) {
+            (Some(p), Some(rest)) => ip_by_ethertype(p, rest),
+            _ => Link::Malformed,
+        },
+        // Linux cooked capture v2: protocol at 0, header 20 bytes.
+        276 => match (be16(frame, 0), frame.get(20..)) {
+            (Some(p), Some(rest)) => ip_by_ethertype(p, rest),
+            _ => Link::Malformed,
+        },
+        // Raw IP: LINKTYPE_RAW, DLT_RAW (12, 14 on some systems), LINKTYPE_IPV4, LINKTYPE_IPV6.
+        101 | 12 | 14 | 228 | 229 => ip_by_version(frame),
+        // BSD loopback / OpenBSD loop: a 4-byte address family.
+        0 | 108 => match frame.get(4..) {
+            Some(rest) => ip_by_version(rest),
+            None => Link::Malformed,
+        },
+        _ => Link::Unsupported,
+    }
+}
+
+/// Drops link-layer padding after the IP packet.
+fn trim_ip(ip: &[u8]) -> &[u8] {
+    let len = match ip.first().map(|v| v >> 4) {
+        Some(4) => be16(ip, 2).map(usize::from),
+        Some(6) => match be16(ip, 4) {
+            Some(0) | None => None, // jumbogram or short: leave as is
+            Some(p) => Some(40 + usize::from(p)),
+        },
+        _ => None,
+    };
+    match len {
+        Some(l) if l <= ip.len() && l > 0 => &ip[..l],
+        _ => ip,
+    }
+}
+
+/// Rewrites the source and/or destination address of an IP packet in place (no checksums).
+fn set_addrs(ip: &mut [u8], src: Option<IpAddr>, dst: Option<IpAddr>) -> bool {
+    let v6 = ip.first().map(|v| v >> 4) == Some(6);
+    for (addr, v4_at, v6_at) in [(src, 12, 8), (dst, 16, 24)] {
+        let Some(a) = addr else { continue };
+        match (a, v6) {
+            (IpAddr::V4(a), false) => match ip.get_mut(v4_at..v4_at + 4) {
+                Some(b) => b.copy_from_slice(&a.octets()),
+                None => return false,
+            },
+            (IpAddr::V6(a), true) => match ip.get_mut(v6_at..v6_at + 16) {
+                Some(b) => b.copy_from_slice(&a.octets()),
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Sets the TCP ports of a packet in place (no checksums).
+fn set_ports(ip: &mut [u8], tcp_off: usize, src: Option<u16>, dst: Option<u16>) -> bool {
+    for (p, at) in [(src, tcp_off), (dst, tcp_off + 2)] {
+        let Some(p) = p else { continue };
+        match ip.get_mut(at..at + 2) {
+            Some(b) => b.copy_from_slice(&p.to_be_bytes()),
+            None => return false,
+        }
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// Line text of the control streams (the engine's events carry none)
+
+const MAX_TEXT_LINE: usize = 2048;
+/// Line streams kept at most (two per control connection).
+const MAX_STREAMS: usize = 1 << 17;
+
+#[derive(Clone, Debug, Default)]
+struct Line {
+    /// Sequence number of the line's first byte (sender's space).
+    start: u32,
+    text: Vec<u8>,
+}
+
+/// One direction of a control connection as captured, cut into lines.
+#[derive(Debug, Default)]
+struct Stream {
+    next: Option<u32>,
+    /// Skipping to the next newline (picked up mid-line, or an overlong line).
+    skipping: bool,
+    cur: Line,
+    /// Lines completed by the packet being handled.
+    ready: Vec<Line>,
+}
+
+impl Stream {
+    fn feed(&mut self, seq: u32, syn: bool, payload: &[u8]) {
+        let next = match self.next {
+            Some(n) => n,
+            None => {
+                if syn {
+                    self.next = Some(seq.wrapping_add(1));
+                    return;
+                }
+                if payload.is_empty() {
+                    return;
+                }
+                // Picked up mid-stream: the first line may be partial.
+                self.skipping = true;
+                self.cur.start = seq;
+                seq
+            }
+        };
+        if payload.is_empty() {
+            return;
+        }
+        let rel = next.wrapping_sub(seq) as i32;
+        if rel < 0 || rel as usize >= payload.len() {
+            // A gap before this segment (the engine drops it too), or nothing new.
+            return;
+        }
+        let fresh = &payload[rel as usize..];
+        let mut pos = next;
+        for &b in fresh {
+            pos = pos.wrapping_add(1);
+            if self.skipping {
+                if b == b'\n' {
+                    self.skipping = false;
+                    self.cur = Line {
+                        start: pos,
+                        text: Vec::new(),
+                    };
+                }
+                continue;
+            }
+            if self.cur.text.is_empty() {
+                self.cur.start = pos.wrapping_sub(1);
+            }
+            if b == b'\n' {
+                let mut text = std::mem::take(&mut self.cur.text);
+                if text.last() == Some(&b'\r') {
+                    text.pop();
+                }
+                self.ready.push(Line {
+                    start: self.cur.start,
+                    text,
+                });
+                self.cur.start = pos;
+                continue;
+            }
+            self.cur.text.push(b);
+            if self.cur.text.len() > MAX_TEXT_LINE {
+                self.cur.text.clear();
+                self.skipping = true;
+            }
+        }
+        self.next = Some(pos);
+    }
+}
+
+fn msg_dir(kind: MsgKind) -> Dir {
+    match kind {
+        MsgKind::Port | MsgKind::Eprt | MsgKind::Pasv | MsgKind::Epsv | MsgKind::AuthTls => {
+            Dir::Original
+        }
+        MsgKind::Reply227 | MsgKind::Reply229 | MsgKind::Reply234 => Dir::Reply,
+    }
+}
+
+fn msg_prefix(kind: MsgKind) -> &'static [u8] {
+    match kind {
+        MsgKind::Port => b"PORT",
+        MsgKind::Eprt => b"EPRT",
+        MsgKind::Pasv => b"PASV",
+        MsgKind::Epsv => b"EPSV",
+        MsgKind::AuthTls => b"AUTH",
+        MsgKind::Reply227 => b"227",
+        MsgKind::Reply229 => b"229",
+        MsgKind::Reply234 => b"234",
+    }
+}
+
+fn expect_dir(kind: ExpectKind) -> Dir {
+    match kind {
+        ExpectKind::Port | ExpectKind::Eprt => Dir::Original,
+        ExpectKind::Pasv227 | ExpectKind::Epsv229 => Dir::Reply,
+    }
+}
+
+fn expect_label(kind: ExpectKind) -> &'static str {
+    match kind {
+        ExpectKind::Port => "port",
+        ExpectKind::Eprt => "eprt",
+        ExpectKind::Pasv227 => "227",
+        ExpectKind::Epsv229 => "229",
+    }
+}
+
+fn dir_label(d: Dir) -> &'static str {
+    match d {
+        Dir::Original => "original",
+        Dir::Reply => "reply",
+    }
+}
+
+fn end_label(r: EndReason) -> &'static str {
+    match r {
+        EndReason::Closed => "closed",
+        EndReason::Reset => "reset",
+        EndReason::Idle => "idle",
+        EndReason::Evicted => "evicted",
+    }
+}
+
+fn remove_label(r: RemoveReason) -> &'static str {
+    match r {
+        RemoveReason::Expired => "expired",
+        RemoveReason::Evicted => "evicted",
+        RemoveReason::Replaced => "replaced",
+        RemoveReason::MasterGone => "session_gone",
+    }
+}
+
+fn refusal_label(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::ThirdParty { .. } => "third_party",
+        Refusal::PrivilegedPort(_) => "privileged_port",
+        Refusal::FamilyMismatch(_) => "family_mismatch",
+        Refusal::NoPublicPort(..) => "no_public_port",
+        Refusal::TableFull => "table_full",
+        Refusal::Clash(_) => "clash",
+    }
+}
+
+fn parse_error_label(e: &ParseError) -> String {
+    // The variant name in snake_case: stable and short.
+    let name = format!("{e:?}");
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+/// The line after a rewrite: the engine's replacement record applied to the original line.
+fn rewritten_line(line: &Line, adj: &SeqAdj) -> Option<Vec<u8>> {
+    let len = line.text.len() as u32;
+    let rec = adj.records().find(|r| {
+        let rel = r.pos.wrapping_sub(line.start);
+        rel < len && rel.saturating_add(r.old_len) <= len
+    })?;
+    let a = rec.pos.wrapping_sub(line.start) as usize;
+    let b = a + rec.old_len as usize;
+    let mut out = Vec::with_capacity(line.text.len() + 8);
+    out.extend_from_slice(line.text.get(..a)?);
+    out.extend_from_slice(rec.new_bytes());
+    out.extend_from_slice(line.text.get(b..)?);
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output helpers
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A JSON object written field by field, in a fixed order.
+struct Obj(String);
+
+impl Obj {
+    fn new(ty: &str) -> Obj {
+        let mut s = String::with_capacity(160);
+        s.push_str("{\"type\":");
+        json_str(&mut s, ty);
+        Obj(s)
+    }
+    fn key(&mut self, k: &str) {
+        self.0.push(',');
+        json_str(&mut self.0, k);
+        self.0.push(':');
+    }
+    fn s(mut self, k: &str, v: impl fmt::Display) -> Obj {
+        self.key(k);
+        json_str(&mut self.0, &v.to_string());
+        self
+    }
+    fn opt(self, k: &str, v: Option<impl fmt::Display>) -> Obj {
+        match v {
+            Some(v) => self.s(k, v),
+            None => self.raw(k, "null"),
+        }
+    }
+    fn n(self, k: &str, v: impl Into<i128>) -> Obj {
+        let v: i128 = v.into();
+        self.raw(k, &v.to_string())
+    }
+    fn b(self, k: &str, v: bool) -> Obj {
+        self.raw(k, if v { "true" } else { "false" })
+    }
+    fn raw(mut self, k: &str, v: &str) -> Obj {
+        self.key(k);
+        self.0.push_str(v);
+        self
+    }
+    fn tuple(self, k: &str, t: FlowTuple) -> Obj {
+        let mut o = String::from("{\"src\":");
+        json_str(&mut o, &t.src.to_string());
+        o.push_str(",\"dst\":");
+        json_str(&mut o, &t.dst.to_string());
+        o.push('}');
+        self.raw(k, &o)
+    }
+    fn end(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// Line text for the report: lossy UTF-8.
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Quoted, escaped line text for the text format.
+fn quoted(b: Option<&[u8]>) -> String {
+    match b {
+        Some(b) => format!("\"{}\"", text_of(b).escape_debug()),
+        None => "(line not seen)".into(),
+    }
+}
+
+fn signed(v: i32) -> String {
+    if v >= 0 {
+        format!("+{v}")
+    } else {
+        v.to_string()
+    }
+}
+
+fn any_ip(ip: IpAddr) -> String {
+    if ip.is_unspecified() {
+        "any".into()
+    } else {
+        ip.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The replay
+
+/// How one control connection was translated by the gateway, as replay models it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    None,
+    Snat(IpAddr),
+    Dnat(IpAddr),
+    /// NAT was asked for but the capture shows the public side, or another address family.
+    Untranslatable(&'static str),
+}
+
+/// Captured endpoints of a control connection.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    client: SocketAddr,
+    server: SocketAddr,
+}
+
+/// What replay keeps per engine session.
+#[derive(Debug)]
+struct SessInfo {
+    ct: CtTuples,
+    /// Copies of the engine's sequence adjustments (refreshed at each rewrite; kept after the
+    /// session ends).
+    adj: [SeqAdj; 2],
+    seq_adjusted: u64,
+    ack_adjusted: u64,
+    dropped: u64,
+    end: Option<EndReason>,
+    /// Last message line per direction (for the rewrite's new line and refusals).
+    last_line: [Option<Line>; 2],
+}
+
+struct PacketCtx {
+    /// Lines completed by this packet, in order.
+    lines: VecDeque<Line>,
+    /// Related entries the engine asked for, in order (paired with `ExpectUsed`).
+    related: VecDeque<RelatedEntry>,
+}
+
+struct Replayer<'o> {
+    out: &'o mut dyn Write,
+    json: bool,
+    nat: Nat,
+    ports: Vec<u16>,
+    engine: Engine,
+    t0: Option<u64>,
+    now: Timestamp,
+    sum: Summary,
+    sessions: BTreeMap<SessionId, SessInfo>,
+    /// Pre-conntrack tuples (both directions) of live sessions.
+    flows: HashMap<FlowTuple, SessionId>,
+    /// Line streams by captured tuple (one per direction).
+    streams: HashMap<FlowTuple, Stream>,
+    /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
+    expect_no: HashMap<ExpectId, u64>,
+    live: BTreeMap<u64, Expectation>,
+    next_expect: u64,
+    gw_buf: Vec<u8>,
+    mid_buf: Vec<u8>,
+    tmp: Vec<u8>,
+}
+
+impl<'o> Replayer<'o> {
+    fn new(opts: &ReplayOptions, out: &'o mut dyn Write, format: CaptureFormat) -> Self {
+        let cfg = Config {
+            control_ports: opts.ports.clone(),
+            policy: opts.policy.clone(),
+        };
+        Replayer {
+            out,
+            json: opts.format == OutputFormat::Json,
+            nat: opts.nat,
+            ports: opts.ports.clone(),
+            engine: Engine::new(cfg),
+            t0: None,
+            now: Timestamp::ZERO,
+            sum: Summary {
+                format,
+                ..Summary::default()
+            },
+            sessions: BTreeMap::new(),
+            flows: HashMap::new(),
+            streams: HashMap::new(),
+            expect_no: HashMap::new(),
+            live: BTreeMap::new(),
+            next_expect: 1,
+            gw_buf: Vec::with_capacity(2048),
+            mid_buf: Vec::with_capacity(2048),
+            tmp: Vec::with_capacity(2048),
+        }
+    }
+
+    fn line(&mut self, s: &str) -> io::Result<()> {
+        self.out.write_all(s.as_bytes())?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Seconds since the first packet, microsecond precision.
+    fn t(&self) -> String {
+        let d = self.now.0.saturating_sub(self.t0.unwrap_or(self.now.0));
+        format!("{}.{:06}", d / 1_000_000_000, (d % 1_000_000_000) / 1000)
+    }
+
+    fn nat_text(&self) -> String {
+        match self.nat {
+            Nat::None => "none".into(),
+            Nat::Snat(ip) => format!("snat {ip}"),
+            Nat::Dnat(ip) => format!("dnat {ip}"),
+        }
+    }
+
+    fn start(&mut self) -> io::Result<()> {
+        let ports = self
+            .ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let s = if self.json {
+            let (nat, public) = match self.nat {
+                Nat::None => ("none", None),
+                Nat::Snat(ip) => ("snat", Some(ip)),
+                Nat::Dnat(ip) => ("dnat", Some(ip)),
+            };
+            Obj::new("capture")
+                .s("format", self.sum.format.label())
+                .s("nat", nat)
+                .opt("public", public)
+                .raw("ports", &format!("[{ports}]"))
+                .end()
+        } else {
+            format!(
+                "capture {}, nat {}, control ports {ports}",
+                self.sum.format.label(),
+                self.nat_text()
+            )
+        };
+        self.line(&s)
+    }
+
+    fn warning(&mut self, sid: Option<SessionId>, msg: &str) -> io::Result<()> {
+        let s = if self.json {
+            Obj::new("warning")
+                .raw("t", &self.t())
+                .opt("session", sid)
+                .s("message", msg)
+                .end()
+        } else {
+            match sid {
+                Some(sid) => format!("{} {sid} warning: {msg}", self.t()),
+                None => format!("{} warning: {msg}", self.t()),
+            }
+        };
+        self.line(&s)
+    }
+
+    /// Client and server of a control connection, and whether the packet is from the client.
+    fn classify(&self, t: FlowTuple) -> Option<(Conn, bool)> {
+        if self.ports.contains(&t.dst.port()) {
+            Some((
+                Conn {
+                    client: t.src,
+                    server: t.dst,
+                },
+                true,
+            ))
+        } else if self.ports.contains(&t.src.port()) {
+            Some((
+                Conn {
+                    client: t.dst,
+                    server: t.src,
+                },
+                false,
+            ))
+        } else {
+            None
+        }
+    }
+
+    fn plan(&self, c: Conn) -> Plan {
+        match self.nat {
+            Nat::None => Plan::None,
+            Nat::Snat(p) => {
+                if p.is_ipv4() != c.client.is_ipv4() {
+                    Plan::Untranslatable("the --snat address is of another family than the session")
+                } else if c.client.ip() == p {
+                    Plan::Untranslatable(
+                        "the client already has the --snat address: the capture shows the public side, replayed without NAT",
+                    )
+                } else {
+                    Plan::Snat(p)
+                }
+            }
+            Nat::Dnat(p) => {
+                if p.is_ipv4() != c.server.is_ipv4() {
+                    Plan::Untranslatable("the --dnat address is of another family than the session")
+                } else if c.server.ip() == p {
+                    Plan::Untranslatable(
+                        "the server already has the --dnat address: the capture shows the public side, replayed without NAT",
+                    )
+                } else {
+                    Plan::Dnat(p)
+                }
+            }
+        }
+    }
+
+    fn tuples(c: Conn, plan: Plan) -> CtTuples {
+        let original = FlowTuple::new(c.client, c.server);
+        match plan {
+            Plan::Snat(p) => CtTuples {
+                original,
+                reply: FlowTuple::new(c.server, SocketAddr::new(p, c.client.port())),
+            },
+            Plan::Dnat(p) => CtTuples {
+                original: FlowTuple::new(c.client, SocketAddr::new(p, c.server.port())),
+                reply: FlowTuple::new(c.server, c.client),
+            },
+            Plan::None | Plan::Untranslatable(_) => CtTuples::untranslated(original),
+        }
+    }
+
+    fn frame(&mut self, meta: FrameMeta, frame: &[u8]) -> io::Result<()> {
+        self.sum.packets_read += 1;
+        if self.t0.is_none() {
+            self.t0 = Some(meta.ts_ns);
+        }
+        // Time never runs backwards for the engine (captures from several interfaces can be
+        // slightly out of order).
+        self.now = self.now.max(Timestamp(meta.ts_ns));
+        let ip = match strip_link(meta.linktype, frame) {
+            Link::Ip(ip) => trim_ip(ip),
+            Link::Unsupported => {
+                if self.sum.skipped_link == 0 {
+                    let lt = meta.linktype;
+                    self.warning(
+                        None,
+                        &format!("link type {lt} is not supported; its frames are skipped"),
+                    )?;
+                }
+                self.sum.skipped_link += 1;
+                return Ok(());
+            }
+            Link::NotIp => {
+                self.sum.skipped_non_ip += 1;
+                return Ok(());
+            }
+            Link::Malformed => {
+                self.sum.skipped_malformed += 1;
+                return Ok(());
+            }
+        };
+        match TcpPacket::parse(ip) {
+            Ok(_) => {}
+            Err(PacketError::NotTcp) => {
+                self.sum.skipped_non_tcp += 1;
+                return Ok(());
+            }
+            Err(PacketError::Fragment) => {
+                self.sum.skipped_fragment += 1;
+                return Ok(());
+            }
+            Err(_) => {
+                self.sum.skipped_malformed += 1;
+                return Ok(());
+            }
+        }
+        self.timeouts()?;
+        self.packet(ip)
+    }
+
+    fn timeouts(&mut self) -> io::Result<()> {
+        if let Some(t) = self.engine.poll_timeout() {
+            if t <= self.now {
+                self.engine.handle_timeout(self.now);
+                let mut ctx = PacketCtx {
+                    lines: VecDeque::new(),
+                    related: VecDeque::new(),
+                };
+                self.drain(&mut ctx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One captured TCP packet (bytes from the IP header on).
+    fn packet(&mut self, captured: &[u8]) -> io::Result<()> {
+        let Ok(cap) = TcpPacket::parse(captured) else {
+            return Ok(());
+        };
+        let ctl = self.classify(cap.tuple);
+        // Lines of the control stream, as sent.
+        let mut ctx = PacketCtx {
+            lines: VecDeque::new(),
+            related: VecDeque::new(),
+        };
+        if ctl.is_some() {
+            if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&cap.tuple) {
+                // Bounded memory on a capture of many connections that never became sessions
+                // (scans): start over; a live session may then miss one line's text.
+                self.streams.clear();
+            }
+            let st = self.streams.entry(cap.tuple).or_default();
+            st.feed(cap.seq, cap.flags.syn, cap.payload());
+            ctx.lines.extend(st.ready.drain(..));
+        }
+
+        // What arrived at the gateway.
+        let mut gw = std::mem::take(&mut self.gw_buf);
+        self.gateway_input(&cap, ctl, &mut gw);
+        let gw_tuple = match TcpPacket::parse(&gw) {
+            Ok(p) => p.tuple,
+            Err(_) => {
+                self.gw_buf = gw;
+                return Ok(());
+            }
+        };
+
+        // Pre-conntrack hook.
+        let now = self.now;
+        let mut v = self
+            .engine
+            .handle_packet(&gw, Hook::PreConntrack, CtHint::NotLooked, now);
+        if let Verdict::NeedConntrack(_) = v {
+            let hint = match ctl {
+                Some((c, _)) => CtHint::Found(Self::tuples(c, self.plan(c))),
+                None => CtHint::Missing,
+            };
+            v = self
+                .engine
+                .handle_packet(&gw, Hook::PreConntrack, hint, now);
+        }
+        let mut mid = std::mem::take(&mut self.mid_buf);
+        mid.clear();
+        match v {
+            Verdict::AcceptModified => mid.extend_from_slice(self.engine.modified_packet()),
+            Verdict::Accept | Verdict::NeedConntrack(_) => mid.extend_from_slice(&gw),
+            Verdict::Drop => {}
+        }
+        self.drain(&mut ctx)?;
+        let sid = self.flows.get(&gw_tuple).copied();
+        if let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
+            match v {
+                Verdict::AcceptModified => s.seq_adjusted += 1,
+                Verdict::Drop => s.dropped += 1,
+                _ => {}
+            }
+        }
+        match v {
+            Verdict::AcceptModified => self.sum.seq_adjusted += 1,
+            Verdict::Drop => self.sum.dropped += 1,
+            _ => {}
+        }
+
+        // Between the hooks: conntrack, then DNAT (original) or de-SNAT (reply) of the
+        // destination. Then the post-conntrack hook.
+        if self.nat != Nat::None && v != Verdict::Drop {
+            if let Some(sid) = sid {
+                self.post(sid, gw_tuple, &mut mid)?;
+            }
+        }
+        self.gw_buf = gw;
+        self.mid_buf = mid;
+        Ok(())
+    }
+
+    /// Rebuilds in `gw` the packet as it arrived at the gateway from the captured one.
+    fn gateway_input(&mut self, cap: &TcpPacket<'_>, ctl: Option<(Conn, bool)>, gw: &mut Vec<u8>) {
+        gw.clear();
+        gw.extend_from_slice(cap.bytes);
+        match ctl {
+            Some((c, from_client)) => {
+                let plan = self.plan(c);
+                // The far side's packets were translated back by the gateway.
+                let (far, private_dir, public) = match plan {
+                    Plan::Snat(p) => (!from_client, Dir::Original, p),
+                    Plan::Dnat(p) => (from_client, Dir::Reply, p),
+                    Plan::None | Plan::Untranslatable(_) => return,
+                };
+                if !far {
+                    return;
+                }
+                if !set_addrs(gw, None, Some(public)) {
+                    return;
+                }
+                let ct = Self::tuples(c, plan);
+                let tuple = if from_client { ct.original } else { ct.reply };
+                let adj = self
+                    .flows
+                    .get(&tuple)
+                    .and_then(|sid| self.sessions.get(sid))
+                    .map(|s| &s.adj[private_dir.index()]);
+                let Ok(p) = TcpPacket::parse(gw) else {
+                    return;
+                };
+                let identity = SeqAdj::new();
+                let adj = adj.unwrap_or(&identity);
+                let ack = if p.flags.ack { adj.map(p.ack) } else { p.ack };
+                let map = |x: u32| adj.map(x);
+                let edit = Edit {
+                    seq: p.seq,
+                    ack,
+                    payload: None,
+                    sack: Some(&map),
+                    clear_fin: false,
+                };
+                let mut tmp = std::mem::take(&mut self.tmp);
+                if packet::build(&p, &edit, &mut tmp).is_ok() {
+                    std::mem::swap(gw, &mut tmp);
+                }
+                self.tmp = tmp;
+            }
+            None => {
+                // A data connection's SYN from the far side to the private host: the gateway
+                // saw it addressed to the expectation's public destination.
+                if self.nat == Nat::None || !cap.flags.syn || cap.flags.ack {
+                    return;
+                }
+                let Some(exp) = self.live.values().find(|e| {
+                    e.nat_to == Some(cap.tuple.dst)
+                        && (e.src.is_unspecified() || e.src == cap.tuple.src.ip())
+                }) else {
+                    return;
+                };
+                let dst = exp.dst;
+                if set_addrs(gw, None, Some(dst.ip()))
+                    && set_ports(gw, cap.tcp_off, None, Some(dst.port()))
+                {
+                    self.rechecksum(gw);
+                }
+            }
+        }
+    }
+
+    /// Recomputes the checksums of `buf` (after an address or port change).
+    fn rechecksum(&mut self, buf: &mut Vec<u8>) {
+        let Ok(p) = TcpPacket::parse(buf) else {
+            return;
+        };
+        let edit = Edit {
+            seq: p.seq,
+            ack: p.ack,
+            payload: None,
+            sack: None,
+            clear_fin: false,
+        };
+        let mut tmp = std::mem::take(&mut self.tmp);
+        if packet::build(&p, &edit, &mut tmp).is_ok() {
+            std::mem::swap(buf, &mut tmp);
+        }
+        self.tmp = tmp;
+    }
+
+    /// The post-conntrack hook for a packet of session `sid` that passed the pre hook as `mid`.
+    fn post(&mut self, sid: SessionId, gw_tuple: FlowTuple, mid: &mut Vec<u8>) -> io::Result<()> {
+        let Some(s) = self.sessions.get(&sid) else {
+            return Ok(());
+        };
+        let ct = s.ct;
+        let new_dst = if gw_tuple == ct.original {
+            ct.reply.src
+        } else if gw_tuple == ct.reply {
+            ct.original.src
+        } else {
+            return Ok(());
+        };
+        let Ok(p) = TcpPacket::parse(mid) else {
+            return Ok(());
+        };
+        let tcp_off = p.tcp_off;
+        if !set_addrs(mid, None, Some(new_dst.ip()))
+            || !set_ports(mid, tcp_off, None, Some(new_dst.port()))
+        {
+            return Ok(());
+        }
+        self.rechecksum(mid);
+        let v = self
+            .engine
+            .handle_packet(mid, Hook::PostConntrack, CtHint::NotLooked, self.now);
+        if v == Verdict::AcceptModified {
+            self.sum.ack_adjusted += 1;
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.ack_adjusted += 1;
+            }
+        }
+        let mut ctx = PacketCtx {
+            lines: VecDeque::new(),
+            related: VecDeque::new(),
+        };
+        self.drain(&mut ctx)
+    }
+
+    /// Takes the engine's actions and events and reports them.
+    fn drain(&mut self, ctx: &mut PacketCtx) -> io::Result<()> {
+        while let Some(a) = self.engine.poll_action() {
+            if let Action::CreateRelated(e) = a {
+                ctx.related.push_back(e);
+            }
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.event(e, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// The line of `ctx` that a message of `kind` was parsed from.
+    fn take_line(ctx: &mut PacketCtx, kind: MsgKind) -> Option<Line> {
+        let prefix = msg_prefix(kind);
+        while let Some(l) = ctx.lines.pop_front() {
+            let t = l.text.trim_ascii_start();
+            if t.len() >= prefix.len() && t[..prefix.len()].eq_ignore_ascii_case(prefix) {
+                return Some(l);
+            }
+        }
+        None
+    }
+
+    fn refresh_adj(&mut self, sid: SessionId) {
+        if let Some(s) = self.engine.sessions().find(|s| s.id == sid) {
+            let adj = [
+                s.dir(Dir::Original).seqadj.clone(),
+                s.dir(Dir::Reply).seqadj.clone(),
+            ];
+            if let Some(info) = self.sessions.get_mut(&sid) {
+                info.adj = adj;
+            }
+        }
+    }
+
+    fn last_line(&self, sid: SessionId, dir: Dir) -> Option<&Line> {
+        self.sessions
+            .get(&sid)
+            .and_then(|s| s.last_line[dir.index()].as_ref())
+    }
+
+    fn expect_number(&mut self, id: ExpectId) -> u64 {
+        if let Some(n) = self.expect_no.get(&id) {
+            return *n;
+        }
+        let n = self.next_expect;
+        self.next_expect += 1;
+        self.expect_no.insert(id, n);
+        n
+    }
+
+    fn event(&mut self, e: Event, ctx: &mut PacketCtx) -> io::Result<()> {
+        let t = self.t();
+        let json = self.json;
+        let s = match e {
+            Event::SessionStart { id, ct } => {
+                self.sum.sessions += 1;
+                // The captured endpoints: the client's is never translated on the private side
+                // (snat: it is the private address; dnat: the client is public), the server's
+                // is the reply's source (snat: public server; dnat: its private address).
+                let plan = self.plan(Conn {
+                    client: ct.original.src,
+                    server: ct.reply.src,
+                });
+                self.flows.insert(ct.original, id);
+                self.flows.insert(ct.reply, id);
+                self.sessions.insert(
+                    id,
+                    SessInfo {
+                        ct,
+                        adj: [SeqAdj::new(), SeqAdj::new()],
+                        seq_adjusted: 0,
+                        ack_adjusted: 0,
+                        dropped: 0,
+                        end: None,
+                        last_line: [None, None],
+                    },
+                );
+                let (nat, public, note) = match plan {
+                    Plan::None => ("none", None, None),
+                    Plan::Snat(p) => ("snat", Some(p), None),
+                    Plan::Dnat(p) => ("dnat", Some(p), None),
+                    Plan::Untranslatable(why) => ("none", None, Some(why)),
+                };
+                let s = if json {
+                    Obj::new("session_start")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .tuple("original", ct.original)
+                        .tuple("reply", ct.reply)
+                        .s("nat", nat)
+                        .opt("public", public)
+                        .end()
+                } else {
+                    let nat = match plan {
+                        Plan::Snat(p) => format!("snat to {p}"),
+                        Plan::Dnat(p) => format!("dnat from {p}"),
+                        _ => "no nat".into(),
+                    };
+                    format!(
+                        "{t} {id} session {}, reply {} ({nat})",
+                        ct.original, ct.reply
+                    )
+                };
+                self.line(&s)?;
+                if let Some(why) = note {
+                    self.warning(Some(id), why)?;
+                }
+                return Ok(());
+            }
+            Event::SessionEnd { id, ct, reason } => {
+                for t in [ct.original, ct.reply] {
+                    if self.flows.get(&t) == Some(&id) {
+                        self.flows.remove(&t);
+                    }
+                }
+                // Captured tuples of the session: forget their line streams.
+                let cap = FlowTuple::new(ct.original.src, ct.reply.src);
+                self.streams.remove(&cap);
+                self.streams.remove(&cap.inverse());
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.end = Some(reason);
+                }
+                if json {
+                    Obj::new("session_end")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("reason", end_label(reason))
+                        .end()
+                } else {
+                    format!("{t} {id} session end ({})", end_label(reason))
+                }
+            }
+            Event::Message { id, kind } => {
+                self.sum.messages += 1;
+                let dir = msg_dir(kind);
+                let line = Self::take_line(ctx, kind);
+                let text = line.as_ref().map(|l| l.text.clone());
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.last_line[dir.index()] = line;
+                }
+                if json {
+                    Obj::new("message")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .s("kind", kind.label())
+                        .opt("line", text.as_deref().map(text_of))
+                        .end()
+                } else {
+                    format!(
+                        "{t} {id} {} {} {}",
+                        dir_label(dir),
+                        kind.label(),
+                        quoted(text.as_deref())
+                    )
+                }
+            }
+            Event::ParseFailed {
+                id,
+                dir,
+                kind,
+                error,
+            } => {
+                self.sum.parse_failures += 1;
+                let line = Self::take_line(ctx, kind);
+                let text = line.map(|l| l.text);
+                if json {
+                    Obj::new("parse_failed")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .s("kind", kind.label())
+                        .opt("line", text.as_deref().map(text_of))
+                        .s("error", parse_error_label(&error))
+                        .s("detail", error)
+                        .end()
+                } else {
+                    format!(
+                        "{t} {id} {} {} {}: parse failed: {error}",
+                        dir_label(dir),
+                        kind.label(),
+                        quoted(text.as_deref())
+                    )
+                }
+            }
+            Event::Rewritten { id, kind, from, to } => {
+                self.sum.rewrites += 1;
+                self.refresh_adj(id);
+                let dir = expect_dir(kind);
+                let new_line = self.sessions.get(&id).and_then(|s| {
+                    let l = s.last_line[dir.index()].as_ref()?;
+                    rewritten_line(l, &s.adj[dir.index()])
+                });
+                let old = self.last_line(id, dir).map(|l| l.text.clone());
+                if json {
+                    Obj::new("rewrite")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .s("kind", expect_label(kind))
+                        .s("from", from)
+                        .s("to", to)
+                        .opt("line", old.as_deref().map(text_of))
+                        .opt("new_line", new_line.as_deref().map(text_of))
+                        .end()
+                } else {
+                    format!(
+                        "{t} {id} rewrite {} {from} -> {to}: {}",
+                        expect_label(kind),
+                        quoted(new_line.as_deref())
+                    )
+                }
+            }
+            Event::NotRewritten { id, kind } => {
+                self.sum.not_rewritten += 1;
+                if json {
+                    Obj::new("not_rewritten")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("kind", expect_label(kind))
+                        .end()
+                } else {
+                    format!(
+                        "{t} {id} NOT rewritten {}: the line had already been let through",
+                        expect_label(kind)
+                    )
+                }
+            }
+            Event::ExpectCreated { id, exp } => {
+                self.sum.expect_created += 1;
+                let n = self.expect_number(id);
+                self.live.insert(n, exp);
+                let secs = exp.expires.since(exp.created).as_secs();
+                if json {
+                    Obj::new("expect_created")
+                        .raw("t", &t)
+                        .s("session", exp.master)
+                        .s("expect", format!("E{n}"))
+                        .s("kind", expect_label(exp.kind))
+                        .s("src", any_ip(exp.src))
+                        .s("dst", exp.dst)
+                        .opt("nat_to", exp.nat_to)
+                        .n("timeout", secs)
+                        .end()
+                } else {
+                    let nat = exp
+                        .nat_to
+                        .map(|a| format!(", translated to {a}"))
+                        .unwrap_or_default();
+                    format!(
+                        "{t} {} expect E{n} {}: from {} to {}{nat}, for {secs}s",
+                        exp.master,
+                        expect_label(exp.kind),
+                        any_ip(exp.src),
+                        exp.dst
+                    )
+                }
+            }
+            Event::ExpectUsed { id, exp, data } => {
+                self.sum.expect_used += 1;
+                let n = self.expect_number(id);
+                self.live.remove(&n);
+                let rel = ctx.related.pop_front();
+                let nat_src = rel.and_then(|r| r.nat_src);
+                let nat_dst = rel.and_then(|r| r.nat_dst);
+                if json {
+                    Obj::new("expect_used")
+                        .raw("t", &t)
+                        .s("session", exp.master)
+                        .s("expect", format!("E{n}"))
+                        .tuple("data", data)
+                        .opt("nat_src", nat_src)
+                        .opt("nat_dst", nat_dst)
+                        .end()
+                } else {
+                    let nat = match (nat_src, nat_dst) {
+                        (Some(s), Some(d)) => format!(", related entry translated to {s} -> {d}"),
+                        _ => ", related entry untranslated".into(),
+                    };
+                    format!("{t} {} expect E{n} used by {data}{nat}", exp.master)
+                }
+            }
+            Event::ExpectRemoved { id, exp, reason } => {
+                if reason == RemoveReason::Expired {
+                    self.sum.expect_expired += 1;
+                } else {
+                    self.sum.expect_removed += 1;
+                }
+                let n = self.expect_number(id);
+                self.live.remove(&n);
+                if json {
+                    Obj::new("expect_removed")
+                        .raw("t", &t)
+                        .s("session", exp.master)
+                        .s("expect", format!("E{n}"))
+                        .s("reason", remove_label(reason))
+                        .end()
+                } else {
+                    format!(
+                        "{t} {} expect E{n} removed ({})",
+                        exp.master,
+                        remove_label(reason)
+                    )
+                }
+            }
+            Event::Refused {
+                id,
+                kind,
+                addr,
+                reason,
+            } => {
+                self.sum.refusals += 1;
+                let dir = expect_dir(kind);
+                let text = self.last_line(id, dir).map(|l| l.text.clone());
+                if json {
+                    Obj::new("refused")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .s("kind", expect_label(kind))
+                        .s("addr", addr)
+                        .opt("line", text.as_deref().map(text_of))
+                        .s("reason", refusal_label(&reason))
+                        .s("detail", reason)
+                        .end()
+                } else {
+                    format!("{t} {id} refused {} {addr}: {reason}", expect_label(kind))
+                }
+            }
+            Event::TlsStarted { id } => {
+                if json {
+                    Obj::new("tls_started").raw("t", &t).s("session", id).end()
+                } else {
+                    format!(
+                        "{t} {id} AUTH TLS accepted: the control channel is no longer inspected"
+                    )
+                }
+            }
+            Event::LineTooLong { id, dir } => {
+                if json {
+                    Obj::new("line_too_long")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .end()
+                } else {
+                    format!("{t} {id} {} line too long, skipped", dir_label(dir))
+                }
+            }
+            Event::HoldGaveUp { id, dir } => {
+                if json {
+                    Obj::new("hold_gave_up")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .end()
+                } else {
+                    format!(
+                        "{t} {id} {} partial line never completed, let through",
+                        dir_label(dir)
+                    )
+                }
+            }
+            Event::Resynced { id, dir } => {
+                if json {
+                    Obj::new("resynced")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .end()
+                } else {
+                    format!(
+                        "{t} {id} {} bytes missing from the capture, tracking resumes at the next line",
+                        dir_label(dir)
+                    )
+                }
+            }
+        };
+        self.line(&s)
+    }
+
+    /// End of the capture: per-session sequence offsets, pending expectations, summary.
+    fn finish(&mut self, complete: bool) -> io::Result<()> {
+        let live: Vec<(SessionId, bool)> = self
+            .engine
+            .sessions()
+            .map(|s| (s.id, s.is_closing()))
+            .collect();
+        let mut closing = Vec::new();
+        for (sid, c) in live {
+            self.refresh_adj(sid);
+            if c {
+                closing.push(sid);
+            }
+        }
+        let mut lines = Vec::new();
+        for (sid, s) in &self.sessions {
+            // "open", "closing" (FIN both ways or RST, not yet forgotten) or why it ended.
+            let state = match s.end {
+                Some(r) => end_label(r),
+                None if closing.contains(sid) => "closing",
+                None => "open",
+            };
+            let o = &s.adj[0];
+            let r = &s.adj[1];
+            let line = if self.json {
+                Obj::new("seq")
+                    .s("session", sid)
+                    .s("state", state)
+                    .n("original_offset", o.offset_after())
+                    .n("original_rewrites", o.records().count() as u64)
+                    .n("reply_offset", r.offset_after())
+                    .n("reply_rewrites", r.records().count() as u64)
+                    .n("seq_adjusted", s.seq_adjusted)
+                    .n("ack_adjusted", s.ack_adjusted)
+                    .n("dropped", s.dropped)
+                    .end()
+            } else {
+                format!(
+                    "{sid} seq offsets: original {} ({} rewrites), reply {} ({} rewrites); {} packets seq/payload adjusted, {} acks adjusted, {} dropped; {state}",
+                    signed(o.offset_after()),
+                    o.records().count(),
+                    signed(r.offset_after()),
+                    r.records().count(),
+                    s.seq_adjusted,
+                    s.ack_adjusted,
+                    s.dropped,
+                )
+            };
+            lines.push(line);
+        }
+        for (n, exp) in &self.live {
+            let left = exp.expires.since(self.now).as_secs();
+            let line = if self.json {
+                Obj::new("expect_pending")
+                    .s("session", exp.master)
+                    .s("expect", format!("E{n}"))
+                    .s("kind", expect_label(exp.kind))
+                    .s("src", any_ip(exp.src))
+                    .s("dst", exp.dst)
+                    .opt("nat_to", exp.nat_to)
+                    .n("expires_in", left)
+                    .end()
+            } else {
+                format!(
+                    "{} expect E{n} {} still pending at the end: from {} to {}, {left}s left",
+                    exp.master,
+                    expect_label(exp.kind),
+                    any_ip(exp.src),
+                    exp.dst
+                )
+            };
+            lines.push(line);
+        }
+        let s = &self.sum;
+        let line = if self.json {
+            Obj::new("summary")
+                .s("format", s.format.label())
+                .n("packets_read", s.packets_read)
+                .n("packets_skipped", s.packets_skipped())
+                .n("skipped_link", s.skipped_link)
+                .n("skipped_non_ip", s.skipped_non_ip)
+                .n("skipped_non_tcp", s.skipped_non_tcp)
+                .n("skipped_fragment", s.skipped_fragment)
+                .n("skipped_malformed", s.skipped_malformed)
+                .n("sessions", s.sessions)
+                .n("messages", s.messages)
+                .n("rewrites", s.rewrites)
+                .n("expect_created", s.expect_created)
+                .n("expect_used", s.expect_used)
+                .n("expect_expired", s.expect_expired)
+                .n("expect_removed", s.expect_removed)
+                .n("refusals", s.refusals)
+                .n("parse_failures", s.parse_failures)
+                .n("not_rewritten", s.not_rewritten)
+                .n("seq_adjusted", s.seq_adjusted)
+                .n("ack_adjusted", s.ack_adjusted)
+                .n("dropped", s.dropped)
+                .b("complete", complete)
+                .end()
+        } else {
+            format!(
+                "summary: {} packets read, {} skipped (link {}, non-IP {}, non-TCP {}, fragments {}, malformed {}); {} sessions, {} messages, {} rewrites; expectations {} created, {} used, {} expired, {} removed; {} refusals, {} parse failures, {} not rewritten; {} packets seq-adjusted, {} ack-adjusted, {} dropped",
+                s.packets_read,
+                s.packets_skipped(),
+                s.skipped_link,
+                s.skipped_non_ip,
+                s.skipped_non_tcp,
+                s.skipped_fragment,
+                s.skipped_malformed,
+                s.sessions,
+                s.messages,
+                s.rewrites,
+                s.expect_created,
+                s.expect_used,
+                s.expect_expired,
+                s.expect_removed,
+                s.refusals,
+                s.parse_failures,
+                s.not_rewritten,
+                s.seq_adjusted,
+                s.ack_adjusted,
+                s.dropped,
+            )
+        };
+        lines.push(line);
+        for l in lines {
+            self.line(&l)?;
+        }
+        Ok(())
+    }
+}
