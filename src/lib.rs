@@ -25,4 +25,5 @@ pub mod daemon;
 pub mod ipset;
 pub mod netlink;
 pub mod nfqueue;
+pub mod notify;
 pub mod rules;
