@@ -926,7 +926,14 @@ fn nft_diagnose(exec: &mut dyn Exec) -> Result<(), RulesError> {
                 detail: format!(
                     "nft -c '{}': {}",
                     probe.lines().last().unwrap_or(""),
-                    stderr_of(&out).lines().next().unwrap_or("")
+                    // nft may append a misleading "; did you mean chain X" guess.
+                    stderr_of(&out)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .split("; did you mean")
+                        .next()
+                        .unwrap_or("")
                 ),
             });
         }
