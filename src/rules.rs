@@ -321,13 +321,14 @@ pub enum RulesError {
         feature: String,
         detail: String,
     },
-    #[error("rules: `{command}` failed ({status}): {stderr}; the {backend} backend needs {needs}")]
+    #[error("rules: `{command}` failed ({status}): {stderr}; {hint}")]
     Failed {
         backend: Backend,
         command: String,
         status: String,
         stderr: String,
-        needs: &'static str,
+        /// What to check, from the tool's message.
+        hint: String,
     },
     #[error(
         "rules: `{0}` still matches after {MAX_DUPLICATES} deletions; remove it by hand \
@@ -719,14 +720,52 @@ fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
+/// What to check after a tool failed with `stderr`.
+fn hint_for(backend: Backend, stderr: &str) -> String {
+    if stderr.contains("Can't open socket to ipset") {
+        "iptables' set match opens a raw socket to look sets up: it needs CAP_NET_RAW as well \
+         as CAP_NET_ADMIN"
+            .into()
+    } else if stderr.contains("xtables.lock") {
+        "iptables-legacy needs write access to /run/xtables.lock (the lock shared by every \
+         iptables-legacy user)"
+            .into()
+    } else if stderr.contains("Permission denied") || stderr.contains("Operation not permitted") {
+        "run it as root, or with CAP_NET_ADMIN (and CAP_NET_RAW for iptables' set match and \
+         for iptables-legacy)"
+            .into()
+    } else {
+        format!(
+            "the {backend} backend needs {}",
+            backend.kernel_requirements()
+        )
+    }
+}
+
 fn failed(backend: Backend, program: &str, args: &[&str], out: &Output) -> RulesError {
+    let stderr = stderr_of(out);
     RulesError::Failed {
         backend,
         command: format!("{program} {}", args.join(" ")),
         status: out.status.to_string(),
-        stderr: stderr_of(out),
-        needs: backend.kernel_requirements(),
+        hint: hint_for(backend, &stderr),
+        stderr,
     }
+}
+
+/// Whether a failed `-C` means "no such rule": exit status 1 with iptables' own words for it
+/// (or nothing). Status 1 is also the status of other errors (e.g. "Can't open socket to
+/// ipset" without CAP_NET_RAW), which must not pass for "absent": `delete` would then leave
+/// the rule and `apply` would fail later on `-A`, or add a duplicate.
+fn check_says_absent(out: &Output) -> bool {
+    if out.status.code() != Some(1) {
+        return false;
+    }
+    let e = String::from_utf8_lossy(&out.stderr);
+    let e = e.trim();
+    e.is_empty()
+        || e.contains("does a matching rule exist")
+        || e.contains("No chain/target/match by that name")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -751,7 +790,7 @@ fn run(exec: &mut dyn Exec, op: Op, r: &Rule) -> Result<bool, RulesError> {
     if out.status.success() {
         return Ok(true);
     }
-    if op == Op::Check && out.status.code() == Some(1) {
+    if op == Op::Check && check_says_absent(&out) {
         return Ok(false);
     }
     Err(failed(r.backend, program, &argv, &out))
@@ -1473,6 +1512,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("apt-get install nftables"), "{e}");
+    }
+
+    #[test]
+    fn check_failures_other_than_absent_are_errors() {
+        assert!(check_says_absent(&output(1, "", "")));
+        assert!(check_says_absent(&output(
+            1,
+            "",
+            "iptables: Bad rule (does a matching rule exist in that chain?)."
+        )));
+        assert!(!check_says_absent(&output(
+            1,
+            "",
+            "iptables v1.8.9 (nf_tables): Can't open socket to ipset."
+        )));
+        assert!(!check_says_absent(&output(2, "", "Set x doesn't exist.")));
+        struct NoRaw;
+        impl Exec for NoRaw {
+            fn exec(&mut self, _: &'static str, _: &[&str]) -> io::Result<Output> {
+                Ok(output(
+                    1,
+                    "",
+                    "iptables v1.8.9 (nf_tables): Can't open socket to ipset.",
+                ))
+            }
+        }
+        let e = delete_rules(&mut NoRaw, &rules(&spec()).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("CAP_NET_RAW"), "{e}");
     }
 
     #[test]
