@@ -32,8 +32,9 @@
 //!   nf_tables runs through `nft_compat`), plus the ipset `hash:ip,port` type.
 //! - `iptables-legacy`: `iptables-legacy`/`ip6tables-legacy`, the same rules in the legacy
 //!   x_tables tables. Needs the legacy `ip_tables`/`ip6_tables` with the raw, mangle and nat
-//!   tables (Linux ≥ 6.9 can be built without them: `CONFIG_IP_NF_IPTABLES_LEGACY`,
-//!   `CONFIG_IP6_NF_IPTABLES_LEGACY`).
+//!   tables. Recent kernels can be built without them: they are the options
+//!   `CONFIG_IP_NF_IPTABLES_LEGACY`/`CONFIG_IP6_NF_IPTABLES_LEGACY` (under
+//!   `CONFIG_NETFILTER_XTABLES_LEGACY` on this project's 6.18 kernels, which have them).
 //! - `nft`: a table of its own, `table inet ftpct`, with base chains at the same hooks and
 //!   priorities, native nft sets (`ipv4_addr . inet_service` with timeouts) instead of the
 //!   ipsets, and the `queue` statement. Needs the nf_tables `queue` expression
@@ -133,7 +134,7 @@ impl Backend {
             }
             Backend::IptablesLegacy => {
                 "the legacy x_tables tables raw, mangle and nat for IPv4 and IPv6 \
-                 (CONFIG_IP_NF_IPTABLES_LEGACY and CONFIG_IP6_NF_IPTABLES_LEGACY on Linux >= 6.9, \
+                 (CONFIG_IP_NF_IPTABLES_LEGACY and CONFIG_IP6_NF_IPTABLES_LEGACY on recent kernels, \
                  CONFIG_IP_NF_RAW, CONFIG_IP_NF_MANGLE, CONFIG_IP_NF_NAT and their IP6 twins) and the \
                  x_tables extensions NFQUEUE, multiport, set and comment, plus ipset hash:ip,port"
             }
