@@ -153,18 +153,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 "queue" => s.queue = parse_num(v, "queue number (0-65535)")?,
                 "ports" => s.ports = parse_ports(v)?,
                 "socket" => s.socket = PathBuf::from(v),
-                "state_file" => s.state_file = Some(PathBuf::from(v)),
+                "state_file" => s.state_file = (!v.is_empty()).then(|| PathBuf::from(v)),
                 "fail_open" => s.fail_open = parse_bool(v)?,
                 "ipset4" => s.ipset4 = v.to_string(),
                 "metrics" => {
-                    s.metrics = match v {
-                        "" | "off" | "none" => None,
-                        _ => Some(v.parse().map_err(|_| {
+                    let off = matches!(v, "" | "off" | "none");
+                    s.metrics = if off {
+                        None
+                    } else {
+                        Some(v.parse().map_err(|_| {
                             format!(
                                 "'{v}' is not an address:port, e.g. 127.0.0.1:9477 or [::1]:9477"
                             )
-                        })?),
-                    }
+                        })?)
+                    };
                 }
                 "ipset6" => s.ipset6 = v.to_string(),
                 "log" => s.log = v.to_string(),

@@ -23,6 +23,7 @@ use crate::engine::{Action, CtHint, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
+use crate::notify;
 use crate::state::StateFile;
 use crate::types::{Hook, Timestamp};
 
@@ -573,6 +574,9 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         "ftpct running; install the rules with `ftpct rules --queue {} --apply` if not done",
         settings.queue
     );
+    // Tell systemd (Type=notify) that the queue is bound and the control socket listens.
+    sd_notify(notify::ready(), "READY");
+    sd_notify(notify::status(&status_line(&settings)), "STATUS");
     loop {
         let deadline = shell.engine.poll_timeout().map(|t| {
             let now = monotonic_now();
@@ -631,6 +635,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 let _ = reply.send(shell.answer(req));
             }
             _ = hup.recv() => {
+                sd_notify(notify::reloading(), "RELOADING");
                 match &opts.config_path {
                     Some(p) => match config::load(p) {
                         Ok(new) => {
@@ -643,21 +648,42 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                     },
                     None => info!("SIGHUP: no --config file to reload"),
                 }
+                sd_notify(notify::ready(), "READY");
+                sd_notify(notify::status(&status_line(&settings)), "STATUS");
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    sd_notify(notify::stopping(), "STOPPING");
     info!(
         sessions = shell.engine.session_count(),
         expectations = shell.engine.expectations().len(),
         "ftpct stopping"
     );
-    let _ = std::fs::remove_file(&settings.socket);
+    // The socket that was bound at start (a reload does not move it).
+    let _ = std::fs::remove_file(&opts.settings.socket);
     if let Some(st) = &mut shell.state {
         if let Err(e) = st.compact(&shell.engine) {
             error!(error = %e, "cannot write the final state");
         }
     }
     Ok(())
+}
+
+/// The `STATUS=` line shown by `systemctl status ftpct`.
+fn status_line(s: &Settings) -> String {
+    format!(
+        "queue {}, ports {:?}, control socket {}",
+        s.queue,
+        s.ports,
+        s.socket.display()
+    )
+}
+
+/// Logs a failed notification; systemd then times the service out, which says the rest.
+fn sd_notify(r: std::io::Result<bool>, what: &str) {
+    if let Err(e) = r {
+        warn!(error = %e, "sd_notify {what} failed (NOTIFY_SOCKET)");
+    }
 }

@@ -28,5 +28,6 @@ pub mod ipset;
 pub mod metrics;
 pub mod netlink;
 pub mod nfqueue;
+pub mod notify;
 pub mod privs;
 pub mod rules;

@@ -50,12 +50,21 @@ enum Cmd {
         #[arg(long)]
         state: Option<PathBuf>,
     },
-    /// Print, apply or delete the iptables/ip6tables rules ftpct needs.
+    /// Print, apply or delete the firewall rules ftpct needs.
     Rules {
-        #[arg(long, default_value_t = 0)]
-        queue: u16,
-        #[arg(long, value_delimiter = ',', default_values_t = vec![21u16])]
-        ports: Vec<u16>,
+        /// Take the queue, ports, set names and fail_open (as --bypass) from this
+        /// configuration file (see ftpct.conf(5)); the other flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// NFQUEUE number [default: 0, or the config file's].
+        #[arg(long)]
+        queue: Option<u16>,
+        /// FTP control ports, comma separated [default: 21, or the config file's].
+        #[arg(long, value_delimiter = ',')]
+        ports: Option<Vec<u16>>,
+        /// Which tool installs the rules: iptables-nft, iptables-legacy or nft.
+        #[arg(long, default_value_t = rules::Backend::IptablesNft)]
+        backend: rules::Backend,
         /// Install the rules (idempotent).
         #[arg(long, conflicts_with = "delete")]
         apply: bool,
@@ -118,15 +127,23 @@ enum Cmd {
 }
 
 fn init_logs(filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // Under systemd, stderr goes to the journal ($JOURNAL_STREAM), which adds its own
+    // timestamps and shows escape codes as they are.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_ansi(!journal && std::io::stderr().is_terminal())
+        .with_target(false);
+    if journal {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
 }
 
 fn main() -> ExitCode {
@@ -183,25 +200,47 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Rules {
+            config,
             queue,
             ports,
+            backend,
             apply,
             delete,
             bypass,
         } => {
-            let spec = rules::RuleSpec {
-                queue,
-                ports,
-                bypass,
-                ..rules::RuleSpec::default()
+            let settings = match &config {
+                Some(p) => match config::load(p) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("ftpct rules: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Settings::default(),
             };
+            let mut spec = rules::RuleSpec::from_settings(&settings);
+            spec.backend = backend;
+            if let Some(q) = queue {
+                spec.queue = q;
+            }
+            if let Some(p) = ports {
+                spec.ports = p;
+            }
+            if bypass {
+                spec.bypass = true;
+            }
+            if apply {
+                if let Some(c) = backend.caveat() {
+                    eprintln!("ftpct rules: warning: {c}");
+                }
+            }
             let result = if apply {
                 rules::apply(&spec)
                     .map(|n| format!("ftpct rules: {n} rules added (existing ones kept)"))
             } else if delete {
                 rules::delete(&spec).map(|n| format!("ftpct rules: {n} rules removed"))
             } else {
-                rules::rules(&spec).map(|r| rules::print(&r))
+                rules::render(&spec)
             };
             match result {
                 Ok(text) => {

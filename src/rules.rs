@@ -1,47 +1,182 @@
-//! The iptables/ip6tables rules ftpct needs, as data ([`rules`], [`print`]) and applied or
-//! removed idempotently ([`apply`], [`delete`]) by running `iptables`/`ip6tables` with argument
-//! vectors (never a shell).
+//! The firewall rules ftpct needs, for three backends, as data ([`rules`], [`nft_script`],
+//! [`render`]) and applied or removed idempotently ([`apply`], [`delete`]) by running
+//! `iptables`/`ip6tables`/`nft` with argument vectors (never a shell).
 //!
-//! The rules, for each family (set `set4` for iptables, `set6` for ip6tables):
+//! # What the rules do
+//!
+//! For each family (set `set4` for IPv4, `set6` for IPv6):
 //! - (a) raw PREROUTING and raw OUTPUT: FTP control packets of both directions (`--dports` and
 //!   `--sports`), except pure SYNs, queued *before* conntrack and NAT: the daemon parses and
 //!   rewrites them there ([`Hook::PreConntrack`](crate::types::Hook::PreConntrack));
 //! - (b) mangle POSTROUTING and mangle INPUT: the same packets *after* conntrack and DNAT, where
 //!   the daemon fixes acknowledgement numbers ([`Hook::PostConntrack`](crate::types::Hook));
-//!   [`crate::nfqueue`] maps hooks to these two meanings, so queues must be in exactly these
-//!   table/chain pairs;
-//! - (c) raw PREROUTING: SYNs whose `destination address,port` is in the ipset
-//!   ([`crate::ipset`]) — the data connections that may match an expectation — always with
-//!   `--queue-bypass` so that without a running daemon they pass untouched;
-//! - (d) nat PREROUTING: a rule that matches everything and does nothing (no target, only the
-//!   comment). With iptables-nft, nat chains are created lazily, and the kernel only applies
-//!   NAT bindings at hooks that have a nat base chain: without nat PREROUTING the DNAT of the
-//!   data entries ([`crate::ctnetlink`]) would never be applied.
+//!   [`crate::nfqueue`] maps hooks to these two meanings, so queues must be at exactly these
+//!   hooks, at the raw (-300) and mangle (-150) priorities;
+//! - (c) raw PREROUTING: SYNs whose `destination address,port` is in the set that the daemon
+//!   fills as it creates expectations — the data connections that may match one — always with
+//!   `--queue-bypass` so that without a running daemon they pass untouched. The SYN must be
+//!   queued *before* conntrack (the daemon creates the data connection's conntrack entry before
+//!   the SYN reaches conntrack), so `ct state new` cannot select it: at priority -300 there is no
+//!   conntrack entry yet, and after conntrack the SYN has already made an unrelated one;
+//! - (d) nat PREROUTING: the NAT hook must be registered for the DNAT of the data entries
+//!   ([`crate::ctnetlink`]) to be applied. With iptables-nft, nat chains are created lazily, so a
+//!   rule that matches everything and does nothing (only the comment) is added; with nft, an
+//!   empty `type nat hook prerouting` base chain; with iptables-legacy the nat table registers
+//!   all its hooks anyway, and the rule is kept for uniformity.
 //!
-//! Every rule carries `-m comment --comment ftpct`, so [`delete`] removes exactly these rules
-//! (each one by its full specification, until `-C` no longer finds it) and nothing of the
-//! admin's; the admin's `ESTABLISHED,RELATED -j ACCEPT` is never touched.
-//! Rules are appended (`-A`), not inserted: an NFQUEUE verdict of accept resumes at the next
-//! hook, skipping the rest of the chain, so appending keeps the admin's own raw/mangle rules in
+//! # Backends ([`Backend`])
+//!
+//! - `iptables-nft` (the default): `iptables-nft`/`ip6tables-nft`. Every rule carries
+//!   `-m comment --comment ftpct`. Needs nf_tables with the IPv4/IPv6 families and `nft_compat`
+//!   (the multiport, set and comment matches and the NFQUEUE target are x_tables extensions that
+//!   nf_tables runs through `nft_compat`), plus the ipset `hash:ip,port` type.
+//! - `iptables-legacy`: `iptables-legacy`/`ip6tables-legacy`, the same rules in the legacy
+//!   x_tables tables. Needs the legacy `ip_tables`/`ip6_tables` with the raw, mangle and nat
+//!   tables. Recent kernels can be built without them: they are the options
+//!   `CONFIG_IP_NF_IPTABLES_LEGACY`/`CONFIG_IP6_NF_IPTABLES_LEGACY` (under
+//!   `CONFIG_NETFILTER_XTABLES_LEGACY` on this project's 6.18 kernels, which have them).
+//! - `nft`: a table of its own, `table inet ftpct`, with base chains at the same hooks and
+//!   priorities, native nft sets (`ipv4_addr . inet_service` with timeouts) instead of the
+//!   ipsets, and the `queue` statement. Needs the nf_tables `queue` expression
+//!   (`CONFIG_NFT_QUEUE`, module `nft_queue`), which some kernels (this project's test machines
+//!   among them) do not build; `nft` cannot express the x_tables NFQUEUE target instead (it
+//!   lists such rules as `xt target NFQUEUE` but cannot create them). On such a kernel
+//!   [`apply`] fails with [`RulesError::KernelFeature`] and leaves nothing behind (the batch is
+//!   atomic). The daemon does not fill nft sets yet (it fills ipsets through the ipset netlink
+//!   protocol; an nft set needs nf_tables netlink, `NFT_MSG_NEWSETELEM`), so with this backend
+//!   the data-connection SYNs are never queued: see [`Backend::caveat`].
+//!
+//! # Never touching the admin's rules
+//!
+//! The iptables backends only append (`-A`) rules carrying the `ftpct` comment and only delete
+//! rules carrying it: [`delete`] removes each rule of the spec by its full specification (until
+//! `-C` no longer finds it), then sweeps the raw, mangle and nat tables for any other rule whose
+//! comment is exactly `ftpct` (left by a run with another queue number or other ports, e.g. after
+//! the configuration changed). The nft backend only ever changes `table inet ftpct`, in one
+//! atomic batch per call. The admin's `ESTABLISHED,RELATED -j ACCEPT` is never touched.
+//! Rules are appended, not inserted: an NFQUEUE verdict of accept resumes at the next hook,
+//! skipping the rest of the chain, so appending keeps the admin's own raw/mangle rules in
 //! effect for these packets.
 //!
 //! The ipsets are created and destroyed through [`crate::ipset`] (netlink) rather than the
 //! `ipset` CLI: the same code as the daemon's, typed errors, and no dependency on the `ipset`
 //! package (the kernel's `xt_set` match is all iptables needs).
 
+use std::fmt;
 use std::io;
 use std::process::{Command, Output};
+use std::str::FromStr;
 
+use crate::config::Settings;
 use crate::ipset::{self, Ipset, IpsetError, SetFamily};
 
 /// Comment on every ftpct rule.
 pub const COMMENT: &str = "ftpct";
-/// Default timeout of the ipsets (elements are added with their own timeout).
+/// Default timeout of the ipsets and nft sets (elements are added with their own timeout).
 pub const SET_DEFAULT_TIMEOUT: u32 = 120;
+/// The nft backend's table: `table inet ftpct`.
+pub const NFT_TABLE: &str = "ftpct";
 /// `multiport` accepts at most 15 ports per rule.
 const MULTIPORT_MAX: usize = 15;
 /// Bound on repeated deletions of one rule (duplicates left by earlier runs).
 const MAX_DUPLICATES: usize = 64;
+/// The tables the iptables backends put rules in (and sweep on delete).
+const TABLES: [&str; 3] = ["raw", "mangle", "nat"];
+
+/// Which tool installs the rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// `iptables-nft`/`ip6tables-nft` (x_tables extensions through nf_tables' `nft_compat`).
+    #[default]
+    IptablesNft,
+    /// `iptables-legacy`/`ip6tables-legacy` (the legacy x_tables tables).
+    IptablesLegacy,
+    /// `nft`, native nftables: `table inet ftpct`.
+    Nft,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 3] = [Backend::IptablesNft, Backend::IptablesLegacy, Backend::Nft];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::IptablesNft => "iptables-nft",
+            Backend::IptablesLegacy => "iptables-legacy",
+            Backend::Nft => "nft",
+        }
+    }
+
+    /// The program for a family (iptables backends only).
+    fn program(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Backend::IptablesLegacy, Family::V4) => "iptables-legacy",
+            (Backend::IptablesLegacy, Family::V6) => "ip6tables-legacy",
+            (_, Family::V4) => "iptables-nft",
+            (_, Family::V6) => "ip6tables-nft",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Backend::Nft => "install it (Debian: apt-get install nftables)",
+            _ => "install it (Debian: apt-get install iptables, which ships both iptables-nft and iptables-legacy)",
+        }
+    }
+
+    /// What the kernel must have for this backend (kernel config symbols).
+    pub fn kernel_requirements(self) -> &'static str {
+        match self {
+            Backend::IptablesNft => {
+                "nf_tables with the IPv4 and IPv6 families (CONFIG_NF_TABLES, CONFIG_NF_TABLES_IPV4, \
+                 CONFIG_NF_TABLES_IPV6), nft_compat (CONFIG_NFT_COMPAT) and the x_tables extensions \
+                 NFQUEUE, multiport, set and comment, plus ipset hash:ip,port"
+            }
+            Backend::IptablesLegacy => {
+                "the legacy x_tables tables raw, mangle and nat for IPv4 and IPv6 \
+                 (CONFIG_IP_NF_IPTABLES_LEGACY and CONFIG_IP6_NF_IPTABLES_LEGACY on recent kernels, \
+                 CONFIG_IP_NF_RAW, CONFIG_IP_NF_MANGLE, CONFIG_IP_NF_NAT and their IP6 twins) and the \
+                 x_tables extensions NFQUEUE, multiport, set and comment, plus ipset hash:ip,port"
+            }
+            Backend::Nft => {
+                "nf_tables with the inet family (CONFIG_NF_TABLES_INET), inet nat chains \
+                 (CONFIG_NFT_NAT, Linux >= 5.2), sets with timeouts and concatenations, and the \
+                 queue expression (CONFIG_NFT_QUEUE, module nft_queue)"
+            }
+        }
+    }
+
+    /// A warning to show whenever this backend's rules are applied, if any.
+    pub fn caveat(self) -> Option<&'static str> {
+        match self {
+            Backend::Nft => Some(
+                "the nft backend queues the control connections, but the daemon does not fill \
+                 nft sets yet (it fills ipsets): data-connection SYNs are not queued, so data \
+                 connections that need NAT or that the firewall admits only as RELATED fail; \
+                 use --backend iptables-nft or iptables-legacy for a working ALG",
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                format!("unknown backend '{s}': use iptables-nft, iptables-legacy or nft")
+            })
+    }
+}
 
 /// What to generate rules for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,13 +185,15 @@ pub struct RuleSpec {
     pub queue: u16,
     /// FTP control ports (usually `[21]`).
     pub ports: Vec<u16>,
-    /// ipset of IPv4 data destinations.
+    /// Set of IPv4 data destinations (an ipset, or an nft set in `table inet ftpct`).
     pub set4: String,
-    /// ipset of IPv6 data destinations.
+    /// Set of IPv6 data destinations.
     pub set6: String,
     /// `--queue-bypass` on the control-packet rules: accept them unprocessed when no daemon is
     /// bound (an FTP through NAT then fails as without ALG) instead of dropping them.
     pub bypass: bool,
+    /// Which tool installs the rules.
+    pub backend: Backend,
 }
 
 impl Default for RuleSpec {
@@ -67,6 +204,23 @@ impl Default for RuleSpec {
             set4: ipset::DEFAULT_SET4.to_string(),
             set6: ipset::DEFAULT_SET6.to_string(),
             bypass: false,
+            backend: Backend::default(),
+        }
+    }
+}
+
+impl RuleSpec {
+    /// The rules matching a configuration file (`ftpct rules --config FILE`): its queue, ports
+    /// and set names, and `fail_open` as `bypass` (an admin who prefers connectivity when the
+    /// queue is full also prefers it when no daemon is bound). The backend is the default one.
+    pub fn from_settings(s: &Settings) -> RuleSpec {
+        RuleSpec {
+            queue: s.queue,
+            ports: s.ports.clone(),
+            set4: s.ipset4.clone(),
+            set6: s.ipset6.clone(),
+            bypass: s.fail_open,
+            backend: Backend::default(),
         }
     }
 }
@@ -79,7 +233,7 @@ pub enum Family {
 }
 
 impl Family {
-    /// `iptables` or `ip6tables`.
+    /// `iptables` or `ip6tables` (the generic name; [`Rule::program`] is the one run).
     pub fn program(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
@@ -95,16 +249,18 @@ pub enum Group {
     ControlPre,
     /// (b) control packets after conntrack.
     ControlPost,
-    /// (c) data SYNs listed in the ipset.
+    /// (c) data SYNs listed in the set.
     DataSyn,
     /// (d) nat PREROUTING base chain.
     NatHook,
 }
 
-/// One rule: `program -t table -A chain args...`.
+/// One iptables rule: `program -t table -A chain args...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub family: Family,
+    /// [`Backend::IptablesNft`] or [`Backend::IptablesLegacy`].
+    pub backend: Backend,
     pub table: &'static str,
     pub chain: &'static str,
     /// The rule specification (matches and target), without `-t`/`-A`.
@@ -113,14 +269,14 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The program that applies this rule (`iptables-nft`, `ip6tables-legacy`, ...).
+    pub fn program(&self) -> &'static str {
+        self.backend.program(self.family)
+    }
+
     /// The command line that appends this rule.
     pub fn command_line(&self) -> String {
-        let mut s = format!(
-            "{} -t {} -A {}",
-            self.family.program(),
-            self.table,
-            self.chain
-        );
+        let mut s = format!("{} -t {} -A {}", self.program(), self.table, self.chain);
         for a in &self.args {
             s.push(' ');
             s.push_str(&shell_quote(a));
@@ -140,6 +296,13 @@ pub enum RulesError {
         "rules: invalid set name {0:?}: use 1 to 31 characters among letters, digits, '_', '-', '.'"
     )]
     BadSetName(String),
+    #[error(
+        "rules: invalid nft set name {0:?}: with --backend nft, use 1 to 31 characters among \
+         letters, digits and '_', starting with a letter"
+    )]
+    BadNftSetName(String),
+    #[error("rules: the {0} backend has no iptables rules (use render() or nft_script())")]
+    NotIptables(Backend),
     #[error("rules: {program} not found: {hint}")]
     ToolMissing {
         program: &'static str,
@@ -151,13 +314,22 @@ pub enum RulesError {
         source: io::Error,
     },
     #[error(
-        "rules: `{command}` failed ({status}): {stderr}; check that the kernel has the \
-         raw/mangle/nat tables and the multiport, set, comment and NFQUEUE extensions"
+        "rules: the {backend} backend cannot work on this kernel: it lacks {feature}. \
+         Use another --backend (see ftpct(8)) or a kernel with it. ({detail})"
     )]
+    KernelFeature {
+        backend: Backend,
+        feature: String,
+        detail: String,
+    },
+    #[error("rules: `{command}` failed ({status}): {stderr}; {hint}")]
     Failed {
+        backend: Backend,
         command: String,
         status: String,
         stderr: String,
+        /// What to check, from the tool's message.
+        hint: String,
     },
     #[error(
         "rules: `{0}` still matches after {MAX_DUPLICATES} deletions; remove it by hand \
@@ -168,7 +340,18 @@ pub enum RulesError {
     Ipset(#[from] IpsetError),
 }
 
-fn check_set_name(name: &str) -> Result<(), RulesError> {
+fn check_set_name(name: &str, backend: Backend) -> Result<(), RulesError> {
+    if backend == Backend::Nft {
+        let mut cs = name.chars();
+        let ok = name.len() <= ipset::MAX_NAME_LEN
+            && cs.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && cs.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        return if ok {
+            Ok(())
+        } else {
+            Err(RulesError::BadNftSetName(name.to_string()))
+        };
+    }
     let ok = !name.is_empty()
         && name.len() <= ipset::MAX_NAME_LEN
         && name
@@ -185,23 +368,34 @@ fn strings(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
-/// The rules for `spec`, in the order they are applied and printed: group (a), (b), (c), (d),
-/// IPv4 before IPv6 within each table/chain.
-pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
+/// Validates the spec; returns its ports without duplicates, in order.
+fn checked_ports(spec: &RuleSpec) -> Result<Vec<u16>, RulesError> {
     if spec.ports.is_empty() {
         return Err(RulesError::NoPorts);
     }
     if spec.ports.contains(&0) {
         return Err(RulesError::PortZero);
     }
-    check_set_name(&spec.set4)?;
-    check_set_name(&spec.set6)?;
+    check_set_name(&spec.set4, spec.backend)?;
+    check_set_name(&spec.set6, spec.backend)?;
     let mut ports: Vec<u16> = Vec::with_capacity(spec.ports.len());
     for p in &spec.ports {
         if !ports.contains(p) {
             ports.push(*p);
         }
     }
+    Ok(ports)
+}
+
+/// The iptables rules for `spec` (backend `iptables-nft` or `iptables-legacy`), in the order
+/// they are applied and printed: group (a), (b), (c), (d), IPv4 before IPv6 within each
+/// table/chain.
+pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
+    if spec.backend == Backend::Nft {
+        return Err(RulesError::NotIptables(spec.backend));
+    }
+    let ports = checked_ports(spec)?;
+    let backend = spec.backend;
     let queue = spec.queue.to_string();
     let target = |bypass: bool| {
         let mut t = strings(&["-j", "NFQUEUE", "--queue-num", &queue]);
@@ -240,6 +434,7 @@ pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
                     for dir in ["--dports", "--sports"] {
                         out.push(Rule {
                             family,
+                            backend,
                             table,
                             chain,
                             args: control(dir, list),
@@ -265,6 +460,7 @@ pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
         a.extend(target(true));
         out.push(Rule {
             family,
+            backend,
             table: "raw",
             chain: "PREROUTING",
             args: a,
@@ -274,6 +470,7 @@ pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
     for family in [Family::V4, Family::V6] {
         out.push(Rule {
             family,
+            backend,
             table: "nat",
             chain: "PREROUTING",
             args: comment.clone(),
@@ -306,7 +503,8 @@ fn group_header(g: Group) -> &'static str {
     }
 }
 
-/// The rules as shell commands, one per line, grouped under comments explaining each group.
+/// The iptables rules as shell commands, one per line, grouped under comments explaining each
+/// group.
 pub fn print(rules: &[Rule]) -> String {
     let mut s = String::from(
         "# ftpct: iptables/ip6tables rules (every rule carries -m comment --comment ftpct;\n\
@@ -326,6 +524,112 @@ pub fn print(rules: &[Rule]) -> String {
     s
 }
 
+/// What `ftpct rules` prints for `spec`: shell commands for the iptables backends, an
+/// `nft -f` script for the nft backend.
+pub fn render(spec: &RuleSpec) -> Result<String, RulesError> {
+    match spec.backend {
+        Backend::Nft => nft_script(spec),
+        _ => rules(spec).map(|r| print(&r)),
+    }
+}
+
+fn nft_queue(queue: u16, bypass: bool) -> String {
+    if bypass {
+        format!("queue num {queue} bypass")
+    } else {
+        format!("queue num {queue}")
+    }
+}
+
+/// The nft backend's script (for `nft -f`): creates `table inet ftpct` with its sets and base
+/// chains if missing, keeps the sets' elements, and replaces the chains' rules — atomically,
+/// as nft runs a script as one transaction.
+pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
+    // Names are checked as nft wants them, whatever the spec's backend.
+    let spec = &RuleSpec {
+        backend: Backend::Nft,
+        ..spec.clone()
+    };
+    let ports = checked_ports(spec)?;
+    let list = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = format!("inet {NFT_TABLE}");
+    let q = nft_queue(spec.queue, spec.bypass);
+    let not_syn = "tcp flags & (fin | syn | rst | ack) != syn";
+    let syn = "tcp flags & (fin | syn | rst | ack) == syn";
+    let mut s = String::new();
+    let mut line = |l: &str| {
+        s.push_str(l);
+        s.push('\n');
+    };
+    line("#!/usr/sbin/nft -f");
+    line(&format!(
+        "# ftpct: nftables rules, all in table {t} (`ftpct rules --backend nft --delete` deletes \
+         the table)."
+    ));
+    line("# Loading this script again replaces the rules and keeps the sets' elements.");
+    line(&format!("add table {t}"));
+    line("");
+    line("# Destinations (address . port) of expected data connections, with per-element");
+    line("# timeouts. NOTE: the ftpct daemon does not fill nft sets yet (it fills ipsets),");
+    line("# so with this backend the data-SYN rules below never match.");
+    for (set, ty) in [(&spec.set4, "ipv4_addr"), (&spec.set6, "ipv6_addr")] {
+        line(&format!(
+            "add set {t} {set} {{ type {ty} . inet_service; flags timeout; timeout {SET_DEFAULT_TIMEOUT}s; }}"
+        ));
+    }
+    line("");
+    line("# Base chains at the hooks and priorities of the iptables tables: raw = -300,");
+    line("# mangle = -150, dstnat = -100 (an empty nat chain registers the NAT hook that the");
+    line("# daemon's DNAT of data connections needs).");
+    let chains = [
+        ("raw_prerouting", "filter", "prerouting", -300),
+        ("raw_output", "filter", "output", -300),
+        ("mangle_postrouting", "filter", "postrouting", -150),
+        ("mangle_input", "filter", "input", -150),
+        ("nat_prerouting", "nat", "prerouting", -100),
+    ];
+    for (name, ty, hook, prio) in chains {
+        line(&format!(
+            "add chain {t} {name} {{ type {ty} hook {hook} priority {prio}; policy accept; }}"
+        ));
+    }
+    for (name, ..) in chains {
+        line(&format!("flush chain {t} {name}"));
+    }
+    let c = format!("comment \"{COMMENT}\"");
+    line("");
+    line("# (a) FTP control packets, both directions, before conntrack and NAT; not pure SYNs.");
+    for chain in ["raw_prerouting", "raw_output"] {
+        for dir in ["dport", "sport"] {
+            line(&format!(
+                "add rule {t} {chain} tcp {dir} {{ {list} }} {not_syn} {q} {c}"
+            ));
+        }
+    }
+    line("");
+    line("# (b) the same packets after conntrack and DNAT (acknowledgement numbers fixed here).");
+    for chain in ["mangle_postrouting", "mangle_input"] {
+        for dir in ["dport", "sport"] {
+            line(&format!(
+                "add rule {t} {chain} tcp {dir} {{ {list} }} {not_syn} {q} {c}"
+            ));
+        }
+    }
+    line("");
+    line("# (c) data-connection SYNs to an expected destination; bypass: untouched without ftpct.");
+    let qb = nft_queue(spec.queue, true);
+    for (set, fam) in [(&spec.set4, "ip"), (&spec.set6, "ip6")] {
+        line(&format!(
+            "add rule {t} raw_prerouting {syn} {fam} daddr . tcp dport @{set} {qb} {c}"
+        ));
+    }
+    Ok(s)
+}
+
 fn shell_quote(a: &str) -> String {
     let plain = !a.is_empty()
         && a.chars()
@@ -335,6 +639,49 @@ fn shell_quote(a: &str) -> String {
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))
     }
+}
+
+/// Splits a rule line of `iptables -S` into arguments: words separated by spaces, where a
+/// double-quoted word may contain spaces and `\"`/`\\` escapes (as iptables prints comments).
+pub fn split_rule_line(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// Whether the arguments of a rule carry exactly ftpct's comment.
+fn has_our_comment(args: &[String]) -> bool {
+    args.windows(2)
+        .any(|w| w[0] == "--comment" && w[1] == COMMENT)
 }
 
 /// Runs a program with arguments; abstracted for tests.
@@ -350,6 +697,76 @@ impl Exec for SystemExec {
     fn exec(&mut self, program: &'static str, args: &[&str]) -> io::Result<Output> {
         Command::new(program).args(args).output()
     }
+}
+
+fn spawn(
+    exec: &mut dyn Exec,
+    backend: Backend,
+    program: &'static str,
+    args: &[&str],
+) -> Result<Output, RulesError> {
+    exec.exec(program, args).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            RulesError::ToolMissing {
+                program,
+                hint: backend.install_hint(),
+            }
+        } else {
+            RulesError::Spawn { program, source }
+        }
+    })
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+/// What to check after a tool failed with `stderr`.
+fn hint_for(backend: Backend, stderr: &str) -> String {
+    if stderr.contains("Can't open socket to ipset") {
+        "iptables' set match opens a raw socket to look sets up: it needs CAP_NET_RAW as well \
+         as CAP_NET_ADMIN"
+            .into()
+    } else if stderr.contains("xtables.lock") {
+        "iptables-legacy needs write access to /run/xtables.lock (the lock shared by every \
+         iptables-legacy user)"
+            .into()
+    } else if stderr.contains("Permission denied") || stderr.contains("Operation not permitted") {
+        "run it as root, or with CAP_NET_ADMIN (and CAP_NET_RAW for iptables' set match and \
+         for iptables-legacy)"
+            .into()
+    } else {
+        format!(
+            "the {backend} backend needs {}",
+            backend.kernel_requirements()
+        )
+    }
+}
+
+fn failed(backend: Backend, program: &str, args: &[&str], out: &Output) -> RulesError {
+    let stderr = stderr_of(out);
+    RulesError::Failed {
+        backend,
+        command: format!("{program} {}", args.join(" ")),
+        status: out.status.to_string(),
+        hint: hint_for(backend, &stderr),
+        stderr,
+    }
+}
+
+/// Whether a failed `-C` means "no such rule": exit status 1 with iptables' own words for it
+/// (or nothing). Status 1 is also the status of other errors (e.g. "Can't open socket to
+/// ipset" without CAP_NET_RAW), which must not pass for "absent": `delete` would then leave
+/// the rule and `apply` would fail later on `-A`, or add a duplicate.
+fn check_says_absent(out: &Output) -> bool {
+    if out.status.code() != Some(1) {
+        return false;
+    }
+    let e = String::from_utf8_lossy(&out.stderr);
+    let e = e.trim();
+    e.is_empty()
+        || e.contains("does a matching rule exist")
+        || e.contains("No chain/target/match by that name")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,28 +786,15 @@ fn run(exec: &mut dyn Exec, op: Op, r: &Rule) -> Result<bool, RulesError> {
     };
     let mut argv: Vec<&str> = vec!["-w", "-t", r.table, flag, r.chain];
     argv.extend(r.args.iter().map(String::as_str));
-    let program = r.family.program();
-    let out = exec.exec(program, &argv).map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            RulesError::ToolMissing {
-                program,
-                hint: "install it (Debian: apt-get install iptables)",
-            }
-        } else {
-            RulesError::Spawn { program, source }
-        }
-    })?;
+    let program = r.program();
+    let out = spawn(exec, r.backend, program, &argv)?;
     if out.status.success() {
         return Ok(true);
     }
-    if op == Op::Check && out.status.code() == Some(1) {
+    if op == Op::Check && check_says_absent(&out) {
         return Ok(false);
     }
-    Err(RulesError::Failed {
-        command: format!("{program} {}", argv.join(" ")),
-        status: out.status.to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+    Err(failed(r.backend, program, &argv, &out))
 }
 
 /// Appends each rule that `-C` does not find. Returns how many were added.
@@ -423,23 +827,231 @@ pub fn delete_rules(exec: &mut dyn Exec, rules: &[Rule]) -> Result<usize, RulesE
     Ok(deleted)
 }
 
-/// Creates the two ipsets (idempotent) and appends the missing rules, in the calling thread's
-/// network namespace. Returns how many rules were added.
-pub fn apply(spec: &RuleSpec) -> Result<usize, RulesError> {
+/// Deletes every rule of the raw, mangle and nat tables whose comment is exactly `ftpct`, for
+/// both families, as listed by `-S` (rules of other specs: another queue number, other ports,
+/// other set names). Returns how many were deleted.
+pub fn sweep_rules(exec: &mut dyn Exec, backend: Backend) -> Result<usize, RulesError> {
+    let mut deleted = 0;
+    for family in [Family::V4, Family::V6] {
+        let program = backend.program(family);
+        for table in TABLES {
+            let args = ["-w", "-t", table, "-S"];
+            let out = spawn(exec, backend, program, &args)?;
+            if !out.status.success() {
+                return Err(failed(backend, program, &args, &out));
+            }
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            for line in text.lines() {
+                let words = split_rule_line(line);
+                if words.len() < 2 || words[0] != "-A" || !has_our_comment(&words) {
+                    continue;
+                }
+                let mut argv: Vec<&str> = vec!["-w", "-t", table, "-D"];
+                argv.extend(words[1..].iter().map(String::as_str));
+                let out = spawn(exec, backend, program, &argv)?;
+                if !out.status.success() {
+                    return Err(failed(backend, program, &argv, &out));
+                }
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Checks that the kernel has the tables an iptables backend needs, by listing them (`-S`).
+fn preflight_iptables(exec: &mut dyn Exec, backend: Backend) -> Result<(), RulesError> {
+    for family in [Family::V4, Family::V6] {
+        let program = backend.program(family);
+        for table in TABLES {
+            let args = ["-w", "-t", table, "-S"];
+            let out = spawn(exec, backend, program, &args)?;
+            if out.status.success() {
+                continue;
+            }
+            let stderr = stderr_of(&out);
+            let missing_table = stderr.contains("does not exist")
+                || stderr.contains("can't initialize")
+                || stderr.contains("generation id")
+                || stderr.contains("Protocol not supported")
+                || stderr.contains("Address family not supported");
+            if !missing_table {
+                return Err(failed(backend, program, &args, &out));
+            }
+            let ip = match family {
+                Family::V4 => "IP",
+                Family::V6 => "IP6",
+            };
+            let feature = match backend {
+                Backend::IptablesLegacy => format!(
+                    "the legacy x_tables table '{table}' for {} (CONFIG_{ip}_NF_IPTABLES_LEGACY \
+                     and CONFIG_{ip}_NF_{}, module {}table_{table})",
+                    if family == Family::V4 { "IPv4" } else { "IPv6" },
+                    table.to_ascii_uppercase(),
+                    if family == Family::V4 { "ip" } else { "ip6" },
+                ),
+                _ => format!(
+                    "nf_tables for {} (CONFIG_NF_TABLES, CONFIG_NF_TABLES_{})",
+                    if family == Family::V4 { "IPv4" } else { "IPv6" },
+                    if family == Family::V4 { "IPV4" } else { "IPV6" },
+                ),
+            };
+            return Err(RulesError::KernelFeature {
+                backend,
+                feature,
+                detail: format!("{program} {}: {stderr}", args.join(" ")),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `nft -t list table inet ftpct` (terse: without the sets' elements); `None` if there is no
+/// such table.
+fn nft_list(exec: &mut dyn Exec) -> Result<Option<String>, RulesError> {
+    let args = ["-t", "list", "table", "inet", NFT_TABLE];
+    let out = spawn(exec, Backend::Nft, "nft", &args)?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    if stderr_of(&out).contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(failed(Backend::Nft, "nft", &args, &out))
+}
+
+fn nft_rule_count(listing: &str) -> usize {
+    listing
+        .lines()
+        .filter(|l| l.contains(&format!("comment \"{COMMENT}\"")))
+        .count()
+}
+
+/// Dry-run probes (`nft -c`, nothing is created) of what the nft backend needs, in order; the
+/// first one the kernel refuses names the missing feature.
+const NFT_PROBES: [(&str, &str); 4] = [
+    (
+        "nf_tables with the inet family (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)",
+        "add table inet ftpct_probe\n\
+         add chain inet ftpct_probe c { type filter hook prerouting priority -300; }",
+    ),
+    (
+        "nat base chains in the inet family (CONFIG_NFT_NAT, Linux >= 5.2)",
+        "add table inet ftpct_probe\n\
+         add chain inet ftpct_probe n { type nat hook prerouting priority -100; }",
+    ),
+    (
+        "nf_tables sets with concatenations and timeouts (CONFIG_NF_TABLES, nft_set_hash)",
+        "add table inet ftpct_probe\n\
+         add set inet ftpct_probe s { type ipv4_addr . inet_service; flags timeout; timeout 120s; }",
+    ),
+    (
+        "the nf_tables queue expression (CONFIG_NFT_QUEUE, module nft_queue); the x_tables \
+         NFQUEUE target (CONFIG_NETFILTER_XT_TARGET_NFQUEUE through CONFIG_NFT_COMPAT) that \
+         iptables-nft uses cannot be written in nft syntax",
+        "add table inet ftpct_probe\n\
+         add chain inet ftpct_probe c { type filter hook prerouting priority -300; }\n\
+         add rule inet ftpct_probe c meta l4proto tcp queue num 0 bypass",
+    ),
+];
+
+/// Runs the probes; the first refused one as [`RulesError::KernelFeature`].
+fn nft_diagnose(exec: &mut dyn Exec) -> Result<(), RulesError> {
+    for (feature, probe) in NFT_PROBES {
+        let out = spawn(exec, Backend::Nft, "nft", &["-c", probe])?;
+        if !out.status.success() {
+            return Err(RulesError::KernelFeature {
+                backend: Backend::Nft,
+                feature: feature.to_string(),
+                detail: format!(
+                    "nft -c '{}': {}",
+                    probe.lines().last().unwrap_or(""),
+                    // nft may append a misleading "; did you mean chain X" guess.
+                    stderr_of(&out)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .split("; did you mean")
+                        .next()
+                        .unwrap_or("")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether this kernel can load the nft backend's `queue` statement (dry run, nothing created).
+pub fn nft_queue_supported(exec: &mut dyn Exec) -> Result<bool, RulesError> {
+    match nft_diagnose(exec) {
+        Ok(()) => Ok(true),
+        Err(RulesError::KernelFeature { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn nft_apply(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
+    let script = nft_script(spec)?;
+    let before = nft_list(exec)?;
+    let out = spawn(exec, Backend::Nft, "nft", &[&script])?;
+    if !out.status.success() {
+        nft_diagnose(exec)?;
+        return Err(failed(
+            Backend::Nft,
+            "nft",
+            &["<script of ftpct rules --backend nft>"],
+            &out,
+        ));
+    }
+    let after = nft_list(exec)?.unwrap_or_default();
+    if before.as_deref() == Some(after.as_str()) {
+        Ok(0)
+    } else {
+        Ok(nft_rule_count(&after))
+    }
+}
+
+fn nft_delete(exec: &mut dyn Exec) -> Result<usize, RulesError> {
+    let Some(before) = nft_list(exec)? else {
+        return Ok(0);
+    };
+    // `add` first: deleting a table that vanished meanwhile is then not an error.
+    let script = format!("add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n");
+    let out = spawn(exec, Backend::Nft, "nft", &[&script])?;
+    if !out.status.success() {
+        return Err(failed(Backend::Nft, "nft", &[&script], &out));
+    }
+    Ok(nft_rule_count(&before))
+}
+
+/// Installs the rules of `spec` with its backend, running the tools through `exec`, in the
+/// calling thread's network namespace (iptables backends: also creates the two ipsets). Returns
+/// how many rules were added: for the iptables backends the rules `-C` did not find; for nft,
+/// the number of rules in `table inet ftpct` if its content changed, 0 if it was already so.
+pub fn apply_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
+    if spec.backend == Backend::Nft {
+        return nft_apply(exec, spec);
+    }
     let rules = rules(spec)?;
+    preflight_iptables(exec, spec.backend)?;
     let mut set = Ipset::open()?;
     set.create_hash_ip_port(&spec.set4, SetFamily::V4, SET_DEFAULT_TIMEOUT)?;
     set.create_hash_ip_port(&spec.set6, SetFamily::V6, SET_DEFAULT_TIMEOUT)?;
-    apply_rules(&mut SystemExec, &rules)
+    apply_rules(exec, &rules)
 }
 
-/// Removes exactly ftpct's rules, then destroys the two ipsets. Returns how many rules were
-/// deleted.
+/// Removes ftpct's rules with `spec`'s backend (see the module doc); for the iptables backends
+/// then destroys the two ipsets of `spec`. Returns how many rules were deleted.
 ///
 /// `iptables -C` of a rule that names a missing set fails (exit status 2) instead of answering
 /// "absent", so the sets are (re)created first if missing. A set of that name with another type
-/// or other parameters than `apply` gives it is not ftpct's and is left alone.
-pub fn delete(spec: &RuleSpec) -> Result<usize, RulesError> {
+/// or other parameters than `apply` gives it is not ftpct's and is left alone. On a kernel
+/// without the backend's tables nothing can be installed, and nothing is deleted (`Ok(0)`).
+pub fn delete_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
+    if spec.backend == Backend::Nft {
+        checked_ports(spec)?;
+        return nft_delete(exec);
+    }
     let rules = rules(spec)?;
     let mut set = Ipset::open()?;
     let mut ours = Vec::with_capacity(2);
@@ -450,11 +1062,25 @@ pub fn delete(spec: &RuleSpec) -> Result<usize, RulesError> {
             Err(e) => return Err(e.into()),
         }
     }
-    let n = delete_rules(&mut SystemExec, &rules)?;
+    let n = match preflight_iptables(exec, spec.backend) {
+        Ok(()) => delete_rules(exec, &rules)? + sweep_rules(exec, spec.backend)?,
+        Err(RulesError::KernelFeature { .. }) => 0,
+        Err(e) => return Err(e),
+    };
     for name in ours {
         set.destroy(name)?;
     }
     Ok(n)
+}
+
+/// [`apply_with`] running the real tools.
+pub fn apply(spec: &RuleSpec) -> Result<usize, RulesError> {
+    apply_with(&mut SystemExec, spec)
+}
+
+/// [`delete_with`] running the real tools.
+pub fn delete(spec: &RuleSpec) -> Result<usize, RulesError> {
+    delete_with(&mut SystemExec, spec)
 }
 
 #[cfg(test)]
@@ -466,11 +1092,22 @@ mod tests {
         RuleSpec::default()
     }
 
+    fn output(code: i32, stdout: &str, stderr: &str) -> Output {
+        Output {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
     #[test]
     fn every_rule_has_the_comment() {
-        for r in rules(&spec()).unwrap() {
-            let joined = r.args.join(" ");
-            assert!(joined.contains("-m comment --comment ftpct"), "{joined}");
+        for backend in [Backend::IptablesNft, Backend::IptablesLegacy] {
+            for r in rules(&RuleSpec { backend, ..spec() }).unwrap() {
+                let joined = r.args.join(" ");
+                assert!(joined.contains("-m comment --comment ftpct"), "{joined}");
+                assert!(has_our_comment(&r.args));
+            }
         }
     }
 
@@ -482,7 +1119,7 @@ mod tests {
         let first = &rs[0];
         assert_eq!(
             first.command_line(),
-            "iptables -t raw -A PREROUTING -p tcp -m multiport --dports 21 ! --syn \
+            "iptables-nft -t raw -A PREROUTING -p tcp -m multiport --dports 21 ! --syn \
              -m comment --comment ftpct -j NFQUEUE --queue-num 0"
         );
         let pre: Vec<_> = rs.iter().filter(|r| r.group == Group::ControlPre).collect();
@@ -500,17 +1137,78 @@ mod tests {
         assert_eq!(syn.len(), 2);
         assert_eq!(
             syn[0].command_line(),
-            "iptables -t raw -A PREROUTING -p tcp --syn -m set --match-set ftpct4 dst,dst \
+            "iptables-nft -t raw -A PREROUTING -p tcp --syn -m set --match-set ftpct4 dst,dst \
              -m comment --comment ftpct -j NFQUEUE --queue-num 0 --queue-bypass"
         );
         assert_eq!(syn[1].family, Family::V6);
+        assert_eq!(syn[1].program(), "ip6tables-nft");
         assert!(syn[1].args.contains(&"ftpct6".to_string()));
         let nat: Vec<_> = rs.iter().filter(|r| r.group == Group::NatHook).collect();
         assert_eq!(
             nat[0].command_line(),
-            "iptables -t nat -A PREROUTING -m comment --comment ftpct"
+            "iptables-nft -t nat -A PREROUTING -m comment --comment ftpct"
         );
         assert_eq!(nat[1].family, Family::V6);
+    }
+
+    #[test]
+    fn legacy_uses_the_legacy_programs_with_the_same_rules() {
+        let nft = rules(&spec()).unwrap();
+        let legacy = rules(&RuleSpec {
+            backend: Backend::IptablesLegacy,
+            ..spec()
+        })
+        .unwrap();
+        assert_eq!(nft.len(), legacy.len());
+        for (a, b) in nft.iter().zip(&legacy) {
+            assert_eq!((a.table, a.chain, &a.args), (b.table, b.chain, &b.args));
+            assert!(b.program().ends_with("tables-legacy"), "{}", b.program());
+        }
+        assert!(matches!(
+            rules(&RuleSpec {
+                backend: Backend::Nft,
+                ..spec()
+            }),
+            Err(RulesError::NotIptables(Backend::Nft))
+        ));
+    }
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in Backend::ALL {
+            assert_eq!(b.name().parse::<Backend>().unwrap(), b);
+            assert_eq!(b.to_string(), b.name());
+        }
+        let e = "iptables".parse::<Backend>().unwrap_err();
+        assert!(e.contains("iptables-nft, iptables-legacy or nft"), "{e}");
+        assert_eq!(Backend::default(), Backend::IptablesNft);
+        assert!(Backend::Nft.caveat().is_some());
+        assert!(Backend::IptablesNft.caveat().is_none());
+        assert!(Backend::Nft
+            .kernel_requirements()
+            .contains("CONFIG_NFT_QUEUE"));
+    }
+
+    #[test]
+    fn spec_from_settings() {
+        let text = "queue = 4\nports = 21, 2121\nipset4 = a4\nipset6 = a6\nfail_open = true\n";
+        let s = crate::config::parse(text, std::path::Path::new("t.conf")).unwrap();
+        let r = RuleSpec::from_settings(&s);
+        assert_eq!(
+            r,
+            RuleSpec {
+                queue: 4,
+                ports: vec![21, 2121],
+                set4: "a4".into(),
+                set6: "a6".into(),
+                bypass: true,
+                backend: Backend::IptablesNft,
+            }
+        );
+        assert_eq!(
+            RuleSpec::from_settings(&crate::config::Settings::default()),
+            spec()
+        );
     }
 
     #[test]
@@ -561,6 +1259,11 @@ mod tests {
             lists,
             ["1,2,3,4,5,6,7,8,9,10,11,12,13,14,15", "16,17,18,19,20,21"]
         );
+        // nft: one anonymous set, no 15-port limit.
+        let n = nft_script(&s).unwrap();
+        assert!(n.contains(
+            "tcp dport { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21 }"
+        ));
     }
 
     #[test]
@@ -588,12 +1291,24 @@ mod tests {
                 Err(RulesError::BadSetName(_))
             ));
         }
+        // ipset accepts these, nft identifiers do not.
+        for bad in ["a-b", "4set", "a.b", ""] {
+            assert!(matches!(
+                render(&RuleSpec {
+                    set6: bad.to_string(),
+                    backend: Backend::Nft,
+                    ..spec()
+                }),
+                Err(RulesError::BadNftSetName(_))
+            ));
+        }
     }
 
     #[test]
     fn print_has_headers_and_one_command_per_rule() {
         let rs = rules(&spec()).unwrap();
         let p = print(&rs);
+        assert_eq!(render(&spec()).unwrap(), p);
         let cmds: Vec<&str> = p
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -601,10 +1316,56 @@ mod tests {
         assert_eq!(cmds.len(), rs.len());
         assert!(cmds
             .iter()
-            .all(|l| l.starts_with("iptables -t ") || l.starts_with("ip6tables -t ")));
+            .all(|l| l.starts_with("iptables-nft -t ") || l.starts_with("ip6tables-nft -t ")));
         for h in ["(a)", "(b)", "(c)", "(d)", "nat PREROUTING base chain"] {
             assert!(p.contains(h), "missing {h} in\n{p}");
         }
+    }
+
+    #[test]
+    fn nft_script_shape() {
+        let s = RuleSpec {
+            queue: 3,
+            ports: vec![21, 2121],
+            backend: Backend::Nft,
+            ..spec()
+        };
+        let n = render(&s).unwrap();
+        assert!(n.starts_with("#!/usr/sbin/nft -f\n"));
+        let cmds: Vec<&str> = n
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert_eq!(cmds[0], "add table inet ftpct");
+        for c in [
+            "add set inet ftpct ftpct4 { type ipv4_addr . inet_service; flags timeout; timeout 120s; }",
+            "add set inet ftpct ftpct6 { type ipv6_addr . inet_service; flags timeout; timeout 120s; }",
+            "add chain inet ftpct raw_prerouting { type filter hook prerouting priority -300; policy accept; }",
+            "add chain inet ftpct raw_output { type filter hook output priority -300; policy accept; }",
+            "add chain inet ftpct mangle_postrouting { type filter hook postrouting priority -150; policy accept; }",
+            "add chain inet ftpct mangle_input { type filter hook input priority -150; policy accept; }",
+            "add chain inet ftpct nat_prerouting { type nat hook prerouting priority -100; policy accept; }",
+            "add rule inet ftpct raw_prerouting tcp dport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn queue num 3 comment \"ftpct\"",
+            "add rule inet ftpct mangle_input tcp sport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn queue num 3 comment \"ftpct\"",
+            "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip daddr . tcp dport @ftpct4 queue num 3 bypass comment \"ftpct\"",
+            "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip6 daddr . tcp dport @ftpct6 queue num 3 bypass comment \"ftpct\"",
+        ] {
+            assert!(cmds.contains(&c), "missing {c} in\n{n}");
+        }
+        // Every chain is flushed before its rules are added, after it is created.
+        let pos = |p: &str| cmds.iter().position(|c| c.starts_with(p)).unwrap();
+        assert!(pos("add chain inet ftpct raw_output") < pos("flush chain inet ftpct raw_output"));
+        assert!(pos("flush chain inet ftpct raw_output") < pos("add rule"));
+        assert_eq!(
+            cmds.iter().filter(|c| c.starts_with("add rule")).count(),
+            10
+        );
+        assert!(cmds
+            .iter()
+            .filter(|c| c.starts_with("add rule"))
+            .all(|c| c.ends_with("comment \"ftpct\"")));
+        let b = render(&RuleSpec { bypass: true, ..s }).unwrap();
+        assert_eq!(b.matches("bypass comment").count(), 10);
     }
 
     #[test]
@@ -615,7 +1376,37 @@ mod tests {
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 
-    /// A fake iptables holding a multiset of rules.
+    #[test]
+    fn rule_lines_of_iptables_s_are_split() {
+        assert_eq!(
+            split_rule_line(
+                "-A PREROUTING -p tcp -m comment --comment \"ftpct x \\\"q\\\"\" -j ACCEPT"
+            ),
+            [
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "-m",
+                "comment",
+                "--comment",
+                "ftpct x \"q\"",
+                "-j",
+                "ACCEPT"
+            ]
+        );
+        assert_eq!(
+            split_rule_line("  -P INPUT  ACCEPT "),
+            ["-P", "INPUT", "ACCEPT"]
+        );
+        assert_eq!(split_rule_line("a \"\" b"), ["a", "", "b"]);
+        let w = split_rule_line("-A X -m comment --comment \"ftpct x\" -j ACCEPT");
+        assert!(!has_our_comment(&w));
+        let w = split_rule_line("-A X -m comment --comment ftpct -j ACCEPT");
+        assert!(has_our_comment(&w));
+    }
+
+    /// A fake iptables holding a multiset of rules per program and table.
     #[derive(Default)]
     struct Fake {
         present: Vec<String>,
@@ -627,6 +1418,17 @@ mod tests {
             let line = format!("{program} {}", args.join(" "));
             self.calls.push(line);
             assert_eq!(args[0], "-w");
+            if args[3] == "-S" {
+                let prefix = format!("{program} {} ", args[2]);
+                let mut out = String::from("-P PREROUTING ACCEPT\n");
+                for k in &self.present {
+                    if let Some(rest) = k.strip_prefix(&prefix) {
+                        let rest = rest.replace("--comment ftpct", "--comment \"ftpct\"");
+                        out.push_str(&format!("-A {rest}\n"));
+                    }
+                }
+                return Ok(output(0, &out, ""));
+            }
             let key = format!("{program} {} {} {}", args[2], args[4], args[5..].join(" "));
             let code = match args[3] {
                 "-C" => i32::from(!self.present.contains(&key)),
@@ -643,21 +1445,18 @@ mod tests {
                 },
                 other => panic!("unexpected {other}"),
             };
-            Ok(Output {
-                status: std::process::ExitStatus::from_raw(code << 8),
-                stdout: vec![],
-                stderr: vec![],
-            })
+            Ok(output(code, "", ""))
         }
     }
+
+    const ADMIN: &str =
+        "iptables-nft filter FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT";
 
     #[test]
     fn apply_is_idempotent_and_delete_removes_duplicates_only_of_ours() {
         let rs = rules(&spec()).unwrap();
         let mut f = Fake::default();
-        f.present.push(
-            "iptables filter FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT".into(),
-        );
+        f.present.push(ADMIN.into());
         assert_eq!(apply_rules(&mut f, &rs).unwrap(), rs.len());
         assert_eq!(apply_rules(&mut f, &rs).unwrap(), 0);
         assert_eq!(f.present.len(), rs.len() + 1);
@@ -665,11 +1464,33 @@ mod tests {
         let dup = f.present[1].clone();
         f.present.push(dup);
         assert_eq!(delete_rules(&mut f, &rs).unwrap(), rs.len() + 1);
-        assert_eq!(
-            f.present,
-            ["iptables filter FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
-        );
+        assert_eq!(f.present, [ADMIN]);
         assert!(f.calls.iter().all(|c| !c.contains(" -I ")));
+    }
+
+    #[test]
+    fn sweep_removes_rules_of_other_specs_and_nothing_else() {
+        let old = rules(&RuleSpec {
+            queue: 9,
+            ports: vec![2121],
+            ..spec()
+        })
+        .unwrap();
+        let mut f = Fake::default();
+        f.present.push(ADMIN.into());
+        f.present.push(
+            "iptables-nft raw PREROUTING -p tcp -m comment --comment ftpct-admin -j ACCEPT".into(),
+        );
+        apply_rules(&mut f, &old).unwrap();
+        // Of the current spec's rules only the two nat hook rules (the same for every spec)
+        // are there; the old ones are swept.
+        assert_eq!(delete_rules(&mut f, &rules(&spec()).unwrap()).unwrap(), 2);
+        assert_eq!(
+            sweep_rules(&mut f, Backend::IptablesNft).unwrap(),
+            old.len() - 2
+        );
+        assert_eq!(f.present.len(), 2, "{:?}", f.present);
+        assert_eq!(sweep_rules(&mut f, Backend::IptablesNft).unwrap(), 0);
     }
 
     #[test]
@@ -683,5 +1504,172 @@ mod tests {
         let rs = rules(&spec()).unwrap();
         let e = apply_rules(&mut Missing, &rs).unwrap_err();
         assert!(e.to_string().contains("apt-get install iptables"), "{e}");
+        let e = nft_apply(
+            &mut Missing,
+            &RuleSpec {
+                backend: Backend::Nft,
+                ..spec()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("apt-get install nftables"), "{e}");
+    }
+
+    #[test]
+    fn check_failures_other_than_absent_are_errors() {
+        assert!(check_says_absent(&output(1, "", "")));
+        assert!(check_says_absent(&output(
+            1,
+            "",
+            "iptables: Bad rule (does a matching rule exist in that chain?)."
+        )));
+        assert!(!check_says_absent(&output(
+            1,
+            "",
+            "iptables v1.8.9 (nf_tables): Can't open socket to ipset."
+        )));
+        assert!(!check_says_absent(&output(2, "", "Set x doesn't exist.")));
+        struct NoRaw;
+        impl Exec for NoRaw {
+            fn exec(&mut self, _: &'static str, _: &[&str]) -> io::Result<Output> {
+                Ok(output(
+                    1,
+                    "",
+                    "iptables v1.8.9 (nf_tables): Can't open socket to ipset.",
+                ))
+            }
+        }
+        let e = delete_rules(&mut NoRaw, &rules(&spec()).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("CAP_NET_RAW"), "{e}");
+    }
+
+    #[test]
+    fn legacy_tables_missing_names_the_kernel_feature() {
+        struct NoLegacy;
+        impl Exec for NoLegacy {
+            fn exec(&mut self, p: &'static str, args: &[&str]) -> io::Result<Output> {
+                assert_eq!(p, "iptables-legacy");
+                Ok(output(
+                    3,
+                    "",
+                    &format!(
+                        "iptables v1.8.9 (legacy): can't initialize iptables table `{}': Table \
+                         does not exist (do you need to insmod?)",
+                        args[2]
+                    ),
+                ))
+            }
+        }
+        let e = preflight_iptables(&mut NoLegacy, Backend::IptablesLegacy).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, RulesError::KernelFeature { .. }), "{m}");
+        assert!(m.contains("CONFIG_IP_NF_IPTABLES_LEGACY"), "{m}");
+        assert!(m.contains("CONFIG_IP_NF_RAW"), "{m}");
+        assert!(m.contains("iptable_raw"), "{m}");
+    }
+
+    /// A fake nft: the table's listing, and whether the kernel has the queue expression.
+    struct FakeNft {
+        table: Option<String>,
+        queue: bool,
+        scripts: Vec<String>,
+    }
+
+    impl Exec for FakeNft {
+        fn exec(&mut self, p: &'static str, args: &[&str]) -> io::Result<Output> {
+            assert_eq!(p, "nft");
+            Ok(match args {
+                ["-t", "list", "table", "inet", "ftpct"] => match &self.table {
+                    Some(t) => output(0, t, ""),
+                    None => output(1, "", "Error: No such file or directory"),
+                },
+                ["-c", probe] => {
+                    if probe.contains("queue") && !self.queue {
+                        output(
+                            1,
+                            "",
+                            "Error: Could not process rule: No such file or directory",
+                        )
+                    } else {
+                        output(0, "", "")
+                    }
+                }
+                [script] => {
+                    self.scripts.push(script.to_string());
+                    if script.contains("delete table") {
+                        self.table = None;
+                    } else if script.contains("queue") && !self.queue {
+                        return Ok(output(
+                            1,
+                            "",
+                            "Error: Could not process rule: No such file or directory",
+                        ));
+                    } else {
+                        let rules = script
+                            .lines()
+                            .filter(|l| l.starts_with("add rule"))
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        self.table = Some(format!("table inet ftpct {{\n{rules}\n}}\n"));
+                    }
+                    output(0, "", "")
+                }
+                other => panic!("unexpected nft {other:?}"),
+            })
+        }
+    }
+
+    #[test]
+    fn nft_apply_and_delete() {
+        let s = RuleSpec {
+            backend: Backend::Nft,
+            ..spec()
+        };
+        let mut f = FakeNft {
+            table: None,
+            queue: true,
+            scripts: vec![],
+        };
+        assert_eq!(delete_with(&mut f, &s).unwrap(), 0);
+        assert_eq!(apply_with(&mut f, &s).unwrap(), 10);
+        assert_eq!(apply_with(&mut f, &s).unwrap(), 0, "unchanged table");
+        assert_eq!(
+            apply_with(
+                &mut f,
+                &RuleSpec {
+                    queue: 1,
+                    ..s.clone()
+                }
+            )
+            .unwrap(),
+            10
+        );
+        assert_eq!(delete_with(&mut f, &s).unwrap(), 10);
+        assert!(f.table.is_none());
+        assert_eq!(delete_with(&mut f, &s).unwrap(), 0);
+        assert_eq!(
+            f.scripts.last().unwrap(),
+            "add table inet ftpct\ndelete table inet ftpct\n"
+        );
+    }
+
+    #[test]
+    fn nft_without_queue_expression_names_the_kernel_feature() {
+        let s = RuleSpec {
+            backend: Backend::Nft,
+            ..spec()
+        };
+        let mut f = FakeNft {
+            table: None,
+            queue: false,
+            scripts: vec![],
+        };
+        assert!(!nft_queue_supported(&mut f).unwrap());
+        let e = apply_with(&mut f, &s).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, RulesError::KernelFeature { .. }), "{m}");
+        assert!(m.contains("CONFIG_NFT_QUEUE"), "{m}");
+        assert!(m.contains("nft backend cannot work on this kernel"), "{m}");
+        assert!(f.table.is_none());
     }
 }

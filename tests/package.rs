@@ -1,0 +1,572 @@
+//! The Debian package and the files of `deploy/`.
+//!
+//! The package is built with cargo-deb from `[package.metadata.deb]`, with `--no-build`, from
+//! this test's own `ftpct` binary placed where cargo-deb expects the release binary (in a
+//! target directory of the test's own): what is checked here is the package (paths, modes,
+//! control fields, conffiles, maintainer scripts), not the optimised binary, and CI does not
+//! pay for a release build. `cargo deb` without `--no-build` makes the real package.
+//!
+//! cargo-deb and dpkg are required: without them the tests fail, saying what to install.
+//! The lifecycle test installs the package with `dpkg --root` into a scratch root, running
+//! the maintainer scripts outside a chroot (`--force-script-chrootless`, with `$DPKG_ROOT`
+//! set) with stand-ins for `deb-systemd-helper`, `deb-systemd-invoke` and `systemctl` first
+//! on `PATH`, so nothing of the machine's own systemd state is touched.
+//! `unit_verifies_in_the_extracted_tree` needs root (a private mount namespace).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+const CARGO_DEB_HINT: &str = "cargo-deb is needed to build the package: install it with \
+                              `cargo install cargo-deb --locked`";
+const UNIT: &str = "lib/systemd/system/ftpct.service";
+const CONF: &str = "etc/ftpct/ftpct.conf";
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn require(program: &str, args: &[&str], hint: &str) {
+    match Command::new(program).args(args).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "`{program} {}` failed: {}; {hint}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run {program}: {e}; {hint}"),
+    }
+}
+
+/// A scratch directory of this test process under the target directory (those of earlier
+/// test processes are removed the first time).
+fn scratch(name: &str) -> PathBuf {
+    static CLEAN: std::sync::Once = std::sync::Once::new();
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package-test");
+    let pid = std::process::id();
+    CLEAN.call_once(|| {
+        for e in fs::read_dir(&base).into_iter().flatten().flatten() {
+            if !e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{pid}-"))
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    });
+    let dir = base.join(format!("{pid}-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The package, built once per test process.
+fn deb() -> &'static Path {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(|| {
+        require(&cargo(), &["deb", "--version"], CARGO_DEB_HINT);
+        require(
+            "dpkg-deb",
+            &["--version"],
+            "dpkg-deb is needed: apt-get install dpkg",
+        );
+        let dir = scratch("build");
+        let release = dir.join("target/release");
+        fs::create_dir_all(&release).unwrap();
+        fs::copy(env!("CARGO_BIN_EXE_ftpct"), release.join("ftpct")).unwrap();
+        let out = dir.join("ftpct.deb");
+        let res = run(Command::new(cargo())
+            .args(["deb", "--no-build", "--fast", "--output"])
+            .arg(&out)
+            .current_dir(MANIFEST_DIR)
+            .env("CARGO_TARGET_DIR", dir.join("target")));
+        if !res.status.success() {
+            let err = String::from_utf8_lossy(&res.stderr);
+            let hint = if err.contains("no such command") {
+                CARGO_DEB_HINT
+            } else {
+                ""
+            };
+            panic!("cargo deb failed ({}): {}\n{hint}", res.status, err.trim());
+        }
+        out
+    })
+}
+
+/// `dpkg-deb -c`: path (without the leading `.`) → (mode string, owner).
+fn contents(deb: &Path) -> BTreeMap<String, (String, String)> {
+    ok(Command::new("dpkg-deb").arg("-c").arg(deb))
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f[5].trim_start_matches('.').trim_end_matches('/');
+            (path.to_string(), (f[0].to_string(), f[1].to_string()))
+        })
+        .collect()
+}
+
+fn field(deb: &Path, name: &str) -> String {
+    ok(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name))
+        .trim()
+        .to_string()
+}
+
+/// The `Exec*=` command lines of a unit: (key, path without the prefix characters, args).
+fn exec_lines(unit: &str) -> Vec<(String, String, Vec<String>)> {
+    unit.lines()
+        .filter(|l| l.starts_with("Exec"))
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            let mut words = v.split_whitespace();
+            let prog = words.next()?.trim_start_matches(['-', '@', ':', '+', '!']);
+            Some((
+                k.to_string(),
+                prog.to_string(),
+                words.map(str::to_string).collect(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn package_contents_and_control_fields() {
+    let deb = deb();
+    let files = contents(deb);
+    for (path, mode) in [
+        ("/usr/sbin/ftpct", "-rwxr-xr-x"),
+        ("/lib/systemd/system/ftpct.service", "-rw-r--r--"),
+        ("/etc/ftpct/ftpct.conf", "-rw-r--r--"),
+        ("/usr/share/man/man8/ftpct.8.gz", "-rw-r--r--"),
+        ("/usr/share/man/man5/ftpct.conf.5.gz", "-rw-r--r--"),
+        ("/usr/share/doc/ftpct/copyright", "-rw-r--r--"),
+        ("/usr/share/doc/ftpct/changelog.Debian.gz", "-rw-r--r--"),
+        ("/usr/share/doc/ftpct/examples/legacy.conf", "-rw-r--r--"),
+    ] {
+        let got = files
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing from the package: {files:#?}"));
+        assert_eq!(got.0, mode, "{path}");
+        assert!(
+            got.1 == "0/0" || got.1 == "root/root",
+            "{path}: owner {}",
+            got.1
+        );
+    }
+    // Debian 12 ships units in /lib/systemd/system, not /usr/lib/systemd/system.
+    assert!(
+        !files.keys().any(|p| p.starts_with("/usr/lib/systemd")),
+        "{files:#?}"
+    );
+    assert!(
+        !files.keys().any(|p| p.starts_with("/usr/bin/")),
+        "{files:#?}"
+    );
+
+    assert_eq!(field(deb, "Package"), "ftpct");
+    assert_eq!(field(deb, "Section"), "net");
+    let depends = field(deb, "Depends");
+    for d in ["iptables", "init-system-helpers", "libc6"] {
+        assert!(depends.contains(d), "Depends: {depends}");
+    }
+    // Sets are created through netlink: no ipset package needed.
+    assert!(!depends.contains("ipset"), "Depends: {depends}");
+    assert!(field(deb, "Suggests").contains("nftables"));
+
+    let ctrl = scratch("control");
+    ok(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&ctrl));
+    assert_eq!(
+        fs::read_to_string(ctrl.join("conffiles")).unwrap().trim(),
+        "/etc/ftpct/ftpct.conf"
+    );
+    for s in ["postinst", "prerm", "postrm"] {
+        let p = ctrl.join(s);
+        let mode = fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755, "{s}");
+        ok(Command::new("sh").arg("-n").arg(&p));
+    }
+    let postinst = fs::read_to_string(ctrl.join("postinst")).unwrap();
+    assert!(postinst.contains("deb-systemd-helper enable ftpct.service"));
+    assert!(!postinst.contains("#DEBHELPER#"));
+}
+
+#[test]
+fn files_land_where_the_unit_expects_them() {
+    let root = scratch("extract");
+    ok(Command::new("dpkg").arg("-x").arg(deb()).arg(&root));
+    let unit = fs::read_to_string(root.join(UNIT)).unwrap();
+    let lines = exec_lines(&unit);
+    let keys: Vec<&str> = lines.iter().map(|(k, ..)| k.as_str()).collect();
+    for k in ["ExecStartPre", "ExecStart", "ExecReload", "ExecStopPost"] {
+        assert!(keys.contains(&k), "{k} missing in\n{unit}");
+    }
+    for (key, prog, args) in &lines {
+        assert!(prog.starts_with('/'), "{key}: {prog} is not absolute");
+        let packaged = root.join(prog.trim_start_matches('/'));
+        if prog.starts_with("/usr/sbin/ftpct") {
+            let mode = fs::metadata(&packaged)
+                .unwrap_or_else(|e| panic!("{key}: {prog} not in the package: {e}"))
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o111, 0o111, "{prog} not executable");
+            // Every --config the unit passes is the packaged file.
+            for w in args.windows(2).filter(|w| w[0] == "--config") {
+                assert!(root.join(w[1].trim_start_matches('/')).is_file(), "{w:?}");
+                assert_eq!(w[1], format!("/{CONF}"));
+            }
+        } else {
+            assert!(
+                Path::new(prog).exists(),
+                "{key}: {prog} is neither packaged nor on this system"
+            );
+        }
+    }
+    for (k, v) in [
+        ("Type", "notify"),
+        ("RuntimeDirectory", "ftpct"),
+        ("StateDirectory", "ftpct"),
+        ("Restart", "on-failure"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("AmbientCapabilities", "CAP_NET_ADMIN"),
+    ] {
+        assert!(
+            unit.lines().any(|l| l == format!("{k}={v}")),
+            "{k}={v} missing in\n{unit}"
+        );
+    }
+    // The control socket the daemon defaults to is in RuntimeDirectory=.
+    assert!(ftpct::config::DEFAULT_SOCKET.starts_with("/run/ftpct/"));
+    // The packaged binary runs and accepts the packaged configuration.
+    let bin = root.join("usr/sbin/ftpct");
+    ok(Command::new(&bin).arg("--version"));
+    let out = ok(Command::new(&bin).arg("check-config").arg(root.join(CONF)));
+    assert!(out.trim_end().ends_with(": ok"), "{out}");
+    // The man pages render without warnings.
+    for page in [
+        "usr/share/man/man8/ftpct.8.gz",
+        "usr/share/man/man5/ftpct.conf.5.gz",
+    ] {
+        let out = run(Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l"])
+            .arg(root.join(page))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .stdin(Stdio::null()));
+        assert!(out.status.success(), "man -l {page}");
+        assert!(
+            out.stderr.is_empty(),
+            "{page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ftpct"));
+    }
+}
+
+/// The unit's command lines against the packaged binary (the `rules` ones only print: no
+/// `--apply`/`--delete`, nothing reaches the kernel).
+#[test]
+fn unit_command_lines_are_accepted_by_the_binary() {
+    let root = scratch("cmdlines");
+    ok(Command::new("dpkg").arg("-x").arg(deb()).arg(&root));
+    let unit = fs::read_to_string(root.join(UNIT)).unwrap();
+    let bin = root.join("usr/sbin/ftpct");
+    let conf = root.join(CONF);
+    for (key, prog, args) in exec_lines(&unit) {
+        if prog != "/usr/sbin/ftpct" || args[0] != "rules" {
+            continue;
+        }
+        let args: Vec<String> = args
+            .iter()
+            .filter(|a| *a != "--apply" && *a != "--delete")
+            .map(|a| {
+                if a == "/etc/ftpct/ftpct.conf" {
+                    conf.display().to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let out = ok(Command::new(&bin).args(&args));
+        assert!(out.contains("--comment ftpct"), "{key}: {out}");
+    }
+    let legacy = fs::read_to_string(root.join("usr/share/doc/ftpct/examples/legacy.conf")).unwrap();
+    for (_, prog, args) in exec_lines(&legacy) {
+        if prog == "/usr/sbin/ftpct" {
+            assert!(args.contains(&"iptables-legacy".to_string()));
+            let args: Vec<String> = args
+                .iter()
+                .filter(|a| *a != "--apply" && *a != "--delete")
+                .map(|a| a.replace("/etc/ftpct/ftpct.conf", &conf.display().to_string()))
+                .collect();
+            let out = ok(Command::new(&bin).args(&args));
+            assert!(
+                out.contains("iptables-legacy -t raw -A PREROUTING"),
+                "{out}"
+            );
+        }
+    }
+}
+
+/// `systemd-analyze verify` and `security --offline` on the packaged unit, with the packaged
+/// binary at /usr/sbin/ftpct in a private mount namespace (tmpfs over /usr/sbin there only).
+#[test]
+fn unit_verifies_in_the_extracted_tree() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("unit_verifies_in_the_extracted_tree needs root (unshare -m); run as root");
+    }
+    require(
+        "systemd-analyze",
+        &["--version"],
+        "systemd-analyze is needed: apt-get install systemd",
+    );
+    let root = scratch("verify");
+    ok(Command::new("dpkg").arg("-x").arg(deb()).arg(&root));
+    let script = format!(
+        "set -e; mount -t tmpfs tmpfs /usr/sbin; cp {r}/usr/sbin/ftpct /usr/sbin/ftpct; \
+         MANPATH={r}/usr/share/man:/usr/share/man systemd-analyze verify {r}/{UNIT}; \
+         systemd-analyze security --offline=yes --no-pager {r}/{UNIT}",
+        r = root.display()
+    );
+    let out = run(Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+    let level: f64 = stdout
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for ftpct.service: ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in\n{stdout}"));
+    eprintln!("systemd-analyze security: exposure {level}");
+    assert!(level <= 2.0, "exposure {level} (was 1.5):\n{stdout}");
+}
+
+/// Stand-ins for the systemd helpers the maintainer scripts call; each logs its arguments.
+fn stubs(dir: &Path, log: &Path) -> PathBuf {
+    let bin = dir.join("stubs");
+    fs::create_dir_all(&bin).unwrap();
+    for s in ["deb-systemd-helper", "deb-systemd-invoke", "systemctl"] {
+        let p = bin.join(s);
+        fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"{s} $*\" >> '{}'\nexit 0\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+fn take_log(log: &Path) -> String {
+    let s = fs::read_to_string(log).unwrap_or_default();
+    let _ = fs::remove_file(log);
+    s
+}
+
+/// Install, reinstall (upgrade path), keep an edited conffile, remove, purge: with
+/// `dpkg --root` into a scratch root.
+#[test]
+fn dpkg_lifecycle_in_a_scratch_root() {
+    require("dpkg", &["--version"], "dpkg is needed");
+    let dir = scratch("dpkg-root");
+    let root = dir.join("root");
+    let admin = root.join("var/lib/dpkg");
+    fs::create_dir_all(admin.join("info")).unwrap();
+    fs::create_dir_all(admin.join("updates")).unwrap();
+    fs::write(admin.join("status"), "").unwrap();
+    let log = dir.join("calls.log");
+    let stub_dir = stubs(&dir, &log);
+    let path = format!(
+        "{}:{}",
+        stub_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let dpkg = |args: &[&str]| {
+        let mut c = Command::new("dpkg");
+        c.arg(format!("--root={}", root.display()))
+            .args([
+                "--force-script-chrootless",
+                "--force-depends",
+                "--force-confold",
+            ])
+            .args(args)
+            .env("PATH", &path)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        ok(&mut c)
+    };
+    let deb = deb().to_str().unwrap().to_string();
+    let systemd_runs = Path::new("/run/systemd/system").is_dir();
+
+    // First install: enabled, never started.
+    dpkg(&["-i", &deb]);
+    let calls = take_log(&log);
+    assert!(
+        calls.contains("deb-systemd-helper enable ftpct.service"),
+        "{calls}"
+    );
+    assert!(!calls.contains(" start"), "started on install:\n{calls}");
+    assert!(!calls.contains("restart"), "{calls}");
+    for f in ["usr/sbin/ftpct", UNIT, CONF] {
+        assert!(root.join(f).exists(), "{f} not installed");
+    }
+    let conffiles = ok(Command::new("dpkg-query")
+        .arg(format!("--admindir={}", admin.display()))
+        .args(["-W", "-f", "${Conffiles}", "ftpct"]));
+    assert!(conffiles.contains("/etc/ftpct/ftpct.conf"), "{conffiles}");
+
+    // The admin edits the configuration; a reinstall (upgrade path) keeps it and only
+    // try-restarts (where systemd runs).
+    let mut conf = fs::read_to_string(root.join(CONF)).unwrap();
+    conf.push_str("queue = 4\n");
+    fs::write(root.join(CONF), &conf).unwrap();
+    dpkg(&["-i", &deb]);
+    let calls = take_log(&log);
+    assert_eq!(fs::read_to_string(root.join(CONF)).unwrap(), conf);
+    assert!(!calls.contains(" start"), "{calls}");
+    assert_eq!(
+        calls.contains("deb-systemd-invoke try-restart ftpct.service"),
+        systemd_runs,
+        "{calls}"
+    );
+
+    // Remove: the conffile stays, the unit is masked.
+    dpkg(&["-r", "ftpct"]);
+    let calls = take_log(&log);
+    assert!(
+        calls.contains("deb-systemd-helper mask ftpct.service"),
+        "{calls}"
+    );
+    assert_eq!(
+        calls.contains("deb-systemd-invoke stop ftpct.service"),
+        systemd_runs,
+        "{calls}"
+    );
+    assert!(!root.join("usr/sbin/ftpct").exists());
+    assert!(root.join(CONF).exists());
+
+    // Purge: the conffile, the unit's state and the StateDirectory go.
+    fs::create_dir_all(root.join("var/lib/private/ftpct")).unwrap();
+    dpkg(&["--purge", "ftpct"]);
+    let calls = take_log(&log);
+    assert!(
+        calls.contains("deb-systemd-helper purge ftpct.service"),
+        "{calls}"
+    );
+    assert!(!root.join(CONF).exists());
+    assert!(!root.join("var/lib/private/ftpct").exists());
+}
+
+/// Every key `src/config.rs` accepts, as the quoted match arms of its parser.
+fn config_keys() -> Vec<String> {
+    let src = fs::read_to_string(Path::new(MANIFEST_DIR).join("src/config.rs")).unwrap();
+    let body = &src[src
+        .find("match k {")
+        .expect("the key match in config::parse")..];
+    let body = &body[..body.find("_ =>").unwrap()];
+    body.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix('"')?;
+            let (key, after) = rest.split_once('"')?;
+            after
+                .trim_start()
+                .starts_with("=>")
+                .then(|| key.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn default_config_and_man_page_cover_every_key_at_its_default() {
+    let keys = config_keys();
+    assert!(keys.len() >= 17, "{keys:?}");
+    let conf = fs::read_to_string(Path::new(MANIFEST_DIR).join("deploy/ftpct.conf")).unwrap();
+    let man = fs::read_to_string(Path::new(MANIFEST_DIR).join("deploy/man/ftpct.conf.5")).unwrap();
+    for k in &keys {
+        assert!(
+            conf.lines().any(|l| l.starts_with(&format!("#{k} ="))),
+            "deploy/ftpct.conf lacks a commented `#{k} = default` line"
+        );
+        assert!(
+            man.lines().any(|l| l.starts_with(&format!(".BI {k} \""))),
+            "ftpct.conf(5) does not document {k}"
+        );
+    }
+    // As shipped, every key is commented out: the file means the defaults...
+    let shipped = ftpct::config::parse(&conf, Path::new("ftpct.conf")).unwrap();
+    assert_eq!(shipped, ftpct::config::Settings::default());
+    // ...and the commented values are the defaults.
+    let uncommented: String = conf
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(r) if keys.iter().any(|k| r.starts_with(&format!("{k} ="))) => r,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let s = ftpct::config::parse(&uncommented, Path::new("ftpct.conf")).unwrap();
+    assert_eq!(s, ftpct::config::Settings::default());
+    assert_eq!(
+        uncommented
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count(),
+        keys.len()
+    );
+}
+
+#[test]
+fn man_page_names_every_subcommand() {
+    let man = fs::read_to_string(Path::new(MANIFEST_DIR).join("deploy/man/ftpct.8")).unwrap();
+    for sub in [
+        "run",
+        "rules",
+        "list",
+        "sessions",
+        "stats",
+        "check\\-config",
+    ] {
+        assert!(
+            man.contains(&format!(".B {sub}\n")) || man.contains(&format!(".BI {sub} ")),
+            "ftpct(8) lacks the subcommand {sub}"
+        );
+    }
+    for b in ["iptables\\-nft", "iptables\\-legacy", "nft"] {
+        assert!(
+            man.contains(&format!(".B {b}\n")),
+            "ftpct(8) lacks the backend {b}"
+        );
+    }
+}

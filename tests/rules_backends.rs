@@ -1,0 +1,460 @@
+//! `ftpct rules` against the real kernel, for each backend (`iptables-nft`, `iptables-legacy`,
+//! `nft`): apply, check with the backend's own listing tool, apply again (no duplicates),
+//! delete (nothing of ftpct left, the admin's rules untouched).
+//!
+//! A backend that cannot work on the running kernel must fail `apply` with
+//! [`RulesError::KernelFeature`] naming the missing kernel option, and leave nothing behind; the
+//! tests check that instead of the cycle (each says which path it took on stderr). On this
+//! project's test machines (Linux 6.18 without `CONFIG_NFT_QUEUE`) iptables-nft and
+//! iptables-legacy work and nft takes the error path; `nft_ruleset_without_queue_statement`
+//! still loads the nft backend's whole ruleset there, with the `queue` statements swapped for
+//! `counter`, to check its chains, priorities, sets and idempotency on the real kernel.
+//!
+//! Root is needed (network namespaces); without it the tests fail with a message saying so.
+//! Each test runs in a fresh network namespace of its own, deleted on drop, also on panic. No
+//! packet is sent.
+
+use std::fs::File;
+use std::io;
+use std::process::{Command, Output};
+
+use ftpct::rules::{self, Backend, Exec, RuleSpec, RulesError, SystemExec};
+use nix::sched::{setns, CloneFlags};
+
+fn require_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!(
+            "rules_backends tests need root (CAP_NET_ADMIN + CAP_SYS_ADMIN) to create network \
+             namespaces; run them as root, e.g. `sudo -E cargo test --test rules_backends`"
+        );
+    }
+}
+
+fn run_cmd(prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{prog} {}`: {e}", args.join(" ")))
+}
+
+/// A network namespace of this test process, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("ftpct-rb-{tag}-{}", std::process::id());
+        let _ = run_cmd("ip", &["netns", "del", &name]);
+        let out = run_cmd("ip", &["netns", "add", &name]);
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns { name }
+    }
+
+    /// Runs a command in the namespace; panics with its output if it fails. Returns stdout.
+    fn sh(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        let out = run_cmd("ip", &full);
+        assert!(
+            out.status.success(),
+            "in {}: `{}` failed: {}{}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn shw(&self, line: &str) -> String {
+        self.sh(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
+    /// Runs `f` in a thread that has entered this namespace (the tools it spawns run there).
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                let nsfd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                setns(&nsfd, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+                f()
+            });
+            match h.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = run_cmd("ip", &["netns", "del", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What each backend's own tools show
+
+/// The `-save` programs of an iptables backend.
+fn save_programs(b: Backend) -> [&'static str; 2] {
+    match b {
+        Backend::IptablesNft => ["iptables-nft-save", "ip6tables-nft-save"],
+        Backend::IptablesLegacy => ["iptables-legacy-save", "ip6tables-legacy-save"],
+        Backend::Nft => unreachable!(),
+    }
+}
+
+fn save_all(ns: &Netns, b: Backend) -> String {
+    let [v4, v6] = save_programs(b);
+    format!("{}\n{}", ns.sh(&[v4]), ns.sh(&[v6]))
+}
+
+/// Rules whose comment is exactly `ftpct` (not the admin's `ftpct-admin`).
+fn ours(save: &str) -> usize {
+    save.lines()
+        .filter(|l| {
+            rules::split_rule_line(l)
+                .windows(2)
+                .any(|w| w[0] == "--comment" && w[1] == "ftpct")
+        })
+        .count()
+}
+
+/// The admin's own rules, installed with the same tool as the backend under test (and an nft
+/// table of the admin's, which no backend may touch).
+fn install_admin_rules(ns: &Netns, b: Backend) {
+    let (v4, v6) = match b {
+        Backend::IptablesLegacy => ("iptables-legacy", "ip6tables-legacy"),
+        _ => ("iptables-nft", "ip6tables-nft"),
+    };
+    ns.shw(&format!(
+        "{v4} -w -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+    ));
+    ns.shw(&format!(
+        "{v4} -w -t raw -A PREROUTING -p tcp --dport 21 -j ACCEPT"
+    ));
+    ns.shw(&format!(
+        "{v4} -w -t mangle -A INPUT -p tcp --sport 21 -m comment --comment ftpct-admin -j ACCEPT"
+    ));
+    ns.shw(&format!(
+        "{v6} -w -t nat -A PREROUTING -p tcp --dport 8080 -j REDIRECT --to-ports 80"
+    ));
+    ns.sh(&[
+        "nft",
+        "add table inet admin\n\
+         add chain inet admin admin_forward { type filter hook forward priority 0; policy accept; }\n\
+         add rule inet admin admin_forward ct state established,related accept",
+    ]);
+}
+
+fn assert_admin_rules_intact(ns: &Netns, b: Backend) {
+    let save = match b {
+        Backend::IptablesLegacy => save_all(ns, Backend::IptablesLegacy),
+        _ => save_all(ns, Backend::IptablesNft),
+    };
+    for want in [
+        "--ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A PREROUTING -p tcp -m tcp --dport 21 -j ACCEPT",
+        "-A INPUT -p tcp -m tcp --sport 21 -m comment --comment ftpct-admin -j ACCEPT",
+        "REDIRECT --to-ports 80",
+    ] {
+        assert!(save.contains(want), "admin rule {want:?} lost:\n{save}");
+    }
+    let admin = ns.shw("nft list table inet admin");
+    assert!(
+        admin.contains("ct state established,related accept"),
+        "{admin}"
+    );
+}
+
+fn ipsets(ns: &Netns) -> String {
+    ns.shw("ipset list -n")
+}
+
+/// Whether `table inet ftpct` exists.
+fn nft_table_exists(ns: &Netns) -> bool {
+    ns.shw("nft list tables").contains("table inet ftpct")
+}
+
+// ---------------------------------------------------------------------------------------------
+// iptables backends
+
+fn iptables_cycle(b: Backend, tag: &str) {
+    require_root();
+    let ns = Netns::new(tag);
+    install_admin_rules(&ns, b);
+    let spec = RuleSpec {
+        backend: b,
+        ports: vec![21, 2121],
+        queue: 3,
+        ..RuleSpec::default()
+    };
+    let expected = rules::rules(&spec).unwrap();
+    let first = ns.run(|| rules::apply(&spec));
+    match first {
+        Err(e @ RulesError::KernelFeature { .. }) => {
+            let m = e.to_string();
+            eprintln!("{b}: cannot work on this kernel, as reported: {m}");
+            assert!(m.contains("CONFIG_"), "{m}");
+            assert_eq!(ours(&save_all(&ns, b)), 0);
+            assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 0);
+            assert_admin_rules_intact(&ns, b);
+            return;
+        }
+        Err(e) => panic!("{b}: apply failed: {e}"),
+        Ok(n) => {
+            eprintln!("{b}: works on this kernel; {n} rules applied");
+            assert_eq!(n, expected.len());
+        }
+    }
+    assert_eq!(
+        ns.run(|| rules::apply(&spec)).unwrap(),
+        0,
+        "second apply added rules"
+    );
+    let save = save_all(&ns, b);
+    assert_eq!(ours(&save), expected.len(), "{save}");
+    for want in [
+        "-A PREROUTING -p tcp -m multiport --dports 21,2121 -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment ftpct -j NFQUEUE --queue-num 3",
+        "-A OUTPUT -p tcp -m multiport --sports 21,2121",
+        "-A POSTROUTING -p tcp -m multiport --dports 21,2121",
+        "-A INPUT -p tcp -m multiport --sports 21,2121",
+        "--match-set ftpct4 dst,dst -m comment --comment ftpct -j NFQUEUE --queue-num 3 --queue-bypass",
+        "--match-set ftpct6 dst,dst",
+        "-A PREROUTING -m comment --comment ftpct",
+    ] {
+        assert!(save.contains(want), "missing {want:?} in\n{save}");
+    }
+    // Ours come after the admin's rule of the same chain (appended, never inserted).
+    let raw = ns.sh(&[save_programs(b)[0], "-t", "raw"]);
+    let admin_at = raw.find("--dport 21 -j ACCEPT").unwrap();
+    let ours_at = raw.find("--comment ftpct").unwrap();
+    assert!(admin_at < ours_at, "{raw}");
+    // iptables-nft sees none of the legacy rules (the other way round is not checked: listing
+    // the legacy tables would instantiate them, or fail on a kernel without them).
+    if b == Backend::IptablesLegacy {
+        let nft = save_all(&ns, Backend::IptablesNft);
+        assert_eq!(ours(&nft), 0, "legacy rules seen by iptables-nft:\n{nft}");
+    }
+    assert!(ipsets(&ns).contains("ftpct4"));
+    assert!(ipsets(&ns).contains("ftpct6"));
+
+    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), expected.len());
+    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 0);
+    let save = save_all(&ns, b);
+    assert_eq!(ours(&save), 0, "{save}");
+    assert!(!ipsets(&ns).contains("ftpct"), "{}", ipsets(&ns));
+    assert_admin_rules_intact(&ns, b);
+    assert!(!nft_table_exists(&ns));
+}
+
+#[test]
+fn iptables_nft_cycle() {
+    iptables_cycle(Backend::IptablesNft, "nft-x");
+}
+
+#[test]
+fn iptables_legacy_cycle() {
+    iptables_cycle(Backend::IptablesLegacy, "legacy");
+}
+
+/// Rules left by another spec (the configuration changed between apply and delete) are removed
+/// by `delete` with the new spec; the admin's rule commented `ftpct-admin` is not.
+fn iptables_delete_sweeps_other_specs(b: Backend, tag: &str) {
+    require_root();
+    let ns = Netns::new(tag);
+    install_admin_rules(&ns, b);
+    let old = RuleSpec {
+        backend: b,
+        queue: 9,
+        ports: vec![990, 2121],
+        set4: "old4".into(),
+        set6: "old6".into(),
+        bypass: true,
+    };
+    match ns.run(|| rules::apply(&old)) {
+        Err(e @ RulesError::KernelFeature { .. }) => {
+            eprintln!("{b}: not on this kernel: {e}");
+            return;
+        }
+        r => assert!(r.unwrap() > 0),
+    }
+    let new = RuleSpec {
+        backend: b,
+        ..RuleSpec::default()
+    };
+    let n = ns.run(|| rules::delete(&new)).unwrap();
+    assert_eq!(n, rules::rules(&old).unwrap().len());
+    let save = save_all(&ns, b);
+    assert_eq!(ours(&save), 0, "{save}");
+    assert_admin_rules_intact(&ns, b);
+}
+
+#[test]
+fn iptables_nft_delete_sweeps_rules_of_another_config() {
+    iptables_delete_sweeps_other_specs(Backend::IptablesNft, "sweep-n");
+}
+
+#[test]
+fn iptables_legacy_delete_sweeps_rules_of_another_config() {
+    iptables_delete_sweeps_other_specs(Backend::IptablesLegacy, "sweep-l");
+}
+
+// ---------------------------------------------------------------------------------------------
+// nft
+
+fn nft_spec() -> RuleSpec {
+    RuleSpec {
+        backend: Backend::Nft,
+        ports: vec![21, 2121],
+        queue: 3,
+        ..RuleSpec::default()
+    }
+}
+
+fn check_nft_table(listing: &str, verdict: &str) {
+    for want in [
+        "type filter hook prerouting priority raw; policy accept;",
+        "type filter hook output priority raw; policy accept;",
+        "type filter hook postrouting priority mangle; policy accept;",
+        "type filter hook input priority mangle; policy accept;",
+        "type nat hook prerouting priority dstnat; policy accept;",
+        "type ipv4_addr . inet_service",
+        "type ipv6_addr . inet_service",
+        "tcp dport { 21, 2121 } tcp flags != syn / fin,syn,rst,ack",
+        "tcp sport { 21, 2121 } tcp flags != syn / fin,syn,rst,ack",
+        "tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @ftpct4",
+        "tcp flags syn / fin,syn,rst,ack ip6 daddr . tcp dport @ftpct6",
+    ] {
+        assert!(listing.contains(want), "missing {want:?} in\n{listing}");
+    }
+    assert_eq!(
+        listing.matches(verdict).count(),
+        10,
+        "{verdict} x 10 in\n{listing}"
+    );
+    assert_eq!(
+        listing.matches("comment \"ftpct\"").count(),
+        10,
+        "{listing}"
+    );
+}
+
+#[test]
+fn nft_cycle_or_missing_queue_expression() {
+    require_root();
+    let ns = Netns::new("nft");
+    install_admin_rules(&ns, Backend::IptablesNft);
+    let spec = nft_spec();
+    let supported = ns
+        .run(|| rules::nft_queue_supported(&mut SystemExec))
+        .unwrap();
+    let first = ns.run(|| rules::apply(&spec));
+    if !supported {
+        let e = first.expect_err("apply must fail without the nft queue expression");
+        let m = e.to_string();
+        eprintln!("nft: cannot work on this kernel, as reported: {m}");
+        assert!(matches!(e, RulesError::KernelFeature { .. }), "{m}");
+        assert!(m.contains("CONFIG_NFT_QUEUE"), "{m}");
+        assert!(m.contains("nft_queue"), "{m}");
+        assert!(!nft_table_exists(&ns), "a failed apply left the table");
+        assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 0);
+        assert_admin_rules_intact(&ns, Backend::IptablesNft);
+        return;
+    }
+    eprintln!("nft: the kernel has the queue expression; full cycle");
+    assert_eq!(first.unwrap(), 10);
+    assert_eq!(ns.run(|| rules::apply(&spec)).unwrap(), 0);
+    check_nft_table(&ns.shw("nft list table inet ftpct"), "queue ");
+    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 10);
+    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 0);
+    assert!(!nft_table_exists(&ns));
+    assert_admin_rules_intact(&ns, Backend::IptablesNft);
+}
+
+/// Runs the real tools, with the nft backend's `queue` statements replaced by `counter`.
+struct NoQueue;
+
+impl Exec for NoQueue {
+    fn exec(&mut self, program: &'static str, args: &[&str]) -> io::Result<Output> {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if program == "nft" && a.contains("add rule") {
+                    a.replace("queue num 3 bypass", "counter")
+                        .replace("queue num 3", "counter")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        Command::new(program).args(&args).output()
+    }
+}
+
+/// The nft backend's ruleset, on the real kernel, whether or not it has the queue expression.
+#[test]
+fn nft_ruleset_without_queue_statement() {
+    require_root();
+    let ns = Netns::new("nft-noq");
+    install_admin_rules(&ns, Backend::IptablesNft);
+    let spec = nft_spec();
+    assert_eq!(
+        ns.run(|| rules::apply_with(&mut NoQueue, &spec)).unwrap(),
+        10
+    );
+    assert_eq!(
+        ns.run(|| rules::apply_with(&mut NoQueue, &spec)).unwrap(),
+        0,
+        "second apply changed the table"
+    );
+    check_nft_table(&ns.shw("nft list table inet ftpct"), "counter packets 0");
+    // The daemon's (future) set elements survive a re-apply.
+    ns.sh(&[
+        "nft",
+        "add element inet ftpct ftpct4 { 192.0.2.7 . 40000 timeout 60s }",
+    ]);
+    let changed = RuleSpec {
+        ports: vec![21],
+        ..spec.clone()
+    };
+    assert_eq!(
+        ns.run(|| rules::apply_with(&mut NoQueue, &changed))
+            .unwrap(),
+        10
+    );
+    let listing = ns.shw("nft list table inet ftpct");
+    assert!(listing.contains("192.0.2.7 . 40000"), "{listing}");
+    assert!(!listing.contains("2121"), "old rules kept:\n{listing}");
+    assert_eq!(
+        listing.matches("comment \"ftpct\"").count(),
+        10,
+        "{listing}"
+    );
+    // Nothing in the iptables tables.
+    assert_eq!(ours(&save_all(&ns, Backend::IptablesNft)), 0);
+
+    assert_eq!(
+        ns.run(|| rules::delete_with(&mut NoQueue, &spec)).unwrap(),
+        10
+    );
+    assert!(!nft_table_exists(&ns));
+    assert_eq!(
+        ns.run(|| rules::delete_with(&mut NoQueue, &spec)).unwrap(),
+        0
+    );
+    assert_admin_rules_intact(&ns, Backend::IptablesNft);
+}
