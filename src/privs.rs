@@ -51,12 +51,16 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivError> {
         nix::unistd::setuid(u.uid).map_err(sw)?;
         nix::sys::prctl::set_keepcaps(false).map_err(sw)?;
     }
-    // Bounding set first (needs CAP_SETPCAP, which is still permitted at this point).
-    for cap in caps::all() {
-        if cap != Capability::CAP_NET_ADMIN
-            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
-        {
-            caps::drop(None, CapSet::Bounding, cap).map_err(caps_err)?;
+    // Bounding set first. That needs CAP_SETPCAP: a daemon started as root has it; one
+    // started by systemd as a non-root user with only CAP_NET_ADMIN does not, and there the
+    // unit's CapabilityBoundingSet= has already reduced the set.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            if cap != Capability::CAP_NET_ADMIN
+                && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+            {
+                caps::drop(None, CapSet::Bounding, cap).map_err(caps_err)?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(caps_err)?;
