@@ -63,10 +63,22 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivError> {
             }
         }
     }
-    caps::clear(None, CapSet::Ambient).map_err(caps_err)?;
-    caps::clear(None, CapSet::Inheritable).map_err(caps_err)?;
-    caps::set(None, CapSet::Effective, &only_net_admin()).map_err(caps_err)?;
-    caps::set(None, CapSet::Permitted, &only_net_admin()).map_err(caps_err)?;
+    // Only touch what holds more than CAP_NET_ADMIN: under systemd the unit already limited
+    // the sets, and its SystemCallFilter= may refuse capset(2) altogether.
+    let want = only_net_admin();
+    let more = |set: CapSet| -> Result<bool, PrivError> {
+        Ok(!caps::read(None, set).map_err(caps_err)?.is_subset(&want))
+    };
+    if more(CapSet::Ambient)? {
+        caps::clear(None, CapSet::Ambient).map_err(caps_err)?;
+    }
+    if more(CapSet::Inheritable)? {
+        caps::clear(None, CapSet::Inheritable).map_err(caps_err)?;
+    }
+    if more(CapSet::Permitted)? || more(CapSet::Effective)? {
+        caps::set(None, CapSet::Effective, &want).map_err(caps_err)?;
+        caps::set(None, CapSet::Permitted, &want).map_err(caps_err)?;
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| PrivError::Caps(e.to_string()))?;
     let mut effective: Vec<String> = caps::read(None, CapSet::Effective)
         .map_err(caps_err)?
