@@ -87,6 +87,10 @@ const CTA_PROTONAT_PORT_MAX: u16 = 2;
 const IPPROTO_TCP: u8 = 6;
 /// `TCP_CONNTRACK_NONE`.
 pub const TCP_CONNTRACK_NONE: u8 = 0;
+/// `TCP_CONNTRACK_TIME_WAIT`.
+pub const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+/// `TCP_CONNTRACK_CLOSE`.
+pub const TCP_CONNTRACK_CLOSE: u8 = 8;
 
 /// `enum ip_conntrack_status` bits (nf_conntrack_common.h) reported in [`CtEntry::status`].
 pub mod status {

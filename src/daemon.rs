@@ -148,16 +148,7 @@ impl Shell {
     fn run_actions(&mut self) {
         while let Some(a) = self.engine.poll_action() {
             match a {
-                Action::CreateRelated(entry) => match self.ct.create_related(&entry) {
-                    Ok(()) => self.stats.ct_created += 1,
-                    Err(e) if e.is_already_exists() => {
-                        debug!(flow = %entry.original, "data connection already tracked")
-                    }
-                    Err(e) => {
-                        self.stats.ct_create_errors += 1;
-                        error!(error = %e, flow = %entry.original, "cannot admit the data connection");
-                    }
-                },
+                Action::CreateRelated(entry) => self.create_related(&entry),
                 Action::WatchDst { dst, timeout_secs } => {
                     let set = self.set_for(&dst).to_string();
                     if let Err(e) = self.ipset.add(&set, dst, timeout_secs) {
@@ -172,6 +163,41 @@ impl Shell {
                         debug!(error = %e, %dst, "ipset del failed");
                     }
                 }
+            }
+        }
+    }
+
+    /// Creates the data connection's conntrack entry. An entry with the same tuple left in
+    /// TIME_WAIT or CLOSE by an earlier data connection (a client reusing its data port) is
+    /// replaced, as the kernel itself reopens such an entry on a new SYN: otherwise the SYN would
+    /// reopen it as a plain NEW connection, not RELATED and without NAT.
+    fn create_related(&mut self, entry: &crate::types::RelatedEntry) {
+        use crate::ctnetlink::{TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT};
+        let mut result = self.ct.create_related(entry);
+        if matches!(&result, Err(e) if e.is_already_exists()) {
+            let stale = match self.ct.get_entry(&entry.original) {
+                Ok(Some(old)) => matches!(
+                    old.tcp_state,
+                    Some(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)
+                ),
+                _ => false,
+            };
+            if !stale {
+                debug!(flow = %entry.original, "data connection already tracked");
+                return;
+            }
+            debug!(flow = %entry.original, "replacing a closed conntrack entry with the same tuple");
+            let _ = self.ct.delete(&entry.original);
+            result = self.ct.create_related(entry);
+        }
+        match result {
+            Ok(()) => self.stats.ct_created += 1,
+            Err(e) if e.is_already_exists() => {
+                debug!(flow = %entry.original, "data connection already tracked")
+            }
+            Err(e) => {
+                self.stats.ct_create_errors += 1;
+                error!(error = %e, flow = %entry.original, "cannot admit the data connection");
             }
         }
     }
