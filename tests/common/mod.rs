@@ -701,25 +701,40 @@ impl Lab {
     /// A scripted control connection from the client to the lab's server (`tests/lab/ftpscript.py`,
     /// steps documented there), files checked against `root` (default: the lab's served files).
     pub fn ftpscript(&self, timeout_secs: u32, root: Option<&Path>, steps: &[&str]) -> Run {
-        let target = self.env_var("TARGET");
-        let port = self.port.to_string();
-        let timeout = timeout_secs.to_string();
+        let argv = self.ftpscript_argv(timeout_secs, root, steps);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.python("cli", "ftpscript.py", &argv)
+    }
+
+    /// `ftpscript` in the background (e.g. with `mark:`/`waitfor:` steps to check the daemon at a
+    /// point of the session).
+    pub fn spawn_ftpscript(&self, timeout_secs: u32, root: Option<&Path>, steps: &[&str]) -> Child {
+        let argv = self.ftpscript_argv(timeout_secs, root, steps);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.spawn_python("cli", "ftpscript.py", &argv)
+    }
+
+    fn ftpscript_argv(
+        &self,
+        timeout_secs: u32,
+        root: Option<&Path>,
+        steps: &[&str],
+    ) -> Vec<String> {
         let root = root
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.state_dir().join("root"));
-        let root = root.to_string_lossy().into_owned();
         let mut args = vec![
-            "--host",
-            target.as_str(),
-            "--port",
-            port.as_str(),
-            "--timeout",
-            timeout.as_str(),
-            "--root",
-            root.as_str(),
+            "--host".to_string(),
+            self.env_var("TARGET"),
+            "--port".to_string(),
+            self.port.to_string(),
+            "--timeout".to_string(),
+            timeout_secs.to_string(),
+            "--root".to_string(),
+            root.to_string_lossy().into_owned(),
         ];
-        args.extend_from_slice(steps);
-        self.python("cli", "ftpscript.py", &args)
+        args.extend(steps.iter().map(|s| s.to_string()));
+        args
     }
 
     /// PID of the running daemon (`ip netns exec` execs it, so the child's PID is ftpct's).

@@ -156,17 +156,23 @@ def open_active(c, mode, fixed_port, timeout, pad=None):
 
 
 def wait_accept(c, lst, timeout):
-    """The server's data connection, or None when the control connection answers first (e.g.
-    425 because the server could not connect): that reply is then returned instead."""
+    """The server's data connection and the preliminary (1xx) reply if it came first; or
+    (None, final reply) when the server gives up first (e.g. 425 because it could not connect),
+    or (None, None) after the timeout."""
     t_end = time.monotonic() + timeout
+    prelim = None
     while time.monotonic() < t_end:
         if b"\n" in c.buf:
-            return None, c.reply()
+            r = c.reply()
+            if not r.startswith("1"):
+                return None, r
+            prelim = r
+            continue
         r, _, _ = select.select([lst, c.s], [], [], max(0.0, t_end - time.monotonic()))
         if lst in r:
             conn, peer = lst.accept()
             log("data connection from %s" % (peer,))
-            return conn, None
+            return conn, prelim
         if c.s in r:
             d = c.s.recv(65536)
             if not d:
@@ -185,14 +191,13 @@ def retr(c, args, mode, name, fixed_port, fail_codes=None, pad=None):
         lst.close()
         if conn is None:
             if early is None:
-                early = c.reply()
-            if early.startswith("150"):
-                early = c.reply()
+                raise Fail("no data connection and no reply from the server within %s s" % args.timeout)
             if fail_codes and any(early.startswith(x) for x in fail_codes):
                 log("transfer failed as expected: %s" % early)
                 return 0
-            raise Fail("no data connection from the server within %s s (server: %s)" % (args.timeout, early))
-        r = c.reply(["1"])
+            raise Fail("no data connection from the server (server: %s)" % early)
+        if early is None:
+            c.reply(["1"])
     else:
         if mode == "pasv":
             host, port = parse_227(c.cmd("PASV", ["227"]))
