@@ -766,6 +766,26 @@ impl Lab {
         FtpctStats::parse(&r.stdout)
     }
 
+    /// The kernel's view of ftpct's queue (`FTPCT_QUEUE`) in the gateway, from
+    /// /proc/net/netfilter/nfnetlink_queue (per network namespace); None when no process is bound
+    /// to it.
+    #[track_caller]
+    pub fn nfqueue_proc(&self) -> Option<NfQueueProc> {
+        let r = self.gw(&["cat", "/proc/net/netfilter/nfnetlink_queue"]);
+        r.stdout.lines().find_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() >= 8 && f[0] == u64::from(FTPCT_QUEUE)).then(|| NfQueueProc {
+                total: f[2],
+                dropped: f[5],
+                user_dropped: f[6],
+                id_sequence: f[7],
+            })
+        })
+    }
+
     /// Runs a command in the gateway and asserts it succeeded (firewall changes of a test).
     #[track_caller]
     pub fn gw(&self, argv: &[&str]) -> Run {
@@ -863,4 +883,17 @@ impl FtpctStats {
     pub fn has(&self, name: &str) -> bool {
         self.values.contains_key(name)
     }
+}
+
+/// One line of /proc/net/netfilter/nfnetlink_queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NfQueueProc {
+    /// Packets waiting for a verdict now.
+    pub total: u64,
+    /// Dropped because the queue was full (or accepted, with fail-open).
+    pub dropped: u64,
+    /// Dropped because the netlink socket's receive buffer was full (ENOBUFS).
+    pub user_dropped: u64,
+    /// Packet ids handed out (= packets queued so far).
+    pub id_sequence: u64,
 }
