@@ -420,6 +420,13 @@ impl Lab {
     /// Stopped (and its rules deleted) by `stop_ftpct` or when the lab is dropped.
     #[track_caller]
     pub fn start_ftpct(&mut self, args: &[&str]) {
+        self.start_ftpct_with_config("", args)
+    }
+
+    /// `start_ftpct` with `extra_conf` appended to `STATE/ftpct.conf` (whole `key = value` lines,
+    /// e.g. `"max_sessions = 1000\n"`; see src/config.rs for the keys).
+    #[track_caller]
+    pub fn start_ftpct_with_config(&mut self, extra_conf: &str, args: &[&str]) {
         assert!(self.ftpct.is_none(), "ftpct already running in this lab");
         let bin = ftpct_bin();
         let bin = bin.as_str();
@@ -444,7 +451,7 @@ impl Lab {
         let conf = self.state_dir().join("ftpct.conf");
         fs::write(
             &conf,
-            format!("# written by tests/common\nports = {ports}\n"),
+            format!("# written by tests/common\nports = {ports}\n{extra_conf}"),
         )
         .expect("write ftpct.conf");
         let log = self.state_dir().join("ftpct.log");
@@ -579,6 +586,20 @@ impl Lab {
             .unwrap_or_else(|e| panic!("cannot run lab.sh {cmd}: {e}"))
     }
 
+    /// `spawn_sh` with extra environment variables.
+    pub fn spawn_sh_env(&self, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut c = Command::new(LAB_SH);
+        c.arg(cmd).arg(&self.prefix).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run lab.sh {cmd}: {e}"))
+    }
+
     /// `ftpct list` / `ftpct sessions` (with `--socket`) in the gateway.
     pub fn ftpct_cli(&self, cmd: &str) -> Run {
         let bin = ftpct_bin();
@@ -611,6 +632,166 @@ impl Lab {
     /// The server's protocol log (vsftpd log_ftp_protocol): what the server really received.
     pub fn server_log(&self) -> String {
         fs::read_to_string(self.state_dir().join("vsftpd.log")).unwrap_or_default()
+    }
+
+    /// `lab.sh CMD PREFIX ARGS...` with extra environment variables (e.g.
+    /// `FTPCT_LAB_TIMEOUT=10` for one slow scenario).
+    pub fn sh_env(&self, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = Command::new(LAB_SH);
+        c.arg(cmd).arg(&self.prefix).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        run(
+            format!(
+                "{} lab.sh {cmd} {} {}",
+                shown.join(" "),
+                self.prefix,
+                args.join(" ")
+            ),
+            &mut c,
+        )
+    }
+
+    /// One variable of `lab.sh env` (TARGET, CLI_IP, SRV_IP, GW_PUBLIC_IP, ...).
+    #[track_caller]
+    pub fn env_var(&self, key: &str) -> String {
+        let r = self.sh("env", &[]);
+        assert!(r.ok(), "[{}] lab.sh env failed: {r}", self.test);
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("[{}] lab.sh env has no {key}: {r}", self.test))
+            .to_string()
+    }
+
+    /// Runs a command in one of the lab's namespaces in the background (stdout and stderr
+    /// captured). Whatever still runs there is killed by `lab.sh down` when the lab is dropped.
+    pub fn spawn_exec(&self, which: &str, argv: &[&str]) -> Child {
+        let ns = self.ns(which);
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {argv:?} in {ns}: {e}"))
+    }
+
+    /// `python3 tests/lab/SCRIPT ARGS...` in namespace `which`, to completion.
+    pub fn python(&self, which: &str, script: &str, args: &[&str]) -> Run {
+        let py = python_bin();
+        let path = lab_file(script);
+        let mut argv = vec![py.as_str(), path.as_str()];
+        argv.extend_from_slice(args);
+        self.exec(which, &argv)
+    }
+
+    /// `python3 tests/lab/SCRIPT ARGS...` in namespace `which`, in the background.
+    pub fn spawn_python(&self, which: &str, script: &str, args: &[&str]) -> Child {
+        let py = python_bin();
+        let path = lab_file(script);
+        let mut argv = vec![py.as_str(), path.as_str()];
+        argv.extend_from_slice(args);
+        self.spawn_exec(which, &argv)
+    }
+
+    /// A scripted control connection from the client to the lab's server (`tests/lab/ftpscript.py`,
+    /// steps documented there), files checked against `root` (default: the lab's served files).
+    pub fn ftpscript(&self, timeout_secs: u32, root: Option<&Path>, steps: &[&str]) -> Run {
+        let argv = self.ftpscript_argv(timeout_secs, root, steps);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.python("cli", "ftpscript.py", &argv)
+    }
+
+    /// `ftpscript` in the background (e.g. with `mark:`/`waitfor:` steps to check the daemon at a
+    /// point of the session).
+    pub fn spawn_ftpscript(&self, timeout_secs: u32, root: Option<&Path>, steps: &[&str]) -> Child {
+        let argv = self.ftpscript_argv(timeout_secs, root, steps);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.spawn_python("cli", "ftpscript.py", &argv)
+    }
+
+    fn ftpscript_argv(
+        &self,
+        timeout_secs: u32,
+        root: Option<&Path>,
+        steps: &[&str],
+    ) -> Vec<String> {
+        let root = root
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.state_dir().join("root"));
+        let mut args = vec![
+            "--host".to_string(),
+            self.env_var("TARGET"),
+            "--port".to_string(),
+            self.port.to_string(),
+            "--timeout".to_string(),
+            timeout_secs.to_string(),
+            "--root".to_string(),
+            root.to_string_lossy().into_owned(),
+        ];
+        args.extend(steps.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// PID of the running daemon (`ip netns exec` execs it, so the child's PID is ftpct's).
+    pub fn ftpct_pid(&self) -> Option<u32> {
+        self.ftpct.as_ref().map(|p| p.child.id())
+    }
+
+    /// The daemon's memory from /proc/PID/status: (VmRSS, VmHWM) in KiB.
+    #[track_caller]
+    pub fn ftpct_memory_kib(&self) -> (u64, u64) {
+        let pid = self.ftpct_pid().expect("ftpct is running");
+        let st = fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("[{}] /proc/{pid}/status: {e}", self.test));
+        let field = |name: &str| -> u64 {
+            st.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("[{}] no {name} in /proc/{pid}/status", self.test))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// `ftpct stats`, parsed (`name value` lines).
+    #[track_caller]
+    pub fn ftpct_stats(&self) -> FtpctStats {
+        let r = self.ftpct_cli("stats");
+        assert!(r.ok(), "[{}] ftpct stats failed: {r}", self.test);
+        FtpctStats::parse(&r.stdout)
+    }
+
+    /// The kernel's view of ftpct's queue (`FTPCT_QUEUE`) in the gateway, from
+    /// /proc/net/netfilter/nfnetlink_queue (per network namespace); None when no process is bound
+    /// to it.
+    #[track_caller]
+    pub fn nfqueue_proc(&self) -> Option<NfQueueProc> {
+        let r = self.gw(&["cat", "/proc/net/netfilter/nfnetlink_queue"]);
+        r.stdout.lines().find_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() >= 8 && f[0] == u64::from(FTPCT_QUEUE)).then(|| NfQueueProc {
+                total: f[2],
+                dropped: f[5],
+                user_dropped: f[6],
+                id_sequence: f[7],
+            })
+        })
+    }
+
+    /// Runs a command in the gateway and asserts it succeeded (firewall changes of a test).
+    #[track_caller]
+    pub fn gw(&self, argv: &[&str]) -> Run {
+        let r = self.exec("gw", argv);
+        assert!(r.ok(), "[{}] in the gateway: {r}", self.test);
+        r
     }
 
     fn teardown(&mut self) -> Result<(), String> {
@@ -651,4 +832,68 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// A file of tests/lab/.
+pub fn lab_file(name: &str) -> String {
+    format!("{}/tests/lab/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The python lab.sh uses: /usr/bin/python3 when it exists (or `$FTPCT_LAB_PYTHON`).
+pub fn python_bin() -> String {
+    if let Ok(p) = std::env::var("FTPCT_LAB_PYTHON") {
+        return p;
+    }
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// The counters of `ftpct stats`.
+#[derive(Clone, Debug)]
+pub struct FtpctStats {
+    pub values: std::collections::BTreeMap<String, u64>,
+    pub text: String,
+}
+
+impl FtpctStats {
+    pub fn parse(text: &str) -> FtpctStats {
+        let values = text
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(char::is_whitespace)?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect();
+        FtpctStats {
+            values,
+            text: text.to_string(),
+        }
+    }
+    /// The counter `name`; panics (showing every counter) if the daemon does not report it.
+    #[track_caller]
+    pub fn get(&self, name: &str) -> u64 {
+        *self
+            .values
+            .get(name)
+            .unwrap_or_else(|| panic!("`ftpct stats` has no counter {name}:\n{}", self.text))
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+}
+
+/// One line of /proc/net/netfilter/nfnetlink_queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NfQueueProc {
+    /// Packets waiting for a verdict now.
+    pub total: u64,
+    /// Dropped because the queue was full (or accepted, with fail-open).
+    pub dropped: u64,
+    /// Dropped because the netlink socket's receive buffer was full (ENOBUFS).
+    pub user_dropped: u64,
+    /// Packet ids handed out (= packets queued so far).
+    pub id_sequence: u64,
 }
