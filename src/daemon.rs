@@ -265,6 +265,7 @@ impl Shell {
                 latency: &self.hist,
                 sessions: self.engine.session_count(),
                 expectations: self.engine.expectations().len(),
+                kernel_queue_drops: kernel_queue_drops(self.settings.queue).unwrap_or((0, 0)),
             }),
             Request::Events => String::new(),
         }
@@ -273,40 +274,70 @@ impl Shell {
     fn format_stats(&self) -> String {
         let s = self.engine.stats();
         let k = &self.stats;
-        format!(
-            "sessions {}\nexpectations {}\npackets_accepted {}\npackets_modified {}\npackets_dropped_held {}\n\
-             packets_dropped_out_of_order {}\nrewrites {}\nexpect_created {}\nexpect_used {}\nexpect_expired {}\n\
-             expect_evicted {}\nrefused_bounce {}\nrefused_privileged {}\nrefused_other {}\nparse_failures {}\n\
-             tls_sessions {}\nqueue_overruns {}\nct_created {}\nct_create_errors {}\nct_lookup_errors {}\n\
-             ipset_errors {}\nstate_errors {}\nlatency_count {}\nlatency_p50_ns {}\nlatency_p99_ns {}\nlatency_max_ns {}\n",
-            self.engine.session_count(),
-            self.engine.expectations().len(),
-            s.packets_accepted,
-            s.packets_modified,
-            s.packets_dropped_held,
-            s.packets_dropped_ooo,
-            s.rewrites,
-            s.expect_created,
-            s.expect_used,
-            s.expect_expired,
-            s.expect_evicted,
-            s.refused_bounce,
-            s.refused_privileged,
-            s.refused_other,
-            s.parse_failures,
-            s.tls_sessions,
-            k.queue_overruns,
-            k.ct_created,
-            k.ct_create_errors,
-            k.ct_lookup_errors,
-            k.ipset_errors,
-            k.state_errors,
-            self.hist.count(),
-            self.hist.quantile(0.5),
-            self.hist.quantile(0.99),
-            self.hist.max(),
-        )
+        let (kq_dropped, kq_user_dropped) =
+            kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
+        let rows: [(&str, u64); 37] = [
+            ("sessions", self.engine.session_count() as u64),
+            ("expectations", self.engine.expectations().len() as u64),
+            ("sessions_started", s.sessions_started),
+            ("sessions_evicted", s.sessions_evicted),
+            ("packets_accepted", s.packets_accepted),
+            ("packets_modified", s.packets_modified),
+            ("packets_dropped_held", s.packets_dropped_held),
+            ("packets_dropped_out_of_order", s.packets_dropped_ooo),
+            ("packets_malformed", s.packets_malformed),
+            ("packets_untracked", s.untracked),
+            ("rewrites", s.rewrites),
+            ("expect_created", s.expect_created),
+            ("expect_used", s.expect_used),
+            ("expect_expired", s.expect_expired),
+            ("expect_evicted", s.expect_evicted),
+            ("refused_bounce", s.refused_bounce),
+            ("refused_privileged", s.refused_privileged),
+            ("refused_other", s.refused_other),
+            ("parse_failures", s.parse_failures),
+            ("tls_sessions", s.tls_sessions),
+            ("lines_too_long", s.lines_too_long),
+            ("hold_gave_up", s.hold_gave_up),
+            ("resyncs", s.resyncs),
+            ("syn_unmatched", s.syn_unmatched),
+            ("events_dropped", s.events_dropped),
+            ("queue_overruns", k.queue_overruns),
+            ("kernel_queue_dropped", kq_dropped),
+            ("kernel_queue_user_dropped", kq_user_dropped),
+            ("ct_created", k.ct_created),
+            ("ct_create_errors", k.ct_create_errors),
+            ("ct_lookup_errors", k.ct_lookup_errors),
+            ("ipset_errors", k.ipset_errors),
+            ("state_errors", k.state_errors),
+            ("latency_count", self.hist.count()),
+            ("latency_p50_ns", self.hist.quantile(0.5)),
+            ("latency_p99_ns", self.hist.quantile(0.99)),
+            ("latency_max_ns", self.hist.max()),
+        ];
+        let mut out = String::with_capacity(1024);
+        for (name, v) in rows {
+            out.push_str(name);
+            out.push(' ');
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        out
     }
+}
+
+/// The kernel's drop counters of our queue (`/proc/net/netfilter/nfnetlink_queue`, this
+/// network namespace): packets dropped because the queue was full, and because the netlink
+/// socket could not take them (`queue_dropped`, `user_dropped`).
+pub fn kernel_queue_drops(queue: u16) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first()?.parse::<u16>().ok()? != queue {
+            return None;
+        }
+        Some((f.get(5)?.parse().ok()?, f.get(6)?.parse().ok()?))
+    })
 }
 
 /// One log line per event, with the session id, addresses and NAT, for an admin to follow.

@@ -289,6 +289,8 @@ pub struct Stats {
     pub sessions_started: u64,
     pub sessions_evicted: u64,
     pub syn_unmatched: u64,
+    /// Control-port packets of flows the kernel has no conntrack entry for.
+    pub untracked: u64,
     pub events_dropped: u64,
 }
 
@@ -668,13 +670,11 @@ impl Engine {
                     CtHint::NotLooked => return Verdict::NeedConntrack(pkt.tuple),
                     CtHint::Found(t) => t,
                     CtHint::Missing => {
-                        // Without a kernel entry we assume no NAT: tracking still works,
-                        // nothing is rewritten.
-                        if self.is_control_port(pkt.tuple.dst.port()) {
-                            CtTuples::untranslated(pkt.tuple)
-                        } else {
-                            CtTuples::untranslated(pkt.tuple.inverse())
-                        }
+                        // No conntrack entry: not a connection the firewall let through (a stray
+                        // or spoofed segment). Tracking it would let junk evict real sessions.
+                        self.stats.untracked += 1;
+                        self.stats.packets_accepted += 1;
+                        return Verdict::Accept;
                     }
                 };
                 match self.new_session(&pkt, cttuples, now) {
@@ -1036,6 +1036,14 @@ impl Engine {
         // The byte range of the original stream this packet will carry.
         let mut emit_start = seq;
         let mut prefix_len = 0usize;
+        if plen == 0 && !pkt.flags.fin && !pkt.flags.syn {
+            // A pure ACK sent after bytes we hold: the receiver has not seen those bytes, so
+            // its sequence number is where the held line starts (else it may be discarded as
+            // beyond the window, and its acknowledgement with it).
+            if let Some(h) = s.dir(dir).held_from {
+                emit_start = h;
+            }
+        }
         if let Some(h) = merged_from {
             let total = end.wrapping_sub(h);
             let limit = s.dir(dir).max_seg.max(MIN_MERGE);
@@ -1076,10 +1084,14 @@ impl Engine {
             sack: None,
             clear_fin: emit_end != end,
         };
-        match packet::build(pkt, &edit, &mut self.out) {
+        let v = match packet::build(pkt, &edit, &mut self.out) {
             Ok(()) => Verdict::AcceptModified,
             Err(_) => Verdict::Accept,
+        };
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.dir_mut(dir).seqadj.trim(crate::seqadj::MAX_RECORDS);
         }
+        v
     }
 
     /// Feeds in-order bytes of one direction and acts on each complete line.

@@ -71,6 +71,8 @@ pub struct Snapshot<'a> {
     pub latency: &'a Histogram,
     pub sessions: usize,
     pub expectations: usize,
+    /// The kernel's drops on our queue: (queue full, netlink socket full).
+    pub kernel_queue_drops: (u64, u64),
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
@@ -206,6 +208,30 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     metric(
         &mut out,
+        "ftpct_kernel_queue_dropped_total",
+        "counter",
+        "Packets the kernel dropped on ftpct's queue (nfnetlink_queue queue_dropped/user_dropped).",
+        &[
+            ("reason=\"queue_full\"", s.kernel_queue_drops.0),
+            ("reason=\"socket_full\"", s.kernel_queue_drops.1),
+        ],
+    );
+    metric(
+        &mut out,
+        "ftpct_packets_untracked_total",
+        "counter",
+        "Control-port packets without a conntrack entry (ignored).",
+        &[("", e.untracked)],
+    );
+    metric(
+        &mut out,
+        "ftpct_resyncs_total",
+        "counter",
+        "Streams resynchronised past bytes that never reached ftpct.",
+        &[("", e.resyncs)],
+    );
+    metric(
+        &mut out,
         "ftpct_queue_overruns_total",
         "counter",
         "NFQUEUE overruns (ENOBUFS: the kernel dropped queued packets).",
@@ -286,11 +312,13 @@ mod tests {
             latency: &h,
             sessions: 2,
             expectations: 1,
+            kernel_queue_drops: (4, 0),
         });
         assert!(text.contains("ftpct_packets_total{verdict=\"accepted\"} 10\n"));
         assert!(text.contains("ftpct_rewrites_total 3\n"));
         assert!(text.contains("ftpct_expectations_refused_total{reason=\"bounce\"} 1\n"));
         assert!(text.contains("ftpct_sessions 2\n"));
+        assert!(text.contains("ftpct_kernel_queue_dropped_total{reason=\"queue_full\"} 4\n"));
         assert!(text.contains("ftpct_packet_latency_seconds_count 2\n"));
         assert!(text.contains("ftpct_packet_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
         // every sample line is "name{labels} value" or "name value", and every name is declared

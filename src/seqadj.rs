@@ -13,11 +13,15 @@
 //!
 //! The kernel keeps a single correction position with an offset before and after it, so a
 //! retransmission of data from before the second-to-last rewrite gets the wrong offset; here the
-//! last [`MAX_RECORDS`] rewrites are kept exactly and older ones are folded into a base offset.
-//! No allocation: records live in a fixed array and replacements are stored inline.
+//! last [`MAX_RECORDS`] rewrites are kept exactly (more while one segment needs them) and older
+//! ones are folded into a base offset. Replacements are stored inline; the record list is
+//! allocated once, on the first rewrite of a direction.
 
-/// How many rewrites per direction are kept exactly.
+/// How many rewrites per direction are kept exactly between packets ([`SeqAdj::trim`]).
 pub const MAX_RECORDS: usize = 16;
+/// Hard bound on the records of one direction, whatever happens (many rewritten lines in one
+/// segment need all their records until the segment is emitted; then `trim` applies).
+pub const HARD_MAX_RECORDS: usize = 256;
 /// Longest replacement text (an EPRT argument with a full IPv6 address is 49 bytes).
 pub const MAX_REPLACEMENT: usize = 56;
 
@@ -82,8 +86,8 @@ fn diff(a: u32, b: u32) -> i32 {
 pub struct SeqAdj {
     /// Sum of the deltas of folded (forgotten) records, as a wrapping two's-complement offset.
     base: u32,
-    len: usize,
-    records: [Option<Record>; MAX_RECORDS],
+    /// In stream order; allocated only once something is rewritten.
+    records: Vec<Record>,
 }
 
 impl SeqAdj {
@@ -93,11 +97,24 @@ impl SeqAdj {
 
     /// True when nothing was ever rewritten: every map is the identity.
     pub fn is_identity(&self) -> bool {
-        self.base == 0 && self.len == 0
+        self.base == 0 && self.records.is_empty()
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Record> + '_ {
-        self.records.iter().take(self.len).flatten()
+        self.records.iter()
+    }
+
+    /// Folds the oldest records into the base offset until at most `keep` remain. Called after
+    /// a packet was emitted: positions before the folded records then map with the newest offset
+    /// (only a retransmission of data that old would notice, and it is long acknowledged).
+    pub fn trim(&mut self, keep: usize) {
+        if self.records.len() <= keep {
+            return;
+        }
+        let n = self.records.len() - keep;
+        for r in self.records.drain(..n) {
+            self.base = self.base.wrapping_add(r.delta());
+        }
     }
 
     /// Offset applied after the last rewrite (what the kernel calls `offset_after`).
@@ -159,15 +176,10 @@ impl SeqAdj {
                 return Err(SeqAdjError::Overlap);
             }
         }
-        if self.len == MAX_RECORDS {
-            if let Some(oldest) = self.records[0].take() {
-                self.base = self.base.wrapping_add(oldest.delta());
-            }
-            self.records.rotate_left(1);
-            self.len -= 1;
+        if self.records.len() >= HARD_MAX_RECORDS {
+            self.trim(HARD_MAX_RECORDS - 1);
         }
-        self.records[self.len] = Some(rec);
-        self.len += 1;
+        self.records.push(rec);
         Ok(())
     }
 
@@ -309,6 +321,12 @@ mod tests {
         for i in 0..(MAX_RECORDS as u32 + 5) {
             s.add(100 * i + 1, 2, b"abc").unwrap();
         }
+        assert_eq!(
+            s.records().count(),
+            MAX_RECORDS + 5,
+            "nothing folds before trim"
+        );
+        s.trim(MAX_RECORDS);
         assert_eq!(s.records().count(), MAX_RECORDS);
         let n = MAX_RECORDS as u32 + 5;
         assert_eq!(s.offset_after(), n as i32);
