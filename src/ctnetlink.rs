@@ -52,6 +52,7 @@ const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_STATUS: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
+const CTA_HELP: u16 = 5;
 const CTA_TIMEOUT: u16 = 7;
 const CTA_MARK: u16 = 8;
 const CTA_ID: u16 = 12;
@@ -177,6 +178,8 @@ pub struct CtEntry {
     pub timeout_secs: u32,
     /// TCP conntrack state (`enum tcp_conntrack`), if reported.
     pub tcp_state: Option<u8>,
+    /// A kernel conntrack helper is attached (`CTA_HELP`), e.g. by `-j CT --helper ftp`.
+    pub helper: bool,
 }
 
 /// A ctnetlink socket with a reused request buffer.
@@ -463,6 +466,7 @@ fn parse_entry(attrs: AttrIter<'_>) -> Result<CtEntry, CtError> {
         mark: u32_of(CTA_MARK)?,
         timeout_secs: u32_of(CTA_TIMEOUT)?,
         tcp_state,
+        helper: t[CTA_HELP as usize].is_some(),
     })
 }
 

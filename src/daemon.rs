@@ -103,8 +103,18 @@ impl Shell {
             .handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
         if let Verdict::NeedConntrack(tuple) = v {
             self.stats.ct_lookups += 1;
-            let hint = match self.ct.get(&tuple) {
-                Ok(Some(t)) => CtHint::Found(t),
+            let hint = match self.ct.get_entry(&tuple) {
+                Ok(Some(e)) => {
+                    if e.helper {
+                        warn!(
+                            flow = %tuple,
+                            "a kernel conntrack helper is attached to this FTP control connection as well: \
+                             both would rewrite it; remove the `-j CT --helper ftp` rule for these ports"
+                        );
+                        self.stats.kernel_helper_seen += 1;
+                    }
+                    CtHint::Found(e.tuples)
+                }
                 Ok(None) => CtHint::Missing,
                 Err(e) => {
                     self.stats.ct_lookup_errors += 1;
@@ -276,7 +286,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 37] = [
+        let rows: [(&str, u64); 38] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -306,6 +316,7 @@ impl Shell {
             ("kernel_queue_dropped", kq_dropped),
             ("kernel_queue_user_dropped", kq_user_dropped),
             ("ct_created", k.ct_created),
+            ("kernel_helper_seen", k.kernel_helper_seen),
             ("ct_create_errors", k.ct_create_errors),
             ("ct_lookup_errors", k.ct_lookup_errors),
             ("ipset_errors", k.ipset_errors),

@@ -62,6 +62,8 @@ pub struct ShellStats {
     pub ct_create_errors: u64,
     pub ipset_errors: u64,
     pub state_errors: u64,
+    /// Control connections on which a kernel conntrack helper was attached too.
+    pub kernel_helper_seen: u64,
 }
 
 /// Everything a scrape shows.
