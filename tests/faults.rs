@@ -831,8 +831,12 @@ fn data_syn_lost_after_admission_retransmission_is_related() {
 
 // ---- 4. rules removed behind ftpct's back ------------------------------------------------------
 
-fn nft_nat_hooks(lab: &Lab) -> String {
-    lab.gw(&["nft", "list", "table", "ip", "nat"]).stdout
+/// `nft list table ip nat` in the gateway, or None without the `nft` program (package nftables,
+/// not among the lab's requirements: iptables-nft shows built-in chains even when they do not
+/// exist, so only nft can tell).
+fn nft_nat_table(lab: &Lab) -> Option<String> {
+    let r = lab.exec("gw", &["nft", "list", "table", "ip", "nat"]);
+    r.ok().then_some(r.stdout)
 }
 
 /// Removes ftpct's nat PREROUTING rule (d) and the base chain itself, and the lab's nat INPUT
@@ -843,11 +847,15 @@ fn remove_nat_prerouting(lab: &Lab, test: &str) {
         // iptables-nft deletes an empty built-in chain (iptables-legacy refuses)
         lab.gw(&["iptables", "-t", "nat", "-X", chain]);
     }
-    let nft = nft_nat_hooks(lab);
-    assert!(
-        !nft.contains("hook prerouting") && nft.contains("hook postrouting"),
-        "[{test}] the nat PREROUTING base chain is still there:\n{nft}"
-    );
+    match nft_nat_table(lab) {
+        Some(nft) => assert!(
+            !nft.contains("hook prerouting") && nft.contains("hook postrouting"),
+            "[{test}] the nat PREROUTING base chain is still there:\n{nft}"
+        ),
+        None => {
+            eprintln!("[{test}] no `nft` program: the removal of the base chain is not checked")
+        }
+    }
 }
 
 /// What happens: nothing breaks. The kernel registers ALL the NAT hooks of a family
@@ -871,7 +879,12 @@ fn nat_prerouting_removed_behind_ftpcts_back_active_masq_still_works() {
     let bin = common::ftpct_bin();
     let q = common::FTPCT_QUEUE.to_string();
     lab.gw(&[&bin, "rules", "--queue", &q, "--ports", "21", "--apply"]);
-    assert!(nft_nat_hooks(&lab).contains("hook prerouting"), "[{test}]");
+    if let Some(nft) = nft_nat_table(&lab) {
+        assert!(
+            nft.contains("hook prerouting"),
+            "[{test}] not restored:\n{nft}"
+        );
+    }
 }
 
 /// Polls the daemon's log for up to `secs` seconds for a WARN or ERROR line written after byte
