@@ -57,7 +57,22 @@ fn active_steps(count: usize, first: u16, split: bool) -> Vec<String> {
 
 /// One session of `steps` (login first, quit last) with ftpscript; asserts it worked.
 fn session_ok(lab: &Lab, test: &str, timeout: u32, steps: &[String]) {
-    let mut argv: Vec<&str> = vec!["login"];
+    session_ok_within(lab, test, timeout, None, steps)
+}
+
+/// `session_ok`, and no transfer (retr step) may take more than `max_transfer` seconds.
+fn session_ok_within(
+    lab: &Lab,
+    test: &str,
+    timeout: u32,
+    max_transfer: Option<&str>,
+    steps: &[String],
+) {
+    let mut argv: Vec<&str> = Vec::new();
+    if let Some(m) = max_transfer {
+        argv.extend(["--max-transfer-seconds", m]);
+    }
+    argv.push("login");
     argv.extend(steps.iter().map(String::as_str));
     argv.push("quit");
     let r = lab.ftpscript(timeout, None, &argv);
@@ -72,7 +87,7 @@ fn session_ok(lab: &Lab, test: &str, timeout: u32, steps: &[String]) {
 /// is the kernel's floor (`net.ipv4.tcp_min_snd_mss`, whose minimum is 48); with the timestamp
 /// option the senders then put 36 bytes of payload in a segment, so a 227 reply (46-50 bytes)
 /// always spans two segments, and a PORT/EPRT line does when it does not start a segment (see
-/// the `retr:MODE:FILE::PAD` steps). Data connections are not clamped (fast).
+/// the `retr:MODE:FILE:PORT:PAD` steps). Data connections are not clamped (fast).
 fn clamp_mss(lab: &Lab) {
     for dir in ["--dport", "--sport"] {
         lab.gw(&[
@@ -108,6 +123,10 @@ enum LossAt {
 }
 
 const LOSS_PROBABILITY: &str = "0.07";
+
+/// Longest one transfer may take under that loss (seconds): four losses of the same segment in
+/// a row (200 + 400 + 800 + 1600 ms of back-off) have a probability of 2.4e-5.
+const MAX_TRANSFER_UNDER_LOSS: &str = "3";
 
 fn add_loss(lab: &Lab, at: LossAt) {
     for dir in ["--dport", "--sport"] {
@@ -176,7 +195,10 @@ fn lossy_scenario(test: &str, topo: Topology, mode: &str, at: LossAt, split_comm
         many_ok(&r, 30, test, &lab);
     }
     if split_commands {
-        session_ok(&lab, test, 10, &active_steps(26, FIXED_PORTS + 100, true));
+        // a loss costs a retransmission timeout (200 ms, doubling if the same segment is lost
+        // again): 3 s for one transfer means the control connection stalled
+        let steps = active_steps(26, FIXED_PORTS + 100, true);
+        session_ok_within(&lab, test, 10, Some(MAX_TRANSFER_UNDER_LOSS), &steps);
     }
     let st = lab.ftpct_stats();
     let (table, chain) = match at {
@@ -252,13 +274,16 @@ fn lossy_control_before_ftpct_30_active_masq() {
     );
 }
 
-/// FAILS about one run in three, and takes 2 to 30 s for 26 small transfers when it passes:
-/// each loss that leaves ftpct holding a partial PORT/EPRT line stalls the control connection
-/// for seconds (see `split_port_tail_lost_before_ftpct_acks_still_pass` for the deterministic
-/// reproduction and the cause), and stalls add up with the senders' RTO back-off until the
-/// client's 10 s timeout expires.
+/// FAILS in some runs only (random loss): each loss that leaves ftpct holding a partial PORT/EPRT
+/// line drops the client's pure ACKs meanwhile (see
+/// `split_port_tail_lost_before_ftpct_acks_still_pass` for the deterministic reproduction and
+/// the cause), so the server retransmits with back-off and the control connection stalls until
+/// the client's own retransmission timer fires. Measured over ~15 runs: the 26 transfers take
+/// 4-19 s (1.7-2.8 s with the loss after ftpct), the slowest transfer 0.7-1.8 s, with one stall
+/// of 7.7 s and one beyond the client's 10 s timeout; the 3 s bound per transfer catches those.
 #[test]
-#[ignore = "needs daemon change: pure ACKs dropped while a split line is held stall the             control connection (see split_port_tail_lost_before_ftpct_acks_still_pass)"]
+#[ignore = "needs daemon change: pure ACKs dropped while a split line is held stall the \
+            control connection (see split_port_tail_lost_before_ftpct_acks_still_pass)"]
 fn lossy_control_before_ftpct_split_commands_masq() {
     lossy_scenario(
         "lossy_control_before_ftpct_split_commands_masq",
@@ -441,8 +466,9 @@ fn split_227_lost_after_ftpct_is_recovered() {
     split_227_lost_once("split_227_lost_after_ftpct_is_recovered", LossAt::Forward);
 }
 
-/// Observed: the 227 (two 36-byte-payload segments) is lost before ftpct; the server's RTO
-/// retransmits only the FIRST segment (cwnd 1; the two do not fit one segment, so no collapse).
+/// Observed: the 227 is lost before ftpct (at raw PREROUTING both of its 36-byte segments are
+/// still one GSO packet: the drop rule counts one packet); the server's RTO retransmits only the
+/// FIRST segment (cwnd 1; the two do not fit one segment, so no collapse).
 /// ftpct holds it (a partial 227 may need a rewrite) and drops it, waiting for the rest, which
 /// the server only sends once that first segment is acknowledged: a deadlock. After
 /// `max_hold_retries` (3) retransmissions ftpct logs "a split control line never completed while
@@ -805,8 +831,12 @@ fn data_syn_lost_after_admission_retransmission_is_related() {
 
 // ---- 4. rules removed behind ftpct's back ------------------------------------------------------
 
-fn nft_nat_hooks(lab: &Lab) -> String {
-    lab.gw(&["nft", "list", "table", "ip", "nat"]).stdout
+/// `nft list table ip nat` in the gateway, or None without the `nft` program (package nftables,
+/// not among the lab's requirements: iptables-nft shows built-in chains even when they do not
+/// exist, so only nft can tell).
+fn nft_nat_table(lab: &Lab) -> Option<String> {
+    let r = lab.exec("gw", &["nft", "list", "table", "ip", "nat"]);
+    r.ok().then_some(r.stdout)
 }
 
 /// Removes ftpct's nat PREROUTING rule (d) and the base chain itself, and the lab's nat INPUT
@@ -817,11 +847,15 @@ fn remove_nat_prerouting(lab: &Lab, test: &str) {
         // iptables-nft deletes an empty built-in chain (iptables-legacy refuses)
         lab.gw(&["iptables", "-t", "nat", "-X", chain]);
     }
-    let nft = nft_nat_hooks(lab);
-    assert!(
-        !nft.contains("hook prerouting") && nft.contains("hook postrouting"),
-        "[{test}] the nat PREROUTING base chain is still there:\n{nft}"
-    );
+    match nft_nat_table(lab) {
+        Some(nft) => assert!(
+            !nft.contains("hook prerouting") && nft.contains("hook postrouting"),
+            "[{test}] the nat PREROUTING base chain is still there:\n{nft}"
+        ),
+        None => {
+            eprintln!("[{test}] no `nft` program: the removal of the base chain is not checked")
+        }
+    }
 }
 
 /// What happens: nothing breaks. The kernel registers ALL the NAT hooks of a family
@@ -845,7 +879,12 @@ fn nat_prerouting_removed_behind_ftpcts_back_active_masq_still_works() {
     let bin = common::ftpct_bin();
     let q = common::FTPCT_QUEUE.to_string();
     lab.gw(&[&bin, "rules", "--queue", &q, "--ports", "21", "--apply"]);
-    assert!(nft_nat_hooks(&lab).contains("hook prerouting"), "[{test}]");
+    if let Some(nft) = nft_nat_table(&lab) {
+        assert!(
+            nft.contains("hook prerouting"),
+            "[{test}] not restored:\n{nft}"
+        );
+    }
 }
 
 /// Polls the daemon's log for up to `secs` seconds for a WARN or ERROR line written after byte

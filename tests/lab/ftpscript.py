@@ -31,6 +31,9 @@ Steps, executed in order (TEXT may use \\r, \\n, \\t and \\xHH escapes):
                              with 200 by the server; K commands per write (pipelined, default 1)
   quit                       QUIT, expecting 221
 
+--max-transfer-seconds S fails the run when one retr/retrfail step (PORT/PASV, RETR, the data and
+the final reply) takes longer than S seconds: a stalled control connection, not a slow one.
+
 Exit status 0 when every step succeeded; the last stdout line is then "OK ...".
 """
 
@@ -266,6 +269,7 @@ def codes(spec):
 def run(args):
     c = Ctl(args.host, args.port, args.timeout)
     done = []
+    slowest = 0.0
     for step in args.steps:
         kind, _, rest = step.partition(":")
         if kind == "login":
@@ -284,12 +288,18 @@ def run(args):
         elif kind == "sleep":
             time.sleep(float(rest))
         elif kind in ("retr", "retrfail"):
+            t_step = time.monotonic()
             spec, _, exp = rest.partition("=>")
             parts = spec.split(":")
             fail = codes(exp or "4,5") if kind == "retrfail" else None
             fixed = int(parts[2]) if len(parts) > 2 and parts[2] else 0
             pad = int(parts[3]) if len(parts) > 3 else None
             retr(c, args, parts[0], parts[1], fixed, fail, pad)
+            took = time.monotonic() - t_step
+            slowest = max(slowest, took)
+            if args.max_transfer_seconds and took > args.max_transfer_seconds:
+                raise Fail("%s took %.2f s (at most %.2f s allowed): the control connection stalled"
+                           % (step, took, args.max_transfer_seconds))
         elif kind == "mark":
             open(rest, "w").close()
         elif kind == "waitfor":
@@ -320,6 +330,7 @@ def run(args):
         else:
             raise Fail("unknown step %r" % step)
         done.append(kind)
+    log("slowest transfer: %.2f s" % slowest)
     print("OK %d steps: %s" % (len(done), " ".join(done)), flush=True)
     return 0
 
@@ -330,6 +341,8 @@ def main():
     p.add_argument("--port", type=int, default=21)
     p.add_argument("--timeout", type=float, default=3.0)
     p.add_argument("--root", default=".")
+    p.add_argument("--max-transfer-seconds", type=float, default=0,
+                   help="fail when one retr/retrfail step takes longer (0: no limit)")
     p.add_argument("steps", nargs="+")
     args = p.parse_args()
     try:
