@@ -313,8 +313,8 @@ impl Shell {
             ("syn_unmatched", s.syn_unmatched),
             ("events_dropped", s.events_dropped),
             ("queue_overruns", k.queue_overruns),
-            ("kernel_queue_dropped", kq_dropped),
-            ("kernel_queue_user_dropped", kq_user_dropped),
+            ("queue_dropped", kq_dropped),
+            ("queue_user_dropped", kq_user_dropped),
             ("ct_created", k.ct_created),
             ("kernel_helper_seen", k.kernel_helper_seen),
             ("ct_create_errors", k.ct_create_errors),
@@ -365,7 +365,7 @@ pub fn log_event(e: &Event) {
             session = %id,
             client = %ct.original.src,
             server = %ct.original.dst,
-            reason = reason.label(),
+            reason = reason.describe(),
             "control session end"
         ),
         Event::Message { id, kind } => debug!(session = %id, message = kind.label(), "message"),
@@ -387,7 +387,7 @@ pub fn log_event(e: &Event) {
             session = %exp.master,
             expectation = id.0,
             dst = %exp.dst,
-            reason = reason.label(),
+            reason = reason.describe(),
             "expectation removed"
         ),
         Event::Refused {

@@ -86,6 +86,17 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// For log lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::Reset => "reset",
+            EndReason::Idle => "idle timeout",
+            EndReason::Evicted => "evicted (session table full)",
+        }
+    }
+
+    /// For metrics and event lines.
     pub fn label(self) -> &'static str {
         match self {
             EndReason::Closed => "closed",
@@ -109,6 +120,17 @@ pub enum RemoveReason {
 }
 
 impl RemoveReason {
+    /// For log lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RemoveReason::Expired => "expired unused",
+            RemoveReason::Evicted => "evicted by a newer one (per-session limit)",
+            RemoveReason::Replaced => "replaced",
+            RemoveReason::MasterGone => "control session ended",
+        }
+    }
+
+    /// For metrics and event lines.
     pub fn label(self) -> &'static str {
         match self {
             RemoveReason::Expired => "expired",
@@ -965,7 +987,7 @@ impl Engine {
         // Feed the new bytes, if any, to the line assembler.
         let mut merged_from: Option<u32> = None;
         let mut hold_from: Option<u32> = None;
-        if rel_end > 0 && !s.encrypted {
+        if rel_end > 0 && plen > 0 && !s.encrypted {
             let held = s.dir(dir).held_from;
             // Bytes of the held partial line, needed if they are merged into this segment.
             self.orig.clear();
@@ -1004,7 +1026,7 @@ impl Engine {
                     d.hold_tries = 0;
                 }
             }
-        } else if rel_end > 0 {
+        } else if rel_end > 0 && plen > 0 {
             // Encrypted: no parsing, just advance.
             s.dir_mut(dir).next = end;
         } else if let (Some(h), true) = (s.dir(dir).held_from, plen > 0) {

@@ -337,8 +337,6 @@ fn retrans_segs(lab: &Lab, which: &str) -> u64 {
 /// updates) of that direction pass, their `seq` set to the mapped held start; the server then
 /// never retransmits (a loss on the client-to-server path only).
 #[test]
-#[ignore = "needs daemon change: never drop pure ACKs while a split line is held (forward them \
-            with seq = mapped held start)"]
 fn split_port_tail_lost_before_ftpct_acks_still_pass() {
     let test = "split_port_tail_lost_before_ftpct_acks_still_pass";
     let lab = lab_with_ftpct(test, Topology::Masq);
@@ -390,9 +388,10 @@ fn split_port_tail_lost_before_ftpct_acks_still_pass() {
     );
     let st = lab.ftpct_stats();
     let srv_retrans = retrans_segs(&lab, "srv") - srv_before;
-    assert_eq!(
-        srv_retrans,
-        0,
+    // One retransmission can be a tail loss probe firing before the client's delayed ACK;
+    // dropped ACKs showed as 2-3 retransmissions with back-off.
+    assert!(
+        srv_retrans <= 1,
         "[{test}] the server retransmitted {srv_retrans} segment(s): its replies were not \
          acknowledged while ftpct held the split PORT (packets_dropped_held {})",
         st.get("packets_dropped_held")
@@ -589,8 +588,6 @@ fn sigstop_with_full_queue_then_sigcont_transfer_completes() {
 /// Expected: `ftpct stats` reports the kernel's drops (e.g. `queue_dropped` and
 /// `queue_user_dropped` read from /proc/net/netfilter/nfnetlink_queue for its queue).
 #[test]
-#[ignore = "needs daemon change: report the kernel's queue drops (nfnetlink_queue queue_dropped, \
-            user_dropped) in `ftpct stats`"]
 fn queue_full_drops_are_visible_in_stats() {
     queue_overflow_scenario("queue_full_drops_are_visible_in_stats", true);
 }
@@ -730,8 +727,6 @@ fn ct_entry_in_time_wait_same_data_port_twice_kernel_helper_reference() {
 /// one) and create the RELATED one again; log it; count what cannot be fixed (a live foreign
 /// entry: `ct_entry_already_exists_live_foreign_fails_cleanly_and_session_goes_on`).
 #[test]
-#[ignore = "needs daemon change: on EEXIST for a data entry, replace a stale (TIME_WAIT/CLOSE) \
-            conntrack entry of the same tuple like the kernel does"]
 fn ct_entry_in_time_wait_same_data_port_twice_ftpct() {
     same_data_port_twice(
         "ct_entry_in_time_wait_same_data_port_twice_ftpct",
@@ -776,8 +771,6 @@ fn repeated_active_sessions_kernel_helper_reference() {
 /// refuses a tuple whose old entry has expired but was not reaped yet, which the packet path
 /// would skip. See `ct_entry_in_time_wait_same_data_port_twice_ftpct` for the cause and the fix.
 #[test]
-#[ignore = "needs daemon change: on EEXIST for a data entry, replace a stale (TIME_WAIT/CLOSE, \
-            expired) conntrack entry of the same tuple like the kernel does"]
 fn repeated_active_sessions_ftpct() {
     repeated_active_sessions("repeated_active_sessions_ftpct", Alg::Ftpct);
 }
@@ -1013,9 +1006,6 @@ fn kernel_helper_also_attached_transfers_still_work() {
 /// looks that entry up at session start) and logs once per session (or rate-limited) a WARN
 /// line: the kernel FTP helper is attached too, remove the `-j CT --helper ftp` rule.
 #[test]
-#[ignore = "needs daemon change: detect CTA_HELP on the control connection's conntrack entry \
-            and warn that the kernel FTP helper is attached as well (fix: remove the \
-            `CT --helper ftp` rule)"]
 fn kernel_helper_also_attached_is_reported() {
     kernel_helper_also_attached("kernel_helper_also_attached_is_reported", true);
 }

@@ -639,8 +639,6 @@ fn port_flood_keeps_one_expectation_per_session() {
 /// (fold only records below what the receiver acknowledged), or stop at the 16th rewritten line
 /// and cut the segment there (the sender retransmits the rest as a new segment).
 #[test]
-#[ignore = "needs daemon change: more than 16 rewritten lines in one TCP segment corrupt the \
-            stream (seqadj folds records the segment still needs)"]
 fn pipelined_port_flood_keeps_the_stream_intact() {
     let test = "pipelined_port_flood_keeps_the_stream_intact";
     let lab = lab_with_ftpct(test);
@@ -871,8 +869,6 @@ fn ten_thousand_control_sessions_stay_bounded() {
 /// flow the entry exists by its next packet); the real session's second transfer works; no
 /// eviction.
 #[test]
-#[ignore = "needs daemon change: packets of unknown flows without a conntrack entry create \
-            sessions (spoofed ACKs evict real sessions); make no session on CtHint::Missing"]
 fn junk_acks_on_the_control_port_create_no_sessions() {
     let test = "junk_acks_on_the_control_port_create_no_sessions";
     let mut lab = Lab::up(test, Topology::Masq);
@@ -924,8 +920,6 @@ fn junk_acks_on_the_control_port_create_no_sessions() {
 /// `sessions_started`, `hold_gave_up`, `syn_unmatched`, `packets_malformed`, `events_dropped`).
 /// Expected: every engine counter in `ftpct stats`.
 #[test]
-#[ignore = "needs daemon change: `ftpct stats` lacks sessions_evicted, lines_too_long (and \
-            sessions_started, hold_gave_up, syn_unmatched, packets_malformed, events_dropped)"]
 fn evictions_and_overlong_lines_are_counted_in_stats() {
     let test = "evictions_and_overlong_lines_are_counted_in_stats";
     let mut lab = Lab::up(test, Topology::Masq);
