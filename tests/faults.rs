@@ -282,8 +282,6 @@ fn lossy_control_before_ftpct_30_active_masq() {
 /// 4-19 s (1.7-2.8 s with the loss after ftpct), the slowest transfer 0.7-1.8 s, with one stall
 /// of 7.7 s and one beyond the client's 10 s timeout; the 3 s bound per transfer catches those.
 #[test]
-#[ignore = "needs daemon change: pure ACKs dropped while a split line is held stall the \
-            control connection (see split_port_tail_lost_before_ftpct_acks_still_pass)"]
 fn lossy_control_before_ftpct_split_commands_masq() {
     lossy_scenario(
         "lossy_control_before_ftpct_split_commands_masq",
