@@ -286,7 +286,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 38] = [
+        let rows: [(&str, u64); 39] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -308,6 +308,7 @@ impl Shell {
             ("parse_failures", s.parse_failures),
             ("tls_sessions", s.tls_sessions),
             ("lines_too_long", s.lines_too_long),
+            ("lines_held", s.lines_held),
             ("hold_gave_up", s.hold_gave_up),
             ("resyncs", s.resyncs),
             ("syn_unmatched", s.syn_unmatched),

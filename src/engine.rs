@@ -306,6 +306,8 @@ pub struct Stats {
     pub parse_failures: u64,
     pub tls_sessions: u64,
     pub lines_too_long: u64,
+    /// Partial lines held until their end (split PORT/EPRT/227/229).
+    pub lines_held: u64,
     pub hold_gave_up: u64,
     pub resyncs: u64,
     pub sessions_started: u64,
@@ -991,8 +993,11 @@ impl Engine {
             let held = s.dir(dir).held_from;
             // Bytes of the held partial line, needed if they are merged into this segment.
             self.orig.clear();
-            if held.is_some() {
-                self.orig.extend_from_slice(&s.dir(dir).line);
+            if let Some(h) = held {
+                let d = s.dir(dir);
+                let from = h.wrapping_sub(d.line_start) as usize;
+                self.orig
+                    .extend_from_slice(d.line.get(from..).unwrap_or(&[]));
             }
             let skip = (-rel_start).max(0) as usize;
             let fresh = payload.get(skip..).unwrap_or(&[]);
@@ -1004,7 +1009,7 @@ impl Engine {
             let nat = rewrite_possible(&s.ct, dir);
             let d = s.dir_mut(dir);
             if let Some(h) = held {
-                if d.held_from.is_some() && !d.line.is_empty() && d.line_start == h {
+                if d.held_from.is_some() && !d.line.is_empty() && end_diff(h, d.line_start) >= 0 {
                     // Still incomplete: keep holding from the same place.
                 } else {
                     d.held_from = None;
@@ -1012,18 +1017,19 @@ impl Engine {
                     merged_from = Some(h);
                 }
             }
-            // Hold a partial line that may need a rewrite once complete.
+            // Hold the part of a partial line that a rewrite may change once the line is
+            // complete. What comes before the address can never change: it is forwarded, so
+            // the receiver acknowledges it and the sender goes on sending.
             let open_line = !d.line.is_empty() && !d.skipping && !d.no_rewrite_line;
-            if open_line
-                && !pkt.flags.fin
-                && !pkt.flags.rst
-                && nat
-                && may_need_rewrite(dir, &d.line, multiline)
-            {
-                hold_from = Some(d.line_start);
-                if d.held_from.is_none() {
-                    d.held_from = Some(d.line_start);
-                    d.hold_tries = 0;
+            if open_line && !pkt.flags.fin && !pkt.flags.rst && nat {
+                if let Some(off) = held_offset(dir, &d.line, multiline) {
+                    let h = d.held_from.unwrap_or(d.line_start.wrapping_add(off as u32));
+                    if d.held_from.is_none() {
+                        d.held_from = Some(h);
+                        d.hold_tries = 0;
+                        self.stats.lines_held += 1;
+                    }
+                    hold_from = Some(h);
                 }
             }
         } else if rel_end > 0 && plen > 0 {
@@ -1081,14 +1087,20 @@ impl Engine {
         let mut emit_end = end;
         if let Some(h) = hold_from {
             if end_diff(h, emit_start) <= 0 {
+                // Every byte of the segment is held: send what it acknowledges (and its
+                // window) as a pure ACK at the held start, so the other direction goes on.
                 self.stats.packets_dropped_held += 1;
-                return Verdict::Drop;
-            }
-            if end_diff(h, end) < 0 {
+                if !pkt.flags.ack {
+                    return Verdict::Drop;
+                }
+                emit_start = h;
+                emit_end = h;
+            } else if end_diff(h, end) < 0 {
                 emit_end = h;
             }
         }
-        let keep = emit_end.wrapping_sub(seq) as usize;
+        // Bytes of this segment up to `emit_end` (none when all of it is held).
+        let keep = end_diff(emit_end, seq).max(0) as usize;
         self.orig
             .extend_from_slice(payload.get(..keep).unwrap_or(payload));
         let changed_range = emit_start != seq || emit_end != end;
@@ -1481,20 +1493,40 @@ fn end_diff(a: u32, b: u32) -> i32 {
     a.wrapping_sub(b) as i32
 }
 
-/// Could this partial line, once complete, be a message whose address gets rewritten?
-fn may_need_rewrite(dir: Dir, partial: &[u8], multiline: Option<u16>) -> bool {
+/// Where, in a partial line that may become a message whose address gets rewritten, the bytes
+/// that a rewrite could change begin (`None`: the line cannot need a rewrite, or nothing that
+/// could change has arrived yet). The rewritten span of PORT/EPRT starts after the verb and its
+/// spaces; that of 227/229 at the first digit after the reply code (see `parser`).
+fn held_offset(dir: Dir, partial: &[u8], multiline: Option<u16>) -> Option<usize> {
     fn prefix_of(partial: &[u8], word: &[u8]) -> bool {
         let n = partial.len().min(word.len());
         partial[..n].eq_ignore_ascii_case(&word[..n])
     }
-    match dir {
-        Dir::Original => prefix_of(partial, b"PORT ") || prefix_of(partial, b"EPRT "),
-        Dir::Reply => {
-            matches!(multiline, Some(227) | Some(229))
-                || prefix_of(partial, b"227")
-                || prefix_of(partial, b"229")
+    let off = match dir {
+        Dir::Original => {
+            if !(prefix_of(partial, b"PORT ") || prefix_of(partial, b"EPRT ")) {
+                return None;
+            }
+            let spaces = partial.iter().skip(4).take_while(|&&b| b == b' ').count();
+            4 + spaces
         }
-    }
+        Dir::Reply => {
+            let coded = prefix_of(partial, b"227") || prefix_of(partial, b"229");
+            if !coded && !matches!(multiline, Some(227) | Some(229)) {
+                return None;
+            }
+            let from = if partial.len() >= 3 && partial[..3].iter().all(u8::is_ascii_digit) {
+                3
+            } else if coded {
+                // "22": the code itself is not complete yet
+                return None;
+            } else {
+                0
+            };
+            from + partial.iter().skip(from).position(u8::is_ascii_digit)?
+        }
+    };
+    (off < partial.len()).then_some(off)
 }
 
 /// Does a message sent in direction `dir` of this connection need its address rewritten?

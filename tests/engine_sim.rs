@@ -631,8 +631,9 @@ fn port_split_across_two_segments_is_rewritten() {
     let mut lab = Lab::masq(cfg());
     lab.client_says("USER a\r\n");
     let (a, b) = lab.cli.write(b"PORT 10,0,0,2,195,80\r\n");
-    // first piece is held (dropped at the gateway)...
-    assert!(!lab.c2s(a, a + 9));
+    // the first piece goes only up to the address, which is held...
+    assert!(lab.c2s(a, a + 9));
+    assert_eq!(lab.server_got(), "USER a\r\nPORT ");
     // ...and merged into the second
     assert!(lab.c2s(a + 9, b));
     assert_eq!(lab.server_got(), "USER a\r\nPORT 203,0,113,1,195,80\r\n");
@@ -646,9 +647,10 @@ fn port_split_across_two_segments_is_rewritten() {
 fn split_port_after_a_complete_line_in_the_same_segment() {
     let mut lab = Lab::masq(cfg());
     let (a, b) = lab.cli.write(b"NOOP\r\nPORT 10,0,0,2,195,80\r\n");
-    // the segment carries NOOP and the start of PORT: NOOP goes through, PORT's start is held
+    // the segment carries NOOP and the start of PORT: NOOP and the verb go through, the
+    // start of the address is held
     assert!(lab.c2s(a, a + 12));
-    assert_eq!(lab.server_got(), "NOOP\r\n");
+    assert_eq!(lab.server_got(), "NOOP\r\nPORT ");
     // the sender's retransmission timer fires: resend from the first unacknowledged byte
     assert!(lab.c2s(a + 6, b));
     assert_eq!(lab.server_got(), "NOOP\r\nPORT 203,0,113,1,195,80\r\n");
@@ -659,12 +661,15 @@ fn split_port_after_a_complete_line_in_the_same_segment() {
 fn held_line_without_continuation_is_let_through_after_retries() {
     let mut lab = Lab::masq(cfg());
     let (a, b) = lab.cli.write(b"PORT 10,0,0,2,195,80\r\n");
-    assert!(!lab.c2s(a, a + 9));
-    // a Nagle sender that never sends the rest while the first part is unacknowledged
+    assert!(lab.c2s(a, a + 9), "the verb goes through");
+    assert_eq!(lab.cli.snd_una, lab.cli.isn.wrapping_add(1 + a as u32 + 5));
+    // a Nagle sender that never sends the rest while the held part is unacknowledged
     for _ in 0..3 {
-        assert!(!lab.c2s(a, a + 9));
+        // only what the segment acknowledges goes through, as a pure ACK
+        assert!(lab.c2s(a + 5, a + 9));
+        assert_eq!(lab.server_got(), "PORT ");
     }
-    assert!(lab.c2s(a, a + 9), "gives up holding");
+    assert!(lab.c2s(a + 5, a + 9), "gives up holding");
     assert!(lab
         .events()
         .iter()
@@ -1197,4 +1202,28 @@ fn a_gap_that_never_fills_is_skipped_instead_of_wedging_the_session() {
         "{}",
         lab.server_got()
     );
+}
+
+#[test]
+fn split_227_forwards_the_text_before_the_address_and_holds_the_rest() {
+    let mut lab = Lab::dnat(cfg());
+    lab.client_says("PASV\r\n");
+    let (a, b) = lab
+        .srv
+        .write(b"227 Entering Passive Mode (10,1,0,2,117,48).\r\n");
+    // cut inside the address: the text up to the first digit goes through at once
+    assert!(lab.s2c(a, a + 32));
+    assert_eq!(lab.client_got(), "227 Entering Passive Mode (");
+    // the server retransmits only what was not acknowledged, then the rest
+    assert!(lab.s2c(a + 27, a + 32), "its acknowledgement goes through");
+    assert_eq!(lab.client_got(), "227 Entering Passive Mode (");
+    assert!(lab.s2c(a + 27, b));
+    assert_eq!(
+        lab.client_got(),
+        "227 Entering Passive Mode (203,0,113,1,117,48).\r\n"
+    );
+    lab.all_acked();
+    assert!(lab
+        .data_syn("198.51.100.7:41000", "203.0.113.1:30000")
+        .is_some());
 }
