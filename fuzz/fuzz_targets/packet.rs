@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(checksums_ok(&out), "identity build has bad checksums");
     let again = TcpPacket::parse(&out).expect("identity build re-parses");
     assert_eq!(again.tuple, pkt.tuple);
-    if checksums_ok(&bytes[..pkt.payload_end]) {
+    // An IPv6 payload length of 0 (jumbogram) is read by etherparse as "up to the end of the
+    // slice"; the builder writes the real length, so only then may the bytes differ.
+    let v6_len0 = pkt.tuple.is_ipv6() && bytes.get(4..6) == Some(&[0, 0][..]);
+    if !v6_len0 && checksums_ok(&bytes[..pkt.payload_end]) {
         assert_eq!(&out[..], &bytes[..pkt.payload_end], "identity build changed bytes");
     }
 

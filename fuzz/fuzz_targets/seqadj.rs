@@ -64,8 +64,14 @@ impl Model {
         }
         (p as i64 + d) as u64
     }
+    /// Inside a replaced range, or at the end of a range replaced by nothing (a deletion maps
+    /// its start and its end to the same point, so `unmap` can only return the start).
+    /// The engine never deletes (its replacements are formatted addresses), so this is an
+    /// API edge case only.
     fn inside(&self, p: u64) -> bool {
-        self.recs.iter().any(|r| p > r.pos && p < r.pos + r.old)
+        self.recs
+            .iter()
+            .any(|r| p > r.pos && (p < r.pos + r.old || (p == r.pos + r.old && r.new.is_empty())))
     }
     /// The rewritten stream for original offsets `0..end` (end after every record).
     fn stream(&self, end: u64) -> Vec<u8> {

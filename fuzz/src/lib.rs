@@ -55,7 +55,8 @@ pub fn checksums_ok(bytes: &[u8]) -> bool {
     match &ip {
         IpSlice::Ipv4(v4) => {
             let h = v4.header();
-            let hdr_ok = h.to_header().calc_header_checksum() == h.header_checksum();
+            // Over the raw header bytes: etherparse's `Ipv4Header` drops the reserved flag bit.
+            let hdr_ok = ones_complement_sum(h.slice()) == 0xffff;
             let c = tcp
                 .calc_checksum_ipv4(h.source(), h.destination())
                 .expect("csum v4");
@@ -83,4 +84,15 @@ pub fn sack_blocks(bytes: &[u8]) -> Option<Vec<(u32, u32)>> {
         }
     }
     Some(v)
+}
+
+/// The 16-bit one's complement sum of `data` (a valid IPv4 header sums to 0xffff).
+pub fn ones_complement_sum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        sum += u32::from(w);
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
