@@ -299,7 +299,11 @@ impl Harness {
         let tb = r.u8();
         let param = r.u16();
         let flow = usize::from(fb & 0x7f) % N_FLOWS;
-        let dir = if fb & 0x80 != 0 { Dir::Reply } else { Dir::Original };
+        let dir = if fb & 0x80 != 0 {
+            Dir::Reply
+        } else {
+            Dir::Original
+        };
         let (syn, ackf, fin, rst) = (fl & 1 != 0, fl & 2 == 0, fl & 4 != 0, fl & 8 != 0);
         let seq_mode = (fl >> 4) & 3;
         let ack_mode = fl >> 6;
@@ -355,9 +359,7 @@ impl Harness {
             _ => (arb_seq, fresh),
         };
         let peer = &self.sides[flow][1 - di];
-        let realistic = peer
-            .delivered
-            .unwrap_or_else(|| peer.isn.wrapping_add(1));
+        let realistic = peer.delivered.unwrap_or_else(|| peer.isn.wrapping_add(1));
         let ack = match ack_mode {
             0 => realistic,
             1 => realistic.wrapping_sub(u32::from(param >> 8)),
@@ -604,7 +606,11 @@ fn run(data: &[u8]) {
                 }
                 h.engine.handle_timeout(h.now);
                 if let Some(t) = h.engine.poll_timeout() {
-                    assert!(t > h.now, "poll_timeout {t:?} not after handle_timeout({:?})", h.now);
+                    assert!(
+                        t > h.now,
+                        "poll_timeout {t:?} not after handle_timeout({:?})",
+                        h.now
+                    );
                 }
                 h.check_tables();
             }

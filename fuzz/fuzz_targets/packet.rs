@@ -50,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
     // slice"; the builder writes the real length, so only then may the bytes differ.
     let v6_len0 = pkt.tuple.is_ipv6() && bytes.get(4..6) == Some(&[0, 0][..]);
     if !v6_len0 && checksums_ok(&bytes[..pkt.payload_end]) {
-        assert_eq!(&out[..], &bytes[..pkt.payload_end], "identity build changed bytes");
+        assert_eq!(
+            &out[..],
+            &bytes[..pkt.payload_end],
+            "identity build changed bytes"
+        );
     }
 
     // Arbitrary edit.

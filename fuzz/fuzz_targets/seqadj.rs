@@ -147,7 +147,11 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     Err(SeqAdjError::Overlap)
                 };
-                assert_eq!(s.add(m.seq(pos), old as u32, &rec.new), want, "{rec:?} after {last:?}");
+                assert_eq!(
+                    s.add(m.seq(pos), old as u32, &rec.new),
+                    want,
+                    "{rec:?} after {last:?}"
+                );
             }
             // map / unmap around the records
             3 => {
@@ -180,7 +184,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(ns, m.seq(m.map(a)), "transform start of {a}");
                 let w = m.stream(a + len);
                 let at = ns.wrapping_sub(isn) as usize;
-                assert!(at + out.len() <= w.len(), "segment {a}+{len} out of the stream");
+                assert!(
+                    at + out.len() <= w.len(),
+                    "segment {a}+{len} out of the stream"
+                );
                 assert_eq!(&w[at..at + out.len()], &out[..], "segment {a}+{len} bytes");
                 assert_eq!(
                     s.map(m.seq(a + len)),

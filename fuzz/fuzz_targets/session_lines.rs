@@ -81,9 +81,22 @@ fuzz_target!(|data: &[u8]| {
             assert!(calls <= chunk.len() + 2, "next_line does not progress");
             let res = d.next_line(chunk, &mut pos, max_line, &mut buf);
             assert!(pos <= chunk.len());
-            assert!(d.line.len() <= max_line + 2, "line buffer {} > {}", d.line.len(), max_line + 2);
-            assert!(d.line.capacity() <= cap_limit, "line capacity {}", d.line.capacity());
-            assert!(buf.capacity() <= cap_limit, "out capacity {}", buf.capacity());
+            assert!(
+                d.line.len() <= max_line + 2,
+                "line buffer {} > {}",
+                d.line.len(),
+                max_line + 2
+            );
+            assert!(
+                d.line.capacity() <= cap_limit,
+                "line capacity {}",
+                d.line.capacity()
+            );
+            assert!(
+                buf.capacity() <= cap_limit,
+                "out capacity {}",
+                buf.capacity()
+            );
             match res {
                 LineOut::NeedMore => break,
                 LineOut::Overlong => got.push(Out::Overlong),
@@ -101,7 +114,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(got, want);
     // What is buffered is the open line's bytes (unless it is being skipped).
     if !d.skipping {
-        let open = stream.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let open = stream
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
         if at_line_start || open > 0 {
             assert_eq!(&d.line[..], &stream[open..]);
             assert_eq!(d.line_start, isn.wrapping_add(open as u32));
