@@ -602,8 +602,9 @@ fn bench_engine(c: &mut Criterion) {
 }
 
 /// `FTPCT_BENCH_PROFILE=<path> [FTPCT_BENCH_PACKETS=n]`: runs only that path for n packets
-/// (default 1 M) and exits, for `valgrind --tool=callgrind` or `perf record`. Paths: `ten_line`,
-/// `one_line`, `port`, `post_fixup`, `scale_100k`.
+/// (default 1 M) and exits, for `valgrind --tool=callgrind` or `perf record`, or to time one path
+/// alone. Paths: `ten_line`, `one_line`, `port`, `post_fixup`, `post_nothing`, `scale_1`,
+/// `scale_1k`, `scale_100k`, `scale_100k_1k_hot`.
 fn profile(path: &str) {
     let n: usize = std::env::var("FTPCT_BENCH_PACKETS")
         .ok()
@@ -627,8 +628,22 @@ fn profile(path: &str) {
             let mut t = PostAck::new(&mut e, true);
             Box::new(move |e| t.step(e))
         }
-        "scale_100k" => {
-            let mut t = Scale::new(&mut e, 100_000, 100_000);
+        "post_nothing" => {
+            let mut t = PostAck::new(&mut e, false);
+            Box::new(move |e| t.step(e))
+        }
+        "scale_1" | "scale_1k" | "scale_100k" | "scale_100k_1k_hot" => {
+            let (n, hot) = match path {
+                "scale_1" => (1, 1),
+                "scale_1k" => (1_000, 1_000),
+                "scale_100k" => (100_000, 100_000),
+                _ => (100_000, 1_000),
+            };
+            let mut t = Scale::new(&mut e, n, hot);
+            // Every session has seen a line (its line buffer exists) before timing starts.
+            for _ in 0..2 * n {
+                t.step(&mut e);
+            }
             Box::new(move |e| t.step(e))
         }
         other => panic!("unknown profile path {other}"),

@@ -11,7 +11,8 @@
 # replayed with `RUSTC_BOOTSTRAP=1 cargo +stable fuzz run <target> <file>`.
 #
 # Cost with the default (measured, see docs/benchmarks-core.md): one ASan build of the crate
-# and the five targets (about 3 CPU-minutes from a cold cache) plus 5 x 30 s of fuzzing.
+# and the five targets (about 2 CPU-minutes from a cold target directory) plus 5 x 30 s of
+# fuzzing: about 4-4.5 minutes on an idle 2-core runner.
 #
 # Only a stable toolchain is available, so libFuzzer's nightly-only flags (-Zsanitizer=address,
 # sancov) are unlocked with RUSTC_BOOTSTRAP=1, as in fuzz/Cargo.toml.
@@ -24,6 +25,12 @@ esac
 
 cd "$(dirname "$0")/.."
 export RUSTC_BOOTSTRAP=1
+
+# libfuzzer-sys compiles libFuzzer (C++) in its build script.
+if ! command -v "${CXX:-c++}" > /dev/null 2>&1; then
+    echo "error: no C++ compiler (${CXX:-c++}) for libFuzzer; on Debian: apt-get install -y g++" >&2
+    exit 2
+fi
 cargo_fuzz=(cargo +stable fuzz)
 
 targets=$("${cargo_fuzz[@]}" list)
