@@ -14,6 +14,7 @@
 //! keeps accepting the connection.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation, InsertError};
@@ -329,6 +330,24 @@ const MAX_GAP_DROPS: u8 = 6;
 /// Minimum segment size assumed when merging held bytes into the next segment.
 const MIN_MERGE: u32 = 536;
 
+/// Hasher for [`SessionId`] keys: Fibonacci hashing of the id.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Flow index key: which hook class the tuple was seen at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -339,7 +358,9 @@ struct FlowKey {
 /// The engine. See the module documentation.
 pub struct Engine {
     cfg: Config,
-    sessions: HashMap<SessionId, Session>,
+    /// Keyed by our own sequential ids (never by network input), so a plain multiplicative
+    /// hash is enough; flow keys, which come from packets, keep the std keyed hash.
+    sessions: HashMap<SessionId, Session, BuildHasherDefault<IdHasher>>,
     flows: HashMap<FlowKey, (SessionId, Dir)>,
     /// (deadline, session) — lazily updated: an entry may be older than the session's real
     /// deadline, in which case it is re-inserted when reached.
@@ -370,7 +391,7 @@ impl Engine {
         };
         Engine {
             cfg,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             flows: HashMap::new(),
             deadlines: BTreeSet::new(),
             expect: ExpectTable::new(limits),

@@ -153,7 +153,7 @@ impl SeqAdj {
     /// Records that `old_len` bytes at `pos` were replaced by `new`. Rewrites must come in
     /// stream order; a repeated identical record (the same line seen again) is accepted as a no-op.
     pub fn add(&mut self, pos: u32, old_len: u32, new: &[u8]) -> Result<(), SeqAdjError> {
-        if old_len == 0 {
+        if old_len == 0 || new.is_empty() {
             return Err(SeqAdjError::Empty);
         }
         if new.len() > MAX_REPLACEMENT {

@@ -116,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
                 let pos = m.last_end() + gap;
                 let res = s.add(m.seq(pos), old as u32, &new);
                 let rec = Rec { pos, old, new };
-                let want = if old == 0 {
+                let want = if old == 0 || rec.new.is_empty() {
                     Err(SeqAdjError::Empty)
                 } else if rec.new.len() > MAX_REPLACEMENT {
                     Err(SeqAdjError::TooLong)
