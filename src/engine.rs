@@ -84,6 +84,8 @@ pub enum EndReason {
     Reset,
     Idle,
     Evicted,
+    /// A new connection with the same addresses and ports started.
+    Reused,
 }
 
 impl EndReason {
@@ -94,6 +96,7 @@ impl EndReason {
             EndReason::Reset => "reset",
             EndReason::Idle => "idle timeout",
             EndReason::Evicted => "evicted (session table full)",
+            EndReason::Reused => "replaced by a new connection with the same addresses and ports",
         }
     }
 
@@ -104,6 +107,7 @@ impl EndReason {
             EndReason::Reset => "reset",
             EndReason::Idle => "idle",
             EndReason::Evicted => "evicted",
+            EndReason::Reused => "reused",
         }
     }
 }
@@ -693,7 +697,24 @@ impl Engine {
             tuple: pkt.tuple,
             post,
         };
-        let found = self.flows.get(&key).copied();
+        let mut found = self.flows.get(&key).copied();
+        if let (Some((sid, Dir::Reply)), false, true, true) =
+            (found, post, pkt.flags.syn, pkt.flags.ack)
+        {
+            // A SYN-ACK on a remembered connection: unless it is a retransmission of the one
+            // that started it, a new connection reuses the addresses and ports (the old one is
+            // closed or its end was missed). Forget the old one, or its sequence shifts would
+            // break the new one.
+            let same = self.sessions.get(&sid).is_some_and(|s| {
+                s.dir(Dir::Reply).synced
+                    && s.dir(Dir::Reply).next == pkt.seq.wrapping_add(1)
+                    && s.dir(Dir::Original).seqadj.is_identity()
+            });
+            if !same {
+                self.end_session(sid, EndReason::Reused);
+                found = None;
+            }
+        }
         let (sid, dir) = match found {
             Some(x) => x,
             None => {

@@ -810,12 +810,7 @@ fn dir_label(d: Dir) -> &'static str {
 }
 
 fn end_label(r: EndReason) -> &'static str {
-    match r {
-        EndReason::Closed => "closed",
-        EndReason::Reset => "reset",
-        EndReason::Idle => "idle",
-        EndReason::Evicted => "evicted",
-    }
+    r.label()
 }
 
 fn remove_label(r: RemoveReason) -> &'static str {

@@ -1227,3 +1227,59 @@ fn split_227_forwards_the_text_before_the_address_and_holds_the_rest() {
         .data_syn("198.51.100.7:41000", "203.0.113.1:30000")
         .is_some());
 }
+
+#[test]
+fn a_new_connection_on_a_remembered_tuple_starts_a_new_session() {
+    let mut lab = Lab::masq(cfg());
+    lab.client_says("PORT 10,0,0,2,195,80\r\n");
+    assert!(
+        lab.gw
+            .engine
+            .sessions()
+            .next()
+            .unwrap()
+            .dir(ftpct::types::Dir::Original)
+            .seqadj
+            .offset_after()
+            != 0
+    );
+    // the same addresses and ports again, with new sequence numbers (the old session was never
+    // seen closing): the SYN-ACK must not be shifted by the old session's offsets
+    let (cisn, sisn) = (0x1000_0000u32, 0x2000_0000u32);
+    let syn = Pkt {
+        src: Some(sa(CLI)),
+        dst: Some(sa(SRV)),
+        seq: cisn,
+        syn: true,
+        ..Default::default()
+    };
+    // (conntrack, too, starts a new entry)
+    lab.gw.td_end = [None, None];
+    lab.gw.forward(&syn).unwrap();
+    let synack = Pkt {
+        src: Some(sa(SRV)),
+        dst: Some(sa(GW_PUB)),
+        seq: sisn,
+        ack: cisn.wrapping_add(1),
+        syn: true,
+        ackf: true,
+        ..Default::default()
+    };
+    let out = lab.gw.forward(&synack).unwrap();
+    assert_eq!(
+        out.ack,
+        cisn.wrapping_add(1),
+        "the new connection's SYN-ACK is not shifted"
+    );
+    assert!(lab.events().iter().any(|e| matches!(
+        e,
+        Event::SessionEnd {
+            reason: ftpct::engine::EndReason::Reused,
+            ..
+        }
+    )));
+    assert_eq!(lab.gw.engine.session_count(), 1);
+    // and a retransmitted SYN-ACK of the new connection keeps its session
+    lab.gw.forward(&synack).unwrap();
+    assert_eq!(lab.gw.engine.stats().sessions_started, 2);
+}
