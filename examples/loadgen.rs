@@ -15,7 +15,9 @@
 //!   and keeps them idle; then fills expectations with pipelined EPRTs on some of them (e.g. up to
 //!   1 M). After each step it reads the daemon's resident memory (`/proc/PID/status`), its CPU
 //!   time (`/proc/PID/task/*/schedstat`) and `ftpct stats`, and runs a NOOP probe to get the
-//!   daemon's CPU time per queued packet at that table size. One JSON line per step.
+//!   daemon's CPU time per queued packet at that table size. One JSON line per step. The
+//!   sessions live in worker processes (`scale-worker`, at most `--per-worker` each) because
+//!   RLIMIT_NOFILE may be capped below 100 k.
 //!
 //! The runtime is tokio's current-thread one (optionally several, one per OS thread, with
 //! `--threads`): the client is cheap, and `rate` reports its CPU time against wall time so that
@@ -171,6 +173,25 @@ enum Cmd {
         /// daemon first, and 100 k connections are not closed through it).
         #[arg(long, default_value_t = 0.0)]
         linger: f64,
+        /// Sessions per worker process at most (RLIMIT_NOFILE may be capped; 20 000 here).
+        #[arg(long, default_value_t = 15000)]
+        per_worker: usize,
+    },
+    /// One worker process of `scale` (internal; driven over stdin/stdout).
+    #[command(hide = true)]
+    ScaleWorker {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, value_delimiter = ',', required = true)]
+        src: Vec<IpAddr>,
+        #[arg(long)]
+        worker: usize,
+        #[arg(long)]
+        workers: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 20.0)]
+        timeout: f64,
     },
 }
 
@@ -228,7 +249,8 @@ fn main() {
             socket,
             timeout,
             linger,
-        } => rt().block_on(cmd_scale(ScaleCfg {
+            per_worker,
+        } => cmd_scale(ScaleCfg {
             target,
             src,
             sessions,
@@ -241,7 +263,23 @@ fn main() {
             socket,
             tmo: Duration::from_secs_f64(timeout),
             linger: Duration::from_secs_f64(linger),
-        })),
+            per_worker,
+        }),
+        Cmd::ScaleWorker {
+            target,
+            src,
+            worker,
+            workers,
+            batch,
+            timeout,
+        } => cmd_scale_worker(WorkerCfg {
+            target,
+            src,
+            worker,
+            workers: workers.max(1),
+            batch: batch.max(1),
+            tmo: Duration::from_secs_f64(timeout),
+        }),
     };
     if let Err(e) = r {
         eprintln!("loadgen: {e}");
@@ -668,6 +706,10 @@ async fn one_session(cfg: &RateCfg, n: u64, size: u64, buf: &mut [u8]) -> Result
         Ok(221) => {}
         _ => return Err(Fail("quit")),
     }
+    // Wait for the server to close first, as a polite client does: the TIME_WAIT state then
+    // stays on the server, and the client's port can be used again at once.
+    let mut rest = [0u8; 64];
+    let _ = timeout(cfg.tmo, c.r.read(&mut rest)).await;
     Ok(Times {
         banner,
         cmd,
@@ -878,6 +920,9 @@ async fn cmd_serve(listen: SocketAddr) -> io::Result<()> {
         TcpSocket::new_v6()?
     };
     sock.set_reuseaddr(true)?;
+    // Several `serve` processes may share the port (one process cannot hold 100 k sockets where
+    // RLIMIT_NOFILE is capped); the kernel spreads the connections over them.
+    sock.set_reuseport(true)?;
     sock.bind(listen)?;
     let l = sock.listen(4096)?;
     eprintln!("loadgen serve: listening on {listen}");
@@ -939,6 +984,18 @@ async fn serve_one(s: TcpStream) -> io::Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // scale
+//
+// One process cannot hold 100 k sockets where RLIMIT_NOFILE is capped (here: 20 000, without
+// CAP_SYS_RESOURCE), so `scale` is a coordinator that runs W `scale-worker` processes (itself,
+// re-executed) and drives them in lock step over pipes. Worker w owns the sessions whose global
+// number i has i % W == w. Commands (one line each; one answer line `ok ...` or `err ...`):
+//   open N CONC              open the owned sessions below N (logged in), CONC logins at a time
+//   noop K CONC              K NOOP round trips over the owned sessions; answer: the samples (µs)
+//   eprt DONE PER ES MAXPER CONC
+//                            on the owned sessions below ES, EPRTs number DONE..PER, pipelined;
+//                            session i announces its own address, ports 1024 + (i / NSRC) * MAXPER
+//                            + k (one block per session and address)
+//   quit
 // ---------------------------------------------------------------------------------------------
 
 struct ScaleCfg {
@@ -950,6 +1007,7 @@ struct ScaleCfg {
     batch: usize,
     noops: usize,
     concurrency: usize,
+    per_worker: usize,
     pid: u32,
     socket: PathBuf,
     tmo: Duration,
@@ -1003,155 +1061,6 @@ impl Probe {
     }
 }
 
-/// Opens sessions `from..to` (logged in), with at most `conc` logins in flight.
-async fn open_sessions(cfg: &ScaleCfg, from: usize, to: usize) -> io::Result<Vec<Ctl>> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
-    let mut tasks = Vec::with_capacity(to - from);
-    for i in from..to {
-        let permit = sem.clone().acquire_owned().await.expect("semaphore");
-        let src = cfg.src[i % cfg.src.len()];
-        let (target, tmo) = (cfg.target, cfg.tmo);
-        tasks.push(tokio::spawn(async move {
-            let _p = permit;
-            let mut c = Ctl::connect(target, Some(src), tmo).await?;
-            c.login()
-                .await
-                .map_err(|f| err(format!("session login failed at {}", f.0)))?;
-            Ok::<Ctl, io::Error>(c)
-        }));
-    }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.map_err(|e| err(e.to_string()))??);
-    }
-    Ok(out)
-}
-
-/// `count` NOOP round trips spread over all sessions by `conc` workers (worker k serves the
-/// sessions k, k+conc, ...). Returns the round-trip samples in µs.
-async fn noop_probe(all: &mut Vec<Ctl>, count: usize, conc: usize) -> io::Result<Vec<u32>> {
-    let conc = conc.min(all.len()).max(1);
-    let mut groups: Vec<Vec<(usize, Ctl)>> = (0..conc).map(|_| Vec::new()).collect();
-    for (i, c) in all.drain(..).enumerate() {
-        groups[i % conc].push((i, c));
-    }
-    let per = count / conc;
-    let mut tasks = Vec::new();
-    for g in groups {
-        tasks.push(tokio::spawn(async move {
-            let mut g = g;
-            let mut samples = Vec::with_capacity(per);
-            let mut res = Ok(());
-            if !g.is_empty() {
-                // A stride through the group so that consecutive NOOPs hit distant sessions.
-                let stride = (g.len() / 7).max(1) | 1;
-                let mut j = 0usize;
-                for _ in 0..per {
-                    let len = g.len();
-                    let c = &mut g[j % len].1;
-                    let t = Instant::now();
-                    match c.cmd("NOOP").await {
-                        Ok(200) => samples.push(us(t.elapsed())),
-                        Ok(code) => {
-                            res = Err(err(format!("NOOP: reply {code}")));
-                            break;
-                        }
-                        Err(e) => {
-                            res = Err(e);
-                            break;
-                        }
-                    }
-                    j = j.wrapping_add(stride);
-                }
-            }
-            (g, samples, res)
-        }));
-    }
-    let mut back: Vec<(usize, Ctl)> = Vec::new();
-    let mut samples = Vec::new();
-    let mut res = Ok(());
-    for t in tasks {
-        let (g, s, r) = t.await.map_err(|e| err(e.to_string()))?;
-        back.extend(g);
-        samples.extend(s);
-        if r.is_err() && res.is_ok() {
-            res = r;
-        }
-    }
-    back.sort_by_key(|(i, _)| *i);
-    all.extend(back.into_iter().map(|(_, c)| c));
-    res.map(|()| samples)
-}
-
-/// Brings every one of the first `sessions.len()` sessions to `per_session` EPRTs in total
-/// (`done` already sent each), pipelined `batch` lines per write. Session i announces its own
-/// address with ports `base(i) + k`.
-async fn fill_eprt(
-    sessions: &mut Vec<Ctl>,
-    done: usize,
-    per_session: usize,
-    cfg: &ScaleCfg,
-    port_base: &[u16],
-) -> io::Result<()> {
-    let conc = cfg.concurrency.min(sessions.len()).max(1);
-    let mut groups: Vec<Vec<(usize, Ctl)>> = (0..conc).map(|_| Vec::new()).collect();
-    for (i, c) in sessions.drain(..).enumerate() {
-        groups[i % conc].push((i, c));
-    }
-    let mut tasks = Vec::new();
-    for g in groups {
-        let bases: Vec<u16> = g.iter().map(|(i, _)| port_base[*i]).collect();
-        let batch = cfg.batch;
-        tasks.push(tokio::spawn(async move {
-            let mut g = g;
-            let mut res: io::Result<()> = Ok(());
-            'outer: for ((_, c), base) in g.iter_mut().zip(bases) {
-                let ip = c.local.ip();
-                let mut k = done;
-                while k < per_session {
-                    let n = batch.min(per_session - k);
-                    let mut text = String::with_capacity(n * 48);
-                    for j in 0..n {
-                        let port = base as usize + k + j;
-                        let _ = write!(text, "{}\r\n", eprt_cmd(SocketAddr::new(ip, port as u16)));
-                    }
-                    if let Err(e) = c.w.write_all(text.as_bytes()).await {
-                        res = Err(e);
-                        break 'outer;
-                    }
-                    for _ in 0..n {
-                        match c.reply().await {
-                            Ok(200) => {}
-                            Ok(code) => {
-                                res = Err(err(format!("EPRT: reply {code}: {}", c.last.trim_end())));
-                                break 'outer;
-                            }
-                            Err(e) => {
-                                res = Err(e);
-                                break 'outer;
-                            }
-                        }
-                    }
-                    k += n;
-                }
-            }
-            (g, res)
-        }));
-    }
-    let mut back = Vec::new();
-    let mut res = Ok(());
-    for t in tasks {
-        let (g, r) = t.await.map_err(|e| err(e.to_string()))?;
-        back.extend(g);
-        if r.is_err() && res.is_ok() {
-            res = r;
-        }
-    }
-    back.sort_by_key(|(i, _)| *i);
-    sessions.extend(back.into_iter().map(|(_, c)| c));
-    res
-}
-
 fn print_line(phase: &str, n: usize, p: &Probe, extra: String) {
     println!(
         "{{\"cmd\":\"scale\",\"phase\":\"{phase}\",\"n\":{n},\"rss_kb\":{},\"sessions\":{},\"expectations\":{},\
@@ -1166,43 +1075,124 @@ fn print_line(phase: &str, n: usize, p: &Probe, extra: String) {
     );
 }
 
-/// NOOP probe: the daemon's CPU time per queued packet and the client's NOOP round trip.
-async fn probe(cfg: &ScaleCfg, sessions: &mut Vec<Ctl>, phase: &str, n: usize) -> io::Result<()> {
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let p0 = daemon_probe(cfg.pid, &cfg.socket)?;
-    let t = Instant::now();
-    let mut rtt = noop_probe(sessions, cfg.noops, cfg.concurrency).await?;
-    let wall = t.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let p1 = daemon_probe(cfg.pid, &cfg.socket)?;
-    let pk = p1.stat("latency_count") - p0.stat("latency_count");
-    let extra = format!(
-        ",\"noops\":{},\"probe_packets\":{pk},\"probe_cpu_ns_per_packet\":{:.0},\"probe_wall_s\":{:.3},\"noop_rtt_us\":{}",
-        rtt.len(),
-        (p1.cpu_ns - p0.cpu_ns) as f64 / pk.max(1) as f64,
-        wall.as_secs_f64(),
-        pct_json(&mut rtt)
-    );
-    print_line(phase, n, &p1, extra);
-    Ok(())
+/// The worker processes, driven over their stdin/stdout.
+struct Workers {
+    kids: Vec<(
+        std::process::Child,
+        std::process::ChildStdin,
+        std::io::BufReader<std::process::ChildStdout>,
+    )>,
 }
 
-async fn cmd_scale(cfg: ScaleCfg) -> io::Result<()> {
-    let base = daemon_probe(cfg.pid, &cfg.socket)?;
-    print_line("baseline", 0, &base, String::new());
+impl Workers {
+    fn spawn(cfg: &ScaleCfg, n: usize) -> io::Result<Workers> {
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe()?;
+        let src: Vec<String> = cfg.src.iter().map(|a| a.to_string()).collect();
+        let mut kids = Vec::new();
+        for w in 0..n {
+            let mut c = Command::new(&exe)
+                .arg("scale-worker")
+                .arg("--target")
+                .arg(cfg.target.to_string())
+                .arg("--src")
+                .arg(src.join(","))
+                .arg("--worker")
+                .arg(w.to_string())
+                .arg("--workers")
+                .arg(n.to_string())
+                .arg("--batch")
+                .arg(cfg.batch.to_string())
+                .arg("--timeout")
+                .arg(cfg.tmo.as_secs_f64().to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let i = c.stdin.take().expect("piped");
+            let o = std::io::BufReader::new(c.stdout.take().expect("piped"));
+            kids.push((c, i, o));
+        }
+        Ok(Workers { kids })
+    }
 
-    let mut sessions: Vec<Ctl> = Vec::new();
+    /// Sends `cmd` to every worker, then collects every answer (the part after `ok `).
+    fn all(&mut self, cmd: &str) -> io::Result<Vec<String>> {
+        use std::io::{BufRead, Write};
+        for (_, i, _) in &mut self.kids {
+            writeln!(i, "{cmd}")?;
+            i.flush()?;
+        }
+        let mut out = Vec::new();
+        for (w, (_, _, o)) in self.kids.iter_mut().enumerate() {
+            let mut line = String::new();
+            o.read_line(&mut line)?;
+            let line = line.trim_end();
+            match line.strip_prefix("ok") {
+                Some(rest) => out.push(rest.trim().to_string()),
+                None => {
+                    return Err(err(format!(
+                        "worker {w}: `{cmd}`: {}",
+                        if line.is_empty() { "exited" } else { line }
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for (c, _, _) in &mut self.kids {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn cmd_scale(cfg: ScaleCfg) -> io::Result<()> {
+    let max_s = cfg.sessions.iter().copied().max().unwrap_or(0);
+    let nw = max_s.div_ceil(cfg.per_worker.max(1)).max(1);
+    let mut workers = Workers::spawn(&cfg, nw)?;
+    let wconc = cfg.concurrency.div_ceil(nw).max(1);
+    let base = daemon_probe(cfg.pid, &cfg.socket)?;
+    print_line("baseline", 0, &base, format!(",\"workers\":{nw}"));
+
+    let probe = |workers: &mut Workers, phase: &str, n: usize| -> io::Result<()> {
+        std::thread::sleep(Duration::from_millis(500));
+        let p0 = daemon_probe(cfg.pid, &cfg.socket)?;
+        let t = Instant::now();
+        let answers = workers.all(&format!("noop {} {wconc}", cfg.noops.div_ceil(nw)))?;
+        let wall = t.elapsed();
+        std::thread::sleep(Duration::from_millis(300));
+        let p1 = daemon_probe(cfg.pid, &cfg.socket)?;
+        let mut rtt: Vec<u32> = answers
+            .iter()
+            .flat_map(|a| a.split_whitespace().filter_map(|x| x.parse().ok()))
+            .collect();
+        let pk = p1.stat("latency_count") - p0.stat("latency_count");
+        let extra = format!(
+            ",\"noops\":{},\"probe_packets\":{pk},\"probe_cpu_ns_per_packet\":{:.0},\"probe_wall_s\":{:.3},\"noop_rtt_us\":{}",
+            rtt.len(),
+            (p1.cpu_ns - p0.cpu_ns) as f64 / pk.max(1) as f64,
+            wall.as_secs_f64(),
+            pct_json(&mut rtt)
+        );
+        print_line(phase, n, &p1, extra);
+        Ok(())
+    };
+
+    let mut open = 0usize;
     for &n in &cfg.sessions {
-        if n <= sessions.len() {
+        if n <= open {
             continue;
         }
         let p0 = daemon_probe(cfg.pid, &cfg.socket)?;
         let t = Instant::now();
-        let from = sessions.len();
-        let new = open_sessions(&cfg, from, n).await?;
-        sessions.extend(new);
+        workers.all(&format!("open {n} {wconc}"))?;
+        open = n;
         let open_s = t.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        std::thread::sleep(Duration::from_millis(1000));
         let p1 = daemon_probe(cfg.pid, &cfg.socket)?;
         let pk = p1.stat("latency_count") - p0.stat("latency_count");
         print_line(
@@ -1214,26 +1204,20 @@ async fn cmd_scale(cfg: ScaleCfg) -> io::Result<()> {
                 (p1.cpu_ns - p0.cpu_ns) as f64 / pk.max(1) as f64
             ),
         );
-        probe(&cfg, &mut sessions, "sessions_probe", n).await?;
+        probe(&mut workers, "sessions_probe", n)?;
     }
 
-    if !cfg.expectations.is_empty() && !sessions.is_empty() {
-        let es = cfg.expect_sessions.min(sessions.len()).max(1);
-        let max_total = *cfg.expectations.iter().max().unwrap_or(&0);
+    if !cfg.expectations.is_empty() && open > 0 {
+        let es = cfg.expect_sessions.min(open).max(1);
+        let max_total = cfg.expectations.iter().copied().max().unwrap_or(0);
         let max_per = max_total.div_ceil(es);
-        // Port blocks per source address: session i is the r-th session of its address.
-        let nsrc = cfg.src.len();
-        let per_addr = es.div_ceil(nsrc);
+        let per_addr = es.div_ceil(cfg.src.len());
         if 1024 + per_addr * max_per > 65535 {
             return Err(err(format!(
                 "{max_per} EPRTs on each of {per_addr} sessions per address do not fit in the \
                  port space: give more --src addresses"
             )));
         }
-        let bases: Vec<u16> = (0..es)
-            .map(|i| (1024 + (i / nsrc) * max_per) as u16)
-            .collect();
-        let mut carriers: Vec<Ctl> = sessions.drain(..es).collect();
         let mut done = 0usize;
         for &e in &cfg.expectations {
             let per = e.div_ceil(es);
@@ -1242,11 +1226,11 @@ async fn cmd_scale(cfg: ScaleCfg) -> io::Result<()> {
             }
             let p0 = daemon_probe(cfg.pid, &cfg.socket)?;
             let t = Instant::now();
-            fill_eprt(&mut carriers, done, per, &cfg, &bases).await?;
+            workers.all(&format!("eprt {done} {per} {es} {max_per} {wconc}"))?;
             let fill_s = t.elapsed().as_secs_f64();
             let sent = (per - done) * es;
             done = per;
-            tokio::time::sleep(Duration::from_millis(1000)).await;
+            std::thread::sleep(Duration::from_millis(1000));
             let p1 = daemon_probe(cfg.pid, &cfg.socket)?;
             let pk = p1.stat("latency_count") - p0.stat("latency_count");
             print_line(
@@ -1259,16 +1243,223 @@ async fn cmd_scale(cfg: ScaleCfg) -> io::Result<()> {
                     (p1.cpu_ns - p0.cpu_ns) as f64 / pk.max(1) as f64
                 ),
             );
-            // Probe over every session, the carriers included.
-            let nc = carriers.len();
-            carriers.append(&mut sessions);
-            probe(&cfg, &mut carriers, "expect_probe", per * es).await?;
-            sessions = carriers.split_off(nc);
+            probe(&mut workers, "expect_probe", per * es)?;
         }
     }
     println!("{{\"cmd\":\"scale\",\"phase\":\"done\"}}");
-    tokio::time::sleep(cfg.linger).await;
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // The workers keep their connections open meanwhile (see --linger).
+    std::thread::sleep(cfg.linger);
     Ok(())
+}
+
+struct WorkerCfg {
+    target: SocketAddr,
+    src: Vec<IpAddr>,
+    worker: usize,
+    workers: usize,
+    batch: usize,
+    tmo: Duration,
+}
+
+fn cmd_scale_worker(cfg: WorkerCfg) -> io::Result<()> {
+    use std::io::{BufRead, Write};
+    let rt = rt();
+    let mut sessions: Vec<(usize, Ctl)> = Vec::new();
+    let mut next = cfg.worker; // next global session number this worker owns
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let w: Vec<usize> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let r: io::Result<String> = match (line.split_whitespace().next(), w.as_slice()) {
+            (Some("open"), &[n, conc]) => {
+                let ids: Vec<usize> = (next..n).step_by(cfg.workers).collect();
+                if let Some(&l) = ids.last() {
+                    next = l + cfg.workers;
+                }
+                rt.block_on(open_sessions(&cfg, ids, conc)).map(|mut v| {
+                    let k = v.len();
+                    sessions.append(&mut v);
+                    k.to_string()
+                })
+            }
+            (Some("noop"), &[k, conc]) => rt
+                .block_on(noop_probe(&mut sessions, k, conc))
+                .map(|v| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")),
+            (Some("eprt"), &[done, per, es, max_per, conc]) => rt
+                .block_on(fill_eprt(
+                    &mut sessions,
+                    done,
+                    per,
+                    es,
+                    max_per,
+                    cfg.src.len(),
+                    cfg.batch,
+                    conc,
+                ))
+                .map(|()| String::new()),
+            (Some("quit"), _) => return Ok(()),
+            _ => Err(err(format!("unknown command `{line}`"))),
+        };
+        match r {
+            Ok(s) => writeln!(out, "ok {s}")?,
+            Err(e) => writeln!(out, "err {e}")?,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Opens the sessions `ids` (logged in), with at most `conc` logins in flight. Session i comes
+/// from source address i mod the number of addresses.
+async fn open_sessions(cfg: &WorkerCfg, ids: Vec<usize>, conc: usize) -> io::Result<Vec<(usize, Ctl)>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(conc.max(1)));
+    let mut tasks = Vec::with_capacity(ids.len());
+    for i in ids {
+        let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        let src = cfg.src[i % cfg.src.len()];
+        let (target, tmo) = (cfg.target, cfg.tmo);
+        tasks.push(tokio::spawn(async move {
+            let _p = permit;
+            let mut c = Ctl::connect(target, Some(src), tmo).await?;
+            c.login()
+                .await
+                .map_err(|f| err(format!("session login failed at {}", f.0)))?;
+            Ok::<(usize, Ctl), io::Error>((i, c))
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.map_err(|e| err(e.to_string()))??);
+    }
+    Ok(out)
+}
+
+/// Splits `all` into `conc` groups (k, k+conc, ...), runs `f` on each group concurrently, and
+/// puts the sessions back in order. Returns what the groups returned.
+async fn in_groups<T, F, Fut>(all: &mut Vec<(usize, Ctl)>, conc: usize, f: F) -> io::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(Vec<(usize, Ctl)>) -> Fut,
+    Fut: std::future::Future<Output = (Vec<(usize, Ctl)>, io::Result<T>)> + Send + 'static,
+{
+    let conc = conc.min(all.len()).max(1);
+    let mut groups: Vec<Vec<(usize, Ctl)>> = (0..conc).map(|_| Vec::new()).collect();
+    for (k, s) in all.drain(..).enumerate() {
+        groups[k % conc].push(s);
+    }
+    let tasks: Vec<_> = groups.into_iter().map(|g| tokio::spawn(f(g))).collect();
+    let mut back = Vec::new();
+    let mut res = Vec::new();
+    let mut first_err = None;
+    for t in tasks {
+        let (g, r) = t.await.map_err(|e| err(e.to_string()))?;
+        back.extend(g);
+        match r {
+            Ok(x) => res.push(x),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    back.sort_by_key(|(i, _)| *i);
+    all.extend(back);
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(res),
+    }
+}
+
+/// `count` NOOP round trips over all the sessions by `conc` workers, each striding through its
+/// group so that consecutive NOOPs hit distant sessions. Returns the round trips in µs.
+async fn noop_probe(all: &mut Vec<(usize, Ctl)>, count: usize, conc: usize) -> io::Result<Vec<u32>> {
+    if all.is_empty() {
+        return Ok(Vec::new());
+    }
+    let per = count / conc.min(all.len()).max(1);
+    let r = in_groups(all, conc, move |mut g| async move {
+        let mut samples = Vec::with_capacity(per);
+        let stride = (g.len() / 7).max(1) | 1;
+        let mut j = 0usize;
+        for _ in 0..per {
+            let len = g.len();
+            let c = &mut g[j % len].1;
+            let t = Instant::now();
+            match c.cmd("NOOP").await {
+                Ok(200) => samples.push(us(t.elapsed())),
+                Ok(code) => return (g, Err(err(format!("NOOP: reply {code}")))),
+                Err(e) => return (g, Err(e)),
+            }
+            j = j.wrapping_add(stride);
+        }
+        (g, Ok(samples))
+    })
+    .await?;
+    Ok(r.into_iter().flatten().collect())
+}
+
+/// Brings every owned session below `es` from `done` to `per` EPRTs, `batch` lines per write.
+#[allow(clippy::too_many_arguments)]
+async fn fill_eprt(
+    all: &mut Vec<(usize, Ctl)>,
+    done: usize,
+    per: usize,
+    es: usize,
+    max_per: usize,
+    nsrc: usize,
+    batch: usize,
+    conc: usize,
+) -> io::Result<()> {
+    let mut carriers: Vec<(usize, Ctl)> = Vec::new();
+    let mut rest = Vec::new();
+    for s in all.drain(..) {
+        if s.0 < es {
+            carriers.push(s);
+        } else {
+            rest.push(s);
+        }
+    }
+    let r = in_groups(&mut carriers, conc, move |mut g| async move {
+        for (i, c) in g.iter_mut() {
+            let ip = c.local.ip();
+            let base = 1024 + (*i / nsrc) * max_per;
+            let mut k = done;
+            while k < per {
+                let n = batch.min(per - k);
+                let mut text = String::with_capacity(n * 48);
+                for j in 0..n {
+                    let port = (base + k + j) as u16;
+                    let _ = write!(text, "{}\r\n", eprt_cmd(SocketAddr::new(ip, port)));
+                }
+                if let Err(e) = c.w.write_all(text.as_bytes()).await {
+                    return (g, Err(e));
+                }
+                for _ in 0..n {
+                    match c.reply().await {
+                        Ok(200) => {}
+                        Ok(code) => {
+                            let e = err(format!("EPRT: reply {code}: {}", c.last.trim_end()));
+                            return (g, Err(e));
+                        }
+                        Err(e) => return (g, Err(e)),
+                    }
+                }
+                k += n;
+            }
+        }
+        (g, Ok(()))
+    })
+    .await;
+    carriers.append(&mut rest);
+    carriers.sort_by_key(|(i, _)| *i);
+    *all = carriers;
+    r.map(|_| ())
 }
 
 #[cfg(test)]

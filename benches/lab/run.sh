@@ -1,0 +1,477 @@
+#!/usr/bin/env bash
+# ftpct vs the kernel's FTP helper (nf_conntrack_ftp + nf_nat_ftp), measured in one run on the
+# namespace lab of the end-to-end tests (tests/lab/lab.sh: client behind MASQUERADE, strict
+# stateful firewall, vsftpd). Prints a table and writes it into docs/benchmarks.md.
+#
+#   sudo benches/lab/run.sh [--quick] [--reps N] [--only PHASES] [--no-build] [--no-doc]
+#                           [--doc FILE] [--results DIR] [--concurrency N]
+#
+#   --quick        ~2-3 minutes instead of ~12: 1 GiB instead of 2 GiB, 3 s of load instead of
+#                  10 s, scale steps up to 10 k sessions / 100 k expectations
+#   --reps N       repetitions of every measurement (default 5; the medians are reported)
+#   --only LIST    comma-separated subset of: bulk,rate,latency,scale (default: all four), or
+#                  profile (perf cpu-clock + callgrind of the daemon under load; not in the default)
+#   --no-build     use the binaries already built in the target directory
+#   --no-doc       print the table only; do not touch docs/benchmarks.md
+#   --results DIR  keep the raw results there (default: a fresh directory under /tmp)
+#
+# Method (see docs/benchmarks.md): every figure is a ratio against the kernel helper measured in
+# the same run, on the same namespaces, with the variants interleaved within each repetition
+# (ftpct, kernel, and "none" = no ALG with the firewall open, the ceiling); ratios are the median
+# of the per-repetition ratios. The lab is torn down on exit, also on failure or Ctrl-C.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+LAB=$REPO/tests/lab/lab.sh
+
+QUICK=0 REPS=5 ONLY="bulk,rate,latency,scale" BUILD=1 DOC=$REPO/docs/benchmarks.md WRITE_DOC=1
+RESULTS="" CONC=16
+while [ $# -gt 0 ]; do
+    case $1 in
+    --quick) QUICK=1; shift ;;
+    --reps) REPS=${2:?}; shift 2 ;;
+    --only) ONLY=${2:?}; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --no-doc) WRITE_DOC=0; shift ;;
+    --doc) DOC=${2:?}; shift 2 ;;
+    --results) RESULTS=${2:?}; shift 2 ;;
+    --concurrency) CONC=${2:?}; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ $REPS =~ ^[0-9]+$ ]] && [ "$REPS" -ge 1 ] && [ "$REPS" -le 50 ] || { echo "run.sh: --reps 1..50" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run.sh: must run as root (network namespaces, iptables): sudo $0 $*" >&2; exit 1; }
+for t in ip iptables conntrack vsftpd tcpdump python3 cargo; do
+    if [ "$t" = cargo ] && { [ "$BUILD" = 0 ] || [ -n "${SUDO_USER:-}" ]; }; then continue; fi
+    command -v "$t" >/dev/null || { echo "run.sh: '$t' not found (see tests/lab/requirements.txt)" >&2; exit 1; }
+done
+
+if [ "$QUICK" = 1 ]; then
+    BULK_SIZE=1G RATE_SECS=3 LAT_SESSIONS=100
+    SCALE_SESSIONS=1000,10000 SCALE_EXPECT=1000,10000,100000 SCALE_NOOPS=5000
+else
+    BULK_SIZE=2G RATE_SECS=10 LAT_SESSIONS=300
+    SCALE_SESSIONS=1000,10000,100000 SCALE_EXPECT=1000,10000,100000,1000000 SCALE_NOOPS=20000
+fi
+has() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------------------------------------
+# Build (release), as the invoking user when run through sudo.
+# ---------------------------------------------------------------------------------------------
+TGT=${CARGO_TARGET_DIR:-$REPO/target}
+if [ "$BUILD" = 1 ]; then
+    echo "== building ftpct and the load generator (release) in $TGT"
+    build=(cargo build --release --quiet --manifest-path "$REPO/Cargo.toml" --bin ftpct --example loadgen)
+    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+        runuser -u "$SUDO_USER" -- env CARGO_TARGET_DIR="$TGT" bash -lc '"$@"' _ "${build[@]}"
+    else
+        CARGO_TARGET_DIR=$TGT "${build[@]}"
+    fi
+fi
+BIN=$TGT/release/ftpct
+LG=$TGT/release/examples/loadgen
+[ -x "$BIN" ] && [ -x "$LG" ] || { echo "run.sh: $BIN or $LG missing (build first)" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# State, cleanup
+# ---------------------------------------------------------------------------------------------
+P=fb$(( $$ % 100000 ))      # the masq lab
+P6=${P}s                    # the v6 lab of the scale test
+QUEUE=7
+if [ -z "$RESULTS" ]; then RESULTS=$(mktemp -d /tmp/ftpct-bench.XXXXXX); else mkdir -p "$RESULTS"; fi
+OUT=$RESULTS/results.jsonl
+: >"$OUT"
+S="" S6="" FTPCT_PID="" BG_PIDS=()
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_ftpct 2>/dev/null || true
+    local p
+    for p in "${BG_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    "$LAB" down "$P" >/dev/null 2>&1 || true
+    "$LAB" down "$P6" >/dev/null 2>&1 || true
+    [ "$rc" = 0 ] || echo "run.sh: failed (exit $rc); raw results in $RESULTS" >&2
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+jget() { echo "$2" | sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" | head -1; }
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+loadavg() { cut -d' ' -f1 /proc/loadavg; }
+# Appends one JSON record: record PHASE ALG REP JSON-OBJECT-FIELDS...
+record() { echo "{\"phase\":\"$1\",\"alg\":\"$2\",\"rep\":$3,\"load1\":$(loadavg)$4}" >>"$OUT"; }
+
+# ---------------------------------------------------------------------------------------------
+# The ALG variants in the gateway of lab $P
+# ---------------------------------------------------------------------------------------------
+gw() { ip netns exec "$P-gw" "$@"; }
+
+start_ftpct() {   # start_ftpct NS SOCKET CONF LOG [ARGS...]
+    local ns=$1 sock=$2 conf=$3 logf=$4 i; shift 4
+    rm -f "$sock"
+    ip netns exec "$ns" "$BIN" run --queue "$QUEUE" --socket "$sock" --config "$conf" "$@" >"$logf" 2>&1 &
+    FTPCT_PID=$!
+    for i in $(seq 1 100); do
+        [ -S "$sock" ] && return 0
+        kill -0 "$FTPCT_PID" 2>/dev/null || { cat "$logf" >&2; echo "run.sh: ftpct exited at start" >&2; return 1; }
+        sleep 0.05
+    done
+    echo "run.sh: ftpct did not create $sock within 5 s" >&2
+    return 1
+}
+
+stop_ftpct() {
+    [ -n "$FTPCT_PID" ] || return 0
+    local i
+    kill -TERM "$FTPCT_PID" 2>/dev/null || true
+    for i in $(seq 1 60); do kill -0 "$FTPCT_PID" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$FTPCT_PID" 2>/dev/null || true
+    wait "$FTPCT_PID" 2>/dev/null || true
+    FTPCT_PID=""
+}
+
+ftpct_stats_json() {   # the counters of `ftpct stats` as JSON fields (",k":v ...)
+    ip netns exec "$1" "$BIN" stats --socket "$2" | awk '{printf ",\"ftpct_%s\":%s", $1, $2}'
+}
+
+# CPU time of a process and its threads, in ns (/proc/PID/task/*/schedstat).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$1} END {printf "%d", s}'; }
+
+alg_on() {
+    case $1 in
+    ftpct)
+        gw "$BIN" rules --queue "$QUEUE" --ports 21 --apply >/dev/null
+        start_ftpct "$P-gw" "$S/ftpct.sock" "$S/ftpct.conf" "$S/ftpct.log"
+        ;;
+    kernel) "$LAB" helper "$P" on >/dev/null ;;
+    none)
+        # Plain routing, no ALG: the firewall lets everything through and the server can reach
+        # the client's private address (the unrewritten PORT). The ceiling of the lab.
+        gw iptables -P FORWARD ACCEPT
+        ip -n "$P-srv" route add 10.77.100.0/24 via 203.0.113.1
+        ;;
+    esac
+}
+
+alg_off() {
+    case $1 in
+    ftpct)
+        stop_ftpct
+        gw "$BIN" rules --queue "$QUEUE" --ports 21 --delete >/dev/null
+        ;;
+    kernel) "$LAB" helper "$P" off >/dev/null ;;
+    none)
+        gw iptables -P FORWARD DROP
+        ip -n "$P-srv" route del 10.77.100.0/24 via 203.0.113.1 2>/dev/null || true
+        ;;
+    esac
+    # Every measurement starts from an empty conntrack table.
+    gw conntrack -F >/dev/null 2>&1 || true
+    gw conntrack -F expect >/dev/null 2>&1 || true
+}
+
+# Variant order of repetition $1: rotated, so no variant always runs first or last.
+order() {
+    case $(( $1 % 3 )) in
+    0) echo ftpct kernel none ;;
+    1) echo kernel none ftpct ;;
+    2) echo none ftpct kernel ;;
+    esac
+}
+
+lg_cli() { ip netns exec "$P-cli" "$LG" "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# Lab setup (masq topology, bench vsftpd)
+# ---------------------------------------------------------------------------------------------
+setup_masq() {
+    log "lab $P up (masq)"
+    "$LAB" up "$P" --topology masq >/dev/null
+    S=/run/ftpct-lab/$P
+    mkdir -p "$S/bench-root" /var/run/vsftpd/empty
+    printf 'ftpct lab test file\nline two\n' >"$S/bench-root/small.txt"
+    # Sparse: created instantly, vsftpd serves it with sendfile (holes read as zeros).
+    truncate -s "$BULK_SIZE" "$S/bench-root/bulk.bin"
+    chmod 755 "$S/bench-root"; chmod 644 "$S/bench-root"/*
+    sed -e "s#@ROOT@#$S/bench-root#" -e "s#@LISTEN@#203.0.113.2#" -e "s#@PORT@#21#" \
+        -e "s#@LOG@#$S/vsftpd.log#" "$HERE/vsftpd.conf.in" >"$S/vsftpd-bench.conf"
+    ip netns exec "$P-srv" vsftpd "$S/vsftpd-bench.conf" >"$S/vsftpd.out" 2>&1 &
+    echo $! >"$S/vsftpd.pid"    # lab.sh down kills it
+    local i
+    for i in $(seq 1 50); do
+        ip netns exec "$P-srv" ss -Hltn "sport = :21" | grep -q LISTEN && break
+        [ "$i" -lt 50 ] || { cat "$S/vsftpd.out" >&2; echo "run.sh: vsftpd did not start" >&2; exit 1; }
+        sleep 0.1
+    done
+    printf '# written by benches/lab/run.sh\nports = 21\n' >"$S/ftpct.conf"
+    # Warm the page cache with the bulk file (the first read of a sparse file allocates pages).
+    alg_on kernel
+    lg_cli get --target 203.0.113.2:21 --mode pasv --file bulk.bin >/dev/null
+    alg_off kernel
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Bulk data
+# ---------------------------------------------------------------------------------------------
+phase_bulk() {
+    local rep alg mode j q0 q1 queued
+    for rep in $(seq 1 "$REPS"); do
+        for alg in $(order "$rep"); do
+            alg_on "$alg"
+            for mode in port pasv; do
+                q0=0
+                [ "$alg" = ftpct ] && q0=$(gw "$BIN" stats --socket "$S/ftpct.sock" | awk '/^latency_count/{print $2}')
+                j=$(lg_cli get --target 203.0.113.2:21 --mode "$mode" --file bulk.bin)
+                queued=null
+                if [ "$alg" = ftpct ]; then
+                    q1=$(gw "$BIN" stats --socket "$S/ftpct.sock" | awk '/^latency_count/{print $2}')
+                    queued=$((q1 - q0))
+                fi
+                record bulk "$alg" "$rep" ",\"mode\":\"$mode\",\"queued\":$queued,\"r\":$j"
+                log "bulk rep $rep $alg $mode: $(echo "$j" | sed 's/.*"mbps":\([0-9.]*\).*/\1/') MB/s, queued $queued"
+            done
+            alg_off "$alg"
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2 + 3. Session rate, and the latency figures under that load
+# ---------------------------------------------------------------------------------------------
+phase_rate() {
+    local rep alg j c0 c1 st
+    for rep in $(seq 1 "$REPS"); do
+        for alg in $(order "$rep"); do
+            alg_on "$alg"
+            c0=0
+            [ "$alg" = ftpct ] && c0=$(cpu_ns "$FTPCT_PID")
+            # Control connections from source ports used in turn (see loadgen --ctl-ports and
+            # docs/benchmarks.md, "ftpct bugs found"): no port comes back within a run.
+            j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency "$CONC" \
+                --duration "$RATE_SECS" --ctl-ports 1024-32767)
+            st=""
+            if [ "$alg" = ftpct ]; then
+                c1=$(cpu_ns "$FTPCT_PID")
+                st="$(ftpct_stats_json "$P-gw" "$S/ftpct.sock"),\"ftpct_cpu_ns\":$((c1 - c0))"
+            fi
+            record rate "$alg" "$rep" ",\"r\":$j$st"
+            log "rate rep $rep $alg: $(jget rate "$j") sessions/s, $(jget failures "$j") failures, client CPU $(jget cpu_frac "$j")"
+            alg_off "$alg"
+        done
+    done
+}
+
+# Gateway transit of data SYNs from `tcpdump -i any -tt` in the gateway: one line per SYN
+# (time, interface, In|Out, ..., seq N); transit = first Out - first In of each sequence number.
+# Prints {"n":..,"p50":..,"p90":..,"p99":..,"max":..} in microseconds.
+syn_transit() {
+    awk '{
+            s = ""
+            for (i = 1; i <= NF; i++) if ($i == "seq") { s = $(i+1); sub(",", "", s) }
+            if (s == "") next
+            if ($3 == "In" && !(s in tin)) tin[s] = $1
+            if ($3 == "Out" && !(s in tout)) tout[s] = $1
+        } END { for (s in tin) if (s in tout) printf "%.1f\n", (tout[s] - tin[s]) * 1e6 }' "$1" |
+        sort -n | awk '{ d[NR] = $1 } END {
+            n = NR
+            if (n == 0) { printf "{\"n\":0}"; exit }
+            i50 = int(n * 0.5 + 0.5); i90 = int(n * 0.9 + 0.5); i99 = int(n * 0.99 + 0.5)
+            if (i50 < 1) i50 = 1; if (i90 < 1) i90 = 1; if (i99 < 1) i99 = 1
+            printf "{\"n\":%d,\"p50\":%s,\"p90\":%s,\"p99\":%s,\"max\":%s}", n, d[i50], d[i90], d[i99], d[n]
+        }'
+}
+
+# Unloaded data-connection setup: one session at a time, and the gateway's transit time of each
+# data SYN from tcpdump in the gateway (in on to-srv -> out on to-cli, matched by sequence number).
+phase_latency() {
+    local rep alg j tp tpid transit
+    for rep in $(seq 1 "$REPS"); do
+        for alg in $(order "$rep"); do
+            alg_on "$alg"
+            tp=$RESULTS/syn-$alg-$rep.txt
+            gw timeout 120 tcpdump -i any -nn -tt -l -Q inout \
+                'tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and not port 21' >"$tp" 2>/dev/null &
+            tpid=$!
+            BG_PIDS+=("$tpid")
+            sleep 0.5   # tcpdump needs a moment before it captures
+            j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency 1 \
+                --duration 60 --warmup 0 --max-sessions "$LAT_SESSIONS" --ctl-ports 33000-60999)
+            sleep 0.2
+            kill -TERM "$tpid" 2>/dev/null || true
+            wait "$tpid" 2>/dev/null || true
+            # One line per SYN: time, iface, In|Out, ..., seq N. Transit = first Out - first In.
+            transit=$(syn_transit "$tp")
+            record latency "$alg" "$rep" ",\"r\":$j,\"syn_transit_us\":$transit"
+            log "latency rep $rep $alg: setup $(echo "$j" | sed 's/.*"setup_us":{[^}]*"p50":\([0-9]*\).*/\1/') us, gateway SYN transit $transit"
+            alg_off "$alg"
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. Scale: idle control sessions and expectations in the daemon (v6 lab, stub server)
+# ---------------------------------------------------------------------------------------------
+phase_scale() {
+    log "lab $P6 up (v6) for the scale test"
+    "$LAB" up "$P6" --topology v6 >/dev/null
+    S6=/run/ftpct-lab/$P6
+    local nsrc=32 i srcs="" max_s max_e es per
+    # The client gets 32 addresses (EPRT must announce the session's own address; the port
+    # space of one address holds 64 k expectations at most).
+    for i in $(seq 0 $((nsrc - 1))); do
+        ip -n "$P6-cli" addr add "fd77:1::$(printf '%x' $((0x1000 + i)))/64" dev eth0 nodad
+        srcs+="${srcs:+,}fd77:1::$(printf '%x' $((0x1000 + i)))"
+    done
+    ip netns exec "$P6-cli" sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+    max_s=$(echo "$SCALE_SESSIONS" | tr ',' '\n' | sort -n | tail -1)
+    max_e=$(echo "$SCALE_EXPECT" | tr ',' '\n' | sort -n | tail -1)
+    es=1000
+    per=$(( (max_e + es - 1) / es ))
+    cat >"$S6/ftpct.conf" <<EOF
+# written by benches/lab/run.sh (scale test)
+ports = 21
+max_sessions = $((max_s * 2))
+max_expect_per_session = $per
+max_expectations = $((max_e + 1000))
+expect_timeout = 1800
+EOF
+    # Stub servers sharing the port (SO_REUSEPORT): one process holds at most RLIMIT_NOFILE
+    # sockets (the loadgen raises its soft limit to the hard one; 20 000 on the reference machine).
+    local nserve=$(( max_s / 12000 + 1 ))
+    for i in $(seq 1 "$nserve"); do
+        ip netns exec "$P6-srv" "$LG" serve --listen "[fd77:2::2]:21" >>"$S6/serve.log" 2>&1 &
+        BG_PIDS+=($!)
+    done
+    for i in $(seq 1 50); do
+        ip netns exec "$P6-srv" ss -Hltn "sport = :21" | grep -q LISTEN && break
+        [ "$i" -lt 50 ] || { cat "$S6/serve.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    ip netns exec "$P6-gw" "$BIN" rules --queue "$QUEUE" --ports 21 --apply >/dev/null
+    # Logging off: filling 1 M expectations would otherwise write ~2 M log lines.
+    start_ftpct "$P6-gw" "$S6/ftpct.sock" "$S6/ftpct.conf" "$S6/ftpct.log" --log off
+    local out=$RESULTS/scale.jsonl lgpid
+    ip netns exec "$P6-cli" "$LG" scale --target "[fd77:2::2]:21" \
+        --src "$srcs" --sessions "$SCALE_SESSIONS" --expectations "$SCALE_EXPECT" \
+        --expect-sessions "$es" --noops "$SCALE_NOOPS" --daemon-pid "$FTPCT_PID" \
+        --socket "$S6/ftpct.sock" --per-worker 15000 --linger 900 >"$out" 2>"$RESULTS/scale.err" &
+    lgpid=$!
+    disown "$lgpid"     # killed below: no "Killed" notice
+    BG_PIDS+=("$lgpid")
+    # Bounded wait for the last line; the daemon is stopped before the client closes its
+    # 100 k connections (closing them through the queue would take longer than the test).
+    local limit=900 t=0 seen=0
+    while [ "$t" -lt "$limit" ]; do
+        if grep -q '"phase":"done"' "$out" 2>/dev/null; then break; fi
+        kill -0 "$lgpid" 2>/dev/null || break
+        local n
+        n=$(wc -l <"$out")
+        if [ "$n" != "$seen" ]; then
+            seen=$n
+            log "scale: $(tail -1 "$out" | sed 's/.*"phase":"\([a-z_]*\)","n":\([0-9]*\),"rss_kb":\([0-9]*\).*/\1 n=\2 rss=\3 kB/')"
+        fi
+        sleep 1; t=$((t + 1))
+    done
+    stop_ftpct
+    kill -KILL "$lgpid" 2>/dev/null || true
+    grep -q '"phase":"done"' "$out" || { cat "$RESULTS/scale.err" >&2; echo "run.sh: the scale test did not finish" >&2; }
+    while read -r line; do
+        [ -n "$line" ] && record scale ftpct 1 ",\"r\":$line"
+    done <"$out"
+    "$LAB" down "$P6" >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------------------------------------
+# 5. Profile of the daemon under the session-rate load (not part of the default run: --only
+#    profile). perf with hardware counters is not available in every VM (`perf stat -e
+#    instructions true` says "not supported" on the reference machine), so:
+#    - callgrind: user-space instructions by function, inclusive and exclusive (the daemon runs
+#      ~50x slower under valgrind, so the load is light: 4 clients);
+#    - perf record -e cpu-clock (a software event, always available): where the daemon's time
+#      goes, kernel included (recv, verdicts, netlink requests, reinjection), at full load.
+# ---------------------------------------------------------------------------------------------
+phase_profile() {
+    local d=$RESULTS/profile j i
+    mkdir -p "$d"
+    gw "$BIN" rules --queue "$QUEUE" --ports 21 --apply >/dev/null
+    # perf: full load, the daemon as in the rate test
+    start_ftpct "$P-gw" "$S/ftpct.sock" "$S/ftpct.conf" "$S/ftpct.log"
+    perf record -e cpu-clock -F 2999 -g -p "$FTPCT_PID" -o "$d/perf.data" -- sleep "$RATE_SECS" \
+        >"$d/perf-record.log" 2>&1 &
+    local perf_pid=$!
+    j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency "$CONC" \
+        --duration "$RATE_SECS" --ctl-ports 1024-32767)
+    wait "$perf_pid" || true
+    echo "$j" >"$d/perf-load.json"
+    ftpct_stats_json "$P-gw" "$S/ftpct.sock" >"$d/perf-stats.txt"
+    stop_ftpct
+    gw conntrack -F >/dev/null 2>&1 || true
+    # (perf pads its columns very wide: squeeze the blanks)
+    perf report -i "$d/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 \
+        2>/dev/null | grep -E '^ +[0-9]' | sed 's/  */ /g; s/ - - *$//' >"$d/perf-self.txt" || true
+    perf report -i "$d/perf.data" --stdio --no-children --sort dso 2>/dev/null |
+        grep -E '^ +[0-9]' | sed 's/  */ /g' >"$d/perf-dso.txt" || true
+    perf report -i "$d/perf.data" --stdio --children --sort symbol --percent-limit 2 -g none \
+        2>/dev/null | grep -E '^ +[0-9]' | sed 's/  */ /g; s/ - - *$//' | head -60 >"$d/perf-children.txt" || true
+    log "perf (cpu-clock) of the daemon at $(jget rate "$j") sessions/s: top self time"
+    head -25 "$d/perf-self.txt" >&2
+    # callgrind: light load
+    rm -f "$S/ftpct.sock"
+    ip netns exec "$P-gw" valgrind --tool=callgrind --callgrind-out-file="$d/callgrind.out" \
+        "$BIN" run --queue "$QUEUE" --socket "$S/ftpct.sock" --config "$S/ftpct.conf" \
+        >"$d/callgrind.log" 2>&1 &
+    FTPCT_PID=$!
+    for i in $(seq 1 300); do [ -S "$S/ftpct.sock" ] && break; sleep 0.1; done
+    j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency 4 --duration "$RATE_SECS" \
+        --ctl-ports 1024-32767 --timeout 20)
+    echo "$j" >"$d/callgrind-load.json"
+    stop_ftpct
+    gw "$BIN" rules --queue "$QUEUE" --ports 21 --delete >/dev/null
+    gw conntrack -F >/dev/null 2>&1 || true
+    # Without the paths, and for the inclusive view only the project's and its I/O crates'
+    # functions (the rest is the call chain from main down to the event loop).
+    callgrind_annotate --inclusive=yes "$d/callgrind.out" 2>/dev/null |
+        sed -E 's#[^ ]*/([^/ ]+\.rs):#\1:#; s# \[[^]]*\]$##' |
+        grep -E '^ *[0-9,]+ \(|PROGRAM TOTALS' | grep -v '=>' |
+        grep -E 'PROGRAM TOTALS|ftpct::(engine|daemon::(Shell|log_event)|packet|session|parser|seqadj|expect|ctnetlink|ipset|netlink|nfqueue)|nfq::|tracing_core::event::Event::dispatch|hashbrown|write_all' |
+        head -40 >"$d/callgrind-inclusive.txt" || true
+    callgrind_annotate "$d/callgrind.out" 2>/dev/null | sed -E 's#[^ ]*/([^/ ]+\.[rsS]+):#\1:#; s# \[[^]]*\]$##' |
+        grep -E '^ *[0-9,]+ \(' | head -30 >"$d/callgrind-self.txt" || true
+    log "callgrind of the daemon at $(jget rate "$j") sessions/s ($(jget sessions_ok "$j") sessions): inclusive"
+    cat "$d/callgrind-inclusive.txt" >&2
+    log "callgrind: exclusive"
+    head -20 "$d/callgrind-self.txt" >&2
+    log "profile files in $d"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------------
+T0=$(date +%s)
+{
+    echo "{\"phase\":\"env\",\"alg\":\"-\",\"rep\":0,\"load1\":$(loadavg),\"quick\":$QUICK,\"reps\":$REPS,\"concurrency\":$CONC,\"bulk_size\":\"$BULK_SIZE\",\"rate_secs\":$RATE_SECS,\"lat_sessions\":$LAT_SESSIONS,\"nproc\":$(nproc),\"cpu\":\"$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1 | tr -d '"')\",\"mem_gib\":$(awk '/MemTotal/{printf "%.1f", $2/1048576}' /proc/meminfo),\"kernel\":\"$(uname -r)\",\"vsftpd\":\"vsftpd $(dpkg-query -W -f '${Version}' vsftpd 2>/dev/null || echo '?')\",\"commit\":\"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)\",\"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\"}"
+} >>"$OUT"
+
+if has bulk || has rate || has latency || has profile; then
+    setup_masq
+    has bulk && { log "== 1. bulk data ($BULK_SIZE, $REPS reps)"; phase_bulk; }
+    has rate && { log "== 2. session rate ($RATE_SECS s x $REPS reps, concurrency $CONC)"; phase_rate; }
+    has latency && { log "== 3. data-connection setup, unloaded ($LAT_SESSIONS sessions x $REPS reps)"; phase_latency; }
+    has profile && { log "== 5. profile of the daemon"; phase_profile; }
+    "$LAB" down "$P" >/dev/null
+fi
+if has scale; then
+    log "== 4. scale (sessions $SCALE_SESSIONS; expectations $SCALE_EXPECT)"
+    phase_scale
+fi
+echo "{\"phase\":\"end\",\"alg\":\"-\",\"rep\":0,\"load1\":$(loadavg),\"elapsed_s\":$(( $(date +%s) - T0 ))}" >>"$OUT"
+
+args=("$OUT")
+[ "$WRITE_DOC" = 1 ] && args+=(--doc "$DOC")
+python3 "$HERE/report.py" "${args[@]}"
+if [ "$WRITE_DOC" = 1 ] && [ -n "${SUDO_USER:-}" ]; then chown "$SUDO_USER": "$DOC" 2>/dev/null || true; fi
+log "raw results: $RESULTS"
