@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 #[derive(Parser, Debug)]
@@ -117,6 +117,10 @@ enum Cmd {
         /// docs/benchmarks.md.)
         #[arg(long)]
         ctl_ports: Option<String>,
+        /// Active mode: listen for the data connection on this port (SO_REUSEADDR) instead of
+        /// one the kernel picks (to reproduce a data connection on a recently used 4-tuple).
+        #[arg(long, default_value_t = 0)]
+        data_port: u16,
     },
     /// One download; prints throughput.
     Get {
@@ -176,6 +180,9 @@ enum Cmd {
         /// Sessions per worker process at most (RLIMIT_NOFILE may be capped; 20 000 here).
         #[arg(long, default_value_t = 15000)]
         per_worker: usize,
+        /// NOOP probes per step (the median CPU per packet is reported).
+        #[arg(long, default_value_t = 3)]
+        probe_reps: usize,
     },
     /// One worker process of `scale` (internal; driven over stdin/stdout).
     #[command(hide = true)]
@@ -210,6 +217,7 @@ fn main() {
             file,
             timeout,
             ctl_ports,
+            data_port,
         } => cmd_rate(RateCfg {
             target,
             mode,
@@ -228,6 +236,7 @@ fn main() {
                     std::process::exit(2);
                 }
             },
+            data_port,
         }),
         Cmd::Get {
             target,
@@ -250,6 +259,7 @@ fn main() {
             timeout,
             linger,
             per_worker,
+            probe_reps,
         } => cmd_scale(ScaleCfg {
             target,
             src,
@@ -264,6 +274,7 @@ fn main() {
             tmo: Duration::from_secs_f64(timeout),
             linger: Duration::from_secs_f64(linger),
             per_worker,
+            probe_reps,
         }),
         Cmd::ScaleWorker {
             target,
@@ -525,12 +536,27 @@ struct Data {
 /// connection with its setup time: active mode, from sending RETR to accept() returning (the
 /// server's SYN crossed the gateway, the handshake completed); passive mode, connect() (SYN to
 /// SYN-ACK at the client). Also returns the data command's round trip.
-async fn open_data(c: &mut Ctl, mode: Mode, retr: &str) -> Result<(Data, Duration), Fail> {
+async fn open_data(
+    c: &mut Ctl,
+    mode: Mode,
+    retr: &str,
+    data_port: u16,
+) -> Result<(Data, Duration), Fail> {
     match mode {
         Mode::Port | Mode::Eprt => {
-            let l = TcpListener::bind(SocketAddr::new(c.local.ip(), 0))
-                .await
-                .map_err(|_| Fail("listen"))?;
+            let l = (|| {
+                let s = if c.local.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                if data_port != 0 {
+                    s.set_reuseaddr(true)?;
+                }
+                s.bind(SocketAddr::new(c.local.ip(), data_port))?;
+                s.listen(8)
+            })()
+            .map_err(|_| Fail("listen"))?;
             let at = l.local_addr().map_err(|_| Fail("listen"))?;
             let line = if mode == Mode::Port {
                 port_cmd(at)
@@ -620,6 +646,7 @@ struct RateCfg {
     file: String,
     tmo: Duration,
     ctl_ports: Option<(u16, u16)>,
+    data_port: u16,
 }
 
 #[derive(Default)]
@@ -692,7 +719,7 @@ async fn one_session(cfg: &RateCfg, n: u64, size: u64, buf: &mut [u8]) -> Result
     }
     c.expect("TYPE I", 200, "type").await?;
     let retr = format!("RETR {}", cfg.file);
-    let (mut data, cmd) = open_data(&mut c, cfg.mode.pick(n), &retr).await?;
+    let (mut data, cmd) = open_data(&mut c, cfg.mode.pick(n), &retr, cfg.data_port).await?;
     let (got, _) = drain(&mut data.stream, buf, cfg.tmo).await?;
     drop(data.stream);
     if got != size {
@@ -882,7 +909,7 @@ async fn cmd_get(target: SocketAddr, mode: Mode, file: String, tmo: Duration) ->
         .await
         .map_err(|_| err("TYPE I refused"))?;
     let t0 = Instant::now();
-    let (mut data, _) = open_data(&mut c, mode.pick(0), &format!("RETR {file}"))
+    let (mut data, _) = open_data(&mut c, mode.pick(0), &format!("RETR {file}"), 0)
         .await
         .map_err(|f| err(format!("data connection: {}", f.0)))?;
     let mut buf = vec![0u8; 1 << 20];
@@ -1008,6 +1035,7 @@ struct ScaleCfg {
     noops: usize,
     concurrency: usize,
     per_worker: usize,
+    probe_reps: usize,
     pid: u32,
     socket: PathBuf,
     tmo: Duration,
@@ -1158,27 +1186,43 @@ fn cmd_scale(cfg: ScaleCfg) -> io::Result<()> {
     let base = daemon_probe(cfg.pid, &cfg.socket)?;
     print_line("baseline", 0, &base, format!(",\"workers\":{nw}"));
 
+    // `probe_reps` NOOP probes; the CPU per packet of each, and their median.
     let probe = |workers: &mut Workers, phase: &str, n: usize| -> io::Result<()> {
-        std::thread::sleep(Duration::from_millis(500));
-        let p0 = daemon_probe(cfg.pid, &cfg.socket)?;
-        let t = Instant::now();
-        let answers = workers.all(&format!("noop {} {wconc}", cfg.noops.div_ceil(nw)))?;
-        let wall = t.elapsed();
-        std::thread::sleep(Duration::from_millis(300));
-        let p1 = daemon_probe(cfg.pid, &cfg.socket)?;
-        let mut rtt: Vec<u32> = answers
-            .iter()
-            .flat_map(|a| a.split_whitespace().filter_map(|x| x.parse().ok()))
-            .collect();
-        let pk = p1.stat("latency_count") - p0.stat("latency_count");
+        let mut rtt: Vec<u32> = Vec::new();
+        let mut per_packet = Vec::new();
+        let mut packets = 0u64;
+        let mut wall = Duration::ZERO;
+        let mut last = None;
+        for _ in 0..cfg.probe_reps.max(1) {
+            std::thread::sleep(Duration::from_millis(300));
+            let p0 = daemon_probe(cfg.pid, &cfg.socket)?;
+            let t = Instant::now();
+            let answers = workers.all(&format!("noop {} {wconc}", cfg.noops.div_ceil(nw)))?;
+            wall += t.elapsed();
+            std::thread::sleep(Duration::from_millis(300));
+            let p1 = daemon_probe(cfg.pid, &cfg.socket)?;
+            rtt.extend(
+                answers
+                    .iter()
+                    .flat_map(|a| a.split_whitespace().filter_map(|x| x.parse::<u32>().ok())),
+            );
+            let pk = p1.stat("latency_count") - p0.stat("latency_count");
+            packets += pk;
+            per_packet.push((p1.cpu_ns - p0.cpu_ns) as f64 / pk.max(1) as f64);
+            last = Some(p1);
+        }
+        let mut sorted = per_packet.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let median = sorted[sorted.len() / 2];
+        let list: Vec<String> = per_packet.iter().map(|x| format!("{x:.0}")).collect();
         let extra = format!(
-            ",\"noops\":{},\"probe_packets\":{pk},\"probe_cpu_ns_per_packet\":{:.0},\"probe_wall_s\":{:.3},\"noop_rtt_us\":{}",
+            ",\"noops\":{},\"probe_packets\":{packets},\"probe_cpu_ns_per_packet\":{median:.0},\"probe_cpu_ns_per_packet_all\":[{}],\"probe_wall_s\":{:.3},\"noop_rtt_us\":{}",
             rtt.len(),
-            (p1.cpu_ns - p0.cpu_ns) as f64 / pk.max(1) as f64,
+            list.join(","),
             wall.as_secs_f64(),
             pct_json(&mut rtt)
         );
-        print_line(phase, n, &p1, extra);
+        print_line(phase, n, last.as_ref().expect("one probe"), extra);
         Ok(())
     };
 

@@ -4,13 +4,15 @@
 # stateful firewall, vsftpd). Prints a table and writes it into docs/benchmarks.md.
 #
 #   sudo benches/lab/run.sh [--quick] [--reps N] [--only PHASES] [--no-build] [--no-doc]
-#                           [--doc FILE] [--results DIR] [--concurrency N]
+#                           [--doc FILE] [--results DIR] [--concurrency N (default 32)]
 #
 #   --quick        ~2-3 minutes instead of ~12: 1 GiB instead of 2 GiB, 3 s of load instead of
 #                  10 s, scale steps up to 10 k sessions / 100 k expectations
 #   --reps N       repetitions of every measurement (default 5; the medians are reported)
 #   --only LIST    comma-separated subset of: bulk,rate,latency,scale (default: all four), or
-#                  profile (perf cpu-clock + callgrind of the daemon under load; not in the default)
+#                  profile (perf cpu-clock + callgrind of the daemon under load), sweep (session
+#                  rate against concurrency without ALG: is the client a bottleneck?); these two
+#                  are not in the default
 #   --no-build     use the binaries already built in the target directory
 #   --no-doc       print the table only; do not touch docs/benchmarks.md
 #   --results DIR  keep the raw results there (default: a fresh directory under /tmp)
@@ -26,7 +28,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 LAB=$REPO/tests/lab/lab.sh
 
 QUICK=0 REPS=5 ONLY="bulk,rate,latency,scale" BUILD=1 DOC=$REPO/docs/benchmarks.md WRITE_DOC=1
-RESULTS="" CONC=16
+RESULTS="" CONC=32
 while [ $# -gt 0 ]; do
     case $1 in
     --quick) QUICK=1; shift ;;
@@ -49,10 +51,10 @@ for t in ip iptables conntrack vsftpd tcpdump python3 cargo; do
 done
 
 if [ "$QUICK" = 1 ]; then
-    BULK_SIZE=1G RATE_SECS=3 LAT_SESSIONS=100
+    BULK_SIZE=1G BULK_XFERS=2 RATE_SECS=3 LAT_SESSIONS=100
     SCALE_SESSIONS=1000,10000 SCALE_EXPECT=1000,10000,100000 SCALE_NOOPS=5000
 else
-    BULK_SIZE=2G RATE_SECS=10 LAT_SESSIONS=300
+    BULK_SIZE=2G BULK_XFERS=3 RATE_SECS=10 LAT_SESSIONS=300
     SCALE_SESSIONS=1000,10000,100000 SCALE_EXPECT=1000,10000,100000,1000000 SCALE_NOOPS=20000
 fi
 has() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -113,7 +115,8 @@ gw() { ip netns exec "$P-gw" "$@"; }
 start_ftpct() {   # start_ftpct NS SOCKET CONF LOG [ARGS...]
     local ns=$1 sock=$2 conf=$3 logf=$4 i; shift 4
     rm -f "$sock"
-    ip netns exec "$ns" "$BIN" run --queue "$QUEUE" --socket "$sock" --config "$conf" "$@" >"$logf" 2>&1 &
+    # FTPCT_WRAP: e.g. "chrt -f 10" (exec's the daemon: the PID stays the daemon's)
+    ip netns exec "$ns" ${FTPCT_WRAP:-} "$BIN" run --queue "$QUEUE" --socket "$sock" --config "$conf" "$@" >"$logf" 2>&1 &
     FTPCT_PID=$!
     for i in $(seq 1 100); do
         [ -S "$sock" ] && return 0
@@ -143,9 +146,13 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$1} END {print
 
 alg_on() {
     case $1 in
-    ftpct)
+    ftpct | ftpct_rt)
         gw "$BIN" rules --queue "$QUEUE" --ports 21 --apply >/dev/null
-        start_ftpct "$P-gw" "$S/ftpct.sock" "$S/ftpct.conf" "$S/ftpct.log"
+        # ftpct_rt: the same daemon under SCHED_FIFO, so that other processes on the machine
+        # cannot preempt it (shows what its own latency is, without the scheduler's share).
+        local wrap=""
+        [ "$1" = ftpct_rt ] && wrap="chrt -f 10"
+        FTPCT_WRAP=$wrap start_ftpct "$P-gw" "$S/ftpct.sock" "$S/ftpct.conf" "$S/ftpct.log"
         ;;
     kernel) "$LAB" helper "$P" on >/dev/null ;;
     none)
@@ -159,7 +166,7 @@ alg_on() {
 
 alg_off() {
     case $1 in
-    ftpct)
+    ftpct | ftpct_rt)
         stop_ftpct
         gw "$BIN" rules --queue "$QUEUE" --ports 21 --delete >/dev/null
         ;;
@@ -174,14 +181,19 @@ alg_off() {
     gw conntrack -F expect >/dev/null 2>&1 || true
 }
 
-# Variant order of repetition $1: rotated, so no variant always runs first or last.
+# Variant order of repetition $1: the list (default: ftpct kernel none) rotated by the
+# repetition number, so no variant always runs first or last.
 order() {
-    case $(( $1 % 3 )) in
-    0) echo ftpct kernel none ;;
-    1) echo kernel none ftpct ;;
-    2) echo none ftpct kernel ;;
-    esac
+    local rep=$1; shift
+    local v=("$@")
+    [ ${#v[@]} -gt 0 ] || v=(ftpct kernel none)
+    local n=${#v[@]} i out=()
+    for i in $(seq 0 $((n - 1))); do out+=("${v[$(( (i + rep) % n ))]}"); done
+    echo "${out[@]}"
 }
+
+# Involuntary context switches of a process (preemptions).
+nvcsw() { awk '/^nonvoluntary_ctxt_switches/{print $2}' /proc/"$1"/status 2>/dev/null || echo 0; }
 
 lg_cli() { ip netns exec "$P-cli" "$LG" "$@"; }
 
@@ -218,21 +230,26 @@ setup_masq() {
 # 1. Bulk data
 # ---------------------------------------------------------------------------------------------
 phase_bulk() {
-    local rep alg mode j q0 q1 queued
+    local rep alg mode j q0 q1 queued all x
     for rep in $(seq 1 "$REPS"); do
         for alg in $(order "$rep"); do
             alg_on "$alg"
             for mode in port pasv; do
                 q0=0
                 [ "$alg" = ftpct ] && q0=$(gw "$BIN" stats --socket "$S/ftpct.sock" | awk '/^latency_count/{print $2}')
-                j=$(lg_cli get --target 203.0.113.2:21 --mode "$mode" --file bulk.bin)
+                # BULK_XFERS transfers back to back; the median is this repetition's figure.
+                all=""
+                for x in $(seq 1 "$BULK_XFERS"); do
+                    j=$(lg_cli get --target 203.0.113.2:21 --mode "$mode" --file bulk.bin)
+                    all+="${all:+,}$j"
+                done
                 queued=null
                 if [ "$alg" = ftpct ]; then
                     q1=$(gw "$BIN" stats --socket "$S/ftpct.sock" | awk '/^latency_count/{print $2}')
-                    queued=$((q1 - q0))
+                    queued=$(( (q1 - q0) / BULK_XFERS ))
                 fi
-                record bulk "$alg" "$rep" ",\"mode\":\"$mode\",\"queued\":$queued,\"r\":$j"
-                log "bulk rep $rep $alg $mode: $(echo "$j" | sed 's/.*"mbps":\([0-9.]*\).*/\1/') MB/s, queued $queued"
+                record bulk "$alg" "$rep" ",\"mode\":\"$mode\",\"queued\":$queued,\"xfers\":[$all]"
+                log "bulk rep $rep $alg $mode: $(echo "$all" | grep -o '"mbps":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')MB/s, queued $queued per transfer"
             done
             alg_off "$alg"
         done
@@ -243,12 +260,12 @@ phase_bulk() {
 # 2 + 3. Session rate, and the latency figures under that load
 # ---------------------------------------------------------------------------------------------
 phase_rate() {
-    local rep alg j c0 c1 st
+    local rep alg j c0 c1 v0 st
     for rep in $(seq 1 "$REPS"); do
         for alg in $(order "$rep"); do
             alg_on "$alg"
-            c0=0
-            [ "$alg" = ftpct ] && c0=$(cpu_ns "$FTPCT_PID")
+            c0=0 v0=0
+            [ "$alg" = ftpct ] && { c0=$(cpu_ns "$FTPCT_PID"); v0=$(nvcsw "$FTPCT_PID"); }
             # Control connections from source ports used in turn (see loadgen --ctl-ports and
             # docs/benchmarks.md, "ftpct bugs found"): no port comes back within a run.
             j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency "$CONC" \
@@ -256,7 +273,7 @@ phase_rate() {
             st=""
             if [ "$alg" = ftpct ]; then
                 c1=$(cpu_ns "$FTPCT_PID")
-                st="$(ftpct_stats_json "$P-gw" "$S/ftpct.sock"),\"ftpct_cpu_ns\":$((c1 - c0))"
+                st="$(ftpct_stats_json "$P-gw" "$S/ftpct.sock"),\"ftpct_cpu_ns\":$((c1 - c0)),\"ftpct_nvcsw\":$(( $(nvcsw "$FTPCT_PID") - v0 ))"
             fi
             record rate "$alg" "$rep" ",\"r\":$j$st"
             log "rate rep $rep $alg: $(jget rate "$j") sessions/s, $(jget failures "$j") failures, client CPU $(jget cpu_frac "$j")"
@@ -288,10 +305,12 @@ syn_transit() {
 # Unloaded data-connection setup: one session at a time, and the gateway's transit time of each
 # data SYN from tcpdump in the gateway (in on to-srv -> out on to-cli, matched by sequence number).
 phase_latency() {
-    local rep alg j tp tpid transit
+    local rep alg j tp tpid transit st v0
     for rep in $(seq 1 "$REPS"); do
-        for alg in $(order "$rep"); do
+        for alg in $(order "$rep" ftpct kernel none ftpct_rt); do
             alg_on "$alg"
+            v0=0
+            [ -n "$FTPCT_PID" ] && v0=$(nvcsw "$FTPCT_PID")
             tp=$RESULTS/syn-$alg-$rep.txt
             gw timeout 120 tcpdump -i any -nn -tt -l -Q inout \
                 'tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and not port 21' >"$tp" 2>/dev/null &
@@ -305,7 +324,9 @@ phase_latency() {
             wait "$tpid" 2>/dev/null || true
             # One line per SYN: time, iface, In|Out, ..., seq N. Transit = first Out - first In.
             transit=$(syn_transit "$tp")
-            record latency "$alg" "$rep" ",\"r\":$j,\"syn_transit_us\":$transit"
+            st=""
+            [ -n "$FTPCT_PID" ] && st="$(ftpct_stats_json "$P-gw" "$S/ftpct.sock"),\"ftpct_nvcsw\":$(( $(nvcsw "$FTPCT_PID") - v0 ))"
+            record latency "$alg" "$rep" ",\"r\":$j,\"syn_transit_us\":$transit$st"
             log "latency rep $rep $alg: setup $(echo "$j" | sed 's/.*"setup_us":{[^}]*"p50":\([0-9]*\).*/\1/') us, gateway SYN transit $transit"
             alg_off "$alg"
         done
@@ -386,6 +407,23 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
+# Client check (--only sweep, not in the default run): session rate against concurrency with no
+# ALG, and the load generator's CPU. If the rate stops growing while the client's CPU stays far
+# below one CPU, the client is not what limits the session rate.
+# ---------------------------------------------------------------------------------------------
+phase_sweep() {
+    local c j
+    alg_on none
+    for c in 1 4 8 16 32 64; do
+        j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency "$c" \
+            --duration "$RATE_SECS" --ctl-ports 1024-32767)
+        record sweep none 1 ",\"r\":$j"
+        log "sweep: concurrency $c: $(jget rate "$j") sessions/s, client CPU $(jget cpu_frac "$j") of one CPU"
+    done
+    alg_off none
+}
+
+# ---------------------------------------------------------------------------------------------
 # 5. Profile of the daemon under the session-rate load (not part of the default run: --only
 #    profile). perf with hardware counters is not available in every VM (`perf stat -e
 #    instructions true` says "not supported" on the reference machine), so:
@@ -456,11 +494,12 @@ T0=$(date +%s)
     echo "{\"phase\":\"env\",\"alg\":\"-\",\"rep\":0,\"load1\":$(loadavg),\"quick\":$QUICK,\"reps\":$REPS,\"concurrency\":$CONC,\"bulk_size\":\"$BULK_SIZE\",\"rate_secs\":$RATE_SECS,\"lat_sessions\":$LAT_SESSIONS,\"nproc\":$(nproc),\"cpu\":\"$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1 | tr -d '"')\",\"mem_gib\":$(awk '/MemTotal/{printf "%.1f", $2/1048576}' /proc/meminfo),\"kernel\":\"$(uname -r)\",\"vsftpd\":\"vsftpd $(dpkg-query -W -f '${Version}' vsftpd 2>/dev/null || echo '?')\",\"commit\":\"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)\",\"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\"}"
 } >>"$OUT"
 
-if has bulk || has rate || has latency || has profile; then
+if has bulk || has rate || has latency || has profile || has sweep; then
     setup_masq
     has bulk && { log "== 1. bulk data ($BULK_SIZE, $REPS reps)"; phase_bulk; }
     has rate && { log "== 2. session rate ($RATE_SECS s x $REPS reps, concurrency $CONC)"; phase_rate; }
     has latency && { log "== 3. data-connection setup, unloaded ($LAT_SESSIONS sessions x $REPS reps)"; phase_latency; }
+    has sweep && { log "== client check: rate against concurrency, no ALG"; phase_sweep; }
     has profile && { log "== 5. profile of the daemon"; phase_profile; }
     "$LAB" down "$P" >/dev/null
 fi
