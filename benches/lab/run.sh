@@ -16,6 +16,11 @@
 #   --no-build     use the binaries already built in the target directory
 #   --no-doc       print the table only; do not touch docs/benchmarks.md
 #   --results DIR  keep the raw results there (default: a fresh directory under /tmp)
+#   --cpus N       CPU budget of the whole lab (vsftpd, clients, daemon, and the kernel work done
+#                  in their context), in CPUs (default 1; 0 = no budget). See docs/benchmarks.md:
+#                  on a machine shared with other work, the scheduler gives every runnable task
+#                  a share, so without a budget the daemon brings CPU of its own to the lab and
+#                  ftpct looks cheaper than it is.
 #
 # Method (see docs/benchmarks.md): every figure is a ratio against the kernel helper measured in
 # the same run, on the same namespaces, with the variants interleaved within each repetition
@@ -28,7 +33,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 LAB=$REPO/tests/lab/lab.sh
 
 QUICK=0 REPS=5 ONLY="bulk,rate,latency,scale" BUILD=1 DOC=$REPO/docs/benchmarks.md WRITE_DOC=1
-RESULTS="" CONC=32
+RESULTS="" CONC=32 CPUS=1
 while [ $# -gt 0 ]; do
     case $1 in
     --quick) QUICK=1; shift ;;
@@ -39,11 +44,13 @@ while [ $# -gt 0 ]; do
     --doc) DOC=${2:?}; shift 2 ;;
     --results) RESULTS=${2:?}; shift 2 ;;
     --concurrency) CONC=${2:?}; shift 2 ;;
+    --cpus) CPUS=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 [[ $REPS =~ ^[0-9]+$ ]] && [ "$REPS" -ge 1 ] && [ "$REPS" -le 50 ] || { echo "run.sh: --reps 1..50" >&2; exit 2; }
+[[ $CPUS =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: --cpus N (e.g. 1, 1.5, 0 for none)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "run.sh: must run as root (network namespaces, iptables): sudo $0 $*" >&2; exit 1; }
 for t in ip iptables conntrack vsftpd tcpdump python3 cargo; do
     if [ "$t" = cargo ] && { [ "$BUILD" = 0 ] || [ -n "${SUDO_USER:-}" ]; }; then continue; fi
@@ -87,6 +94,59 @@ OUT=$RESULTS/results.jsonl
 : >"$OUT"
 S="" S6="" FTPCT_PID="" BG_PIDS=()
 
+# ---------------------------------------------------------------------------------------------
+# CPU budget: this script (and so everything it starts from then on: vsftpd, clients, daemons)
+# moves into a cpu cgroup of its own with a quota of $CPUS CPUs and the highest weight, so that
+# every variant gets the same CPU, whatever else runs on the machine. cgroup v1 (cpu controller)
+# or v2 (if its root offers the cpu controller). Removed on exit.
+# ---------------------------------------------------------------------------------------------
+CG="" CG_ROOT=""
+cg_setup() {
+    [ "$CPUS" != 0 ] && [ "$CPUS" != 0.0 ] || return 0
+    local quota
+    quota=$(awk -v c="$CPUS" 'BEGIN { printf "%d", c * 10000 }')
+    if [ -d /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+        CG_ROOT=/sys/fs/cgroup/cpu
+        CG=$CG_ROOT/ftpct-bench-$$
+        mkdir "$CG"
+        echo 10000 >"$CG/cpu.cfs_period_us"
+        echo "$quota" >"$CG/cpu.cfs_quota_us"
+        echo 262144 >"$CG/cpu.shares"
+        # SCHED_FIFO tasks (the ftpct_rt variant) need real-time runtime in their group.
+        [ -f "$CG/cpu.rt_runtime_us" ] && echo 100000 >"$CG/cpu.rt_runtime_us" 2>/dev/null || true
+    elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        CG_ROOT=/sys/fs/cgroup
+        CG=$CG_ROOT/ftpct-bench-$$
+        grep -qw cpu "$CG_ROOT/cgroup.subtree_control" || echo +cpu >"$CG_ROOT/cgroup.subtree_control"
+        mkdir "$CG"
+        echo "$quota 10000" >"$CG/cpu.max"
+        echo 10000 >"$CG/cpu.weight"
+    else
+        echo "run.sh: no cpu cgroup controller: running without a CPU budget (--cpus 0)" >&2
+        CPUS=0
+        return 0
+    fi
+    echo $$ >"$CG/cgroup.procs"
+}
+# The budget's throttling counters as JSON fields: how often the lab hit its quota.
+cg_stat() {
+    [ -n "$CG" ] || return 0
+    if [ -f "$CG/cpu.stat" ]; then
+        awk '$1 ~ /^(nr_periods|nr_throttled|throttled_time|throttled_usec|usage_usec)$/ {printf ",\"cg_%s\":%s", $1, $2}' "$CG/cpu.stat"
+    fi
+}
+cg_remove() {
+    [ -n "$CG" ] || return 0
+    echo $$ >"$CG_ROOT/cgroup.procs" 2>/dev/null || true
+    local i
+    for i in $(seq 1 50); do
+        [ -s "$CG/cgroup.procs" ] || break
+        sleep 0.1
+    done
+    rmdir "$CG" 2>/dev/null || echo "run.sh: could not remove $CG (processes left: $(cat "$CG/cgroup.procs" 2>/dev/null | tr '\n' ' '))" >&2
+    CG=""
+}
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -95,6 +155,7 @@ cleanup() {
     for p in "${BG_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     "$LAB" down "$P" >/dev/null 2>&1 || true
     "$LAB" down "$P6" >/dev/null 2>&1 || true
+    cg_remove
     [ "$rc" = 0 ] || echo "run.sh: failed (exit $rc); raw results in $RESULTS" >&2
     exit "$rc"
 }
@@ -268,14 +329,17 @@ phase_rate() {
             [ "$alg" = ftpct ] && { c0=$(cpu_ns "$FTPCT_PID"); v0=$(nvcsw "$FTPCT_PID"); }
             # Control connections from source ports used in turn (see loadgen --ctl-ports and
             # docs/benchmarks.md, "ftpct bugs found"): no port comes back within a run.
+            local cg0 cg1
+            cg0=$(cg_stat)
             j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency "$CONC" \
                 --duration "$RATE_SECS" --ctl-ports 1024-32767)
+            cg1=$(cg_stat)
             st=""
             if [ "$alg" = ftpct ]; then
                 c1=$(cpu_ns "$FTPCT_PID")
                 st="$(ftpct_stats_json "$P-gw" "$S/ftpct.sock"),\"ftpct_cpu_ns\":$((c1 - c0)),\"ftpct_nvcsw\":$(( $(nvcsw "$FTPCT_PID") - v0 ))"
             fi
-            record rate "$alg" "$rep" ",\"r\":$j$st"
+            record rate "$alg" "$rep" ",\"r\":$j$st,\"cg_before\":{${cg0#,}},\"cg_after\":{${cg1#,}}"
             log "rate rep $rep $alg: $(jget rate "$j") sessions/s, $(jget failures "$j") failures, client CPU $(jget cpu_frac "$j")"
             alg_off "$alg"
         done
@@ -307,7 +371,7 @@ syn_transit() {
 phase_latency() {
     local rep alg j tp tpid transit st v0
     for rep in $(seq 1 "$REPS"); do
-        for alg in $(order "$rep" ftpct kernel none ftpct_rt); do
+        for alg in $(order "$rep" $LAT_VARIANTS); do
             alg_on "$alg"
             v0=0
             [ -n "$FTPCT_PID" ] && v0=$(nvcsw "$FTPCT_PID")
@@ -489,9 +553,15 @@ phase_profile() {
 # ---------------------------------------------------------------------------------------------
 # Run
 # ---------------------------------------------------------------------------------------------
+cg_setup
+LAT_VARIANTS="ftpct kernel none ftpct_rt"
+if ! chrt -f 10 true 2>/dev/null; then
+    echo "run.sh: SCHED_FIFO not allowed here: the latency phase runs without the ftpct_rt variant" >&2
+    LAT_VARIANTS="ftpct kernel none"
+fi
 T0=$(date +%s)
 {
-    echo "{\"phase\":\"env\",\"alg\":\"-\",\"rep\":0,\"load1\":$(loadavg),\"quick\":$QUICK,\"reps\":$REPS,\"concurrency\":$CONC,\"bulk_size\":\"$BULK_SIZE\",\"rate_secs\":$RATE_SECS,\"lat_sessions\":$LAT_SESSIONS,\"nproc\":$(nproc),\"cpu\":\"$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1 | tr -d '"')\",\"mem_gib\":$(awk '/MemTotal/{printf "%.1f", $2/1048576}' /proc/meminfo),\"kernel\":\"$(uname -r)\",\"vsftpd\":\"vsftpd $(dpkg-query -W -f '${Version}' vsftpd 2>/dev/null || echo '?')\",\"commit\":\"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)\",\"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\"}"
+    echo "{\"phase\":\"env\",\"alg\":\"-\",\"rep\":0,\"load1\":$(loadavg),\"quick\":$QUICK,\"reps\":$REPS,\"concurrency\":$CONC,\"cpus\":$CPUS,\"bulk_size\":\"$BULK_SIZE\",\"rate_secs\":$RATE_SECS,\"lat_sessions\":$LAT_SESSIONS,\"nproc\":$(nproc),\"cpu\":\"$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1 | tr -d '"')\",\"mem_gib\":$(awk '/MemTotal/{printf "%.1f", $2/1048576}' /proc/meminfo),\"kernel\":\"$(uname -r)\",\"vsftpd\":\"vsftpd $(dpkg-query -W -f '${Version}' vsftpd 2>/dev/null || echo '?')\",\"commit\":\"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)\",\"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\"}"
 } >>"$OUT"
 
 if has bulk || has rate || has latency || has profile || has sweep; then
