@@ -89,7 +89,9 @@ def build(recs):
       f"{end.get('elapsed_s', '?')} s in all. Machine: {env.get('nproc', '?')} CPUs "
       f"({env.get('cpu', '?')}), {env.get('mem_gib', '?')} GiB, Linux {env.get('kernel', '?')}, "
       f"{env.get('vsftpd', 'vsftpd')}. Load average (1 min) at start {env.get('load1', '?')}, "
-      f"at end {end.get('load1', '?')} (other processes share the machine: see the spreads).")
+      f"at end {end.get('load1', '?')} (other processes share the machine: see the spreads). "
+      + (f"CPU budget of the lab: {env.get('cpus')} CPU (cpu cgroup quota; see Method)."
+         if env.get("cpus") not in (None, 0, 0.0) else "No CPU budget (--cpus 0)."))
     w("")
     w("Figures: median over the repetitions (min–max). Ratios: ftpct ÷ kernel helper within each "
       "repetition, median (min–max) of those. \"no ALG\" is the ceiling: plain routing, firewall "
@@ -158,6 +160,16 @@ def build(recs):
             ratio, "≥ 0.9×", None if m is None else m >= 0.9, f0)
         row("2", "Failed sessions per run", fails, [], "0", all(f == 0 for v in fails.values() for f in v), f0)
         row("2", "Load generator CPU (% of one CPU, wall-clock)", cpu, [], "", None, f1)
+        thr = defaultdict(list)
+        for r in rate:
+            a, b = r.get("cg_before", {}), r.get("cg_after", {})
+            if "cg_nr_periods" in b:
+                dp = b["cg_nr_periods"] - a.get("cg_nr_periods", 0)
+                dt = b["cg_nr_throttled"] - a.get("cg_nr_throttled", 0)
+                if dp > 0:
+                    thr[r["alg"]].append(100 * dt / dp)
+        if thr:
+            row("2", "Periods in which the lab hit its CPU budget (%): the rate is CPU-bound when high", thr, [], "", None, f0)
         ftp = [r for r in rate if r["alg"] == "ftpct"]
         if ftp:
             p50 = [r["ftpct_latency_p50_ns"] for r in ftp]

@@ -59,10 +59,10 @@ done
 
 if [ "$QUICK" = 1 ]; then
     BULK_SIZE=1G BULK_XFERS=2 RATE_SECS=3 LAT_SESSIONS=100
-    SCALE_SESSIONS=1000,10000 SCALE_EXPECT=1000,10000,100000 SCALE_NOOPS=5000
+    SCALE_SESSIONS=1000,10000 SCALE_EXPECT=1000,10000,100000 SCALE_NOOPS=5000 SCALE_PROBES=3
 else
     BULK_SIZE=2G BULK_XFERS=3 RATE_SECS=10 LAT_SESSIONS=300
-    SCALE_SESSIONS=1000,10000,100000 SCALE_EXPECT=1000,10000,100000,1000000 SCALE_NOOPS=20000
+    SCALE_SESSIONS=1000,10000,100000 SCALE_EXPECT=1000,10000,100000,1000000 SCALE_NOOPS=20000 SCALE_PROBES=5
 fi
 has() { [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -430,6 +430,7 @@ EOF
     for i in $(seq 1 "$nserve"); do
         ip netns exec "$P6-srv" "$LG" serve --listen "[fd77:2::2]:21" >>"$S6/serve.log" 2>&1 &
         BG_PIDS+=($!)
+        disown $!
     done
     for i in $(seq 1 50); do
         ip netns exec "$P6-srv" ss -Hltn "sport = :21" | grep -q LISTEN && break
@@ -440,10 +441,11 @@ EOF
     # Logging off: filling 1 M expectations would otherwise write ~2 M log lines.
     start_ftpct "$P6-gw" "$S6/ftpct.sock" "$S6/ftpct.conf" "$S6/ftpct.log" --log off
     local out=$RESULTS/scale.jsonl lgpid
+    : >"$out"
     ip netns exec "$P6-cli" "$LG" scale --target "[fd77:2::2]:21" \
         --src "$srcs" --sessions "$SCALE_SESSIONS" --expectations "$SCALE_EXPECT" \
         --expect-sessions "$es" --noops "$SCALE_NOOPS" --daemon-pid "$FTPCT_PID" \
-        --socket "$S6/ftpct.sock" --per-worker 15000 --linger 900 >"$out" 2>"$RESULTS/scale.err" &
+        --socket "$S6/ftpct.sock" --per-worker 15000 --probe-reps "$SCALE_PROBES" --linger 900 >"$out" 2>"$RESULTS/scale.err" &
     lgpid=$!
     disown "$lgpid"     # killed below: no "Killed" notice
     BG_PIDS+=("$lgpid")
