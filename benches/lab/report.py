@@ -103,7 +103,17 @@ def build(recs):
     def row(num, name, vals, ratio, target, ok, fmt):
         cells = [spread(vals.get(a, []), fmt) if vals.get(a) else "–" for a in ALGS]
         rs = spread(ratio, f2) if ratio else "–"
-        w(f"| {num} | {name} | {cells[0]} | {cells[1]} | {cells[2]} | {rs} | {target} | {verdict(ok) if target != '' else ''} |")
+        v = verdict(ok) if target != "" else ""
+        # A ratio target whose value lies inside the spread of the ratios: say so.
+        t = target.replace("×", "").replace("≥", "").replace("≤", "").strip()
+        if ratio and target.endswith("×") and len(ratio) > 1:
+            try:
+                tv = float(t)
+                if min(ratio) <= tv <= max(ratio):
+                    v += " (the spread crosses the target)"
+            except ValueError:
+                pass
+        w(f"| {num} | {name} | {cells[0]} | {cells[1]} | {cells[2]} | {rs} | {target} | {v} |")
 
     # 1. bulk
     bulk = [r for r in recs if r["phase"] == "bulk"]
@@ -124,6 +134,19 @@ def build(recs):
         m = med(ratio)
         row("1", f"Bulk {size:.0f} GiB, {label}: MB/s (median of {nx} transfers per repetition)", by_alg, ratio, "≥ 0.98×",
             None if m is None else m >= 0.98, f0)
+    for mode, label in (("port", "active"), ("pasv", "passive")):
+        by_alg = defaultdict(list)
+        by_rep = defaultdict(dict)
+        for r in bulk:
+            if r["mode"] != mode or r.get("lab_cpu_ns") is None:
+                continue
+            gib = sum(x["bytes"] for x in r["xfers"]) / 2**30
+            v = r["lab_cpu_ns"] / 1e6 / gib
+            by_alg[r["alg"]].append(v)
+            by_rep[r["rep"]][r["alg"]] = v
+        if by_alg:
+            row("1", f"Lab CPU time per GiB transferred, {label} (ms; both ends, forwarding, ALG)", by_alg,
+                paired(by_rep), "", None, f0)
     if bulk:
         q = [r["queued"] for r in bulk if r["alg"] == "ftpct" and r.get("queued") is not None]
         segs = next((r["xfers"][0]["bytes"] for r in bulk), 0) / 1448
@@ -158,6 +181,15 @@ def build(recs):
         m = med(ratio)
         row("2", f"Sessions/s, active mode (PORT/EPRT alternately), {conc} concurrent clients", by_alg,
             ratio, "≥ 0.9×", None if m is None else m >= 0.9, f0)
+        lab = defaultdict(list)
+        lab_rep = defaultdict(dict)
+        for r in rate:
+            if r.get("lab_cpu_ns") is not None and r["r"]["sessions_ok"]:
+                v = r["lab_cpu_ns"] / 1000 / (r["r"]["sessions_ok"] + 1)
+                lab[r["alg"]].append(v)
+                lab_rep[r["rep"]][r["alg"]] = v
+        if lab:
+            row("2", "Lab CPU time per session (µs; server, client, forwarding, ALG)", lab, paired(lab_rep), "", None, f0)
         row("2", "Failed sessions per run", fails, [], "0", all(f == 0 for v in fails.values() for f in v), f0)
         row("2", "Load generator CPU (% of one CPU, wall-clock)", cpu, [], "", None, f1)
         thr = defaultdict(list)

@@ -100,7 +100,7 @@ S="" S6="" FTPCT_PID="" BG_PIDS=()
 # every variant gets the same CPU, whatever else runs on the machine. cgroup v1 (cpu controller)
 # or v2 (if its root offers the cpu controller). Removed on exit.
 # ---------------------------------------------------------------------------------------------
-CG="" CG_ROOT=""
+CG="" CG_ROOT="" CGA="" CGA_ROOT=""
 cg_setup() {
     [ "$CPUS" != 0 ] && [ "$CPUS" != 0.0 ] || return 0
     local quota
@@ -127,6 +127,23 @@ cg_setup() {
         return 0
     fi
     echo $$ >"$CG/cgroup.procs"
+    # cgroup v1 keeps CPU accounting in its own hierarchy: a group there too, for the lab's CPU
+    # time (the cost of a transfer or a session on the whole lab, kernel work included).
+    if [ "$CG_ROOT" = /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then
+        CGA_ROOT=/sys/fs/cgroup/cpuacct
+        CGA=$CGA_ROOT/ftpct-bench-$$
+        mkdir "$CGA"
+        echo $$ >"$CGA/cgroup.procs"
+    fi
+}
+
+# CPU time used by the lab so far, in ns (empty without a budget).
+cg_usage() {
+    if [ -n "$CGA" ]; then
+        cat "$CGA/cpuacct.usage"
+    elif [ -n "$CG" ] && [ -f "$CG/cpu.stat" ] && grep -q '^usage_usec' "$CG/cpu.stat"; then
+        awk '$1 == "usage_usec" {printf "%d000", $2}' "$CG/cpu.stat"
+    fi
 }
 # The budget's throttling counters as JSON fields: how often the lab hit its quota.
 cg_stat() {
@@ -145,6 +162,12 @@ cg_remove() {
     done
     rmdir "$CG" 2>/dev/null || echo "run.sh: could not remove $CG (processes left: $(cat "$CG/cgroup.procs" 2>/dev/null | tr '\n' ' '))" >&2
     CG=""
+    if [ -n "$CGA" ]; then
+        echo $$ >"$CGA_ROOT/cgroup.procs" 2>/dev/null || true
+        for i in $(seq 1 50); do [ -s "$CGA/cgroup.procs" ] || break; sleep 0.1; done
+        rmdir "$CGA" 2>/dev/null || echo "run.sh: could not remove $CGA" >&2
+        CGA=""
+    fi
 }
 
 cleanup() {
@@ -291,7 +314,7 @@ setup_masq() {
 # 1. Bulk data
 # ---------------------------------------------------------------------------------------------
 phase_bulk() {
-    local rep alg mode j q0 q1 queued all x
+    local rep alg mode j q0 q1 queued all x u0 u1 usage
     for rep in $(seq 1 "$REPS"); do
         for alg in $(order "$rep"); do
             alg_on "$alg"
@@ -300,6 +323,7 @@ phase_bulk() {
                 [ "$alg" = ftpct ] && q0=$(gw "$BIN" stats --socket "$S/ftpct.sock" | awk '/^latency_count/{print $2}')
                 # BULK_XFERS transfers back to back; the median is this repetition's figure.
                 all=""
+                u0=$(cg_usage)
                 for x in $(seq 1 "$BULK_XFERS"); do
                     j=$(lg_cli get --target 203.0.113.2:21 --mode "$mode" --file bulk.bin)
                     all+="${all:+,}$j"
@@ -309,7 +333,10 @@ phase_bulk() {
                     q1=$(gw "$BIN" stats --socket "$S/ftpct.sock" | awk '/^latency_count/{print $2}')
                     queued=$(( (q1 - q0) / BULK_XFERS ))
                 fi
-                record bulk "$alg" "$rep" ",\"mode\":\"$mode\",\"queued\":$queued,\"xfers\":[$all]"
+                u1=$(cg_usage)
+                usage=null
+                [ -n "$u0" ] && usage=$((u1 - u0))
+                record bulk "$alg" "$rep" ",\"mode\":\"$mode\",\"queued\":$queued,\"lab_cpu_ns\":$usage,\"xfers\":[$all]"
                 log "bulk rep $rep $alg $mode: $(echo "$all" | grep -o '"mbps":[0-9.]*' | cut -d: -f2 | tr '\n' ' ')MB/s, queued $queued per transfer"
             done
             alg_off "$alg"
@@ -329,15 +356,19 @@ phase_rate() {
             [ "$alg" = ftpct ] && { c0=$(cpu_ns "$FTPCT_PID"); v0=$(nvcsw "$FTPCT_PID"); }
             # Control connections from source ports used in turn (see loadgen --ctl-ports and
             # docs/benchmarks.md, "ftpct bugs found"): no port comes back within a run.
-            local cg0 cg1
+            local cg0 cg1 u0 u1 usage
             cg0=$(cg_stat)
+            u0=$(cg_usage)
             j=$(lg_cli rate --target 203.0.113.2:21 --mode active --concurrency "$CONC" \
                 --duration "$RATE_SECS" --ctl-ports 1024-32767)
             cg1=$(cg_stat)
-            st=""
+            u1=$(cg_usage)
+            usage=null
+            [ -n "$u0" ] && usage=$((u1 - u0))
+            st=",\"lab_cpu_ns\":$usage"
             if [ "$alg" = ftpct ]; then
                 c1=$(cpu_ns "$FTPCT_PID")
-                st="$(ftpct_stats_json "$P-gw" "$S/ftpct.sock"),\"ftpct_cpu_ns\":$((c1 - c0)),\"ftpct_nvcsw\":$(( $(nvcsw "$FTPCT_PID") - v0 ))"
+                st+="$(ftpct_stats_json "$P-gw" "$S/ftpct.sock"),\"ftpct_cpu_ns\":$((c1 - c0)),\"ftpct_nvcsw\":$(( $(nvcsw "$FTPCT_PID") - v0 ))"
             fi
             record rate "$alg" "$rep" ",\"r\":$j$st,\"cg_before\":{${cg0#,}},\"cg_after\":{${cg1#,}}"
             log "rate rep $rep $alg: $(jget rate "$j") sessions/s, $(jget failures "$j") failures, client CPU $(jget cpu_frac "$j")"
