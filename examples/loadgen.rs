@@ -338,7 +338,7 @@ fn self_cpu() -> (f64, f64) {
 }
 
 fn err(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::Other, msg.into())
+    io::Error::other(msg.into())
 }
 
 // ---------------------------------------------------------------------------------------------
