@@ -38,7 +38,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 #[derive(Parser, Debug)]
-#[command(name = "loadgen", about = "FTP load generator for ftpct's lab benchmarks")]
+#[command(
+    name = "loadgen",
+    about = "FTP load generator for ftpct's lab benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -150,7 +153,11 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
         sessions: Vec<usize>,
         /// Expectation counts to reach after the last session step, in increasing order.
-        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000,1000000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,10000,100000,1000000"
+        )]
         expectations: Vec<usize>,
         /// Sessions that carry the expectations (the first ones opened).
         #[arg(long, default_value_t = 1000)]
@@ -243,7 +250,12 @@ fn main() {
             mode,
             file,
             timeout,
-        } => rt().block_on(cmd_get(target, mode, file, Duration::from_secs_f64(timeout))),
+        } => rt().block_on(cmd_get(
+            target,
+            mode,
+            file,
+            Duration::from_secs_f64(timeout),
+        )),
         Cmd::Serve { listen } => rt().block_on(cmd_serve(listen)),
         Cmd::Scale {
             target,
@@ -423,7 +435,9 @@ impl Ctl {
             }
             let b = self.last.as_bytes();
             let code = if b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit) {
-                std::str::from_utf8(&b[..3]).ok().and_then(|s| s.parse().ok())
+                std::str::from_utf8(&b[..3])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
             } else {
                 None
             };
@@ -698,8 +712,12 @@ async fn one_session(cfg: &RateCfg, n: u64, size: u64, buf: &mut [u8]) -> Result
                 let port = lo + ((n + k * (span / 8)) % span) as u16;
                 r = Ctl::connect_from(cfg.target, None, port, cfg.tmo).await;
                 match &r {
-                    Err(e) if e.kind() == io::ErrorKind::AddrInUse
-                        || e.kind() == io::ErrorKind::AddrNotAvailable => continue,
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AddrInUse
+                            || e.kind() == io::ErrorKind::AddrNotAvailable =>
+                    {
+                        continue
+                    }
                     _ => break,
                 }
             }
@@ -747,7 +765,9 @@ async fn one_session(cfg: &RateCfg, n: u64, size: u64, buf: &mut [u8]) -> Result
 /// SIZE of the file (TYPE I first), on a throwaway session.
 async fn file_size(target: SocketAddr, file: &str, tmo: Duration) -> io::Result<u64> {
     let mut c = Ctl::connect(target, None, tmo).await?;
-    c.login().await.map_err(|f| err(format!("login failed at {}", f.0)))?;
+    c.login()
+        .await
+        .map_err(|f| err(format!("login failed at {}", f.0)))?;
     c.expect("TYPE I", 200, "type")
         .await
         .map_err(|_| err("TYPE I refused"))?;
@@ -774,7 +794,8 @@ fn cmd_rate(cfg: RateCfg) -> io::Result<()> {
     for t in 0..cfg.threads {
         let cfg = cfg.clone();
         let started = started.clone();
-        let workers = cfg.concurrency / cfg.threads + usize::from(t < cfg.concurrency % cfg.threads);
+        let workers =
+            cfg.concurrency / cfg.threads + usize::from(t < cfg.concurrency % cfg.threads);
         handles.push(std::thread::spawn(move || {
             rt().block_on(async move {
                 let mut tasks = Vec::new();
@@ -904,7 +925,9 @@ fn pct_json(v: &mut [u32]) -> String {
 async fn cmd_get(target: SocketAddr, mode: Mode, file: String, tmo: Duration) -> io::Result<()> {
     let size = file_size(target, &file, tmo).await?;
     let mut c = Ctl::connect(target, None, tmo).await?;
-    c.login().await.map_err(|f| err(format!("login: {}", f.0)))?;
+    c.login()
+        .await
+        .map_err(|f| err(format!("login: {}", f.0)))?;
     c.expect("TYPE I", 200, "type")
         .await
         .map_err(|_| err("TYPE I refused"))?;
@@ -1362,7 +1385,11 @@ fn cmd_scale_worker(cfg: WorkerCfg) -> io::Result<()> {
 
 /// Opens the sessions `ids` (logged in), with at most `conc` logins in flight. Session i comes
 /// from source address i mod the number of addresses.
-async fn open_sessions(cfg: &WorkerCfg, ids: Vec<usize>, conc: usize) -> io::Result<Vec<(usize, Ctl)>> {
+async fn open_sessions(
+    cfg: &WorkerCfg,
+    ids: Vec<usize>,
+    conc: usize,
+) -> io::Result<Vec<(usize, Ctl)>> {
     let sem = Arc::new(tokio::sync::Semaphore::new(conc.max(1)));
     let mut tasks = Vec::with_capacity(ids.len());
     for i in ids {
@@ -1422,7 +1449,11 @@ where
 
 /// `count` NOOP round trips over all the sessions by `conc` workers, each striding through its
 /// group so that consecutive NOOPs hit distant sessions. Returns the round trips in µs.
-async fn noop_probe(all: &mut Vec<(usize, Ctl)>, count: usize, conc: usize) -> io::Result<Vec<u32>> {
+async fn noop_probe(
+    all: &mut Vec<(usize, Ctl)>,
+    count: usize,
+    conc: usize,
+) -> io::Result<Vec<u32>> {
     if all.is_empty() {
         return Ok(Vec::new());
     }
