@@ -159,15 +159,9 @@ fn main() -> ExitCode {
             metrics,
             state,
         } => {
-            let mut s = match &config {
-                Some(p) => match config::load(p) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("ftpct: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Settings::default(),
+            let mut s = match load_settings(config.as_deref(), "ftpct: ") {
+                Ok(s) => s,
+                Err(code) => return code,
             };
             if let Some(q) = queue {
                 s.queue = q;
@@ -208,15 +202,9 @@ fn main() -> ExitCode {
             delete,
             bypass,
         } => {
-            let settings = match &config {
-                Some(p) => match config::load(p) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("ftpct rules: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Settings::default(),
+            let settings = match load_settings(config.as_deref(), "ftpct rules: ") {
+                Ok(s) => s,
+                Err(code) => return code,
             };
             let mut spec = rules::RuleSpec::from_settings(&settings);
             spec.backend = backend;
@@ -272,15 +260,9 @@ fn main() -> ExitCode {
             ports,
             config,
         } => {
-            let s = match &config {
-                Some(p) => match config::load(p) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("ftpct: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Settings::default(),
+            let s = match load_settings(config.as_deref(), "ftpct: ") {
+                Ok(s) => s,
+                Err(code) => return code,
             };
             let mut opts = replay::ReplayOptions::new(file);
             if json {
@@ -320,6 +302,17 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// The settings of `config` (or the defaults); on error, prints it and gives exit status 2.
+fn load_settings(config: Option<&std::path::Path>, prefix: &str) -> Result<Settings, ExitCode> {
+    match config {
+        Some(p) => config::load(p).map_err(|e| {
+            eprintln!("{prefix}{e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(Settings::default()),
     }
 }
 
