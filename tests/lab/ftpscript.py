@@ -47,8 +47,12 @@ import sys
 import time
 
 
+T0 = time.monotonic()
+
+
 def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+    """stderr, each line prefixed with the seconds since the start (to locate a stall)."""
+    print("%7.3f %s" % (time.monotonic() - T0, msg), file=sys.stderr, flush=True)
 
 
 def unescape(s):
