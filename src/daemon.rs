@@ -73,6 +73,15 @@ pub fn monotonic_now() -> Timestamp {
     }
 }
 
+/// The ipset of a data address's family.
+fn set<'a>(s: &'a Settings, dst: &std::net::SocketAddr) -> &'a str {
+    if dst.is_ipv4() {
+        &s.ipset4
+    } else {
+        &s.ipset6
+    }
+}
+
 struct Shell {
     engine: Engine,
     /// Live event lines for `ftpct events` clients.
@@ -83,15 +92,13 @@ struct Shell {
     settings: Settings,
     hist: Histogram,
     stats: ShellStats,
+    /// Data addresses to remove from the ipsets once the current packet's verdict is out.
+    unwatch: Vec<std::net::SocketAddr>,
 }
 
 impl Shell {
     fn set_for(&self, dst: &std::net::SocketAddr) -> &str {
-        if dst.is_ipv4() {
-            &self.settings.ipset4
-        } else {
-            &self.settings.ipset6
-        }
+        set(&self.settings, dst)
     }
 
     fn process(&mut self, q: &mut NfQueue, pkt: Packet) {
@@ -124,9 +131,11 @@ impl Shell {
             };
             v = self.engine.handle_packet(pkt.payload(), hook, hint, now);
         }
-        self.run_actions();
-        // Persist before the verdict: once a rewritten packet has left, its record must survive
-        // a kill of the daemon.
+        // What the packet's fate depends on happens before its verdict: the data connection's
+        // entry (its SYN is this packet), the ipset element (the server may connect as soon as
+        // it reads the PORT), and the state record (once a rewritten packet has left, its record
+        // must survive a kill of the daemon). Removing ipset elements waits until after it.
+        self.run_actions_deferring_unwatch();
         self.persist();
         let r = match v {
             Verdict::AcceptModified => {
@@ -135,12 +144,13 @@ impl Shell {
             Verdict::Drop => q.verdict_drop(pkt),
             Verdict::Accept | Verdict::NeedConntrack(_) => q.verdict_accept(pkt),
         };
+        self.hist.record(t0.elapsed().as_nanos() as u64);
         if let Err(e) = r {
             self.stats.verdict_errors += 1;
             warn!(error = %e, "verdict failed");
         }
+        self.unwatch_deferred();
         self.drain_events();
-        self.hist.record(t0.elapsed().as_nanos() as u64);
     }
 
     fn persist(&mut self) {
@@ -155,23 +165,44 @@ impl Shell {
         }
     }
 
-    fn run_actions(&mut self) {
+    /// `run_actions`, except that ipset deletions are only collected (`unwatch_deferred` does
+    /// them).
+    fn run_actions_deferring_unwatch(&mut self) {
         while let Some(a) = self.engine.poll_action() {
             match a {
-                Action::CreateRelated(entry) => self.create_related(&entry),
-                Action::WatchDst { dst, timeout_secs } => {
-                    let set = self.set_for(&dst).to_string();
-                    if let Err(e) = self.ipset.add(&set, dst, timeout_secs) {
-                        self.stats.ipset_errors += 1;
-                        error!(error = %e, %dst, "cannot watch the data address; its SYN will not reach ftpct");
-                    }
+                Action::UnwatchDst { dst } => self.unwatch.push(dst),
+                other => self.run_action(other),
+            }
+        }
+    }
+
+    fn unwatch_deferred(&mut self) {
+        let mut list = std::mem::take(&mut self.unwatch);
+        for dst in list.drain(..) {
+            self.run_action(Action::UnwatchDst { dst });
+        }
+        self.unwatch = list;
+    }
+
+    fn run_actions(&mut self) {
+        while let Some(a) = self.engine.poll_action() {
+            self.run_action(a);
+        }
+    }
+
+    fn run_action(&mut self, a: Action) {
+        match a {
+            Action::CreateRelated(entry) => self.create_related(&entry),
+            Action::WatchDst { dst, timeout_secs } => {
+                if let Err(e) = self.ipset.add(set(&self.settings, &dst), dst, timeout_secs) {
+                    self.stats.ipset_errors += 1;
+                    error!(error = %e, %dst, "cannot watch the data address; its SYN will not reach ftpct");
                 }
-                Action::UnwatchDst { dst } => {
-                    let set = self.set_for(&dst).to_string();
-                    if let Err(e) = self.ipset.del(&set, dst) {
-                        self.stats.ipset_errors += 1;
-                        debug!(error = %e, %dst, "ipset del failed");
-                    }
+            }
+            Action::UnwatchDst { dst } => {
+                if let Err(e) = self.ipset.del(set(&self.settings, &dst), dst) {
+                    self.stats.ipset_errors += 1;
+                    debug!(error = %e, %dst, "ipset del failed");
                 }
             }
         }
@@ -624,6 +655,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         settings: settings.clone(),
         hist: Histogram::default(),
         stats: ShellStats::default(),
+        unwatch: Vec::with_capacity(16),
     };
     shell.revalidate_restored();
     // Everything is open: keep CAP_NET_ADMIN only (and switch user if configured).
