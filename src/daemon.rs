@@ -91,6 +91,10 @@ struct Shell {
     ipset: Ipset,
     settings: Settings,
     hist: Histogram,
+    /// The same, for packets that needed no kernel work before their verdict, and for those
+    /// that did (a conntrack lookup or create, an ipset add, a state write).
+    hist_plain: Histogram,
+    hist_work: Histogram,
     stats: ShellStats,
     /// Data addresses to remove from the ipsets once the current packet's verdict is out.
     unwatch: Vec<std::net::SocketAddr>,
@@ -108,9 +112,13 @@ impl Shell {
         let mut v = self
             .engine
             .handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
+        let work_before = self.kernel_work();
         if let Verdict::NeedConntrack(tuple) = v {
             self.stats.ct_lookups += 1;
-            let hint = match self.ct.get_entry(&tuple) {
+            let t = Instant::now();
+            let found = self.ct.get_entry(&tuple);
+            self.stats.ct_lookup_ns += t.elapsed().as_nanos() as u64;
+            let hint = match found {
                 Ok(Some(e)) => {
                     if e.helper {
                         warn!(
@@ -144,7 +152,13 @@ impl Shell {
             Verdict::Drop => q.verdict_drop(pkt),
             Verdict::Accept | Verdict::NeedConntrack(_) => q.verdict_accept(pkt),
         };
-        self.hist.record(t0.elapsed().as_nanos() as u64);
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.hist.record(ns);
+        if self.kernel_work() == work_before {
+            self.hist_plain.record(ns);
+        } else {
+            self.hist_work.record(ns);
+        }
         if let Err(e) = r {
             self.stats.verdict_errors += 1;
             warn!(error = %e, "verdict failed");
@@ -153,9 +167,24 @@ impl Shell {
         self.drain_events();
     }
 
+    /// Kernel operations done so far (netlink requests and state writes): whether a packet
+    /// needed any.
+    fn kernel_work(&self) -> u64 {
+        let k = &self.stats;
+        k.ct_lookups + k.ct_created + k.ct_create_errors + k.ipset_adds + k.state_writes
+    }
+
     fn persist(&mut self) {
         if let Some(st) = &mut self.state {
-            if let Err(e) = st.append_from(&mut self.engine) {
+            let t = Instant::now();
+            let r = st.append_from(&mut self.engine);
+            if let Ok(n) = r {
+                if n > 0 {
+                    self.stats.state_writes += 1;
+                    self.stats.state_write_ns += t.elapsed().as_nanos() as u64;
+                }
+            }
+            if let Err(e) = r {
                 error!(error = %e, "cannot write the state file; continuing without it (a restart will lose sessions)");
                 self.stats.state_errors += 1;
                 self.state = None;
@@ -192,9 +221,17 @@ impl Shell {
 
     fn run_action(&mut self, a: Action) {
         match a {
-            Action::CreateRelated(entry) => self.create_related(&entry),
+            Action::CreateRelated(entry) => {
+                let t = Instant::now();
+                self.create_related(&entry);
+                self.stats.ct_create_ns += t.elapsed().as_nanos() as u64;
+            }
             Action::WatchDst { dst, timeout_secs } => {
-                if let Err(e) = self.ipset.add(set(&self.settings, &dst), dst, timeout_secs) {
+                let t = Instant::now();
+                let r = self.ipset.add(set(&self.settings, &dst), dst, timeout_secs);
+                self.stats.ipset_adds += 1;
+                self.stats.ipset_add_ns += t.elapsed().as_nanos() as u64;
+                if let Err(e) = r {
                     self.stats.ipset_errors += 1;
                     error!(error = %e, %dst, "cannot watch the data address; its SYN will not reach ftpct");
                 }
@@ -317,7 +354,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 39] = [
+        let rows: [(&str, u64); 54] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -357,6 +394,21 @@ impl Shell {
             ("latency_p50_ns", self.hist.quantile(0.5)),
             ("latency_p99_ns", self.hist.quantile(0.99)),
             ("latency_max_ns", self.hist.max()),
+            ("latency_plain_count", self.hist_plain.count()),
+            ("latency_plain_p50_ns", self.hist_plain.quantile(0.5)),
+            ("latency_plain_p99_ns", self.hist_plain.quantile(0.99)),
+            ("latency_plain_max_ns", self.hist_plain.max()),
+            ("latency_work_count", self.hist_work.count()),
+            ("latency_work_p50_ns", self.hist_work.quantile(0.5)),
+            ("latency_work_p99_ns", self.hist_work.quantile(0.99)),
+            ("latency_work_max_ns", self.hist_work.max()),
+            ("ct_lookups", k.ct_lookups),
+            ("ct_lookup_ns", k.ct_lookup_ns),
+            ("ct_create_ns", k.ct_create_ns),
+            ("ipset_adds", k.ipset_adds),
+            ("ipset_add_ns", k.ipset_add_ns),
+            ("state_writes", k.state_writes),
+            ("state_write_ns", k.state_write_ns),
         ];
         let mut out = String::with_capacity(1024);
         for (name, v) in rows {
@@ -654,6 +706,8 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         ipset,
         settings: settings.clone(),
         hist: Histogram::default(),
+        hist_plain: Histogram::default(),
+        hist_work: Histogram::default(),
         stats: ShellStats::default(),
         unwatch: Vec::with_capacity(16),
     };

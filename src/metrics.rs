@@ -111,6 +111,14 @@ pub struct ShellStats {
     pub state_errors: u64,
     /// Control connections on which a kernel conntrack helper was attached too.
     pub kernel_helper_seen: u64,
+    /// Time spent in kernel work before verdicts, by kind (ns), and how often: where the
+    /// latency of the packets that need it goes.
+    pub ct_lookup_ns: u64,
+    pub ct_create_ns: u64,
+    pub ipset_adds: u64,
+    pub ipset_add_ns: u64,
+    pub state_writes: u64,
+    pub state_write_ns: u64,
 }
 
 /// Everything a scrape shows.

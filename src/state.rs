@@ -300,11 +300,15 @@ impl StateFile {
         &self.path
     }
 
-    /// Appends the engine's pending journal records (one write).
-    pub fn append_from(&mut self, engine: &mut Engine) -> Result<(), StateError> {
+    /// Appends the engine's pending journal records (one write); returns how many.
+    pub fn append_from(&mut self, engine: &mut Engine) -> Result<usize, StateError> {
         if engine.take_journal_overflow() {
-            while engine.poll_journal().is_some() {}
-            return self.compact(engine);
+            let mut n = 0;
+            while engine.poll_journal().is_some() {
+                n += 1;
+            }
+            self.compact(engine)?;
+            return Ok(n);
         }
         self.buf.clear();
         let mut n = 0;
@@ -313,7 +317,7 @@ impl StateFile {
             n += 1;
         }
         if n == 0 {
-            return Ok(());
+            return Ok(0);
         }
         self.file
             .write_all(self.buf.as_bytes())
@@ -326,7 +330,7 @@ impl StateFile {
         if self.appended > 4 * live + 10_000 {
             self.compact(engine)?;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Writes the whole state to a temporary file and renames it over the state file.

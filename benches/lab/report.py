@@ -266,6 +266,29 @@ def build(recs):
             ok = None if p99m is None else (True if p99m <= 50_000 else (False if p99m / 2 >= 50_000 else None))
             w(f"| 3 | ftpct per queued packet, one session at a time{label} (`ftpct stats`), µs: p50 / p99 / max; preemptions per 100 packets | "
               f"{spread(p50, fus)} / {spread(p99, fus)} / {spread(mx, fus)}; {spread(nv, f2)} | | | | p99 ≤ 50 µs | {verdict(ok)} |")
+            # the same, split by packet class (present in runs after 2026-11-26T16:30Z)
+            for cls, what in (("plain", "packets that needed no kernel work before their verdict"),
+                              ("work", "packets that did (conntrack lookup/create, ipset add, state write)")):
+                k = f"ftpct_latency_{cls}_p99_ns"
+                sub = [r for r in ftl if k in r and r.get(f"ftpct_latency_{cls}_count", 0) > 0]
+                if not sub:
+                    continue
+                share = [r[f"ftpct_latency_{cls}_count"] / max(1, r["ftpct_latency_count"]) * 100 for r in sub]
+                k50 = [r[f"ftpct_latency_{cls}_p50_ns"] for r in sub]
+                k99 = [r[k] for r in sub]
+                w(f"| 3 | … {what}{label}: share of packets (%), µs p50 / p99 | "
+                  f"{spread(share, f1)}; {spread(k50, fus)} / {spread(k99, fus)} | | | | | |")
+            ops = []
+            for name, ns, cnt in (("conntrack lookup", "ct_lookup_ns", "ct_lookups"),
+                                  ("conntrack create", "ct_create_ns", "ct_created"),
+                                  ("ipset add", "ipset_add_ns", "ipset_adds"),
+                                  ("state write", "state_write_ns", "state_writes")):
+                per = [r[f"ftpct_{ns}"] / r[f"ftpct_{cnt}"] for r in ftl
+                       if r.get(f"ftpct_{cnt}", 0) > 0 and f"ftpct_{ns}" in r]
+                if per:
+                    ops.append(f"{name} {spread(per, fus)}")
+            if ops:
+                w(f"| 3 | … kernel work before the verdict{label}, µs per operation | {'; '.join(ops)} | | | | | |")
         ratio = paired(s_rep)
         m = med(ratio)
         row("3", "Data-connection setup, one session at a time, RETR sent → accept(), p50 µs", s50, ratio,
