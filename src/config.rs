@@ -46,8 +46,15 @@ pub struct Settings {
     pub log: String,
     /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = stay root.
     pub user: Option<String>,
+    /// Conntrack mark bit(s) set on a control connection once it has a sequence offset; the
+    /// post-conntrack queue rules then select only connections carrying them. 0 = queue every
+    /// control packet after conntrack too.
+    pub seqadj_mark: u32,
     pub policy: Policy,
 }
+
+/// Default of `seqadj_mark`: one bit, left alone by ftpct's `data_mark` (0x4654).
+pub const DEFAULT_SEQADJ_MARK: u32 = 0x0010_0000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -62,6 +69,7 @@ impl Default for Settings {
             ipset6: "ftpct6".into(),
             log: "info".into(),
             user: None,
+            seqadj_mark: DEFAULT_SEQADJ_MARK,
             policy: Policy::default(),
         }
     }
@@ -116,6 +124,15 @@ pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
         return Err("at most 15 control ports (iptables multiport limit)".into());
     }
     Ok(out)
+}
+
+/// A conntrack mark: decimal or `0x` hex.
+fn parse_mark(v: &str) -> Result<u32, String> {
+    let r = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    r.map_err(|_| format!("'{v}' is not a mark (decimal or 0x hex)"))
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {
@@ -202,12 +219,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                     s.policy.session_idle_timeout =
                         Duration::from_secs(parse_num(v, "number of seconds")?)
                 }
-                "data_mark" => {
-                    let t = v.trim_start_matches("0x");
-                    s.policy.data_mark =
-                        u32::from_str_radix(t, if v.starts_with("0x") { 16 } else { 10 })
-                            .map_err(|_| format!("'{v}' is not a mark (decimal or 0x hex)"))?
-                }
+                "data_mark" => s.policy.data_mark = parse_mark(v)?,
+                "seqadj_mark" => s.seqadj_mark = parse_mark(v)?,
                 _ => {
                     return Err(format!(
                         "unknown key '{k}' (see ftpct.conf(5) for the list)"
@@ -246,6 +259,22 @@ mod tests {
             (40000, 41000)
         );
         assert_eq!(s.policy.expect_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn marks_in_decimal_or_hex() {
+        let s = parse("data_mark = 0x10\nseqadj_mark = 64\n", Path::new("m.conf")).unwrap();
+        assert_eq!((s.policy.data_mark, s.seqadj_mark), (0x10, 64));
+        let s = parse("seqadj_mark = 0\n", Path::new("m.conf")).unwrap();
+        assert_eq!(s.seqadj_mark, 0, "0 turns the selection off");
+        assert_eq!(
+            parse("", Path::new("m.conf")).unwrap().seqadj_mark,
+            DEFAULT_SEQADJ_MARK
+        );
+        let e = parse("seqadj_mark = 0xzz\n", Path::new("m.conf"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "m.conf:1: '0xzz' is not a mark (decimal or 0x hex)");
     }
 
     #[test]

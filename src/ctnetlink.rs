@@ -55,6 +55,7 @@ const CTA_PROTOINFO: u16 = 4;
 const CTA_HELP: u16 = 5;
 const CTA_TIMEOUT: u16 = 7;
 const CTA_MARK: u16 = 8;
+const CTA_MARK_MASK: u16 = 21;
 const CTA_ID: u16 = 12;
 const CTA_NAT_DST: u16 = 13;
 const CTA_NAT_SRC: u16 = 6;
@@ -296,6 +297,33 @@ impl Ctnetlink {
             Some(errno) => map_errno("create", errno, Some(e.master)),
             None => err.into(),
         })
+    }
+
+    /// Sets the bits `bits` in the mark of the entry whose original tuple is `original`, leaving
+    /// its other bits as they are (an update: `CTA_MARK` = `CTA_MARK_MASK` = `bits`; the kernel
+    /// computes `(mark & !bits) ^ bits`). `Ok(false)` if there is no such entry.
+    pub fn set_mark_bits(&mut self, original: &FlowTuple, bits: u32) -> Result<bool, CtError> {
+        let family = family_of(original)?;
+        let mut b = MsgBuilder::new(
+            &mut self.buf,
+            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW),
+            // no NLM_F_CREATE: update an existing entry only
+            NLM_F_REQUEST | NLM_F_ACK,
+            family,
+            0,
+        );
+        put_tuple(&mut b, CTA_TUPLE_ORIG, original);
+        b.put_be32(CTA_MARK, bits);
+        b.put_be32(CTA_MARK_MASK, bits);
+        let msg = b.finish()?;
+        match self.sock.request_ack(msg) {
+            Ok(()) => Ok(true),
+            Err(err) => match err.errno() {
+                Some(libc::ENOENT) => Ok(false),
+                Some(errno) => Err(map_errno("mark", errno, None)),
+                None => Err(err.into()),
+            },
+        }
     }
 
     /// Deletes the entry whose original tuple is `original`. `Ok(false)` if there was none.

@@ -25,7 +25,7 @@ use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::notify;
 use crate::state::StateFile;
-use crate::types::{Hook, Timestamp};
+use crate::types::{FlowTuple, Hook, Timestamp};
 
 /// What `ftpct run` needs.
 #[derive(Clone, Debug)]
@@ -171,7 +171,12 @@ impl Shell {
     /// needed any.
     fn kernel_work(&self) -> u64 {
         let k = &self.stats;
-        k.ct_lookups + k.ct_created + k.ct_create_errors + k.ipset_adds + k.state_writes
+        k.ct_lookups
+            + k.ct_created
+            + k.ct_create_errors
+            + k.ipset_adds
+            + k.state_writes
+            + k.ct_marked
     }
 
     fn persist(&mut self) {
@@ -236,11 +241,38 @@ impl Shell {
                     error!(error = %e, %dst, "cannot watch the data address; its SYN will not reach ftpct");
                 }
             }
+            Action::MarkAdjusted { original } => self.mark_adjusted(&original),
             Action::UnwatchDst { dst } => {
                 if let Err(e) = self.ipset.del(set(&self.settings, &dst), dst) {
                     self.stats.ipset_errors += 1;
                     debug!(error = %e, %dst, "ipset del failed");
                 }
+            }
+        }
+    }
+
+    /// Marks a control connection that has a sequence offset (`seqadj_mark`), so that the
+    /// post-conntrack rules queue its packets: from now on their acknowledgement numbers need
+    /// mapping back. Without the mark those packets would pass unmapped and the connection
+    /// would stall, so a failure is an error.
+    fn mark_adjusted(&mut self, original: &FlowTuple) {
+        let bits = self.settings.seqadj_mark;
+        if bits == 0 {
+            return;
+        }
+        let t = Instant::now();
+        let r = self.ct.set_mark_bits(original, bits);
+        self.stats.ct_marked += 1;
+        self.stats.ct_mark_ns += t.elapsed().as_nanos() as u64;
+        match r {
+            Ok(true) => {}
+            Ok(false) => debug!(flow = %original, "control connection gone before its mark"),
+            Err(e) => {
+                self.stats.ct_mark_errors += 1;
+                error!(error = %e, flow = %original, mark = format_args!("{bits:#x}"),
+                       "cannot mark the control connection: the post-conntrack rules will not \
+                        queue it and its transfers after this rewrite will stall; check \
+                        seqadj_mark, or set seqadj_mark = 0 and reinstall the rules");
             }
         }
     }
@@ -308,6 +340,17 @@ impl Shell {
                 gone += 1;
             }
         }
+        // The kernel keeps the marks across a restart; set them again anyway (rules installed
+        // or a mark cleared since).
+        let adjusted: Vec<_> = self
+            .engine
+            .sessions()
+            .filter(|s| s.dirs.iter().any(|d| !d.seqadj.is_identity()))
+            .map(|s| s.ct.original)
+            .collect();
+        for original in adjusted {
+            self.mark_adjusted(&original);
+        }
         let now = monotonic_now();
         let exps: Vec<_> = self.engine.expectations().iter().map(|(_, e)| *e).collect();
         for e in exps {
@@ -354,7 +397,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 54] = [
+        let rows: [(&str, u64); 57] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -405,6 +448,9 @@ impl Shell {
             ("ct_lookups", k.ct_lookups),
             ("ct_lookup_ns", k.ct_lookup_ns),
             ("ct_create_ns", k.ct_create_ns),
+            ("ct_marked", k.ct_marked),
+            ("ct_mark_ns", k.ct_mark_ns),
+            ("ct_mark_errors", k.ct_mark_errors),
             ("ipset_adds", k.ipset_adds),
             ("ipset_add_ns", k.ipset_add_ns),
             ("state_writes", k.state_writes),

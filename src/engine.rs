@@ -75,6 +75,12 @@ pub enum Action {
     WatchDst { dst: SocketAddr, timeout_secs: u32 },
     /// Stop queueing SYNs to `dst` (ipset del).
     UnwatchDst { dst: SocketAddr },
+    /// The control connection `original` (its conntrack original tuple) now has a sequence
+    /// offset: from its next packet on, acknowledgement numbers need mapping after conntrack.
+    /// Emitted once per session, before the verdict of the packet whose rewrite caused it; the
+    /// shell marks the conntrack entry, and the post-conntrack queue rules may select marked
+    /// connections only (`seqadj_mark`).
+    MarkAdjusted { original: FlowTuple },
 }
 
 /// Why a session ended.
@@ -1472,10 +1478,18 @@ impl Engine {
                 if rewrite {
                     let pos = line_at.wrapping_add(span.start as u32);
                     let old_len = span.len() as u32;
-                    let added = self
-                        .sessions
-                        .get_mut(&sid)
-                        .map(|s| s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_ok());
+                    let mut first_offset = None;
+                    let added = self.sessions.get_mut(&sid).map(|s| {
+                        let was_identity = s.dirs.iter().all(|d| d.seqadj.is_identity());
+                        let ok = s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_ok();
+                        if ok && was_identity {
+                            first_offset = Some(s.ct.original);
+                        }
+                        ok
+                    });
+                    if let Some(original) = first_offset {
+                        self.action(Action::MarkAdjusted { original });
+                    }
                     if added != Some(true) {
                         self.expect.remove(ins.id);
                         self.journal(Journal::ExpectDel {

@@ -115,6 +115,10 @@ pub struct ShellStats {
     /// latency of the packets that need it goes.
     pub ct_lookup_ns: u64,
     pub ct_create_ns: u64,
+    /// Control connections marked (`seqadj_mark`), time spent, failures.
+    pub ct_marked: u64,
+    pub ct_mark_ns: u64,
+    pub ct_mark_errors: u64,
     pub ipset_adds: u64,
     pub ipset_add_ns: u64,
     pub state_writes: u64,

@@ -194,6 +194,10 @@ pub struct RuleSpec {
     pub bypass: bool,
     /// Which tool installs the rules.
     pub backend: Backend,
+    /// Conntrack mark bit(s) that the daemon sets on a control connection once it has a
+    /// sequence offset: the post-conntrack rules (b) then queue only connections carrying them
+    /// (`-m connmark --mark M/M`). 0: every control packet is queued after conntrack too.
+    pub seqadj_mark: u32,
 }
 
 impl Default for RuleSpec {
@@ -205,6 +209,7 @@ impl Default for RuleSpec {
             set6: ipset::DEFAULT_SET6.to_string(),
             bypass: false,
             backend: Backend::default(),
+            seqadj_mark: crate::config::DEFAULT_SEQADJ_MARK,
         }
     }
 }
@@ -221,6 +226,7 @@ impl RuleSpec {
             set6: s.ipset6.clone(),
             bypass: s.fail_open,
             backend: Backend::default(),
+            seqadj_mark: s.seqadj_mark,
         }
     }
 }
@@ -405,8 +411,12 @@ pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
         t
     };
     let comment = strings(&["-m", "comment", "--comment", COMMENT]);
-    let control = |dir: &str, list: &str| {
+    let marked = format!("{0:#x}/{0:#x}", spec.seqadj_mark);
+    let control = |dir: &str, list: &str, group: Group| {
         let mut a = strings(&["-p", "tcp", "-m", "multiport", dir, list, "!", "--syn"]);
+        if group == Group::ControlPost && spec.seqadj_mark != 0 {
+            a.extend(strings(&["-m", "connmark", "--mark", &marked]));
+        }
         a.extend(comment.iter().cloned());
         a.extend(target(spec.bypass));
         a
@@ -437,7 +447,7 @@ pub fn rules(spec: &RuleSpec) -> Result<Vec<Rule>, RulesError> {
                             backend,
                             table,
                             chain,
-                            args: control(dir, list),
+                            args: control(dir, list, group),
                             group,
                         });
                     }
@@ -488,7 +498,8 @@ fn group_header(g: Group) -> &'static str {
         }
         Group::ControlPost => {
             "# (b) the same packets after conntrack and DNAT (mangle POSTROUTING and INPUT):\n\
-             #     ftpct fixes their acknowledgement numbers here."
+             #     ftpct fixes their acknowledgement numbers here. With a connmark match, only\n\
+             #     connections that ftpct marked (it rewrote a line to another length) are queued."
         }
         Group::DataSyn => {
             "# (c) data-connection SYNs whose destination address,port is in the ipset that\n\
@@ -611,11 +622,17 @@ pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
         }
     }
     line("");
-    line("# (b) the same packets after conntrack and DNAT (acknowledgement numbers fixed here).");
+    line("# (b) the same packets after conntrack and DNAT (acknowledgement numbers fixed here);");
+    line("# with a ct mark match, only the connections ftpct marked (a rewrite changed a length).");
+    let marked = if spec.seqadj_mark != 0 {
+        format!(" ct mark & {0:#x} == {0:#x}", spec.seqadj_mark)
+    } else {
+        String::new()
+    };
     for chain in ["mangle_postrouting", "mangle_input"] {
         for dir in ["dport", "sport"] {
             line(&format!(
-                "add rule {t} {chain} tcp {dir} {{ {list} }} {not_syn} {q} {c}"
+                "add rule {t} {chain} tcp {dir} {{ {list} }} {not_syn}{marked} {q} {c}"
             ));
         }
     }
@@ -1191,7 +1208,8 @@ mod tests {
 
     #[test]
     fn spec_from_settings() {
-        let text = "queue = 4\nports = 21, 2121\nipset4 = a4\nipset6 = a6\nfail_open = true\n";
+        let text = "queue = 4\nports = 21, 2121\nipset4 = a4\nipset6 = a6\nfail_open = true\n\
+                    seqadj_mark = 0x8\n";
         let s = crate::config::parse(text, std::path::Path::new("t.conf")).unwrap();
         let r = RuleSpec::from_settings(&s);
         assert_eq!(
@@ -1203,6 +1221,7 @@ mod tests {
                 set6: "a6".into(),
                 bypass: true,
                 backend: Backend::IptablesNft,
+                seqadj_mark: 8,
             }
         );
         assert_eq!(
@@ -1346,7 +1365,7 @@ mod tests {
             "add chain inet ftpct mangle_input { type filter hook input priority -150; policy accept; }",
             "add chain inet ftpct nat_prerouting { type nat hook prerouting priority -100; policy accept; }",
             "add rule inet ftpct raw_prerouting tcp dport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn queue num 3 comment \"ftpct\"",
-            "add rule inet ftpct mangle_input tcp sport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn queue num 3 comment \"ftpct\"",
+            "add rule inet ftpct mangle_input tcp sport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn ct mark & 0x100000 == 0x100000 queue num 3 comment \"ftpct\"",
             "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip daddr . tcp dport @ftpct4 queue num 3 bypass comment \"ftpct\"",
             "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip6 daddr . tcp dport @ftpct6 queue num 3 bypass comment \"ftpct\"",
         ] {

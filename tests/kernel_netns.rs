@@ -395,12 +395,29 @@ fn ctnetlink_get_finds_both_directions_and_the_nat() {
         assert!(!a6.is_src_nat() && !a6.is_dst_nat());
         assert_eq!(ct.get(&orig6.inverse()).unwrap(), Some(a6));
 
+        // Marking the control connection (seqadj_mark): only the given bits change.
+        let mark0 = ct.get_entry(&orig4).unwrap().unwrap().mark;
+        assert!(ct.set_mark_bits(&orig4, 0x0010_0000).unwrap());
+        assert_eq!(
+            ct.get_entry(&orig4).unwrap().unwrap().mark,
+            mark0 | 0x0010_0000
+        );
+        assert!(ct.set_mark_bits(&orig4, 0x0000_0003).unwrap());
+        assert!(ct.set_mark_bits(&orig4, 0x0010_0000).unwrap(), "idempotent");
+        assert_eq!(
+            ct.get_entry(&orig4).unwrap().unwrap().mark,
+            mark0 | 0x0010_0003
+        );
+
         // Unknown connection.
         assert_eq!(
             ct.get(&FlowTuple::new(sa("192.0.2.2:1"), sa("203.0.113.2:2")))
                 .unwrap(),
             None
         );
+        assert!(!ct
+            .set_mark_bits(&FlowTuple::new(sa("192.0.2.2:1"), sa("203.0.113.2:2")), 1)
+            .unwrap());
         assert!(ct.dump_count().unwrap() >= 2);
     });
     drop((c4, c6));
