@@ -20,6 +20,7 @@
 //! log = info
 //! user = ftpct
 //! metrics = 127.0.0.1:9477
+//! rule_check_interval = 5
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,9 @@ pub struct Settings {
     pub log: String,
     /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = stay root.
     pub user: Option<String>,
+    /// How often the daemon checks that its firewall rules are still installed
+    /// ([`crate::rulecheck`]); zero = never.
+    pub rule_check_interval: Duration,
     pub policy: Policy,
 }
 
@@ -62,6 +66,7 @@ impl Default for Settings {
             ipset6: "ftpct6".into(),
             log: "info".into(),
             user: None,
+            rule_check_interval: crate::rulecheck::DEFAULT_INTERVAL,
             policy: Policy::default(),
         }
     }
@@ -171,6 +176,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 "ipset6" => s.ipset6 = v.to_string(),
                 "log" => s.log = v.to_string(),
                 "user" => s.user = (!v.is_empty()).then(|| v.to_string()),
+                "rule_check_interval" => {
+                    s.rule_check_interval = Duration::from_secs(parse_num(
+                        v,
+                        "number of seconds (0 turns the check off)",
+                    )?)
+                }
                 "allow_third_party" => s.policy.allow_third_party = parse_bool(v)?,
                 "allow_privileged_ports" => s.policy.allow_privileged_ports = parse_bool(v)?,
                 "max_expect_per_session" => {
@@ -246,6 +257,33 @@ mod tests {
             (40000, 41000)
         );
         assert_eq!(s.policy.expect_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn rule_check_interval() {
+        let p = Path::new("r.conf");
+        assert_eq!(
+            parse("", p).unwrap().rule_check_interval,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            parse("rule_check_interval = 60\n", p)
+                .unwrap()
+                .rule_check_interval,
+            Duration::from_secs(60)
+        );
+        assert!(parse("rule_check_interval = 0\n", p)
+            .unwrap()
+            .rule_check_interval
+            .is_zero());
+        let e = parse("rule_check_interval = 5s\n", p)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "r.conf:1: '5s' is not a valid number of seconds (0 turns the check off)"
+        );
+        assert!(parse("rule_check_interval = -1\n", p).is_err());
     }
 
     #[test]

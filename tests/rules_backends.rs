@@ -284,6 +284,7 @@ fn iptables_delete_sweeps_other_specs(b: Backend, tag: &str) {
         set4: "old4".into(),
         set6: "old6".into(),
         bypass: true,
+        maxelem: 4096,
     };
     match ns.run(|| rules::apply(&old)) {
         Err(e @ RulesError::KernelFeature { .. }) => {
