@@ -12,9 +12,12 @@
 //! - subsystem `NFNL_SUBSYS_NFTABLES` (10); `NFT_MSG_GETRULE` (7) with `NLM_F_DUMP` answers one
 //!   `NFT_MSG_NEWRULE` (6) per rule, then `NLMSG_DONE`. The request's `nfgenmsg` family filters
 //!   (`NFPROTO_UNSPEC` = every family) and an `NFTA_RULE_TABLE` attribute in the request
-//!   restricts the dump to tables of that name, so the admin's own (possibly large) tables are
-//!   not read. `NFT_MSG_GETCHAIN` (4) dumps chains (`NFT_MSG_NEWCHAIN`, 3) the same way, without
-//!   a table filter.
+//!   restricts the dump to the table of that name, so the admin's own (possibly large) tables
+//!   are not read. With a table name the dump stops after the FIRST table of that name
+//!   (`nf_tables_dump_rules`: `if (ctx->table) break;`), so with `NFPROTO_UNSPEC` only one of
+//!   `ip raw` and `ip6 raw` would be read: each (family, table) is dumped on its own.
+//!   `NFT_MSG_GETCHAIN` (4) dumps chains (`NFT_MSG_NEWCHAIN`, 3) of a family, without a table
+//!   filter.
 //! - A rule message carries `NFTA_RULE_TABLE` (1) and `NFTA_RULE_CHAIN` (2), its expressions in
 //!   `NFTA_RULE_EXPRESSIONS` (4: `NFTA_LIST_ELEM` (1) { `NFTA_EXPR_NAME` (1), `NFTA_EXPR_DATA`
 //!   (2) }) and optional `NFTA_RULE_USERDATA` (7).
@@ -56,7 +59,6 @@ const NFTA_MATCH_INFO: u16 = 3;
 /// `NFTNL_UDATA_RULE_COMMENT` (libnftnl's userdata TLV type of a rule comment).
 const UDATA_RULE_COMMENT: u8 = 0;
 
-const NFPROTO_UNSPEC: u8 = 0;
 const NFPROTO_INET: u8 = 1;
 
 /// How many times a dump interrupted by a ruleset change is read again.
@@ -242,26 +244,17 @@ impl NfTables {
         }
     }
 
-    /// One read of everything ftpct's rules could be: the rules of the tables named raw,
-    /// mangle, nat (families ip and ip6) and ftpct (family inet) that carry ftpct's comment,
-    /// and the chains of `table inet ftpct`.
+    /// One read of everything ftpct's rules could be: the rules of the tables raw, mangle and
+    /// nat of the families ip and ip6 and of `table inet ftpct` that carry ftpct's comment, and
+    /// the chains of `table inet ftpct`.
     fn read_once(&mut self) -> Result<(Observed, bool), NftError> {
         let mut obs = Observed::default();
         let mut interrupted = false;
-        for table in rulecheck::tables_to_read() {
-            let family = if table == NFT_TABLE {
-                NFPROTO_INET
-            } else {
-                NFPROTO_UNSPEC
-            };
-            build_rule_dump(&mut self.buf, family, table)?;
+        for (family, table) in rulecheck::tables_to_read() {
+            build_rule_dump(&mut self.buf, family.nfproto(), table)?;
             interrupted |= self.dump(|m| {
                 if let Some(p) = parse_rule(m)? {
-                    // A table of that name in another family (an admin's `table inet raw`)
-                    // is not ftpct's.
-                    let iptables = p.family != NfFamily::Inet && p.table != NFT_TABLE;
-                    let nft = p.family == NfFamily::Inet && p.table == NFT_TABLE;
-                    if iptables || nft {
+                    if p.family == family && p.table == table {
                         obs.add_rule(p);
                     }
                 }
@@ -356,12 +349,12 @@ mod tests {
     #[test]
     fn requests() {
         let mut buf = Vec::new();
-        build_rule_dump(&mut buf, 0, "raw").unwrap();
+        build_rule_dump(&mut buf, 10, "raw").unwrap();
         let m = NlMsgIter::new(&buf).next().unwrap().unwrap();
         assert_eq!(m.msg_type, (10 << 8) | 7);
         assert_eq!(m.flags, NLM_F_REQUEST | NLM_F_DUMP);
         let (g, attrs) = m.nfgen().unwrap();
-        assert_eq!(g.family, 0);
+        assert_eq!(g.family, 10);
         let t: [Option<Attr>; 2] = attrs.table().unwrap();
         assert_eq!(t[1].unwrap().str().unwrap(), "raw");
         build_chain_dump(&mut buf, NFPROTO_INET).unwrap();

@@ -57,6 +57,15 @@ impl NfFamily {
         }
     }
 
+    /// The `NFPROTO_*` value.
+    pub fn nfproto(self) -> u8 {
+        match self {
+            NfFamily::Ip => 2,
+            NfFamily::Ip6 => 10,
+            NfFamily::Inet => 1,
+        }
+    }
+
     /// The name nft uses.
     pub fn name(self) -> &'static str {
         match self {
@@ -105,8 +114,16 @@ impl fmt::Display for Place {
 }
 
 /// The tables whose rules are read: ftpct's rules are nowhere else.
-pub fn tables_to_read() -> [&'static str; 4] {
-    ["raw", "mangle", "nat", rules::NFT_TABLE]
+pub fn tables_to_read() -> [(NfFamily, &'static str); 7] {
+    [
+        (NfFamily::Ip, "raw"),
+        (NfFamily::Ip, "mangle"),
+        (NfFamily::Ip, "nat"),
+        (NfFamily::Ip6, "raw"),
+        (NfFamily::Ip6, "mangle"),
+        (NfFamily::Ip6, "nat"),
+        (NfFamily::Inet, rules::NFT_TABLE),
+    ]
 }
 
 /// What a read of the ruleset found.
@@ -782,6 +799,19 @@ mod tests {
             "inet ftpct raw_output"
         );
         assert_eq!(NfFamily::from_nfproto(10), Some(NfFamily::Ip6));
+        for f in [NfFamily::Ip, NfFamily::Ip6, NfFamily::Inet] {
+            assert_eq!(NfFamily::from_nfproto(f.nfproto()), Some(f));
+        }
+        // Every place ftpct installs rules in is read.
+        for b in [Backend::IptablesNft, Backend::Nft] {
+            let e = Expected::new(&spec(), b, None).unwrap().unwrap();
+            for p in e.rules.keys().chain(e.chains.iter()) {
+                assert!(
+                    tables_to_read().contains(&(p.family, p.table.as_str())),
+                    "{p}"
+                );
+            }
+        }
         assert_eq!(NfFamily::from_nfproto(7), None);
     }
 }
