@@ -709,8 +709,8 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         ports = ?settings.ports,
         socket = %settings.socket.display(),
         fail_open = settings.fail_open,
-        "ftpct running; install the rules with `ftpct rules --queue {} --apply` if not done",
-        settings.queue
+        "ftpct running; install the rules with `{}` if not done",
+        spec.command_line(opts.config_path.as_deref(), "--apply")
     );
     // Tell systemd (Type=notify) that the queue is bound and the control socket listens.
     sd_notify(notify::ready(), "READY");

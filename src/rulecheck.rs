@@ -331,12 +331,17 @@ impl Missing {
 
     /// The warning: what is missing where, what stops working, and `fix`.
     pub fn message(&self, fix: &str) -> String {
-        let mut places: Vec<String> = self
-            .rules
-            .iter()
-            .map(|s| format!("{}: {} of {}", s.place, s.missing(), s.expected))
-            .collect();
-        places.extend(self.chains.iter().map(|c| format!("base chain {c}")));
+        let places: Vec<String> = if self.count() == self.total {
+            vec!["all of them (a firewall reload that flushes the whole ruleset does this)".into()]
+        } else {
+            let mut p: Vec<String> = self
+                .rules
+                .iter()
+                .map(|s| format!("{}: {} of {}", s.place, s.missing(), s.expected))
+                .collect();
+            p.extend(self.chains.iter().map(|c| format!("base chain {c}")));
+            p
+        };
         let effects: Vec<&str> = self.groups().into_iter().map(effect).collect();
         format!(
             "ftpct's firewall rules are missing ({} of {}, {} backend): {}. Effect: {}. Restore \
@@ -725,9 +730,12 @@ mod tests {
         c.observe(&installed(&spec(), Backend::IptablesNft), t(0));
         let n = c.observe(&Observed::default(), t(5));
         assert_eq!(n.len(), 1);
-        assert!(n[0]
-            .to_string()
-            .contains("(20 of 20, iptables-nft backend)"));
+        let text = n[0].to_string();
+        assert!(
+            text.contains("(20 of 20, iptables-nft backend): all of them"),
+            "{text}"
+        );
+        assert!(!text.contains("raw PREROUTING"), "{text}");
         assert_eq!(c.missing(), 20);
     }
 

@@ -1177,7 +1177,8 @@ impl SmallSet {
              set fails and that data connection is not admitted. The kernel cannot change the \
              maxelem of an existing set; destroy and recreate it (its current elements are \
              lost): stop ftpct, run `{delete}` (removes the rules, then the sets) and `{apply}` \
-             (recreates them with maxelem {want}), then start ftpct",
+             (recreates them with maxelem {want}), then start ftpct (with the systemd unit, \
+             `systemctl restart ftpct` does all of it)",
             name = self.name,
             have = self.maxelem,
             want = self.want,
