@@ -31,6 +31,9 @@ use crate::policy::Policy;
 
 pub const DEFAULT_SOCKET: &str = "/run/ftpct/ftpct.sock";
 
+/// Largest `rule_check_interval`, in seconds (a day).
+pub const MAX_RULE_CHECK_INTERVAL: u64 = 86_400;
+
 /// Everything the daemon reads from the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -177,10 +180,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 "log" => s.log = v.to_string(),
                 "user" => s.user = (!v.is_empty()).then(|| v.to_string()),
                 "rule_check_interval" => {
-                    s.rule_check_interval = Duration::from_secs(parse_num(
-                        v,
-                        "number of seconds (0 turns the check off)",
-                    )?)
+                    let secs: u64 = parse_num(v, "number of seconds (0 turns the check off)")?;
+                    if secs > MAX_RULE_CHECK_INTERVAL {
+                        return Err(format!(
+                            "{secs} seconds is more than a day: use at most \
+                             {MAX_RULE_CHECK_INTERVAL}, or 0 to turn the check off"
+                        ));
+                    }
+                    s.rule_check_interval = Duration::from_secs(secs)
                 }
                 "allow_third_party" => s.policy.allow_third_party = parse_bool(v)?,
                 "allow_privileged_ports" => s.policy.allow_privileged_ports = parse_bool(v)?,
@@ -284,6 +291,16 @@ mod tests {
             "r.conf:1: '5s' is not a valid number of seconds (0 turns the check off)"
         );
         assert!(parse("rule_check_interval = -1\n", p).is_err());
+        assert_eq!(
+            parse("rule_check_interval = 86400\n", p)
+                .unwrap()
+                .rule_check_interval,
+            Duration::from_secs(86_400)
+        );
+        let e = parse("rule_check_interval = 86401\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 86400"), "{e}");
     }
 
     #[test]
