@@ -20,6 +20,7 @@
 //! log = info
 //! user = ftpct
 //! metrics = 127.0.0.1:9477
+//! rule_check_interval = 5
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ use crate::engine;
 use crate::policy::Policy;
 
 pub const DEFAULT_SOCKET: &str = "/run/ftpct/ftpct.sock";
+
+/// Largest `rule_check_interval`, in seconds (a day).
+pub const MAX_RULE_CHECK_INTERVAL: u64 = 86_400;
 
 /// Everything the daemon reads from the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub struct Settings {
     /// post-conntrack queue rules then select only connections carrying them. 0 = queue every
     /// control packet after conntrack too.
     pub seqadj_mark: u32,
+    /// How often the daemon checks that its firewall rules are still installed
+    /// ([`crate::rulecheck`]); zero = never.
+    pub rule_check_interval: Duration,
     pub policy: Policy,
 }
 
@@ -70,6 +77,7 @@ impl Default for Settings {
             log: "info".into(),
             user: None,
             seqadj_mark: DEFAULT_SEQADJ_MARK,
+            rule_check_interval: crate::rulecheck::DEFAULT_INTERVAL,
             policy: Policy::default(),
         }
     }
@@ -188,6 +196,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                 "ipset6" => s.ipset6 = v.to_string(),
                 "log" => s.log = v.to_string(),
                 "user" => s.user = (!v.is_empty()).then(|| v.to_string()),
+                "rule_check_interval" => {
+                    let secs: u64 = parse_num(v, "number of seconds (0 turns the check off)")?;
+                    if secs > MAX_RULE_CHECK_INTERVAL {
+                        return Err(format!(
+                            "{secs} seconds is more than a day: use at most \
+                             {MAX_RULE_CHECK_INTERVAL}, or 0 to turn the check off"
+                        ));
+                    }
+                    s.rule_check_interval = Duration::from_secs(secs)
+                }
                 "allow_third_party" => s.policy.allow_third_party = parse_bool(v)?,
                 "allow_privileged_ports" => s.policy.allow_privileged_ports = parse_bool(v)?,
                 "max_expect_per_session" => {
@@ -275,6 +293,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "m.conf:1: '0xzz' is not a mark (decimal or 0x hex)");
+    }
+
+    #[test]
+    fn rule_check_interval() {
+        let p = Path::new("r.conf");
+        assert_eq!(
+            parse("", p).unwrap().rule_check_interval,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            parse("rule_check_interval = 60\n", p)
+                .unwrap()
+                .rule_check_interval,
+            Duration::from_secs(60)
+        );
+        assert!(parse("rule_check_interval = 0\n", p)
+            .unwrap()
+            .rule_check_interval
+            .is_zero());
+        let e = parse("rule_check_interval = 5s\n", p)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "r.conf:1: '5s' is not a valid number of seconds (0 turns the check off)"
+        );
+        assert!(parse("rule_check_interval = -1\n", p).is_err());
+        assert_eq!(
+            parse("rule_check_interval = 86400\n", p)
+                .unwrap()
+                .rule_check_interval,
+            Duration::from_secs(86_400)
+        );
+        let e = parse("rule_check_interval = 86401\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 86400"), "{e}");
     }
 
     #[test]

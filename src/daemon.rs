@@ -23,7 +23,10 @@ use crate::engine::{Action, CtHint, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
+use crate::nftables::NfTables;
 use crate::notify;
+use crate::rulecheck::{Checker, Notice};
+use crate::rules::RuleSpec;
 use crate::state::StateFile;
 use crate::types::{FlowTuple, Hook, Timestamp};
 
@@ -98,6 +101,14 @@ struct Shell {
     stats: ShellStats,
     /// Data addresses to remove from the ipsets once the current packet's verdict is out.
     unwatch: Vec<std::net::SocketAddr>,
+    /// The periodic check of ftpct's own rules; `None` when off or unavailable.
+    rule_watch: Option<RuleWatch>,
+}
+
+/// What the rule check needs: a socket to read the ruleset and the pure [`Checker`].
+struct RuleWatch {
+    nft: NfTables,
+    checker: Checker,
 }
 
 impl Shell {
@@ -177,6 +188,26 @@ impl Shell {
             + k.ipset_adds
             + k.state_writes
             + k.ct_marked
+    }
+
+    /// Reads the ruleset and logs what the [`Checker`] makes of it (a few small netlink dumps:
+    /// only the tables named raw, mangle, nat and ftpct are read).
+    fn check_rules(&mut self) {
+        let Some(w) = &mut self.rule_watch else {
+            return;
+        };
+        let notices = match w.nft.read_ftpct() {
+            Ok(obs) => w.checker.observe(&obs, monotonic_now()),
+            Err(e) => w.checker.read_failed(&e).into_iter().collect(),
+        };
+        self.stats.rules_missing = w.checker.missing() as u64;
+        for n in notices {
+            match &n {
+                Notice::Missing(_) => warn!(missing = w.checker.missing(), "{n}"),
+                n if n.is_warning() => warn!("{n}"),
+                _ => info!("{n}"),
+            }
+        }
     }
 
     fn persist(&mut self) {
@@ -397,7 +428,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 57] = [
+        let rows: [(&str, u64); 58] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -433,6 +464,7 @@ impl Shell {
             ("ct_lookup_errors", k.ct_lookup_errors),
             ("ipset_errors", k.ipset_errors),
             ("state_errors", k.state_errors),
+            ("rules_missing", k.rules_missing),
             ("latency_count", self.hist.count()),
             ("latency_p50_ns", self.hist.quantile(0.5)),
             ("latency_p99_ns", self.hist.quantile(0.99)),
@@ -704,9 +736,45 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     let mut ipset = Ipset::open()?;
     // Same parameters as `ftpct rules --apply` uses, so an existing set is accepted; every
     // element carries its own timeout (the expectation's).
+    let spec = RuleSpec::from_settings(&settings);
     let timeout = crate::rules::SET_DEFAULT_TIMEOUT;
-    ipset.create_hash_ip_port(&settings.ipset4, SetFamily::V4, timeout)?;
-    ipset.create_hash_ip_port(&settings.ipset6, SetFamily::V6, timeout)?;
+    ipset.create_hash_ip_port(&settings.ipset4, SetFamily::V4, timeout, spec.maxelem)?;
+    ipset.create_hash_ip_port(&settings.ipset6, SetFamily::V6, timeout, spec.maxelem)?;
+    match crate::rules::small_sets(&mut ipset, &spec) {
+        Ok(small) => {
+            for s in small {
+                let cfg = opts.config_path.as_deref();
+                warn!(
+                    set = %s.name,
+                    maxelem = s.maxelem,
+                    max_expectations = s.want,
+                    "{}",
+                    s.message(
+                        &spec.command_line(cfg, "--delete"),
+                        &spec.command_line(cfg, "--apply")
+                    )
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the ipsets' maxelem"),
+    }
+    let rule_watch = if settings.rule_check_interval.is_zero() {
+        info!("rule check off (rule_check_interval = 0): a removal of ftpct's firewall rules is not reported");
+        None
+    } else {
+        let checker = Checker::new(&spec, opts.config_path.as_deref());
+        match (NfTables::open(), checker) {
+            (Ok(nft), Ok(checker)) => Some(RuleWatch { nft, checker }),
+            (Err(e), _) => {
+                warn!(error = %e, "rule check unavailable: a removal of ftpct's firewall rules will not be reported");
+                None
+            }
+            (_, Err(e)) => {
+                warn!(error = %e, "rule check unavailable: a removal of ftpct's firewall rules will not be reported");
+                None
+            }
+        }
+    };
     let listener = bind_control_socket(&settings.socket)?;
     let mut engine = Engine::new(settings.engine_config());
     let state_path = settings.state_path();
@@ -756,6 +824,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         hist_work: Histogram::default(),
         stats: ShellStats::default(),
         unwatch: Vec::with_capacity(16),
+        rule_watch,
     };
     shell.revalidate_restored();
     // Everything is open: keep CAP_NET_ADMIN only (and switch user if configured).
@@ -772,12 +841,18 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         ports = ?settings.ports,
         socket = %settings.socket.display(),
         fail_open = settings.fail_open,
-        "ftpct running; install the rules with `ftpct rules --queue {} --apply` if not done",
-        settings.queue
+        "ftpct running; install the rules with `{}` if not done",
+        spec.command_line(opts.config_path.as_deref(), "--apply")
     );
     // Tell systemd (Type=notify) that the queue is bound and the control socket listens.
     sd_notify(notify::ready(), "READY");
     sd_notify(notify::status(&status_line(&settings)), "STATUS");
+    // The first tick is immediate: the rules are checked at start, then every period.
+    let mut rule_timer = shell.rule_watch.is_some().then(|| {
+        let mut t = tokio::time::interval(settings.rule_check_interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     loop {
         let deadline = shell.engine.poll_timeout().map(|t| {
             let now = monotonic_now();
@@ -816,6 +891,14 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 shell.run_actions();
                 shell.persist();
                 shell.drain_events();
+            }
+            _ = async {
+                match rule_timer.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                shell.check_rules();
             }
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {

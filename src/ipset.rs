@@ -21,14 +21,21 @@
 //!   set succeeds (a set of that name with another type or parameters gives `EEXIST`), add of an existing element replaces it (its timeout is reset), delete of a
 //!   missing element succeeds; errors above 4096 are ipset's own (`enum ipset_errno`);
 //! - `IPSET_CMD_TEST` answers 0 when the element is in the set and `IPSET_ERR_EXIST` when not.
+//! - `maxelem` (`IPSET_ATTR_MAXELEM` in the create data, default 65536) bounds the elements; an
+//!   add to a full set fails with `IPSET_ERR_HASH_FULL`. Create of an existing set compares
+//!   `maxelem` too (`mtype_same_set`), so an older set with another `maxelem` makes create fail
+//!   with `IPSET_ERR_EXIST`; [`Ipset::create_hash_ip_port`] then reads the set's header and
+//!   accepts it if only `maxelem` (or the hash size) differs. The header with `maxelem`,
+//!   timeout and element count comes from `IPSET_CMD_LIST` restricted to the set's name with
+//!   `IPSET_FLAG_LIST_HEADER` ([`Ipset::info`]; `IPSET_CMD_HEADER` gives only type and family).
 
 use std::net::{IpAddr, SocketAddr};
 
 use nix::libc;
 
 use crate::netlink::{
-    nfnl_msg_type, Attr, MsgBuilder, NetlinkSocket, NlError, NFNL_SUBSYS_IPSET,
-    NLA_F_NET_BYTEORDER, NLM_F_ACK, NLM_F_REQUEST,
+    nfnl_msg_type, Attr, MsgBuilder, NetlinkSocket, NlError, NlMsg, NFNL_SUBSYS_IPSET,
+    NLA_F_NET_BYTEORDER, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 
 /// Protocol version sent with every command.
@@ -47,6 +54,7 @@ const IPSET_CMD_PROTOCOL: u8 = 1;
 const IPSET_CMD_CREATE: u8 = 2;
 const IPSET_CMD_DESTROY: u8 = 3;
 const IPSET_CMD_FLUSH: u8 = 4;
+const IPSET_CMD_LIST: u8 = 7;
 const IPSET_CMD_ADD: u8 = 9;
 const IPSET_CMD_DEL: u8 = 10;
 const IPSET_CMD_TEST: u8 = 11;
@@ -58,6 +66,7 @@ const IPSET_ATTR_SETNAME: u16 = 2;
 const IPSET_ATTR_TYPENAME: u16 = 3;
 const IPSET_ATTR_REVISION: u16 = 4;
 const IPSET_ATTR_FAMILY: u16 = 5;
+const IPSET_ATTR_FLAGS: u16 = 6;
 const IPSET_ATTR_DATA: u16 = 7;
 const IPSET_ATTR_PROTOCOL_MIN: u16 = 10;
 const IPSET_ATTR_REVISION_MIN: u16 = IPSET_ATTR_PROTOCOL_MIN;
@@ -66,6 +75,13 @@ const IPSET_ATTR_IP: u16 = 1;
 const IPSET_ATTR_PORT: u16 = 4;
 const IPSET_ATTR_TIMEOUT: u16 = 6;
 const IPSET_ATTR_PROTO: u16 = 7;
+// Create-only attributes (inside IPSET_ATTR_DATA), and what the kernel adds to a listed header
+const IPSET_ATTR_HASHSIZE: u16 = 18;
+const IPSET_ATTR_MAXELEM: u16 = 19;
+const IPSET_ATTR_ELEMENTS: u16 = 24;
+const IPSET_ATTR_REFERENCES: u16 = 25;
+/// `IPSET_FLAG_LIST_HEADER` (`1 << IPSET_FLAG_BIT_LIST_HEADER`): list the header only.
+const IPSET_FLAG_LIST_HEADER: u32 = 1 << 2;
 // Inside IPSET_ATTR_IP
 const IPSET_ATTR_IPADDR_IPV4: u16 = 1;
 const IPSET_ATTR_IPADDR_IPV6: u16 = 2;
@@ -89,6 +105,9 @@ const IPSET_ERR_IPADDR_IPV6: i32 = 4110;
 /// `IPSET_ERR_HASH_FULL` = `IPSET_ERR_TYPE_SPECIFIC`.
 const IPSET_ERR_HASH_FULL: i32 = 4352;
 
+/// The kernel's default `maxelem` of a hash set created without one.
+pub const KERNEL_DEFAULT_MAXELEM: u32 = 65536;
+
 /// Address family of a set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SetFamily {
@@ -110,6 +129,13 @@ impl SetFamily {
         match self {
             SetFamily::V4 => NFPROTO_IPV4,
             SetFamily::V6 => NFPROTO_IPV6,
+        }
+    }
+    fn from_nfproto(v: u8) -> Option<Self> {
+        match v {
+            NFPROTO_IPV4 => Some(SetFamily::V4),
+            NFPROTO_IPV6 => Some(SetFamily::V6),
+            _ => None,
         }
     }
     /// The `ipset` CLI's name of the family.
@@ -136,7 +162,7 @@ pub enum IpsetError {
     PermissionDenied,
     #[error(
         "ipset: set {0:?} does not exist: create it with `ftpct rules --apply` (or `ipset create \
-         {0} hash:ip,port family inet timeout 120`)"
+         {0} hash:ip,port family inet timeout 120 maxelem N`, N = max_expectations)"
     )]
     SetNotFound(String),
     #[error(
@@ -184,6 +210,109 @@ pub enum IpsetError {
     },
     #[error(transparent)]
     Netlink(#[from] NlError),
+}
+
+/// What [`Ipset::info`] reads of a set's header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetInfo {
+    /// `hash:ip,port`, ...
+    pub type_name: String,
+    /// `None` for a family other than inet/inet6.
+    pub family: Option<SetFamily>,
+    /// The most elements the set holds.
+    pub maxelem: u32,
+    /// Default timeout of its elements; `None` = created without timeout support.
+    pub timeout: Option<u32>,
+    pub hashsize: Option<u32>,
+    /// Elements in the set now.
+    pub elements: Option<u32>,
+    /// Rules (and list sets) referring to it.
+    pub references: Option<u32>,
+}
+
+impl SetInfo {
+    /// Whether this is the set [`Ipset::create_hash_ip_port`] makes, up to `maxelem` and the
+    /// hash size: the type, the family and the default timeout are the same.
+    pub fn is_like(&self, family: SetFamily, default_timeout: u32) -> bool {
+        self.type_name == SET_TYPE
+            && self.family == Some(family)
+            && self.timeout == Some(default_timeout)
+    }
+}
+
+/// Builds the create request of a `hash:ip,port` set into `buf`.
+fn build_create(
+    buf: &mut Vec<u8>,
+    name: &str,
+    family: SetFamily,
+    revision: u8,
+    default_timeout: u32,
+    maxelem: u32,
+) -> Result<(), NlError> {
+    let mut b = Ipset::start(buf, IPSET_CMD_CREATE);
+    b.put_cstr(IPSET_ATTR_SETNAME, name)
+        .put_cstr(IPSET_ATTR_TYPENAME, SET_TYPE)
+        .put_u8(IPSET_ATTR_REVISION, revision)
+        .put_u8(IPSET_ATTR_FAMILY, family.nfproto());
+    let data = b.nest_start(IPSET_ATTR_DATA);
+    b.put_be32(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, default_timeout)
+        .put_be32(IPSET_ATTR_MAXELEM | NLA_F_NET_BYTEORDER, maxelem);
+    b.nest_end(data);
+    b.finish().map(|_| ())
+}
+
+/// Builds the request listing only the header of set `name` into `buf`.
+fn build_list_header(buf: &mut Vec<u8>, name: &str) -> Result<(), NlError> {
+    let mut b = MsgBuilder::new(
+        buf,
+        nfnl_msg_type(NFNL_SUBSYS_IPSET, IPSET_CMD_LIST),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        NFPROTO_IPV4,
+        0,
+    );
+    b.put_u8(IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL)
+        .put_cstr(IPSET_ATTR_SETNAME, name)
+        .put_be32(
+            IPSET_ATTR_FLAGS | NLA_F_NET_BYTEORDER,
+            IPSET_FLAG_LIST_HEADER,
+        );
+    b.finish().map(|_| ())
+}
+
+/// Parses one message of a header listing; `None` for a message about another set (or none).
+fn parse_header(m: &NlMsg<'_>, name: &str) -> Result<Option<SetInfo>, NlError> {
+    if m.subsys() != NFNL_SUBSYS_IPSET || m.cmd() != IPSET_CMD_LIST {
+        return Ok(None);
+    }
+    let (_, attrs) = m.nfgen()?;
+    let t: [Option<Attr>; 11] = attrs.table()?;
+    match t[IPSET_ATTR_SETNAME as usize] {
+        Some(a) if a.str()? == name => {}
+        _ => return Ok(None),
+    }
+    let type_name = match t[IPSET_ATTR_TYPENAME as usize] {
+        Some(a) => a.str()?.to_string(),
+        None => return Err(NlError::Malformed("ipset header without a type name")),
+    };
+    let family = match t[IPSET_ATTR_FAMILY as usize] {
+        Some(a) => SetFamily::from_nfproto(a.u8()?),
+        None => None,
+    };
+    let Some(data) = t[IPSET_ATTR_DATA as usize] else {
+        return Err(NlError::Malformed("ipset header without its data"));
+    };
+    let d: [Option<Attr>; 27] = data.nested().table()?;
+    let be32 = |k: u16| d[k as usize].map(|a| a.be32()).transpose();
+    Ok(Some(SetInfo {
+        type_name,
+        family,
+        // Hash sets always report it; the kernel's default if some set type does not.
+        maxelem: be32(IPSET_ATTR_MAXELEM)?.unwrap_or(KERNEL_DEFAULT_MAXELEM),
+        timeout: be32(IPSET_ATTR_TIMEOUT)?,
+        hashsize: be32(IPSET_ATTR_HASHSIZE)?,
+        elements: be32(IPSET_ATTR_ELEMENTS)?,
+        references: be32(IPSET_ATTR_REFERENCES)?,
+    }))
 }
 
 /// An ipset netlink socket with a reused request buffer.
@@ -306,26 +435,54 @@ impl Ipset {
     }
 
     /// Creates a `hash:ip,port` set with timeout support (`default_timeout` seconds for elements
-    /// added without one). An identical existing set is fine; a set of the same name with
-    /// another type or other parameters gives [`IpsetError::SetConflict`].
+    /// added without one) holding at most `maxelem` elements. An existing set of the same type,
+    /// family and default timeout is fine, whatever its `maxelem` (see [`Ipset::info`] to
+    /// compare it); a set of the same name with another type or other parameters gives
+    /// [`IpsetError::SetConflict`].
     pub fn create_hash_ip_port(
         &mut self,
         name: &str,
         family: SetFamily,
         default_timeout: u32,
+        maxelem: u32,
     ) -> Result<(), IpsetError> {
         check_name(name)?;
         let revision = self.type_revision(family)?;
-        let mut b = Self::start(&mut self.buf, IPSET_CMD_CREATE);
-        b.put_cstr(IPSET_ATTR_SETNAME, name)
-            .put_cstr(IPSET_ATTR_TYPENAME, SET_TYPE)
-            .put_u8(IPSET_ATTR_REVISION, revision)
-            .put_u8(IPSET_ATTR_FAMILY, family.nfproto());
-        let data = b.nest_start(IPSET_ATTR_DATA);
-        b.put_be32(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, default_timeout);
-        b.nest_end(data);
-        b.finish()?;
-        self.ack("create", name)
+        build_create(
+            &mut self.buf,
+            name,
+            family,
+            revision,
+            default_timeout,
+            maxelem,
+        )?;
+        match self.ack("create", name) {
+            Err(IpsetError::SetConflict(n)) => match self.info(name) {
+                Ok(i) if i.is_like(family, default_timeout) => Ok(()),
+                _ => Err(IpsetError::SetConflict(n)),
+            },
+            r => r,
+        }
+    }
+
+    /// The header of set `name`: type, family, `maxelem`, default timeout, element count.
+    pub fn info(&mut self, name: &str) -> Result<SetInfo, IpsetError> {
+        check_name(name)?;
+        build_list_header(&mut self.buf, name)?;
+        let len = self.buf.len();
+        let msg = &mut self.buf[..len];
+        let mut out = None;
+        let r = self.sock.transact(msg, |m| {
+            if out.is_none() {
+                out = parse_header(m, name)?;
+            }
+            Ok::<(), NlError>(())
+        });
+        match r {
+            Ok(()) => out.ok_or(IpsetError::SetNotFound(name.to_string())),
+            Err(NlError::Kernel { errno }) => Err(map_errno("list", name, errno)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn element(&mut self, cmd: u8, name: &str, dst: SocketAddr, timeout: Option<u32>) {
@@ -461,6 +618,124 @@ mod tests {
         let dt: [Option<Attr>; 8] = d.nested().table().unwrap();
         assert_eq!(dt[IPSET_ATTR_PORT as usize].unwrap().be16().unwrap(), 2121);
         let _ = NLA_F_NESTED;
+    }
+
+    #[test]
+    fn create_carries_timeout_and_maxelem() {
+        let mut buf = Vec::new();
+        build_create(&mut buf, "ftpct6", SetFamily::V6, 5, 120, 1 << 20).unwrap();
+        let m = NlMsgIter::new(&buf).next().unwrap().unwrap();
+        assert_eq!(m.subsys(), NFNL_SUBSYS_IPSET);
+        assert_eq!(m.cmd(), IPSET_CMD_CREATE);
+        assert_eq!(m.flags, NLM_F_REQUEST | NLM_F_ACK);
+        let (_, attrs) = m.nfgen().unwrap();
+        let t: [Option<Attr>; 11] = attrs.table().unwrap();
+        assert_eq!(t[IPSET_ATTR_PROTOCOL as usize].unwrap().u8().unwrap(), 7);
+        assert_eq!(
+            t[IPSET_ATTR_SETNAME as usize].unwrap().str().unwrap(),
+            "ftpct6"
+        );
+        assert_eq!(
+            t[IPSET_ATTR_TYPENAME as usize].unwrap().str().unwrap(),
+            "hash:ip,port"
+        );
+        assert_eq!(t[IPSET_ATTR_REVISION as usize].unwrap().u8().unwrap(), 5);
+        assert_eq!(
+            t[IPSET_ATTR_FAMILY as usize].unwrap().u8().unwrap(),
+            NFPROTO_IPV6
+        );
+        let data = t[IPSET_ATTR_DATA as usize].unwrap();
+        assert!(data.is_nested());
+        // Both values in network byte order, flagged so (the kernel refuses them otherwise).
+        let mut seen = vec![];
+        for a in data.nested() {
+            let a = a.unwrap();
+            assert_eq!(a.payload().len(), 4);
+            seen.push((a.kind(), a.be32().unwrap()));
+        }
+        assert_eq!(
+            seen,
+            [(IPSET_ATTR_TIMEOUT, 120), (IPSET_ATTR_MAXELEM, 1 << 20)]
+        );
+        let raw_types: Vec<u16> = buf[buf.len() - 16..]
+            .chunks(8)
+            .map(|c| u16::from_ne_bytes([c[2], c[3]]))
+            .collect();
+        assert!(raw_types.iter().all(|t| t & NLA_F_NET_BYTEORDER != 0));
+    }
+
+    /// A reply to the header listing, as the kernel builds it (ip_set_dump_do + mtype_head).
+    fn header_reply(name: &str, family: u8, timeout: Option<u32>, maxelem: u32) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut b = MsgBuilder::new(
+            &mut buf,
+            nfnl_msg_type(NFNL_SUBSYS_IPSET, IPSET_CMD_LIST),
+            crate::netlink::NLM_F_MULTI,
+            NFPROTO_IPV4,
+            0,
+        );
+        b.put_u8(IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL)
+            .put_cstr(IPSET_ATTR_SETNAME, name)
+            .put_cstr(IPSET_ATTR_TYPENAME, SET_TYPE)
+            .put_u8(IPSET_ATTR_FAMILY, family)
+            .put_u8(IPSET_ATTR_REVISION, 6);
+        let d = b.nest_start(IPSET_ATTR_DATA);
+        b.put_be32(IPSET_ATTR_HASHSIZE | NLA_F_NET_BYTEORDER, 1024)
+            .put_be32(IPSET_ATTR_MAXELEM | NLA_F_NET_BYTEORDER, maxelem);
+        if let Some(t) = timeout {
+            b.put_be32(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, t);
+        }
+        b.put_be32(IPSET_ATTR_REFERENCES | NLA_F_NET_BYTEORDER, 1)
+            .put_be32(IPSET_ATTR_ELEMENTS | NLA_F_NET_BYTEORDER, 3);
+        b.nest_end(d);
+        b.finish().unwrap();
+        buf
+    }
+
+    #[test]
+    fn header_listing_request_and_reply() {
+        let mut buf = Vec::new();
+        build_list_header(&mut buf, "ftpct4").unwrap();
+        let m = NlMsgIter::new(&buf).next().unwrap().unwrap();
+        assert_eq!(m.cmd(), IPSET_CMD_LIST);
+        assert_eq!(m.flags & NLM_F_DUMP, NLM_F_DUMP);
+        let (_, attrs) = m.nfgen().unwrap();
+        let t: [Option<Attr>; 11] = attrs.table().unwrap();
+        assert_eq!(
+            t[IPSET_ATTR_FLAGS as usize].unwrap().be32().unwrap(),
+            IPSET_FLAG_LIST_HEADER
+        );
+
+        let reply = header_reply("ftpct4", NFPROTO_IPV4, Some(120), 65536);
+        let m = NlMsgIter::new(&reply).next().unwrap().unwrap();
+        let info = parse_header(&m, "ftpct4").unwrap().unwrap();
+        assert_eq!(
+            info,
+            SetInfo {
+                type_name: SET_TYPE.into(),
+                family: Some(SetFamily::V4),
+                maxelem: 65536,
+                timeout: Some(120),
+                hashsize: Some(1024),
+                elements: Some(3),
+                references: Some(1),
+            }
+        );
+        assert!(info.is_like(SetFamily::V4, 120));
+        assert!(!info.is_like(SetFamily::V6, 120));
+        assert!(!info.is_like(SetFamily::V4, 300));
+        assert!(parse_header(&m, "ftpct6").unwrap().is_none());
+        let no_timeout = header_reply("s", NFPROTO_IPV6, None, 10);
+        let m = NlMsgIter::new(&no_timeout).next().unwrap().unwrap();
+        let info = parse_header(&m, "s").unwrap().unwrap();
+        assert_eq!((info.family, info.timeout), (Some(SetFamily::V6), None));
+        assert!(!info.is_like(SetFamily::V6, 120));
+        // Truncated replies are errors or nothing, never a panic.
+        for cut in 0..reply.len() {
+            if let Some(Ok(m)) = NlMsgIter::new(&reply[..cut]).next() {
+                let _ = parse_header(&m, "ftpct4");
+            }
+        }
     }
 
     #[test]

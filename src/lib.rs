@@ -5,7 +5,8 @@
 //!   [`packet`], [`policy`] and the [`engine`] that ties them together. Bytes and timestamps in,
 //!   decisions out; no sockets, no clock, no globals.
 //! - the **I/O shell** used by the daemon: [`nfqueue`], [`ctnetlink`], [`ipset`], [`netlink`],
-//!   [`rules`], [`control`], [`daemon`].
+//!   [`nftables`], [`rules`], [`control`], [`daemon`]; [`rulecheck`] is the pure half of the
+//!   daemon's check of its own firewall rules.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
@@ -16,6 +17,7 @@ pub mod packet;
 pub mod parser;
 pub mod policy;
 pub mod replay;
+pub mod rulecheck;
 pub mod seqadj;
 pub mod session;
 pub mod state;
@@ -28,6 +30,7 @@ pub mod ipset;
 pub mod metrics;
 pub mod netlink;
 pub mod nfqueue;
+pub mod nftables;
 pub mod notify;
 pub mod privs;
 pub mod rules;

@@ -233,6 +233,9 @@ fn main() -> ExitCode {
             match result {
                 Ok(text) => {
                     println!("{}", text.trim_end());
+                    if apply {
+                        warn_small_sets(&spec, config.as_deref());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -302,6 +305,31 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// After `ftpct rules --apply`: warns about ipsets that existed with a `maxelem` below
+/// `max_expectations` (apply keeps them; only destroying and recreating them fixes it).
+fn warn_small_sets(spec: &rules::RuleSpec, config: Option<&std::path::Path>) {
+    if spec.backend == rules::Backend::Nft {
+        return;
+    }
+    let small = ftpct::ipset::Ipset::open()
+        .map_err(|e| e.to_string())
+        .and_then(|mut set| rules::small_sets(&mut set, spec).map_err(|e| e.to_string()));
+    match small {
+        Ok(small) => {
+            for s in small {
+                eprintln!(
+                    "ftpct rules: warning: {}",
+                    s.message(
+                        &spec.command_line(config, "--delete"),
+                        &spec.command_line(config, "--apply")
+                    )
+                );
+            }
+        }
+        Err(e) => eprintln!("ftpct rules: warning: cannot read the ipsets' maxelem: {e}"),
     }
 }
 

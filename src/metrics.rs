@@ -123,6 +123,9 @@ pub struct ShellStats {
     pub ipset_add_ns: u64,
     pub state_writes: u64,
     pub state_write_ns: u64,
+    /// Gauge: ftpct's own firewall rules (and nft base chains) found missing at the last rule
+    /// check ([`crate::rulecheck`]).
+    pub rules_missing: u64,
 }
 
 /// Everything a scrape shows.
@@ -313,6 +316,14 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     metric(
         &mut out,
+        "ftpct_rules_missing",
+        "gauge",
+        "ftpct's own firewall rules found missing at the last rule check (0: all there, or not \
+         checked: rule_check_interval = 0 or rules not in nf_tables).",
+        &[("", k.rules_missing)],
+    );
+    metric(
+        &mut out,
         "ftpct_conntrack_created_total",
         "counter",
         "Data connection entries created through ctnetlink.",
@@ -394,7 +405,10 @@ mod tests {
         h.record(70_000);
         let text = render(&Snapshot {
             engine: &stats,
-            shell: &ShellStats::default(),
+            shell: &ShellStats {
+                rules_missing: 3,
+                ..ShellStats::default()
+            },
             latency: &h,
             sessions: 2,
             expectations: 1,
@@ -404,6 +418,7 @@ mod tests {
         assert!(text.contains("ftpct_rewrites_total 3\n"));
         assert!(text.contains("ftpct_expectations_refused_total{reason=\"bounce\"} 1\n"));
         assert!(text.contains("ftpct_sessions 2\n"));
+        assert!(text.contains("# TYPE ftpct_rules_missing gauge\nftpct_rules_missing 3\n"));
         assert!(text.contains("ftpct_kernel_queue_dropped_total{reason=\"queue_full\"} 4\n"));
         assert!(text.contains("ftpct_packet_latency_seconds_count 2\n"));
         assert!(text.contains("ftpct_packet_latency_seconds_bucket{le=\"+Inf\"} 2\n"));

@@ -1,4 +1,5 @@
-//! A minimal netlink toolkit for the netfilter subsystems ftpct talks to (ctnetlink and ipset).
+//! A minimal netlink toolkit for the netfilter subsystems ftpct talks to (ctnetlink, ipset, and
+//! nf_tables dumps to check its own rules).
 //!
 //! Why hand-rolled: no well-kept crate builds both ctnetlink *and* ipset messages (the netlink
 //! crates cover rtnetlink/genetlink well, netfilter barely; the ipset protocol not at all), and what
@@ -70,6 +71,8 @@ pub const NFNETLINK_V0: u8 = 0;
 pub const NFNL_SUBSYS_CTNETLINK: u8 = 1;
 /// nfnetlink subsystem of ipset.
 pub const NFNL_SUBSYS_IPSET: u8 = 6;
+/// nfnetlink subsystem of nf_tables (read only: [`crate::nftables`]).
+pub const NFNL_SUBSYS_NFTABLES: u8 = 10;
 
 /// Size of the receive buffer of a [`NetlinkSocket`]. The kernel sizes dump messages after the
 /// reader's buffer (capped at 32 KiB); answers to single requests are far smaller.

@@ -198,6 +198,10 @@ pub struct RuleSpec {
     /// sequence offset: the post-conntrack rules (b) then queue only connections carrying them
     /// (`-m connmark --mark M/M`). 0: every control packet is queued after conntrack too.
     pub seqadj_mark: u32,
+    /// `maxelem` of the ipsets: how many data destinations they hold at once. The daemon never
+    /// has more than `max_expectations` expectations, each with one element, so that is the
+    /// value used ([`RuleSpec::from_settings`]).
+    pub maxelem: u32,
 }
 
 impl Default for RuleSpec {
@@ -210,14 +214,21 @@ impl Default for RuleSpec {
             bypass: false,
             backend: Backend::default(),
             seqadj_mark: crate::config::DEFAULT_SEQADJ_MARK,
+            maxelem: set_maxelem(crate::policy::Policy::default().max_expectations),
         }
     }
 }
 
+/// The ipsets' `maxelem` for `max_expectations` (at least 1, at most `u32::MAX`).
+pub fn set_maxelem(max_expectations: usize) -> u32 {
+    u32::try_from(max_expectations).unwrap_or(u32::MAX).max(1)
+}
+
 impl RuleSpec {
     /// The rules matching a configuration file (`ftpct rules --config FILE`): its queue, ports
-    /// and set names, and `fail_open` as `bypass` (an admin who prefers connectivity when the
-    /// queue is full also prefers it when no daemon is bound). The backend is the default one.
+    /// and set names, `fail_open` as `bypass` (an admin who prefers connectivity when the
+    /// queue is full also prefers it when no daemon is bound) and `max_expectations` as the
+    /// sets' `maxelem`. The backend is the default one.
     pub fn from_settings(s: &Settings) -> RuleSpec {
         RuleSpec {
             queue: s.queue,
@@ -227,7 +238,35 @@ impl RuleSpec {
             bypass: s.fail_open,
             backend: Backend::default(),
             seqadj_mark: s.seqadj_mark,
+            maxelem: set_maxelem(s.policy.max_expectations),
         }
+    }
+
+    /// The `ftpct rules` command line that gives these rules, ending with `action` (`--apply`,
+    /// `--delete`), for messages that tell the admin what to run. With `config` (the file the
+    /// daemon or the command was started with) the set names, `fail_open` and
+    /// `max_expectations` come from that file; the queue and ports are always spelled out, as
+    /// they may have been given on the command line. Without `config`, set names other than
+    /// the defaults cannot be given on the command line and are not shown.
+    pub fn command_line(&self, config: Option<&std::path::Path>, action: &str) -> String {
+        let mut s = String::from("ftpct rules");
+        if let Some(c) = config {
+            s.push_str(" --config ");
+            s.push_str(&shell_quote(&c.display().to_string()));
+        }
+        if self.backend != Backend::default() {
+            s.push_str(" --backend ");
+            s.push_str(self.backend.name());
+        }
+        s.push_str(&format!(" --queue {}", self.queue));
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        s.push_str(&format!(" --ports {}", ports.join(",")));
+        if self.bypass {
+            s.push_str(" --bypass");
+        }
+        s.push(' ');
+        s.push_str(action);
+        s
     }
 }
 
@@ -249,7 +288,7 @@ impl Family {
 }
 
 /// Which of the four groups (see the module doc) a rule belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Group {
     /// (a) control packets before conntrack.
     ControlPre,
@@ -552,11 +591,32 @@ fn nft_queue(queue: u16, bypass: bool) -> String {
     }
 }
 
-/// The nft backend's script (for `nft -f`): creates `table inet ftpct` with its sets and base
-/// chains if missing, keeps the sets' elements, and replaces the chains' rules — atomically,
-/// as nft runs a script as one transaction.
-pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
-    // Names are checked as nft wants them, whatever the spec's backend.
+/// The nft backend's base chains in `table inet ftpct`: name, type, hook, priority (those of
+/// the iptables tables: raw = -300, mangle = -150, dstnat = -100).
+pub const NFT_CHAINS: [(&str, &str, &str, i32); 5] = [
+    ("raw_prerouting", "filter", "prerouting", -300),
+    ("raw_output", "filter", "output", -300),
+    ("mangle_postrouting", "filter", "postrouting", -150),
+    ("mangle_input", "filter", "input", -150),
+    ("nat_prerouting", "nat", "prerouting", -100),
+];
+
+/// The nft backend's chain that holds no rule: the empty nat base chain (group (d)).
+pub const NFT_NAT_CHAIN: &str = "nat_prerouting";
+
+/// One rule of the nft backend: `add rule inet ftpct CHAIN TEXT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftRule {
+    pub chain: &'static str,
+    /// The rule, `comment "ftpct"` included.
+    pub text: String,
+    pub group: Group,
+}
+
+/// The nft backend's rules for `spec` in the order [`nft_script`] adds them (group (d) is the
+/// empty chain [`NFT_NAT_CHAIN`], not a rule). Set names are checked as nft wants them,
+/// whatever the spec's backend.
+pub fn nft_rules(spec: &RuleSpec) -> Result<Vec<NftRule>, RulesError> {
     let spec = &RuleSpec {
         backend: Backend::Nft,
         ..spec.clone()
@@ -567,10 +627,71 @@ pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let t = format!("inet {NFT_TABLE}");
     let q = nft_queue(spec.queue, spec.bypass);
     let not_syn = "tcp flags & (fin | syn | rst | ack) != syn";
     let syn = "tcp flags & (fin | syn | rst | ack) == syn";
+    let c = format!("comment \"{COMMENT}\"");
+    let mut out = Vec::new();
+    let control = [
+        (Group::ControlPre, ["raw_prerouting", "raw_output"]),
+        (Group::ControlPost, ["mangle_postrouting", "mangle_input"]),
+    ];
+    // (b) with a ct mark match: only the connections ftpct marked (see `seqadj_mark`)
+    let marked = if spec.seqadj_mark != 0 {
+        format!(" ct mark & {0:#x} == {0:#x}", spec.seqadj_mark)
+    } else {
+        String::new()
+    };
+    for (group, chains) in control {
+        let m = if group == Group::ControlPost {
+            marked.as_str()
+        } else {
+            ""
+        };
+        for chain in chains {
+            for dir in ["dport", "sport"] {
+                out.push(NftRule {
+                    chain,
+                    text: format!("tcp {dir} {{ {list} }} {not_syn}{m} {q} {c}"),
+                    group,
+                });
+            }
+        }
+    }
+    let qb = nft_queue(spec.queue, true);
+    for (set, fam) in [(&spec.set4, "ip"), (&spec.set6, "ip6")] {
+        out.push(NftRule {
+            chain: "raw_prerouting",
+            text: format!("{syn} {fam} daddr . tcp dport @{set} {qb} {c}"),
+            group: Group::DataSyn,
+        });
+    }
+    Ok(out)
+}
+
+fn nft_group_header(g: Group) -> &'static str {
+    match g {
+        Group::ControlPre => {
+            "# (a) FTP control packets, both directions, before conntrack and NAT; not pure SYNs."
+        }
+        Group::ControlPost => {
+            "# (b) the same packets after conntrack and DNAT (acknowledgement numbers fixed here);\n\
+             #     with a ct mark match, only the connections ftpct marked (a rewrite changed a\n\
+             #     length)."
+        }
+        Group::DataSyn => {
+            "# (c) data-connection SYNs to an expected destination; bypass: untouched without ftpct."
+        }
+        Group::NatHook => "# (d) the nat PREROUTING base chain (empty).",
+    }
+}
+
+/// The nft backend's script (for `nft -f`): creates `table inet ftpct` with its sets and base
+/// chains if missing, keeps the sets' elements, and replaces the chains' rules — atomically,
+/// as nft runs a script as one transaction.
+pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
+    let rules = nft_rules(spec)?;
+    let t = format!("inet {NFT_TABLE}");
     let mut s = String::new();
     let mut line = |l: &str| {
         s.push_str(l);
@@ -596,53 +717,22 @@ pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
     line("# Base chains at the hooks and priorities of the iptables tables: raw = -300,");
     line("# mangle = -150, dstnat = -100 (an empty nat chain registers the NAT hook that the");
     line("# daemon's DNAT of data connections needs).");
-    let chains = [
-        ("raw_prerouting", "filter", "prerouting", -300),
-        ("raw_output", "filter", "output", -300),
-        ("mangle_postrouting", "filter", "postrouting", -150),
-        ("mangle_input", "filter", "input", -150),
-        ("nat_prerouting", "nat", "prerouting", -100),
-    ];
-    for (name, ty, hook, prio) in chains {
+    for (name, ty, hook, prio) in NFT_CHAINS {
         line(&format!(
             "add chain {t} {name} {{ type {ty} hook {hook} priority {prio}; policy accept; }}"
         ));
     }
-    for (name, ..) in chains {
+    for (name, ..) in NFT_CHAINS {
         line(&format!("flush chain {t} {name}"));
     }
-    let c = format!("comment \"{COMMENT}\"");
-    line("");
-    line("# (a) FTP control packets, both directions, before conntrack and NAT; not pure SYNs.");
-    for chain in ["raw_prerouting", "raw_output"] {
-        for dir in ["dport", "sport"] {
-            line(&format!(
-                "add rule {t} {chain} tcp {dir} {{ {list} }} {not_syn} {q} {c}"
-            ));
+    let mut last = None;
+    for r in &rules {
+        if last != Some(r.group) {
+            line("");
+            line(nft_group_header(r.group));
+            last = Some(r.group);
         }
-    }
-    line("");
-    line("# (b) the same packets after conntrack and DNAT (acknowledgement numbers fixed here);");
-    line("# with a ct mark match, only the connections ftpct marked (a rewrite changed a length).");
-    let marked = if spec.seqadj_mark != 0 {
-        format!(" ct mark & {0:#x} == {0:#x}", spec.seqadj_mark)
-    } else {
-        String::new()
-    };
-    for chain in ["mangle_postrouting", "mangle_input"] {
-        for dir in ["dport", "sport"] {
-            line(&format!(
-                "add rule {t} {chain} tcp {dir} {{ {list} }} {not_syn}{marked} {q} {c}"
-            ));
-        }
-    }
-    line("");
-    line("# (c) data-connection SYNs to an expected destination; bypass: untouched without ftpct.");
-    let qb = nft_queue(spec.queue, true);
-    for (set, fam) in [(&spec.set4, "ip"), (&spec.set6, "ip6")] {
-        line(&format!(
-            "add rule {t} raw_prerouting {syn} {fam} daddr . tcp dport @{set} {qb} {c}"
-        ));
+        line(&format!("add rule {t} {} {}", r.chain, r.text));
     }
     Ok(s)
 }
@@ -1052,8 +1142,8 @@ pub fn apply_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesEr
     let rules = rules(spec)?;
     preflight_iptables(exec, spec.backend)?;
     let mut set = Ipset::open()?;
-    set.create_hash_ip_port(&spec.set4, SetFamily::V4, SET_DEFAULT_TIMEOUT)?;
-    set.create_hash_ip_port(&spec.set6, SetFamily::V6, SET_DEFAULT_TIMEOUT)?;
+    set.create_hash_ip_port(&spec.set4, SetFamily::V4, SET_DEFAULT_TIMEOUT, spec.maxelem)?;
+    set.create_hash_ip_port(&spec.set6, SetFamily::V6, SET_DEFAULT_TIMEOUT, spec.maxelem)?;
     apply_rules(exec, &rules)
 }
 
@@ -1062,7 +1152,8 @@ pub fn apply_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesEr
 ///
 /// `iptables -C` of a rule that names a missing set fails (exit status 2) instead of answering
 /// "absent", so the sets are (re)created first if missing. A set of that name with another type
-/// or other parameters than `apply` gives it is not ftpct's and is left alone. On a kernel
+/// or other parameters than `apply` gives it (other than `maxelem`) is not ftpct's and is left
+/// alone. On a kernel
 /// without the backend's tables nothing can be installed, and nothing is deleted (`Ok(0)`).
 pub fn delete_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
     if spec.backend == Backend::Nft {
@@ -1073,7 +1164,7 @@ pub fn delete_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesE
     let mut set = Ipset::open()?;
     let mut ours = Vec::with_capacity(2);
     for (name, family) in [(&spec.set4, SetFamily::V4), (&spec.set6, SetFamily::V6)] {
-        match set.create_hash_ip_port(name, family, SET_DEFAULT_TIMEOUT) {
+        match set.create_hash_ip_port(name, family, SET_DEFAULT_TIMEOUT, spec.maxelem) {
             Ok(()) => ours.push(name),
             Err(IpsetError::SetConflict(_)) => {}
             Err(e) => return Err(e.into()),
@@ -1088,6 +1179,56 @@ pub fn delete_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesE
         set.destroy(name)?;
     }
     Ok(n)
+}
+
+/// An ipset of ftpct that holds fewer elements than the configuration needs ([`small_sets`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmallSet {
+    pub name: String,
+    /// Its `maxelem`.
+    pub maxelem: u32,
+    /// What the spec asks for ([`RuleSpec::maxelem`]).
+    pub want: u32,
+}
+
+impl SmallSet {
+    /// The warning, with the fix; `delete` and `apply` are the `ftpct rules` command lines
+    /// ([`RuleSpec::command_line`]).
+    pub fn message(&self, delete: &str, apply: &str) -> String {
+        format!(
+            "ipset {name} holds at most {have} elements (maxelem), fewer than max_expectations = \
+             {want}: with more than {have} data connections awaited at once, adding one to the \
+             set fails and that data connection is not admitted. The kernel cannot change the \
+             maxelem of an existing set; destroy and recreate it (its current elements are \
+             lost): stop ftpct, run `{delete}` (removes the rules, then the sets) and `{apply}` \
+             (recreates them with maxelem {want}), then start ftpct (with the systemd unit, \
+             `systemctl restart ftpct` does all of it)",
+            name = self.name,
+            have = self.maxelem,
+            want = self.want,
+        )
+    }
+}
+
+/// The ipsets of `spec` (iptables backends) whose `maxelem` is below `spec.maxelem`. A set that
+/// does not exist is skipped.
+pub fn small_sets(set: &mut Ipset, spec: &RuleSpec) -> Result<Vec<SmallSet>, IpsetError> {
+    let mut out = Vec::new();
+    if spec.backend == Backend::Nft {
+        return Ok(out);
+    }
+    for name in [&spec.set4, &spec.set6] {
+        match set.info(name) {
+            Ok(i) if i.maxelem < spec.maxelem => out.push(SmallSet {
+                name: name.clone(),
+                maxelem: i.maxelem,
+                want: spec.maxelem,
+            }),
+            Ok(_) | Err(IpsetError::SetNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// [`apply_with`] running the real tools.
@@ -1222,8 +1363,14 @@ mod tests {
                 bypass: true,
                 backend: Backend::IptablesNft,
                 seqadj_mark: 8,
+                maxelem: 1 << 20,
             }
         );
+        let s =
+            crate::config::parse("max_expectations = 5000\n", std::path::Path::new("t")).unwrap();
+        assert_eq!(RuleSpec::from_settings(&s).maxelem, 5000);
+        assert_eq!(set_maxelem(0), 1);
+        assert_eq!(set_maxelem(usize::MAX), u32::MAX);
         assert_eq!(
             RuleSpec::from_settings(&crate::config::Settings::default()),
             spec()
@@ -1385,6 +1532,61 @@ mod tests {
             .all(|c| c.ends_with("comment \"ftpct\"")));
         let b = render(&RuleSpec { bypass: true, ..s }).unwrap();
         assert_eq!(b.matches("bypass comment").count(), 10);
+    }
+
+    #[test]
+    fn command_lines_for_messages() {
+        let s = RuleSpec {
+            queue: 7,
+            ports: vec![21, 2121],
+            ..spec()
+        };
+        assert_eq!(
+            s.command_line(None, "--apply"),
+            "ftpct rules --queue 7 --ports 21,2121 --apply"
+        );
+        let b = RuleSpec {
+            bypass: true,
+            backend: Backend::Nft,
+            ..s.clone()
+        };
+        assert_eq!(
+            b.command_line(Some(std::path::Path::new("/etc/ftpct/my conf")), "--delete"),
+            "ftpct rules --config '/etc/ftpct/my conf' --backend nft --queue 7 --ports 21,2121 \
+             --bypass --delete"
+        );
+        let m = SmallSet {
+            name: "ftpct4".into(),
+            maxelem: 65536,
+            want: 1 << 20,
+        }
+        .message("D", "A");
+        for want in ["ftpct4", "65536", "1048576", "`D`", "`A`", "destroy"] {
+            assert!(m.contains(want), "{want} not in {m}");
+        }
+    }
+
+    #[test]
+    fn nft_rules_match_the_script() {
+        let s = RuleSpec {
+            backend: Backend::Nft,
+            ..spec()
+        };
+        let rs = nft_rules(&s).unwrap();
+        assert_eq!(rs.len(), 10);
+        let script = nft_script(&s).unwrap();
+        for r in &rs {
+            let line = format!("add rule inet ftpct {} {}", r.chain, r.text);
+            assert!(script.lines().any(|l| l == line), "{line}");
+            assert!(NFT_CHAINS.iter().any(|c| c.0 == r.chain));
+            assert_ne!(r.chain, NFT_NAT_CHAIN);
+        }
+        let per = |c: &str| rs.iter().filter(|r| r.chain == c).count();
+        assert_eq!(per("raw_prerouting"), 4);
+        assert_eq!(per("raw_output"), 2);
+        assert_eq!(per("mangle_postrouting"), 2);
+        assert_eq!(per("mangle_input"), 2);
+        assert_eq!(rs.iter().filter(|r| r.group == Group::DataSyn).count(), 2);
     }
 
     #[test]

@@ -904,13 +904,12 @@ fn wait_for_log_line(lab: &Lab, since: usize, needles: &[&str], secs: u64) -> Op
     }
 }
 
-/// Observed: the daemon never notices (no check of its rules after start).
-/// Expected: a periodic check (or one at each new expectation) of ftpct's own rules; when one is
-/// missing, a WARN line naming what is missing and the fix, e.g. "nat PREROUTING rule missing
-/// ... run `ftpct rules --queue 7 --ports 21 --apply`", within 5 s.
+/// The daemon reads its own rules back every `rule_check_interval` (5 s by default) over
+/// nf_tables netlink (src/rulecheck.rs, src/nftables.rs). With the IPv4 nat PREROUTING rule (d)
+/// and its base chain gone, it logs one WARN line naming "nat PREROUTING (IPv4)" and the fix,
+/// `ftpct rules --config FILE --queue 7 --ports 21 --apply`, within 5 s; putting the rules back
+/// gives one INFO line "ftpct rules present again", and `ftpct stats` shows `rules_missing`.
 #[test]
-#[ignore = "needs daemon change: detect that its nat PREROUTING rule/base chain was removed and \
-            log the fix (`ftpct rules --apply`)"]
 fn nat_prerouting_removed_behind_ftpcts_back_is_reported() {
     let test = "nat_prerouting_removed_behind_ftpcts_back_is_reported";
     let lab = lab_with_ftpct(test, Topology::Masq);
@@ -923,15 +922,51 @@ fn nat_prerouting_removed_behind_ftpcts_back_is_reported() {
         "[{test}] no log line reports the missing nat PREROUTING rule and the fix:\n{}",
         lab.ftpct_log()
     );
+    eprintln!("[{test}] {}", line.unwrap_or_default());
+    assert_eq!(lab.ftpct_stats().get("rules_missing"), 1, "[{test}]");
+    // Reported once, not every period.
+    std::thread::sleep(Duration::from_secs(6));
+    let warns = lab.ftpct_log()[since..]
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("firewall rules are missing"))
+        .count();
+    assert_eq!(warns, 1, "[{test}] {}", lab.ftpct_log());
+    let bin = common::ftpct_bin();
+    let q = common::FTPCT_QUEUE.to_string();
+    lab.gw(&[&bin, "rules", "--queue", &q, "--ports", "21", "--apply"]);
+    assert!(
+        wait_for_info_line(&lab, since, "ftpct rules present again", 7),
+        "[{test}] no INFO line when the rules came back:\n{}",
+        lab.ftpct_log()
+    );
+    assert_eq!(lab.ftpct_stats().get("rules_missing"), 0, "[{test}]");
 }
 
-/// Observed: after `iptables -t raw -F PREROUTING` (the admin flushes raw), ftpct no longer sees
-/// any packet from the client side and says nothing; an active transfer fails as without ALG
-/// (`500 Illegal PORT command.`).
-/// Expected: the same periodic rule check logs a WARN line with the fix within 5 s.
+/// Polls the daemon's log for up to `secs` seconds for an INFO line written after byte `since`
+/// that contains `needle`.
+fn wait_for_info_line(lab: &Lab, since: usize, needle: &str, secs: u64) -> bool {
+    let t0 = Instant::now();
+    loop {
+        let log = lab.ftpct_log();
+        let new = log.get(since..).unwrap_or("");
+        if new
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains(needle))
+        {
+            return true;
+        }
+        if t0.elapsed() > Duration::from_secs(secs) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// After `iptables -t raw -F PREROUTING` (the admin flushes raw), ftpct no longer sees any
+/// packet from the client side; an active transfer fails as without ALG (`500 Illegal PORT
+/// command.`). The same periodic rule check logs a WARN line naming "raw PREROUTING (IPv4)"
+/// and the fix (`ftpct rules ... --apply`) within 5 s.
 #[test]
-#[ignore = "needs daemon change: detect that its queue rules were removed (raw PREROUTING \
-            flushed) and log the fix (`ftpct rules --apply`)"]
 fn raw_rules_flushed_behind_ftpcts_back_are_reported() {
     let test = "raw_rules_flushed_behind_ftpcts_back_are_reported";
     let lab = lab_with_ftpct(test, Topology::Masq);
@@ -946,6 +981,7 @@ fn raw_rules_flushed_behind_ftpcts_back_are_reported() {
         "[{test}] no log line reports the missing rules and the fix:\n{}",
         lab.ftpct_log()
     );
+    eprintln!("[{test}] {}", line.unwrap_or_default());
 }
 
 // ---- 5. the kernel helper attached as well -----------------------------------------------------

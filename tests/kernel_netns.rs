@@ -287,10 +287,13 @@ fn ipset_create_add_test_del_v4_v6() {
         let mut s = Ipset::open().unwrap();
         let (min, max) = s.protocol().unwrap();
         assert!(min <= 7 && max >= 7, "kernel ipset protocol {min}..{max}");
-        s.create_hash_ip_port("ftpct4", SetFamily::V4, 120).unwrap();
+        s.create_hash_ip_port("ftpct4", SetFamily::V4, 120, 1 << 20)
+            .unwrap();
         // Idempotent.
-        s.create_hash_ip_port("ftpct4", SetFamily::V4, 120).unwrap();
-        s.create_hash_ip_port("ftpct6", SetFamily::V6, 120).unwrap();
+        s.create_hash_ip_port("ftpct4", SetFamily::V4, 120, 1 << 20)
+            .unwrap();
+        s.create_hash_ip_port("ftpct6", SetFamily::V6, 120, 1 << 20)
+            .unwrap();
         s.add("ftpct4", v4, 60).unwrap();
         s.add("ftpct6", v6, 60).unwrap();
         assert!(s.test("ftpct4", v4).unwrap());
@@ -325,7 +328,7 @@ fn ipset_create_add_test_del_v4_v6() {
         s.flush("ftpct4").unwrap();
         assert!(!s.test("ftpct4", v4).unwrap());
         let e = s
-            .create_hash_ip_port("other", SetFamily::V4, 120)
+            .create_hash_ip_port("other", SetFamily::V4, 120, 1 << 20)
             .unwrap_err();
         assert!(matches!(e, IpsetError::SetConflict(_)), "{e}");
         let e = s.add("nosuchset", v4, 10).unwrap_err();

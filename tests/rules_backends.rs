@@ -285,6 +285,7 @@ fn iptables_delete_sweeps_other_specs(b: Backend, tag: &str) {
         set6: "old6".into(),
         bypass: true,
         seqadj_mark: 0,
+        maxelem: 4096,
     };
     match ns.run(|| rules::apply(&old)) {
         Err(e @ RulesError::KernelFeature { .. }) => {
@@ -458,4 +459,174 @@ fn nft_ruleset_without_queue_statement() {
         0
     );
     assert_admin_rules_intact(&ns, Backend::IptablesNft);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's rule check (src/rulecheck.rs, src/nftables.rs) against the real kernel
+
+use ftpct::ipset::Ipset;
+use ftpct::nftables::NfTables;
+use ftpct::rulecheck::{Expected, NfFamily, Observed, Place};
+
+/// What the daemon's reader sees in the namespace.
+fn observed(ns: &Netns) -> Observed {
+    ns.run(|| NfTables::open().unwrap().read_ftpct().unwrap())
+}
+
+fn check_spec() -> RuleSpec {
+    RuleSpec {
+        queue: 3,
+        ports: vec![21, 2121],
+        ..RuleSpec::default()
+    }
+}
+
+/// iptables-nft 1.8.9 stores `-m comment --comment ftpct` as an x_tables match: the reader
+/// finds every rule of the spec, and not the admin's `ftpct-admin` one; a flushed chain and a
+/// deleted nat PREROUTING chain are named.
+#[test]
+fn rule_check_reads_iptables_nft_rules_over_netlink() {
+    require_root();
+    let ns = Netns::new("rc-nft-x");
+    install_admin_rules(&ns, Backend::IptablesNft);
+    let spec = check_spec();
+    let n = ns.run(|| rules::apply(&spec)).unwrap();
+    assert_eq!(n, rules::rules(&spec).unwrap().len());
+    let exp = Expected::new(&spec, Backend::IptablesNft, None)
+        .unwrap()
+        .unwrap();
+    let o = observed(&ns);
+    assert_eq!(o.backend(), Some(Backend::IptablesNft));
+    assert_eq!(o.rules.values().sum::<usize>(), n, "{o:?}");
+    assert!(o.chains.is_empty());
+    assert!(exp.compare(&o).is_empty(), "{:?}", exp.compare(&o));
+
+    ns.shw("iptables-nft -w -t raw -F PREROUTING");
+    let m = exp.compare(&observed(&ns));
+    assert_eq!(m.count(), 3, "{m:?}");
+    assert_eq!(
+        m.rules[0].place,
+        Place::new(NfFamily::Ip, "raw", "PREROUTING")
+    );
+    // The admin's raw PREROUTING rule went too; ip6 raw is untouched.
+    ns.shw("iptables-nft -w -t nat -F PREROUTING");
+    ns.shw("iptables-nft -w -t nat -X PREROUTING");
+    let m = exp.compare(&observed(&ns));
+    assert_eq!(m.count(), 4, "{m:?}");
+    let text = m.message(&exp.fix);
+    assert!(text.contains("raw PREROUTING (IPv4): 3 of 3"), "{text}");
+    assert!(text.contains("nat PREROUTING (IPv4): 1 of 1"), "{text}");
+    assert!(
+        text.contains("`ftpct rules --queue 3 --ports 21,2121 --apply`"),
+        "{text}"
+    );
+    // What the fix says puts everything back.
+    ns.run(|| rules::apply(&spec)).unwrap();
+    assert!(exp.compare(&observed(&ns)).is_empty());
+
+    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), n);
+    let o = observed(&ns);
+    assert_eq!(o.backend(), None, "{o:?}");
+    assert_eq!(exp.compare(&o).count(), n);
+}
+
+/// iptables-legacy's rules are not in nf_tables: the reader sees nothing of them (the daemon
+/// then says once that the check is idle).
+#[test]
+fn rule_check_sees_nothing_of_iptables_legacy() {
+    require_root();
+    let ns = Netns::new("rc-legacy");
+    let spec = RuleSpec {
+        backend: Backend::IptablesLegacy,
+        ..check_spec()
+    };
+    match ns.run(|| rules::apply(&spec)) {
+        Err(e @ RulesError::KernelFeature { .. }) => {
+            eprintln!("iptables-legacy: not on this kernel: {e}");
+            return;
+        }
+        r => assert!(r.unwrap() > 0),
+    }
+    let o = observed(&ns);
+    assert_eq!(o, Observed::default());
+    ns.run(|| rules::delete(&spec)).unwrap();
+}
+
+/// The nft backend's table (with `counter` for `queue`, which this kernel may lack): rules
+/// with `comment "ftpct"` in the userdata, and the empty nat chain checked as a chain.
+#[test]
+fn rule_check_reads_the_nft_backend_table() {
+    require_root();
+    let ns = Netns::new("rc-nft");
+    install_admin_rules(&ns, Backend::IptablesNft);
+    let spec = nft_spec();
+    assert_eq!(
+        ns.run(|| rules::apply_with(&mut NoQueue, &spec)).unwrap(),
+        10
+    );
+    let exp = Expected::new(&spec, Backend::Nft, None).unwrap().unwrap();
+    let o = observed(&ns);
+    assert_eq!(o.backend(), Some(Backend::Nft), "{o:?}");
+    assert_eq!(o.chains.len(), 5, "{o:?}");
+    assert!(exp.compare(&o).is_empty(), "{:?}", exp.compare(&o));
+    ns.shw("nft flush chain inet ftpct raw_output");
+    ns.shw("nft delete chain inet ftpct nat_prerouting");
+    let m = exp.compare(&observed(&ns));
+    assert_eq!(m.count(), 3, "{m:?}");
+    let text = m.message(&exp.fix);
+    assert!(text.contains("inet ftpct raw_output: 2 of 2"), "{text}");
+    assert!(
+        text.contains("base chain inet ftpct nat_prerouting"),
+        "{text}"
+    );
+    ns.run(|| rules::delete_with(&mut NoQueue, &spec)).unwrap();
+    assert_eq!(observed(&ns).backend(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ipset capacity
+
+/// `apply` creates the sets with maxelem = max_expectations (what `ipset list` shows); a set
+/// left with a smaller maxelem (the kernel's default of 65536, as older versions created it)
+/// is kept, reported by `small_sets`, and destroyed by `delete` like ftpct's own.
+#[test]
+fn ipsets_hold_max_expectations_and_smaller_ones_are_reported() {
+    require_root();
+    let ns = Netns::new("maxelem");
+    let spec = check_spec();
+    assert_eq!(spec.maxelem, 1 << 20);
+    ns.shw("ipset create ftpct4 hash:ip,port family inet timeout 120");
+    ns.run(|| rules::apply(&spec)).unwrap();
+    let l4 = ns.shw("ipset list -t ftpct4");
+    let l6 = ns.shw("ipset list -t ftpct6");
+    assert!(l4.contains("maxelem 65536"), "{l4}");
+    assert!(l6.contains("maxelem 1048576"), "{l6}");
+    let (small, info4) = ns.run(|| {
+        let mut set = Ipset::open().unwrap();
+        (
+            rules::small_sets(&mut set, &spec).unwrap(),
+            set.info("ftpct4").unwrap(),
+        )
+    });
+    assert_eq!(
+        small,
+        [rules::SmallSet {
+            name: "ftpct4".into(),
+            maxelem: 65536,
+            want: 1 << 20,
+        }]
+    );
+    assert_eq!(info4.maxelem, 65536);
+    assert_eq!(info4.timeout, Some(120));
+    assert_eq!(info4.type_name, "hash:ip,port");
+    // The iptables rule refers to it.
+    assert_eq!(info4.references, Some(1));
+    // The fix the warning gives: delete, then apply.
+    ns.run(|| rules::delete(&spec)).unwrap();
+    assert!(!ipsets(&ns).contains("ftpct"), "{}", ipsets(&ns));
+    ns.run(|| rules::apply(&spec)).unwrap();
+    assert!(ns.shw("ipset list -t ftpct4").contains("maxelem 1048576"));
+    let small = ns.run(|| rules::small_sets(&mut Ipset::open().unwrap(), &spec).unwrap());
+    assert!(small.is_empty(), "{small:?}");
+    ns.run(|| rules::delete(&spec)).unwrap();
 }
