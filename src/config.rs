@@ -83,7 +83,76 @@ impl Default for Settings {
     }
 }
 
+/// Command-line values that override the configuration file: applied at start and again at
+/// every reload (SIGHUP), so that a reload never undoes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub queue: Option<u16>,
+    pub socket: Option<PathBuf>,
+    pub ports: Option<Vec<u16>>,
+    /// `--fail-open` (there is no flag to force fail-closed).
+    pub fail_open: bool,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub state_file: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn apply(&self, s: &mut Settings) {
+        if let Some(q) = self.queue {
+            s.queue = q;
+        }
+        if let Some(p) = &self.socket {
+            s.socket = p.clone();
+        }
+        if let Some(p) = &self.ports {
+            s.ports = p.clone();
+        }
+        if self.fail_open {
+            s.fail_open = true;
+        }
+        if self.metrics.is_some() {
+            s.metrics = self.metrics;
+        }
+        if self.state_file.is_some() {
+            s.state_file = self.state_file.clone();
+        }
+    }
+}
+
 impl Settings {
+    /// The settings after a reload that read `new`: the ports and the policy come from `new`;
+    /// what only a restart applies (the queue, sockets, sets, files, logging, user, marks and
+    /// the rule check) stays as it is, and the names of those keys that `new` changes are
+    /// returned, for a log line.
+    pub fn reloaded(&self, new: Settings) -> (Settings, Vec<&'static str>) {
+        let mut ignored = Vec::new();
+        let mut check = |name: &'static str, differs: bool| {
+            if differs {
+                ignored.push(name);
+            }
+        };
+        check("queue", new.queue != self.queue);
+        check("socket", new.socket != self.socket);
+        check("state_file", new.state_file != self.state_file);
+        check("fail_open", new.fail_open != self.fail_open);
+        check("metrics", new.metrics != self.metrics);
+        check("ipset4", new.ipset4 != self.ipset4);
+        check("ipset6", new.ipset6 != self.ipset6);
+        check("log", new.log != self.log);
+        check("user", new.user != self.user);
+        check("seqadj_mark", new.seqadj_mark != self.seqadj_mark);
+        check(
+            "rule_check_interval",
+            new.rule_check_interval != self.rule_check_interval,
+        );
+        let merged = Settings {
+            ports: new.ports,
+            policy: new.policy,
+            ..self.clone()
+        };
+        (merged, ignored)
+    }
+
     /// Where the state that survives a restart is kept.
     pub fn state_path(&self) -> PathBuf {
         self.state_file.clone().unwrap_or_else(|| {
@@ -293,6 +362,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "m.conf:1: '0xzz' is not a mark (decimal or 0x hex)");
+    }
+
+    #[test]
+    fn a_reload_keeps_overrides_and_restart_only_keys() {
+        let p = Path::new("r.conf");
+        let cli = Overrides {
+            ports: Some(vec![2121]),
+            queue: Some(9),
+            ..Overrides::default()
+        };
+        let mut running = parse("queue = 1\nports = 21\nlog = info\n", p).unwrap();
+        cli.apply(&mut running);
+        assert_eq!((running.queue, running.ports.clone()), (9, vec![2121]));
+        // the file changes the ports, the queue, the log filter and a policy switch
+        let mut new = parse(
+            "queue = 2\nports = 21, 990\nlog = debug\nallow_third_party = true\n",
+            p,
+        )
+        .unwrap();
+        cli.apply(&mut new);
+        let (after, ignored) = running.reloaded(new);
+        assert_eq!(after.ports, vec![2121], "the command line still wins");
+        assert_eq!(after.queue, 9, "the bound queue stays");
+        assert_eq!(after.log, "info");
+        assert!(after.policy.allow_third_party, "the policy is reloaded");
+        assert_eq!(ignored, vec!["log"], "queue differs only in the file");
+        // without overrides, the file's ports apply
+        let running = parse("ports = 21\n", p).unwrap();
+        let (after, ignored) = running.reloaded(parse("ports = 21, 990\n", p).unwrap());
+        assert_eq!(after.ports, vec![21, 990]);
+        assert!(ignored.is_empty());
     }
 
     #[test]

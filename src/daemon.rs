@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub settings: Settings,
     /// The configuration file, re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
+    /// The command line's values, applied again over the file at each reload.
+    pub overrides: config::Overrides,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -922,11 +924,18 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 sd_notify(notify::reloading(), "RELOADING");
                 match &opts.config_path {
                     Some(p) => match config::load(p) {
-                        Ok(new) => {
-                            shell.engine.reconfigure(new.engine_config());
-                            shell.settings.policy = new.policy.clone();
-                            settings = new;
+                        Ok(mut new) => {
+                            opts.overrides.apply(&mut new);
+                            let (merged, ignored) = settings.reloaded(new);
+                            shell.engine.reconfigure(merged.engine_config());
+                            shell.settings.ports = merged.ports.clone();
+                            shell.settings.policy = merged.policy.clone();
+                            settings = merged;
                             info!(config = %p.display(), "configuration reloaded; live sessions and expectations kept");
+                            if !ignored.is_empty() {
+                                warn!(keys = ?ignored, "changed in the file but applied only at restart \
+                                       (`systemctl restart ftpct`; with the rules: see ftpct.conf(5))");
+                            }
                         }
                         Err(e) => error!(error = %e, "reload failed; keeping the running configuration"),
                     },

@@ -163,28 +163,20 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            if let Some(q) = queue {
-                s.queue = q;
-            }
-            if let Some(p) = socket {
-                s.socket = p;
-            }
-            if let Some(p) = ports {
-                s.ports = p;
-            }
-            if fail_open {
-                s.fail_open = true;
-            }
-            if metrics.is_some() {
-                s.metrics = metrics;
-            }
-            if state.is_some() {
-                s.state_file = state;
-            }
+            let overrides = config::Overrides {
+                queue,
+                socket,
+                ports,
+                fail_open,
+                metrics,
+                state_file: state,
+            };
+            overrides.apply(&mut s);
             init_logs(log.as_deref().unwrap_or(&s.log));
             match daemon::run(daemon::RunOptions {
                 settings: s,
                 config_path: config,
+                overrides,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
