@@ -338,3 +338,72 @@ fn port2121_kernel_helper_rule_on_21_only_fails() {
 }
 
 // The daemon's command line (list, sessions, events, metrics) is tested in tests/ops.rs.
+
+/// Packets counted by ftpct's post-conntrack queue rules in the gateway (mangle POSTROUTING and
+/// INPUT, IPv4).
+fn post_conntrack_queued(lab: &Lab) -> u64 {
+    ["POSTROUTING", "INPUT"]
+        .iter()
+        .map(|chain| {
+            let r = lab.gw(&["iptables", "-t", "mangle", "-L", chain, "-v", "-n", "-x"]);
+            r.stdout
+                .lines()
+                .filter(|l| l.contains("NFQUEUE") && l.contains("connmark"))
+                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Control connections in the gateway's conntrack table carrying ftpct's `seqadj_mark` bit.
+fn marked_control_connections(lab: &Lab) -> usize {
+    let r = lab.gw(&[
+        "conntrack",
+        "-L",
+        "-p",
+        "tcp",
+        "--dport",
+        "21",
+        "--mark",
+        "0x100000/0x100000",
+    ]);
+    r.stdout.lines().filter(|l| l.contains("dport=21")).count()
+}
+
+/// The post-conntrack queue (b) only takes the control connections that have a sequence
+/// offset, marked by ftpct (`seqadj_mark`) when its first rewrite changes a line's length: a
+/// passive session behind MASQUERADE (nothing to rewrite) never reaches it; an active one does,
+/// after its PORT, and the transfer works, which needs its ACKs mapped there.
+#[test]
+fn post_conntrack_queue_takes_only_marked_connections() {
+    let test = "post_conntrack_queue_takes_only_marked_connections";
+    let mut lab = Lab::up(test, Topology::Masq);
+    lab.server();
+    lab.enable(Alg::Ftpct);
+    lab.fetch(Client::Ftplib, Mode::Pasv, "small.txt")
+        .assert_ok();
+    assert_eq!(
+        post_conntrack_queued(&lab),
+        0,
+        "[{test}] passive session queued twice"
+    );
+    assert_eq!(
+        marked_control_connections(&lab),
+        0,
+        "[{test}] passive session marked"
+    );
+    lab.fetch(Client::Ftplib, Mode::Port, "small.txt")
+        .assert_ok();
+    assert!(
+        post_conntrack_queued(&lab) > 0,
+        "[{test}] the active session's ACKs were not queued after conntrack"
+    );
+    assert_eq!(
+        marked_control_connections(&lab),
+        1,
+        "[{test}] active session not marked"
+    );
+    let st = lab.ftpct_stats();
+    assert_eq!(st.get("ct_marked"), 1, "[{test}] {}", st.text);
+    assert_eq!(st.get("ct_mark_errors"), 0, "[{test}] {}", st.text);
+}
