@@ -795,6 +795,12 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                     "state restored"
                 );
             }
+            if report.torn_tail {
+                info!(state = %state_path.display(), "the last state record was cut short (the daemon died while writing it, before its packet's verdict); ignored");
+            }
+            if !sf.is_mapped() {
+                info!(state = %state_path.display(), "state file cannot be preallocated and mapped here; appending with write(2)");
+            }
             if let Some(line) = report.corrupt_at {
                 warn!(state = %state_path.display(), line, "state file corrupt from this line on; the rest was ignored");
             }

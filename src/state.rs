@@ -2,14 +2,21 @@
 //!
 //! One append-only text file: a header, then one record per line (see [`Journal`]), each line
 //! prefixed with a hash of its content. The daemon appends the engine's journal records before it
-//! issues the verdict of the packet that produced them, with one `write(2)`, so a record is in the
-//! kernel's page cache before the rewritten packet leaves: a killed daemon loses nothing. When
-//! the file grows, a snapshot of the whole state is written to a temporary file and renamed over
-//! it (atomic). On start the file is replayed into the engine:
+//! issues the verdict of the packet that produced them, so a record is in the kernel's page cache
+//! before the rewritten packet leaves: a killed daemon loses nothing. The file is preallocated
+//! (`posix_fallocate`) and mapped shared into the daemon's memory, so an append is a copy into the
+//! page cache, without a system call (a third of the control packets append a record: one per
+//! completed line); after the records, the file holds zero bytes up to its preallocated size.
+//! Where the file cannot be preallocated or mapped, records are appended with `write(2)`, one
+//! call per packet. When the file grows, or its preallocated space is used up, a snapshot of the
+//! whole state is written to a temporary file and renamed over it (atomic). On start the file is
+//! replayed into the engine:
 //! - a header from another boot (`/proc/sys/kernel/random/boot_id`) means the connections are
 //!   gone: the file is ignored;
-//! - a line whose hash does not match (torn or corrupt file) stops the replay there; what came
-//!   before is kept, the rest is reported and not trusted;
+//! - a line whose hash does not match (corrupt file) stops the replay there; what came before is
+//!   kept, the rest is reported and not trusted;
+//! - an unterminated last line is an append cut short by the daemon's death, before the verdict
+//!   of its packet: it is ignored;
 //! - the shell then checks each restored session against the kernel's conntrack table and forgets
 //!   those whose entry is gone.
 //!
@@ -21,7 +28,10 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 
 use crate::engine::{Engine, Journal};
 use crate::expect::{ExpectKind, Expectation};
@@ -51,6 +61,8 @@ pub struct LoadReport {
     pub corrupt_at: Option<usize>,
     pub sessions: usize,
     pub expectations: usize,
+    /// The file ended with an unterminated line (ignored).
+    pub torn_tail: bool,
 }
 
 /// 32-bit FNV-1a: detects torn and edited lines (not an adversary with write access to the
@@ -210,7 +222,8 @@ fn boot_id() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Replays the text of a state file into `engine`.
+/// Replays the text of a state file into `engine`: the text up to the first zero byte (the
+/// preallocated rest of the file), without an unterminated last line (an append cut short).
 pub fn load_text(
     text: &str,
     expected_boot: &str,
@@ -218,7 +231,13 @@ pub fn load_text(
     now: Timestamp,
 ) -> LoadReport {
     let mut report = LoadReport::default();
-    let mut lines = text.lines();
+    let text = text.split('\0').next().unwrap_or("");
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    report.torn_tail = complete.len() < text.len();
+    let mut lines = complete.lines();
     match lines.next() {
         Some(h) if h == format!("{MAGIC} boot={expected_boot}") => {}
         _ => {
@@ -243,10 +262,90 @@ pub fn load_text(
     report
 }
 
+/// Smallest preallocated size of the state file.
+const MIN_CAPACITY: usize = 1 << 20;
+
+/// The file's preallocated size for a snapshot of `len` bytes: room for as many bytes of records
+/// again, at least [`MIN_CAPACITY`], so that compactions stay proportional to the appends.
+fn capacity_for(len: usize) -> usize {
+    (2 * len + (256 << 10)).max(MIN_CAPACITY)
+}
+
+/// A state file mapped shared into memory, with `cap` bytes preallocated and `used` of them
+/// holding records.
+struct Mapping {
+    ptr: NonNull<u8>,
+    cap: usize,
+    used: usize,
+}
+
+impl Mapping {
+    /// Preallocates `file` to `cap` bytes and maps it; its first `used` bytes are the records.
+    fn new(file: &File, used: usize, cap: usize) -> std::io::Result<Mapping> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let len = NonZeroUsize::new(cap).ok_or(std::io::ErrorKind::InvalidInput)?;
+        let off = nix::libc::off_t::try_from(cap).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        // Reserve the blocks now: a write into a hole of a full file system through a mapping
+        // is a SIGBUS, a failed fallocate is an error we can handle (fall back to write(2)).
+        nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, off)?;
+        // SAFETY: a new shared mapping of `cap` bytes of a file that is at least that long (just
+        // preallocated); nothing else in this process maps it. Only `append` writes through it,
+        // within bounds. Another process truncating the file would make accesses fault
+        // (SIGBUS): the file lives in ftpct's own state directory, and docs/operations.md says
+        // not to edit it while the daemon runs.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                file,
+                0,
+            )
+        }?;
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            cap,
+            used,
+        })
+    }
+
+    /// Copies `bytes` after the records; `false` (and nothing written) if they do not fit.
+    fn append(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.cap - self.used {
+            return false;
+        }
+        // SAFETY: `used + bytes.len() <= cap`, the mapping's length; `bytes` is not in it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(self.used),
+                bytes.len(),
+            );
+        }
+        self.used += bytes.len();
+        true
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of `cap` bytes, not used after this.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.cap) };
+    }
+}
+
+/// Where appends go.
+enum Sink {
+    Mapped(Mapping),
+    /// `write(2)` with `O_APPEND`, where the file cannot be preallocated or mapped.
+    Write(File),
+}
+
 /// The open state file.
 pub struct StateFile {
     path: PathBuf,
-    file: File,
+    sink: Sink,
     boot: String,
     buf: String,
     snapshot: Vec<Journal>,
@@ -279,20 +378,15 @@ impl StateFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(err)?;
-        let mut sf = StateFile {
+        let (sink, _) = Self::write_snapshot(path, &boot, engine, &mut Vec::new())?;
+        let sf = StateFile {
             path: path.to_path_buf(),
-            file,
+            sink,
             boot,
             buf: String::with_capacity(4096),
             snapshot: Vec::new(),
             appended: 0,
         };
-        sf.compact(engine)?;
         Ok((sf, report))
     }
 
@@ -300,7 +394,12 @@ impl StateFile {
         &self.path
     }
 
-    /// Appends the engine's pending journal records (one write); returns how many.
+    /// Whether appends go through a memory mapping (else `write(2)`).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.sink, Sink::Mapped(_))
+    }
+
+    /// Appends the engine's pending journal records; returns how many.
     pub fn append_from(&mut self, engine: &mut Engine) -> Result<usize, StateError> {
         if engine.take_journal_overflow() {
             let mut n = 0;
@@ -319,15 +418,21 @@ impl StateFile {
         if n == 0 {
             return Ok(0);
         }
-        self.file
-            .write_all(self.buf.as_bytes())
-            .map_err(|source| StateError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let written = match &mut self.sink {
+            Sink::Mapped(m) => m.append(self.buf.as_bytes()),
+            Sink::Write(f) => {
+                f.write_all(self.buf.as_bytes())
+                    .map_err(|source| StateError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                true
+            }
+        };
         self.appended += n;
         let live = engine.session_count() + engine.expectations().len();
-        if self.appended > 4 * live + 10_000 {
+        // Full: the snapshot holds these records' effect (the engine has applied them).
+        if !written || self.appended > 4 * live + 10_000 {
             self.compact(engine)?;
         }
         Ok(n)
@@ -335,31 +440,57 @@ impl StateFile {
 
     /// Writes the whole state to a temporary file and renames it over the state file.
     pub fn compact(&mut self, engine: &Engine) -> Result<(), StateError> {
-        let err = |source| StateError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.snapshot.clear();
-        engine.snapshot(&mut self.snapshot);
-        let mut text = String::with_capacity(64 * self.snapshot.len() + 64);
-        let _ = writeln!(text, "{MAGIC} boot={}", self.boot);
-        for rec in &self.snapshot {
-            encode(rec, &mut text);
-        }
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        {
-            let mut f = File::create(&tmp).map_err(err)?;
-            f.write_all(text.as_bytes()).map_err(err)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(err)?;
+        let (sink, _) = Self::write_snapshot(&self.path, &self.boot, engine, &mut self.snapshot)?;
+        // The old mapping (if any) is unmapped here, after the new file is in place.
+        self.sink = sink;
         self.appended = 0;
         Ok(())
+    }
+
+    /// Writes a snapshot to `path.tmp`, preallocates and maps it, renames it over `path`; falls
+    /// back to appends with `write(2)` if preallocating or mapping fails. Returns the sink and
+    /// the snapshot's length.
+    fn write_snapshot(
+        path: &Path,
+        boot: &str,
+        engine: &Engine,
+        snapshot: &mut Vec<Journal>,
+    ) -> Result<(Sink, usize), StateError> {
+        let err = |source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        snapshot.clear();
+        engine.snapshot(snapshot);
+        let mut text = String::with_capacity(64 * snapshot.len() + 64);
+        let _ = writeln!(text, "{MAGIC} boot={boot}");
+        for rec in snapshot.iter() {
+            encode(rec, &mut text);
+        }
+        let mut tmp = path.to_path_buf().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        let sink = match Mapping::new(&f, text.len(), capacity_for(text.len())) {
+            Ok(m) => Sink::Mapped(m),
+            Err(e) => {
+                tracing::debug!(error = %e, "state file not mapped; appending with write(2)");
+                // a failed fallocate may have extended the file with zeros: cut them off
+                f.set_len(text.len() as u64).map_err(err)?;
+                drop(f);
+                let f = OpenOptions::new().append(true).open(&tmp).map_err(err)?;
+                Sink::Write(f)
+            }
+        };
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok((sink, text.len()))
     }
 }
 
@@ -483,5 +614,83 @@ mod tests {
         let r = load_text(&text, "B2", &mut e, Timestamp(200));
         assert!(r.stale);
         assert_eq!(e.session_count(), 0);
+    }
+
+    #[test]
+    fn zero_padding_and_a_torn_last_line_are_not_records() {
+        let mut text = format!("{MAGIC} boot=B1\n");
+        for rec in samples().iter().take(3) {
+            encode(rec, &mut text);
+        }
+        let mut torn = String::new();
+        encode(&samples()[3], &mut torn);
+        text.push_str(&torn[..torn.len() / 2]);
+        text.push_str(&"\0".repeat(100));
+        let mut e = Engine::new(Config::default());
+        let r = load_text(&text, "B1", &mut e, Timestamp(200));
+        assert_eq!((r.records, r.corrupt_at, r.torn_tail), (3, None, true));
+        // zeros right after complete records: nothing torn
+        let text = format!("{MAGIC} boot=B1\n{torn}\0\0");
+        let r = load_text(
+            &text,
+            "B1",
+            &mut Engine::new(Config::default()),
+            Timestamp(0),
+        );
+        assert_eq!((r.records, r.torn_tail), (1, false));
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ftpct-state-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("s.state")
+    }
+
+    #[test]
+    fn appends_through_the_mapping_reach_the_file() {
+        let path = scratch("mapping");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut m = Mapping::new(&f, 0, 4096).unwrap();
+        assert!(m.append(b"hello\n"));
+        assert!(m.append(&[b'x'; 4090]));
+        assert!(!m.append(b"!"), "full: refused, nothing written");
+        // read(2) sees what was copied into the mapping: the page cache is shared
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(back.len(), 4096);
+        assert_eq!(&back[..6], b"hello\n");
+        assert_eq!(back[4095], b'x');
+        drop(m);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_reopened_state_file_gives_back_the_state() {
+        let path = scratch("reopen");
+        let mut e = Engine::new(Config::default());
+        for rec in samples() {
+            e.restore(&rec, Timestamp(100));
+        }
+        let (sf, _) = StateFile::open(&path, &mut e, Timestamp(100)).unwrap();
+        assert!(
+            sf.is_mapped(),
+            "tmpfs and most file systems can be preallocated"
+        );
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        assert_eq!(len, MIN_CAPACITY, "preallocated");
+        // as after a kill: no compaction, the mapping dropped with the process
+        drop(sf);
+        let mut again = Engine::new(Config::default());
+        let (_sf, r) = StateFile::open(&path, &mut again, Timestamp(100)).unwrap();
+        assert!(!r.stale && r.corrupt_at.is_none() && !r.torn_tail, "{r:?}");
+        assert_eq!(again.session_count(), e.session_count());
+        assert_eq!(again.expectations().len(), e.expectations().len());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
