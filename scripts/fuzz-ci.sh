@@ -11,7 +11,7 @@
 # replayed with `RUSTC_BOOTSTRAP=1 cargo +stable fuzz run <target> <file>`.
 #
 # Cost with the default (measured, see docs/benchmarks-core.md): one ASan build of the crate
-# and the five targets (about 2 CPU-minutes from a cold target directory) plus 5 x 30 s of
+# and the six targets (about 2 CPU-minutes from a cold target directory) plus 6 x 30 s of
 # fuzzing: about 4-4.5 minutes on an idle 2-core runner.
 #
 # Only a stable toolchain is available, so libFuzzer's nightly-only flags (-Zsanitizer=address,
