@@ -1068,18 +1068,27 @@ struct ScaleCfg {
 /// What is read from the daemon at each step.
 struct Probe {
     rss_kb: u64,
+    /// `RssAnon`: the daemon's own memory (its tables), without the file pages it maps.
+    anon_kb: u64,
+    /// `RssFile` + `RssShmem`: mapped file pages, among them the state file (tmpfs).
+    mapped_kb: u64,
     cpu_ns: u64,
     stats: BTreeMap<String, u64>,
 }
 
 fn daemon_probe(pid: u32, socket: &std::path::Path) -> io::Result<Probe> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| err("no VmRSS"))?;
+    let field = |name: &str| -> io::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| err(format!("no {name} in /proc/{pid}/status")))
+    };
+    let rss_kb = field("VmRSS:")?;
+    let anon_kb = field("RssAnon:")?;
+    let mapped_kb = field("RssFile:")? + field("RssShmem:")?;
     let mut cpu_ns = 0u64;
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let p = t?.path().join("schedstat");
@@ -1101,6 +1110,8 @@ fn daemon_probe(pid: u32, socket: &std::path::Path) -> io::Result<Probe> {
         .collect();
     Ok(Probe {
         rss_kb,
+        anon_kb,
+        mapped_kb,
         cpu_ns,
         stats,
     })
@@ -1114,9 +1125,12 @@ impl Probe {
 
 fn print_line(phase: &str, n: usize, p: &Probe, extra: String) {
     println!(
-        "{{\"cmd\":\"scale\",\"phase\":\"{phase}\",\"n\":{n},\"rss_kb\":{},\"sessions\":{},\"expectations\":{},\
-         \"expect_created\":{},\"ipset_errors\":{},\"queue_overruns\":{},\"packets\":{}{extra}}}",
+        "{{\"cmd\":\"scale\",\"phase\":\"{phase}\",\"n\":{n},\"rss_kb\":{},\"anon_kb\":{},\"mapped_kb\":{},\
+         \"sessions\":{},\"expectations\":{},\"expect_created\":{},\"ipset_errors\":{},\"queue_overruns\":{},\
+         \"packets\":{}{extra}}}",
         p.rss_kb,
+        p.anon_kb,
+        p.mapped_kb,
         p.stat("sessions"),
         p.stat("expectations"),
         p.stat("expect_created"),

@@ -482,14 +482,14 @@ impl Engine {
     }
 
     /// The whole persistent state as records, in an order [`Engine::restore`] accepts.
-    pub fn snapshot(&self, out: &mut Vec<Journal>) {
+    pub fn snapshot_each(&self, mut emit: impl FnMut(Journal)) {
         let mut ids: Vec<&SessionId> = self.sessions.keys().collect();
         ids.sort();
         for id in ids {
             let Some(s) = self.sessions.get(id) else {
                 continue;
             };
-            out.push(Journal::SessionStart {
+            emit(Journal::SessionStart {
                 id: *id,
                 ct: s.ct,
                 created: s.created,
@@ -497,21 +497,21 @@ impl Engine {
             for dir in [Dir::Original, Dir::Reply] {
                 let d = s.dir(dir);
                 if d.seqadj.base() != 0 {
-                    out.push(Journal::Base {
+                    emit(Journal::Base {
                         id: *id,
                         dir,
                         base: d.seqadj.base(),
                     });
                 }
                 for r in d.seqadj.records() {
-                    out.push(Journal::Rewrite {
+                    emit(Journal::Rewrite {
                         id: *id,
                         dir,
                         record: *r,
                     });
                 }
                 if d.synced && !d.skipping {
-                    out.push(Journal::LinePos {
+                    emit(Journal::LinePos {
                         id: *id,
                         dir,
                         pos: d.line_start,
@@ -519,14 +519,19 @@ impl Engine {
                 }
             }
             if s.encrypted {
-                out.push(Journal::Tls { id: *id });
+                emit(Journal::Tls { id: *id });
             }
         }
         let mut exps: Vec<_> = self.expect.iter().collect();
         exps.sort_by_key(|(id, _)| *id);
         for (_, e) in exps {
-            out.push(Journal::ExpectAdd { exp: *e });
+            emit(Journal::ExpectAdd { exp: *e });
         }
+    }
+
+    /// [`Engine::snapshot_each`] into a vector.
+    pub fn snapshot(&self, out: &mut Vec<Journal>) {
+        self.snapshot_each(|j| out.push(j));
     }
 
     /// Applies one persisted record (state file replay at start). Unknown sessions and records

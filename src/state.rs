@@ -347,8 +347,8 @@ pub struct StateFile {
     path: PathBuf,
     sink: Sink,
     boot: String,
+    /// Encoded records before they are appended; also the snapshot's chunks.
     buf: String,
-    snapshot: Vec<Journal>,
     /// Records appended since the last snapshot.
     appended: usize,
 }
@@ -378,13 +378,12 @@ impl StateFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let (sink, _) = Self::write_snapshot(path, &boot, engine, &mut Vec::new())?;
+        let (sink, _) = Self::write_snapshot(path, &boot, engine, &mut String::new())?;
         let sf = StateFile {
             path: path.to_path_buf(),
             sink,
             boot,
             buf: String::with_capacity(4096),
-            snapshot: Vec::new(),
             appended: 0,
         };
         Ok((sf, report))
@@ -440,7 +439,7 @@ impl StateFile {
 
     /// Writes the whole state to a temporary file and renames it over the state file.
     pub fn compact(&mut self, engine: &Engine) -> Result<(), StateError> {
-        let (sink, _) = Self::write_snapshot(&self.path, &self.boot, engine, &mut self.snapshot)?;
+        let (sink, _) = Self::write_snapshot(&self.path, &self.boot, engine, &mut self.buf)?;
         // The old mapping (if any) is unmapped here, after the new file is in place.
         self.sink = sink;
         self.appended = 0;
@@ -454,19 +453,12 @@ impl StateFile {
         path: &Path,
         boot: &str,
         engine: &Engine,
-        snapshot: &mut Vec<Journal>,
+        text: &mut String,
     ) -> Result<(Sink, usize), StateError> {
         let err = |source| StateError::Io {
             path: path.to_path_buf(),
             source,
         };
-        snapshot.clear();
-        engine.snapshot(snapshot);
-        let mut text = String::with_capacity(64 * snapshot.len() + 64);
-        let _ = writeln!(text, "{MAGIC} boot={boot}");
-        for rec in snapshot.iter() {
-            encode(rec, &mut text);
-        }
         let mut tmp = path.to_path_buf().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -477,20 +469,44 @@ impl StateFile {
             .truncate(true)
             .open(&tmp)
             .map_err(err)?;
+        // Streamed in chunks: a snapshot of a million expectations is ~100 MB of text, which
+        // must not sit in memory (neither as records nor as text) next to the tables.
+        const CHUNK: usize = 64 << 10;
+        text.clear();
+        let _ = writeln!(text, "{MAGIC} boot={boot}");
+        let mut len = 0;
+        let mut failed = None;
+        engine.snapshot_each(|rec| {
+            if failed.is_some() {
+                return;
+            }
+            encode(&rec, text);
+            if text.len() >= CHUNK {
+                len += text.len();
+                failed = f.write_all(text.as_bytes()).err();
+                text.clear();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(err(e));
+        }
+        len += text.len();
         f.write_all(text.as_bytes()).map_err(err)?;
-        let sink = match Mapping::new(&f, text.len(), capacity_for(text.len())) {
+        text.clear();
+        text.shrink_to(CHUNK);
+        let sink = match Mapping::new(&f, len, capacity_for(len)) {
             Ok(m) => Sink::Mapped(m),
             Err(e) => {
                 tracing::debug!(error = %e, "state file not mapped; appending with write(2)");
                 // a failed fallocate may have extended the file with zeros: cut them off
-                f.set_len(text.len() as u64).map_err(err)?;
+                f.set_len(len as u64).map_err(err)?;
                 drop(f);
                 let f = OpenOptions::new().append(true).open(&tmp).map_err(err)?;
                 Sink::Write(f)
             }
         };
         std::fs::rename(&tmp, path).map_err(err)?;
-        Ok((sink, text.len()))
+        Ok((sink, len))
     }
 }
 
@@ -691,6 +707,43 @@ mod tests {
         assert!(!r.stale && r.corrupt_at.is_none() && !r.torn_tail, "{r:?}");
         assert_eq!(again.session_count(), e.session_count());
         assert_eq!(again.expectations().len(), e.expectations().len());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_a_chunk_is_written_whole() {
+        let path = scratch("chunks");
+        let mut cfg = Config::default();
+        cfg.policy.max_expect_per_session = 100_000;
+        let mut e = Engine::new(cfg.clone());
+        for rec in samples() {
+            if !matches!(rec, Journal::SessionEnd { .. }) {
+                e.restore(&rec, Timestamp(100));
+            }
+        }
+        assert_eq!(e.session_count(), 1);
+        // 3000 more expectations of session 7: ~300 kB of records, several 64 kB chunks
+        for port in 20_000..23_000u16 {
+            let exp = Expectation {
+                master: SessionId(7),
+                kind: ExpectKind::Port,
+                src: "198.51.100.2".parse().unwrap(),
+                dst: SocketAddr::new("203.0.113.1".parse().unwrap(), port),
+                nat_to: Some(SocketAddr::new("10.0.0.2".parse().unwrap(), port)),
+                created: Timestamp(100),
+                expires: Timestamp(300_000_000_100),
+            };
+            e.restore(&Journal::ExpectAdd { exp }, Timestamp(100));
+        }
+        let want = e.expectations().len();
+        assert!(want >= 3000, "{want}");
+        let (sf, _) = StateFile::open(&path, &mut e, Timestamp(100)).unwrap();
+        drop(sf);
+        let mut again = Engine::new(cfg);
+        let (_sf, r) = StateFile::open(&path, &mut again, Timestamp(100)).unwrap();
+        assert!(r.corrupt_at.is_none() && !r.torn_tail, "{r:?}");
+        assert_eq!(again.expectations().len(), want);
+        assert_eq!(again.session_count(), e.session_count());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -324,17 +324,21 @@ def build(recs):
     if scale:
         w("")
         w("Scale (ftpct only; IPv6 lab, stub FTP server, daemon logging off): resident memory of the "
-          "daemon (`VmRSS`), and its CPU time per queued packet during a NOOP probe over all open "
-          "sessions (`/proc/PID/task/*/schedstat` ÷ packets counted by `ftpct stats`).")
+          "daemon (`VmRSS`; per entry from `RssAnon`, its own memory, when recorded: the mapped "
+          "state file's pages, in the page cache either way, are shown apart), and its CPU time "
+          "per queued packet during a NOOP probe over all open sessions "
+          "(`/proc/PID/task/*/schedstat` ÷ packets counted by `ftpct stats`).")
         w("")
-        w("| Step | Sessions | Expectations | RSS (MiB) | RSS per entry since the previous step (bytes) | "
+        w("| Step | Sessions | Expectations | RSS (MiB) | of which mapped files: state file (MiB) | Own memory per entry since the previous step (bytes) | "
           "CPU per queued packet, NOOP probe: median (each probe) (ns) | NOOP round trip p50 / p99 (µs) | Time to open / fill (s) | ipset errors |")
-        w("|---|---|---|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|---|---|---|")
         base = next((x for x in scale if x.get("phase") == "baseline"), None)
-        prev_rss = base["rss_kb"] if base else None
+        own = lambda x: x.get("anon_kb", x["rss_kb"])
+        mapped = lambda x: f"{x['mapped_kb'] / 1024:.1f}" if "mapped_kb" in x else ""
+        prev_rss = own(base) if base else None
         prev_n = (0, 0)
         if base:
-            w(f"| baseline | 0 | 0 | {base['rss_kb'] / 1024:.1f} | | | | | |")
+            w(f"| baseline | 0 | 0 | {base['rss_kb'] / 1024:.1f} | {mapped(base)} | | | | | |")
         pending = None
         for x in scale:
             ph = x.get("phase")
@@ -351,15 +355,15 @@ def build(recs):
                     d_n = cur[1] - prev_n[1]
                     what = "expectation"
                     t = o.get("fill_s")
-                per = (o["rss_kb"] - prev_rss) * 1024 / d_n if d_n > 0 and prev_rss is not None else None
+                per = (own(o) - prev_rss) * 1024 / d_n if d_n > 0 and prev_rss is not None else None
                 rtt = x.get("noop_rtt_us", {})
                 w(f"| {'+' if ph == 'expect_probe' else ''}{o['n']:,} {what}s | {o['sessions']:,} | {o['expectations']:,} | "
-                  f"{o['rss_kb'] / 1024:.1f} | {f0(per) + ' per ' + what if per is not None else ''} | "
+                  f"{o['rss_kb'] / 1024:.1f} | {mapped(o)} | {f0(per) + ' per ' + what if per is not None else ''} | "
                   f"{x.get('probe_cpu_ns_per_packet', 0):,.0f}"
                   f"{' (' + ', '.join(f'{v:,}' for v in x['probe_cpu_ns_per_packet_all']) + ')' if len(x.get('probe_cpu_ns_per_packet_all', [])) > 1 else ''}"
                   f" | {rtt.get('p50', 0)} / {rtt.get('p99', 0)} | "
                   f"{t if t is not None else ''} | {o['ipset_errors']:,} |")
-                prev_rss, prev_n = o["rss_kb"], cur
+                prev_rss, prev_n = own(o), cur
                 pending = None
         fills = [x for x in scale if x.get("phase") == "expect_fill"]
         if fills:
