@@ -100,6 +100,8 @@ struct Shell {
     /// that did (a conntrack lookup or create, an ipset add, a state write).
     hist_plain: Histogram,
     hist_work: Histogram,
+    /// Duration of the verdict call (the kernel's processing of the reinjected packet).
+    hist_verdict: Histogram,
     stats: ShellStats,
     /// Data addresses to remove from the ipsets once the current packet's verdict is out.
     unwatch: Vec<std::net::SocketAddr>,
@@ -158,6 +160,11 @@ impl Shell {
         // must survive a kill of the daemon). Removing ipset elements waits until after it.
         self.run_actions_deferring_unwatch();
         self.persist();
+        // The latency ends when the verdict is issued. The verdict call itself then carries the
+        // packet on through the kernel (the rest of netfilter, routing, and in a veth lab the
+        // receiving namespace's TCP stack): work that the packet costs with or without an ALG,
+        // timed apart (`verdict_call_*`).
+        let t_verdict = Instant::now();
         let r = match v {
             Verdict::AcceptModified => {
                 q.verdict_accept_modified(pkt, self.engine.modified_packet())
@@ -165,7 +172,9 @@ impl Shell {
             Verdict::Drop => q.verdict_drop(pkt),
             Verdict::Accept | Verdict::NeedConntrack(_) => q.verdict_accept(pkt),
         };
-        let ns = t0.elapsed().as_nanos() as u64;
+        self.hist_verdict
+            .record(t_verdict.elapsed().as_nanos() as u64);
+        let ns = t_verdict.duration_since(t0).as_nanos() as u64;
         self.hist.record(ns);
         if self.kernel_work() == work_before {
             self.hist_plain.record(ns);
@@ -430,7 +439,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 58] = [
+        let rows: [(&str, u64); 60] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -479,6 +488,8 @@ impl Shell {
             ("latency_work_p50_ns", self.hist_work.quantile(0.5)),
             ("latency_work_p99_ns", self.hist_work.quantile(0.99)),
             ("latency_work_max_ns", self.hist_work.max()),
+            ("verdict_call_p50_ns", self.hist_verdict.quantile(0.5)),
+            ("verdict_call_p99_ns", self.hist_verdict.quantile(0.99)),
             ("ct_lookups", k.ct_lookups),
             ("ct_lookup_ns", k.ct_lookup_ns),
             ("ct_create_ns", k.ct_create_ns),
@@ -830,6 +841,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         hist: Histogram::default(),
         hist_plain: Histogram::default(),
         hist_work: Histogram::default(),
+        hist_verdict: Histogram::default(),
         stats: ShellStats::default(),
         unwatch: Vec::with_capacity(16),
         rule_watch,

@@ -14,7 +14,7 @@ const SUB: usize = 1 << SUB_BITS;
 /// Enough buckets for every `u64`.
 const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
 
-/// Per-packet processing time (queue in → verdict out) in nanoseconds, log-linear buckets (as
+/// Per-packet processing time (queue in → verdict issued) in nanoseconds, log-linear buckets (as
 /// HdrHistogram with 3 significant bits): below 8 ns one bucket per value, then each power of
 /// two split into 8 equal buckets. Quantiles are within 12.5 % of the true value; recording is
 /// a few integer operations and never allocates.
@@ -333,7 +333,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let name = "ftpct_packet_latency_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Per queued packet, queue in to verdict out."
+        "# HELP {name} Per queued packet, from its receipt to its verdict being issued."
     );
     let _ = writeln!(out, "# TYPE {name} histogram");
     // Powers of two from 256 ns to 128 ms: bucket boundaries of the histogram.

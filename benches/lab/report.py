@@ -215,7 +215,7 @@ def build(recs):
             p99m = med(p99)
             # p99 = end of its histogram bucket, at most 12.5 % above the true value
             ok = None if p99m is None else (True if p99m <= 50_000 else (False if p99m / 1.125 >= 50_000 else None))
-            w(f"| 3 | ftpct per queued packet, queue-in → verdict-out (`ftpct stats`, bucket ends, ≤ 12.5 % high), µs: p50 / p99 / max | "
+            w(f"| 3 | ftpct per queued packet, queue-in → verdict issued (`ftpct stats`, bucket ends, ≤ 12.5 % high), µs: p50 / p99 / max | "
               f"{spread(p50, fus)} / {spread(p99, fus)} / {spread(mx, fus)} | | | | p99 ≤ 50 µs | {verdict(ok)} |")
             w(f"| 3 | ftpct: queued packets per session / CPU per session (µs) / CPU used (% of one CPU) / queue overruns | "
               f"{spread(per_sess, f1)} / {spread([c / 1000 for c in cpu_sess], f0)} / {spread(cpu_frac, f1)} / {spread(ov, f0)} | | | | | |")
@@ -268,7 +268,7 @@ def build(recs):
               f"{spread(p50, fus)} / {spread(p99, fus)} / {spread(mx, fus)}; {spread(nv, f2)} | | | | p99 ≤ 50 µs | {verdict(ok)} |")
             # the same, split by packet class (present in runs after 2026-11-26T16:30Z)
             for cls, what in (("plain", "packets that needed no kernel work before their verdict"),
-                              ("work", "packets that did (conntrack lookup/create, ipset add, state write)")):
+                              ("work", "packets that did (conntrack lookup/create/mark, ipset add, state write)")):
                 k = f"ftpct_latency_{cls}_p99_ns"
                 sub = [r for r in ftl if k in r and r.get(f"ftpct_latency_{cls}_count", 0) > 0]
                 if not sub:
@@ -278,8 +278,15 @@ def build(recs):
                 k99 = [r[k] for r in sub]
                 w(f"| 3 | … {what}{label}: share of packets (%), µs p50 / p99 | "
                   f"{spread(share, f1)}; {spread(k50, fus)} / {spread(k99, fus)} | | | | | |")
+            vc = [r for r in ftl if "ftpct_verdict_call_p50_ns" in r]
+            if vc:
+                w(f"| 3 | … the verdict call itself{label} (the kernel carries the packet on: rest of netfilter, "
+                  f"routing, veth into the receiving namespace), µs p50 / p99 | "
+                  f"{spread([r['ftpct_verdict_call_p50_ns'] for r in vc], fus)} / "
+                  f"{spread([r['ftpct_verdict_call_p99_ns'] for r in vc], fus)} | | | | | |")
             ops = []
             for name, ns, cnt in (("conntrack lookup", "ct_lookup_ns", "ct_lookups"),
+                                  ("conntrack mark", "ct_mark_ns", "ct_marked"),
                                   ("conntrack create", "ct_create_ns", "ct_created"),
                                   ("ipset add", "ipset_add_ns", "ipset_adds"),
                                   ("state write", "state_write_ns", "state_writes")):
