@@ -120,8 +120,9 @@ impl Shell {
         set(&self.settings, dst)
     }
 
-    fn process(&mut self, q: &mut NfQueue, pkt: Packet) {
-        let t0 = Instant::now();
+    /// One packet, received at `t0` (before the `recv` call that returned it: its copy out of
+    /// the kernel counts in the latency).
+    fn process(&mut self, q: &mut NfQueue, pkt: Packet, t0: Instant) {
         let now = monotonic_now();
         let hook = pkt.hook().unwrap_or(Hook::PreConntrack);
         let mut v = self
@@ -893,8 +894,9 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 // Drain what is there, bounded so that timers and the control socket still run.
                 for _ in 0..256 {
                     let q = guard.get_inner_mut();
+                    let t0 = Instant::now();
                     match q.recv() {
-                        Ok(Some(pkt)) => shell.process(q, pkt),
+                        Ok(Some(pkt)) => shell.process(q, pkt, t0),
                         Ok(None) => { guard.clear_ready(); break; }
                         Err(QueueError::Overrun) => {
                             shell.stats.queue_overruns += 1;
