@@ -121,10 +121,11 @@ enum LossAt {
     RawBeforeFtpct,
 }
 
+/// Share of the control segments carrying bytes that are dropped.
 const LOSS_PROBABILITY: &str = "0.07";
 
-/// Longest one transfer may take under that loss (seconds). The losses spare SYNs (see
-/// `add_loss`), so the retransmission timeout starts at Linux's 200 ms floor. The slowest normal
+/// Longest one transfer may take under that loss (seconds). The losses spare the handshake
+/// (see `add_loss`), so the retransmission timeout stays at Linux's 200 ms floor. The slowest normal
 /// case is a split PORT/EPRT line whose first segment is lost: one timeout brings the first
 /// segment, ftpct forwards the part before the address and holds the rest, and that partial
 /// acknowledgement does not open the congestion window of a sender in loss recovery, so the rest
@@ -150,13 +151,18 @@ fn add_loss(lab: &Lab, at: LossAt) {
             "tcp",
             dir,
             "21",
-            // not SYNs: a lost SYN or SYN-ACK gives the client a 1 s RTT sample (the timestamp
-            // echoed by the retransmitted SYN-ACK is the first SYN's), which puts its
-            // retransmission timeout near 3 s for the rest of the session; with four of those
-            // a transfer measures Linux's back-off, not ftpct
-            "--tcp-flags",
-            "SYN",
-            "NONE",
+            // only segments that carry bytes (IPv4 20 + TCP with timestamps 32 = 52 bytes
+            // without payload): a lost SYN, SYN-ACK or handshake ACK makes one end retransmit
+            // its part of the handshake, and the timestamp echoed then is the first one's, so
+            // that end's first RTT sample is ~1 s and its retransmission timeout stays near 3 s
+            // for the rest of the session (seen in captures of both ends); a few losses later
+            // a transfer measures Linux's back-off, not ftpct. Lost bytes are what ftpct must
+            // handle (gaps, reordering, retransmitted rewritten segments); pure ACKs it only
+            // maps (split_port_tail_lost_before_ftpct_acks_still_pass covers their fate).
+            "-m",
+            "length",
+            "--length",
+            "53:65535",
             "-m",
             "statistic",
             "--mode",
