@@ -107,6 +107,8 @@ struct Shell {
     unwatch: Vec<std::net::SocketAddr>,
     /// The periodic check of ftpct's own rules; `None` when off or unavailable.
     rule_watch: Option<RuleWatch>,
+    /// Where the next `check_marks` starts (a session id).
+    mark_cursor: u64,
 }
 
 /// What the rule check needs: a socket to read the ruleset and the pure [`Checker`].
@@ -294,6 +296,53 @@ impl Shell {
         }
     }
 
+    /// Checks that the control connections with a sequence offset still carry `seqadj_mark`
+    /// (a rule that sets conntrack marks without a mask clears it, and the post-conntrack rules
+    /// then stop queueing them: their transfers after a rewrite stall). A few per period, in
+    /// turn; a cleared mark is set again and reported.
+    fn check_marks(&mut self) {
+        const PER_PERIOD: usize = 32;
+        let bits = self.settings.seqadj_mark;
+        if bits == 0 {
+            return;
+        }
+        let cursor = self.mark_cursor;
+        let mut batch: Vec<(u64, FlowTuple)> = self
+            .engine
+            .sessions()
+            .filter(|s| s.id.0 > cursor && s.dirs.iter().any(|d| !d.seqadj.is_identity()))
+            .map(|s| (s.id.0, s.ct.original))
+            .collect();
+        batch.sort_unstable_by_key(|(id, _)| *id);
+        batch.truncate(PER_PERIOD);
+        // next period: after the last one checked, or from the start again
+        self.mark_cursor = if batch.len() < PER_PERIOD {
+            0
+        } else {
+            batch.last().map_or(0, |(id, _)| *id)
+        };
+        let mut lost = 0;
+        for (_, original) in &batch {
+            if let Ok(Some(e)) = self.ct.get_entry(original) {
+                if e.mark & bits != bits {
+                    lost += 1;
+                    self.mark_adjusted(original);
+                }
+            }
+        }
+        if lost > 0 {
+            self.stats.ct_marks_lost += lost;
+            warn!(
+                connections = lost,
+                mark = format_args!("{bits:#x}"),
+                "control connections lost ftpct's conntrack mark (another rule set the mark \
+                 without a mask?) and were marked again; their transfers may have stalled \
+                 meanwhile. Use --set-xmark with a mask in that rule, or move seqadj_mark to \
+                 a bit it leaves alone"
+            );
+        }
+    }
+
     /// Marks a control connection that has a sequence offset (`seqadj_mark`), so that the
     /// post-conntrack rules queue its packets: from now on their acknowledgement numbers need
     /// mapping back. Without the mark those packets would pass unmapped and the connection
@@ -440,7 +489,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 60] = [
+        let rows: [(&str, u64); 61] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -497,6 +546,7 @@ impl Shell {
             ("ct_marked", k.ct_marked),
             ("ct_mark_ns", k.ct_mark_ns),
             ("ct_mark_errors", k.ct_mark_errors),
+            ("ct_marks_lost", k.ct_marks_lost),
             ("ipset_adds", k.ipset_adds),
             ("ipset_add_ns", k.ipset_add_ns),
             ("state_writes", k.state_writes),
@@ -846,6 +896,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         stats: ShellStats::default(),
         unwatch: Vec::with_capacity(16),
         rule_watch,
+        mark_cursor: 0,
     };
     shell.revalidate_restored();
     // Everything is open: keep CAP_NET_ADMIN only (and switch user if configured).
@@ -869,7 +920,10 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     sd_notify(notify::ready(), "READY");
     sd_notify(notify::status(&status_line(&settings)), "STATUS");
     // The first tick is immediate: the rules are checked at start, then every period.
-    let mut rule_timer = shell.rule_watch.is_some().then(|| {
+    // The same period drives the mark check (`check_marks`) when seqadj_mark is on.
+    let periodic = shell.rule_watch.is_some()
+        || (settings.seqadj_mark != 0 && !settings.rule_check_interval.is_zero());
+    let mut rule_timer = periodic.then(|| {
         let mut t = tokio::time::interval(settings.rule_check_interval);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
@@ -921,6 +975,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 }
             } => {
                 shell.check_rules();
+                shell.check_marks();
             }
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {

@@ -119,6 +119,8 @@ pub struct ShellStats {
     pub ct_marked: u64,
     pub ct_mark_ns: u64,
     pub ct_mark_errors: u64,
+    /// Marks found cleared by the periodic check (and set again).
+    pub ct_marks_lost: u64,
     pub ipset_adds: u64,
     pub ipset_add_ns: u64,
     pub state_writes: u64,

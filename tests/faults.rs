@@ -1104,3 +1104,100 @@ fn no_daemon_fail_closed_by_default_fail_open_with_bypass() {
         &bin, "rules", "--queue", &q, "--ports", "21", "--bypass", "--delete",
     ]);
 }
+
+// ---- 6. the control connection's conntrack mark cleared by another rule ------------------------
+
+/// A rule of the admin sets conntrack marks without a mask (`CONNMARK --set-mark 0x1`) on FTP
+/// control packets: it clears the mark ftpct put on the connection after its PORT rewrite
+/// (`seqadj_mark`), and the post-conntrack rules stop queueing it (its acknowledgements go out
+/// unmapped). Here the rule lives for one NOOP. The daemon's periodic check (every
+/// `rule_check_interval`, 5 s) finds the mark gone, sets it again and logs a WARN line naming the
+/// cause; the session's next transfer works.
+#[test]
+fn cleared_seqadj_mark_is_set_again_and_reported() {
+    let test = "cleared_seqadj_mark_is_set_again_and_reported";
+    let lab = lab_with_ftpct(test, Topology::Masq);
+    let file = |n: &str| lab.state_dir().join(n);
+    let step = |kind: &str, n: &str| format!("{kind}:{}", file(n).display());
+    let steps = active_steps(2, FIXED_PORTS, false);
+    let argv = [
+        "login".to_string(),
+        steps[0].clone(),
+        step("mark", "first-done"),
+        format!("{}:30", step("waitfor", "rule-in")),
+        "cmd:NOOP=>200".to_string(),
+        step("mark", "noop-done"),
+        format!("{}:30", step("waitfor", "go-on")),
+        steps[1].clone(),
+        "quit".to_string(),
+    ];
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let child = lab.spawn_ftpscript(10, None, &argv);
+    let wait_file = |n: &str| {
+        let t0 = Instant::now();
+        while !file(n).exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(file(n).exists(), "[{test}] the client never reached {n}");
+    };
+    let marked = |lab: &Lab| {
+        lab.gw(&[
+            "conntrack",
+            "-L",
+            "-p",
+            "tcp",
+            "--dport",
+            "21",
+            "--mark",
+            "0x100000/0x100000",
+        ])
+        .stdout
+        .lines()
+        .filter(|l| l.contains("dport=21"))
+        .count()
+    };
+    let rule = [
+        "-t",
+        "mangle",
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "21",
+        "-j",
+        "CONNMARK",
+        "--set-mark",
+        "0x1",
+    ];
+    let with = |op: &str| {
+        let mut v = vec!["iptables", rule[0], rule[1], op];
+        v.extend(&rule[2..]);
+        lab.gw(&v);
+    };
+    wait_file("first-done");
+    assert_eq!(marked(&lab), 1, "[{test}] the session was not marked");
+    let since = lab.ftpct_log().len();
+    with("-I");
+    std::fs::write(file("rule-in"), "").expect("signal the client");
+    wait_file("noop-done");
+    with("-D");
+    assert_eq!(marked(&lab), 0, "[{test}] the rule did not clear the mark");
+    let line = wait_for_log_line(&lab, since, &["lost ftpct's conntrack mark", "mask"], 8);
+    let again = marked(&lab);
+    std::fs::write(file("go-on"), "").expect("signal the client");
+    let out = child.wait_with_output().expect("wait for the client");
+    assert!(
+        out.status.success(),
+        "[{test}] {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        line.is_some(),
+        "[{test}] no WARN line:\n{}",
+        lab.ftpct_log()
+    );
+    assert_eq!(again, 1, "[{test}] not marked again");
+    let st = lab.ftpct_stats();
+    assert!(st.get("ct_marks_lost") >= 1, "[{test}] {}", st.text);
+}
