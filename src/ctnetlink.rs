@@ -316,14 +316,7 @@ impl Ctnetlink {
         b.put_be32(CTA_MARK, bits);
         b.put_be32(CTA_MARK_MASK, bits);
         let msg = b.finish()?;
-        match self.sock.request_ack(msg) {
-            Ok(()) => Ok(true),
-            Err(err) => match err.errno() {
-                Some(libc::ENOENT) => Ok(false),
-                Some(errno) => Err(map_errno("mark", errno, None)),
-                None => Err(err.into()),
-            },
-        }
+        request_on_entry(&mut self.sock, msg, "mark")
     }
 
     /// Deletes the entry whose original tuple is `original`. `Ok(false)` if there was none.
@@ -338,14 +331,7 @@ impl Ctnetlink {
         );
         put_tuple(&mut b, CTA_TUPLE_ORIG, original);
         let msg = b.finish()?;
-        match self.sock.request_ack(msg) {
-            Ok(()) => Ok(true),
-            Err(err) => match err.errno() {
-                Some(libc::ENOENT) => Ok(false),
-                Some(errno) => Err(map_errno("delete", errno, None)),
-                None => Err(err.into()),
-            },
-        }
+        request_on_entry(&mut self.sock, msg, "delete")
     }
 
     /// Number of conntrack entries (all protocols, both families) in this network namespace,
@@ -380,6 +366,22 @@ fn kernel_errno(e: &CtError) -> Option<i32> {
     match e {
         CtError::Netlink(NlError::Kernel { errno }) => Some(*errno),
         _ => None,
+    }
+}
+
+/// Sends a request about one existing entry: `Ok(false)` when the kernel has no such entry.
+fn request_on_entry(
+    sock: &mut NetlinkSocket,
+    msg: &mut [u8],
+    op: &'static str,
+) -> Result<bool, CtError> {
+    match sock.request_ack(msg) {
+        Ok(()) => Ok(true),
+        Err(err) => match err.errno() {
+            Some(libc::ENOENT) => Ok(false),
+            Some(errno) => Err(map_errno(op, errno, None)),
+            None => Err(err.into()),
+        },
     }
 }
 

@@ -118,19 +118,15 @@ struct RuleWatch {
 }
 
 impl Shell {
-    fn set_for(&self, dst: &std::net::SocketAddr) -> &str {
-        set(&self.settings, dst)
-    }
-
     /// One packet, received at `t0` (before the `recv` call that returned it: its copy out of
     /// the kernel counts in the latency).
     fn process(&mut self, q: &mut NfQueue, pkt: Packet, t0: Instant) {
         let now = monotonic_now();
         let hook = pkt.hook().unwrap_or(Hook::PreConntrack);
+        let work_before = self.kernel_work();
         let mut v = self
             .engine
             .handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
-        let work_before = self.kernel_work();
         if let Verdict::NeedConntrack(tuple) = v {
             self.stats.ct_lookups += 1;
             let t = Instant::now();
@@ -310,11 +306,15 @@ impl Shell {
         let mut batch: Vec<(u64, FlowTuple)> = self
             .engine
             .sessions()
-            .filter(|s| s.id.0 > cursor && s.dirs.iter().any(|d| !d.seqadj.is_identity()))
+            .filter(|s| s.id.0 > cursor && s.shifts_sequence())
             .map(|s| (s.id.0, s.ct.original))
             .collect();
+        // the PER_PERIOD lowest ids, without sorting them all
+        if batch.len() > PER_PERIOD {
+            batch.select_nth_unstable_by_key(PER_PERIOD, |(id, _)| *id);
+            batch.truncate(PER_PERIOD);
+        }
         batch.sort_unstable_by_key(|(id, _)| *id);
-        batch.truncate(PER_PERIOD);
         // next period: after the last one checked, or from the start again
         self.mark_cursor = if batch.len() < PER_PERIOD {
             0
@@ -437,7 +437,7 @@ impl Shell {
         let adjusted: Vec<_> = self
             .engine
             .sessions()
-            .filter(|s| s.dirs.iter().any(|d| !d.seqadj.is_identity()))
+            .filter(|s| s.shifts_sequence())
             .map(|s| s.ct.original)
             .collect();
         for original in adjusted {
@@ -447,11 +447,8 @@ impl Shell {
         let exps: Vec<_> = self.engine.expectations().iter().map(|(_, e)| *e).collect();
         for e in exps {
             let left = e.expires.0.saturating_sub(now.0) / 1_000_000_000;
-            let set = self.set_for(&e.dst).to_string();
-            if let Err(err) =
-                self.ipset
-                    .add(&set, e.dst, u32::try_from(left.max(1)).unwrap_or(u32::MAX))
-            {
+            let secs = u32::try_from(left.max(1)).unwrap_or(u32::MAX);
+            if let Err(err) = self.ipset.add(set(&self.settings, &e.dst), e.dst, secs) {
                 warn!(error = %err, dst = %e.dst, "cannot re-watch a restored expectation");
             }
         }
@@ -826,14 +823,15 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         info!("rule check off (rule_check_interval = 0): a removal of ftpct's firewall rules is not reported");
         None
     } else {
-        let checker = Checker::new(&spec, opts.config_path.as_deref());
-        match (NfTables::open(), checker) {
-            (Ok(nft), Ok(checker)) => Some(RuleWatch { nft, checker }),
-            (Err(e), _) => {
-                warn!(error = %e, "rule check unavailable: a removal of ftpct's firewall rules will not be reported");
-                None
-            }
-            (_, Err(e)) => {
+        let watch = Checker::new(&spec, opts.config_path.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|checker| {
+                let nft = NfTables::open().map_err(|e| e.to_string())?;
+                Ok(RuleWatch { nft, checker })
+            });
+        match watch {
+            Ok(w) => Some(w),
+            Err(e) => {
                 warn!(error = %e, "rule check unavailable: a removal of ftpct's firewall rules will not be reported");
                 None
             }
@@ -1003,8 +1001,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                             opts.overrides.apply(&mut new);
                             let (merged, ignored) = settings.reloaded(new);
                             shell.engine.reconfigure(merged.engine_config());
-                            shell.settings.ports = merged.ports.clone();
-                            shell.settings.policy = merged.policy.clone();
+                            shell.settings = merged.clone();
                             settings = merged;
                             info!(config = %p.display(), "configuration reloaded; live sessions and expectations kept");
                             if !ignored.is_empty() {

@@ -76,7 +76,8 @@ pub enum Action {
     /// Stop queueing SYNs to `dst` (ipset del).
     UnwatchDst { dst: SocketAddr },
     /// The control connection `original` (its conntrack original tuple) now has a sequence
-    /// offset: from its next packet on, acknowledgement numbers need mapping after conntrack.
+    /// offset (a rewrite changed a length, [`Session::shifts_sequence`]): from its next packet
+    /// on, acknowledgement numbers need mapping after conntrack.
     /// Emitted once per session, before the verdict of the packet whose rewrite caused it; the
     /// shell marks the conntrack entry, and the post-conntrack queue rules may select marked
     /// connections only (`seqadj_mark`).
@@ -946,7 +947,7 @@ impl Engine {
         };
         s.last_seen = now;
         let adj = &s.dir(dir.flip()).seqadj;
-        if adj.is_identity() || !pkt.flags.ack {
+        if !adj.shifts() || !pkt.flags.ack {
             return Verdict::Accept;
         }
         let ack = adj.unmap(pkt.ack);
@@ -1485,9 +1486,9 @@ impl Engine {
                     let old_len = span.len() as u32;
                     let mut first_offset = None;
                     let added = self.sessions.get_mut(&sid).map(|s| {
-                        let was_identity = s.dirs.iter().all(|d| d.seqadj.is_identity());
+                        let shifted = s.shifts_sequence();
                         let ok = s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_ok();
-                        if ok && was_identity {
+                        if ok && !shifted && s.shifts_sequence() {
                             first_offset = Some(s.ct.original);
                         }
                         ok

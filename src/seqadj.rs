@@ -100,6 +100,13 @@ impl SeqAdj {
         self.base == 0 && self.records.is_empty()
     }
 
+    /// True when some sequence number moves: a rewrite (kept or folded) changed a length. Only
+    /// then do `map`, `unmap` and `transform` differ from the identity (a same-length rewrite
+    /// changes bytes, not positions).
+    pub fn shifts(&self) -> bool {
+        self.base != 0 || self.records.iter().any(|r| r.delta() != 0)
+    }
+
     pub fn records(&self) -> impl Iterator<Item = &Record> + '_ {
         self.records.iter()
     }
@@ -272,6 +279,26 @@ mod tests {
         }
         out.extend_from_slice(&orig[cur..]);
         out
+    }
+
+    #[test]
+    fn only_a_length_change_shifts() {
+        let mut a = SeqAdj::new();
+        assert!(!a.shifts());
+        a.add(100, 4, b"wxyz").unwrap();
+        assert!(
+            !a.is_identity() && !a.shifts(),
+            "same length: bytes change, positions do not"
+        );
+        assert_eq!((a.map(150), a.unmap(150)), (150, 150));
+        a.add(200, 4, b"ab").unwrap();
+        assert!(a.shifts());
+        a.add(300, 2, b"cdef").unwrap();
+        a.trim(1);
+        assert!(
+            a.shifts(),
+            "the folded -2 stays in the base, the kept +2 in its record"
+        );
     }
 
     #[test]

@@ -196,6 +196,12 @@ impl Session {
         }
     }
 
+    /// Some sequence number of this connection moves (in either direction): its packets need
+    /// mapping after conntrack too, and its conntrack entry carries `seqadj_mark`.
+    pub fn shifts_sequence(&self) -> bool {
+        self.dirs.iter().any(|d| d.seqadj.shifts())
+    }
+
     pub fn dir(&self, d: Dir) -> &DirState {
         &self.dirs[d.index()]
     }

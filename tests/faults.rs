@@ -891,12 +891,24 @@ fn nat_prerouting_removed_behind_ftpcts_back_active_masq_still_works() {
 /// Polls the daemon's log for up to `secs` seconds for a WARN or ERROR line written after byte
 /// `since` that contains every needle (case-insensitive).
 fn wait_for_log_line(lab: &Lab, since: usize, needles: &[&str], secs: u64) -> Option<String> {
+    wait_for_line(lab, since, &[" WARN ", " ERROR "], needles, secs)
+}
+
+/// Polls the daemon's log for up to `secs` seconds for a line written after byte `since` at one
+/// of `levels` (" INFO ", " WARN ", ...) that contains every needle (case-insensitive).
+fn wait_for_line(
+    lab: &Lab,
+    since: usize,
+    levels: &[&str],
+    needles: &[&str],
+    secs: u64,
+) -> Option<String> {
     let t0 = Instant::now();
     loop {
         let log = lab.ftpct_log();
         let new = log.get(since..).unwrap_or("");
         if let Some(l) = new.lines().find(|l| {
-            (l.contains(" WARN ") || l.contains(" ERROR ")) && {
+            levels.iter().any(|lv| l.contains(lv)) && {
                 let l = l.to_lowercase();
                 needles.iter().all(|n| l.contains(&n.to_lowercase()))
             }
@@ -941,31 +953,11 @@ fn nat_prerouting_removed_behind_ftpcts_back_is_reported() {
     let q = common::FTPCT_QUEUE.to_string();
     lab.gw(&[&bin, "rules", "--queue", &q, "--ports", "21", "--apply"]);
     assert!(
-        wait_for_info_line(&lab, since, "ftpct rules present again", 7),
+        wait_for_line(&lab, since, &[" INFO "], &["ftpct rules present again"], 7).is_some(),
         "[{test}] no INFO line when the rules came back:\n{}",
         lab.ftpct_log()
     );
     assert_eq!(lab.ftpct_stats().get("rules_missing"), 0, "[{test}]");
-}
-
-/// Polls the daemon's log for up to `secs` seconds for an INFO line written after byte `since`
-/// that contains `needle`.
-fn wait_for_info_line(lab: &Lab, since: usize, needle: &str, secs: u64) -> bool {
-    let t0 = Instant::now();
-    loop {
-        let log = lab.ftpct_log();
-        let new = log.get(since..).unwrap_or("");
-        if new
-            .lines()
-            .any(|l| l.contains(" INFO ") && l.contains(needle))
-        {
-            return true;
-        }
-        if t0.elapsed() > Duration::from_secs(secs) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// After `iptables -t raw -F PREROUTING` (the admin flushes raw), ftpct no longer sees any

@@ -19,11 +19,9 @@
 //! G forwards with policy DROP, `ESTABLISHED,RELATED -j ACCEPT`, `INVALID -j DROP`, accepts new
 //! connections from C, MASQUERADEs IPv4 out of `gs` and routes IPv6 without NAT.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ftpct::ctnetlink::{status, CtError, Ctnetlink};
@@ -31,110 +29,16 @@ use ftpct::ipset::{Ipset, IpsetError, SetFamily};
 use ftpct::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use ftpct::rules::{self, RuleSpec};
 use ftpct::types::{FlowTuple, Hook, RelatedEntry};
-use nix::sched::{setns, CloneFlags};
+
+#[path = "common/netns.rs"]
+mod netns;
+use netns::{require_root, run_cmd, Netns};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-fn require_root() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!(
-            "kernel_netns tests need root (CAP_NET_ADMIN + CAP_SYS_ADMIN) to create network \
-             namespaces; run them as root, e.g. `sudo -E cargo test --test kernel_netns`"
-        );
-    }
-}
-
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-fn cmd_string(prog: &str, args: &[&str]) -> String {
-    format!("{prog} {}", args.join(" "))
-}
-
-fn run_cmd(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", cmd_string(prog, args)))
-}
-
-/// A network namespace of this test process, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ftpct-{tag}-{}", std::process::id());
-        // A leftover of a crashed earlier run with the same pid: remove it.
-        let _ = run_cmd("ip", &["netns", "del", &name]);
-        let out = run_cmd("ip", &["netns", "add", &name]);
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns { name };
-        ns.sh(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run_cmd("ip", &full)
-    }
-
-    /// Runs a command in the namespace; panics with its stderr if it fails. Returns stdout.
-    fn sh(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "in {}: `{}` failed: {}{}",
-            self.name,
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Space-separated convenience form of [`Netns::sh`] (no quoting needed by the callers).
-    fn shw(&self, line: &str) -> String {
-        let args: Vec<&str> = line.split_whitespace().collect();
-        self.sh(&args)
-    }
-
-    /// Runs `f` in a thread that has entered this namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            let h = s.spawn(move || {
-                let nsfd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                setns(&nsfd, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-                f()
-            });
-            match h.join() {
-                Ok(v) => v,
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = run_cmd("ip", &["netns", "del", &self.name]);
-        if !out.status.success() {
-            eprintln!(
-                "warning: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
 }
 
 /// Client, NAT gateway and server namespaces (see the file doc).
@@ -279,7 +183,7 @@ fn python_connect(
 
 #[test]
 fn ipset_create_add_test_del_v4_v6() {
-    require_root();
+    require_root("kernel_netns");
     let ns = Netns::new("ipset");
     let v4 = sa("192.0.2.10:40000");
     let v6 = sa("[2001:db8::10]:40001");
@@ -348,7 +252,7 @@ fn ipset_create_add_test_del_v4_v6() {
 
 #[test]
 fn ctnetlink_get_finds_both_directions_and_the_nat() {
-    require_root();
+    require_root("kernel_netns");
     let t = Topo::new("ctget");
     let l4 = t.s.run(|| TcpListener::bind((S4, 2121)).unwrap());
     let l6 = t.s.run(|| TcpListener::bind((S6, 2121)).unwrap());
@@ -547,7 +451,7 @@ fn data_connection_through_gateway(t: &Topo, v6: bool) {
 
 #[test]
 fn ctnetlink_create_related_admits_and_nats_the_data_connection_v4() {
-    require_root();
+    require_root("kernel_netns");
     let t = Topo::new("ctnew4");
     // The nat PREROUTING base chain (rules group (d)); without it the DNAT is never applied.
     t.g.shw("iptables -w -t nat -A PREROUTING -m comment --comment ftpct");
@@ -556,7 +460,7 @@ fn ctnetlink_create_related_admits_and_nats_the_data_connection_v4() {
 
 #[test]
 fn ctnetlink_create_related_admits_the_data_connection_v6_without_nat() {
-    require_root();
+    require_root("kernel_netns");
     let t = Topo::new("ctnew6");
     data_connection_through_gateway(&t, true);
 }
@@ -618,7 +522,7 @@ fn queue_peer_portid(queue: u16) -> Option<u32> {
 
 #[test]
 fn nfqueue_accept_modify_drop_udp() {
-    require_root();
+    require_root("kernel_netns");
     let ns = Netns::new("nfq");
     ns.shw("iptables -w -t raw -A OUTPUT -p udp --dport 5000 -j NFQUEUE --queue-num 3");
     ns.run(|| {
@@ -681,7 +585,7 @@ fn nfqueue_accept_modify_drop_udp() {
 /// working after it.
 #[test]
 fn nfqueue_overrun_is_reported_and_not_fatal() {
-    require_root();
+    require_root("kernel_netns");
     let ns = Netns::new("nfqovr");
     ns.shw("iptables -w -t raw -A OUTPUT -p udp --dport 5001 -j NFQUEUE --queue-num 4");
     ns.run(|| {
@@ -727,7 +631,7 @@ fn nfqueue_overrun_is_reported_and_not_fatal() {
 /// in raw PREROUTING before conntrack; one not in the set is not.
 #[test]
 fn nfqueue_data_syn_selected_by_ipset_rule() {
-    require_root();
+    require_root("kernel_netns");
     let a = Netns::new("syn-a");
     let b = Netns::new("syn-b");
     let out = run_cmd(
@@ -838,7 +742,7 @@ fn tcp4_checksum_ok(p: &[u8]) -> bool {
 
 #[test]
 fn rules_apply_is_idempotent_and_delete_removes_exactly_ours() {
-    require_root();
+    require_root("kernel_netns");
     let ns = Netns::new("rules");
     // The admin's own rules, which must survive.
     ns.shw("iptables -w -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT");

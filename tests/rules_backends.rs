@@ -14,96 +14,14 @@
 //! Each test runs in a fresh network namespace of its own, deleted on drop, also on panic. No
 //! packet is sent.
 
-use std::fs::File;
 use std::io;
 use std::process::{Command, Output};
 
 use ftpct::rules::{self, Backend, Exec, RuleSpec, RulesError, SystemExec};
-use nix::sched::{setns, CloneFlags};
 
-fn require_root() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!(
-            "rules_backends tests need root (CAP_NET_ADMIN + CAP_SYS_ADMIN) to create network \
-             namespaces; run them as root, e.g. `sudo -E cargo test --test rules_backends`"
-        );
-    }
-}
-
-fn run_cmd(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{prog} {}`: {e}", args.join(" ")))
-}
-
-/// A network namespace of this test process, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ftpct-rb-{tag}-{}", std::process::id());
-        let _ = run_cmd("ip", &["netns", "del", &name]);
-        let out = run_cmd("ip", &["netns", "add", &name]);
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Netns { name }
-    }
-
-    /// Runs a command in the namespace; panics with its output if it fails. Returns stdout.
-    fn sh(&self, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        let out = run_cmd("ip", &full);
-        assert!(
-            out.status.success(),
-            "in {}: `{}` failed: {}{}",
-            self.name,
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn shw(&self, line: &str) -> String {
-        self.sh(&line.split_whitespace().collect::<Vec<_>>())
-    }
-
-    /// Runs `f` in a thread that has entered this namespace (the tools it spawns run there).
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            let h = s.spawn(move || {
-                let nsfd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                setns(&nsfd, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-                f()
-            });
-            match h.join() {
-                Ok(v) => v,
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = run_cmd("ip", &["netns", "del", &self.name]);
-        if !out.status.success() {
-            eprintln!(
-                "warning: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
+#[path = "common/netns.rs"]
+mod netns;
+use netns::{require_root, Netns};
 
 // ---------------------------------------------------------------------------------------------
 // What each backend's own tools show
@@ -193,7 +111,7 @@ fn nft_table_exists(ns: &Netns) -> bool {
 // iptables backends
 
 fn iptables_cycle(b: Backend, tag: &str) {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new(tag);
     install_admin_rules(&ns, b);
     let spec = RuleSpec {
@@ -274,7 +192,7 @@ fn iptables_legacy_cycle() {
 /// Rules left by another spec (the configuration changed between apply and delete) are removed
 /// by `delete` with the new spec; the admin's rule commented `ftpct-admin` is not.
 fn iptables_delete_sweeps_other_specs(b: Backend, tag: &str) {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new(tag);
     install_admin_rules(&ns, b);
     let old = RuleSpec {
@@ -357,7 +275,7 @@ fn check_nft_table(listing: &str, verdict: &str) {
 
 #[test]
 fn nft_cycle_or_missing_queue_expression() {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new("nft");
     install_admin_rules(&ns, Backend::IptablesNft);
     let spec = nft_spec();
@@ -410,7 +328,7 @@ impl Exec for NoQueue {
 /// The nft backend's ruleset, on the real kernel, whether or not it has the queue expression.
 #[test]
 fn nft_ruleset_without_queue_statement() {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new("nft-noq");
     install_admin_rules(&ns, Backend::IptablesNft);
     let spec = nft_spec();
@@ -486,7 +404,7 @@ fn check_spec() -> RuleSpec {
 /// deleted nat PREROUTING chain are named.
 #[test]
 fn rule_check_reads_iptables_nft_rules_over_netlink() {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new("rc-nft-x");
     install_admin_rules(&ns, Backend::IptablesNft);
     let spec = check_spec();
@@ -534,7 +452,7 @@ fn rule_check_reads_iptables_nft_rules_over_netlink() {
 /// then says once that the check is idle).
 #[test]
 fn rule_check_sees_nothing_of_iptables_legacy() {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new("rc-legacy");
     let spec = RuleSpec {
         backend: Backend::IptablesLegacy,
@@ -556,7 +474,7 @@ fn rule_check_sees_nothing_of_iptables_legacy() {
 /// with `comment "ftpct"` in the userdata, and the empty nat chain checked as a chain.
 #[test]
 fn rule_check_reads_the_nft_backend_table() {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new("rc-nft");
     install_admin_rules(&ns, Backend::IptablesNft);
     let spec = nft_spec();
@@ -591,7 +509,7 @@ fn rule_check_reads_the_nft_backend_table() {
 /// is kept, reported by `small_sets`, and destroyed by `delete` like ftpct's own.
 #[test]
 fn ipsets_hold_max_expectations_and_smaller_ones_are_reported() {
-    require_root();
+    require_root("rules_backends");
     let ns = Netns::new("maxelem");
     let spec = check_spec();
     assert_eq!(spec.maxelem, 1 << 20);

@@ -23,6 +23,9 @@ import socket
 import sys
 import time
 
+# the raw control connection of the split command (same directory, run as a script)
+from ftpscript import Ctl, Fail
+
 
 RESULT = sys.stdout
 
@@ -156,51 +159,12 @@ def cmd_many(args):
 
 # --- split command: a raw control connection, the PORT/EPRT line in two TCP segments ---------
 
-class Ctl:
-    def __init__(self, host, port, timeout):
-        self.s = socket.create_connection((host, port), timeout)
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            d = self.s.recv(4096)
-            if not d:
-                raise EOFError("control connection closed by the server")
-            self.buf += d
-        ln, self.buf = self.buf.split(b"\r\n", 1)
-        return ln.decode("latin-1")
-
-    def reply(self):
-        first = self.line()
-        log("<<< " + first)
-        if len(first) > 3 and first[3] == "-":
-            code = first[:3]
-            while True:
-                ln = self.line()
-                log("<<< " + ln)
-                if ln.startswith(code + " "):
-                    break
-        return first
-
-    def send(self, data):
-        log(">>> %r" % data)
-        self.s.sendall(data.encode("latin-1"))
-
-    def cmd(self, c, expect="2"):
-        self.send(c + "\r\n")
-        r = self.reply()
-        if not r.startswith(expect):
-            raise RuntimeError("%s -> %s" % (c, r))
-        return r
-
-
 def cmd_split(args):
     c = Ctl(args.host, args.port, args.timeout)
     c.reply()
-    if c.cmd("USER anonymous", expect="").startswith("3"):
-        c.cmd("PASS lab@")
-    c.cmd("TYPE I")
+    if c.cmd("USER anonymous").startswith("3"):
+        c.cmd("PASS lab@", ["2"])
+    c.cmd("TYPE I", ["2"])
     local = c.s.getsockname()[0]
     fam = c.s.family
     lst = socket.create_server((local, 0), family=fam, backlog=1)
@@ -218,16 +182,16 @@ def cmd_split(args):
         line = "EPRT |%d|%s|%d|\r\n" % (af, local, dport)
         cut = line.index(local) + len(local) // 2  # inside the address
         first, second = line[:cut], line[cut:]
-    c.send(first)
+    c.send(first.encode("latin-1"))
     time.sleep(args.delay)
-    c.send(second)
+    c.send(second.encode("latin-1"))
     t0 = time.monotonic()
     r = c.reply()
     if not r.startswith("2"):
         log("FAIL: server answered the split %s with: %s" % (args.mode.upper(), r))
         return 1
     log("(reply to the split command after %.3f s)" % (time.monotonic() - t0))
-    c.send("RETR %s\r\n" % args.file)
+    c.send(("RETR %s\r\n" % args.file).encode("latin-1"))
     try:
         conn, peer = lst.accept()
     except socket.timeout:
@@ -252,7 +216,7 @@ def cmd_split(args):
     if not r.startswith("2"):
         log("FAIL: after transfer -> " + r)
         return 1
-    c.cmd("QUIT")
+    c.cmd("QUIT", ["2"])
     want = sha256_file(os.path.join(args.root, args.file))
     if h.hexdigest() != want:
         log("FAIL: sha256 %s, server's %s" % (h.hexdigest(), want))
@@ -290,7 +254,7 @@ def main():
     sys.stdout = sys.stderr
     try:
         return fn(args)
-    except (OSError, EOFError, ftplib.Error, RuntimeError, ValueError) as e:
+    except (OSError, EOFError, ftplib.Error, RuntimeError, ValueError, Fail) as e:
         log("FAIL: %s: %s" % (type(e).__name__, e))
         return 1
 
