@@ -15,6 +15,7 @@
 //! nat_ports = 1024-65535
 //! max_sessions = 65536
 //! session_idle_timeout = 21600
+//! backend = iptables-nft
 //! ipset4 = ftpct4
 //! ipset6 = ftpct6
 //! log = info
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use crate::engine;
 use crate::policy::Policy;
+use crate::rules::Backend;
 
 pub const DEFAULT_SOCKET: &str = "/run/ftpct/ftpct.sock";
 
@@ -47,6 +49,9 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     pub ipset4: String,
     pub ipset6: String,
+    /// Which firewall backend holds the rules and the data-destination sets: ipsets for the
+    /// iptables backends, nft sets in `table inet ftpct` for `nft`.
+    pub backend: Backend,
     pub log: String,
     /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = stay root.
     pub user: Option<String>,
@@ -74,6 +79,7 @@ impl Default for Settings {
             metrics: None,
             ipset4: "ftpct4".into(),
             ipset6: "ftpct6".into(),
+            backend: Backend::default(),
             log: "info".into(),
             user: None,
             seqadj_mark: DEFAULT_SEQADJ_MARK,
@@ -138,6 +144,7 @@ impl Settings {
         check("metrics", new.metrics != self.metrics);
         check("ipset4", new.ipset4 != self.ipset4);
         check("ipset6", new.ipset6 != self.ipset6);
+        check("backend", new.backend != self.backend);
         check("log", new.log != self.log);
         check("user", new.user != self.user);
         check("seqadj_mark", new.seqadj_mark != self.seqadj_mark);
@@ -263,6 +270,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                     };
                 }
                 "ipset6" => s.ipset6 = v.to_string(),
+                "backend" => s.backend = v.parse()?,
                 "log" => s.log = v.to_string(),
                 "user" => s.user = (!v.is_empty()).then(|| v.to_string()),
                 "rule_check_interval" => {

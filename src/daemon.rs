@@ -23,7 +23,7 @@ use crate::engine::{Action, CtHint, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
-use crate::nftables::NfTables;
+use crate::nftables::{NfTables, NftSets};
 use crate::notify;
 use crate::rulecheck::{Checker, Notice};
 use crate::rules::RuleSpec;
@@ -48,6 +48,8 @@ pub enum DaemonError {
     Ct(#[from] crate::ctnetlink::CtError),
     #[error(transparent)]
     Ipset(#[from] crate::ipset::IpsetError),
+    #[error(transparent)]
+    Nft(#[from] crate::nftables::NftError),
     #[error(
         "control socket {path}: {source} (is another ftpct using it? choose another --socket)"
     )]
@@ -78,12 +80,49 @@ pub fn monotonic_now() -> Timestamp {
     }
 }
 
-/// The ipset of a data address's family.
+/// The set (ipset or nft set) of a data address's family.
 fn set<'a>(s: &'a Settings, dst: &std::net::SocketAddr) -> &'a str {
     if dst.is_ipv4() {
         &s.ipset4
     } else {
         &s.ipset6
+    }
+}
+
+/// Where the destinations of expected data connections go, so that their SYNs are queued: the
+/// ipsets of the iptables backends, or the nft sets of `table inet ftpct` (`backend = nft`).
+#[derive(Debug)]
+enum DataSets {
+    Ipset(Ipset),
+    Nft(NftSets),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SetError {
+    #[error(transparent)]
+    Ipset(#[from] crate::ipset::IpsetError),
+    #[error(transparent)]
+    Nft(#[from] crate::nftables::NftError),
+}
+
+impl DataSets {
+    fn add(
+        &mut self,
+        set: &str,
+        dst: std::net::SocketAddr,
+        timeout_secs: u32,
+    ) -> Result<(), SetError> {
+        match self {
+            DataSets::Ipset(i) => Ok(i.add(set, dst, timeout_secs)?),
+            DataSets::Nft(n) => Ok(n.add(set, dst, timeout_secs)?),
+        }
+    }
+
+    fn del(&mut self, set: &str, dst: std::net::SocketAddr) -> Result<(), SetError> {
+        match self {
+            DataSets::Ipset(i) => Ok(i.del(set, dst)?),
+            DataSets::Nft(n) => Ok(n.del(set, dst)?),
+        }
     }
 }
 
@@ -93,7 +132,7 @@ struct Shell {
     events: broadcast::Sender<String>,
     state: Option<StateFile>,
     ct: Ctnetlink,
-    ipset: Ipset,
+    sets: DataSets,
     settings: Settings,
     hist: Histogram,
     /// The same, for packets that needed no kernel work before their verdict, and for those
@@ -274,7 +313,7 @@ impl Shell {
             }
             Action::WatchDst { dst, timeout_secs } => {
                 let t = Instant::now();
-                let r = self.ipset.add(set(&self.settings, &dst), dst, timeout_secs);
+                let r = self.sets.add(set(&self.settings, &dst), dst, timeout_secs);
                 self.stats.ipset_adds += 1;
                 self.stats.ipset_add_ns += t.elapsed().as_nanos() as u64;
                 if let Err(e) = r {
@@ -284,9 +323,9 @@ impl Shell {
             }
             Action::MarkAdjusted { original } => self.mark_adjusted(&original),
             Action::UnwatchDst { dst } => {
-                if let Err(e) = self.ipset.del(set(&self.settings, &dst), dst) {
+                if let Err(e) = self.sets.del(set(&self.settings, &dst), dst) {
                     self.stats.ipset_errors += 1;
-                    debug!(error = %e, %dst, "ipset del failed");
+                    debug!(error = %e, %dst, "deleting a data address from its set failed");
                 }
             }
         }
@@ -448,7 +487,7 @@ impl Shell {
         for e in exps {
             let left = e.expires.0.saturating_sub(now.0) / 1_000_000_000;
             let secs = u32::try_from(left.max(1)).unwrap_or(u32::MAX);
-            if let Err(err) = self.ipset.add(set(&self.settings, &e.dst), e.dst, secs) {
+            if let Err(err) = self.sets.add(set(&self.settings, &e.dst), e.dst, secs) {
                 warn!(error = %err, dst = %e.dst, "cannot re-watch a restored expectation");
             }
         }
@@ -773,6 +812,40 @@ async fn serve_metrics(stream: tokio::net::TcpStream, tx: Asker) {
 
 use tokio::io::AsyncReadExt as _;
 
+/// Opens the ipsets of the iptables backends, creating them if missing with the parameters
+/// `ftpct rules --apply` uses (so that an existing set is accepted; every element carries its
+/// own timeout, the expectation's), and warns about existing sets too small for
+/// `max_expectations`.
+fn open_ipsets(
+    settings: &Settings,
+    spec: &RuleSpec,
+    config_path: Option<&std::path::Path>,
+) -> Result<Ipset, DaemonError> {
+    let mut ipset = Ipset::open()?;
+    let timeout = crate::rules::SET_DEFAULT_TIMEOUT;
+    ipset.create_hash_ip_port(&settings.ipset4, SetFamily::V4, timeout, spec.maxelem)?;
+    ipset.create_hash_ip_port(&settings.ipset6, SetFamily::V6, timeout, spec.maxelem)?;
+    match crate::rules::small_sets(&mut ipset, spec) {
+        Ok(small) => {
+            for s in small {
+                let cfg = config_path;
+                warn!(
+                    set = %s.name,
+                    maxelem = s.maxelem,
+                    max_expectations = s.want,
+                    "{}",
+                    s.message(
+                        &spec.command_line(cfg, "--delete"),
+                        &spec.command_line(cfg, "--apply")
+                    )
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the ipsets' maxelem"),
+    }
+    Ok(ipset)
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -794,31 +867,17 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     let mut queue =
         unsafe { AsyncFd::register(queue) }.map_err(|e| DaemonError::Runtime(e.into()))?;
     let ct = Ctnetlink::open()?;
-    let mut ipset = Ipset::open()?;
-    // Same parameters as `ftpct rules --apply` uses, so an existing set is accepted; every
-    // element carries its own timeout (the expectation's).
     let spec = RuleSpec::from_settings(&settings);
-    let timeout = crate::rules::SET_DEFAULT_TIMEOUT;
-    ipset.create_hash_ip_port(&settings.ipset4, SetFamily::V4, timeout, spec.maxelem)?;
-    ipset.create_hash_ip_port(&settings.ipset6, SetFamily::V6, timeout, spec.maxelem)?;
-    match crate::rules::small_sets(&mut ipset, &spec) {
-        Ok(small) => {
-            for s in small {
-                let cfg = opts.config_path.as_deref();
-                warn!(
-                    set = %s.name,
-                    maxelem = s.maxelem,
-                    max_expectations = s.want,
-                    "{}",
-                    s.message(
-                        &spec.command_line(cfg, "--delete"),
-                        &spec.command_line(cfg, "--apply")
-                    )
-                );
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot read the ipsets' maxelem"),
-    }
+    let sets = if settings.backend == crate::rules::Backend::Nft {
+        // The sets are part of `table inet ftpct`, which `ftpct rules --apply` creates (the
+        // unit's ExecStartPre); without them no data SYN would ever reach the daemon.
+        let mut nft = NftSets::open()?;
+        nft.check(&settings.ipset4)?;
+        nft.check(&settings.ipset6)?;
+        DataSets::Nft(nft)
+    } else {
+        DataSets::Ipset(open_ipsets(&settings, &spec, opts.config_path.as_deref())?)
+    };
     let rule_watch = if settings.rule_check_interval.is_zero() {
         info!("rule check off (rule_check_interval = 0): a removal of ftpct's firewall rules is not reported");
         None
@@ -885,7 +944,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         state,
         engine,
         ct,
-        ipset,
+        sets,
         settings: settings.clone(),
         hist: Histogram::default(),
         hist_plain: Histogram::default(),

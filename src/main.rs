@@ -62,9 +62,10 @@ enum Cmd {
         /// FTP control ports, comma separated [default: 21, or the config file's].
         #[arg(long, value_delimiter = ',')]
         ports: Option<Vec<u16>>,
-        /// Which tool installs the rules: iptables-nft, iptables-legacy or nft.
-        #[arg(long, default_value_t = rules::Backend::IptablesNft)]
-        backend: rules::Backend,
+        /// Which tool installs the rules: iptables-nft, iptables-legacy or nft (default: the
+        /// configuration file's `backend`, else iptables-nft).
+        #[arg(long)]
+        backend: Option<rules::Backend>,
         /// Install the rules (idempotent).
         #[arg(long, conflicts_with = "delete")]
         apply: bool,
@@ -199,7 +200,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let mut spec = rules::RuleSpec::from_settings(&settings);
-            spec.backend = backend;
+            if let Some(b) = backend {
+                spec.backend = b;
+            }
             if let Some(q) = queue {
                 spec.queue = q;
             }
@@ -208,11 +211,6 @@ fn main() -> ExitCode {
             }
             if bypass {
                 spec.bypass = true;
-            }
-            if apply {
-                if let Some(c) = backend.caveat() {
-                    eprintln!("ftpct rules: warning: {c}");
-                }
             }
             let result = if apply {
                 rules::apply(&spec)

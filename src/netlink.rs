@@ -59,6 +59,7 @@ pub const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
 pub const NLM_F_REPLACE: u16 = 0x100;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_APPEND: u16 = 0x800;
 
 pub const NLMSG_NOOP: u16 = 1;
 pub const NLMSG_ERROR: u16 = 2;
@@ -71,8 +72,12 @@ pub const NFNETLINK_V0: u8 = 0;
 pub const NFNL_SUBSYS_CTNETLINK: u8 = 1;
 /// nfnetlink subsystem of ipset.
 pub const NFNL_SUBSYS_IPSET: u8 = 6;
-/// nfnetlink subsystem of nf_tables (read only: [`crate::nftables`]).
+/// nfnetlink subsystem of nf_tables ([`crate::nftables`]).
 pub const NFNL_SUBSYS_NFTABLES: u8 = 10;
+/// `NFNL_MSG_BATCH_BEGIN` (`NLMSG_MIN_TYPE`): opens a batch; its `res_id` names the subsystem.
+pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+/// `NFNL_MSG_BATCH_END`: closes a batch, which the subsystem then commits.
+pub const NFNL_MSG_BATCH_END: u16 = 0x11;
 
 /// Size of the receive buffer of a [`NetlinkSocket`]. The kernel sizes dump messages after the
 /// reader's buffer (capped at 32 KiB); answers to single requests are far smaller.
@@ -162,6 +167,8 @@ pub struct Nest(usize);
 /// remembered and reported by [`MsgBuilder::finish`].
 pub struct MsgBuilder<'a> {
     buf: &'a mut Vec<u8>,
+    /// Where this message starts in `buf` (0 unless appended to a batch).
+    start: usize,
     overflow: Option<&'static str>,
 }
 
@@ -170,6 +177,19 @@ impl<'a> MsgBuilder<'a> {
     /// number are filled in later) and the `nfgenmsg`.
     pub fn new(buf: &'a mut Vec<u8>, msg_type: u16, flags: u16, family: u8, res_id: u16) -> Self {
         buf.clear();
+        Self::append(buf, msg_type, flags, family, res_id)
+    }
+
+    /// Starts a message after those already in `buf` (a batch, see
+    /// [`NetlinkSocket::request_batch`]); [`MsgBuilder::finish`] then returns the whole buffer.
+    pub fn append(
+        buf: &'a mut Vec<u8>,
+        msg_type: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+    ) -> Self {
+        let start = buf.len();
         buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len
         buf.extend_from_slice(&msg_type.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
@@ -180,6 +200,7 @@ impl<'a> MsgBuilder<'a> {
         buf.extend_from_slice(&res_id.to_be_bytes());
         MsgBuilder {
             buf,
+            start,
             overflow: None,
         }
     }
@@ -285,8 +306,9 @@ impl<'a> MsgBuilder<'a> {
         if let Some(what) = self.overflow {
             return Err(NlError::TooLong(what));
         }
-        let len = u32::try_from(self.buf.len()).map_err(|_| NlError::TooLong("message"))?;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        let len =
+            u32::try_from(self.buf.len() - self.start).map_err(|_| NlError::TooLong("message"))?;
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
         Ok(self.buf.as_mut_slice())
     }
 }
@@ -655,6 +677,64 @@ impl NetlinkSocket {
     /// [`NetlinkSocket::transact`] for requests whose only answer is the ACK.
     pub fn request_ack(&mut self, msg: &mut [u8]) -> Result<(), NlError> {
         self.transact(msg, |_| Ok::<(), NlError>(()))
+    }
+
+    /// Sends several messages in one datagram (an nfnetlink batch: `NFNL_MSG_BATCH_BEGIN`, the
+    /// requests, `NFNL_MSG_BATCH_END`, which nf_tables needs for every change) and waits for
+    /// the answers: each message gets its own sequence number, every message flagged
+    /// `NLM_F_ACK` must be acknowledged, and the first error answer to any of them ends the
+    /// exchange with [`NlError::Kernel`]. nf_tables applies a batch all or nothing.
+    pub fn request_batch(&mut self, batch: &mut [u8]) -> Result<(), NlError> {
+        let first = self.seq.wrapping_add(1);
+        let mut pending = 0usize;
+        let mut at = 0usize;
+        while at < batch.len() {
+            let len =
+                ne_u32(batch, at).ok_or(NlError::TooLong("batch shorter than nlmsghdr"))? as usize;
+            let flags = ne_u16(batch, at + 6).ok_or(NlError::TooLong("batch header"))?;
+            if len < NLMSG_HDRLEN || at + len > batch.len() {
+                return Err(NlError::TooLong("batch message length"));
+            }
+            self.seq = self.seq.wrapping_add(1);
+            batch[at + 8..at + 12].copy_from_slice(&self.seq.to_ne_bytes());
+            if flags & NLM_F_ACK != 0 {
+                pending += 1;
+            }
+            at += align4(len);
+        }
+        let last = self.seq;
+        let in_batch = |seq: u32| seq.wrapping_sub(first) <= last.wrapping_sub(first);
+        let kernel = NetlinkAddr::new(0, 0);
+        loop {
+            match sendto(self.fd.as_raw_fd(), batch, &kernel, MsgFlags::empty()) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(NlError::Send(e)),
+            }
+        }
+        while pending > 0 {
+            let n = self.recv_datagram()?;
+            for m in NlMsgIter::new(&self.rbuf[..n]) {
+                let m = m?;
+                if !in_batch(m.seq) {
+                    continue;
+                }
+                match m.msg_type {
+                    NLMSG_ERROR => {
+                        let code = m.error_code()?;
+                        if code != 0 {
+                            return Err(NlError::Kernel {
+                                errno: code.saturating_neg(),
+                            });
+                        }
+                        pending = pending.saturating_sub(1);
+                    }
+                    NLMSG_OVERRUN => return Err(NlError::Recv(Errno::ENOBUFS)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 }
 

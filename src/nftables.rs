@@ -31,19 +31,42 @@
 //! - A dump during which the ruleset changes flags its messages `NLM_F_DUMP_INTR`; it is read
 //!   again.
 
+use std::net::{IpAddr, SocketAddr};
+
 use nix::libc;
 
 use crate::netlink::{
-    nfnl_msg_type, Attr, AttrIter, MsgBuilder, NetlinkSocket, NlError, NlMsg, NFNL_SUBSYS_NFTABLES,
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    nfnl_msg_type, Attr, AttrIter, MsgBuilder, NetlinkSocket, NlError, NlMsg, NFNL_MSG_BATCH_BEGIN,
+    NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use crate::rulecheck::{self, NfFamily, Observed, Place};
 use crate::rules::{COMMENT, NFT_TABLE};
 
+const NFT_MSG_NEWTABLE: u8 = 0;
 const NFT_MSG_NEWCHAIN: u8 = 3;
 const NFT_MSG_GETCHAIN: u8 = 4;
 const NFT_MSG_NEWRULE: u8 = 6;
 const NFT_MSG_GETRULE: u8 = 7;
+const NFT_MSG_DELRULE: u8 = 8;
+const NFT_MSG_GETSET: u8 = 10;
+const NFT_MSG_NEWSETELEM: u8 = 12;
+const NFT_MSG_DELSETELEM: u8 = 14;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_TARGET_NAME: u16 = 1;
+const NFTA_TARGET_REV: u16 = 2;
+const NFTA_TARGET_INFO: u16 = 3;
+/// `NFQ_FLAG_BYPASS` of `struct xt_NFQ_info_v3`.
+const NFQ_FLAG_BYPASS: u16 = 0x01;
 
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
@@ -68,8 +91,8 @@ const MAX_TRIES: u32 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
     #[error(
-        "nf_tables: permission denied: reading the ruleset needs CAP_NET_ADMIN in ftpct's \
-         network namespace"
+        "nf_tables: permission denied: reading the ruleset and changing ftpct's sets need \
+         CAP_NET_ADMIN in ftpct's network namespace"
     )]
     PermissionDenied,
     #[error(
@@ -77,8 +100,40 @@ pub enum NftError {
          next period"
     )]
     Interrupted(u32),
-    #[error("nf_tables: reading the ruleset failed: {0}")]
+    #[error(
+        "nf_tables: there is no set {0:?} in table inet ftpct: install the nft backend's rules \
+         (`ftpct rules --backend nft --apply`, or `backend = nft` in the configuration file and \
+         `ftpct rules --config FILE --apply`), or use the ipset backends"
+    )]
+    NoSet(String),
+    #[error(
+        "nf_tables: set {0:?} of table inet ftpct is full; it was created with a `size` smaller \
+         than max_expectations: delete the table (`ftpct rules --backend nft --delete`) and \
+         apply the rules again"
+    )]
+    SetFull(String),
+    #[error(
+        "nf_tables: set {0:?} of table inet ftpct does not take this element ({1}); it was not \
+         created by this version of ftpct: delete the table (`ftpct rules --backend nft \
+         --delete`) and apply the rules again"
+    )]
+    SetMismatch(String, String),
+    #[error("nf_tables: request failed: {0}")]
     Netlink(#[from] NlError),
+}
+
+impl NftError {
+    fn of(e: NlError, set: &str) -> NftError {
+        match e.errno() {
+            Some(libc::EPERM) | Some(libc::EACCES) => NftError::PermissionDenied,
+            Some(libc::ENOENT) => NftError::NoSet(set.to_string()),
+            Some(libc::ENFILE) | Some(libc::ENOSPC) => NftError::SetFull(set.to_string()),
+            Some(libc::EINVAL) | Some(libc::ERANGE) => {
+                NftError::SetMismatch(set.to_string(), e.to_string())
+            }
+            _ => NftError::Netlink(e),
+        }
+    }
 }
 
 /// A netlink socket for nf_tables dumps, with a reused request buffer.
@@ -281,6 +336,246 @@ impl NfTables {
             }
         }
         Err(NftError::Interrupted(MAX_TRIES))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing: the queue verdicts of the nft backend, and the daemon's set elements
+
+/// A regular chain of `table inet ftpct` holding one rule: the NFQUEUE verdict, as the x_tables
+/// target run through nft_compat (see [`NfTables::install_queue_targets`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueTarget {
+    pub chain: &'static str,
+    pub queue: u16,
+    /// `NFQ_FLAG_BYPASS`: accept, not drop, when no program is bound to the queue.
+    pub bypass: bool,
+}
+
+/// Appends `NFNL_MSG_BATCH_BEGIN` for nf_tables to `buf`.
+fn batch_begin(buf: &mut Vec<u8>) -> Result<(), NlError> {
+    MsgBuilder::append(
+        buf,
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        0,
+        u16::from(NFNL_SUBSYS_NFTABLES),
+    )
+    .finish()
+    .map(|_| ())
+}
+
+/// Appends `NFNL_MSG_BATCH_END` for nf_tables to `buf`.
+fn batch_end(buf: &mut Vec<u8>) -> Result<(), NlError> {
+    MsgBuilder::append(
+        buf,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        0,
+        u16::from(NFNL_SUBSYS_NFTABLES),
+    )
+    .finish()
+    .map(|_| ())
+}
+
+/// The userdata of a rule whose comment is `ftpct` (libnftnl's TLV: type, length, value with
+/// its NUL), as `nft` writes `comment "ftpct"`.
+fn comment_userdata() -> Vec<u8> {
+    let mut u = vec![UDATA_RULE_COMMENT, (COMMENT.len() + 1) as u8];
+    u.extend_from_slice(COMMENT.as_bytes());
+    u.push(0);
+    u
+}
+
+/// `struct xt_NFQ_info_v3 { __u16 queuenum, queues_total, flags; }` in host byte order, padded
+/// to `XT_ALIGN` (8 bytes), as nft_compat checks the size against the target's.
+fn nfq_info_v3(queue: u16, bypass: bool) -> [u8; 8] {
+    let mut info = [0u8; 8];
+    info[0..2].copy_from_slice(&queue.to_ne_bytes());
+    info[2..4].copy_from_slice(&1u16.to_ne_bytes());
+    let flags = if bypass { NFQ_FLAG_BYPASS } else { 0 };
+    info[4..6].copy_from_slice(&flags.to_ne_bytes());
+    info
+}
+
+/// Builds the batch of [`NfTables::install_queue_targets`].
+fn build_queue_targets(buf: &mut Vec<u8>, targets: &[QueueTarget]) -> Result<(), NlError> {
+    buf.clear();
+    batch_begin(buf)?;
+    let create = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+    let ty = |cmd| nfnl_msg_type(NFNL_SUBSYS_NFTABLES, cmd);
+    let mut b = MsgBuilder::append(buf, ty(NFT_MSG_NEWTABLE), create, NFPROTO_INET, 0);
+    b.put_cstr(NFTA_TABLE_NAME, NFT_TABLE);
+    b.finish()?;
+    let udata = comment_userdata();
+    for t in targets {
+        let mut b = MsgBuilder::append(buf, ty(NFT_MSG_NEWCHAIN), create, NFPROTO_INET, 0);
+        b.put_cstr(NFTA_CHAIN_TABLE, NFT_TABLE)
+            .put_cstr(NFTA_CHAIN_NAME, t.chain);
+        b.finish()?;
+        // Without a handle: every rule of the chain (so that applying again replaces it).
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut b = MsgBuilder::append(buf, ty(NFT_MSG_DELRULE), flags, NFPROTO_INET, 0);
+        b.put_cstr(NFTA_RULE_TABLE, NFT_TABLE)
+            .put_cstr(NFTA_RULE_CHAIN, t.chain);
+        b.finish()?;
+        let flags = create | NLM_F_APPEND;
+        let mut b = MsgBuilder::append(buf, ty(NFT_MSG_NEWRULE), flags, NFPROTO_INET, 0);
+        b.put_cstr(NFTA_RULE_TABLE, NFT_TABLE)
+            .put_cstr(NFTA_RULE_CHAIN, t.chain);
+        let exprs = b.nest_start(NFTA_RULE_EXPRESSIONS);
+        let e = b.nest_start(NFTA_LIST_ELEM);
+        b.put_cstr(NFTA_EXPR_NAME, "target");
+        let d = b.nest_start(NFTA_EXPR_DATA);
+        b.put_cstr(NFTA_TARGET_NAME, "NFQUEUE")
+            .put_be32(NFTA_TARGET_REV, 3)
+            .put(NFTA_TARGET_INFO, &nfq_info_v3(t.queue, t.bypass));
+        b.nest_end(d);
+        b.nest_end(e);
+        b.nest_end(exprs);
+        b.put(NFTA_RULE_USERDATA, &udata);
+        b.finish()?;
+    }
+    batch_end(buf)
+}
+
+impl NfTables {
+    /// Creates `table inet ftpct` and the regular chains of `targets` if missing, and makes
+    /// each chain hold exactly one rule: the x_tables `NFQUEUE` target (revision 3) run through
+    /// nft_compat, with ftpct's comment — in one transaction. The `nft` tool cannot write this
+    /// rule (it has no syntax for x_tables targets), but the kernel runs it wherever
+    /// `CONFIG_NFT_COMPAT` and `CONFIG_NETFILTER_XT_TARGET_NFQUEUE` are built, which is how the
+    /// nft backend queues packets on kernels without the native `queue` expression
+    /// (`CONFIG_NFT_QUEUE`). The base chains reach these chains with `goto`.
+    pub fn install_queue_targets(&mut self, targets: &[QueueTarget]) -> Result<(), NftError> {
+        build_queue_targets(&mut self.buf, targets)?;
+        let len = self.buf.len();
+        self.sock
+            .request_batch(&mut self.buf[..len])
+            .map_err(|e| match e.errno() {
+                Some(libc::EPERM) | Some(libc::EACCES) => NftError::PermissionDenied,
+                _ => NftError::Netlink(e),
+            })
+    }
+}
+
+/// The key of `dst` in a set of type `ipv4_addr . inet_service` (or `ipv6_addr . ...`): the
+/// address, then the port in network byte order; each field of a concatenation takes a
+/// multiple of 4 bytes, so the port is followed by 2 zero bytes.
+pub fn element_key(dst: SocketAddr) -> ([u8; 20], usize) {
+    let mut k = [0u8; 20];
+    let n = match dst.ip() {
+        IpAddr::V4(a) => {
+            k[..4].copy_from_slice(&a.octets());
+            4
+        }
+        IpAddr::V6(a) => {
+            k[..16].copy_from_slice(&a.octets());
+            16
+        }
+    };
+    k[n..n + 2].copy_from_slice(&dst.port().to_be_bytes());
+    (k, n + 4)
+}
+
+/// Builds a batch adding (`timeout_ms` given) or deleting one element of `set`.
+fn build_element(
+    buf: &mut Vec<u8>,
+    set: &str,
+    dst: SocketAddr,
+    timeout_ms: Option<u64>,
+) -> Result<(), NlError> {
+    buf.clear();
+    batch_begin(buf)?;
+    let (cmd, flags) = match timeout_ms {
+        Some(_) => (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE),
+        None => (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK),
+    };
+    let mut b = MsgBuilder::append(
+        buf,
+        nfnl_msg_type(NFNL_SUBSYS_NFTABLES, cmd),
+        flags,
+        NFPROTO_INET,
+        0,
+    );
+    b.put_cstr(NFTA_SET_ELEM_LIST_TABLE, NFT_TABLE)
+        .put_cstr(NFTA_SET_ELEM_LIST_SET, set);
+    let list = b.nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
+    let e = b.nest_start(NFTA_LIST_ELEM);
+    let key = b.nest_start(NFTA_SET_ELEM_KEY);
+    let (k, n) = element_key(dst);
+    b.put(NFTA_DATA_VALUE, &k[..n]);
+    b.nest_end(key);
+    if let Some(ms) = timeout_ms {
+        b.put_be64(NFTA_SET_ELEM_TIMEOUT, ms);
+    }
+    b.nest_end(e);
+    b.nest_end(list);
+    b.finish()?;
+    batch_end(buf)
+}
+
+/// The daemon's writer of data destinations into the nft backend's sets (`table inet ftpct`),
+/// the counterpart of [`crate::ipset::Ipset`] for the iptables backends. One nf_tables
+/// transaction per element, on a socket with a reused buffer.
+#[derive(Debug)]
+pub struct NftSets {
+    sock: NetlinkSocket,
+    buf: Vec<u8>,
+}
+
+impl NftSets {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self, NftError> {
+        Ok(NftSets {
+            sock: NetlinkSocket::open()?,
+            buf: Vec::with_capacity(256),
+        })
+    }
+
+    /// Whether `set` exists in `table inet ftpct` ([`NftError::NoSet`] if not).
+    pub fn check(&mut self, set: &str) -> Result<(), NftError> {
+        let mut b = MsgBuilder::new(
+            &mut self.buf,
+            nfnl_msg_type(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETSET),
+            NLM_F_REQUEST | NLM_F_ACK,
+            NFPROTO_INET,
+            0,
+        );
+        b.put_cstr(NFTA_SET_TABLE, NFT_TABLE)
+            .put_cstr(NFTA_SET_NAME, set);
+        let msg = b.finish()?;
+        self.sock
+            .transact(msg, |_| Ok::<(), NlError>(()))
+            .map_err(|e| NftError::of(e, set))
+    }
+
+    /// Adds `dst` to `set` with its own timeout. An element that is already there keeps the
+    /// set (on kernels before 6.10 its timeout is not renewed; the daemon deletes elements
+    /// itself when their expectation ends, so the timeout only bounds what a crash leaves).
+    pub fn add(&mut self, set: &str, dst: SocketAddr, timeout_secs: u32) -> Result<(), NftError> {
+        build_element(
+            &mut self.buf,
+            set,
+            dst,
+            Some(u64::from(timeout_secs.max(1)) * 1000),
+        )?;
+        let len = self.buf.len();
+        self.sock
+            .request_batch(&mut self.buf[..len])
+            .map_err(|e| NftError::of(e, set))
+    }
+
+    /// Deletes `dst` from `set`; an element that is not there (expired) is not an error.
+    pub fn del(&mut self, set: &str, dst: SocketAddr) -> Result<(), NftError> {
+        build_element(&mut self.buf, set, dst, None)?;
+        let len = self.buf.len();
+        match self.sock.request_batch(&mut self.buf[..len]) {
+            Ok(()) => Ok(()),
+            // ENOENT for a missing element; the set itself exists (checked at start).
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(NftError::of(e, set)),
+        }
     }
 }
 

@@ -199,10 +199,10 @@ impl Expected {
         };
         let mut rules_at: BTreeMap<Place, (usize, BTreeSet<Group>)> = BTreeMap::new();
         let mut chains = BTreeSet::new();
-        let mut count = |place: Place, g: Group| {
+        let mut count = |place: Place, groups: &[Group]| {
             let e = rules_at.entry(place).or_default();
             e.0 += 1;
-            e.1.insert(g);
+            e.1.extend(groups.iter().copied());
         };
         match backend {
             Backend::IptablesLegacy => return Ok(None),
@@ -210,7 +210,7 @@ impl Expected {
                 for r in rules::rules(&spec)? {
                     count(
                         Place::new(NfFamily::of(r.family), r.table, r.chain),
-                        r.group,
+                        &[r.group],
                     );
                 }
             }
@@ -218,8 +218,17 @@ impl Expected {
                 for r in rules::nft_rules(&spec)? {
                     count(
                         Place::new(NfFamily::Inet, rules::NFT_TABLE, r.chain),
-                        r.group,
+                        &[r.group],
                     );
+                }
+                // The verdict chains' one rule each (`queue num N`, or the x_tables target);
+                // both control groups go through `queue_control`.
+                for r in rules::nft_verdict_rules(&spec) {
+                    let place = Place::new(NfFamily::Inet, rules::NFT_TABLE, r.chain);
+                    match r.group {
+                        Group::DataSyn => count(place, &[Group::DataSyn]),
+                        _ => count(place, &[Group::ControlPre, Group::ControlPost]),
+                    }
                 }
                 chains.insert(Place::new(
                     NfFamily::Inet,
@@ -556,7 +565,8 @@ mod tests {
         let mut o = Observed::default();
         match backend {
             Backend::Nft => {
-                for r in rules::nft_rules(spec).unwrap() {
+                let verdicts = rules::nft_verdict_rules(spec);
+                for r in rules::nft_rules(spec).unwrap().iter().chain(&verdicts) {
                     o.add_rule(Place::new(NfFamily::Inet, "ftpct", r.chain));
                 }
                 for (c, ..) in rules::NFT_CHAINS {
@@ -602,7 +612,8 @@ mod tests {
         let n = Expected::new(&spec(), Backend::Nft, Some(Path::new("/etc/f.conf")))
             .unwrap()
             .unwrap();
-        assert_eq!(n.total(), 11);
+        // 10 rules in the base chains, one in each verdict chain, and the nat chain.
+        assert_eq!(n.total(), 13);
         assert_eq!(
             n.fix,
             "ftpct rules --config /etc/f.conf --backend nft --queue 7 --ports 21 --apply"

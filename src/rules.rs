@@ -36,15 +36,18 @@
 //!   `CONFIG_IP_NF_IPTABLES_LEGACY`/`CONFIG_IP6_NF_IPTABLES_LEGACY` (under
 //!   `CONFIG_NETFILTER_XTABLES_LEGACY` on this project's 6.18 kernels, which have them).
 //! - `nft`: a table of its own, `table inet ftpct`, with base chains at the same hooks and
-//!   priorities, native nft sets (`ipv4_addr . inet_service` with timeouts) instead of the
-//!   ipsets, and the `queue` statement. Needs the nf_tables `queue` expression
-//!   (`CONFIG_NFT_QUEUE`, module `nft_queue`), which some kernels (this project's test machines
-//!   among them) do not build; `nft` cannot express the x_tables NFQUEUE target instead (it
-//!   lists such rules as `xt target NFQUEUE` but cannot create them). On such a kernel
-//!   [`apply`] fails with [`RulesError::KernelFeature`] and leaves nothing behind (the batch is
-//!   atomic). The daemon does not fill nft sets yet (it fills ipsets through the ipset netlink
-//!   protocol; an nft set needs nf_tables netlink, `NFT_MSG_NEWSETELEM`), so with this backend
-//!   the data-connection SYNs are never queued: see [`Backend::caveat`].
+//!   priorities and native nft sets (`ipv4_addr . inet_service` with timeouts) instead of the
+//!   ipsets; the daemon fills them over nf_tables netlink ([`crate::nftables::NftSets`]). The
+//!   base chains' rules `goto` one of two regular chains, `queue_control` and `queue_data`,
+//!   whose one rule is the NFQUEUE verdict. Where the kernel has the nf_tables `queue`
+//!   expression (`CONFIG_NFT_QUEUE`, module `nft_queue`) that rule is `queue num N [bypass]`,
+//!   written by `nft -f`. Where it does not (this project's test machines among them), [`apply`]
+//!   writes the x_tables `NFQUEUE` target run through nft_compat (`CONFIG_NFT_COMPAT`,
+//!   `CONFIG_NETFILTER_XT_TARGET_NFQUEUE`) over netlink instead
+//!   ([`crate::nftables::NfTables::install_queue_targets`]), because `nft` has no syntax for
+//!   x_tables targets; `nft list` shows it as `queue num N`, with a warning that the table is
+//!   "managed by iptables-nft". Without either, [`apply`] fails with
+//!   [`RulesError::KernelFeature`] and leaves nothing behind.
 //!
 //! # Never touching the admin's rules
 //!
@@ -69,6 +72,7 @@ use std::str::FromStr;
 
 use crate::config::Settings;
 use crate::ipset::{self, Ipset, IpsetError, SetFamily};
+use crate::nftables::{NfTables, QueueTarget};
 
 /// Comment on every ftpct rule.
 pub const COMMENT: &str = "ftpct";
@@ -140,22 +144,10 @@ impl Backend {
             }
             Backend::Nft => {
                 "nf_tables with the inet family (CONFIG_NF_TABLES_INET), inet nat chains \
-                 (CONFIG_NFT_NAT, Linux >= 5.2), sets with timeouts and concatenations, and the \
-                 queue expression (CONFIG_NFT_QUEUE, module nft_queue)"
+                 (CONFIG_NFT_NAT, Linux >= 5.2), sets with timeouts and concatenations, and either \
+                 the queue expression (CONFIG_NFT_QUEUE, module nft_queue) or the x_tables NFQUEUE \
+                 target through nft_compat (CONFIG_NFT_COMPAT, CONFIG_NETFILTER_XT_TARGET_NFQUEUE)"
             }
-        }
-    }
-
-    /// A warning to show whenever this backend's rules are applied, if any.
-    pub fn caveat(self) -> Option<&'static str> {
-        match self {
-            Backend::Nft => Some(
-                "the nft backend queues the control connections, but the daemon does not fill \
-                 nft sets yet (it fills ipsets): data-connection SYNs are not queued, so data \
-                 connections that need NAT or that the firewall admits only as RELATED fail; \
-                 use --backend iptables-nft or iptables-legacy for a working ALG",
-            ),
-            _ => None,
         }
     }
 }
@@ -236,7 +228,7 @@ impl RuleSpec {
             set4: s.ipset4.clone(),
             set6: s.ipset6.clone(),
             bypass: s.fail_open,
-            backend: Backend::default(),
+            backend: s.backend,
             seqadj_mark: s.seqadj_mark,
             maxelem: set_maxelem(s.policy.max_expectations),
         }
@@ -591,6 +583,38 @@ fn nft_queue(queue: u16, bypass: bool) -> String {
     }
 }
 
+/// The nft backend's regular chain holding the NFQUEUE verdict of the control packets.
+pub const NFT_QUEUE_CONTROL: &str = "queue_control";
+/// The nft backend's regular chain holding the NFQUEUE verdict of the data SYNs (always with
+/// bypass).
+pub const NFT_QUEUE_DATA: &str = "queue_data";
+
+/// The nft backend's two verdict chains and what their one rule does.
+pub fn nft_queue_targets(spec: &RuleSpec) -> [QueueTarget; 2] {
+    [
+        QueueTarget {
+            chain: NFT_QUEUE_CONTROL,
+            queue: spec.queue,
+            bypass: spec.bypass,
+        },
+        QueueTarget {
+            chain: NFT_QUEUE_DATA,
+            queue: spec.queue,
+            bypass: true,
+        },
+    ]
+}
+
+/// How the nft backend's verdict rules are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftVerdicts {
+    /// `queue num N` in the script (the kernel has `nft_queue`).
+    Native,
+    /// The x_tables NFQUEUE target, written over netlink before the script, which then leaves
+    /// the verdict chains alone.
+    Compat,
+}
+
 /// The nft backend's base chains in `table inet ftpct`: name, type, hook, priority (those of
 /// the iptables tables: raw = -300, mangle = -150, dstnat = -100).
 pub const NFT_CHAINS: [(&str, &str, &str, i32); 5] = [
@@ -627,7 +651,7 @@ pub fn nft_rules(spec: &RuleSpec) -> Result<Vec<NftRule>, RulesError> {
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let q = nft_queue(spec.queue, spec.bypass);
+    let q = format!("goto {NFT_QUEUE_CONTROL}");
     let not_syn = "tcp flags & (fin | syn | rst | ack) != syn";
     let syn = "tcp flags & (fin | syn | rst | ack) == syn";
     let c = format!("comment \"{COMMENT}\"");
@@ -658,7 +682,7 @@ pub fn nft_rules(spec: &RuleSpec) -> Result<Vec<NftRule>, RulesError> {
             }
         }
     }
-    let qb = nft_queue(spec.queue, true);
+    let qb = format!("goto {NFT_QUEUE_DATA}");
     for (set, fam) in [(&spec.set4, "ip"), (&spec.set6, "ip6")] {
         out.push(NftRule {
             chain: "raw_prerouting",
@@ -686,10 +710,33 @@ fn nft_group_header(g: Group) -> &'static str {
     }
 }
 
-/// The nft backend's script (for `nft -f`): creates `table inet ftpct` with its sets and base
-/// chains if missing, keeps the sets' elements, and replaces the chains' rules — atomically,
-/// as nft runs a script as one transaction.
+/// The rules of the verdict chains, as `nft` writes them ([`NftVerdicts::Native`]).
+pub fn nft_verdict_rules(spec: &RuleSpec) -> Vec<NftRule> {
+    nft_queue_targets(spec)
+        .into_iter()
+        .map(|t| NftRule {
+            chain: t.chain,
+            text: format!("{} comment \"{COMMENT}\"", nft_queue(t.queue, t.bypass)),
+            group: if t.chain == NFT_QUEUE_DATA {
+                Group::DataSyn
+            } else {
+                Group::ControlPre
+            },
+        })
+        .collect()
+}
+
+/// The nft backend's script (for `nft -f`), with native verdict rules: what `ftpct rules
+/// --backend nft` prints. See [`nft_script_for`].
 pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
+    nft_script_for(spec, NftVerdicts::Native)
+}
+
+/// The nft backend's script: creates `table inet ftpct` with its sets and chains if missing,
+/// keeps the sets' elements, and replaces the chains' rules — atomically, as nft runs a script
+/// as one transaction. With [`NftVerdicts::Compat`] the verdict chains are declared but neither
+/// flushed nor filled (their rules are written over netlink).
+pub fn nft_script_for(spec: &RuleSpec, verdicts: NftVerdicts) -> Result<String, RulesError> {
     let rules = nft_rules(spec)?;
     let t = format!("inet {NFT_TABLE}");
     let mut s = String::new();
@@ -706,8 +753,7 @@ pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
     line(&format!("add table {t}"));
     line("");
     line("# Destinations (address . port) of expected data connections, with per-element");
-    line("# timeouts. NOTE: the ftpct daemon does not fill nft sets yet (it fills ipsets),");
-    line("# so with this backend the data-SYN rules below never match.");
+    line("# timeouts: the daemon adds and deletes elements as it creates and ends expectations.");
     for (set, ty) in [(&spec.set4, "ipv4_addr"), (&spec.set6, "ipv6_addr")] {
         line(&format!(
             "add set {t} {set} {{ type {ty} . inet_service; flags timeout; timeout {SET_DEFAULT_TIMEOUT}s; }}"
@@ -722,8 +768,33 @@ pub fn nft_script(spec: &RuleSpec) -> Result<String, RulesError> {
             "add chain {t} {name} {{ type {ty} hook {hook} priority {prio}; policy accept; }}"
         ));
     }
-    for (name, ..) in NFT_CHAINS {
+    line("");
+    line("# The NFQUEUE verdicts, one rule per chain, reached by `goto` from the base chains.");
+    match verdicts {
+        NftVerdicts::Native => line(
+            "# Kernels without the queue expression (CONFIG_NFT_QUEUE) get the x_tables NFQUEUE\n\
+             # target through nft_compat instead, written over netlink by `ftpct rules --apply`\n\
+             # (nft has no syntax for it).",
+        ),
+        NftVerdicts::Compat => line(
+            "# This kernel has no queue expression (CONFIG_NFT_QUEUE): their rules are the x_tables\n\
+             # NFQUEUE target through nft_compat, written over netlink, and left alone here.",
+        ),
+    }
+    for chain in [NFT_QUEUE_CONTROL, NFT_QUEUE_DATA] {
+        line(&format!("add chain {t} {chain}"));
+    }
+    let mut flush: Vec<&str> = NFT_CHAINS.iter().map(|c| c.0).collect();
+    if verdicts == NftVerdicts::Native {
+        flush.extend([NFT_QUEUE_CONTROL, NFT_QUEUE_DATA]);
+    }
+    for name in flush {
         line(&format!("flush chain {t} {name}"));
+    }
+    if verdicts == NftVerdicts::Native {
+        for r in nft_verdict_rules(spec) {
+            line(&format!("add rule {t} {} {}", r.chain, r.text));
+        }
     }
     let mut last = None;
     for r in &rules {
@@ -794,6 +865,14 @@ fn has_our_comment(args: &[String]) -> bool {
 /// Runs a program with arguments; abstracted for tests.
 pub trait Exec {
     fn exec(&mut self, program: &'static str, args: &[&str]) -> io::Result<Output>;
+
+    /// Writes the nft backend's x_tables NFQUEUE verdict rules ([`NftVerdicts::Compat`]) over
+    /// nf_tables netlink.
+    fn nft_queue_targets(&mut self, targets: &[QueueTarget]) -> Result<(), String> {
+        NfTables::open()
+            .and_then(|mut t| t.install_queue_targets(targets))
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Runs commands with [`std::process::Command`].
@@ -1036,7 +1115,7 @@ fn nft_rule_count(listing: &str) -> usize {
 
 /// Dry-run probes (`nft -c`, nothing is created) of what the nft backend needs, in order; the
 /// first one the kernel refuses names the missing feature.
-const NFT_PROBES: [(&str, &str); 4] = [
+const NFT_PROBES: [(&str, &str); 3] = [
     (
         "nf_tables with the inet family (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET)",
         "add table inet ftpct_probe\n\
@@ -1052,19 +1131,16 @@ const NFT_PROBES: [(&str, &str); 4] = [
         "add table inet ftpct_probe\n\
          add set inet ftpct_probe s { type ipv4_addr . inet_service; flags timeout; timeout 120s; }",
     ),
-    (
-        "the nf_tables queue expression (CONFIG_NFT_QUEUE, module nft_queue); the x_tables \
-         NFQUEUE target (CONFIG_NETFILTER_XT_TARGET_NFQUEUE through CONFIG_NFT_COMPAT) that \
-         iptables-nft uses cannot be written in nft syntax",
-        "add table inet ftpct_probe\n\
-         add chain inet ftpct_probe c { type filter hook prerouting priority -300; }\n\
-         add rule inet ftpct_probe c meta l4proto tcp queue num 0 bypass",
-    ),
 ];
 
-/// Runs the probes; the first refused one as [`RulesError::KernelFeature`].
-fn nft_diagnose(exec: &mut dyn Exec) -> Result<(), RulesError> {
-    for (feature, probe) in NFT_PROBES {
+/// Dry-run probe of the nf_tables `queue` expression.
+const NFT_QUEUE_PROBE: &str = "add table inet ftpct_probe\n\
+     add chain inet ftpct_probe c { type filter hook prerouting priority -300; }\n\
+     add rule inet ftpct_probe c meta l4proto tcp queue num 0 bypass";
+
+/// Runs `probes` in order; the first refused one as [`RulesError::KernelFeature`].
+fn nft_probe(exec: &mut dyn Exec, probes: &[(&str, &str)]) -> Result<(), RulesError> {
+    for &(feature, probe) in probes {
         let out = spawn(exec, Backend::Nft, "nft", &["-c", probe])?;
         if !out.status.success() {
             return Err(RulesError::KernelFeature {
@@ -1090,19 +1166,50 @@ fn nft_diagnose(exec: &mut dyn Exec) -> Result<(), RulesError> {
 
 /// Whether this kernel can load the nft backend's `queue` statement (dry run, nothing created).
 pub fn nft_queue_supported(exec: &mut dyn Exec) -> Result<bool, RulesError> {
-    match nft_diagnose(exec) {
+    match nft_probe(exec, &[("queue", NFT_QUEUE_PROBE)]) {
         Ok(()) => Ok(true),
         Err(RulesError::KernelFeature { .. }) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
+/// Removes `table inet ftpct` after a failed apply that found no table, so that nothing is
+/// left behind.
+fn nft_undo(exec: &mut dyn Exec, before: &Option<String>) {
+    if before.is_none() {
+        let _ = nft_delete(exec);
+    }
+}
+
 fn nft_apply(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
-    let script = nft_script(spec)?;
+    // Checked before anything is written: the names go into a script.
+    nft_rules(spec)?;
     let before = nft_list(exec)?;
+    let verdicts = if nft_queue_supported(exec)? {
+        NftVerdicts::Native
+    } else {
+        NftVerdicts::Compat
+    };
+    if verdicts == NftVerdicts::Compat {
+        if let Err(e) = exec.nft_queue_targets(&nft_queue_targets(spec)) {
+            nft_undo(exec, &before);
+            nft_probe(exec, &NFT_PROBES)?;
+            return Err(RulesError::KernelFeature {
+                backend: Backend::Nft,
+                feature: "an NFQUEUE verdict: the nf_tables queue expression \
+                          (CONFIG_NFT_QUEUE, module nft_queue) or the x_tables NFQUEUE target \
+                          through nft_compat (CONFIG_NFT_COMPAT, \
+                          CONFIG_NETFILTER_XT_TARGET_NFQUEUE)"
+                    .to_string(),
+                detail: e,
+            });
+        }
+    }
+    let script = nft_script_for(spec, verdicts)?;
     let out = spawn(exec, Backend::Nft, "nft", &[&script])?;
     if !out.status.success() {
-        nft_diagnose(exec)?;
+        nft_undo(exec, &before);
+        nft_probe(exec, &NFT_PROBES)?;
         return Err(failed(
             Backend::Nft,
             "nft",
@@ -1340,11 +1447,9 @@ mod tests {
         let e = "iptables".parse::<Backend>().unwrap_err();
         assert!(e.contains("iptables-nft, iptables-legacy or nft"), "{e}");
         assert_eq!(Backend::default(), Backend::IptablesNft);
-        assert!(Backend::Nft.caveat().is_some());
-        assert!(Backend::IptablesNft.caveat().is_none());
-        assert!(Backend::Nft
-            .kernel_requirements()
-            .contains("CONFIG_NFT_QUEUE"));
+        let nft = Backend::Nft.kernel_requirements();
+        assert!(nft.contains("CONFIG_NFT_QUEUE"), "{nft}");
+        assert!(nft.contains("CONFIG_NFT_COMPAT"), "{nft}");
     }
 
     #[test]
@@ -1511,10 +1616,14 @@ mod tests {
             "add chain inet ftpct mangle_postrouting { type filter hook postrouting priority -150; policy accept; }",
             "add chain inet ftpct mangle_input { type filter hook input priority -150; policy accept; }",
             "add chain inet ftpct nat_prerouting { type nat hook prerouting priority -100; policy accept; }",
-            "add rule inet ftpct raw_prerouting tcp dport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn queue num 3 comment \"ftpct\"",
-            "add rule inet ftpct mangle_input tcp sport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn ct mark & 0x100000 == 0x100000 queue num 3 comment \"ftpct\"",
-            "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip daddr . tcp dport @ftpct4 queue num 3 bypass comment \"ftpct\"",
-            "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip6 daddr . tcp dport @ftpct6 queue num 3 bypass comment \"ftpct\"",
+            "add rule inet ftpct raw_prerouting tcp dport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn goto queue_control comment \"ftpct\"",
+            "add rule inet ftpct mangle_input tcp sport { 21, 2121 } tcp flags & (fin | syn | rst | ack) != syn ct mark & 0x100000 == 0x100000 goto queue_control comment \"ftpct\"",
+            "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip daddr . tcp dport @ftpct4 goto queue_data comment \"ftpct\"",
+            "add rule inet ftpct raw_prerouting tcp flags & (fin | syn | rst | ack) == syn ip6 daddr . tcp dport @ftpct6 goto queue_data comment \"ftpct\"",
+            "add chain inet ftpct queue_control",
+            "add chain inet ftpct queue_data",
+            "add rule inet ftpct queue_control queue num 3 comment \"ftpct\"",
+            "add rule inet ftpct queue_data queue num 3 bypass comment \"ftpct\"",
         ] {
             assert!(cmds.contains(&c), "missing {c} in\n{n}");
         }
@@ -1522,16 +1631,29 @@ mod tests {
         let pos = |p: &str| cmds.iter().position(|c| c.starts_with(p)).unwrap();
         assert!(pos("add chain inet ftpct raw_output") < pos("flush chain inet ftpct raw_output"));
         assert!(pos("flush chain inet ftpct raw_output") < pos("add rule"));
+        assert!(pos("add chain inet ftpct queue_data") < pos("flush chain inet ftpct queue_data"));
         assert_eq!(
             cmds.iter().filter(|c| c.starts_with("add rule")).count(),
-            10
+            12
         );
         assert!(cmds
             .iter()
             .filter(|c| c.starts_with("add rule"))
             .all(|c| c.ends_with("comment \"ftpct\"")));
-        let b = render(&RuleSpec { bypass: true, ..s }).unwrap();
-        assert_eq!(b.matches("bypass comment").count(), 10);
+        // The data SYNs always with bypass; the control packets only with fail_open.
+        assert_eq!(n.matches("bypass comment").count(), 1);
+        let b = render(&RuleSpec {
+            bypass: true,
+            ..s.clone()
+        })
+        .unwrap();
+        assert_eq!(b.matches("bypass comment").count(), 2);
+        // The compat script declares the verdict chains and leaves their rules alone.
+        let c = nft_script_for(&s, NftVerdicts::Compat).unwrap();
+        assert!(c.contains("add chain inet ftpct queue_control\n"));
+        assert!(!c.contains("queue num"));
+        assert!(!c.contains("flush chain inet ftpct queue_"));
+        assert_eq!(c.matches("add rule").count(), 10);
     }
 
     #[test]
@@ -1789,12 +1911,19 @@ mod tests {
         assert!(m.contains("iptable_raw"), "{m}");
     }
 
-    /// A fake nft: the table's listing, and whether the kernel has the queue expression.
+    /// A fake nft: the table's listing, and whether the kernel has the queue expression and
+    /// the x_tables NFQUEUE target through nft_compat.
+    #[derive(Default)]
     struct FakeNft {
         table: Option<String>,
         queue: bool,
+        compat: bool,
         scripts: Vec<String>,
+        /// Verdict rules written over netlink (the compat path), as `nft list` shows them.
+        compat_rules: Vec<String>,
     }
+
+    const NO_QUEUE: &str = "Error: Could not process rule: No such file or directory";
 
     impl Exec for FakeNft {
         fn exec(&mut self, p: &'static str, args: &[&str]) -> io::Result<Output> {
@@ -1805,12 +1934,8 @@ mod tests {
                     None => output(1, "", "Error: No such file or directory"),
                 },
                 ["-c", probe] => {
-                    if probe.contains("queue") && !self.queue {
-                        output(
-                            1,
-                            "",
-                            "Error: Could not process rule: No such file or directory",
-                        )
+                    if probe.contains("queue num") && !self.queue {
+                        output(1, "", NO_QUEUE)
                     } else {
                         output(0, "", "")
                     }
@@ -1819,24 +1944,44 @@ mod tests {
                     self.scripts.push(script.to_string());
                     if script.contains("delete table") {
                         self.table = None;
-                    } else if script.contains("queue") && !self.queue {
-                        return Ok(output(
-                            1,
-                            "",
-                            "Error: Could not process rule: No such file or directory",
-                        ));
+                        self.compat_rules.clear();
+                    } else if script.contains("queue num") && !self.queue {
+                        return Ok(output(1, "", NO_QUEUE));
                     } else {
-                        let rules = script
-                            .lines()
-                            .filter(|l| l.starts_with("add rule"))
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                        self.table = Some(format!("table inet ftpct {{\n{rules}\n}}\n"));
+                        let mut rules: Vec<String> = self.compat_rules.clone();
+                        rules.extend(
+                            script
+                                .lines()
+                                .filter(|l| l.starts_with("add rule"))
+                                .map(str::to_string),
+                        );
+                        self.table =
+                            Some(format!("table inet ftpct {{\n{}\n}}\n", rules.join("\n")));
                     }
                     output(0, "", "")
                 }
                 other => panic!("unexpected nft {other:?}"),
             })
+        }
+
+        fn nft_queue_targets(&mut self, targets: &[QueueTarget]) -> Result<(), String> {
+            if !self.compat {
+                return Err(
+                    "netlink: the kernel refused the request: No such file or directory (errno 2)"
+                        .into(),
+                );
+            }
+            self.compat_rules = targets
+                .iter()
+                .map(|t| {
+                    let b = if t.bypass { " bypass" } else { "" };
+                    format!("{}: queue num {}{b} comment \"ftpct\"", t.chain, t.queue)
+                })
+                .collect();
+            if self.table.is_none() {
+                self.table = Some(String::new());
+            }
+            Ok(())
         }
     }
 
@@ -1846,50 +1991,67 @@ mod tests {
             backend: Backend::Nft,
             ..spec()
         };
-        let mut f = FakeNft {
-            table: None,
-            queue: true,
-            scripts: vec![],
-        };
-        assert_eq!(delete_with(&mut f, &s).unwrap(), 0);
-        assert_eq!(apply_with(&mut f, &s).unwrap(), 10);
-        assert_eq!(apply_with(&mut f, &s).unwrap(), 0, "unchanged table");
-        assert_eq!(
-            apply_with(
-                &mut f,
-                &RuleSpec {
-                    queue: 1,
-                    ..s.clone()
-                }
-            )
-            .unwrap(),
-            10
-        );
-        assert_eq!(delete_with(&mut f, &s).unwrap(), 10);
-        assert!(f.table.is_none());
-        assert_eq!(delete_with(&mut f, &s).unwrap(), 0);
-        assert_eq!(
-            f.scripts.last().unwrap(),
-            "add table inet ftpct\ndelete table inet ftpct\n"
-        );
+        for (queue, compat) in [(true, false), (false, true)] {
+            let mut f = FakeNft {
+                queue,
+                compat,
+                ..FakeNft::default()
+            };
+            assert_eq!(delete_with(&mut f, &s).unwrap(), 0);
+            // 10 rules in the base chains and one NFQUEUE verdict in each of the 2 chains.
+            assert_eq!(apply_with(&mut f, &s).unwrap(), 12);
+            assert_eq!(apply_with(&mut f, &s).unwrap(), 0, "unchanged table");
+            let s1 = RuleSpec {
+                queue: 1,
+                ..s.clone()
+            };
+            assert_eq!(apply_with(&mut f, &s1).unwrap(), 12);
+            let listing = f.table.clone().unwrap();
+            assert_eq!(listing.matches("queue num 1").count(), 2, "{listing}");
+            assert_eq!(listing.matches("queue num 0").count(), 0, "{listing}");
+            let script = f.scripts.last().unwrap();
+            if compat {
+                // The script declares the verdict chains but leaves their rules alone.
+                assert!(!script.contains("queue num"), "{script}");
+                assert!(
+                    !script.contains("flush chain inet ftpct queue_"),
+                    "{script}"
+                );
+                assert!(
+                    listing.contains("queue_data: queue num 1 bypass"),
+                    "{listing}"
+                );
+            } else {
+                assert!(f.compat_rules.is_empty());
+                assert!(script.contains("add rule inet ftpct queue_control queue num 1 comment"));
+            }
+            assert!(
+                script.contains("add chain inet ftpct queue_control\n"),
+                "{script}"
+            );
+            assert_eq!(delete_with(&mut f, &s).unwrap(), 12);
+            assert!(f.table.is_none());
+            assert_eq!(delete_with(&mut f, &s).unwrap(), 0);
+            assert_eq!(
+                f.scripts.last().unwrap(),
+                "add table inet ftpct\ndelete table inet ftpct\n"
+            );
+        }
     }
 
     #[test]
-    fn nft_without_queue_expression_names_the_kernel_feature() {
+    fn nft_without_any_queue_verdict_names_the_kernel_feature() {
         let s = RuleSpec {
             backend: Backend::Nft,
             ..spec()
         };
-        let mut f = FakeNft {
-            table: None,
-            queue: false,
-            scripts: vec![],
-        };
+        let mut f = FakeNft::default();
         assert!(!nft_queue_supported(&mut f).unwrap());
         let e = apply_with(&mut f, &s).unwrap_err();
         let m = e.to_string();
         assert!(matches!(e, RulesError::KernelFeature { .. }), "{m}");
         assert!(m.contains("CONFIG_NFT_QUEUE"), "{m}");
+        assert!(m.contains("CONFIG_NFT_COMPAT"), "{m}");
         assert!(m.contains("nft backend cannot work on this kernel"), "{m}");
         assert!(f.table.is_none());
     }

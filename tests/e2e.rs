@@ -407,3 +407,71 @@ fn post_conntrack_queue_takes_only_marked_connections() {
     assert_eq!(st.get("ct_marked"), 1, "[{test}] {}", st.text);
     assert_eq!(st.get("ct_mark_errors"), 0, "[{test}] {}", st.text);
 }
+
+// ---- the native nftables backend (`backend = nft`) ----------------------------------------------
+
+/// The same transfers with ftpct's rules in `table inet ftpct` instead of iptables: the
+/// control packets reach the queue through the verdict chains (the native `queue` expression
+/// or, on kernels without it such as this project's, the x_tables NFQUEUE target that
+/// `ftpct rules --apply` writes over netlink), and the daemon fills the nft sets, not ipsets,
+/// so that the data SYNs are queued. Every client must succeed byte for byte; nothing of ftpct
+/// may be in the iptables tables; with ftpct stopped (its table deleted) the same transfer
+/// fails again.
+fn nft_backend_scenario(test: &str, topo: Topology, mode: Mode) {
+    let mut lab = Lab::up(test, topo);
+    lab.server();
+    lab.start_ftpct_with_config("backend = nft\n", &[]);
+    let table = lab.gw(&["nft", "list", "table", "inet", "ftpct"]).stdout;
+    assert!(table.contains("chain queue_control"), "[{test}] {table}");
+    let saved = lab.gw(&["iptables-nft-save"]).stdout + &lab.gw(&["ip6tables-nft-save"]).stdout;
+    assert!(
+        !saved
+            .lines()
+            .any(|l| l.contains("--comment ftpct ") || l.ends_with("--comment ftpct")),
+        "[{test}] ftpct rules in iptables with backend = nft:\n{saved}"
+    );
+    let mut f = Failures::default();
+    for c in Client::ALL.into_iter().filter(|c| c.supports(topo, mode)) {
+        let r = lab.fetch(c, mode, "big.bin");
+        f.check(r.ok(), || format!("{} {}: {r}", c.name(), mode.name()));
+    }
+    let st = lab.ftpct_stats();
+    f.check(
+        st.get("ipset_adds") > 0 && st.get("ipset_errors") == 0,
+        || format!("the daemon did not fill the nft sets:\n{}", st.text),
+    );
+    f.check(
+        st.get("expect_used") > 0 && st.get("ct_created") > 0,
+        || format!("no expectation was used:\n{}", st.text),
+    );
+    lab.stop_ftpct();
+    let tables = lab.gw(&["nft", "list", "tables"]).stdout;
+    f.check(!tables.contains("inet ftpct"), || {
+        format!("`ftpct rules --delete` left the table:\n{tables}")
+    });
+    let r = lab.fetch(Client::Ftplib, mode, "small.txt");
+    f.check(!r.ok() && r.code != Some(2), || {
+        format!("succeeded with ftpct stopped (test would be vacuous): {r}")
+    });
+    f.assert_none(test);
+}
+
+#[test]
+fn nft_backend_masq_port_ftpct() {
+    nft_backend_scenario("nft_backend_masq_port_ftpct", Topology::Masq, Mode::Port)
+}
+
+#[test]
+fn nft_backend_masq_epsv_ftpct() {
+    nft_backend_scenario("nft_backend_masq_epsv_ftpct", Topology::Masq, Mode::Epsv)
+}
+
+#[test]
+fn nft_backend_dnat_pasv_ftpct() {
+    nft_backend_scenario("nft_backend_dnat_pasv_ftpct", Topology::Dnat, Mode::Pasv)
+}
+
+#[test]
+fn nft_backend_v6_eprt_ftpct() {
+    nft_backend_scenario("nft_backend_v6_eprt_ftpct", Topology::V6, Mode::Eprt)
+}

@@ -5,19 +5,15 @@
 //! A backend that cannot work on the running kernel must fail `apply` with
 //! [`RulesError::KernelFeature`] naming the missing kernel option, and leave nothing behind; the
 //! tests check that instead of the cycle (each says which path it took on stderr). On this
-//! project's test machines (Linux 6.18 without `CONFIG_NFT_QUEUE`) iptables-nft and
-//! iptables-legacy work and nft takes the error path; `nft_ruleset_without_queue_statement`
-//! still loads the nft backend's whole ruleset there, with the `queue` statements swapped for
-//! `counter`, to check its chains, priorities, sets and idempotency on the real kernel.
+//! project's test machines (Linux 6.18 without `CONFIG_NFT_QUEUE`) all three work: the nft
+//! backend's verdicts are then the x_tables NFQUEUE target written over netlink (`nft_cycle`
+//! says which path it took).
 //!
 //! Root is needed (network namespaces); without it the tests fail with a message saying so.
 //! Each test runs in a fresh network namespace of its own, deleted on drop, also on panic. No
 //! packet is sent.
 
-use std::io;
-use std::process::{Command, Output};
-
-use ftpct::rules::{self, Backend, Exec, RuleSpec, RulesError, SystemExec};
+use ftpct::rules::{self, Backend, RuleSpec, RulesError, SystemExec};
 
 #[path = "common/netns.rs"]
 mod netns;
@@ -245,7 +241,7 @@ fn nft_spec() -> RuleSpec {
     }
 }
 
-fn check_nft_table(listing: &str, verdict: &str) {
+fn check_nft_table(listing: &str) {
     for want in [
         "type filter hook prerouting priority raw; policy accept;",
         "type filter hook output priority raw; policy accept;",
@@ -256,134 +252,131 @@ fn check_nft_table(listing: &str, verdict: &str) {
         "type ipv6_addr . inet_service",
         "tcp dport { 21, 2121 } tcp flags != syn / fin,syn,rst,ack",
         "tcp sport { 21, 2121 } tcp flags != syn / fin,syn,rst,ack",
-        "tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @ftpct4",
-        "tcp flags syn / fin,syn,rst,ack ip6 daddr . tcp dport @ftpct6",
+        "tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @ftpct4 goto queue_data",
+        "tcp flags syn / fin,syn,rst,ack ip6 daddr . tcp dport @ftpct6 goto queue_data",
+        "chain queue_control {\n\t\tqueue num 3 comment \"ftpct\"",
+        "chain queue_data {\n\t\tqueue num 3 bypass comment \"ftpct\"",
     ] {
         assert!(listing.contains(want), "missing {want:?} in\n{listing}");
     }
     assert_eq!(
-        listing.matches(verdict).count(),
-        10,
-        "{verdict} x 10 in\n{listing}"
+        listing.matches("goto queue_control").count(),
+        8,
+        "{listing}"
     );
     assert_eq!(
         listing.matches("comment \"ftpct\"").count(),
-        10,
+        12,
         "{listing}"
     );
 }
 
+/// The whole cycle on the real kernel: with the native `queue` expression where the kernel has
+/// it, else with the x_tables NFQUEUE target written over netlink (this project's machines).
 #[test]
-fn nft_cycle_or_missing_queue_expression() {
+fn nft_cycle() {
     require_root("rules_backends");
     let ns = Netns::new("nft");
     install_admin_rules(&ns, Backend::IptablesNft);
     let spec = nft_spec();
-    let supported = ns
+    let native = ns
         .run(|| rules::nft_queue_supported(&mut SystemExec))
         .unwrap();
-    let first = ns.run(|| rules::apply(&spec));
-    if !supported {
-        let e = first.expect_err("apply must fail without the nft queue expression");
-        let m = e.to_string();
-        eprintln!("nft: cannot work on this kernel, as reported: {m}");
-        assert!(matches!(e, RulesError::KernelFeature { .. }), "{m}");
-        assert!(m.contains("CONFIG_NFT_QUEUE"), "{m}");
-        assert!(m.contains("nft_queue"), "{m}");
-        assert!(!nft_table_exists(&ns), "a failed apply left the table");
-        assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 0);
-        assert_admin_rules_intact(&ns, Backend::IptablesNft);
-        return;
-    }
-    eprintln!("nft: the kernel has the queue expression; full cycle");
-    assert_eq!(first.unwrap(), 10);
-    assert_eq!(ns.run(|| rules::apply(&spec)).unwrap(), 0);
-    check_nft_table(&ns.shw("nft list table inet ftpct"), "queue ");
-    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 10);
-    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 0);
-    assert!(!nft_table_exists(&ns));
-    assert_admin_rules_intact(&ns, Backend::IptablesNft);
-}
-
-/// Runs the real tools, with the nft backend's `queue` statements replaced by `counter`.
-struct NoQueue;
-
-impl Exec for NoQueue {
-    fn exec(&mut self, program: &'static str, args: &[&str]) -> io::Result<Output> {
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| {
-                if program == "nft" && a.contains("add rule") {
-                    a.replace("queue num 3 bypass", "counter")
-                        .replace("queue num 3", "counter")
-                } else {
-                    a.to_string()
-                }
-            })
-            .collect();
-        Command::new(program).args(&args).output()
-    }
-}
-
-/// The nft backend's ruleset, on the real kernel, whether or not it has the queue expression.
-#[test]
-fn nft_ruleset_without_queue_statement() {
-    require_root("rules_backends");
-    let ns = Netns::new("nft-noq");
-    install_admin_rules(&ns, Backend::IptablesNft);
-    let spec = nft_spec();
-    assert_eq!(
-        ns.run(|| rules::apply_with(&mut NoQueue, &spec)).unwrap(),
-        10
+    eprintln!(
+        "nft: verdicts {}",
+        if native {
+            "native (nft_queue)"
+        } else {
+            "x_tables NFQUEUE through nft_compat"
+        }
     );
+    assert_eq!(ns.run(|| rules::apply(&spec)).unwrap(), 12);
     assert_eq!(
-        ns.run(|| rules::apply_with(&mut NoQueue, &spec)).unwrap(),
+        ns.run(|| rules::apply(&spec)).unwrap(),
         0,
         "second apply changed the table"
     );
-    check_nft_table(&ns.shw("nft list table inet ftpct"), "counter packets 0");
-    // The daemon's (future) set elements survive a re-apply.
-    ns.sh(&[
-        "nft",
-        "add element inet ftpct ftpct4 { 192.0.2.7 . 40000 timeout 60s }",
-    ]);
+    check_nft_table(&ns.shw("nft list table inet ftpct"));
+    // What the daemon adds to the sets survives a re-apply with other ports.
+    ns.run(|| {
+        NftSets::open()
+            .unwrap()
+            .add("ftpct4", "192.0.2.7:40000".parse().unwrap(), 60)
+    })
+    .unwrap();
     let changed = RuleSpec {
         ports: vec![21],
         ..spec.clone()
     };
-    assert_eq!(
-        ns.run(|| rules::apply_with(&mut NoQueue, &changed))
-            .unwrap(),
-        10
-    );
+    assert_eq!(ns.run(|| rules::apply(&changed)).unwrap(), 12);
     let listing = ns.shw("nft list table inet ftpct");
     assert!(listing.contains("192.0.2.7 . 40000"), "{listing}");
     assert!(!listing.contains("2121"), "old rules kept:\n{listing}");
     assert_eq!(
         listing.matches("comment \"ftpct\"").count(),
-        10,
+        12,
         "{listing}"
     );
     // Nothing in the iptables tables.
     assert_eq!(ours(&save_all(&ns, Backend::IptablesNft)), 0);
-
-    assert_eq!(
-        ns.run(|| rules::delete_with(&mut NoQueue, &spec)).unwrap(),
-        10
-    );
+    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 12);
+    assert_eq!(ns.run(|| rules::delete(&spec)).unwrap(), 0);
     assert!(!nft_table_exists(&ns));
-    assert_eq!(
-        ns.run(|| rules::delete_with(&mut NoQueue, &spec)).unwrap(),
-        0
-    );
     assert_admin_rules_intact(&ns, Backend::IptablesNft);
+}
+
+/// The daemon's writer of the nft sets (src/nftables.rs `NftSets`) against the real kernel:
+/// elements with their timeout, both families, deletion, and typed errors.
+#[test]
+fn nft_sets_written_over_netlink() {
+    require_root("rules_backends");
+    let ns = Netns::new("nft-sets");
+    let spec = nft_spec();
+    ns.run(|| {
+        let mut s = NftSets::open().unwrap();
+        let e = s.check("ftpct4").unwrap_err();
+        assert!(matches!(e, NftError::NoSet(_)), "{e}");
+        assert!(
+            e.to_string().contains("ftpct rules --backend nft --apply"),
+            "{e}"
+        );
+    });
+    ns.run(|| rules::apply(&spec)).unwrap();
+    let v4: std::net::SocketAddr = "198.51.100.9:50001".parse().unwrap();
+    let v6: std::net::SocketAddr = "[2001:db8::9]:50002".parse().unwrap();
+    ns.run(|| {
+        let mut s = NftSets::open().unwrap();
+        s.check("ftpct4").unwrap();
+        s.check("ftpct6").unwrap();
+        s.add("ftpct4", v4, 300).unwrap();
+        // Added again with a longer timeout (the kernel renews it since Linux 6.10).
+        s.add("ftpct4", v4, 600).unwrap();
+        s.add("ftpct6", v6, 300).unwrap();
+        let e = s.add("ftpct4", v6, 300).unwrap_err();
+        assert!(matches!(e, NftError::SetMismatch(..)), "{e}");
+        let e = s.add("nope", v4, 300).unwrap_err();
+        assert!(matches!(e, NftError::NoSet(_)), "{e}");
+    });
+    let listing = ns.shw("nft list table inet ftpct");
+    assert!(listing.contains("198.51.100.9 . 50001"), "{listing}");
+    assert!(listing.contains("2001:db8::9 . 50002"), "{listing}");
+    ns.run(|| {
+        let mut s = NftSets::open().unwrap();
+        s.del("ftpct4", v4).unwrap();
+        // An element that is not there (expired) is not an error.
+        s.del("ftpct4", v4).unwrap();
+    });
+    let listing = ns.shw("nft list table inet ftpct");
+    assert!(!listing.contains("198.51.100.9"), "{listing}");
+    assert!(listing.contains("2001:db8::9 . 50002"), "{listing}");
+    ns.run(|| rules::delete(&spec)).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
 // The daemon's rule check (src/rulecheck.rs, src/nftables.rs) against the real kernel
 
 use ftpct::ipset::Ipset;
-use ftpct::nftables::NfTables;
+use ftpct::nftables::{NfTables, NftError, NftSets};
 use ftpct::rulecheck::{Expected, NfFamily, Observed, Place};
 
 /// What the daemon's reader sees in the namespace.
@@ -470,34 +463,34 @@ fn rule_check_sees_nothing_of_iptables_legacy() {
     ns.run(|| rules::delete(&spec)).unwrap();
 }
 
-/// The nft backend's table (with `counter` for `queue`, which this kernel may lack): rules
-/// with `comment "ftpct"` in the userdata, and the empty nat chain checked as a chain.
+/// The nft backend's table: rules with `comment "ftpct"` in the userdata (the verdict rules
+/// written over netlink too), and the empty nat chain checked as a chain.
 #[test]
 fn rule_check_reads_the_nft_backend_table() {
     require_root("rules_backends");
     let ns = Netns::new("rc-nft");
     install_admin_rules(&ns, Backend::IptablesNft);
     let spec = nft_spec();
-    assert_eq!(
-        ns.run(|| rules::apply_with(&mut NoQueue, &spec)).unwrap(),
-        10
-    );
+    assert_eq!(ns.run(|| rules::apply(&spec)).unwrap(), 12);
     let exp = Expected::new(&spec, Backend::Nft, None).unwrap().unwrap();
     let o = observed(&ns);
     assert_eq!(o.backend(), Some(Backend::Nft), "{o:?}");
-    assert_eq!(o.chains.len(), 5, "{o:?}");
+    // 5 base chains and the 2 verdict chains.
+    assert_eq!(o.chains.len(), 7, "{o:?}");
     assert!(exp.compare(&o).is_empty(), "{:?}", exp.compare(&o));
     ns.shw("nft flush chain inet ftpct raw_output");
     ns.shw("nft delete chain inet ftpct nat_prerouting");
+    ns.shw("nft flush chain inet ftpct queue_data");
     let m = exp.compare(&observed(&ns));
-    assert_eq!(m.count(), 3, "{m:?}");
+    assert_eq!(m.count(), 4, "{m:?}");
     let text = m.message(&exp.fix);
     assert!(text.contains("inet ftpct raw_output: 2 of 2"), "{text}");
+    assert!(text.contains("inet ftpct queue_data: 1 of 1"), "{text}");
     assert!(
         text.contains("base chain inet ftpct nat_prerouting"),
         "{text}"
     );
-    ns.run(|| rules::delete_with(&mut NoQueue, &spec)).unwrap();
+    ns.run(|| rules::delete(&spec)).unwrap();
     assert_eq!(observed(&ns).backend(), None);
 }
 

@@ -433,10 +433,20 @@ impl Lab {
         let queue = FTPCT_QUEUE.to_string();
         let ports = self.port.to_string();
         let gw = self.ns("gw");
+        // The control port goes to the daemon through its configuration file (the documented
+        // contract is `ftpct run [--queue N] [--config FILE] [--socket PATH]`); `ftpct rules`
+        // reads the same file (e.g. `backend = nft` in `extra_conf`).
+        let conf = self.state_dir().join("ftpct.conf");
+        fs::write(
+            &conf,
+            format!("# written by tests/common\nports = {ports}\n{extra_conf}"),
+        )
+        .expect("write ftpct.conf");
+        let conf_s = conf.to_string_lossy().into_owned();
         let r = self.exec(
             "gw",
             &[
-                bin, "rules", "--queue", &queue, "--ports", &ports, "--apply",
+                bin, "rules", "--config", &conf_s, "--queue", &queue, "--ports", &ports, "--apply",
             ],
         );
         assert!(
@@ -446,14 +456,6 @@ impl Lab {
         );
         let sock = self.ftpct_socket();
         let _ = fs::remove_file(&sock);
-        // The control port goes to the daemon through its configuration file (the documented
-        // contract is `ftpct run [--queue N] [--config FILE] [--socket PATH]`).
-        let conf = self.state_dir().join("ftpct.conf");
-        fs::write(
-            &conf,
-            format!("# written by tests/common\nports = {ports}\n{extra_conf}"),
-        )
-        .expect("write ftpct.conf");
         let log = self.state_dir().join("ftpct.log");
         // Appended to, so that the log of a restarted daemon follows the first one.
         let logf = fs::OpenOptions::new()
@@ -531,10 +533,12 @@ impl Lab {
         let bin = ftpct_bin();
         let bin = bin.as_str();
         let queue = FTPCT_QUEUE.to_string();
+        let conf = self.state_dir().join("ftpct.conf");
+        let conf = conf.to_string_lossy();
         let r = self.exec(
             "gw",
             &[
-                bin, "rules", "--queue", &queue, "--ports", &p.ports, "--delete",
+                bin, "rules", "--config", &conf, "--queue", &queue, "--ports", &p.ports, "--delete",
             ],
         );
         if !r.ok() {
