@@ -525,7 +525,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 61] = [
+        let rows: [(&str, u64); 63] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -552,6 +552,8 @@ impl Shell {
             ("resyncs", s.resyncs),
             ("syn_unmatched", s.syn_unmatched),
             ("events_dropped", s.events_dropped),
+            ("actions_dropped", s.actions_dropped),
+            ("replies_unsolicited", s.replies_unsolicited),
             ("queue_overruns", k.queue_overruns),
             ("queue_dropped", kq_dropped),
             ("queue_user_dropped", kq_user_dropped),

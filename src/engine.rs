@@ -13,15 +13,15 @@
 //! therefore sees one consistent sequence space per direction and its strict window tracking
 //! keeps accepting the connection.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation, InsertError};
 use crate::packet::{self, Edit, TcpPacket};
 use crate::parser::{self, Command, ParseError};
 use crate::policy::{Policy, Refusal};
-use crate::session::{LineOut, Pending, Session};
+use crate::session::{FlowKey, LineOut, Pending, Session, SessionTable};
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
 
 /// Engine configuration.
@@ -328,6 +328,10 @@ pub struct Stats {
     /// Control-port packets of flows the kernel has no conntrack entry for.
     pub untracked: u64,
     pub events_dropped: u64,
+    /// 227/229 replies that no PASV/EPSV asked for (taken all the same, as the kernel does).
+    pub replies_unsolicited: u64,
+    /// Actions not queued because [`MAX_ACTIONS`] were waiting (see [`Engine::poll_action`]).
+    pub actions_dropped: u64,
 }
 
 const MAX_EVENTS: usize = 4096;
@@ -341,41 +345,11 @@ const MAX_GAP_DROPS: u8 = 6;
 /// Minimum segment size assumed when merging held bytes into the next segment.
 const MIN_MERGE: u32 = 536;
 
-/// Hasher for [`SessionId`] keys: Fibonacci hashing of the id.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// Flow index key: which hook class the tuple was seen at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FlowKey {
-    tuple: FlowTuple,
-    post: bool,
-}
-
 /// The engine. See the module documentation.
 pub struct Engine {
     cfg: Config,
-    /// Keyed by our own sequential ids (never by network input), so a plain multiplicative
-    /// hash is enough; flow keys, which come from packets, keep the std keyed hash.
-    sessions: HashMap<SessionId, Session, BuildHasherDefault<IdHasher>>,
-    flows: HashMap<FlowKey, (SessionId, Dir)>,
-    /// (deadline, session) — lazily updated: an entry may be older than the session's real
-    /// deadline, in which case it is re-inserted when reached.
-    deadlines: BTreeSet<(Timestamp, SessionId)>,
+    /// The control connections, their flow index and their deadlines.
+    sessions: SessionTable,
     expect: ExpectTable,
     next_session: u64,
     events: VecDeque<Event>,
@@ -394,6 +368,19 @@ pub struct Engine {
     now: Timestamp,
 }
 
+/// When a session ends unless a packet comes: idle timeout, or the linger after a close.
+fn deadline_of(p: &Policy, s: &Session) -> Timestamp {
+    session_deadline(s, p.session_idle_timeout, p.session_close_linger)
+}
+
+fn session_deadline(s: &Session, idle: Duration, linger: Duration) -> Timestamp {
+    if s.is_closing() {
+        s.last_seen.plus(linger)
+    } else {
+        s.last_seen.plus(idle)
+    }
+}
+
 impl Engine {
     pub fn new(cfg: Config) -> Self {
         let limits = ExpectLimits {
@@ -402,9 +389,7 @@ impl Engine {
         };
         Engine {
             cfg,
-            sessions: HashMap::default(),
-            flows: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            sessions: SessionTable::default(),
             expect: ExpectTable::new(limits),
             next_session: 1,
             events: VecDeque::new(),
@@ -441,6 +426,13 @@ impl Engine {
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> + '_ {
         self.sessions.values()
+    }
+
+    /// Sessions, deadline entries and flow keys held: the session table's memory, which must
+    /// follow the live sessions (one deadline and at most 4 flow keys each).
+    pub fn table_footprint(&self) -> (usize, usize, usize) {
+        let (deadlines, flows) = self.sessions.footprint();
+        (self.sessions.len(), deadlines, flows)
     }
 
     pub fn session_count(&self) -> usize {
@@ -546,10 +538,8 @@ impl Engine {
                 }
                 let mut s = Session::new(id, ct, created);
                 s.last_seen = now;
-                let deadline = self.deadline_of(&s);
-                self.sessions.insert(id, s);
-                self.deadlines.insert((deadline, id));
-                self.index(id, &ct, true);
+                let deadline = deadline_of(&self.cfg.policy, &s);
+                self.sessions.insert(s, deadline);
                 self.next_session = self.next_session.max(id.0 + 1);
             }
             Journal::LinePos { id, dir, pos } => {
@@ -578,8 +568,7 @@ impl Engine {
                 }
             }
             Journal::SessionEnd { id } => {
-                if let Some(s) = self.sessions.remove(&id) {
-                    self.index(id, &s.ct, false);
+                if self.sessions.remove(id).is_some() {
                     let mut removed = Vec::new();
                     self.expect.remove_master(id, &mut removed);
                 }
@@ -604,7 +593,7 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let s = self.deadlines.iter().next().map(|(t, _)| *t);
+        let s = self.sessions.next_deadline();
         match (s, self.expect.next_expiry()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -627,19 +616,17 @@ impl Engine {
             });
         }
         self.scratch_removed = removed;
-        while let Some(&(t, sid)) = self.deadlines.iter().next() {
-            if t > now {
-                break;
-            }
-            self.deadlines.remove(&(t, sid));
+        let (idle, linger) = (
+            self.cfg.policy.session_idle_timeout,
+            self.cfg.policy.session_close_linger,
+        );
+        while let Some(sid) = self
+            .sessions
+            .next_due(now, |s| session_deadline(s, idle, linger))
+        {
             let Some(s) = self.sessions.get(&sid) else {
-                continue;
+                break;
             };
-            let real = self.deadline_of(s);
-            if real > now {
-                self.deadlines.insert((real, sid));
-                continue;
-            }
             let reason = if s.reset {
                 EndReason::Reset
             } else if s.is_closing() {
@@ -648,15 +635,6 @@ impl Engine {
                 EndReason::Idle
             };
             self.end_session(sid, reason);
-        }
-    }
-
-    fn deadline_of(&self, s: &Session) -> Timestamp {
-        let p = &self.cfg.policy;
-        if s.is_closing() {
-            s.last_seen.plus(p.session_close_linger)
-        } else {
-            s.last_seen.plus(p.session_idle_timeout)
         }
     }
 
@@ -671,6 +649,10 @@ impl Engine {
     fn action(&mut self, a: Action) {
         if self.actions.len() < MAX_ACTIONS {
             self.actions.push_back(a);
+        } else {
+            // Only a mass expiry between two drains gets here (every packet queues a handful);
+            // what is lost is then an `UnwatchDst` whose set element times out by itself.
+            self.stats.actions_dropped += 1;
         }
     }
 
@@ -709,7 +691,7 @@ impl Engine {
             tuple: pkt.tuple,
             post,
         };
-        let mut found = self.flows.get(&key).copied();
+        let mut found = self.sessions.lookup(&key);
         if let (Some((sid, Dir::Reply)), false, true, true) =
             (found, post, pkt.flags.syn, pkt.flags.ack)
         {
@@ -806,10 +788,8 @@ impl Engine {
             s.dir_mut(Dir::Reply).sync(pkt.seq.wrapping_add(1), true);
             s.dir_mut(Dir::Original).sync(pkt.ack, true);
         }
-        let deadline = self.deadline_of(&s);
-        self.sessions.insert(id, s);
-        self.deadlines.insert((deadline, id));
-        self.index(id, &ct, true);
+        let deadline = deadline_of(&self.cfg.policy, &s);
+        self.sessions.insert(s, deadline);
         self.stats.sessions_started += 1;
         self.journal(Journal::SessionStart {
             id,
@@ -828,47 +808,22 @@ impl Engine {
         Some((id, dir))
     }
 
-    fn index(&mut self, id: SessionId, ct: &CtTuples, add: bool) {
-        let mid = ct.mid();
-        let keys = [
-            (ct.original, false, Dir::Original),
-            (ct.reply, false, Dir::Reply),
-            (mid, true, Dir::Original),
-            (mid.inverse(), true, Dir::Reply),
-        ];
-        for (tuple, post, dir) in keys {
-            let k = FlowKey { tuple, post };
-            if add {
-                self.flows.insert(k, (id, dir));
-            } else if self.flows.get(&k).map(|x| x.0) == Some(id) {
-                self.flows.remove(&k);
-            }
-        }
-    }
-
     /// Ends the least recently active session (bounded memory under a flood of sessions).
     fn evict_one(&mut self) {
-        while let Some(&(t, sid)) = self.deadlines.iter().next() {
-            self.deadlines.remove(&(t, sid));
-            let Some(s) = self.sessions.get(&sid) else {
-                continue;
-            };
-            let real = self.deadline_of(s);
-            if real > t {
-                self.deadlines.insert((real, sid));
-                continue;
-            }
+        let policy = &self.cfg.policy;
+        if let Some(sid) = self
+            .sessions
+            .next_due(Timestamp(u64::MAX), |s| deadline_of(policy, s))
+        {
             self.stats.sessions_evicted += 1;
             self.end_session(sid, EndReason::Evicted);
-            return;
         }
     }
 
     fn end_session(&mut self, sid: SessionId, reason: EndReason) {
-        let Some(s) = self.sessions.remove(&sid) else {
+        let Some(s) = self.sessions.remove(sid) else {
             return;
         };
-        self.index(sid, &s.ct, false);
         let mut removed = std::mem::take(&mut self.scratch_removed);
         removed.clear();
         self.expect.remove_master(sid, &mut removed);
@@ -982,7 +937,7 @@ impl Engine {
         }
         if !was_closing && s.is_closing() {
             let t = now.plus(self.cfg.policy.session_close_linger);
-            self.deadlines.insert((t, sid));
+            self.sessions.reschedule(sid, t);
         }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Verdict::Accept;
@@ -1329,6 +1284,12 @@ impl Engine {
                 match parsed {
                     Ok((addr, span)) => {
                         s.multiline_done = s.multiline.is_some();
+                        // Either passive command may get either reply (a 229 answering PASV
+                        // is common); a reply no passive command asked for is taken too, as
+                        // the kernel helper takes it, and counted.
+                        if !matches!(s.pending, Pending::Pasv | Pending::Epsv) {
+                            self.stats.replies_unsolicited += 1;
+                        }
                         s.pending = Pending::None;
                         self.count(sid, msg);
                         self.announce(sid, Dir::Reply, kind, addr, span, 0, at, no_rewrite);

@@ -24,9 +24,11 @@
 //! - `PORT` SP+ `h1,h2,h3,h4,p1,p2` WS*: each field 1–3 decimal digits (leading zeros allowed,
 //!   read as decimal, as RFC 959 and the kernel's `nf_conntrack_ftp` do), ≤ 255, no spaces
 //!   anywhere inside; port `p1*256+p2` in 1–65535. Only whitespace may follow `p2`.
-//! - `EPRT` SP+ `<d><af><d><addr><d><port><d>` WS*: `<d>` in 33..=126 but not a digit (an
-//!   RFC 2428 delimiter; digits are refused as `nf_conntrack_ftp` refuses them, since they make
-//!   the line ambiguous), the fields are split at the next `<d>` left to right (as servers do);
+//! - `EPRT` SP+ `<d><af><d><addr><d><port><d>` WS*: `<d>` is any RFC 2428 delimiter, ASCII
+//!   33..=126, digits included (`nf_conntrack_ftp` refuses digits; here a field simply cannot
+//!   contain the delimiter), the fields are split at the next `<d>` left to right (as servers
+//!   do), so e.g. `EPRT 51510.0.0.1520005` is `10.0.0.1` port 2000, and a line whose fields
+//!   contain its delimiter (`EPRT 31310.0.0.3320003`) is refused;
 //!   `<af>` is exactly `1` (IPv4) or `2` (IPv6). An IPv4 `<addr>` is a strict dotted quad:
 //!   four fields of 1–3 digits, ≤ 255, and no leading zero (glibc's `inet_aton`, which some
 //!   servers use, reads `010` as octal 8: refusing it keeps the ALG and the server from
@@ -84,8 +86,8 @@ pub enum ParseError {
     /// but whitespace after the argument of PORT / EPRT.
     #[error("wrong number of fields")]
     FieldCount,
-    /// An RFC 2428 delimiter outside 33..=126 or a digit, or not the same each time, or
-    /// missing.
+    /// An RFC 2428 delimiter outside 33..=126 (for 229 also a digit), or not the same each
+    /// time, or missing.
     #[error("bad or missing RFC 2428 delimiter")]
     BadDelimiter,
     /// EPRT network protocol field other than `1` or `2`.
@@ -171,11 +173,19 @@ fn skip_spaces(s: &[u8]) -> &[u8] {
     tail(s, s.iter().take_while(|&&b| b == b' ').count())
 }
 
-/// An RFC 2428 delimiter: printable ASCII 33..=126, digits excluded (they would make the
-/// fields ambiguous; `nf_conntrack_ftp` refuses them too).
+/// A 229 delimiter: printable ASCII 33..=126, digits excluded (the port is read as the digits
+/// after three delimiters, so a digit delimiter would be ambiguous; `nf_conntrack_ftp` refuses
+/// them too).
 #[inline]
 fn is_delim(b: u8) -> bool {
-    (33..=126).contains(&b) && !b.is_ascii_digit()
+    is_eprt_delim(b) && !b.is_ascii_digit()
+}
+
+/// An EPRT delimiter (RFC 2428): printable ASCII 33..=126. The fields are split at it, so a
+/// digit works as long as no field contains it.
+#[inline]
+fn is_eprt_delim(b: u8) -> bool {
+    (33..=126).contains(&b)
 }
 
 /// Reads 1..=`MAX` decimal digits at the start of `s` (`MAX` ≤ 9). More digits, or none, is
@@ -349,7 +359,7 @@ fn parse_eprt_arg(line: &[u8], arg: &[u8]) -> Result<Command, ParseError> {
     if only_ws(arg) {
         return Err(ParseError::NoAddress);
     }
-    if !is_delim(d) {
+    if !is_eprt_delim(d) {
         return Err(ParseError::BadDelimiter);
     }
     let (af, rest) = split_at_delim(body, d).ok_or(ParseError::BadDelimiter)?;
@@ -534,9 +544,10 @@ pub fn format_port_args(addr: SocketAddrV4, out: &mut Vec<u8>) {
     push_dec(out, p2.into());
 }
 
-/// Whether `delim` can delimit the EPRT text of an address of this family without ambiguity:
-/// in 33..=126, not a digit, and not a byte that can occur in the address text (`.` for
-/// IPv4; `.`, `:` and hex letters of either case for IPv6).
+/// Whether `delim` can delimit the EPRT text of any address of this family and any port
+/// without ambiguity: in 33..=126, not a digit (the parser takes digit delimiters, but a
+/// rewritten address or port may contain the digit), and not a byte that can occur in the
+/// address text (`.` for IPv4; `.`, `:` and hex letters of either case for IPv6).
 pub fn eprt_delim_unambiguous(delim: u8, ipv6: bool) -> bool {
     is_delim(delim) && delim != b'.' && !(ipv6 && (delim == b':' || delim.is_ascii_hexdigit()))
 }
@@ -828,7 +839,10 @@ mod tests {
         assert_eq!(cmd_err("EPRT |1|10.0.0.1|+2000|"), BadNumber);
         assert_eq!(cmd_err("EPRT |1|10.0.0.1|2000"), BadDelimiter);
         assert_eq!(cmd_err("EPRT |1|10.0.0.1!2000!"), BadDelimiter);
-        assert_eq!(cmd_err("EPRT 1110.0.0.1120001"), BadDelimiter);
+        // A digit delimiter: the fields are split at it, so `1` splits into more fields.
+        assert_eq!(cmd_err("EPRT 1110.0.0.1120001"), FieldCount);
+        // `3` inside the address cuts the fields differently: refused.
+        assert_eq!(cmd_err("EPRT 31310.0.0.3320003"), FieldCount);
         assert_eq!(cmd_err("EPRT \x7f1\x7f10.0.0.1\x7f2000\x7f"), BadDelimiter);
         assert_eq!(cmd_err("EPRT \t1\t10.0.0.1\t2000\t"), BadDelimiter);
         assert_eq!(
@@ -836,6 +850,17 @@ mod tests {
             BadDelimiter
         );
         assert_eq!(cmd_err("EPRT |1|10.0.0.1|2000|x"), FieldCount);
+        // Any RFC 2428 delimiter, digits included, when no field contains it.
+        assert_eq!(
+            cmd("EPRT 51510.0.0.1520005"),
+            Command::Eprt {
+                found: Found {
+                    addr: "10.0.0.1:2000".parse().unwrap(),
+                    span: 5..22,
+                },
+                delim: b'5',
+            }
+        );
         assert_eq!(cmd_err("EPRT |1|10.0.0.1|2000|3|"), FieldCount);
     }
 

@@ -8,8 +8,11 @@
 //! in the middle of a stream skips to the first newline, so a command can never be recognised in
 //! the middle of a line (NAT-slipstreaming defence).
 
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
 use crate::seqadj::SeqAdj;
-use crate::types::{CtTuples, Dir, SessionId, Timestamp};
+use crate::types::{CtTuples, Dir, FlowTuple, SessionId, Timestamp};
 
 /// What the line assembler produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +174,8 @@ pub struct Session {
     pub encrypted: bool,
     pub created: Timestamp,
     pub last_seen: Timestamp,
+    /// The session's entry in its table's deadlines (see [`SessionTable`]).
+    scheduled: Timestamp,
     /// RST seen.
     pub reset: bool,
     /// Counters for the `sessions` listing.
@@ -190,6 +195,7 @@ impl Session {
             encrypted: false,
             created: now,
             last_seen: now,
+            scheduled: now,
             reset: false,
             rewrites: 0,
             expectations: 0,
@@ -224,9 +230,255 @@ impl Session {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The session table
+
+/// Hasher for [`SessionId`] keys: Fibonacci hashing of the id.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Flow index key: a packet's 5-tuple and which hook class it was seen at (before conntrack a
+/// packet carries its sender's addresses; after conntrack and DNAT, the translated ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub tuple: FlowTuple,
+    pub post: bool,
+}
+
+/// The control connections: sessions by id, a flow index from each 5-tuple a packet of the
+/// connection can carry (both directions, before and after NAT: 4 keys per session), and one
+/// deadline per session in time order (idle timeout or linger after a close).
+///
+/// Invariant, kept by [`SessionTable::insert`], [`SessionTable::remove`] and
+/// [`SessionTable::reschedule`]: every session has exactly its 4 flow keys (unless a newer
+/// session took one over) and exactly one deadline entry, and nothing is left of a removed
+/// session. Memory is therefore bounded by the number of live sessions. A deadline entry may be
+/// earlier than the session's real deadline (activity moves it lazily):
+/// [`SessionTable::next_due`] moves such an entry when it is reached.
+#[derive(Default)]
+pub struct SessionTable {
+    /// Keyed by our own sequential ids (never by network input), so a plain multiplicative
+    /// hash is enough; flow keys, which come from packets, keep the std keyed hash.
+    sessions: HashMap<SessionId, Session, BuildHasherDefault<IdHasher>>,
+    flows: HashMap<FlowKey, (SessionId, Dir)>,
+    deadlines: BTreeSet<(Timestamp, SessionId)>,
+}
+
+/// The 4 flow keys of a connection and the direction each one means.
+fn flow_keys(ct: &CtTuples) -> [(FlowKey, Dir); 4] {
+    let mid = ct.mid();
+    let k = |tuple, post| FlowKey { tuple, post };
+    [
+        (k(ct.original, false), Dir::Original),
+        (k(ct.reply, false), Dir::Reply),
+        (k(mid, true), Dir::Original),
+        (k(mid.inverse(), true), Dir::Reply),
+    ]
+}
+
+impl SessionTable {
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn contains_key(&self, id: &SessionId) -> bool {
+        self.sessions.contains_key(id)
+    }
+
+    pub fn get(&self, id: &SessionId) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
+        self.sessions.get_mut(id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &SessionId> {
+        self.sessions.keys()
+    }
+
+    /// The session (and the direction) a packet with this key belongs to.
+    pub fn lookup(&self, key: &FlowKey) -> Option<(SessionId, Dir)> {
+        self.flows.get(key).copied()
+    }
+
+    /// Adds a session (replacing one with the same id), indexes its flow keys (taking them
+    /// over from an older session that had them) and schedules its first deadline.
+    pub fn insert(&mut self, mut s: Session, deadline: Timestamp) {
+        let id = s.id;
+        self.remove(id);
+        for (k, dir) in flow_keys(&s.ct) {
+            self.flows.insert(k, (id, dir));
+        }
+        s.scheduled = deadline;
+        self.deadlines.insert((deadline, id));
+        self.sessions.insert(id, s);
+    }
+
+    /// Removes a session with its deadline and the flow keys that still point to it.
+    pub fn remove(&mut self, id: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(&id)?;
+        self.deadlines.remove(&(s.scheduled, id));
+        for (k, _) in flow_keys(&s.ct) {
+            if self.flows.get(&k).map(|x| x.0) == Some(id) {
+                self.flows.remove(&k);
+            }
+        }
+        Some(s)
+    }
+
+    /// Moves a session's deadline to `t`.
+    pub fn reschedule(&mut self, id: SessionId, t: Timestamp) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            self.deadlines.remove(&(s.scheduled, id));
+            s.scheduled = t;
+            self.deadlines.insert((t, id));
+        }
+    }
+
+    /// The earliest deadline.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// The session with the earliest deadline if that deadline is not after `now`, where
+    /// `real` gives a session's actual deadline: an entry that `real` puts later is moved
+    /// there first (so activity never has to touch the deadlines). The caller ends the session
+    /// (or reschedules it); otherwise the same one is returned again.
+    pub fn next_due(
+        &mut self,
+        now: Timestamp,
+        real: impl Fn(&Session) -> Timestamp,
+    ) -> Option<SessionId> {
+        while let Some(&(t, id)) = self.deadlines.first() {
+            if t > now {
+                return None;
+            }
+            let Some(s) = self.sessions.get(&id) else {
+                // Not reachable while the invariant holds; never loop on it.
+                self.deadlines.remove(&(t, id));
+                continue;
+            };
+            let r = real(s);
+            if r > t {
+                self.reschedule(id, r);
+                continue;
+            }
+            return Some(id);
+        }
+        None
+    }
+
+    /// Deadline entries and flow keys held (for tests of the invariant).
+    pub fn footprint(&self) -> (usize, usize) {
+        (self.deadlines.len(), self.flows.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table_session(id: u64, port: u16) -> Session {
+        use crate::types::FlowTuple;
+        let c: std::net::SocketAddr = format!("10.0.0.2:{port}").parse().unwrap();
+        let srv: std::net::SocketAddr = "198.51.100.2:21".parse().unwrap();
+        let g: std::net::SocketAddr = format!("203.0.113.1:{port}").parse().unwrap();
+        let ct = CtTuples {
+            original: FlowTuple::new(c, srv),
+            reply: FlowTuple::new(srv, g),
+        };
+        Session::new(SessionId(id), ct, Timestamp::from_secs(0))
+    }
+
+    #[test]
+    fn table_keeps_one_deadline_per_live_session_and_nothing_after() {
+        let mut t = SessionTable::default();
+        for i in 0..1000u64 {
+            let s = table_session(i, 10_000 + i as u16);
+            t.insert(s, Timestamp::from_secs(100 + i));
+            // Activity and closes move the deadline; they never add one.
+            t.reschedule(SessionId(i), Timestamp::from_secs(50 + i));
+            t.reschedule(SessionId(i), Timestamp::from_secs(60 + i));
+        }
+        assert_eq!(t.len(), 1000);
+        assert_eq!(t.footprint(), (1000, 4000));
+        assert_eq!(t.next_deadline(), Some(Timestamp::from_secs(60)));
+        for i in 0..1000u64 {
+            assert!(t.remove(SessionId(i)).is_some());
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.footprint(), (0, 0));
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn table_lookup_and_takeover_of_flow_keys() {
+        let mut t = SessionTable::default();
+        let a = table_session(1, 40000);
+        let key = FlowKey {
+            tuple: a.ct.original,
+            post: false,
+        };
+        let rkey = FlowKey {
+            tuple: a.ct.reply,
+            post: false,
+        };
+        t.insert(a, Timestamp::from_secs(10));
+        assert_eq!(t.lookup(&key), Some((SessionId(1), Dir::Original)));
+        assert_eq!(t.lookup(&rkey), Some((SessionId(1), Dir::Reply)));
+        // A new session on the same tuples takes the keys over; removing the old one later
+        // leaves the new one's keys alone.
+        t.insert(table_session(2, 40000), Timestamp::from_secs(20));
+        assert_eq!(t.lookup(&key), Some((SessionId(2), Dir::Original)));
+        t.remove(SessionId(1));
+        assert_eq!(t.lookup(&key), Some((SessionId(2), Dir::Original)));
+        assert_eq!(t.footprint(), (1, 4));
+    }
+
+    #[test]
+    fn next_due_moves_stale_entries_and_returns_due_ones_in_order() {
+        let mut t = SessionTable::default();
+        t.insert(table_session(1, 1), Timestamp::from_secs(10));
+        t.insert(table_session(2, 2), Timestamp::from_secs(20));
+        // Session 1 was active: its real deadline is 30.
+        let real = |s: &Session| Timestamp::from_secs(if s.id == SessionId(1) { 30 } else { 20 });
+        assert_eq!(t.next_due(Timestamp::from_secs(5), real), None);
+        assert_eq!(
+            t.next_due(Timestamp::from_secs(25), real),
+            Some(SessionId(2))
+        );
+        t.remove(SessionId(2));
+        assert_eq!(t.next_due(Timestamp::from_secs(25), real), None);
+        assert_eq!(t.next_deadline(), Some(Timestamp::from_secs(30)));
+        assert_eq!(
+            t.next_due(Timestamp::from_secs(30), real),
+            Some(SessionId(1))
+        );
+        assert_eq!(t.footprint(), (1, 4));
+    }
 
     fn lines(d: &mut DirState, input: &[u8]) -> Vec<(u32, Vec<u8>)> {
         let mut out = Vec::new();

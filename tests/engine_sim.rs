@@ -772,6 +772,30 @@ fn dnat_server_227_and_229_are_rewritten_to_the_public_address() {
     lab.all_acked();
 }
 
+/// The passive command is context, not a filter: a 229 answering PASV (what many servers
+/// send) and a 227 answering EPSV both give their expectation; a 227 nobody asked for is taken
+/// too, as the kernel helper takes it, and counted as unsolicited.
+#[test]
+fn passive_replies_answering_either_command_or_none() {
+    let mut lab = Lab::dnat(cfg());
+    lab.client_says("PASV\r\n");
+    lab.server_says("229 Entering Extended Passive Mode (|||30002|)\r\n");
+    assert!(lab
+        .data_syn("198.51.100.7:41002", "203.0.113.1:30002")
+        .is_some());
+    lab.client_says("EPSV\r\n");
+    lab.server_says("227 Entering Passive Mode (10,1,0,2,117,51).\r\n");
+    assert!(lab.client_got().ends_with("(203,0,113,1,117,51).\r\n"));
+    assert!(lab
+        .data_syn("198.51.100.7:41003", "203.0.113.1:30003")
+        .is_some());
+    assert_eq!(lab.gw.engine.stats().replies_unsolicited, 0);
+    lab.server_says("227 Entering Passive Mode (10,1,0,2,117,52).\r\n");
+    assert!(lab.client_got().ends_with("(203,0,113,1,117,52).\r\n"));
+    assert_eq!(lab.gw.engine.stats().replies_unsolicited, 1);
+    lab.all_acked();
+}
+
 #[test]
 fn multiline_227_and_zero_address() {
     let mut lab = Lab::dnat(cfg());
@@ -953,11 +977,15 @@ fn session_ends_after_close_and_its_expectations_go() {
     sfin.fin = true;
     lab.gw.forward(&sfin).unwrap();
     assert_eq!(lab.gw.engine.session_count(), 1);
+    // The close moved the session's one deadline (to the linger), it did not add one.
+    assert_eq!(lab.gw.engine.table_footprint(), (1, 1, 4));
     lab.gw
         .engine
         .handle_timeout(lab.gw.now.plus(std::time::Duration::from_secs(11)));
     assert_eq!(lab.gw.engine.session_count(), 0);
     assert!(lab.gw.engine.expectations().is_empty());
+    // Nothing of the session is left (its idle-timeout entry used to linger for 6 h).
+    assert_eq!(lab.gw.engine.table_footprint(), (0, 0, 0));
 }
 
 #[test]

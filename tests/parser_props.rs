@@ -57,7 +57,7 @@ fn addr_any() -> impl Strategy<Value = SocketAddr> {
 }
 
 /// RFC 2428 delimiters that are unambiguous for formatted output of the given family:
-/// 33..=126 minus digits (refused by the parser), `.` (IPv4 and the dotted tail of
+/// 33..=126 minus digits (which may occur in a port), `.` (IPv4 and the dotted tail of
 /// IPv4-mapped IPv6), and for IPv6 also `:` and hex letters (either case; `Display` prints
 /// lower case, but a peer may send upper case).
 fn delim_for(ipv6: bool) -> impl Strategy<Value = u8> {
