@@ -314,6 +314,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                     s.policy.session_idle_timeout =
                         Duration::from_secs(parse_num(v, "number of seconds")?)
                 }
+                "max_hold_retries" => s.policy.max_hold_retries = parse_num(v, "count (0-255)")?,
+                "session_close_linger" => {
+                    s.policy.session_close_linger =
+                        Duration::from_secs(parse_num(v, "number of seconds")?)
+                }
+                "pickup_at_segment_start" => s.policy.pickup_at_segment_start = parse_bool(v)?,
                 "data_mark" => s.policy.data_mark = parse_mark(v)?,
                 "seqadj_mark" => s.seqadj_mark = parse_mark(v)?,
                 _ => {
@@ -354,6 +360,31 @@ mod tests {
             (40000, 41000)
         );
         assert_eq!(s.policy.expect_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn backend_and_core_tunables() {
+        let text = "backend = nft\nmax_hold_retries = 5\nsession_close_linger = 30\n\
+                    pickup_at_segment_start = yes\n";
+        let s = parse(text, Path::new("t.conf")).unwrap();
+        assert_eq!(s.backend, Backend::Nft);
+        assert_eq!(s.policy.max_hold_retries, 5);
+        assert_eq!(s.policy.session_close_linger, Duration::from_secs(30));
+        assert!(s.policy.pickup_at_segment_start);
+        let d = parse("", Path::new("t.conf")).unwrap();
+        assert_eq!(d.backend, Backend::IptablesNft);
+        assert!(!d.policy.pickup_at_segment_start);
+        let e = parse("backend = ipfw\n", Path::new("t.conf"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.conf:1:") && e.contains("iptables-nft, iptables-legacy or nft"),
+            "{e}"
+        );
+        let e = parse("max_hold_retries = 300\n", Path::new("t.conf"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.conf:1:"), "{e}");
     }
 
     #[test]

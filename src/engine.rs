@@ -939,6 +939,7 @@ impl Engine {
             let t = now.plus(self.cfg.policy.session_close_linger);
             self.sessions.reschedule(sid, t);
         }
+        let pickup_trusted = self.cfg.policy.pickup_at_segment_start;
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Verdict::Accept;
         };
@@ -957,7 +958,7 @@ impl Engine {
                     } else {
                         seq
                     },
-                    pkt.flags.syn,
+                    pkt.flags.syn || pickup_trusted,
                 );
             }
         }

@@ -39,6 +39,13 @@ pub struct Policy {
     pub session_close_linger: Duration,
     /// Mark set on the conntrack entries of admitted data connections. Default: 0x4654 ("FT").
     pub data_mark: u32,
+    /// For a session picked up in the middle of its stream (its handshake not seen: ftpct
+    /// started after the connection without a state file), take the first segment seen in
+    /// each direction as the start of a line, as the kernel helper takes every segment.
+    /// Default: false: skip to the first newline, so that a command is never recognised in
+    /// the middle of a line (NAT-slipstreaming defence); a PORT/EPRT/227 in the first segment
+    /// of such a session is then not rewritten.
+    pub pickup_at_segment_start: bool,
 }
 
 impl Default for Policy {
@@ -57,6 +64,7 @@ impl Default for Policy {
             session_idle_timeout: Duration::from_secs(6 * 3600),
             session_close_linger: Duration::from_secs(10),
             data_mark: 0x4654,
+            pickup_at_segment_start: false,
         }
     }
 }

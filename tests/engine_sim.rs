@@ -1018,6 +1018,32 @@ fn session_picked_up_mid_stream_starts_at_a_line_boundary() {
     );
 }
 
+/// `pickup_at_segment_start`: the kernel helper's behaviour for a session picked up mid-stream
+/// (the first segment starts a line); off by default, where the same segment is not rewritten.
+#[test]
+fn pickup_at_segment_start_trusts_the_first_segment() {
+    let ct = CtTuples {
+        original: FlowTuple::new(sa(CLI), sa(SRV)),
+        reply: FlowTuple::new(sa(SRV), sa(GW_PUB)),
+    };
+    for (trusted, want) in [
+        (false, "PORT 10,0,0,2,195,80\r\n"),
+        (true, "PORT 203,0,113,1,195,80\r\n"),
+    ] {
+        let mut c = cfg();
+        c.policy.pickup_at_segment_start = trusted;
+        let mut gw = Gw::new(c, ct);
+        let mut cli = Endpoint::new(sa(CLI), sa(SRV), 100, 200);
+        let (a, b) = cli.write(b"PORT 10,0,0,2,195,80\r\n");
+        let out = gw.forward(&cli.seg(a, b)).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.payload),
+            want,
+            "trusted={trusted}"
+        );
+    }
+}
+
 #[test]
 fn unknown_flows_and_garbage_are_accepted_untouched() {
     let mut e = Engine::new(cfg());
