@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{IpSlice, PacketBuilder, TcpOptionElement, TcpSlice};
 use ftpct::engine::{Action, Config, CtHint, Engine, Event, Verdict};
-use ftpct::expect::ExpectKind;
 use ftpct::policy::Policy;
 use ftpct::types::{CtTuples, FlowTuple, Hook, RelatedEntry, Timestamp};
 use proptest::prelude::*;
@@ -1076,8 +1075,6 @@ fn unknown_flows_and_garbage_are_accepted_untouched() {
         Verdict::Accept
     );
     assert_eq!(e.stats().syn_unmatched, 1);
-    let kind = ExpectKind::Port;
-    let _ = kind;
 }
 
 // ---------------------------------------------------------------------------------------------

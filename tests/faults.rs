@@ -3,9 +3,6 @@
 //! already exist for a data connection, firewall rules removed behind ftpct's back, the kernel's
 //! FTP helper attached as well, and fail-closed versus fail-open without a daemon.
 //!
-//! Tests marked `#[ignore = "needs daemon change: ..."]` assert the behaviour the daemon should
-//! have and fail today; each comment says what happens instead.
-//!
 //! Needs root, like the e2e tests (they fail, never skip, without it).
 
 mod common;

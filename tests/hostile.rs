@@ -8,9 +8,6 @@
 //! session keeps working afterwards (a normal transfer, in the same session where the server
 //! allows it).
 //!
-//! Tests marked `#[ignore = "needs daemon change: ..."]` assert the behaviour the daemon should
-//! have and fail today; each comment says what happens instead.
-//!
 //! Needs root, like the e2e tests (they fail, never skip, without it).
 
 mod common;
