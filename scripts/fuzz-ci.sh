@@ -10,9 +10,9 @@
 # failed is kept under fuzz/artifacts/<target>/ and printed (base64) in the log, so it can be
 # replayed with `RUSTC_BOOTSTRAP=1 cargo +stable fuzz run <target> <file>`.
 #
-# Cost with the default (measured, see docs/benchmarks-core.md): one ASan build of the crate
-# and the six targets (about 2 CPU-minutes from a cold target directory) plus 6 x 30 s of
-# fuzzing: about 4-4.5 minutes on an idle 2-core runner.
+# Cost (measured, see docs/benchmarks-core.md): one ASan build of the crate and the eight
+# targets (about 2.5 CPU-minutes from a cold target directory) plus 8 x N s of fuzzing
+# (CI: N = 20, about 5 minutes in all on an idle 2-core runner).
 #
 # Only a stable toolchain is available, so libFuzzer's nightly-only flags (-Zsanitizer=address,
 # sancov) are unlocked with RUSTC_BOOTSTRAP=1, as in fuzz/Cargo.toml.

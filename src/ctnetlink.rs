@@ -463,7 +463,9 @@ fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
     }
 }
 
-fn parse_entry(attrs: AttrIter<'_>) -> Result<CtEntry, CtError> {
+/// Parses the attributes of a conntrack entry as the kernel answers a lookup (public for the
+/// `netlink` fuzz target: the bytes come from the kernel, but are checked like any input).
+pub fn parse_entry(attrs: AttrIter<'_>) -> Result<CtEntry, CtError> {
     let t: [Option<Attr>; CTA_TABLE_LEN] = attrs.table()?;
     let original =
         parse_tuple(t[CTA_TUPLE_ORIG as usize].ok_or(CtError::BadAnswer("no CTA_TUPLE_ORIG"))?)?;

@@ -280,7 +280,8 @@ fn build_list_header(buf: &mut Vec<u8>, name: &str) -> Result<(), NlError> {
 }
 
 /// Parses one message of a header listing; `None` for a message about another set (or none).
-fn parse_header(m: &NlMsg<'_>, name: &str) -> Result<Option<SetInfo>, NlError> {
+/// Public for the `netlink` fuzz target.
+pub fn parse_header(m: &NlMsg<'_>, name: &str) -> Result<Option<SetInfo>, NlError> {
     if m.subsys() != NFNL_SUBSYS_IPSET || m.cmd() != IPSET_CMD_LIST {
         return Ok(None);
     }
