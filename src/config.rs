@@ -270,7 +270,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                     };
                 }
                 "ipset6" => s.ipset6 = v.to_string(),
-                "backend" => s.backend = v.parse()?,
+                "backend" => {
+                    s.backend = v
+                        .parse()
+                        .map_err(|e: crate::rules::UnknownBackend| e.to_string())?
+                }
                 "log" => s.log = v.to_string(),
                 "user" => s.user = (!v.is_empty()).then(|| v.to_string()),
                 "rule_check_interval" => {

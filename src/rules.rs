@@ -158,15 +158,18 @@ impl fmt::Display for Backend {
     }
 }
 
+/// A backend name that is none of [`Backend::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend '{0}': use iptables-nft, iptables-legacy or nft")]
+pub struct UnknownBackend(pub String);
+
 impl FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         Backend::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| {
-                format!("unknown backend '{s}': use iptables-nft, iptables-legacy or nft")
-            })
+            .ok_or_else(|| UnknownBackend(s.to_string()))
     }
 }
 
@@ -1444,7 +1447,7 @@ mod tests {
             assert_eq!(b.name().parse::<Backend>().unwrap(), b);
             assert_eq!(b.to_string(), b.name());
         }
-        let e = "iptables".parse::<Backend>().unwrap_err();
+        let e = "iptables".parse::<Backend>().unwrap_err().to_string();
         assert!(e.contains("iptables-nft, iptables-legacy or nft"), "{e}");
         assert_eq!(Backend::default(), Backend::IptablesNft);
         let nft = Backend::Nft.kernel_requirements();
