@@ -10,16 +10,21 @@ use std::time::{Duration, Instant};
 
 use common::{ftpct_bin, Alg, Lab, Topology};
 
-/// An active-mode client in the masq lab that stops after the server accepted its PORT, until
-/// told to go on (then RETRs small.txt and quits). Prints `PORT <port>` when it waits.
+/// An active-mode client that stops after the server accepted its PORT (or EPRT), until told
+/// to go on (then RETRs small.txt and quits). Prints `PORT <port>` when it waits.
+/// Arguments: server address, local address, `port` or `eprt`.
 const HOLDING_CLIENT: &str = r#"
 import ftplib, socket, sys
+host, local, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 ftp = ftplib.FTP()
-ftp.connect("203.0.113.2", 21, timeout=5)
+ftp.connect(host, 21, timeout=5)
 ftp.login()
-ls = socket.create_server(("10.77.100.102", 0))
+ls = socket.create_server((local, 0), family=socket.AF_INET6 if ":" in local else socket.AF_INET)
 port = ls.getsockname()[1]
-ftp.sendcmd("PORT 10,77,100,102,%d,%d" % (port >> 8, port & 255))
+if mode == "port":
+    ftp.sendcmd("PORT %s,%d,%d" % (local.replace(".", ","), port >> 8, port & 255))
+else:
+    ftp.sendcmd("EPRT |%d|%s|%d|" % (2 if ":" in local else 1, local, port))
 print("PORT %d" % port, flush=True)
 sys.stdin.readline()
 ftp.voidcmd("TYPE I")
@@ -44,7 +49,15 @@ struct Holding {
     port: u16,
 }
 
+/// The holding client in the masq lab, with PORT.
 fn start_holding_client(lab: &Lab) -> Holding {
+    start_holding_client_with(lab, "port")
+}
+
+/// The holding client in `lab` (masq, dnat or v6: server and local address from `lab.sh env`)
+/// with `port` or `eprt`.
+fn start_holding_client_with(lab: &Lab, mode: &str) -> Holding {
+    let (target, local) = (lab.env_var("TARGET"), lab.env_var("CLI_IP"));
     let mut child = Command::new("ip")
         .args([
             "netns",
@@ -53,6 +66,9 @@ fn start_holding_client(lab: &Lab) -> Holding {
             "python3",
             "-c",
             HOLDING_CLIENT,
+            &target,
+            &local,
+            mode,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -66,7 +82,7 @@ fn start_holding_client(lab: &Lab) -> Holding {
         .trim()
         .strip_prefix("PORT ")
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("client did not get its PORT accepted: {line:?}"));
+        .unwrap_or_else(|| panic!("client did not get its {mode} accepted: {line:?}"));
     Holding { child, out, port }
 }
 
@@ -280,4 +296,122 @@ fn daemon_keeps_only_cap_net_admin_and_a_private_socket() {
     lab.fetch(common::Client::Curl, common::Mode::Port, "small.txt")
         .assert_ok();
     assert!(lab.ftpct_log().contains("privileges dropped"), "[{test}]");
+}
+
+/// The lines of an expectation table in the kernel's /proc/net/nf_conntrack_expect format.
+fn expect_lines(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| l.contains("l3proto"))
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect()
+}
+
+/// `ftpct list` against the kernel's own table for the same waiting expectation: the session
+/// runs once with the kernel helper (its /proc/net/nf_conntrack_expect, read in the gateway) and
+/// once with ftpct (`ftpct list`), and the lines must agree field by field: `l3proto = N`,
+/// `proto=6`, `src=`, `dst=` (the address format of the family), `sport=0`, the helper name, with
+/// the expected port being each session's own data port (the NAT keeps it when free) and the
+/// seconds left within a few of each other. Deliberate difference (src/expect.rs
+/// `format_kernel_line`): past its deadline but not yet expired, ftpct prints 0 where the kernel
+/// may print a negative number; it does not arise here. While ftpct runs, the kernel's table
+/// stays empty: ftpct's expectations live in userspace.
+fn list_matches_the_kernel_table(test: &str, topo: Topology, mode: &str, want: &[&str]) {
+    let mut lab = Lab::up(test, topo);
+    lab.server();
+
+    lab.kernel_helper(true);
+    let h = start_holding_client_with(&lab, mode);
+    let kernel = lab.gw(&["cat", "/proc/net/nf_conntrack_expect"]).stdout;
+    let kport = h.port;
+    let done = h.finish();
+    assert!(done.contains("GOT 29"), "[{test}] {done}");
+    lab.kernel_helper(false);
+
+    lab.start_ftpct(&[]);
+    let h = start_holding_client_with(&lab, mode);
+    let list = lab.ftpct_cli("list");
+    list.assert_ok();
+    let kernel_meanwhile = lab.gw(&["cat", "/proc/net/nf_conntrack_expect"]).stdout;
+    let fport = h.port;
+    let done = h.finish();
+    assert!(done.contains("GOT 29"), "[{test}] {done}");
+
+    let k = expect_lines(&kernel);
+    let f = expect_lines(&list.stdout);
+    assert_eq!(k.len(), 1, "[{test}] kernel table:\n{kernel}");
+    assert_eq!(f.len(), 1, "[{test}] ftpct list:\n{}", list.stdout);
+    assert!(
+        expect_lines(&kernel_meanwhile).is_empty(),
+        "[{test}] kernel expectations while ftpct runs:\n{kernel_meanwhile}"
+    );
+    let (k, f) = (&k[0], &f[0]);
+    eprintln!("[{test}]\nkernel: {}\nftpct:  {}", k.join(" "), f.join(" "));
+    assert_eq!(
+        k.len(),
+        f.len(),
+        "[{test}] field count\nkernel: {k:?}\nftpct:  {f:?}"
+    );
+    // seconds left: both just after the command, out of the same 300 s
+    let secs = |v: &Vec<String>| -> i64 {
+        v[0].parse()
+            .unwrap_or_else(|_| panic!("[{test}] seconds first: {v:?}"))
+    };
+    let (ks, fs) = (secs(k), secs(f));
+    assert!(
+        (295..=300).contains(&ks) && (295..=300).contains(&fs) && (ks - fs).abs() <= 5,
+        "[{test}] seconds left: kernel {ks}, ftpct {fs}"
+    );
+    for (i, (kf, ff)) in k.iter().zip(f.iter()).enumerate().skip(1) {
+        if kf.starts_with("dport=") {
+            assert_eq!(*kf, format!("dport={kport}"), "[{test}] kernel {k:?}");
+            assert_eq!(*ff, format!("dport={fport}"), "[{test}] ftpct {f:?}");
+        } else {
+            assert_eq!(kf, ff, "[{test}] field {i}\nkernel: {k:?}\nftpct:  {f:?}");
+        }
+    }
+    // and the fields are the ones expected for this lab (not two equally wrong lines)
+    for w in want {
+        assert!(
+            k.iter().any(|x| x == w),
+            "[{test}] `{w}` not in the kernel's line {k:?}"
+        );
+    }
+}
+
+#[test]
+fn list_matches_the_kernel_table_masq_port() {
+    list_matches_the_kernel_table(
+        "list_matches_the_kernel_table_masq_port",
+        Topology::Masq,
+        "port",
+        &[
+            "l3proto",
+            "=",
+            "2",
+            "proto=6",
+            "src=203.0.113.2",
+            "dst=203.0.113.1",
+            "sport=0",
+            "ftp",
+        ],
+    );
+}
+
+#[test]
+fn list_matches_the_kernel_table_v6_eprt() {
+    list_matches_the_kernel_table(
+        "list_matches_the_kernel_table_v6_eprt",
+        Topology::V6,
+        "eprt",
+        &[
+            "l3proto",
+            "=",
+            "10",
+            "proto=6",
+            "src=fd77:0002:0000:0000:0000:0000:0000:0002",
+            "dst=fd77:0001:0000:0000:0000:0000:0000:0002",
+            "sport=0",
+            "ftp",
+        ],
+    );
 }
