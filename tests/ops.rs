@@ -415,3 +415,319 @@ fn list_matches_the_kernel_table_v6_eprt() {
         ],
     );
 }
+
+/// One Prometheus scrape, parsed: sample (`name` or `name{labels}`) → value, and the declared
+/// type of each family.
+struct Scrape {
+    text: String,
+    samples: std::collections::BTreeMap<String, f64>,
+    types: std::collections::BTreeMap<String, String>,
+}
+
+impl Scrape {
+    #[track_caller]
+    fn get(&self, sample: &str) -> f64 {
+        *self
+            .samples
+            .get(sample)
+            .unwrap_or_else(|| panic!("no sample {sample} in the scrape:\n{}", self.text))
+    }
+    #[track_caller]
+    fn int(&self, sample: &str) -> u64 {
+        let v = self.get(sample);
+        assert!(v >= 0.0 && v.fract() == 0.0, "{sample} = {v}");
+        v as u64
+    }
+}
+
+/// `curl http://127.0.0.1:9477/metrics` in the gateway.
+#[track_caller]
+fn scrape(lab: &Lab) -> Scrape {
+    let r = lab.exec(
+        "gw",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:9477/metrics",
+        ],
+    );
+    r.assert_ok();
+    let mut samples = std::collections::BTreeMap::new();
+    let mut types = std::collections::BTreeMap::new();
+    for l in r.stdout.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').expect("# TYPE name type");
+            types.insert(name.to_string(), ty.to_string());
+        } else if !l.starts_with('#') && !l.is_empty() {
+            let (name, v) = l.rsplit_once(' ').expect("sample value");
+            let v: f64 = v
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number in `{l}`"));
+            assert!(
+                samples.insert(name.to_string(), v).is_none(),
+                "sample {name} twice:\n{}",
+                r.stdout
+            );
+        }
+    }
+    Scrape {
+        text: r.stdout,
+        samples,
+        types,
+    }
+}
+
+/// Every family of the Operations issue in a scrape taken after a scenario whose counts are
+/// known: packets by verdict, messages by type, rewrites, expectations created, used, expired,
+/// evicted and refused by reason, parse failures, TLS sessions, live sessions and
+/// expectations, the kernel's queue drops, and the latency histogram (cumulative buckets, +Inf =
+/// _count = packets queued, as the kernel counts them).
+///
+/// One scripted session first (expect_timeout = 2 s): a bounce PORT and a PORT to port 80
+/// (refused by ftpct, then by vsftpd), a malformed PORT (a parse failure), EPRT and PORT
+/// (rewritten; the second expectation evicts the first: max_expect_per_session = 1), PASV and
+/// EPSV (227 and 229; each evicts the previous), a scrape while it waits (1 session, 1
+/// expectation), 3 s for the last expectation to expire, AUTH TLS (refused by vsftpd: no TLS
+/// session). Then `many active 3` (PORT, EPRT, PORT, all used).
+#[test]
+fn prometheus_metrics_every_family() {
+    let test = "prometheus_metrics_every_family";
+    let mut lab = Lab::up(test, Topology::Masq);
+    lab.server();
+    lab.start_ftpct_with_config("expect_timeout = 2\n", &["--metrics", "127.0.0.1:9477"]);
+    let marks = lab.state_dir();
+    let (a, b) = (marks.join("mark-a"), marks.join("mark-b"));
+    let mark_a = format!("mark:{}", a.display());
+    let wait_b = format!("waitfor:{}:20", b.display());
+    let script = lab.spawn_ftpscript(
+        10,
+        None,
+        &[
+            "login",
+            "cmd:PORT 10,77,100,9,156,64=>500",
+            "cmd:PORT 10,77,100,102,0,80=>500",
+            "cmd:PORT 10,77,100=>500,501",
+            "cmd:EPRT |1|10.77.100.102|40001|=>200",
+            "cmd:PORT 10,77,100,102,156,66=>200",
+            "cmd:PASV=>227",
+            "cmd:EPSV=>229",
+            &mark_a,
+            &wait_b,
+            "sleep:3",
+            "cmd:AUTH TLS=>5",
+            "quit",
+        ],
+    );
+    let t0 = Instant::now();
+    while !a.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "[{test}] no mark");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mid = scrape(&lab);
+    std::fs::write(&b, "").expect("mark b");
+    let out = script.wait_with_output().expect("ftpscript");
+    assert!(
+        out.status.success(),
+        "[{test}] script failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mid.int("ftpct_sessions"), 1, "[{test}]\n{}", mid.text);
+    assert_eq!(mid.int("ftpct_expectations"), 1, "[{test}]\n{}", mid.text);
+    assert_eq!(
+        mid.int("ftpct_expectations_total{event=\"created\"}"),
+        4,
+        "[{test}]\n{}",
+        mid.text
+    );
+    assert_eq!(
+        mid.int("ftpct_expectations_total{event=\"expired\"}"),
+        0,
+        "[{test}]\n{}",
+        mid.text
+    );
+    lab.many("active", 3).assert_ok();
+
+    let m = scrape(&lab);
+    let fam = [
+        ("ftpct_sessions", "gauge"),
+        ("ftpct_expectations", "gauge"),
+        ("ftpct_packets_total", "counter"),
+        ("ftpct_messages_total", "counter"),
+        ("ftpct_rewrites_total", "counter"),
+        ("ftpct_expectations_total", "counter"),
+        ("ftpct_expectations_refused_total", "counter"),
+        ("ftpct_parse_failures_total", "counter"),
+        ("ftpct_tls_sessions_total", "counter"),
+        ("ftpct_sessions_started_total", "counter"),
+        ("ftpct_kernel_queue_dropped_total", "counter"),
+        ("ftpct_queue_overruns_total", "counter"),
+        ("ftpct_conntrack_created_total", "counter"),
+        ("ftpct_packet_latency_seconds", "histogram"),
+    ];
+    for (name, ty) in fam {
+        assert_eq!(
+            m.types.get(name).map(String::as_str),
+            Some(ty),
+            "[{test}] family {name}:\n{}",
+            m.text
+        );
+    }
+    let want: &[(&str, u64)] = &[
+        // script: bounce, port 80, the evicting PORT; many: PORT, EPRT, PORT
+        ("ftpct_messages_total{type=\"port\"}", 5),
+        ("ftpct_messages_total{type=\"eprt\"}", 2),
+        ("ftpct_messages_total{type=\"pasv\"}", 1),
+        ("ftpct_messages_total{type=\"epsv\"}", 1),
+        ("ftpct_messages_total{type=\"227\"}", 1),
+        ("ftpct_messages_total{type=\"229\"}", 1),
+        ("ftpct_messages_total{type=\"auth_tls\"}", 1),
+        ("ftpct_messages_total{type=\"234\"}", 0),
+        // EPRT and PORT of the script, the three of many (227 carries the public address)
+        ("ftpct_rewrites_total", 5),
+        ("ftpct_expectations_total{event=\"created\"}", 7),
+        ("ftpct_expectations_total{event=\"used\"}", 3),
+        ("ftpct_expectations_total{event=\"expired\"}", 1),
+        ("ftpct_expectations_total{event=\"evicted\"}", 3),
+        ("ftpct_expectations_refused_total{reason=\"bounce\"}", 1),
+        (
+            "ftpct_expectations_refused_total{reason=\"privileged_port\"}",
+            1,
+        ),
+        ("ftpct_expectations_refused_total{reason=\"other\"}", 0),
+        ("ftpct_parse_failures_total", 1),
+        ("ftpct_tls_sessions_total", 0),
+        ("ftpct_sessions_started_total", 2),
+        ("ftpct_conntrack_created_total", 3),
+        ("ftpct_expectations", 0),
+        ("ftpct_kernel_queue_dropped_total{reason=\"queue_full\"}", 0),
+        (
+            "ftpct_kernel_queue_dropped_total{reason=\"socket_full\"}",
+            0,
+        ),
+        ("ftpct_queue_overruns_total", 0),
+        // nothing held or reordered in this lab
+        ("ftpct_packets_total{verdict=\"dropped_held\"}", 0),
+        ("ftpct_packets_total{verdict=\"dropped_out_of_order\"}", 0),
+    ];
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(s, v)| m.int(s) != *v)
+        .map(|(s, v)| format!("{s} = {}, expected {v}", m.int(s)))
+        .collect();
+    assert!(wrong.is_empty(), "[{test}] {wrong:#?}\n{}", m.text);
+    // both sessions ended (closed ones linger a few seconds)
+    assert!(m.int("ftpct_sessions") <= 2, "[{test}]\n{}", m.text);
+
+    // packets: every queued packet got one verdict and one latency sample
+    let queued = lab.nfqueue_proc().expect("queue bound").id_sequence;
+    let accepted = m.int("ftpct_packets_total{verdict=\"accepted\"}");
+    let modified = m.int("ftpct_packets_total{verdict=\"modified\"}");
+    assert!(
+        modified >= 5,
+        "[{test}] {modified} modified packets for 5 rewrites"
+    );
+    let count = m.int("ftpct_packet_latency_seconds_count");
+    assert_eq!(
+        accepted + modified,
+        count,
+        "[{test}] verdicts vs latency samples\n{}",
+        m.text
+    );
+    assert_eq!(
+        count, queued,
+        "[{test}] latency samples vs packets the kernel queued"
+    );
+    // the histogram: cumulative buckets in increasing `le`, +Inf = _count, a mean below 100 ms
+    let mut buckets: Vec<(f64, u64)> = m
+        .samples
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k
+                .strip_prefix("ftpct_packet_latency_seconds_bucket{le=\"")?
+                .strip_suffix("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, *v as u64))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    assert!(buckets.len() >= 10, "[{test}] buckets:\n{}", m.text);
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "[{test}] buckets not cumulative: {buckets:?}"
+    );
+    let last = buckets.last().unwrap();
+    assert!(
+        last.0.is_infinite() && last.1 == count,
+        "[{test}] {buckets:?}"
+    );
+    assert!(
+        buckets[buckets.len() - 2].1 > 0,
+        "[{test}] no packet under the largest finite bound: {buckets:?}"
+    );
+    let sum = m.get("ftpct_packet_latency_seconds_sum");
+    assert!(
+        sum > 0.0 && sum / (count as f64) < 0.1,
+        "[{test}] latency sum {sum} s for {count} packets"
+    );
+    // the same counters through `ftpct stats`
+    let st = lab.ftpct_stats();
+    for (stat, sample) in [
+        ("rewrites", "ftpct_rewrites_total"),
+        (
+            "refused_bounce",
+            "ftpct_expectations_refused_total{reason=\"bounce\"}",
+        ),
+        ("parse_failures", "ftpct_parse_failures_total"),
+        (
+            "expect_expired",
+            "ftpct_expectations_total{event=\"expired\"}",
+        ),
+        ("latency_count", "ftpct_packet_latency_seconds_count"),
+    ] {
+        assert_eq!(st.get(stat), m.int(sample), "[{test}] {stat} vs {sample}");
+    }
+}
+
+/// A session that announces TLS (AUTH TLS answered with 234, by tests/lab/fakeftpd.py in place
+/// of vsftpd) is counted in `ftpct_tls_sessions_total` and its two messages by type.
+#[test]
+fn prometheus_metrics_count_a_tls_session() {
+    let test = "prometheus_metrics_count_a_tls_session";
+    let mut lab = Lab::up(test, Topology::Masq);
+    let srv = lab.env_var("SRV_IP");
+    let root = lab.state_dir().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let root_s = root.to_string_lossy().into_owned();
+    let mut fake = lab.spawn_python(
+        "srv",
+        "fakeftpd.py",
+        &["--listen", &srv, "--root", &root_s, "--seconds", "30"],
+    );
+    let mut line = String::new();
+    BufReader::new(fake.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("fakeftpd output");
+    assert_eq!(line.trim(), "READY", "[{test}] fakeftpd did not start");
+    lab.start_ftpct(&["--metrics", "127.0.0.1:9477"]);
+    let r = lab.ftpscript(5, Some(&root), &["login", "cmd:AUTH TLS=>234"]);
+    r.assert_ok();
+    let m = scrape(&lab);
+    let _ = fake.kill();
+    let _ = fake.wait();
+    for (s, v) in [
+        ("ftpct_tls_sessions_total", 1),
+        ("ftpct_messages_total{type=\"auth_tls\"}", 1),
+        ("ftpct_messages_total{type=\"234\"}", 1),
+        ("ftpct_sessions_started_total", 1),
+        ("ftpct_expectations_total{event=\"created\"}", 0),
+    ] {
+        assert_eq!(m.int(s), v, "[{test}] {s}\n{}", m.text);
+    }
+}
