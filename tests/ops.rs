@@ -731,3 +731,85 @@ fn prometheus_metrics_count_a_tls_session() {
         assert_eq!(m.int(s), v, "[{test}] {s}\n{}", m.text);
     }
 }
+
+/// `CLOCK_MONOTONIC` in microseconds (the clock of `MONOTONIC_USEC`).
+fn monotonic_usec() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000
+}
+
+/// The running daemon speaks sd_notify over a real `$NOTIFY_SOCKET` (a unix datagram socket the
+/// test binds, as systemd does for `Type=notify-reload`): `READY=1` once it serves (then its
+/// `STATUS=`), `RELOADING=1` with a `MONOTONIC_USEC` taken after the SIGHUP and then `READY=1`
+/// again when the reload is done, `STOPPING=1` on SIGTERM, and nothing else.
+#[test]
+fn sd_notify_ready_reloading_stopping() {
+    use nix::sys::signal::Signal;
+    use std::os::unix::net::UnixDatagram;
+    let test = "sd_notify_ready_reloading_stopping";
+    let mut lab = Lab::up(test, Topology::Masq);
+    let path = lab.state_dir().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let recv = |what: &str| -> String {
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("[{test}] no notification ({what}): {e}"));
+        String::from_utf8(buf[..n].to_vec()).expect("UTF-8 notification")
+    };
+    let nothing_more = |when: &str| {
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = sock.recv(&mut buf) {
+            panic!(
+                "[{test}] unexpected notification {when}: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+    };
+    let path_s = path.to_string_lossy().into_owned();
+    lab.start_ftpct_with_env("", &[], &[("NOTIFY_SOCKET", &path_s)]);
+    // start_ftpct returned once the control socket exists; READY=1 says the same
+    assert_eq!(recv("start"), "READY=1", "[{test}]");
+    let status = recv("status after start");
+    assert!(
+        status.starts_with("STATUS=") && !status.contains('\n'),
+        "[{test}] {status:?}"
+    );
+    nothing_more("while running");
+
+    let before = monotonic_usec();
+    lab.signal_ftpct(Signal::SIGHUP);
+    let reloading = recv("reload");
+    let after = monotonic_usec();
+    let mut lines = reloading.lines();
+    assert_eq!(lines.next(), Some("RELOADING=1"), "[{test}] {reloading:?}");
+    let usec: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("[{test}] no MONOTONIC_USEC: {reloading:?}"));
+    assert!(
+        (before..=after).contains(&usec),
+        "[{test}] MONOTONIC_USEC={usec} not between {before} and {after}"
+    );
+    assert_eq!(lines.next(), None, "[{test}] {reloading:?}");
+    assert_eq!(recv("reload done"), "READY=1", "[{test}]");
+    assert!(
+        recv("status after reload").starts_with("STATUS="),
+        "[{test}]"
+    );
+    nothing_more("after the reload");
+    assert!(
+        lab.ftpct_log().contains("configuration reloaded"),
+        "[{test}] {}",
+        lab.ftpct_log()
+    );
+
+    let exit = lab.signal_ftpct(Signal::SIGTERM);
+    assert_eq!(recv("stop"), "STOPPING=1", "[{test}]");
+    assert_eq!(exit, "exit status: 0", "[{test}] {}", lab.ftpct_log());
+    nothing_more("after the exit");
+}

@@ -427,6 +427,13 @@ impl Lab {
     /// e.g. `"max_sessions = 1000\n"`; see src/config.rs for the keys).
     #[track_caller]
     pub fn start_ftpct_with_config(&mut self, extra_conf: &str, args: &[&str]) {
+        self.start_ftpct_with_env(extra_conf, args, &[])
+    }
+
+    /// `start_ftpct_with_config` with extra environment variables for the daemon (e.g.
+    /// `NOTIFY_SOCKET`).
+    #[track_caller]
+    pub fn start_ftpct_with_env(&mut self, extra_conf: &str, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.ftpct.is_none(), "ftpct already running in this lab");
         let bin = ftpct_bin();
         let bin = bin.as_str();
@@ -475,6 +482,7 @@ impl Lab {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)
