@@ -8,6 +8,12 @@
 //! - `Alg::None`: nothing. Every data connection must then FAIL, which proves that the
 //!   scenario is not vacuous (the lab really needs an ALG).
 //!
+//! With an ALG, each data connection must enter the gateway as RELATED (a counting rule of
+//! lab.sh), which proves it was admitted through an expectation; without, no packet may. The
+//! ftpct variants also check that the gateway's INVALID drop rule counted nothing (strict TCP
+//! tracking stayed consistent with the rewrites), that no data packet reached ftpct's queue, and
+//! that the same downloads fail again once ftpct is stopped.
+//!
 //! The tests need root: without it they FAIL with a message, they never pass silently.
 //! Each test builds its own lab with a unique prefix, so they run in parallel.
 
