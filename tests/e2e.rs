@@ -8,6 +8,12 @@
 //! - `Alg::None`: nothing. Every data connection must then FAIL, which proves that the
 //!   scenario is not vacuous (the lab really needs an ALG).
 //!
+//! With an ALG, each data connection must enter the gateway as RELATED (a counting rule of
+//! lab.sh), which proves it was admitted through an expectation; without, no packet may. The
+//! ftpct variants also check that the gateway's INVALID drop rule counted nothing (strict TCP
+//! tracking stayed consistent with the rewrites), that no data packet reached ftpct's queue, and
+//! that the same downloads fail again once ftpct is stopped.
+//!
 //! The tests need root: without it they FAIL with a message, they never pass silently.
 //! Each test builds its own lab with a unique prefix, so they run in parallel.
 
@@ -15,8 +21,7 @@ mod common;
 
 use common::{Alg, Client, Lab, Mode, Run, Topology};
 
-/// Generates the three variants of one scenario. The ftpct variant is ignored until the daemon
-/// exists.
+/// Generates the three variants of one scenario (kernel helper, no ALG, ftpct).
 macro_rules! alg_tests {
     ($kernel:ident, $none:ident, $ftpct:ident => $scenario:ident($($arg:expr),*)) => {
         #[test]
@@ -66,9 +71,12 @@ fn rewritten_in_server_log(mode: Mode) -> &'static str {
 }
 
 /// Downloads with every client that can be forced to `mode`. With an ALG: byte-exact downloads
-/// (lab.sh checks sha256 and that the client used exactly `mode`, no fallback). Without: every
-/// client fails, while the control connection alone works (`probe`), and the failure is the
-/// expected one where it has a recognisable signature.
+/// (lab.sh checks sha256 and that the client used exactly `mode`, no fallback), each data
+/// connection admitted as RELATED (the gateway's counting rule), and with ftpct: nothing dropped
+/// as INVALID under strict TCP tracking, no data packet queued to userspace, and the same
+/// downloads failing again once ftpct is stopped. Without: every client fails, while the control
+/// connection alone works (`probe`), and the failure is the expected one where it has a
+/// recognisable signature.
 fn fetch_scenario(test: &str, alg: Alg, topo: Topology, port: u16, mode: Mode) {
     fetch_scenario_clients(test, alg, topo, port, mode, &Client::ALL)
 }
@@ -92,7 +100,12 @@ fn fetch_scenario_clients(
     assert!(!clients.is_empty());
     let mut f = Failures::default();
     if alg.is_some() {
+        if alg == Alg::Ftpct {
+            lab.conntrack_acct_on();
+        }
         for c in &clients {
+            let related0 = lab.related_tcp_packets();
+            let queue0 = (alg == Alg::Ftpct).then(|| queue_snapshot(&lab));
             let r = lab.fetch(*c, mode, "big.bin");
             f.check(r.ok(), || format!("{} {}: {r}", c.name(), mode.name()));
             if topo == Topology::Dnat && mode == Mode::Pasv {
@@ -100,6 +113,18 @@ fn fetch_scenario_clients(
                 f.check(r.contains("(203,0,113,1,"), || {
                     format!("{}: 227 not rewritten to 203.0.113.1: {r}", c.name())
                 });
+            }
+            let related = lab.related_tcp_packets() - related0;
+            f.check(related >= 1, || {
+                format!(
+                    "{} {}: the data connection did not enter the gateway as RELATED \
+                     (lab-related-tcp counted {related})",
+                    c.name(),
+                    mode.name()
+                )
+            });
+            if let Some(q0) = queue0 {
+                check_data_not_queued(&lab, &mut f, c.name(), q0);
             }
         }
         if topo == Topology::Masq && mode.is_active() {
@@ -113,32 +138,125 @@ fn fetch_scenario_clients(
                 || format!("the client's private address reached the server:\n{log}"),
             );
         }
-    } else {
-        lab.probe().assert_ok();
-        // Each client waits for its own timeout here: run them concurrently (separate sessions
-        // and output files) to keep the suite fast.
-        let runs: Vec<(Client, Run)> = std::thread::scope(|sc| {
-            let hs: Vec<_> = clients
-                .iter()
-                .map(|c| {
-                    let lab = &lab;
-                    sc.spawn(move || (*c, lab.fetch(*c, mode, "small.txt")))
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for (c, r) in &runs {
-            f.check(!r.ok() && r.code != Some(2), || {
-                format!(
-                    "{} {} succeeded WITHOUT any ALG (test would be vacuous): {r}",
-                    c.name(),
-                    mode.name()
-                )
-            });
-            expected_failure_signature(&mut f, topo, mode, *c, r);
+        if alg == Alg::Ftpct {
+            check_no_invalid(&lab, &mut f);
+            // Negative control: the same downloads with ftpct stopped (its rules deleted).
+            lab.stop_ftpct();
+            all_clients_fail(&lab, topo, mode, &clients, "with ftpct stopped", &mut f);
         }
+    } else {
+        all_clients_fail(&lab, topo, mode, &clients, "WITHOUT any ALG", &mut f);
     }
     f.assert_none(test);
+}
+
+/// Every client fetches small.txt in `mode` concurrently (each waits for its own timeout:
+/// separate sessions and output files) and must FAIL, with the recognisable symptom where there
+/// is one, while the control connection alone works; no data connection is admitted as
+/// RELATED meanwhile. `why` names the situation in the messages.
+fn all_clients_fail(
+    lab: &Lab,
+    topo: Topology,
+    mode: Mode,
+    clients: &[Client],
+    why: &str,
+    f: &mut Failures,
+) {
+    lab.probe().assert_ok();
+    let related0 = lab.related_tcp_packets();
+    let runs: Vec<(Client, Run)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = clients
+            .iter()
+            .map(|c| sc.spawn(move || (*c, lab.fetch(*c, mode, "small.txt"))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (c, r) in &runs {
+        f.check(!r.ok() && r.code != Some(2), || {
+            format!(
+                "{} {} succeeded {why} (test would be vacuous): {r}",
+                c.name(),
+                mode.name()
+            )
+        });
+        expected_failure_signature(f, topo, mode, *c, r);
+    }
+    let related = lab.related_tcp_packets() - related0;
+    f.check(related == 0, || {
+        format!("{related} TCP packets entered as RELATED {why}")
+    });
+}
+
+/// ftpct's queue as the kernel counts it, the daemon's own count of processed packets, and the
+/// gateway's conntrack accounting zeroed: taken before one download.
+struct QueueSnapshot {
+    queued: u64,
+    processed: u64,
+}
+
+fn queue_snapshot(lab: &Lab) -> QueueSnapshot {
+    lab.conntrack_zero();
+    QueueSnapshot {
+        queued: lab
+            .nfqueue_proc()
+            .expect("ftpct's queue is bound")
+            .id_sequence,
+        processed: lab.ftpct_stats().get("latency_count"),
+    }
+}
+
+/// "Data packets never enter userspace": during one 4 MiB download the queue took only control
+/// packets (each at most twice: before conntrack and, on a connection with a sequence offset,
+/// after it) and the data SYN (plus a retransmission). The counts are netfilter's, as conntrack
+/// accounting counts the same download: on the lab's veths a data "packet" is a GSO packet of up
+/// to 64 KiB, so 4 MiB is ~130 packets, not ~2900 segments. The data connection must outnumber
+/// the bound, or the check could not tell.
+fn check_data_not_queued(lab: &Lab, f: &mut Failures, client: &str, before: QueueSnapshot) {
+    let queued = lab
+        .nfqueue_proc()
+        .expect("ftpct's queue is bound")
+        .id_sequence
+        - before.queued;
+    let processed = lab.ftpct_stats().get("latency_count") - before.processed;
+    let ct = lab.conntrack_acct();
+    let bound = 2 * ct.control_packets + 4;
+    eprintln!(
+        "{client}: queued {queued} (ftpct processed {processed}), bound {bound}; \
+         conntrack accounting {ct:?}"
+    );
+    f.check(ct.data_bytes >= 4 << 20, || {
+        format!("{client}: the data connection carried {ct:?}, not the 4 MiB file")
+    });
+    f.check(ct.data_packets > bound, || {
+        format!(
+            "{client}: the data connection had {} packets, not more than the bound {bound}: \
+             the check cannot tell ({ct:?})",
+            ct.data_packets
+        )
+    });
+    f.check(queued > 0 && queued <= bound, || {
+        format!(
+            "{client}: {queued} packets queued to ftpct during the download, bound {bound} \
+             (2 x {} control packets + 4); data connection {} packets",
+            ct.control_packets, ct.data_packets
+        )
+    });
+    f.check(processed == queued, || {
+        format!("{client}: the kernel queued {queued} packets, ftpct processed {processed}")
+    });
+}
+
+/// The gateway's `--ctstate INVALID -j DROP` rule dropped nothing, IPv4 and IPv6: ftpct's
+/// sequence rewriting kept strict conntrack TCP tracking (be_liberal=0) consistent for the
+/// whole session.
+fn check_no_invalid(lab: &Lab, f: &mut Failures) {
+    let inv = lab.invalid_dropped();
+    f.check(inv == [0, 0], || {
+        format!(
+            "the gateway dropped INVALID packets (IPv4 {}, IPv6 {})",
+            inv[0], inv[1]
+        )
+    });
 }
 
 /// Where a missing ALG has an unmistakable symptom, check it is that one (and not, say, a broken
@@ -181,15 +299,36 @@ fn ephemeral_source_scenario(test: &str, alg: Alg) {
     lab.server_with(21, false);
     lab.enable(alg);
     let mut f = Failures::default();
-    for c in Client::ALL {
-        let r = lab.fetch(c, Mode::Port, "big.bin");
-        if alg.is_some() {
+    if alg.is_some() {
+        for c in Client::ALL {
+            let r = lab.fetch(c, Mode::Port, "big.bin");
             f.check(r.ok(), || format!("{}: {r}", c.name()));
-        } else {
-            f.check(!r.ok(), || {
-                format!("{} succeeded without ALG: {r}", c.name())
-            });
         }
+        let related = lab.related_tcp_packets();
+        f.check(related >= 3, || {
+            format!("{related} TCP packets entered as RELATED for 3 data connections")
+        });
+        if alg == Alg::Ftpct {
+            check_no_invalid(&lab, &mut f);
+            lab.stop_ftpct();
+            all_clients_fail(
+                &lab,
+                Topology::Masq,
+                Mode::Port,
+                &Client::ALL,
+                "with ftpct stopped",
+                &mut f,
+            );
+        }
+    } else {
+        all_clients_fail(
+            &lab,
+            Topology::Masq,
+            Mode::Port,
+            &Client::ALL,
+            "WITHOUT any ALG",
+            &mut f,
+        );
     }
     f.assert_none(test);
 }
@@ -226,12 +365,22 @@ fn many_scenario(test: &str, alg: Alg, topo: Topology, mode: &str) {
     lab.server();
     lab.enable(alg);
     let r = lab.many(mode, 30);
+    let related = lab.related_tcp_packets();
     if alg.is_some() {
         r.assert_ok();
         assert!(r.stdout.contains("OK 30 files"), "[{test}] {r}");
+        assert!(
+            related >= 30,
+            "[{test}] {related} TCP packets entered as RELATED for 30 data connections"
+        );
+        if alg == Alg::Ftpct {
+            let inv = lab.invalid_dropped();
+            assert_eq!(inv, [0, 0], "[{test}] INVALID packets dropped (IPv4, IPv6)");
+        }
     } else {
         lab.probe().assert_ok();
         r.assert_fails();
+        assert_eq!(related, 0, "[{test}] RELATED packets without ALG");
     }
 }
 
@@ -268,6 +417,10 @@ fn split_scenario(test: &str, alg: Alg, topo: Topology, mode: Mode) {
                     "[{test}] server log has no {want}:\n{log}"
                 );
             }
+            let related = lab.related_tcp_packets();
+            assert!(related >= 1, "[{test}] data connection not RELATED");
+            let inv = lab.invalid_dropped();
+            assert_eq!(inv, [0, 0], "[{test}] INVALID packets dropped (IPv4, IPv6)");
         }
         Alg::KernelHelper => {
             r.assert_fails();
@@ -279,6 +432,11 @@ fn split_scenario(test: &str, alg: Alg, topo: Topology, mode: Mode) {
         Alg::None => {
             lab.probe().assert_ok();
             r.assert_fails();
+            assert_eq!(
+                lab.related_tcp_packets(),
+                0,
+                "[{test}] RELATED packets without ALG"
+            );
         }
     }
 }
@@ -297,24 +455,49 @@ fn port2121_scenario(test: &str, alg: Alg) {
     lab.server();
     lab.enable(alg);
     let mut f = Failures::default();
+    let clients = |m: Mode| -> Vec<Client> {
+        Client::ALL
+            .into_iter()
+            .filter(|c| c.supports(Topology::Masq, m))
+            .collect()
+    };
     if alg.is_some() {
+        let mut transfers = 0;
         for m in modes {
-            for c in Client::ALL
-                .into_iter()
-                .filter(|c| c.supports(Topology::Masq, m))
-            {
+            for c in clients(m) {
                 let r = lab.fetch(c, m, "big.bin");
                 f.check(r.ok(), || format!("{} {}: {r}", c.name(), m.name()));
+                transfers += 1;
+            }
+        }
+        let related = lab.related_tcp_packets();
+        f.check(related >= transfers, || {
+            format!("{related} TCP packets entered as RELATED for {transfers} data connections")
+        });
+        if alg == Alg::Ftpct {
+            check_no_invalid(&lab, &mut f);
+            lab.stop_ftpct();
+            for m in modes {
+                all_clients_fail(
+                    &lab,
+                    Topology::Masq,
+                    m,
+                    &clients(m),
+                    "with ftpct stopped",
+                    &mut f,
+                );
             }
         }
     } else {
-        lab.probe().assert_ok();
-        // one client is enough here: the masq_* tests cover all of them without ALG
         for m in modes {
-            let r = lab.fetch(Client::Ftplib, m, "small.txt");
-            f.check(!r.ok(), || {
-                format!("ftplib {} succeeded without ALG: {r}", m.name())
-            });
+            all_clients_fail(
+                &lab,
+                Topology::Masq,
+                m,
+                &clients(m),
+                "WITHOUT any ALG",
+                &mut f,
+            );
         }
     }
     f.assert_none(test);
@@ -431,10 +614,17 @@ fn nft_backend_scenario(test: &str, topo: Topology, mode: Mode) {
         "[{test}] ftpct rules in iptables with backend = nft:\n{saved}"
     );
     let mut f = Failures::default();
+    let mut transfers = 0;
     for c in Client::ALL.into_iter().filter(|c| c.supports(topo, mode)) {
         let r = lab.fetch(c, mode, "big.bin");
         f.check(r.ok(), || format!("{} {}: {r}", c.name(), mode.name()));
+        transfers += 1;
     }
+    let related = lab.related_tcp_packets();
+    f.check(related >= transfers, || {
+        format!("{related} TCP packets entered as RELATED for {transfers} data connections")
+    });
+    check_no_invalid(&lab, &mut f);
     let st = lab.ftpct_stats();
     f.check(
         st.get("ipset_adds") > 0 && st.get("ipset_errors") == 0,

@@ -1,6 +1,8 @@
 //! `ftpct replay`: captures built here packet by packet (pcap and pcapng, Ethernet, Linux cooked
-//! v1/v2, raw IP), and one real capture taken in the namespace lab with the kernel's FTP helper
-//! doing the NAT traversal (needs root, like tests/e2e.rs).
+//! v1/v2, raw IP), and real captures taken with tcpdump in the namespace lab with the kernel's
+//! FTP helper doing the NAT traversal (masq PORT, DNAT PASV, IPv6 EPRT and EPSV; needs root, like
+//! tests/e2e.rs), replayed by the library and by the `ftpct replay` binary run as `nobody`, in
+//! text and JSON, also after conversion to pcapng with editcap.
 
 mod common;
 
@@ -1214,6 +1216,17 @@ fn lab_capture(
     filter: &str,
     mode: common::Mode,
 ) -> (common::Lab, BTreeMap<String, String>, std::path::PathBuf) {
+    lab_capture_modes(test, topo, side, filter, &[mode])
+}
+
+/// [`lab_capture`] with one ftplib download per mode, one after the other, in the same capture.
+fn lab_capture_modes(
+    test: &str,
+    topo: common::Topology,
+    side: &str,
+    filter: &str,
+    modes: &[common::Mode],
+) -> (common::Lab, BTreeMap<String, String>, std::path::PathBuf) {
     common::require_root_and_tools();
     assert!(
         Command::new("tcpdump").arg("--version").output().is_ok(),
@@ -1221,19 +1234,89 @@ fn lab_capture(
     );
     let lab = common::Lab::up(test, topo);
     let env = lab_env(&lab);
-    assert_eq!(env["GW_PUBLIC_IP"], "203.0.113.1");
+    if topo != common::Topology::V6 {
+        assert_eq!(env["GW_PUBLIC_IP"], "203.0.113.1");
+    }
     lab.server();
     lab.kernel_helper(true);
     let file = lab.state_dir().join(format!("{side}.pcap"));
     let mut dump = Tcpdump::start(&lab, side, &file, filter);
-    let r = lab.fetch(common::Client::Ftplib, mode, "small.txt");
+    let runs: Vec<common::Run> = modes
+        .iter()
+        .map(|m| lab.fetch(common::Client::Ftplib, *m, "small.txt"))
+        .collect();
     let dump_log = dump.stop();
-    assert!(r.ok(), "[{test}] fetch failed: {r}");
+    for r in runs {
+        assert!(r.ok(), "[{test}] fetch failed: {r}");
+    }
     let len = std::fs::metadata(&file)
         .unwrap_or_else(|e| panic!("no capture ({e}): {dump_log}"))
         .len();
     eprintln!("[{test}] capture: {len} bytes; {dump_log}");
     (lab, env, file)
+}
+
+/// `ftpct replay ARGS... FILE`: the crate's binary, run as a subprocess by user `nobody` (the
+/// replay needs no privilege), from a copy in the lab's state directory (so that `nobody` can
+/// run it wherever the build directory is). Asserts exit status 0 and nothing on stderr;
+/// returns stdout.
+fn bin_replay(lab: &common::Lab, file: &std::path::Path, args: &[&str]) -> String {
+    use std::os::unix::process::CommandExt;
+    let bin = lab.state_dir().join("ftpct-replay-bin");
+    if !bin.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_ftpct"), &bin).expect("copy the ftpct binary");
+    }
+    let out = Command::new(&bin)
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ftpct replay");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "ftpct replay {args:?} {}: {}\n{stderr}\n{stdout}",
+        file.display(),
+        out.status
+    );
+    stdout
+}
+
+/// The `--snat`/`--dnat` arguments of `nat`.
+fn nat_args(nat: Nat) -> Vec<String> {
+    match nat {
+        Nat::Snat(ip) => vec!["--snat".into(), ip.to_string()],
+        Nat::Dnat(ip) => vec!["--dnat".into(), ip.to_string()],
+        Nat::None => vec![],
+    }
+}
+
+/// Replays `file` with the `ftpct replay` binary in text and with `--json`, and checks that
+/// the library ([`replay::run`]) prints exactly the same.
+fn lab_replay_bin(lab: &common::Lab, file: &std::path::Path, nat: Nat) -> (String, Vec<J>) {
+    let args = nat_args(nat);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = bin_replay(lab, file, &args);
+    args.push("--json");
+    let json = bin_replay(lab, file, &args);
+    let (_, lib_text, _) = lab_replay(file, nat);
+    assert_eq!(text, lib_text, "binary and library text differ");
+    let mut o = ReplayOptions::new(file);
+    o.nat = nat;
+    o.format = OutputFormat::Json;
+    let mut lib_json = Vec::new();
+    replay::run(&o, &mut lib_json).expect("library replay");
+    assert_eq!(
+        json,
+        String::from_utf8(lib_json).unwrap(),
+        "binary and library JSON differ"
+    );
+    let recs = json_lines(&json);
+    (text, recs)
 }
 
 /// Replays `file` in text (through [`replay::run`], as the CLI does) and in JSON.
@@ -1269,6 +1352,8 @@ fn lab_masq_port_capture_replays_with_snat() {
     );
     let (cli_ip, srv_ip, public) = (&env["CLI_IP"], &env["SRV_IP"], &env["GW_PUBLIC_IP"]);
     let (sum, text, recs) = lab_replay(&file, Nat::Snat(public.parse().unwrap()));
+    // the binary (`ftpct replay --snat`) prints exactly the same
+    lab_replay_bin(&lab, &file, Nat::Snat(public.parse().unwrap()));
 
     // the PORT as the client sent it, from its private address
     let port_msgs: Vec<&J> = of_type(&recs, "message")
@@ -1336,7 +1421,9 @@ fn lab_masq_port_capture_replays_with_snat() {
 
 /// Server behind DNAT, everything captured on the server's side (control and data): replay with
 /// `--dnat` rewrites the 227 to the public address, and the client's data connection (seen
-/// after DNAT in the capture) uses the expectation.
+/// after DNAT in the capture) uses the expectation. Checked on the output of the `ftpct replay`
+/// binary (text and `--json`), which must equal the library's, and again after conversion of
+/// the capture to pcapng.
 #[test]
 fn lab_dnat_pasv_capture_replays_with_dnat() {
     let test = "lab_dnat_pasv_capture_replays_with_dnat";
@@ -1348,7 +1435,12 @@ fn lab_dnat_pasv_capture_replays_with_dnat() {
         common::Mode::Pasv,
     );
     let (cli_ip, srv_ip, public) = (&env["CLI_IP"], &env["SRV_IP"], &env["GW_PUBLIC_IP"]);
-    let (sum, text, recs) = lab_replay(&file, Nat::Dnat(public.parse().unwrap()));
+    let nat = Nat::Dnat(public.parse().unwrap());
+    // the `ftpct replay --dnat` binary, in text and JSON (equal to the library's output)
+    let (text, recs) = lab_replay_bin(&lab, &file, nat);
+    let (sum, _, _) = lab_replay(&file, nat);
+    // the same capture converted to pcapng replays the same
+    pcapng_replays_the_same(&lab, &file, nat, &text);
     drop(lab);
 
     let start = of_type(&recs, "session_start");
@@ -1415,4 +1507,172 @@ fn lab_dnat_pasv_capture_replays_with_dnat() {
         text.contains("seq offsets: original +0 (0 rewrites), reply +2 (1 rewrites)"),
         "{text}"
     );
+}
+
+/// `editcap -F pcapng` of a lab capture (Debian's wireshark-common: tcpdump 4.99 writes no
+/// pcapng), replayed by the binary: the same output as the pcap but for the capture format
+/// named in the first line and in the summary.
+fn pcapng_replays_the_same(lab: &common::Lab, pcap: &std::path::Path, nat: Nat, pcap_text: &str) {
+    let ng = pcap.with_extension("pcapng");
+    let out = Command::new("editcap")
+        .args(["-F", "pcapng"])
+        .arg(pcap)
+        .arg(&ng)
+        .output()
+        .expect("editcap is needed (apt wireshark-common, tests/lab/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "editcap: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = std::fs::read(&ng).expect("pcapng file");
+    assert_eq!(
+        head[..4],
+        [0x0a, 0x0d, 0x0d, 0x0a],
+        "not a pcapng section header"
+    );
+    let args = nat_args(nat);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = bin_replay(lab, &ng, &args);
+    let first = pcap_text.lines().next().unwrap_or_default();
+    assert!(first.starts_with("capture pcap,"), "{first}");
+    assert_eq!(
+        text,
+        pcap_text.replacen("capture pcap,", "capture pcapng,", 1),
+        "pcapng and pcap replays differ"
+    );
+    args.push("--json");
+    let recs = json_lines(&bin_replay(lab, &ng, &args));
+    assert_eq!(of_type(&recs, "capture")[0].get("format").str(), "pcapng");
+    assert_eq!(of_type(&recs, "summary")[0].get("format").str(), "pcapng");
+}
+
+/// IPv6, routed (no NAT), the kernel helper admitting the data connections: one EPRT and one
+/// EPSV download captured on the client's side (control and data), replayed by the
+/// `ftpct replay` binary in text and JSON, and after conversion to pcapng: the EPRT with its
+/// address as the server received it, the 229 with its port, two expectations (server to the
+/// client's EPRT port, client to the server's EPSV port) both used by the captured data
+/// connections, nothing rewritten.
+#[test]
+fn lab_v6_eprt_epsv_capture_replays_with_the_binary() {
+    let test = "lab_v6_eprt_epsv_capture_replays_with_the_binary";
+    let (lab, env, file) = lab_capture_modes(
+        test,
+        common::Topology::V6,
+        "cli",
+        "tcp",
+        &[common::Mode::Eprt, common::Mode::Epsv],
+    );
+    let (cli_ip, srv_ip) = (&env["CLI_IP"], &env["SRV_IP"]);
+    assert_eq!(
+        (cli_ip.as_str(), srv_ip.as_str()),
+        ("fd77:1::2", "fd77:2::2")
+    );
+    let (text, recs) = lab_replay_bin(&lab, &file, Nat::None);
+    pcapng_replays_the_same(&lab, &file, Nat::None, &text);
+    let server_log = lab.server_log();
+    drop(lab);
+
+    let starts = of_type(&recs, "session_start");
+    assert_eq!(starts.len(), 2, "{text}");
+    for st in &starts {
+        assert_eq!(
+            st.get("original").get("dst").str(),
+            format!("[{srv_ip}]:21")
+        );
+        assert!(
+            st.get("original")
+                .get("src")
+                .str()
+                .starts_with(&format!("[{cli_ip}]:")),
+            "{text}"
+        );
+        assert_eq!(st.get("nat").str(), "none", "{text}");
+    }
+    let msgs = of_type(&recs, "message");
+    let kinds: Vec<&str> = msgs.iter().map(|m| m.get("kind").str()).collect();
+    assert_eq!(kinds, ["eprt", "epsv", "229"], "{text}");
+    // the EPRT as the client sent it, and as the server logged it (no NAT: unchanged)
+    let eprt = msgs[0].get("line").str();
+    let eport: u16 = eprt
+        .strip_prefix(&format!("EPRT |2|{cli_ip}|"))
+        .and_then(|r| r.strip_suffix('|'))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("EPRT line {eprt:?}"));
+    assert!(
+        server_log.contains(&format!("\"{eprt}\"")),
+        "server log lacks {eprt}:\n{server_log}"
+    );
+    let l229 = msgs[2].get("line").str();
+    let pport: u16 = l229
+        .split("(|||")
+        .nth(1)
+        .and_then(|r| r.split('|').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("229 line {l229:?}"));
+    assert_eq!(msgs[2].get("dir").str(), "reply", "{text}");
+    assert!(of_type(&recs, "rewrite").is_empty(), "{text}");
+
+    let created = of_type(&recs, "expect_created");
+    assert_eq!(created.len(), 2, "{text}");
+    assert_eq!(created[0].get("kind").str(), "eprt");
+    assert_eq!(created[0].get("src").str(), srv_ip.as_str());
+    assert_eq!(created[0].get("dst").str(), format!("[{cli_ip}]:{eport}"));
+    // an EPSV's expectation is created by (and named after) the server's 229
+    assert_eq!(created[1].get("kind").str(), "229");
+    assert_eq!(created[1].get("src").str(), cli_ip.as_str());
+    assert_eq!(created[1].get("dst").str(), format!("[{srv_ip}]:{pport}"));
+    for c in &created {
+        assert!(matches!(c.get("nat_to"), J::Null), "{text}");
+    }
+    let used = of_type(&recs, "expect_used");
+    assert_eq!(used.len(), 2, "{text}");
+    assert_eq!(
+        used[0].get("data").get("dst").str(),
+        format!("[{cli_ip}]:{eport}")
+    );
+    assert_eq!(
+        used[0].get("data").get("src").str(),
+        format!("[{srv_ip}]:20")
+    );
+    assert_eq!(
+        used[1].get("data").get("dst").str(),
+        format!("[{srv_ip}]:{pport}")
+    );
+    assert!(used[1]
+        .get("data")
+        .get("src")
+        .str()
+        .starts_with(&format!("[{cli_ip}]:")));
+
+    let sum = of_type(&recs, "summary");
+    assert_eq!(sum.len(), 1, "{text}");
+    for (k, v) in [
+        ("sessions", 2.0),
+        ("messages", 3.0),
+        ("rewrites", 0.0),
+        ("expect_created", 2.0),
+        ("expect_used", 2.0),
+        ("expect_expired", 0.0),
+        ("refusals", 0.0),
+        ("parse_failures", 0.0),
+        ("packets_skipped", 0.0),
+        ("dropped", 0.0),
+    ] {
+        assert_eq!(sum[0].get(k).num(), v, "summary {k}: {text}");
+    }
+    assert_eq!(sum[0].get("format").str(), "pcap");
+    // the text report says the same
+    for want in [
+        format!("expect E1 eprt: from {srv_ip} to [{cli_ip}]:{eport}, for 300s"),
+        format!("expect E2 229: from {cli_ip} to [{srv_ip}]:{pport}, for 300s"),
+        // vsftpd connects from port 20 (connect_from_port_20=YES)
+        format!(
+            "expect E1 used by [{srv_ip}]:20 -> [{cli_ip}]:{eport}, related entry untranslated"
+        ),
+        format!("-> [{srv_ip}]:{pport}, related entry untranslated"),
+        "2 sessions, 3 messages, 0 rewrites; expectations 2 created, 2 used".to_string(),
+    ] {
+        assert!(text.contains(&want), "text lacks {want:?}:\n{text}");
+    }
 }

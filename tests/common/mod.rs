@@ -427,6 +427,13 @@ impl Lab {
     /// e.g. `"max_sessions = 1000\n"`; see src/config.rs for the keys).
     #[track_caller]
     pub fn start_ftpct_with_config(&mut self, extra_conf: &str, args: &[&str]) {
+        self.start_ftpct_with_env(extra_conf, args, &[])
+    }
+
+    /// `start_ftpct_with_config` with extra environment variables for the daemon (e.g.
+    /// `NOTIFY_SOCKET`).
+    #[track_caller]
+    pub fn start_ftpct_with_env(&mut self, extra_conf: &str, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.ftpct.is_none(), "ftpct already running in this lab");
         let bin = ftpct_bin();
         let bin = bin.as_str();
@@ -475,6 +482,7 @@ impl Lab {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)
@@ -798,6 +806,108 @@ impl Lab {
         r
     }
 
+    /// `iptables` for the IPv4 topologies, `ip6tables` for v6.
+    pub fn ipt(&self) -> &'static str {
+        if self.topology == Topology::V6 {
+            "ip6tables"
+        } else {
+            "iptables"
+        }
+    }
+
+    /// (packets, bytes) of the gateway's filter FORWARD rule that lab.sh tags with
+    /// `--comment TAG` (`lab-invalid`, `lab-related-tcp`, `lab-established`), for `tool`
+    /// (iptables or ip6tables).
+    #[track_caller]
+    pub fn forward_rule(&self, tool: &str, tag: &str) -> (u64, u64) {
+        let r = self.gw(&[tool, "-w", "-L", "FORWARD", "-v", "-n", "-x"]);
+        let want = format!("/* {tag} */");
+        let rows: Vec<(u64, u64)> = r
+            .stdout
+            .lines()
+            .filter(|l| l.contains(&want))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(
+            rows.len(),
+            1,
+            "[{}] exactly one FORWARD rule tagged {tag} expected:\n{}",
+            self.test,
+            r.stdout
+        );
+        rows[0]
+    }
+
+    /// TCP packets that entered the gateway's FORWARD chain as RELATED (lab.sh's counting rule
+    /// `-p tcp --ctstate RELATED`, no target, in the topology's family): the first packet of
+    /// each data connection an ALG admitted through an expectation (conntrack's
+    /// IPS_EXPECTED), nothing else.
+    #[track_caller]
+    pub fn related_tcp_packets(&self) -> u64 {
+        self.forward_rule(self.ipt(), "lab-related-tcp").0
+    }
+
+    /// Packets the gateway's `--ctstate INVALID -j DROP` rule dropped: [IPv4, IPv6].
+    #[track_caller]
+    pub fn invalid_dropped(&self) -> [u64; 2] {
+        [
+            self.forward_rule("iptables", "lab-invalid").0,
+            self.forward_rule("ip6tables", "lab-invalid").0,
+        ]
+    }
+
+    /// Turns conntrack accounting on in the gateway (`nf_conntrack_acct=1`): entries created from
+    /// now on count their packets and bytes (see [`Lab::conntrack_acct`]).
+    #[track_caller]
+    pub fn conntrack_acct_on(&self) {
+        self.gw(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"]);
+    }
+
+    /// Zeroes the packet and byte counters of every conntrack entry in the gateway.
+    #[track_caller]
+    pub fn conntrack_zero(&self) {
+        self.gw(&["conntrack", "-L", "-z"]);
+    }
+
+    /// Sums the accounting counters (both directions) of the gateway's TCP conntrack entries,
+    /// split into the control connections (the lab's control port) and the others (the data
+    /// connections). Needs [`Lab::conntrack_acct_on`] before the connections were made.
+    #[track_caller]
+    pub fn conntrack_acct(&self) -> CtAcct {
+        let r = self.gw(&["conntrack", "-L", "-p", "tcp"]);
+        let ctl = format!("dport={}", self.port);
+        let mut a = CtAcct::default();
+        for l in r.stdout.lines() {
+            let mut packets = 0;
+            let mut bytes = 0;
+            for w in l.split_whitespace() {
+                if let Some(v) = w.strip_prefix("packets=") {
+                    packets += v.parse::<u64>().unwrap_or(0);
+                } else if let Some(v) = w.strip_prefix("bytes=") {
+                    bytes += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+            // the original direction's dport names the control connection
+            let orig_dport = l.split_whitespace().find(|w| w.starts_with("dport="));
+            if orig_dport == Some(ctl.as_str()) {
+                a.control_packets += packets;
+            } else {
+                a.data_packets += packets;
+                a.data_bytes += bytes;
+            }
+        }
+        assert!(
+            r.stdout.contains("packets="),
+            "[{}] conntrack accounting is off (no packets= in conntrack -L):\n{}",
+            self.test,
+            r.stdout
+        );
+        a
+    }
+
     fn teardown(&mut self) -> Result<(), String> {
         let log = self.stop_ftpct();
         if std::thread::panicking() {
@@ -900,4 +1010,16 @@ pub struct NfQueueProc {
     pub user_dropped: u64,
     /// Packet ids handed out (= packets queued so far).
     pub id_sequence: u64,
+}
+
+/// Conntrack accounting of the gateway's TCP entries (see [`Lab::conntrack_acct`]), in
+/// netfilter's units: a GSO packet (up to 64 KiB on the lab's veths) counts once, as it does in
+/// the NFQUEUE counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtAcct {
+    /// Packets of the control connections, both directions.
+    pub control_packets: u64,
+    /// Packets and bytes of every other TCP connection (the data connections), both directions.
+    pub data_packets: u64,
+    pub data_bytes: u64,
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A stand-in for the ftpct binary, to check the e2e harness's daemon handling (rules --apply,
-# run until SIGTERM with a control socket, rules --delete) before the real daemon exists. Its
-# "ALG" is the kernel helper, so the Alg::Ftpct scenarios pass with it except the split-command
-# ones (the kernel helper stalls on a split PORT/EPRT). Usage:
-#   FTPCT_E2E_BIN=$PWD/tests/lab/fake-ftpct.sh cargo test --test e2e -- --ignored
+# run until SIGTERM with a control socket, rules --delete), written before the real daemon
+# existed. Its "ALG" is the kernel helper: the downloads of the Alg::Ftpct scenarios succeed with
+# it (except the split-command ones: the kernel helper stalls on a split PORT/EPRT), but those
+# tests fail on their daemon-specific checks (`ftpct stats`, ftpct's NFQUEUE counter), which
+# shows that they test ftpct and not just any ALG. Usage:
+#   FTPCT_E2E_BIN=$PWD/tests/lab/fake-ftpct.sh cargo test --test e2e ftpct
 # Contract mimicked: ftpct rules [--queue N] [--ports 21,...] [--apply|--delete]
 #                    ftpct run [--queue N] [--config FILE] [--socket PATH]
 #                    ftpct list|sessions --socket PATH

@@ -16,7 +16,8 @@ What vsftpd does not do and the tests need:
   at a segment start that is the middle of a line) are sent.
 
 Commands: USER, PASS, TYPE, NOOP, SYST, HELP, PORT, EPRT, PASV, EPSV, RETR, QUIT (anything else:
-500). Active-mode data connections come from an ephemeral port. Sessions are served one after the
+500), and AUTH, answered with "234 ..." after which the session ends (no TLS is spoken: enough
+for a test of what an ALG does once a session announces TLS). Active-mode data connections come from an ephemeral port. Sessions are served one after the
 other; the server stops after --seconds.
 """
 
@@ -155,6 +156,9 @@ class Session:
                     d.sendall(f.read())
                 d.close()
                 self.send("226 Transfer complete.")
+            elif verb == "AUTH":
+                self.send("234 AUTH %s accepted (no TLS follows: fake server)." % arg)
+                return
             elif verb == "QUIT":
                 self.send("221 Bye.")
                 return

@@ -180,6 +180,10 @@ install_firewall() {
     # The same strict policy for both families, in every topology: FORWARD drops everything that
     # is not ESTABLISHED/RELATED, INVALID is dropped first, and NEW is allowed only towards the
     # server's control port (chain lab-ctl, filled by set_ctl_port). No CT --helper anywhere.
+    # The comments tag the rules whose counters the tests read: lab-invalid (must stay at 0 with
+    # an ALG that keeps strict TCP tracking consistent), lab-related-tcp (a counting rule with no
+    # target: the first packet of each data connection admitted through an expectation) and
+    # lab-established.
     # nat PREROUTING and POSTROUTING base chains always exist (a counting rule with no target):
     # with iptables-nft a NAT binding on a conntrack entry is applied only at hooks that have a nat
     # base chain (see shared/notes/kernel-mechanisms.md).
@@ -211,8 +215,9 @@ COMMIT
 :FORWARD DROP [0:0]
 :OUTPUT ACCEPT [0:0]
 :lab-ctl - [0:0]
--A FORWARD -m conntrack --ctstate INVALID -j DROP
--A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A FORWARD -m conntrack --ctstate INVALID -m comment --comment lab-invalid -j DROP
+-A FORWARD -p tcp -m conntrack --ctstate RELATED -m comment --comment lab-related-tcp
+-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -m comment --comment lab-established -j ACCEPT
 -A FORWARD -m conntrack --ctstate NEW -j lab-ctl
 COMMIT
 EOF
