@@ -377,7 +377,10 @@ pub enum RulesError {
     Ipset(#[from] IpsetError),
 }
 
-fn check_set_name(name: &str, backend: Backend) -> Result<(), RulesError> {
+/// Whether `name` can name a set of `backend`: an ipset (the iptables backends: what ipset and
+/// iptables' set match accept) or an nft set in `table inet ftpct` (an nft identifier). The one
+/// check of `ftpct rules` and of the configuration file ([`crate::config`]).
+pub fn check_set_name(name: &str, backend: Backend) -> Result<(), RulesError> {
     if backend == Backend::Nft {
         let mut cs = name.chars();
         let ok = name.len() <= ipset::MAX_NAME_LEN
