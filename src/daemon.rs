@@ -795,6 +795,7 @@ pub fn log_event(e: &Event) {
             session = %id,
             client = %ct.original.src,
             server = %ct.original.dst,
+            nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
             reason = reason.describe(),
             "control session end"
         ),
@@ -807,7 +808,7 @@ pub fn log_event(e: &Event) {
             expectation = id.0,
             src = %exp.src,
             dst = %exp.dst,
-            nat_to = ?exp.nat_to,
+            nat_to = %exp.nat_to.map_or_else(|| "-".to_string(), |a| a.to_string()),
             "expecting data connection"
         ),
         Event::ExpectUsed { id, exp, data } => {
@@ -1379,6 +1380,89 @@ mod tests {
             }
         }
         assert!(gave_up);
+    }
+
+    /// The log lines of `events`, as the daemon writes them (without timestamps).
+    fn log_lines(events: &[Event]) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .map_err(|_| std::io::ErrorKind::Other)?
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_target(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(sub, || events.iter().for_each(log_event));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn session_and_expectation_lines_name_the_session_the_peers_and_the_nat() {
+        use crate::expect::{ExpectId, ExpectKind, Expectation};
+        use crate::types::{CtTuples, SessionId};
+        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        // a client behind MASQUERADE: 10.77.100.102 leaves as 203.0.113.1
+        let ct = CtTuples {
+            original: FlowTuple::new(sa("10.77.100.102:40000"), sa("203.0.113.2:21")),
+            reply: FlowTuple::new(sa("203.0.113.2:21"), sa("203.0.113.1:40000")),
+        };
+        let id = SessionId(12);
+        let exp = Expectation {
+            master: id,
+            kind: ExpectKind::Port,
+            src: "203.0.113.2".parse().unwrap(),
+            dst: sa("203.0.113.1:50000"),
+            nat_to: Some(sa("10.77.100.102:50000")),
+            created: Timestamp::ZERO,
+            expires: secs(300),
+        };
+        let lines = log_lines(&[
+            Event::SessionStart { id, ct },
+            Event::ExpectCreated {
+                id: ExpectId(3),
+                exp,
+            },
+            Event::SessionEnd {
+                id,
+                ct,
+                reason: crate::engine::EndReason::Closed,
+            },
+        ]);
+        assert_eq!(
+            lines,
+            [
+                " INFO control session start session=S12 client=10.77.100.102:40000 \
+                 server=203.0.113.2:21 nat=203.0.113.1:40000 <- 203.0.113.2:21",
+                " INFO expecting data connection session=S12 expectation=3 src=203.0.113.2 \
+                 dst=203.0.113.1:50000 nat_to=10.77.100.102:50000",
+                " INFO control session end session=S12 client=10.77.100.102:40000 \
+                 server=203.0.113.2:21 nat=203.0.113.1:40000 <- 203.0.113.2:21 reason=\"closed\"",
+            ]
+        );
+        let untranslated = log_lines(&[Event::ExpectCreated {
+            id: ExpectId(4),
+            exp: Expectation {
+                nat_to: None,
+                ..exp
+            },
+        }]);
+        assert!(untranslated[0].ends_with(" nat_to=-"), "{untranslated:?}");
     }
 
     #[test]
