@@ -288,11 +288,12 @@ fn main() -> ExitCode {
             if bypass {
                 spec.bypass = true;
             }
+            // --apply and --delete say, per group, what was there and what they changed, and
+            // what the kernel needs beside the rules (the nat PREROUTING base chain, the sets).
             let result = if apply {
-                rules::apply(&spec)
-                    .map(|n| format!("ftpct rules: {n} rules added (existing ones kept)"))
+                rules::apply_report(&spec).map(|r| r.to_string())
             } else if delete {
-                rules::delete(&spec).map(|n| format!("ftpct rules: {n} rules removed"))
+                rules::delete_report(&spec).map(|r| r.to_string())
             } else {
                 rules::render(&spec)
             };
