@@ -793,4 +793,15 @@ mod tests {
         assert_eq!(load(&f).unwrap().user.as_deref(), Some("root"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The log filter check (tracing's parser) never panics, whatever the file holds.
+        #[test]
+        fn any_log_value_is_accepted_or_refused_without_panic(
+            v in "[a-z=\\[\\]{},.:_0-9 \"*]{0,40}|[^\n#]{0,64}"
+        ) {
+            let _ = parse(&format!("log = {v}\n"), Path::new("p.conf"));
+        }
+    }
 }
