@@ -232,9 +232,96 @@ fn parse_num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
         .map_err(|_| format!("'{v}' is not a valid {what}"))
 }
 
-/// Parses the text of a configuration file.
+/// Smallest `max_line`: the longest line ftpct rewrites (an `EPRT` with a full IPv6 address,
+/// a `227` reply with its text) must fit, with room to spare.
+pub const MIN_MAX_LINE: usize = 128;
+
+/// Largest `expect_timeout`, in seconds (a day; the kernel helper waits 300 s).
+pub const MAX_EXPECT_TIMEOUT: u64 = 86_400;
+
+/// Parses the text of a configuration file and checks what can be checked without the system
+/// (every value, and the keys that depend on each other). [`load`] also checks what needs the
+/// system (that `user` exists). Every error names the line and the fix.
 pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    parse_lines(text, path).map(|(s, _)| s)
+}
+
+/// The line each key was last set on.
+#[derive(Debug, Default)]
+struct KeyLines(std::collections::HashMap<String, usize>);
+
+impl KeyLines {
+    fn get(&self, key: &str) -> Option<usize> {
+        self.0.get(key).copied()
+    }
+    /// The later of the lines of `a` and `b` (the one an error about both should name).
+    fn later(&self, a: &str, b: &str) -> usize {
+        self.get(a).max(self.get(b)).unwrap_or(0)
+    }
+}
+
+/// An absolute path, or an error with the fix (the daemon runs from `/` under systemd, and a
+/// relative path would name another file for `ftpct list` run from elsewhere).
+fn absolute_path(v: &str, example: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(v);
+    if p.is_absolute() {
+        Ok(p)
+    } else if v.is_empty() {
+        Err(format!(
+            "no path given: give an absolute path, e.g. {example}"
+        ))
+    } else {
+        Err(format!(
+            "'{v}' is a relative path: give an absolute path, e.g. {example}"
+        ))
+    }
+}
+
+/// A count that must be at least `min`.
+fn parse_at_least(key: &str, v: &str, min: usize, why: &str) -> Result<usize, String> {
+    let n: usize = parse_num(v, "count")?;
+    if n < min {
+        return Err(format!(
+            "{key} = {n} is too small: use at least {min} ({why})"
+        ));
+    }
+    Ok(n)
+}
+
+/// A number of seconds from 1 to `max`.
+fn parse_secs(key: &str, v: &str, max: u64) -> Result<Duration, String> {
+    let n: u64 = parse_num(v, "number of seconds")?;
+    if n == 0 {
+        return Err(format!(
+            "{key} = 0 would end it at once: use at least 1 second"
+        ));
+    }
+    if n > max {
+        return Err(format!(
+            "{key} = {n} seconds is too long: use at most {max}"
+        ));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+/// A log filter as `ftpct run` will use it (tracing's `EnvFilter` syntax).
+pub fn check_log_filter(v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err("no log filter given: use a level, e.g. info".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(v)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+            "'{v}' is not a log filter ({e}): use a level (error, warn, info, debug, trace) or \
+             directives such as info,ftpct=debug"
+        )
+        })
+}
+
+fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigError> {
     let mut s = Settings::default();
+    let mut lines = KeyLines::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -253,8 +340,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
             match k {
                 "queue" => s.queue = parse_num(v, "queue number (0-65535)")?,
                 "ports" => s.ports = parse_ports(v)?,
-                "socket" => s.socket = PathBuf::from(v),
-                "state_file" => s.state_file = (!v.is_empty()).then(|| PathBuf::from(v)),
+                "socket" => s.socket = absolute_path(v, DEFAULT_SOCKET)?,
+                "state_file" => {
+                    s.state_file = if v.is_empty() {
+                        None
+                    } else {
+                        Some(absolute_path(v, "/var/lib/ftpct/ftpct.state")?)
+                    }
+                }
                 "fail_open" => s.fail_open = parse_bool(v)?,
                 "ipset4" => s.ipset4 = v.to_string(),
                 "metrics" => {
@@ -275,7 +368,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                         .parse()
                         .map_err(|e: crate::rules::UnknownBackend| e.to_string())?
                 }
-                "log" => s.log = v.to_string(),
+                "log" => {
+                    check_log_filter(v)?;
+                    s.log = v.to_string()
+                }
                 "user" => s.user = (!v.is_empty()).then(|| v.to_string()),
                 "rule_check_interval" => {
                     let secs: u64 = parse_num(v, "number of seconds (0 turns the check off)")?;
@@ -295,11 +391,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                         return Err("must be at least 1".into());
                     }
                 }
-                "max_expectations" => s.policy.max_expectations = parse_num(v, "count")?,
-                "expect_timeout" => {
-                    s.policy.expect_timeout =
-                        Duration::from_secs(parse_num(v, "number of seconds")?)
+                "max_expectations" => {
+                    s.policy.max_expectations =
+                        parse_at_least(k, v, 1, "0 would refuse every data connection")?
                 }
+                "expect_timeout" => s.policy.expect_timeout = parse_secs(k, v, MAX_EXPECT_TIMEOUT)?,
                 "nat_ports" => {
                     let (a, b) = v
                         .split_once('-')
@@ -312,17 +408,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
                     s.policy.nat_port_min = a;
                     s.policy.nat_port_max = b;
                 }
-                "max_line" => s.policy.max_line = parse_num(v, "number of bytes")?,
-                "max_sessions" => s.policy.max_sessions = parse_num(v, "count")?,
+                "max_line" => {
+                    s.policy.max_line = parse_at_least(
+                        k,
+                        v,
+                        MIN_MAX_LINE,
+                        "shorter lines are never rewritten, and an EPRT or 227 line can be \
+                         that long",
+                    )?
+                }
+                "max_sessions" => {
+                    s.policy.max_sessions =
+                        parse_at_least(k, v, 1, "0 would track no FTP control connection")?
+                }
                 "session_idle_timeout" => {
-                    s.policy.session_idle_timeout =
-                        Duration::from_secs(parse_num(v, "number of seconds")?)
+                    s.policy.session_idle_timeout = parse_secs(k, v, u64::from(u32::MAX))?
                 }
                 "max_hold_retries" => s.policy.max_hold_retries = parse_num(v, "count (0-255)")?,
-                "session_close_linger" => {
-                    s.policy.session_close_linger =
-                        Duration::from_secs(parse_num(v, "number of seconds")?)
-                }
+                "session_close_linger" => s.policy.session_close_linger = parse_secs(k, v, 3600)?,
                 "pickup_at_segment_start" => s.policy.pickup_at_segment_start = parse_bool(v)?,
                 "data_mark" => s.policy.data_mark = parse_mark(v)?,
                 "seqadj_mark" => s.seqadj_mark = parse_mark(v)?,
@@ -335,17 +438,86 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
             Ok(())
         })();
         r.map_err(err)?;
+        lines.0.insert(k.to_string(), i + 1);
     }
-    Ok(s)
+    check(&s, &lines).map_err(|(line, msg)| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        msg,
+    })?;
+    Ok((s, lines))
 }
 
-/// Reads and parses a configuration file.
+/// The checks of values that depend on other keys (their order in the file is free): the
+/// error names the line of the key that was set last.
+fn check(s: &Settings, lines: &KeyLines) -> Result<(), (usize, String)> {
+    for (key, name) in [("ipset4", &s.ipset4), ("ipset6", &s.ipset6)] {
+        if let Err(e) = crate::rules::check_set_name(name, s.backend) {
+            let line = lines.later(key, "backend");
+            let msg = e.to_string();
+            let msg = msg.strip_prefix("rules: ").unwrap_or(&msg);
+            return Err((line, format!("{key}: {msg}")));
+        }
+    }
+    let overlap = s.seqadj_mark & s.policy.data_mark;
+    if overlap != 0 {
+        return Err((
+            lines.later("seqadj_mark", "data_mark"),
+            format!(
+                "seqadj_mark {:#x} and data_mark {:#x} share the bit(s) {overlap:#x}: data \
+                 connections would look like control connections with a sequence offset; \
+                 choose a seqadj_mark bit outside data_mark (the default {DEFAULT_SEQADJ_MARK:#x} \
+                 is)",
+                s.seqadj_mark, s.policy.data_mark
+            ),
+        ));
+    }
+    let p = &s.policy;
+    if p.nat_port_max < 1024 && !p.allow_privileged_ports {
+        return Err((
+            lines.later("nat_ports", "allow_privileged_ports"),
+            format!(
+                "nat_ports {}-{} lies entirely below 1024 while allow_privileged_ports = false: \
+                 every rewritten data address would need a privileged port and be refused; use \
+                 a range above 1023 (e.g. 1024-65535) or set allow_privileged_ports = true",
+                p.nat_port_min, p.nat_port_max
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads and parses a configuration file, and checks what needs the system: that `user`
+/// exists. What `ftpct check-config`, `ftpct run`, `ftpct rules --config` and a reload
+/// (SIGHUP) all use, so that they accept and refuse the same files.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path)
+    let (s, lines) = parse_lines(&text, path)?;
+    if let Some(user) = &s.user {
+        check_user(user).map_err(|msg| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: lines.get("user").unwrap_or(0),
+            msg,
+        })?;
+    }
+    Ok(s)
+}
+
+/// That the system knows `user` (the daemon switches to it after start).
+pub fn check_user(user: &str) -> Result<(), String> {
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "user '{user}' does not exist: create it (e.g. useradd --system --no-create-home \
+             {user}) or remove the line to stay root with CAP_NET_ADMIN only"
+        )),
+        Err(e) => Err(format!(
+            "cannot look user '{user}' up ({e}): check /etc/nsswitch.conf, or remove the line"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -493,5 +665,175 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("expected 'key = value'"), "{e}");
+    }
+
+    /// The error of `text` (one key per line), as printed.
+    fn error_of(text: &str) -> String {
+        parse(text, Path::new("v.conf")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn set_names_are_checked_as_ftpct_rules_checks_them() {
+        let long = "a".repeat(32);
+        let e = error_of(&format!("queue = 1\nipset4 = {long}\n"));
+        assert!(e.starts_with("v.conf:2: ipset4: invalid set name"), "{e}");
+        assert!(e.contains("1 to 31 characters"), "{e}");
+        assert!(parse(&format!("ipset6 = {}\n", "a".repeat(31)), Path::new("v")).is_ok());
+        let e = error_of("ipset6 = ftp ct6\n");
+        assert!(e.starts_with("v.conf:1: ipset6: invalid set name"), "{e}");
+        let e = error_of("ipset4 = a;b\n");
+        assert!(e.starts_with("v.conf:1: ipset4:"), "{e}");
+        // `-` suits ipset, not nft: the error names the later of the two lines
+        assert!(parse("ipset4 = ftp-4\n", Path::new("v")).is_ok());
+        let e = error_of("ipset4 = ftp-4\nqueue = 2\nbackend = nft\n");
+        assert!(
+            e.starts_with("v.conf:3: ipset4: invalid nft set name"),
+            "{e}"
+        );
+        // the same names are refused by `ftpct rules`
+        for (name, backend) in [
+            (long.as_str(), Backend::IptablesNft),
+            ("ftp-4", Backend::Nft),
+        ] {
+            assert!(crate::rules::check_set_name(name, backend).is_err());
+        }
+    }
+
+    #[test]
+    fn log_filters_are_checked() {
+        let e = error_of("log = ftpct=[bogus\n");
+        assert!(
+            e.starts_with("v.conf:1: 'ftpct=[bogus' is not a log filter"),
+            "{e}"
+        );
+        assert!(e.contains("use a level"), "{e}");
+        assert!(error_of("log =\n").contains("no log filter given"));
+        for ok in ["info", "warn", "ftpct=debug", "info,ftpct::daemon=trace"] {
+            assert_eq!(
+                parse(&format!("log = {ok}\n"), Path::new("v")).unwrap().log,
+                ok
+            );
+        }
+    }
+
+    #[test]
+    fn zero_limits_and_timeouts_are_refused() {
+        for key in ["max_expectations", "max_sessions"] {
+            let e = error_of(&format!("{key} = 0\n"));
+            let want = format!("v.conf:1: {key} = 0 is too small: use at least 1");
+            assert!(e.starts_with(&want), "{e}");
+        }
+        let e = error_of("max_line = 0\n");
+        assert!(e.contains("use at least 128"), "{e}");
+        assert!(error_of("max_line = 127\n").contains("at least 128"));
+        assert_eq!(
+            parse("max_line = 128\n", Path::new("v"))
+                .unwrap()
+                .policy
+                .max_line,
+            128
+        );
+        for key in ["expect_timeout", "session_idle_timeout"] {
+            let e = error_of(&format!("ports = 21\n{key} = 0\n"));
+            let want = format!("v.conf:2: {key} = 0 would end it at once");
+            assert!(e.starts_with(&want), "{e}");
+            assert!(e.contains("use at least 1 second"), "{e}");
+        }
+        let e = error_of("expect_timeout = 86401\n");
+        assert!(e.contains("use at most 86400"), "{e}");
+        let s = parse(
+            "max_expectations = 1\nmax_sessions = 1\nexpect_timeout = 1\n\
+             session_idle_timeout = 1\n",
+            Path::new("v"),
+        )
+        .unwrap();
+        assert_eq!(s.policy.max_expectations, 1);
+        assert_eq!(s.policy.session_idle_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn seqadj_mark_must_not_overlap_data_mark() {
+        let e = error_of("seqadj_mark = 0x4\nqueue = 1\n");
+        assert!(
+            e.starts_with("v.conf:1: seqadj_mark 0x4 and data_mark 0x4654"),
+            "{e}"
+        );
+        assert!(e.contains("share the bit(s) 0x4"), "{e}");
+        // the later line of the two is named
+        let e = error_of("seqadj_mark = 0x10\ndata_mark = 0x30\n");
+        assert!(e.starts_with("v.conf:2:"), "{e}");
+        assert!(
+            e.contains("choose a seqadj_mark bit outside data_mark"),
+            "{e}"
+        );
+        assert!(parse("seqadj_mark = 0x8\n", Path::new("v")).is_ok());
+        assert!(parse("seqadj_mark = 0\ndata_mark = 0xffffffff\n", Path::new("v")).is_ok());
+    }
+
+    #[test]
+    fn paths_must_be_absolute() {
+        let e = error_of("socket = ftpct.sock\n");
+        assert_eq!(
+            e,
+            "v.conf:1: 'ftpct.sock' is a relative path: give an absolute path, e.g. \
+             /run/ftpct/ftpct.sock"
+        );
+        assert!(error_of("socket =\n").contains("no path given"));
+        let e = error_of("queue = 1\nstate_file = run/ftpct.state\n");
+        assert!(
+            e.starts_with("v.conf:2: 'run/ftpct.state' is a relative path"),
+            "{e}"
+        );
+        let s = parse("socket = /tmp/a.sock\nstate_file =\n", Path::new("v")).unwrap();
+        assert_eq!(s.state_path(), PathBuf::from("/tmp/a.sock.state"));
+    }
+
+    #[test]
+    fn nat_ports_below_1024_need_privileged_ports() {
+        let e = error_of("nat_ports = 100-1023\n");
+        assert!(
+            e.starts_with("v.conf:1: nat_ports 100-1023 lies entirely below 1024"),
+            "{e}"
+        );
+        assert!(e.contains("set allow_privileged_ports = true"), "{e}");
+        let e = error_of("allow_privileged_ports = false\nnat_ports = 20-21\n");
+        assert!(e.starts_with("v.conf:2:"), "{e}");
+        assert!(parse(
+            "nat_ports = 100-1023\nallow_privileged_ports = true\n",
+            Path::new("v")
+        )
+        .is_ok());
+        assert!(parse("nat_ports = 1000-2000\n", Path::new("v")).is_ok());
+    }
+
+    #[test]
+    fn unknown_users_are_refused_by_load() {
+        let dir = std::env::temp_dir().join(format!("ftpct-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("u.conf");
+        std::fs::write(&f, "queue = 1\nuser = no-such-user-ftpct\n").unwrap();
+        let e = load(&f).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}:2: user 'no-such-user-ftpct' does not exist",
+                f.display()
+            )),
+            "{e}"
+        );
+        assert!(e.contains("useradd"), "{e}");
+        std::fs::write(&f, "user = root\n").unwrap();
+        assert_eq!(load(&f).unwrap().user.as_deref(), Some("root"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The log filter check (tracing's parser) never panics, whatever the file holds.
+        #[test]
+        fn any_log_value_is_accepted_or_refused_without_panic(
+            v in "[a-z=\\[\\]{},.:_0-9 \"*]{0,40}|[^\n#]{0,64}"
+        ) {
+            let _ = parse(&format!("log = {v}\n"), Path::new("p.conf"));
+        }
     }
 }

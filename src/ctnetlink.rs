@@ -135,15 +135,32 @@ pub enum CtError {
     Invalid(&'static str),
     #[error("ctnetlink: the tuple {0} mixes IPv4 and IPv6 addresses; this is a bug in the caller")]
     MixedFamilies(FlowTuple),
-    #[error("ctnetlink: {op} failed: {}", crate::netlink::errno_text(*errno))]
+    #[error(
+        "ctnetlink: {op} failed: {}; check that conntrack is loaded in this network namespace \
+         (modules nf_conntrack and nf_conntrack_netlink) and that ftpct has CAP_NET_ADMIN there; \
+         if it repeats, report it with this errno and the kernel version",
+        crate::netlink::errno_text(*errno)
+    )]
     Kernel { op: &'static str, errno: i32 },
     #[error(
         "ctnetlink: the kernel answered with an entry ftpct cannot read ({0}); please report \
          this as an ftpct bug with the kernel version"
     )]
     BadAnswer(&'static str),
-    #[error(transparent)]
+    #[error("{}", netlink_text(.0))]
     Netlink(NlError),
+}
+
+/// The text of a netlink-layer error, with what to check where the netlink layer says nothing
+/// about it (a failed receive, a refusal with an errno ctnetlink has no meaning for).
+fn netlink_text(e: &NlError) -> String {
+    match e {
+        NlError::Recv(_) | NlError::Kernel { .. } => format!(
+            "ctnetlink: {e}; check that conntrack is loaded (modules nf_conntrack and \
+             nf_conntrack_netlink), that ftpct has CAP_NET_ADMIN, and the machine's free memory"
+        ),
+        other => other.to_string(),
+    }
 }
 
 impl From<NlError> for CtError {
@@ -613,5 +630,36 @@ mod tests {
         ));
         let msg = CtError::PermissionDenied.to_string();
         assert!(msg.contains("CAP_NET_ADMIN"), "{msg}");
+    }
+
+    #[test]
+    fn every_error_says_what_to_do() {
+        let m = FlowTuple::new(sa("10.0.0.2:1"), sa("10.0.0.1:21"));
+        let all = [
+            CtError::PermissionDenied,
+            CtError::AlreadyExists,
+            CtError::MasterNotFound(m),
+            map_errno("create", libc::ENOSPC, None),
+            map_errno("create", libc::EOPNOTSUPP, None),
+            map_errno("create", libc::EINVAL, None),
+            CtError::MixedFamilies(m),
+            map_errno("get", libc::EBUSY, None),
+            CtError::BadAnswer("x"),
+            CtError::Netlink(NlError::Recv(nix::errno::Errno::ENOMEM)),
+            CtError::Netlink(NlError::Kernel { errno: libc::EBUSY }),
+            CtError::Netlink(NlError::Timeout(std::time::Duration::from_secs(5))),
+        ];
+        for e in all {
+            let t = e.to_string();
+            assert!(
+                ["check", "raise", "report", "bug", "grant", "treat", "dropped"]
+                    .iter()
+                    .any(|w| t.contains(w)),
+                "no fix in: {t}"
+            );
+        }
+        let t = map_errno("get", libc::EBUSY, None).to_string();
+        assert!(t.starts_with("ctnetlink: get failed: "), "{t}");
+        assert!(t.contains("nf_conntrack_netlink"), "{t}");
     }
 }

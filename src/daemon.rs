@@ -66,6 +66,92 @@ pub enum DaemonError {
     Privileges(#[from] crate::privs::PrivError),
     #[error("cannot start the event loop: {0}")]
     Runtime(std::io::Error),
+    #[error(
+        "the NFQUEUE socket failed {count} times in a row for {secs} s (last: {last}); exiting \
+         with an error so that the supervisor restarts ftpct (systemd: Restart=on-failure). \
+         Until then control packets are dropped (fail-closed rules) or pass without the ALG \
+         (--bypass rules)"
+    )]
+    QueueFailing { count: u64, secs: u64, last: String },
+}
+
+/// How often at most a log line that may repeat on every packet is written.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A log line that may repeat on every packet (a malformed packet, a failed verdict, an
+/// overrun): the first occurrence is logged, then at most one line per period, which says how
+/// many occurrences it stands for (the counters in `ftpct stats` have them all).
+#[derive(Clone, Debug)]
+pub struct Throttle {
+    every_ns: u64,
+    last: Option<Timestamp>,
+    pending: u64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Throttle {
+        Throttle {
+            every_ns: u64::try_from(every.as_nanos()).unwrap_or(u64::MAX),
+            last: None,
+            pending: 0,
+        }
+    }
+
+    /// One occurrence at `now`. `Some(n)` when a line is due: `n` occurrences since the last
+    /// line (this one included); `None` while the period since the last line runs.
+    pub fn hit(&mut self, now: Timestamp) -> Option<u64> {
+        self.pending += 1;
+        match self.last {
+            Some(t) if now.0.saturating_sub(t.0) < self.every_ns => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.pending))
+            }
+        }
+    }
+}
+
+/// Consecutive failures of the queue socket (receive errors with no packet in between, or
+/// failed readiness polls): survived, with a pause now and then so that a persistent error
+/// cannot spin the CPU, until they have lasted [`ErrorStreak::GIVE_UP`]; then the daemon exits
+/// with an error and its supervisor restarts it (a fresh socket).
+#[derive(Clone, Debug, Default)]
+pub struct ErrorStreak {
+    since: Option<Timestamp>,
+    count: u64,
+}
+
+impl ErrorStreak {
+    /// How long nothing but errors may last.
+    pub const GIVE_UP: Duration = Duration::from_secs(5);
+    /// At least this many errors before giving up (a flushed queue answers up to its length of
+    /// refused verdicts in a row, quickly).
+    pub const MIN_ERRORS: u64 = 64;
+
+    /// The socket worked (a packet, or nothing to read).
+    pub fn ok(&mut self) {
+        self.since = None;
+        self.count = 0;
+    }
+
+    /// One more error at `now`; true when the streak has lasted long enough to give up.
+    pub fn error(&mut self, now: Timestamp) -> bool {
+        let since = *self.since.get_or_insert(now);
+        self.count += 1;
+        self.count >= Self::MIN_ERRORS
+            && Duration::from_nanos(now.0.saturating_sub(since.0)) >= Self::GIVE_UP
+    }
+
+    /// Errors in the streak.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Seconds since the streak began.
+    pub fn secs(&self, now: Timestamp) -> u64 {
+        self.since
+            .map_or(0, |t| now.0.saturating_sub(t.0) / 1_000_000_000)
+    }
 }
 
 /// Reads CLOCK_MONOTONIC, which keeps counting across a daemon restart.
@@ -148,6 +234,12 @@ struct Shell {
     rule_watch: Option<RuleWatch>,
     /// Where the next `check_marks` starts (a session id).
     mark_cursor: u64,
+    /// Rate limits of the lines that may repeat on every packet.
+    malformed_log: Throttle,
+    verdict_log: Throttle,
+    overrun_log: Throttle,
+    queue_error_log: Throttle,
+    poll_error_log: Throttle,
 }
 
 /// What the rule check needs: a socket to read the ruleset and the pure [`Checker`].
@@ -163,9 +255,13 @@ impl Shell {
         let now = monotonic_now();
         let hook = pkt.hook().unwrap_or(Hook::PreConntrack);
         let work_before = self.kernel_work();
+        let malformed_before = self.engine.stats().packets_malformed;
         let mut v = self
             .engine
             .handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
+        if self.engine.stats().packets_malformed != malformed_before {
+            self.report_malformed(&pkt, now);
+        }
         if let Verdict::NeedConntrack(tuple) = v {
             self.stats.ct_lookups += 1;
             let t = Instant::now();
@@ -221,10 +317,65 @@ impl Shell {
         }
         if let Err(e) = r {
             self.stats.verdict_errors += 1;
-            warn!(error = %e, "verdict failed");
+            if let Some(n) = self.verdict_log.hit(now) {
+                warn!(
+                    error = %e,
+                    count = n,
+                    total = self.stats.verdict_errors,
+                    "verdict failed (counted in verdict_errors; at most one line per {}s)",
+                    LOG_EVERY.as_secs()
+                );
+            }
         }
         self.unwatch_deferred();
         self.drain_events();
+    }
+
+    /// A queued packet the engine could not read as TCP/IP (counted in `packets_malformed`
+    /// and accepted unchanged): logged with what it means, rate-limited.
+    fn report_malformed(&mut self, pkt: &Packet, now: Timestamp) {
+        let Some(n) = self.malformed_log.hit(now) else {
+            return;
+        };
+        let reason = match crate::packet::TcpPacket::parse(pkt.payload()) {
+            Err(e) => e.to_string(),
+            Ok(_) => "unreadable".to_string(),
+        };
+        warn!(
+            reason = %reason,
+            bytes = pkt.payload().len(),
+            hook = pkt.raw_hook(),
+            count = n,
+            total = self.engine.stats().packets_malformed,
+            "{}",
+            malformed_message(self.settings.queue)
+        );
+    }
+
+    /// A receive error of the queue that is not fatal: counted and logged, rate-limited.
+    fn queue_error(&mut self, e: &QueueError, now: Timestamp) {
+        if matches!(e, QueueError::Overrun) {
+            self.stats.queue_overruns += 1;
+            if let Some(n) = self.overrun_log.hit(now) {
+                warn!(
+                    count = n,
+                    total = self.stats.queue_overruns,
+                    "NFQUEUE overrun: the kernel dropped queued packets (ENOBUFS); TCP \
+                     retransmits them. If frequent, check the CPU load (ftpct_packet_latency_seconds) \
+                     and raise the socket buffer"
+                );
+            }
+            return;
+        }
+        self.stats.queue_errors += 1;
+        if let Some(n) = self.queue_error_log.hit(now) {
+            warn!(
+                count = n,
+                total = self.stats.queue_errors,
+                "{e} (counted in queue_errors; at most one line per {}s)",
+                LOG_EVERY.as_secs()
+            );
+        }
     }
 
     /// Kernel operations done so far (netlink requests and state writes): whether a packet
@@ -525,7 +676,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 63] = [
+        let rows: [(&str, u64); 66] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -555,6 +706,9 @@ impl Shell {
             ("actions_dropped", s.actions_dropped),
             ("replies_unsolicited", s.replies_unsolicited),
             ("queue_overruns", k.queue_overruns),
+            ("queue_errors", k.queue_errors),
+            ("queue_poll_errors", k.queue_poll_errors),
+            ("verdict_errors", k.verdict_errors),
             ("queue_dropped", kq_dropped),
             ("queue_user_dropped", kq_user_dropped),
             ("ct_created", k.ct_created),
@@ -615,6 +769,20 @@ pub fn kernel_queue_drops(queue: u16) -> Option<(u64, u64)> {
     })
 }
 
+/// What a malformed queued packet means and what to check: ftpct's rules queue only TCP
+/// packets (conntrack's defragmentation runs before them), so something else queues to the
+/// same queue number, or the packet is corrupt.
+pub fn malformed_message(queue: u16) -> String {
+    format!(
+        "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged, without the \
+         ALG. ftpct's rules queue only TCP packets to queue {queue}: check for another rule \
+         that queues to {queue} (iptables-save | grep NFQUEUE, nft list ruleset | grep queue) \
+         and give ftpct or that program another queue number. Counted in packets_malformed \
+         (ftpct_packets_malformed_total); at most one line per {}s",
+        LOG_EVERY.as_secs()
+    )
+}
+
 /// One log line per event, with the session id, addresses and NAT, for an admin to follow.
 pub fn log_event(e: &Event) {
     match e {
@@ -629,6 +797,7 @@ pub fn log_event(e: &Event) {
             session = %id,
             client = %ct.original.src,
             server = %ct.original.dst,
+            nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
             reason = reason.describe(),
             "control session end"
         ),
@@ -641,7 +810,7 @@ pub fn log_event(e: &Event) {
             expectation = id.0,
             src = %exp.src,
             dst = %exp.dst,
-            nat_to = ?exp.nat_to,
+            nat_to = %exp.nat_to.map_or_else(|| "-".to_string(), |a| a.to_string()),
             "expecting data connection"
         ),
         Event::ExpectUsed { id, exp, data } => {
@@ -956,6 +1125,11 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         unwatch: Vec::with_capacity(16),
         rule_watch,
         mark_cursor: 0,
+        malformed_log: Throttle::new(LOG_EVERY),
+        verdict_log: Throttle::new(LOG_EVERY),
+        overrun_log: Throttle::new(LOG_EVERY),
+        queue_error_log: Throttle::new(LOG_EVERY),
+        poll_error_log: Throttle::new(LOG_EVERY),
     };
     shell.revalidate_restored();
     // Everything is open: keep CAP_NET_ADMIN only (and switch user if configured).
@@ -982,6 +1156,8 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     // The same period drives the mark check (`check_marks`) when seqadj_mark is on.
     let periodic = shell.rule_watch.is_some()
         || (settings.seqadj_mark != 0 && !settings.rule_check_interval.is_zero());
+    let mut recv_streak = ErrorStreak::default();
+    let mut poll_streak = ErrorStreak::default();
     let mut rule_timer = periodic.then(|| {
         let mut t = tokio::time::interval(settings.rule_check_interval);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1002,23 +1178,68 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             ready = queue.readable_mut() => {
                 let mut guard = match ready {
                     Ok(g) => g,
-                    Err(e) => { error!(error = %e, "queue poll failed"); continue; }
+                    Err(e) => {
+                        // Only if tokio's I/O driver lost the socket: never seen. Counted, and
+                        // retried after a pause (not in a hot loop); lasting, it is fatal.
+                        let now = monotonic_now();
+                        shell.stats.queue_poll_errors += 1;
+                        if let Some(n) = shell.poll_error_log.hit(now) {
+                            error!(
+                                error = %e,
+                                count = n,
+                                "waiting for the NFQUEUE socket failed; retrying in 100 ms \
+                                 (counted in queue_poll_errors). If it repeats, check the \
+                                 process's file descriptor limit and free memory; ftpct exits \
+                                 after {}s of failures so that systemd restarts it",
+                                ErrorStreak::GIVE_UP.as_secs()
+                            );
+                        }
+                        if poll_streak.error(now) {
+                            return Err(DaemonError::QueueFailing {
+                                count: poll_streak.count(),
+                                secs: poll_streak.secs(now),
+                                last: e.to_string(),
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
+                poll_streak.ok();
                 // Drain what is there, bounded so that timers and the control socket still run.
                 for _ in 0..256 {
                     let q = guard.get_inner_mut();
                     let t0 = Instant::now();
                     match q.recv() {
-                        Ok(Some(pkt)) => shell.process(q, pkt, t0),
-                        Ok(None) => { guard.clear_ready(); break; }
-                        Err(QueueError::Overrun) => {
-                            shell.stats.queue_overruns += 1;
-                            warn!("NFQUEUE overrun: the kernel dropped queued packets (ENOBUFS); \
-                                   TCP retransmits them. If frequent, raise the socket buffer or check CPU load");
+                        Ok(Some(pkt)) => {
+                            recv_streak.ok();
+                            shell.process(q, pkt, t0);
+                        }
+                        Ok(None) => {
+                            recv_streak.ok();
+                            guard.clear_ready();
+                            break;
                         }
                         Err(e) if e.is_fatal() => return Err(e.into()),
-                        Err(e) => warn!(error = %e, "queue receive error"),
+                        Err(e) => {
+                            let now = monotonic_now();
+                            shell.queue_error(&e, now);
+                            if recv_streak.error(now) {
+                                return Err(DaemonError::QueueFailing {
+                                    count: recv_streak.count(),
+                                    secs: recv_streak.secs(now),
+                                    last: e.to_string(),
+                                });
+                            }
+                            if recv_streak.count() % ErrorStreak::MIN_ERRORS == 0 {
+                                // nothing but errors: let the rest of the loop run
+                                break;
+                            }
+                        }
                     }
+                }
+                if recv_streak.count() >= ErrorStreak::MIN_ERRORS {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             _ = sleep => {
@@ -1111,5 +1332,158 @@ fn status_line(s: &Settings) -> String {
 fn sd_notify(r: std::io::Result<bool>, what: &str) {
     if let Err(e) = r {
         warn!(error = %e, "sd_notify {what} failed (NOTIFY_SOCKET)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Timestamp {
+        Timestamp(s * 1_000_000_000)
+    }
+
+    #[test]
+    fn throttle_logs_the_first_then_once_per_period_with_the_count() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        assert_eq!(t.hit(secs(100)), Some(1), "the first one is logged");
+        for i in 1..=5 {
+            assert_eq!(t.hit(secs(100 + i)), None);
+        }
+        // the next line says how many it stands for: the 5 suppressed and this one
+        assert_eq!(t.hit(secs(110)), Some(6));
+        assert_eq!(t.hit(secs(111)), None);
+        assert_eq!(t.hit(secs(500)), Some(2));
+        assert_eq!(t.hit(secs(520)), Some(1));
+    }
+
+    #[test]
+    fn an_error_streak_gives_up_only_when_it_lasts() {
+        let mut s = ErrorStreak::default();
+        // many errors at once (a flushed queue's refused verdicts): survived
+        for _ in 0..10_000 {
+            assert!(!s.error(secs(10)));
+        }
+        s.ok();
+        assert_eq!(s.count(), 0);
+        // a few errors over a long time: survived
+        for i in 0..10 {
+            assert!(!s.error(secs(20 + i)));
+        }
+        s.ok();
+        // errors without a success for 5 s, at least 64 of them: give up
+        let mut gave_up = false;
+        for i in 0..1000u64 {
+            if s.error(Timestamp(secs(100).0 + i * 10_000_000)) {
+                gave_up = true;
+                assert_eq!(s.count(), 501, "5 s after the first, at 10 ms each");
+                assert_eq!(s.secs(Timestamp(secs(100).0 + i * 10_000_000)), 5);
+                break;
+            }
+        }
+        assert!(gave_up);
+    }
+
+    /// The log lines of `events`, as the daemon writes them (without timestamps).
+    fn log_lines(events: &[Event]) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .map_err(|_| std::io::ErrorKind::Other)?
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_target(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(sub, || events.iter().for_each(log_event));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn session_and_expectation_lines_name_the_session_the_peers_and_the_nat() {
+        use crate::expect::{ExpectId, ExpectKind, Expectation};
+        use crate::types::{CtTuples, SessionId};
+        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        // a client behind MASQUERADE: 10.77.100.102 leaves as 203.0.113.1
+        let ct = CtTuples {
+            original: FlowTuple::new(sa("10.77.100.102:40000"), sa("203.0.113.2:21")),
+            reply: FlowTuple::new(sa("203.0.113.2:21"), sa("203.0.113.1:40000")),
+        };
+        let id = SessionId(12);
+        let exp = Expectation {
+            master: id,
+            kind: ExpectKind::Port,
+            src: "203.0.113.2".parse().unwrap(),
+            dst: sa("203.0.113.1:50000"),
+            nat_to: Some(sa("10.77.100.102:50000")),
+            created: Timestamp::ZERO,
+            expires: secs(300),
+        };
+        let lines = log_lines(&[
+            Event::SessionStart { id, ct },
+            Event::ExpectCreated {
+                id: ExpectId(3),
+                exp,
+            },
+            Event::SessionEnd {
+                id,
+                ct,
+                reason: crate::engine::EndReason::Closed,
+            },
+        ]);
+        assert_eq!(
+            lines,
+            [
+                " INFO control session start session=S12 client=10.77.100.102:40000 \
+                 server=203.0.113.2:21 nat=203.0.113.1:40000 <- 203.0.113.2:21",
+                " INFO expecting data connection session=S12 expectation=3 src=203.0.113.2 \
+                 dst=203.0.113.1:50000 nat_to=10.77.100.102:50000",
+                " INFO control session end session=S12 client=10.77.100.102:40000 \
+                 server=203.0.113.2:21 nat=203.0.113.1:40000 <- 203.0.113.2:21 reason=\"closed\"",
+            ]
+        );
+        let untranslated = log_lines(&[Event::ExpectCreated {
+            id: ExpectId(4),
+            exp: Expectation {
+                nat_to: None,
+                ..exp
+            },
+        }]);
+        assert!(untranslated[0].ends_with(" nat_to=-"), "{untranslated:?}");
+    }
+
+    #[test]
+    fn malformed_packets_are_explained() {
+        let m = malformed_message(7);
+        assert!(m.contains("accepted unchanged"), "{m}");
+        assert!(m.contains("another rule that queues to 7"), "{m}");
+        assert!(m.contains("packets_malformed"), "{m}");
+    }
+
+    #[test]
+    fn fatal_queue_failure_says_what_happens_meanwhile() {
+        let e = DaemonError::QueueFailing {
+            count: 70,
+            secs: 5,
+            last: "x".into(),
+        }
+        .to_string();
+        assert!(e.contains("restarts ftpct"), "{e}");
+        assert!(e.contains("fail-closed"), "{e}");
     }
 }

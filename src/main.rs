@@ -127,23 +127,96 @@ enum Cmd {
     },
 }
 
-fn init_logs(filter: &str) {
+/// Sets up the logs: to stderr, filtered by `$RUST_LOG` if set, else by `filter` (the
+/// `--log` flag or the configuration's `log`). An invalid filter is an error (never a silent
+/// fallback to another level).
+///
+/// When stderr is the journal (systemd's `$JOURNAL_STREAM` names stderr's device and inode),
+/// each line starts with its sd-daemon(3) priority (`<3>` error, `<4>` warning, `<6>` info,
+/// `<7>` debug and trace), so that `journalctl -p warning` and syslog see the real levels, and
+/// carries no timestamp or colours (journald adds its own time). Otherwise: plain fmt lines
+/// with a timestamp, coloured on a terminal.
+fn init_logs(filter: &str) -> Result<(), String> {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Under systemd, stderr goes to the journal ($JOURNAL_STREAM), which adds its own
-    // timestamps and shows escape codes as they are.
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => tracing_subscriber::EnvFilter::try_new(&env)
+            .map_err(|e| format!("RUST_LOG={env:?} is not a log filter ({e}): fix or unset it"))?,
+        _ => {
+            config::check_log_filter(filter).map_err(|e| format!("log filter: {e}"))?;
+            tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?
+        }
+    };
+    let journal = stderr_is_journal();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(!journal && std::io::stderr().is_terminal())
         .with_target(false);
     if journal {
-        logs.without_time().init();
+        logs.event_format(JournalFormat(
+            tracing_subscriber::fmt::format()
+                .without_time()
+                .with_target(false),
+        ))
+        .init();
     } else {
         logs.init();
+    }
+    Ok(())
+}
+
+/// Whether stderr is connected to the journal: `$JOURNAL_STREAM` is `DEVICE:INODE` of the
+/// stream systemd connected, which a child with redirected stderr may still inherit, so it
+/// is compared with stderr's own (sd-daemon(3), systemd.exec(5)).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (
+        dev.parse::<nix::libc::dev_t>(),
+        ino.parse::<nix::libc::ino_t>(),
+    ) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    match nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+        Err(_) => false,
+    }
+}
+
+/// The sd-daemon(3) priority prefix of a level: `<3>` (LOG_ERR) for errors, `<4>`
+/// (LOG_WARNING), `<6>` (LOG_INFO), `<7>` (LOG_DEBUG) for debug and trace.
+fn journal_priority(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::ERROR => "<3>",
+        tracing::Level::WARN => "<4>",
+        tracing::Level::INFO => "<6>",
+        _ => "<7>",
+    }
+}
+
+/// A log line format for the journal: the priority prefix, then the line of the wrapped
+/// format (which must print no timestamp).
+struct JournalFormat<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        writer.write_str(journal_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 
@@ -173,7 +246,10 @@ fn main() -> ExitCode {
                 state_file: state,
             };
             overrides.apply(&mut s);
-            init_logs(log.as_deref().unwrap_or(&s.log));
+            if let Err(e) = init_logs(log.as_deref().unwrap_or(&s.log)) {
+                eprintln!("ftpct: {e}");
+                return ExitCode::from(2);
+            }
             match daemon::run(daemon::RunOptions {
                 settings: s,
                 config_path: config,
@@ -212,11 +288,12 @@ fn main() -> ExitCode {
             if bypass {
                 spec.bypass = true;
             }
+            // --apply and --delete say, per group, what was there and what they changed, and
+            // what the kernel needs beside the rules (the nat PREROUTING base chain, the sets).
             let result = if apply {
-                rules::apply(&spec)
-                    .map(|n| format!("ftpct rules: {n} rules added (existing ones kept)"))
+                rules::apply_report(&spec).map(|r| r.to_string())
             } else if delete {
-                rules::delete(&spec).map(|n| format!("ftpct rules: {n} rules removed"))
+                rules::delete_report(&spec).map(|r| r.to_string())
             } else {
                 rules::render(&spec)
             };
@@ -344,5 +421,86 @@ fn ask(socket: &std::path::Path, req: Request) -> ExitCode {
             eprintln!("ftpct: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A log writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_lines_carry_the_priority_and_no_timestamp() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .event_format(JournalFormat(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_target(false),
+            ))
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            tracing::error!(queue = 3, "cannot bind");
+            tracing::warn!("NFQUEUE overrun");
+            tracing::info!(session = "S1", "control session start");
+            tracing::debug!("message");
+            tracing::trace!("detail");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "<3>ERROR cannot bind queue=3",
+                "<4> WARN NFQUEUE overrun",
+                "<6> INFO control session start session=\"S1\"",
+                "<7>DEBUG message",
+                "<7>TRACE detail",
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn journal_stream_must_be_stderr() {
+        // A JOURNAL_STREAM inherited by a process whose stderr is elsewhere (a file, a pipe
+        // of the test harness) is not the journal.
+        use std::os::fd::AsRawFd;
+        let st = nix::sys::stat::fstat(std::io::stderr().as_raw_fd()).unwrap();
+        std::env::set_var("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino));
+        assert!(stderr_is_journal(), "stderr's own device and inode");
+        std::env::set_var("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino + 1));
+        assert!(!stderr_is_journal());
+        std::env::set_var("JOURNAL_STREAM", "garbage");
+        assert!(!stderr_is_journal());
+        std::env::remove_var("JOURNAL_STREAM");
+        assert!(!stderr_is_journal());
+    }
+
+    #[test]
+    fn priorities() {
+        assert_eq!(journal_priority(&tracing::Level::ERROR), "<3>");
+        assert_eq!(journal_priority(&tracing::Level::WARN), "<4>");
+        assert_eq!(journal_priority(&tracing::Level::INFO), "<6>");
+        assert_eq!(journal_priority(&tracing::Level::DEBUG), "<7>");
+        assert_eq!(journal_priority(&tracing::Level::TRACE), "<7>");
     }
 }

@@ -102,6 +102,11 @@ impl Histogram {
 #[derive(Clone, Debug, Default)]
 pub struct ShellStats {
     pub queue_overruns: u64,
+    /// Receive errors of the queue other than overruns that the daemon survives (a verdict the
+    /// kernel refused, a message lost under memory pressure).
+    pub queue_errors: u64,
+    /// Failed readiness polls of the queue socket.
+    pub queue_poll_errors: u64,
     pub verdict_errors: u64,
     pub ct_lookups: u64,
     pub ct_lookup_errors: u64,
@@ -310,6 +315,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Failed kernel requests.",
         &[
             ("op=\"verdict\"", k.verdict_errors),
+            ("op=\"queue_receive\"", k.queue_errors),
+            ("op=\"queue_poll\"", k.queue_poll_errors),
             ("op=\"ct_lookup\"", k.ct_lookup_errors),
             ("op=\"ct_create\"", k.ct_create_errors),
             ("op=\"ipset\"", k.ipset_errors),
@@ -409,6 +416,8 @@ mod tests {
             engine: &stats,
             shell: &ShellStats {
                 rules_missing: 3,
+                queue_errors: 2,
+                queue_poll_errors: 1,
                 ..ShellStats::default()
             },
             latency: &h,
@@ -422,6 +431,8 @@ mod tests {
         assert!(text.contains("ftpct_sessions 2\n"));
         assert!(text.contains("# TYPE ftpct_rules_missing gauge\nftpct_rules_missing 3\n"));
         assert!(text.contains("ftpct_kernel_queue_dropped_total{reason=\"queue_full\"} 4\n"));
+        assert!(text.contains("ftpct_kernel_errors_total{op=\"queue_receive\"} 2\n"));
+        assert!(text.contains("ftpct_kernel_errors_total{op=\"queue_poll\"} 1\n"));
         assert!(text.contains("ftpct_packet_latency_seconds_count 2\n"));
         assert!(text.contains("ftpct_packet_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
         // every sample line is "name{labels} value" or "name value", and every name is declared

@@ -27,7 +27,10 @@
 //!   [`NfQueue::open`] arranges; this is [`QueueError::Overrun`], counted, not fatal;
 //! - the kernel answers a refused verdict with an `NLMSG_ERROR` (e.g. `ENOENT` for a packet id
 //!   it no longer holds), which `nfq` returns from the next `recv`:
-//!   [`QueueError::KernelRejected`], not fatal.
+//!   [`QueueError::KernelRejected`], not fatal;
+//! - `nfq` returns the receive call's own errors and the errno of an `NLMSG_ERROR` alike, so
+//!   [`classify_recv_error`] decides from the errno: only EBADF, ENOTSOCK, EFAULT and ENOTCONN
+//!   (the socket itself is broken) are fatal; the daemon counts and survives the rest.
 //!
 //! Limitations of `nfq` 0.2.5 (worked around here, not forked):
 //! - it does not expose its socket's file descriptor (needed for tokio's `AsyncFd` and for
@@ -94,8 +97,8 @@ impl Default for QueueOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(
-        "nfqueue: cannot open the netlink socket: {0}; ftpct needs CAP_NET_ADMIN and a kernel \
-         with NFQUEUE (CONFIG_NETFILTER_NETLINK_QUEUE)"
+        "nfqueue: cannot open the netlink socket: {0}; check that ftpct has CAP_NET_ADMIN and \
+         that the kernel has NFQUEUE (CONFIG_NETFILTER_NETLINK_QUEUE, module nfnetlink_queue)"
     )]
     Open(io::Error),
     #[error(
@@ -103,7 +106,11 @@ pub enum QueueError {
          this queue, or ftpct lacks CAP_NET_ADMIN: stop it or choose another --queue"
     )]
     Bind { queue: u16, source: io::Error },
-    #[error("nfqueue: cannot configure queue {queue} ({what}): {source}")]
+    #[error(
+        "nfqueue: cannot configure queue {queue} ({what}): {source}; the kernel refused the \
+         setting: check that ftpct has CAP_NET_ADMIN in this network namespace and that the \
+         kernel's nfnetlink_queue supports it (fail-open and GSO need Linux 3.6 or later)"
+    )]
     Config {
         queue: u16,
         what: &'static str,
@@ -121,12 +128,28 @@ pub enum QueueError {
     Overrun,
     #[error(
         "nfqueue: the kernel refused a verdict or setting: {0} (for example a packet id it no \
-         longer holds; not fatal)"
+         longer holds, after the queue was flushed; not fatal: that packet's sender \
+         retransmits). If it repeats, check that no other process binds this queue number \
+         and that ftpct keeps CAP_NET_ADMIN"
     )]
     KernelRejected(io::Error),
-    #[error("nfqueue: receiving from the queue failed: {0}")]
+    #[error(
+        "nfqueue: receiving from the queue failed: {0}; not fatal (the socket is still \
+         usable, e.g. a message lost under memory pressure): check the machine's free memory \
+         if it repeats"
+    )]
+    RecvTransient(io::Error),
+    #[error(
+        "nfqueue: the queue socket is unusable: {0}; ftpct exits with an error so that its \
+         supervisor restarts it (systemd: Restart=on-failure). Until then the control packets \
+         are dropped (fail-closed rules) or pass without the ALG (--bypass rules)"
+    )]
     Recv(io::Error),
-    #[error("nfqueue: sending a verdict failed: {0}")]
+    #[error(
+        "nfqueue: sending a verdict failed: {0}; the packet stays in the kernel queue until \
+         the queue is flushed, and its sender retransmits it. If it repeats, check the \
+         machine's free memory (ENOMEM/ENOBUFS) and that ftpct keeps CAP_NET_ADMIN"
+    )]
     Verdict(io::Error),
     #[error(
         "nfqueue: a modified packet of {0} bytes exceeds the {MAX_MODIFIED_LEN}-byte limit of a \
@@ -136,12 +159,38 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    /// False for the errors the daemon counts, logs and continues after.
+    /// False for the errors the daemon counts, logs and continues after; true for those after
+    /// which the queue socket cannot be used any more (the daemon exits with an error, and
+    /// its supervisor restarts it).
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            QueueError::Overrun | QueueError::KernelRejected(_) | QueueError::PayloadTooLarge(_)
+            QueueError::Overrun
+                | QueueError::KernelRejected(_)
+                | QueueError::RecvTransient(_)
+                | QueueError::Verdict(_)
+                | QueueError::PayloadTooLarge(_)
         )
+    }
+}
+
+/// What a failed receive means. `nfq` returns both the receive call's own errors and the
+/// errno of an `NLMSG_ERROR` answer (the kernel refusing an earlier verdict) as an
+/// `io::Error`, so the errno alone decides: only the errors that say the socket itself is
+/// broken are fatal; ENOBUFS is an overrun; the errnos the kernel gives a refused verdict are
+/// [`QueueError::KernelRejected`]; anything else (ENOMEM, or `nfq`'s ENOSPC for a message
+/// larger than its buffer) is [`QueueError::RecvTransient`]. `None`: nothing to receive.
+pub fn classify_recv_error(e: io::Error) -> Option<QueueError> {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => None,
+        Some(libc::ENOBUFS) => Some(QueueError::Overrun),
+        Some(libc::ENOENT | libc::EINVAL | libc::EPERM | libc::ENODEV | libc::EOPNOTSUPP) => {
+            Some(QueueError::KernelRejected(e))
+        }
+        Some(libc::EBADF | libc::ENOTSOCK | libc::EFAULT | libc::ENOTCONN) | None => {
+            Some(QueueError::Recv(e))
+        }
+        Some(_) => Some(QueueError::RecvTransient(e)),
     }
 }
 
@@ -301,18 +350,15 @@ impl NfQueue {
         self.queue_num
     }
 
-    /// The next queued packet, or `None` if there is none right now (`EAGAIN`).
-    /// [`QueueError::Overrun`] and [`QueueError::KernelRejected`] are not fatal.
+    /// The next queued packet, or `None` if there is none right now (`EAGAIN`). Only the
+    /// errors for which [`QueueError::is_fatal`] is true mean the socket is unusable (see
+    /// [`classify_recv_error`]).
     pub fn recv(&mut self) -> Result<Option<Packet>, QueueError> {
         match self.q.recv() {
             Ok(msg) => Ok(Some(Packet { msg })),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
-                Some(libc::ENOBUFS) => Err(QueueError::Overrun),
-                Some(libc::ENOENT | libc::EINVAL | libc::EPERM | libc::ENODEV) => {
-                    Err(QueueError::KernelRejected(e))
-                }
-                _ => Err(QueueError::Recv(e)),
+            Err(e) => match classify_recv_error(e) {
+                None => Ok(None),
+                Some(err) => Err(err),
             },
         }
     }
@@ -419,5 +465,71 @@ mod tests {
     fn fatality() {
         assert!(!QueueError::Overrun.is_fatal());
         assert!(QueueError::Recv(io::Error::from_raw_os_error(libc::EBADF)).is_fatal());
+    }
+
+    #[test]
+    fn receive_errors_are_fatal_only_when_the_socket_is_broken() {
+        let class = |errno| classify_recv_error(io::Error::from_raw_os_error(errno));
+        assert!(class(libc::EAGAIN).is_none());
+        assert!(class(libc::EINTR).is_none());
+        assert!(matches!(class(libc::ENOBUFS), Some(QueueError::Overrun)));
+        for errno in [libc::ENOENT, libc::EINVAL, libc::EPERM, libc::ENODEV] {
+            let e = class(errno).unwrap();
+            assert!(matches!(e, QueueError::KernelRejected(_)), "{e}");
+            assert!(!e.is_fatal());
+        }
+        for errno in [libc::ENOMEM, libc::ENOSPC, libc::EMSGSIZE, libc::EBUSY] {
+            let e = class(errno).unwrap();
+            assert!(matches!(e, QueueError::RecvTransient(_)), "{e}");
+            assert!(!e.is_fatal(), "{e}");
+        }
+        for errno in [libc::EBADF, libc::ENOTSOCK, libc::EFAULT, libc::ENOTCONN] {
+            let e = class(errno).unwrap();
+            assert!(e.is_fatal(), "{e}");
+            assert!(e.to_string().contains("supervisor restarts it"), "{e}");
+        }
+        let e = classify_recv_error(io::Error::other("no errno")).unwrap();
+        assert!(e.is_fatal());
+        assert!(!QueueError::Verdict(io::Error::from_raw_os_error(libc::ENOMEM)).is_fatal());
+    }
+
+    #[test]
+    fn every_error_says_what_to_do() {
+        let e = || io::Error::from_raw_os_error(libc::ENOMEM);
+        let all = [
+            QueueError::Open(e()),
+            QueueError::Bind {
+                queue: 3,
+                source: e(),
+            },
+            QueueError::Config {
+                queue: 3,
+                what: "GSO",
+                source: e(),
+            },
+            QueueError::FdNotFound("x"),
+            QueueError::Overrun,
+            QueueError::KernelRejected(e()),
+            QueueError::RecvTransient(e()),
+            QueueError::Recv(e()),
+            QueueError::Verdict(e()),
+            QueueError::PayloadTooLarge(70_000),
+        ];
+        for err in all {
+            let m = err.to_string();
+            assert!(
+                [
+                    "check",
+                    "raise",
+                    "stop it",
+                    "restart",
+                    "bug",
+                    "open the queue"
+                ]
+                .iter()
+                .any(|w| m.contains(w)),
+                "no fix in: {m}"
+            );
+        }
     }
 }

@@ -380,7 +380,10 @@ pub enum RulesError {
     Ipset(#[from] IpsetError),
 }
 
-fn check_set_name(name: &str, backend: Backend) -> Result<(), RulesError> {
+/// Whether `name` can name a set of `backend`: an ipset (the iptables backends: what ipset and
+/// iptables' set match accept) or an nft set in `table inet ftpct` (an nft identifier). The one
+/// check of `ftpct rules` and of the configuration file ([`crate::config`]).
+pub fn check_set_name(name: &str, backend: Backend) -> Result<(), RulesError> {
     if backend == Backend::Nft {
         let mut cs = name.chars();
         let ok = name.len() <= ipset::MAX_NAME_LEN
@@ -876,6 +879,58 @@ pub trait Exec {
             .and_then(|mut t| t.install_queue_targets(targets))
             .map_err(|e| e.to_string())
     }
+
+    /// Whether nf_tables has iptables-nft's nat PREROUTING base chain for `family` (`table ip
+    /// nat` / `table ip6 nat`, chain `PREROUTING` with a hook), read over netlink:
+    /// iptables-nft creates it lazily, and `iptables -S` shows it whether it exists or not.
+    fn nat_base_chain(&mut self, family: Family) -> Result<bool, String> {
+        nft_nat_prerouting_exists(family).map_err(|e| e.to_string())
+    }
+}
+
+/// [`Exec::nat_base_chain`] over nf_tables netlink: `NFT_MSG_GETCHAIN` of `PREROUTING` in
+/// table `nat` of the family; `ENOENT` when the table or the chain is missing.
+fn nft_nat_prerouting_exists(family: Family) -> Result<bool, crate::netlink::NlError> {
+    use crate::netlink::{
+        nfnl_msg_type, MsgBuilder, NetlinkSocket, NlError, NFNL_SUBSYS_NFTABLES, NLM_F_ACK,
+        NLM_F_REQUEST,
+    };
+    const NFT_MSG_GETCHAIN: u8 = 4;
+    const NFT_MSG_NEWCHAIN: u8 = 3;
+    const NFTA_CHAIN_TABLE: u16 = 1;
+    const NFTA_CHAIN_NAME: u16 = 3;
+    const NFTA_CHAIN_HOOK: u16 = 4;
+    let nfproto = match family {
+        Family::V4 => 2,
+        Family::V6 => 10,
+    };
+    let mut sock = NetlinkSocket::open()?;
+    let mut buf = Vec::with_capacity(64);
+    let mut b = MsgBuilder::new(
+        &mut buf,
+        nfnl_msg_type(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN),
+        NLM_F_REQUEST | NLM_F_ACK,
+        nfproto,
+        0,
+    );
+    b.put_cstr(NFTA_CHAIN_TABLE, "nat");
+    b.put_cstr(NFTA_CHAIN_NAME, "PREROUTING");
+    b.finish()?;
+    let len = buf.len();
+    let mut base = false;
+    let r = sock.transact(&mut buf[..len], |m| {
+        if m.subsys() == NFNL_SUBSYS_NFTABLES && m.cmd() == NFT_MSG_NEWCHAIN {
+            let (_, attrs) = m.nfgen()?;
+            let t: [Option<crate::netlink::Attr>; 5] = attrs.table()?;
+            base |= t[NFTA_CHAIN_HOOK as usize].is_some();
+        }
+        Ok::<(), NlError>(())
+    });
+    match r {
+        Ok(()) => Ok(base),
+        Err(NlError::Kernel { errno }) if errno == nix::libc::ENOENT => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs commands with [`std::process::Command`].
@@ -988,20 +1043,42 @@ fn run(exec: &mut dyn Exec, op: Op, r: &Rule) -> Result<bool, RulesError> {
 
 /// Appends each rule that `-C` does not find. Returns how many were added.
 pub fn apply_rules(exec: &mut dyn Exec, rules: &[Rule]) -> Result<usize, RulesError> {
-    let mut added = 0;
+    Ok(apply_rules_counted(exec, rules)?
+        .iter()
+        .map(|g| g.added)
+        .sum())
+}
+
+/// [`apply_rules`], counted per group: the rules found in place and those added.
+fn apply_rules_counted(exec: &mut dyn Exec, rules: &[Rule]) -> Result<Vec<GroupCount>, RulesError> {
+    let mut counts = GroupCount::for_groups(rules.iter().map(|r| r.group));
     for r in rules {
-        if !run(exec, Op::Check, r)? {
+        let c = GroupCount::of(&mut counts, r.group);
+        if run(exec, Op::Check, r)? {
+            c.present += 1;
+        } else {
             run(exec, Op::Append, r)?;
-            added += 1;
+            c.added += 1;
         }
     }
-    Ok(added)
+    Ok(counts)
 }
 
 /// Deletes each rule (last first) until `-C` no longer finds it. Returns how many were
 /// deleted.
 pub fn delete_rules(exec: &mut dyn Exec, rules: &[Rule]) -> Result<usize, RulesError> {
-    let mut deleted = 0;
+    Ok(delete_rules_counted(exec, rules)?
+        .iter()
+        .map(|g| g.removed)
+        .sum())
+}
+
+/// [`delete_rules`], counted per group.
+fn delete_rules_counted(
+    exec: &mut dyn Exec,
+    rules: &[Rule],
+) -> Result<Vec<GroupCount>, RulesError> {
+    let mut counts = GroupCount::for_groups(rules.iter().map(|r| r.group));
     for r in rules.iter().rev() {
         let mut n = 0;
         while run(exec, Op::Check, r)? {
@@ -1010,10 +1087,10 @@ pub fn delete_rules(exec: &mut dyn Exec, rules: &[Rule]) -> Result<usize, RulesE
             }
             run(exec, Op::Delete, r)?;
             n += 1;
-            deleted += 1;
+            GroupCount::of(&mut counts, r.group).removed += 1;
         }
     }
-    Ok(deleted)
+    Ok(counts)
 }
 
 /// Deletes every rule of the raw, mangle and nat tables whose comment is exactly `ftpct`, for
@@ -1184,7 +1261,7 @@ fn nft_undo(exec: &mut dyn Exec, before: &Option<String>) {
     }
 }
 
-fn nft_apply(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
+fn nft_apply(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<Report, RulesError> {
     // Checked before anything is written: the names go into a script.
     nft_rules(spec)?;
     let before = nft_list(exec)?;
@@ -1221,16 +1298,58 @@ fn nft_apply(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> 
         ));
     }
     let after = nft_list(exec)?.unwrap_or_default();
-    if before.as_deref() == Some(after.as_str()) {
-        Ok(0)
-    } else {
-        Ok(nft_rule_count(&after))
+    let unchanged = before.as_deref() == Some(after.as_str());
+    let groups = nft_rules(spec)?
+        .iter()
+        .map(|r| r.group)
+        .chain(nft_verdict_rules(spec).iter().map(|r| r.group))
+        .collect::<Vec<_>>();
+    let mut counts = GroupCount::for_groups(groups.iter().copied());
+    for g in groups {
+        let c = GroupCount::of(&mut counts, g);
+        if unchanged {
+            c.present += 1;
+        } else {
+            c.added += 1;
+        }
     }
+    let listed = |what: &str| before.as_deref().is_some_and(|b| b.contains(what));
+    let state = |there: bool| {
+        if there {
+            State::Present
+        } else {
+            State::Created
+        }
+    };
+    let mut report = Report::new(Backend::Nft, false);
+    report.groups = counts;
+    report.table = Some(Item::new(
+        format!("table inet {NFT_TABLE}"),
+        match (&before, unchanged) {
+            (None, _) => State::Created,
+            (Some(_), true) => State::Unchanged,
+            (Some(_), false) => State::Updated,
+        },
+    ));
+    report.nat_chains.push(Item::new(
+        format!("nat PREROUTING base chain (inet {NFT_TABLE} {NFT_NAT_CHAIN})"),
+        state(listed(&format!("chain {NFT_NAT_CHAIN} "))),
+    ));
+    for set in [&spec.set4, &spec.set6] {
+        report.sets.push(Item::new(
+            format!("nft set {set}"),
+            state(listed(&format!("set {set} "))),
+        ));
+    }
+    Ok(report)
 }
 
-fn nft_delete(exec: &mut dyn Exec) -> Result<usize, RulesError> {
+fn nft_delete(exec: &mut dyn Exec) -> Result<Report, RulesError> {
+    let mut report = Report::new(Backend::Nft, true);
+    let table = format!("table inet {NFT_TABLE}");
     let Some(before) = nft_list(exec)? else {
-        return Ok(0);
+        report.table = Some(Item::new(table, State::Absent));
+        return Ok(report);
     };
     // `add` first: deleting a table that vanished meanwhile is then not an error.
     let script = format!("add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n");
@@ -1238,23 +1357,90 @@ fn nft_delete(exec: &mut dyn Exec) -> Result<usize, RulesError> {
     if !out.status.success() {
         return Err(failed(Backend::Nft, "nft", &[&script], &out));
     }
-    Ok(nft_rule_count(&before))
+    report.other_removed = nft_rule_count(&before);
+    report.table = Some(
+        Item::new(table, State::Removed)
+            .note("with its rules, its sets and its nat PREROUTING base chain"),
+    );
+    Ok(report)
 }
 
 /// Installs the rules of `spec` with its backend, running the tools through `exec`, in the
 /// calling thread's network namespace (iptables backends: also creates the two ipsets). Returns
 /// how many rules were added: for the iptables backends the rules `-C` did not find; for nft,
 /// the number of rules in `table inet ftpct` if its content changed, 0 if it was already so.
+/// [`apply_report_with`] says what was there and what was added, per group.
 pub fn apply_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
+    apply_report_with(exec, spec).map(|r| r.added())
+}
+
+/// [`apply_with`], reporting per group (a)-(d) the rules found and added, whether the nat
+/// PREROUTING base chain the kernel needs was present or created, and the sets.
+pub fn apply_report_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<Report, RulesError> {
     if spec.backend == Backend::Nft {
         return nft_apply(exec, spec);
     }
     let rules = rules(spec)?;
     preflight_iptables(exec, spec.backend)?;
     let mut set = Ipset::open()?;
-    set.create_hash_ip_port(&spec.set4, SetFamily::V4, SET_DEFAULT_TIMEOUT, spec.maxelem)?;
-    set.create_hash_ip_port(&spec.set6, SetFamily::V6, SET_DEFAULT_TIMEOUT, spec.maxelem)?;
-    apply_rules(exec, &rules)
+    let mut sets = Vec::with_capacity(2);
+    for (name, family) in [(&spec.set4, SetFamily::V4), (&spec.set6, SetFamily::V6)] {
+        let existed = match set.info(name) {
+            Ok(_) => true,
+            Err(IpsetError::SetNotFound(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        set.create_hash_ip_port(name, family, SET_DEFAULT_TIMEOUT, spec.maxelem)?;
+        let state = if existed {
+            State::Present
+        } else {
+            State::Created
+        };
+        sets.push(Item::new(format!("ipset {name}"), state));
+    }
+    let mut report = apply_iptables(exec, spec.backend, &rules)?;
+    report.sets = sets;
+    Ok(report)
+}
+
+/// The rules part of [`apply_report_with`] for the iptables backends (after the preflight
+/// and the sets): the nat PREROUTING base chains as they were, then the rules.
+fn apply_iptables(
+    exec: &mut dyn Exec,
+    backend: Backend,
+    rules: &[Rule],
+) -> Result<Report, RulesError> {
+    let families = [Family::V4, Family::V6];
+    // iptables-legacy's nat table registers all its hooks once loaded (the preflight listed
+    // it); iptables-nft creates the chain with its first rule.
+    let before: Vec<Result<bool, String>> = families
+        .iter()
+        .map(|f| match backend {
+            Backend::IptablesLegacy => Ok(true),
+            _ => exec.nat_base_chain(*f),
+        })
+        .collect();
+    let mut report = Report::new(backend, false);
+    report.groups = apply_rules_counted(exec, rules)?;
+    for (family, before) in families.into_iter().zip(before) {
+        let what = format!("nat PREROUTING base chain ({})", family_name(family));
+        let item = match before {
+            Ok(true) => Item::new(what, State::Present),
+            Ok(false) => Item::new(what, State::Created).note("by ftpct's rule (d)"),
+            Err(e) => Item::new(what, State::Present).note(&format!(
+                "ftpct's rule (d) is in it; whether it existed before could not be read: {e}"
+            )),
+        };
+        report.nat_chains.push(item);
+    }
+    Ok(report)
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
 }
 
 /// Removes ftpct's rules with `spec`'s backend (see the module doc); for the iptables backends
@@ -1266,6 +1452,12 @@ pub fn apply_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesEr
 /// alone. On a kernel
 /// without the backend's tables nothing can be installed, and nothing is deleted (`Ok(0)`).
 pub fn delete_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesError> {
+    delete_report_with(exec, spec).map(|r| r.removed())
+}
+
+/// [`delete_with`], reporting per group what was removed, the rules of other specs swept, the
+/// nat PREROUTING base chain (kept) and the sets.
+pub fn delete_report_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<Report, RulesError> {
     if spec.backend == Backend::Nft {
         checked_ports(spec)?;
         return nft_delete(exec);
@@ -1273,22 +1465,298 @@ pub fn delete_with(exec: &mut dyn Exec, spec: &RuleSpec) -> Result<usize, RulesE
     let rules = rules(spec)?;
     let mut set = Ipset::open()?;
     let mut ours = Vec::with_capacity(2);
+    let mut sets = Vec::with_capacity(2);
     for (name, family) in [(&spec.set4, SetFamily::V4), (&spec.set6, SetFamily::V6)] {
         match set.create_hash_ip_port(name, family, SET_DEFAULT_TIMEOUT, spec.maxelem) {
             Ok(()) => ours.push(name),
-            Err(IpsetError::SetConflict(_)) => {}
+            Err(IpsetError::SetConflict(_)) => sets.push(
+                Item::new(format!("ipset {name}"), State::Kept)
+                    .note("not ftpct's: another type or other parameters"),
+            ),
             Err(e) => return Err(e.into()),
         }
     }
-    let n = match preflight_iptables(exec, spec.backend) {
-        Ok(()) => delete_rules(exec, &rules)? + sweep_rules(exec, spec.backend)?,
-        Err(RulesError::KernelFeature { .. }) => 0,
+    let mut report = match preflight_iptables(exec, spec.backend) {
+        Ok(()) => delete_iptables(exec, spec.backend, &rules)?,
+        Err(RulesError::KernelFeature { feature, .. }) => {
+            let mut r = Report::new(spec.backend, true);
+            r.note = Some(format!(
+                "the kernel lacks {feature}: no rule of this backend can be installed, none \
+                 was deleted"
+            ));
+            r
+        }
         Err(e) => return Err(e),
     };
     for name in ours {
         set.destroy(name)?;
+        sets.push(Item::new(format!("ipset {name}"), State::Removed));
     }
-    Ok(n)
+    report.sets = sets;
+    Ok(report)
+}
+
+/// The rules part of [`delete_report_with`] for the iptables backends.
+fn delete_iptables(
+    exec: &mut dyn Exec,
+    backend: Backend,
+    rules: &[Rule],
+) -> Result<Report, RulesError> {
+    let mut report = Report::new(backend, true);
+    report.groups = delete_rules_counted(exec, rules)?;
+    report.other_removed = sweep_rules(exec, backend)?;
+    for family in [Family::V4, Family::V6] {
+        report.nat_chains.push(
+            Item::new(
+                format!("nat PREROUTING base chain ({})", family_name(family)),
+                State::Kept,
+            )
+            .note("other rules may need it; an empty one is harmless"),
+        );
+    }
+    Ok(report)
+}
+
+/// Rules of one group (see the module doc) that [`apply_report_with`] found in place and
+/// added, or that [`delete_report_with`] removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCount {
+    pub group: Group,
+    pub present: usize,
+    pub added: usize,
+    pub removed: usize,
+}
+
+impl GroupCount {
+    /// One zero count per group, in the order (a)-(d), for the groups that occur.
+    fn for_groups(groups: impl Iterator<Item = Group>) -> Vec<GroupCount> {
+        let mut gs: Vec<Group> = groups.collect();
+        gs.sort_unstable();
+        gs.dedup();
+        gs.into_iter()
+            .map(|group| GroupCount {
+                group,
+                present: 0,
+                added: 0,
+                removed: 0,
+            })
+            .collect()
+    }
+
+    fn of(counts: &mut Vec<GroupCount>, group: Group) -> &mut GroupCount {
+        let i = match counts.iter().position(|c| c.group == group) {
+            Some(i) => i,
+            None => {
+                counts.extend(GroupCount::for_groups(std::iter::once(group)));
+                counts.len() - 1
+            }
+        };
+        &mut counts[i]
+    }
+}
+
+impl Group {
+    /// What the group is, for reports, with where its rules are for `backend`.
+    pub fn label(self, backend: Backend) -> &'static str {
+        let nft = backend == Backend::Nft;
+        match (self, nft) {
+            (Group::ControlPre, false) => {
+                "(a) control packets before conntrack (raw PREROUTING, OUTPUT)"
+            }
+            (Group::ControlPre, true) => {
+                "(a) control packets before conntrack (raw_prerouting, raw_output, queue_control)"
+            }
+            (Group::ControlPost, false) => {
+                "(b) control packets after conntrack (mangle POSTROUTING, INPUT)"
+            }
+            (Group::ControlPost, true) => {
+                "(b) control packets after conntrack (mangle_postrouting, mangle_input)"
+            }
+            (Group::DataSyn, false) => {
+                "(c) data-connection SYNs to expected destinations (raw PREROUTING)"
+            }
+            (Group::DataSyn, true) => {
+                "(c) data-connection SYNs to expected destinations (raw_prerouting, queue_data)"
+            }
+            (Group::NatHook, _) => {
+                "(d) nat PREROUTING rule (makes the kernel create the base chain)"
+            }
+        }
+    }
+}
+
+/// What became of a chain, a set or a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Was there already.
+    Present,
+    /// Was missing and was created.
+    Created,
+    /// Was there and was changed (the nft table's rules).
+    Updated,
+    /// Was there as wanted (the nft table).
+    Unchanged,
+    /// Was left in place (by a delete).
+    Kept,
+    /// Was removed (by a delete).
+    Removed,
+    /// Was not there (nothing to delete).
+    Absent,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Present => "present",
+            State::Created => "created",
+            State::Updated => "updated",
+            State::Unchanged => "unchanged",
+            State::Kept => "kept",
+            State::Removed => "removed",
+            State::Absent => "absent",
+        })
+    }
+}
+
+/// A chain, set or table of a [`Report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub what: String,
+    pub state: State,
+    pub note: Option<String>,
+}
+
+impl Item {
+    fn new(what: String, state: State) -> Item {
+        Item {
+            what,
+            state,
+            note: None,
+        }
+    }
+
+    fn note(mut self, note: &str) -> Item {
+        self.note = Some(note.to_string());
+        self
+    }
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.state)?;
+        if let Some(n) = &self.note {
+            write!(f, " ({n})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What `ftpct rules --apply` or `--delete` found and did: per group (a)-(d), then what the
+/// kernel needs beside the rules (the nat PREROUTING base chain, the sets; the nft table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub backend: Backend,
+    /// A delete (else an apply).
+    pub delete: bool,
+    pub groups: Vec<GroupCount>,
+    /// Rules carrying ftpct's comment that are not the spec's, removed by a delete (left by a
+    /// run with another queue number or other ports); for nft, all the rules of the deleted
+    /// table.
+    pub other_removed: usize,
+    pub nat_chains: Vec<Item>,
+    pub sets: Vec<Item>,
+    /// `table inet ftpct` (nft backend).
+    pub table: Option<Item>,
+    /// A remark on the whole (e.g. why nothing was done).
+    pub note: Option<String>,
+}
+
+impl Report {
+    fn new(backend: Backend, delete: bool) -> Report {
+        Report {
+            backend,
+            delete,
+            groups: Vec::new(),
+            other_removed: 0,
+            nat_chains: Vec::new(),
+            sets: Vec::new(),
+            table: None,
+            note: None,
+        }
+    }
+
+    /// Rules added.
+    pub fn added(&self) -> usize {
+        self.groups.iter().map(|g| g.added).sum()
+    }
+
+    /// Rules found in place by an apply.
+    pub fn present(&self) -> usize {
+        self.groups.iter().map(|g| g.present).sum()
+    }
+
+    /// Rules removed.
+    pub fn removed(&self) -> usize {
+        self.groups.iter().map(|g| g.removed).sum::<usize>() + self.other_removed
+    }
+
+    /// The last line: the totals.
+    pub fn summary(&self) -> String {
+        if self.delete {
+            format!("{} rules removed", self.removed())
+        } else {
+            format!(
+                "{} rules added, {} already present (existing ones kept)",
+                self.added(),
+                self.present()
+            )
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    /// One line per group, chain, set and table, then the totals; every line starts with
+    /// `ftpct rules: `.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = "ftpct rules: ";
+        if let Some(t) = &self.table {
+            writeln!(f, "{p}{t}")?;
+        }
+        for g in &self.groups {
+            let (n, what) = if self.delete {
+                (g.removed, "removed")
+            } else if g.added > 0 && g.present > 0 {
+                writeln!(
+                    f,
+                    "{p}{}: {} present, {} added",
+                    g.group.label(self.backend),
+                    g.present,
+                    g.added
+                )?;
+                continue;
+            } else if g.added > 0 {
+                (g.added, "added")
+            } else {
+                (g.present, "present")
+            };
+            writeln!(f, "{p}{}: {n} {what}", g.group.label(self.backend))?;
+        }
+        if self.delete && self.backend != Backend::Nft {
+            writeln!(
+                f,
+                "{p}other rules with ftpct's comment (another queue number or other ports): {} \
+                 removed",
+                self.other_removed
+            )?;
+        }
+        for i in self.nat_chains.iter().chain(self.sets.iter()) {
+            writeln!(f, "{p}{i}")?;
+        }
+        if let Some(n) = &self.note {
+            writeln!(f, "{p}{n}")?;
+        }
+        write!(f, "{p}{}", self.summary())
+    }
 }
 
 /// An ipset of ftpct that holds fewer elements than the configuration needs ([`small_sets`]).
@@ -1346,9 +1814,19 @@ pub fn apply(spec: &RuleSpec) -> Result<usize, RulesError> {
     apply_with(&mut SystemExec, spec)
 }
 
+/// [`apply_report_with`] running the real tools.
+pub fn apply_report(spec: &RuleSpec) -> Result<Report, RulesError> {
+    apply_report_with(&mut SystemExec, spec)
+}
+
 /// [`delete_with`] running the real tools.
 pub fn delete(spec: &RuleSpec) -> Result<usize, RulesError> {
     delete_with(&mut SystemExec, spec)
+}
+
+/// [`delete_report_with`] running the real tools.
+pub fn delete_report(spec: &RuleSpec) -> Result<Report, RulesError> {
+    delete_report_with(&mut SystemExec, spec)
 }
 
 #[cfg(test)]
@@ -1757,9 +2235,18 @@ mod tests {
     struct Fake {
         present: Vec<String>,
         calls: Vec<String>,
+        /// Families whose nat PREROUTING chain exists without a rule in `present` (an
+        /// iptables-nft chain left empty).
+        empty_nat_chains: Vec<Family>,
     }
 
     impl Exec for Fake {
+        fn nat_base_chain(&mut self, family: Family) -> Result<bool, String> {
+            let prefix = format!("{} nat PREROUTING ", Backend::IptablesNft.program(family));
+            Ok(self.empty_nat_chains.contains(&family)
+                || self.present.iter().any(|k| k.starts_with(&prefix)))
+        }
+
         fn exec(&mut self, program: &'static str, args: &[&str]) -> io::Result<Output> {
             let line = format!("{program} {}", args.join(" "));
             self.calls.push(line);
@@ -1812,6 +2299,112 @@ mod tests {
         assert_eq!(delete_rules(&mut f, &rs).unwrap(), rs.len() + 1);
         assert_eq!(f.present, [ADMIN]);
         assert!(f.calls.iter().all(|c| !c.contains(" -I ")));
+    }
+
+    #[test]
+    fn apply_and_delete_report_per_group_and_the_nat_base_chain() {
+        let rs = rules(&spec()).unwrap();
+        let mut f = Fake {
+            empty_nat_chains: vec![Family::V6],
+            ..Fake::default()
+        };
+        f.present.push(ADMIN.into());
+        // (b) already there (e.g. from an earlier apply), the rest missing
+        for r in rs.iter().filter(|r| r.group == Group::ControlPost) {
+            f.present.push(format!(
+                "{} {} {} {}",
+                r.program(),
+                r.table,
+                r.chain,
+                r.args.join(" ")
+            ));
+        }
+        let r = apply_iptables(&mut f, Backend::IptablesNft, &rs).unwrap();
+        let counts: Vec<(Group, usize, usize)> = r
+            .groups
+            .iter()
+            .map(|g| (g.group, g.present, g.added))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                (Group::ControlPre, 0, 8),
+                (Group::ControlPost, 8, 0),
+                (Group::DataSyn, 0, 2),
+                (Group::NatHook, 0, 2),
+            ]
+        );
+        assert_eq!((r.added(), r.present()), (12, 8));
+        let chains: Vec<String> = r.nat_chains.iter().map(Item::to_string).collect();
+        assert_eq!(
+            chains,
+            [
+                "nat PREROUTING base chain (IPv4): created (by ftpct's rule (d))",
+                "nat PREROUTING base chain (IPv6): present",
+            ]
+        );
+        let text = r.to_string();
+        assert!(text.contains(
+            "ftpct rules: (a) control packets before conntrack (raw PREROUTING, OUTPUT): 8 added\n"
+        ));
+        assert!(text.contains(
+            "ftpct rules: (b) control packets after conntrack (mangle POSTROUTING, INPUT): 8 \
+             present\n"
+        ));
+        assert!(text.contains("ftpct rules: nat PREROUTING base chain (IPv4): created"));
+        assert!(
+            text.ends_with("ftpct rules: 12 rules added, 8 already present (existing ones kept)")
+        );
+        // again: everything present, both chains too
+        let r = apply_iptables(&mut f, Backend::IptablesNft, &rs).unwrap();
+        assert_eq!((r.added(), r.present()), (0, 20));
+        assert!(r.nat_chains.iter().all(|c| c.state == State::Present));
+        // iptables-legacy registers the nat hooks with its table: present without asking
+        let legacy = rules(&RuleSpec {
+            backend: Backend::IptablesLegacy,
+            ..spec()
+        })
+        .unwrap();
+        let r = apply_iptables(&mut Fake::default(), Backend::IptablesLegacy, &legacy).unwrap();
+        assert!(r.nat_chains.iter().all(|c| c.state == State::Present));
+        // a failed read of the chains is said, not guessed
+        struct NoNetlink(Fake);
+        impl Exec for NoNetlink {
+            fn exec(&mut self, p: &'static str, a: &[&str]) -> io::Result<Output> {
+                self.0.exec(p, a)
+            }
+            fn nat_base_chain(&mut self, _: Family) -> Result<bool, String> {
+                Err("permission denied".into())
+            }
+        }
+        let r = apply_iptables(&mut NoNetlink(Fake::default()), Backend::IptablesNft, &rs).unwrap();
+        assert!(
+            r.nat_chains[0]
+                .to_string()
+                .contains("could not be read: permission denied"),
+            "{:?}",
+            r.nat_chains
+        );
+        // delete: per group, the sweep, the chains kept
+        f.present.push(
+            "iptables-nft raw PREROUTING -p tcp --dport 2121 -m comment --comment ftpct -j \
+             NFQUEUE --queue-num 9"
+                .into(),
+        );
+        let r = delete_iptables(&mut f, Backend::IptablesNft, &rs).unwrap();
+        assert!(r.groups.iter().all(|g| g.removed > 0));
+        assert_eq!((r.removed(), r.other_removed), (21, 1));
+        assert_eq!(f.present, [ADMIN]);
+        let text = r.to_string();
+        assert!(
+            text.contains("ftpct rules: (d) nat PREROUTING rule (makes the kernel create the base chain): 2 removed\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "other rules with ftpct's comment (another queue number or other ports): 1 removed"
+        ));
+        assert!(text.contains("nat PREROUTING base chain (IPv4): kept"));
+        assert!(text.ends_with("ftpct rules: 21 rules removed"));
     }
 
     #[test]
@@ -2002,8 +2595,19 @@ mod tests {
             };
             assert_eq!(delete_with(&mut f, &s).unwrap(), 0);
             // 10 rules in the base chains and one NFQUEUE verdict in each of the 2 chains.
-            assert_eq!(apply_with(&mut f, &s).unwrap(), 12);
-            assert_eq!(apply_with(&mut f, &s).unwrap(), 0, "unchanged table");
+            let r = apply_report_with(&mut f, &s).unwrap();
+            assert_eq!(r.added(), 12);
+            assert_eq!(r.table.as_ref().unwrap().state, State::Created);
+            assert_eq!(r.nat_chains[0].state, State::Created);
+            assert!(
+                r.to_string()
+                    .contains("ftpct rules: table inet ftpct: created\n"),
+                "{r}"
+            );
+            let r = apply_report_with(&mut f, &s).unwrap();
+            assert_eq!(r.added(), 0, "unchanged table");
+            assert_eq!(r.present(), 12);
+            assert_eq!(r.table.as_ref().unwrap().state, State::Unchanged);
             let s1 = RuleSpec {
                 queue: 1,
                 ..s.clone()

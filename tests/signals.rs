@@ -1,0 +1,347 @@
+//! The daemon's life cycle in bare network namespaces (no FTP lab needed): a clean stop on
+//! SIGTERM and on SIGINT (exit status 0, control socket removed, "ftpct stopping" logged, state
+//! saved), a second daemon refused on a socket that is in use, two daemons in two namespaces
+//! side by side with the same queue number, a reload (SIGHUP) of an invalid file that keeps
+//! the running settings, and a malformed queued packet logged and counted.
+//!
+//! Needs root (network namespaces), like the other kernel tests; fails, never skips, without.
+
+#[path = "common/netns.rs"]
+#[allow(dead_code)] // Netns::run is for the tests that enter the namespace themselves
+mod netns;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use netns::{require_root, Netns};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ftpct");
+/// How long a clean stop may take.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+/// How long the daemon may take to create its control socket.
+const START_WITHIN: Duration = Duration::from_secs(10);
+
+/// A directory of its own for each daemon of this test process, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ftpct-signals-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("create the test directory");
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `ftpct run` in a namespace, with its socket, state file, configuration and log in `dir`.
+/// Killed on drop if still running.
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    state: PathBuf,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on `queue` and waits for its control socket.
+    fn start(ns: &Netns, dir: &Path, queue: u16) -> Daemon {
+        let d = Self::spawn(ns, dir, queue, &dir.join("ftpct.sock"));
+        let t0 = Instant::now();
+        let mut d = d;
+        while !d.sock.exists() {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("ftpct exited at start ({st}):\n{}", d.log_text());
+            }
+            assert!(
+                t0.elapsed() < START_WITHIN,
+                "no control socket after {START_WITHIN:?}:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// Starts the daemon without waiting; `sock` may be another daemon's.
+    fn spawn(ns: &Netns, dir: &Path, queue: u16, sock: &Path) -> Daemon {
+        let conf = dir.join("ftpct.conf");
+        if !conf.exists() {
+            fs::write(&conf, "ports = 21\n").expect("write ftpct.conf");
+        }
+        let n = fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let log = dir.join(format!("ftpct-{n}.log"));
+        let state = dir.join("ftpct.state");
+        let logf = fs::File::create(&log).expect("create the log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, BIN, "run", "--queue"])
+            .arg(queue.to_string())
+            .arg("--socket")
+            .arg(sock)
+            .arg("--state")
+            .arg(&state)
+            .arg("--config")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup the log"))
+            .stderr(logf)
+            .spawn()
+            .expect("start ftpct");
+        Daemon {
+            child,
+            sock: sock.to_path_buf(),
+            state,
+            conf,
+            log,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal ftpct");
+    }
+
+    /// Waits for the exit, at most `within`.
+    fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if t0.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `ftpct CMD --socket SOCK` (from the host: the socket is a file).
+    fn cli(&self, cmd: &str) -> std::process::Output {
+        Command::new(BIN)
+            .args([cmd, "--socket"])
+            .arg(&self.sock)
+            .output()
+            .expect("run the ftpct CLI")
+    }
+
+    /// The value of one row of `ftpct stats`.
+    fn stat(&self, name: &str) -> u64 {
+        let out = self.cli("stats");
+        assert!(out.status.success(), "ftpct stats: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in ftpct stats:\n{text}"))
+    }
+
+    /// Waits until the log contains `what`.
+    fn wait_for_log(&self, what: &str, within: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(what) {
+                return text;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no `{what}` in the log within {within:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts a daemon, stops it with `sig`, and checks a clean stop.
+fn clean_stop(sig: Signal) {
+    require_root("signals");
+    let tag = format!("{sig:?}").to_lowercase();
+    let ns = Netns::new(&format!("sig-{tag}"));
+    let dir = Dir::new(&tag);
+    let mut d = Daemon::start(&ns, &dir.0, 0);
+    d.wait_for_log("ftpct running", START_WITHIN);
+    let before = fs::metadata(&d.state)
+        .unwrap_or_else(|e| panic!("no state file {} at start: {e}", d.state.display()))
+        .ino();
+    let t0 = Instant::now();
+    d.signal(sig);
+    let st = d.wait(STOP_WITHIN).unwrap_or_else(|| {
+        panic!(
+            "still running {STOP_WITHIN:?} after {sig}:\n{}",
+            d.log_text()
+        )
+    });
+    let log = d.log_text();
+    assert_eq!(st.code(), Some(0), "exit status after {sig}: {st}\n{log}");
+    assert!(
+        !d.sock.exists(),
+        "control socket {} left behind",
+        d.sock.display()
+    );
+    assert!(log.contains("ftpct stopping"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    // the final snapshot replaced the state file (written to .tmp and renamed over it)
+    let meta = fs::metadata(&d.state).expect("state file after the stop");
+    assert_ne!(
+        meta.ino(),
+        before,
+        "the state file was not saved at the stop"
+    );
+    let text = fs::read_to_string(&d.state).expect("read the state file");
+    assert!(text.starts_with("ftpct-state 1 boot="), "{text:?}");
+    eprintln!("{sig}: clean stop in {:?}", t0.elapsed());
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    clean_stop(Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_cleanly() {
+    clean_stop(Signal::SIGINT);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    require_root("signals");
+    let ns = Netns::new("sig-twice");
+    let dir = Dir::new("twice");
+    let mut first = Daemon::start(&ns, &dir.0, 1);
+    // Another queue, so that only the socket is shared.
+    let mut second = Daemon::spawn(&ns, &dir.0, 2, &first.sock);
+    let st = second
+        .wait(START_WITHIN)
+        .unwrap_or_else(|| panic!("the second daemon kept running:\n{}", second.log_text()));
+    let log = second.log_text();
+    assert_eq!(st.code(), Some(1), "{st}\n{log}");
+    let want = format!(
+        "control socket {}: a daemon is already listening there (is another ftpct using it? \
+         choose another --socket)",
+        first.sock.display()
+    );
+    assert!(log.contains(&want), "expected `{want}` in:\n{log}");
+    // the first one is untouched and still answers
+    assert!(first.sock.exists());
+    assert!(first.cli("stats").status.success());
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn daemons_in_two_namespaces_run_side_by_side() {
+    require_root("signals");
+    let (ns_a, ns_b) = (Netns::new("sig-side-a"), Netns::new("sig-side-b"));
+    let (dir_a, dir_b) = (Dir::new("side-a"), Dir::new("side-b"));
+    // The same queue number in both: queues belong to a network namespace.
+    let mut a = Daemon::start(&ns_a, &dir_a.0, 0);
+    let mut b = Daemon::start(&ns_b, &dir_b.0, 0);
+    for d in [&mut a, &mut b] {
+        let out = d.cli("stats");
+        assert!(out.status.success(), "{out:?}\n{}", d.log_text());
+        assert!(matches!(d.child.try_wait(), Ok(None)), "{}", d.log_text());
+    }
+    // Stopping one leaves the other running.
+    a.signal(Signal::SIGTERM);
+    assert_eq!(a.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+    assert!(b.cli("stats").status.success(), "{}", b.log_text());
+    b.signal(Signal::SIGTERM);
+    assert_eq!(b.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn sighup_with_an_invalid_file_keeps_the_running_settings() {
+    require_root("signals");
+    let ns = Netns::new("sig-hup");
+    let dir = Dir::new("hup");
+    let mut d = Daemon::start(&ns, &dir.0, 0);
+    d.wait_for_log("ftpct running", START_WITHIN);
+    fs::write(&d.conf, "ports = 2121\nmax_sessions = 0\n").expect("rewrite ftpct.conf");
+    d.signal(Signal::SIGHUP);
+    let log = d.wait_for_log("reload failed", STOP_WITHIN);
+    let want = format!(
+        "{}:2: max_sessions = 0 is too small: use at least 1",
+        d.conf.display()
+    );
+    assert!(log.contains(&want), "expected `{want}` in:\n{log}");
+    assert!(log.contains("keeping the running configuration"), "{log}");
+    assert!(!log.contains("configuration reloaded"), "{log}");
+    assert!(matches!(d.child.try_wait(), Ok(None)), "{log}");
+    assert!(d.cli("stats").status.success());
+    // a valid file is applied by the next reload
+    fs::write(&d.conf, "ports = 2121\n").expect("rewrite ftpct.conf");
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("configuration reloaded", STOP_WITHIN);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn malformed_queued_packets_are_logged_once_and_counted() {
+    require_root("signals");
+    let ns = Netns::new("sig-malformed");
+    let dir = Dir::new("malformed");
+    let mut d = Daemon::start(&ns, &dir.0, 3);
+    // Something else queues UDP to ftpct's queue: every such packet is malformed for ftpct.
+    ns.shw("iptables -t raw -A OUTPUT -p udp --dport 9 -j NFQUEUE --queue-num 3");
+    for _ in 0..3 {
+        ns.sh(&["bash", "-c", "echo x > /dev/udp/127.0.0.1/9"]);
+    }
+    let t0 = Instant::now();
+    while d.stat("packets_malformed") < 3 {
+        assert!(t0.elapsed() < STOP_WITHIN, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = d.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("is not a TCP/IP packet"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per 10 s at most:\n{log}");
+    for want in [
+        "accepted unchanged",
+        "another rule that queues to 3",
+        "reason=not TCP",
+        "count=1",
+    ] {
+        assert!(lines[0].contains(want), "no `{want}` in {}", lines[0]);
+    }
+    assert_eq!(d.stat("packets_accepted"), 3);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+}
