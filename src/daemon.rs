@@ -603,7 +603,21 @@ impl Shell {
 /// network namespace): packets dropped because the queue was full, and because the netlink
 /// socket could not take them (`queue_dropped`, `user_dropped`).
 pub fn kernel_queue_drops(queue: u16) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").ok()?;
+    const PATH: &str = "/proc/net/netfilter/nfnetlink_queue";
+    let text = match std::fs::read_to_string(PATH) {
+        Ok(t) => t,
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                warn!(
+                    "cannot read {PATH} ({e}): the kernel's drop counters of the queue \
+                     (queue_dropped, queue_user_dropped) are reported as 0. Fix: let the \
+                     daemon read /proc/net (under systemd, remove ProcSubset=pid from the unit)"
+                )
+            });
+            return None;
+        }
+    };
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.first()?.parse::<u16>().ok()? != queue {
