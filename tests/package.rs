@@ -11,7 +11,9 @@
 //! the maintainer scripts outside a chroot (`--force-script-chrootless`, with `$DPKG_ROOT`
 //! set) with stand-ins for `deb-systemd-helper`, `deb-systemd-invoke` and `systemctl` first
 //! on `PATH`, so nothing of the machine's own systemd state is touched.
-//! `unit_verifies_in_the_extracted_tree` needs root (a private mount namespace).
+//! `unit_verifies_in_the_extracted_tree` needs root (a private mount namespace);
+//! `nspawn_install_start_crash_stop` needs root and systemd-nspawn (systemd-container): it
+//! installs and runs the package under a real systemd with `deploy/nspawn-check.sh`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -490,6 +492,47 @@ fn unit_verifies_in_the_extracted_tree() {
         .unwrap_or_else(|| panic!("no exposure level in\n{stdout}"));
     eprintln!("systemd-analyze security: exposure {level}");
     assert!(level <= 2.0, "exposure {level} (was 1.4):\n{stdout}");
+}
+
+/// The package under a real systemd: `deploy/nspawn-check.sh` boots this machine's OS tree in
+/// `systemd-nspawn` (volatile overlay, private network: nothing is written to the host),
+/// installs the package, starts it (READY=1), checks the rules, the daemon's privileges, the
+/// metrics endpoint, a reload, an FTP session across `kill -9` (rules kept, state restored,
+/// the transfer completes), the iptables-legacy backend, upgrade, stop (rules and sets
+/// removed), remove and purge. About 20 s. Skipped (saying so) only where `systemd-nspawn`
+/// is not installed; `scripts/setup.sh` installs it (systemd-container).
+#[test]
+fn nspawn_install_start_crash_stop() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("nspawn_install_start_crash_stop needs root (systemd-nspawn); run as root");
+    }
+    if Command::new("systemd-nspawn")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED nspawn_install_start_crash_stop: systemd-nspawn is not installed \
+             (apt-get install systemd-container, or scripts/setup.sh)"
+        );
+        return;
+    }
+    let out = run(Command::new("timeout")
+        .arg("300")
+        .arg("sh")
+        .arg(Path::new(MANIFEST_DIR).join("deploy/nspawn-check.sh"))
+        .arg(deb())
+        .env("FTPCT_NSPAWN_REQUIRE_FTP", "1")
+        .stdin(Stdio::null()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("PASS"),
+        "deploy/nspawn-check.sh failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
 }
 
 /// Stand-ins for the systemd helpers the maintainer scripts call; each logs its arguments.
