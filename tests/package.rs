@@ -713,21 +713,89 @@ fn default_config_and_man_page_cover_every_key_at_its_default() {
     );
 }
 
+/// `ftpct --help`'s subcommands, and the long options of each (`ftpct SUB --help`), from the
+/// binary itself, so that a new subcommand or flag fails this test until ftpct(8) has it.
+fn cli_surface() -> Vec<(String, Vec<String>)> {
+    let bin = env!("CARGO_BIN_EXE_ftpct");
+    let help = ok(Command::new(bin).arg("--help"));
+    let subs: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(subs.len() >= 9, "{help}");
+    subs.into_iter()
+        .map(|sub| {
+            if sub == "help" {
+                // `ftpct help [SUBCOMMAND]`: no options of its own.
+                return (sub, Vec::new());
+            }
+            let help = ok(Command::new(bin).args([&sub, "--help"]));
+            let flags = help
+                .lines()
+                .skip_while(|l| !l.starts_with("Options:"))
+                .filter_map(|l| {
+                    l.split([' ', ','])
+                        .find(|w| w.starts_with("--"))
+                        .map(|w| w.trim_start_matches('-').to_string())
+                })
+                .filter(|f| f != "help")
+                .collect();
+            (sub, flags)
+        })
+        .collect()
+}
+
 #[test]
 fn man_page_names_every_subcommand() {
     let man = fs::read_to_string(Path::new(MANIFEST_DIR).join("deploy/man/ftpct.8")).unwrap();
+    let esc = |s: &str| s.replace('-', "\\-");
+    let synopsis = &man[man.find(".SH SYNOPSIS").unwrap()..man.find(".SH DESCRIPTION").unwrap()];
+    let commands = &man[man.find(".SH COMMANDS").unwrap()..man.find(".SH FIREWALL").unwrap()];
+    let surface = cli_surface();
+    for (sub, flags) in &surface {
+        let sub = esc(sub);
+        // A synopsis block (.SY ftpct ... .YS) whose first line names it...
+        let block = synopsis
+            .split(".SY ftpct\n")
+            .skip(1)
+            .find(|b| {
+                b.lines().next().is_some_and(|l| {
+                    l.split([' ', '|', '"'])
+                        .any(|w| w == sub || w == format!("{sub}\\fP"))
+                })
+            })
+            .unwrap_or_else(|| panic!("ftpct(8) SYNOPSIS lacks the subcommand {sub}"));
+        // ...an entry in COMMANDS...
+        assert!(
+            commands.contains(&format!(".TP\n.B {sub}\n"))
+                || commands.contains(&format!(".TP\n.BI {sub} "))
+                || commands.contains(&format!(".TP\n.BR {sub} ")),
+            "ftpct(8) COMMANDS lacks the subcommand {sub}"
+        );
+        // ...and every option, in the block and as an entry.
+        for f in flags {
+            let f = format!("\\-\\-{}", esc(f));
+            assert!(block.contains(&f), "ftpct(8) SYNOPSIS of {sub} lacks {f}");
+            assert!(
+                commands.contains(&format!(".B {f}\n"))
+                    || commands.contains(&format!(".BI {f} \"")),
+                "ftpct(8) COMMANDS does not describe {f} (of {sub})"
+            );
+        }
+    }
+    let all: Vec<&str> = surface.iter().map(|(s, _)| s.as_str()).collect();
     for sub in [
         "run",
         "rules",
-        "list",
-        "sessions",
-        "stats",
-        "check\\-config",
+        "events",
+        "metrics",
+        "replay",
+        "check-config",
     ] {
-        assert!(
-            man.contains(&format!(".B {sub}\n")) || man.contains(&format!(".BI {sub} ")),
-            "ftpct(8) lacks the subcommand {sub}"
-        );
+        assert!(all.contains(&sub), "{all:?}");
     }
     for b in ["iptables\\-nft", "iptables\\-legacy", "nft"] {
         assert!(
