@@ -28,7 +28,7 @@ if [ -n "${FTPCT_BIN:-}" ]; then
 else
     echo "== building ftpct (release)"
     cargo build --release -q
-    BIN=$PWD/target/release/ftpct
+    BIN=$(readlink -f "${CARGO_TARGET_DIR:-target}")/release/ftpct
 fi
 LAB=tests/lab/lab.sh
 P=ftpctdemo
