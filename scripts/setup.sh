@@ -1,12 +1,38 @@
 #!/usr/bin/env bash
 # Installs what ftpct's build, demo and tests need on a fresh Debian 12 machine (as root):
-# Debian packages listed in tests/lab/requirements.txt (and build tools), Rust components and
-# cargo tools. Idempotent and quick when everything is already there.
+# Debian packages listed in tests/lab/requirements.txt (and build tools), a Rust toolchain if
+# there is none, Rust components and cargo tools. Idempotent and quick when everything is
+# already there.
+#   scripts/setup.sh [--demo]
+#     --demo   only what scripts/demo.sh needs: no rustfmt/clippy, no cargo tools
+#
+# Rust: a cargo on PATH (or in ~/.cargo/bin, rustup's) is used as it is. Without one, Debian's
+# own packages are installed: rustc/cargo if their version satisfies Cargo.toml's
+# rust-version, else rustc-web/cargo-web (Debian 12's up-to-date Rust, kept current by its
+# security updates: 1.85 and later). Debian has no rustfmt/clippy for those: `cargo fmt` and
+# `cargo clippy` in scripts/test.sh then need a rustup toolchain (rustup component add
+# rustfmt clippy); everything else, the demo included, works with Debian's Rust.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+demo=no
+for a in "$@"; do
+    case $a in
+    --demo) demo=yes ;;
+    *) echo "usage: $0 [--demo]" >&2; exit 2 ;;
+    esac
+done
+
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (it installs Debian packages)" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
+
+updated=no
+apt_update() {
+    if [ $updated = no ]; then
+        apt-get update -qq
+        updated=yes
+    fi
+}
 
 pkgs=(build-essential pkg-config)
 while read -r line; do
@@ -19,7 +45,7 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}"
-    apt-get update -qq
+    apt_update
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # vsftpd's package starts a system instance where systemd runs; the lab starts its own.
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
@@ -31,9 +57,55 @@ while read -r line; do
     case $line in pip:*) python3 -m pip install -q "${line#pip:}" ;; esac
 done < tests/lab/requirements.txt
 
-command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install Rust with rustup" >&2; exit 1; }
-rustup component add rustfmt clippy >/dev/null 2>&1 || true
-for tool in $(sed -n 's/^cargo://p' tests/lab/requirements.txt); do
-    cargo install --list | grep -q "^$tool " || cargo install --locked -q "$tool"
-done
+# Rust.
+need=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "setup.sh: using rustup's cargo in $HOME/.cargo/bin (add it to PATH)"
+    export PATH=$HOME/.cargo/bin:$PATH
+fi
+if ! command -v cargo >/dev/null; then
+    apt_update
+    # The candidate version of a Debian package, without epoch and Debian revision.
+    candidate() {
+        apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: \([0-9]*:\)\{0,1\}\([0-9.]*\).*/\2/p'
+    }
+    chosen=
+    for pair in "rustc cargo" "rustc-web cargo-web"; do
+        set -- $pair
+        v=$(candidate "$1")
+        if [ -n "$v" ] && dpkg --compare-versions "$v" ge "$need"; then
+            chosen=$pair
+            break
+        fi
+        echo "setup.sh: Debian's $1 is ${v:-not available}, older than rust-version $need"
+    done
+    if [ -z "$chosen" ]; then
+        echo "setup.sh: no Rust >= $need in Debian's packages here: install it with rustup" \
+            "(https://rustup.rs), then run setup.sh again" >&2
+        exit 1
+    fi
+    echo "setup.sh: cargo not found: installing Debian's $chosen ($v)"
+    # shellcheck disable=SC2086 # two package names
+    apt-get install -y -qq --no-install-recommends $chosen >/dev/null
+fi
+have=$(rustc --version | awk '{print $2}')
+if ! dpkg --compare-versions "${have%%-*}" ge "$need"; then
+    echo "setup.sh: rustc $have is older than Cargo.toml's rust-version $need: update it" \
+        "(rustup update, or Debian's rustc-web)" >&2
+    exit 1
+fi
+
+if [ $demo = no ]; then
+    if command -v rustup >/dev/null; then
+        rustup component add rustfmt clippy >/dev/null 2>&1 || true
+    fi
+    for c in fmt clippy; do
+        cargo "$c" --version >/dev/null 2>&1 ||
+            echo "setup.sh: note: 'cargo $c' is missing (scripts/test.sh needs it): Debian has" \
+                "none for rustc-web; use a rustup toolchain (rustup component add rustfmt clippy)"
+    done
+    for tool in $(sed -n 's/^cargo://p' tests/lab/requirements.txt); do
+        cargo install --list | grep -q "^$tool " || cargo install --locked -q "$tool"
+    done
+fi
 echo "setup.sh: ready"

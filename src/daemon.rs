@@ -759,7 +759,33 @@ impl Shell {
 /// network namespace): packets dropped because the queue was full, and because the netlink
 /// socket could not take them (`queue_dropped`, `user_dropped`).
 pub fn kernel_queue_drops(queue: u16) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").ok()?;
+    const PATH: &str = "/proc/net/netfilter/nfnetlink_queue";
+    let text = match std::fs::read_to_string(PATH) {
+        Ok(t) => t,
+        Err(e) => {
+            static LOGGED: std::sync::Once = std::sync::Once::new();
+            LOGGED.call_once(|| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    // The kernel creates it 0440 root:root: expected when not running as root
+                    // (the systemd unit's DynamicUser=, or `user =`).
+                    info!(
+                        "{PATH} is readable by root only and the daemon does not run as root: \
+                         the kernel's drop counters of queue {queue} (queue_dropped, \
+                         queue_user_dropped in `ftpct stats`) are reported as 0; read them as \
+                         root in that file (fields 6 and 7); queue_overruns still counts the \
+                         overruns the daemon sees"
+                    )
+                } else {
+                    warn!(
+                        "cannot read {PATH} ({e}): the kernel's drop counters of the queue \
+                         (queue_dropped, queue_user_dropped) are reported as 0. Fix: let the \
+                         daemon see /proc/net (under systemd, remove ProcSubset=pid from the unit)"
+                    )
+                }
+            });
+            return None;
+        }
+    };
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.first()?.parse::<u16>().ok()? != queue {

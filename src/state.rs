@@ -217,9 +217,21 @@ pub fn decode(line: &str) -> Option<Journal> {
 }
 
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    const PATH: &str = "/proc/sys/kernel/random/boot_id";
+    std::fs::read_to_string(PATH)
         .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+        .unwrap_or_else(|e| {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "cannot read {PATH} ({e}): a state file written before a reboot cannot be \
+                     told from this boot's and would be restored. Fix: let the daemon read \
+                     /proc/sys (under systemd, remove ProcSubset=pid from the unit), or keep \
+                     state_file on a tmpfs such as /run"
+                )
+            });
+            "unknown".into()
+        })
 }
 
 /// Replays the text of a state file into `engine`: the text up to the first zero byte (the

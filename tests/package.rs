@@ -11,7 +11,9 @@
 //! the maintainer scripts outside a chroot (`--force-script-chrootless`, with `$DPKG_ROOT`
 //! set) with stand-ins for `deb-systemd-helper`, `deb-systemd-invoke` and `systemctl` first
 //! on `PATH`, so nothing of the machine's own systemd state is touched.
-//! `unit_verifies_in_the_extracted_tree` needs root (a private mount namespace).
+//! `unit_verifies_in_the_extracted_tree` needs root (a private mount namespace);
+//! `nspawn_install_start_crash_stop` needs root and systemd-nspawn (systemd-container): it
+//! installs and runs the package under a real systemd with `deploy/nspawn-check.sh`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -150,6 +152,43 @@ fn exec_lines(unit: &str) -> Vec<(String, String, Vec<String>)> {
         .collect()
 }
 
+/// The `ftpct` command lines of a unit's `Exec*=` lines, as (key, args after the program):
+/// those run directly and those inside a `/bin/sh -c '...'` script (up to the next `;`).
+fn ftpct_commands(unit: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for (key, prog, args) in exec_lines(unit) {
+        if prog == "/usr/sbin/ftpct" {
+            out.push((key, args));
+        } else if prog == "/bin/sh" && args.first().map(String::as_str) == Some("-c") {
+            let script = args[1..].join(" ");
+            for part in script.split("/usr/sbin/ftpct ").skip(1) {
+                let cmd = part.split(';').next().unwrap();
+                out.push((
+                    key.clone(),
+                    cmd.split_whitespace().map(str::to_string).collect(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The script of the unit's `ExecStopPost=+/bin/sh -c '...'` line, as the shell gets it
+/// (systemd turns `$$` into `$`).
+fn stop_post_script(unit: &str) -> String {
+    let line = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStopPost="))
+        .expect("an ExecStopPost= line");
+    let (_, script) = line
+        .split_once("/bin/sh -c '")
+        .unwrap_or_else(|| panic!("ExecStopPost is not a /bin/sh -c script: {line}"));
+    script
+        .strip_suffix('\'')
+        .expect("the script ends the line")
+        .replace("$$", "$")
+}
+
 #[test]
 fn package_contents_and_control_fields() {
     let deb = deb();
@@ -162,7 +201,6 @@ fn package_contents_and_control_fields() {
         ("/usr/share/man/man5/ftpct.conf.5.gz", "-rw-r--r--"),
         ("/usr/share/doc/ftpct/copyright", "-rw-r--r--"),
         ("/usr/share/doc/ftpct/changelog.Debian.gz", "-rw-r--r--"),
-        ("/usr/share/doc/ftpct/examples/legacy.conf", "-rw-r--r--"),
     ] {
         let got = files
             .get(path)
@@ -221,7 +259,7 @@ fn files_land_where_the_unit_expects_them() {
     for k in ["ExecStartPre", "ExecStart", "ExecReload", "ExecStopPost"] {
         assert!(keys.contains(&k), "{k} missing in\n{unit}");
     }
-    for (key, prog, args) in &lines {
+    for (key, prog, _) in &lines {
         assert!(prog.starts_with('/'), "{key}: {prog} is not absolute");
         let packaged = root.join(prog.trim_start_matches('/'));
         if prog.starts_with("/usr/sbin/ftpct") {
@@ -230,11 +268,6 @@ fn files_land_where_the_unit_expects_them() {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o111, 0o111, "{prog} not executable");
-            // Every --config the unit passes is the packaged file.
-            for w in args.windows(2).filter(|w| w[0] == "--config") {
-                assert!(root.join(w[1].trim_start_matches('/')).is_file(), "{w:?}");
-                assert_eq!(w[1], format!("/{CONF}"));
-            }
         } else {
             assert!(
                 Path::new(prog).exists(),
@@ -245,15 +278,54 @@ fn files_land_where_the_unit_expects_them() {
     for (k, v) in [
         ("Type", "notify"),
         ("RuntimeDirectory", "ftpct"),
+        // The state file (in /run/ftpct by default) survives automatic restarts.
+        ("RuntimeDirectoryPreserve", "restart"),
         ("StateDirectory", "ftpct"),
         ("Restart", "on-failure"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("AmbientCapabilities", "CAP_NET_ADMIN"),
+        // The daemon's bounding set is exactly CAP_NET_ADMIN; the rule commands run with
+        // full privileges ("+"), for iptables' CAP_NET_RAW.
+        ("CapabilityBoundingSet", "CAP_NET_ADMIN"),
+        // The opt-in metrics endpoint on 127.0.0.1 stays reachable.
+        ("IPAddressAllow", "localhost"),
+        ("IPAddressDeny", "any"),
+        ("ProtectProc", "invisible"),
     ] {
         assert!(
             unit.lines().any(|l| l == format!("{k}={v}")),
             "{k}={v} missing in\n{unit}"
+        );
+    }
+    // ProcSubset=pid would hide /proc/sys/kernel/random/boot_id (state.rs) and
+    // /proc/net/netfilter/nfnetlink_queue (the queue drop counters).
+    assert!(!unit.contains("\nProcSubset="), "{unit}");
+    for l in unit.lines().filter(|l| l.starts_with("Exec")) {
+        let (k, v) = l.split_once('=').unwrap();
+        let full = v.starts_with('+');
+        assert_eq!(
+            full,
+            k == "ExecStartPre" || k == "ExecStopPost",
+            "only the rule commands run with full privileges: {l}"
+        );
+    }
+    let cmds = ftpct_commands(&unit);
+    // Every --config the unit passes is the packaged file.
+    for (key, args) in &cmds {
+        for w in args.windows(2).filter(|w| w[0] == "--config") {
+            assert!(
+                root.join(w[1].trim_start_matches('/')).is_file(),
+                "{key}: {w:?}"
+            );
+            assert_eq!(w[1], format!("/{CONF}"));
+        }
+    }
+    for (key, action) in [("ExecStartPre", "--apply"), ("ExecStopPost", "--delete")] {
+        assert!(
+            cmds.iter()
+                .any(|(k, a)| k == key && a[0] == "rules" && a.iter().any(|w| w == action)),
+            "{key}: no `ftpct rules ... {action}` in {cmds:?}"
         );
     }
     // The control socket the daemon defaults to is in RuntimeDirectory=.
@@ -293,40 +365,93 @@ fn unit_command_lines_are_accepted_by_the_binary() {
     let unit = fs::read_to_string(root.join(UNIT)).unwrap();
     let bin = root.join("usr/sbin/ftpct");
     let conf = root.join(CONF);
-    for (key, prog, args) in exec_lines(&unit) {
-        if prog != "/usr/sbin/ftpct" || args[0] != "rules" {
+    // With the packaged file, and with `backend = iptables-legacy` added to it: the backend
+    // is the file's, no drop-in needed.
+    let legacy_conf = root.join("legacy.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str("backend = iptables-legacy\n");
+    fs::write(&legacy_conf, text).unwrap();
+    let mut seen = 0;
+    for (key, args) in ftpct_commands(&unit) {
+        if args[0] != "rules" {
             continue;
         }
-        let args: Vec<String> = args
-            .iter()
-            .filter(|a| *a != "--apply" && *a != "--delete")
-            .map(|a| {
-                if a == "/etc/ftpct/ftpct.conf" {
-                    conf.display().to_string()
-                } else {
-                    a.clone()
-                }
-            })
-            .collect();
-        let out = ok(Command::new(&bin).args(&args));
-        assert!(out.contains("--comment ftpct"), "{key}: {out}");
-    }
-    let legacy = fs::read_to_string(root.join("usr/share/doc/ftpct/examples/legacy.conf")).unwrap();
-    for (_, prog, args) in exec_lines(&legacy) {
-        if prog == "/usr/sbin/ftpct" {
-            assert!(args.contains(&"iptables-legacy".to_string()));
+        seen += 1;
+        for (file, expect) in [
+            (&conf, "iptables-nft -t raw -A PREROUTING"),
+            (&legacy_conf, "iptables-legacy -t raw -A PREROUTING"),
+        ] {
             let args: Vec<String> = args
                 .iter()
                 .filter(|a| *a != "--apply" && *a != "--delete")
-                .map(|a| a.replace("/etc/ftpct/ftpct.conf", &conf.display().to_string()))
+                .map(|a| {
+                    if a == "/etc/ftpct/ftpct.conf" {
+                        file.display().to_string()
+                    } else {
+                        a.clone()
+                    }
+                })
                 .collect();
             let out = ok(Command::new(&bin).args(&args));
-            assert!(
-                out.contains("iptables-legacy -t raw -A PREROUTING"),
-                "{out}"
-            );
+            assert!(out.contains("--comment ftpct"), "{key}: {out}");
+            assert!(out.contains(expect), "{key} with {}: {out}", file.display());
         }
     }
+    assert_eq!(seen, 2, "ExecStartPre and ExecStopPost");
+}
+
+/// The unit's `ExecStopPost` script removes the rules only after a clean stop
+/// (`$SERVICE_RESULT` = success: `systemctl stop`/`restart`), not after a crash, a kill or a
+/// failed start, when `Restart=on-failure` starts the daemon again and the rules must stay
+/// (fail-closed while it restarts). Run with a stand-in for /usr/sbin/ftpct.
+#[test]
+fn stop_post_keeps_the_rules_when_systemd_restarts_the_daemon() {
+    let dir = scratch("stoppost");
+    let unit = fs::read_to_string(Path::new(MANIFEST_DIR).join("deploy/ftpct.service")).unwrap();
+    let log = dir.join("calls.log");
+    let stub = dir.join("ftpct");
+    fs::write(
+        &stub,
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", log.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = stop_post_script(&unit).replace("/usr/sbin/ftpct", &stub.display().to_string());
+    // The results systemd sets for ExecStopPost (systemd.exec(5)); with Restart=on-failure
+    // every one but success is followed by a restart.
+    for (result, code, status, deletes) in [
+        ("success", "exited", "0", true),
+        ("exit-code", "exited", "1", false),
+        ("signal", "killed", "KILL", false),
+        ("core-dump", "dumped", "SEGV", false),
+        ("timeout", "killed", "TERM", false),
+        ("watchdog", "killed", "ABRT", false),
+        ("protocol", "", "", false),
+        ("resources", "", "", false),
+    ] {
+        let out = ok(Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("SERVICE_RESULT", result)
+            .env("EXIT_CODE", code)
+            .env("EXIT_STATUS", status));
+        let calls = take_log(&log);
+        if deletes {
+            assert_eq!(
+                calls.trim(),
+                "rules --config /etc/ftpct/ftpct.conf --delete",
+                "{result}"
+            );
+        } else {
+            assert!(calls.is_empty(), "{result}: {calls}");
+            assert!(out.contains("rules stay"), "{result}: {out}");
+        }
+    }
+    assert!(
+        unit.lines().any(|l| l == "Restart=on-failure"),
+        "the script assumes Restart=on-failure"
+    );
 }
 
 /// `systemd-analyze verify` and `security --offline` on the packaged unit, with the packaged
@@ -366,7 +491,48 @@ fn unit_verifies_in_the_extracted_tree() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in\n{stdout}"));
     eprintln!("systemd-analyze security: exposure {level}");
-    assert!(level <= 2.0, "exposure {level} (was 1.5):\n{stdout}");
+    assert!(level <= 2.0, "exposure {level} (was 1.4):\n{stdout}");
+}
+
+/// The package under a real systemd: `deploy/nspawn-check.sh` boots this machine's OS tree in
+/// `systemd-nspawn` (volatile overlay, private network: nothing is written to the host),
+/// installs the package, starts it (READY=1), checks the rules, the daemon's privileges, the
+/// metrics endpoint, a reload, an FTP session across `kill -9` (rules kept, state restored,
+/// the transfer completes), the iptables-legacy backend, upgrade, stop (rules and sets
+/// removed), remove and purge. About 20 s. Skipped (saying so) only where `systemd-nspawn`
+/// is not installed; `scripts/setup.sh` installs it (systemd-container).
+#[test]
+fn nspawn_install_start_crash_stop() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("nspawn_install_start_crash_stop needs root (systemd-nspawn); run as root");
+    }
+    if Command::new("systemd-nspawn")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED nspawn_install_start_crash_stop: systemd-nspawn is not installed \
+             (apt-get install systemd-container, or scripts/setup.sh)"
+        );
+        return;
+    }
+    let out = run(Command::new("timeout")
+        .arg("300")
+        .arg("sh")
+        .arg(Path::new(MANIFEST_DIR).join("deploy/nspawn-check.sh"))
+        .arg(deb())
+        .env("FTPCT_NSPAWN_REQUIRE_FTP", "1")
+        .stdin(Stdio::null()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("PASS"),
+        "deploy/nspawn-check.sh failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
 }
 
 /// Stand-ins for the systemd helpers the maintainer scripts call; each logs its arguments.
@@ -547,21 +713,89 @@ fn default_config_and_man_page_cover_every_key_at_its_default() {
     );
 }
 
+/// `ftpct --help`'s subcommands, and the long options of each (`ftpct SUB --help`), from the
+/// binary itself, so that a new subcommand or flag fails this test until ftpct(8) has it.
+fn cli_surface() -> Vec<(String, Vec<String>)> {
+    let bin = env!("CARGO_BIN_EXE_ftpct");
+    let help = ok(Command::new(bin).arg("--help"));
+    let subs: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(subs.len() >= 9, "{help}");
+    subs.into_iter()
+        .map(|sub| {
+            if sub == "help" {
+                // `ftpct help [SUBCOMMAND]`: no options of its own.
+                return (sub, Vec::new());
+            }
+            let help = ok(Command::new(bin).args([&sub, "--help"]));
+            let flags = help
+                .lines()
+                .skip_while(|l| !l.starts_with("Options:"))
+                .filter_map(|l| {
+                    l.split([' ', ','])
+                        .find(|w| w.starts_with("--"))
+                        .map(|w| w.trim_start_matches('-').to_string())
+                })
+                .filter(|f| f != "help")
+                .collect();
+            (sub, flags)
+        })
+        .collect()
+}
+
 #[test]
 fn man_page_names_every_subcommand() {
     let man = fs::read_to_string(Path::new(MANIFEST_DIR).join("deploy/man/ftpct.8")).unwrap();
+    let esc = |s: &str| s.replace('-', "\\-");
+    let synopsis = &man[man.find(".SH SYNOPSIS").unwrap()..man.find(".SH DESCRIPTION").unwrap()];
+    let commands = &man[man.find(".SH COMMANDS").unwrap()..man.find(".SH FIREWALL").unwrap()];
+    let surface = cli_surface();
+    for (sub, flags) in &surface {
+        let sub = esc(sub);
+        // A synopsis block (.SY ftpct ... .YS) whose first line names it...
+        let block = synopsis
+            .split(".SY ftpct\n")
+            .skip(1)
+            .find(|b| {
+                b.lines().next().is_some_and(|l| {
+                    l.split([' ', '|', '"'])
+                        .any(|w| w == sub || w == format!("{sub}\\fP"))
+                })
+            })
+            .unwrap_or_else(|| panic!("ftpct(8) SYNOPSIS lacks the subcommand {sub}"));
+        // ...an entry in COMMANDS...
+        assert!(
+            commands.contains(&format!(".TP\n.B {sub}\n"))
+                || commands.contains(&format!(".TP\n.BI {sub} "))
+                || commands.contains(&format!(".TP\n.BR {sub} ")),
+            "ftpct(8) COMMANDS lacks the subcommand {sub}"
+        );
+        // ...and every option, in the block and as an entry.
+        for f in flags {
+            let f = format!("\\-\\-{}", esc(f));
+            assert!(block.contains(&f), "ftpct(8) SYNOPSIS of {sub} lacks {f}");
+            assert!(
+                commands.contains(&format!(".B {f}\n"))
+                    || commands.contains(&format!(".BI {f} \"")),
+                "ftpct(8) COMMANDS does not describe {f} (of {sub})"
+            );
+        }
+    }
+    let all: Vec<&str> = surface.iter().map(|(s, _)| s.as_str()).collect();
     for sub in [
         "run",
         "rules",
-        "list",
-        "sessions",
-        "stats",
-        "check\\-config",
+        "events",
+        "metrics",
+        "replay",
+        "check-config",
     ] {
-        assert!(
-            man.contains(&format!(".B {sub}\n")) || man.contains(&format!(".BI {sub} ")),
-            "ftpct(8) lacks the subcommand {sub}"
-        );
+        assert!(all.contains(&sub), "{all:?}");
     }
     for b in ["iptables\\-nft", "iptables\\-legacy", "nft"] {
         assert!(
