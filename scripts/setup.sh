@@ -6,12 +6,13 @@
 #   scripts/setup.sh [--demo]
 #     --demo   only what scripts/demo.sh needs: no rustfmt/clippy, no cargo tools
 #
-# Rust: a cargo on PATH (or in ~/.cargo/bin, rustup's) is used as it is. Without one, Debian's
-# own packages are installed: rustc/cargo if their version satisfies Cargo.toml's
-# rust-version, else rustc-web/cargo-web (Debian 12's up-to-date Rust, kept current by its
-# security updates: 1.85 and later). Debian has no rustfmt/clippy for those: `cargo fmt` and
-# `cargo clippy` in scripts/test.sh then need a rustup toolchain (rustup component add
-# rustfmt clippy); everything else, the demo included, works with Debian's Rust.
+# Rust: a cargo on PATH (or in ~/.cargo/bin, rustup's) is used as it is. Without one, rustup
+# installs the stable toolchain with rustfmt and clippy (rustup-init from static.rust-lang.org,
+# checked against its published SHA-256), which is what scripts/test.sh needs (fmt, clippy,
+# `cargo +stable fuzz`). If that server cannot be reached, Debian's own packages are
+# installed instead: rustc/cargo if their version satisfies Cargo.toml's rust-version, else
+# rustc-web/cargo-web (Debian 12's up-to-date Rust). Debian has no rustfmt/clippy for those:
+# the demo and the tests work, the fmt/clippy/fuzz steps of scripts/test.sh do not.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -62,6 +63,34 @@ need=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     echo "setup.sh: using rustup's cargo in $HOME/.cargo/bin (add it to PATH)"
     export PATH=$HOME/.cargo/bin:$PATH
+fi
+# rustup-init, verified, then the stable toolchain; false if anything fails.
+install_rustup() {
+    local url=https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init
+    local tmp
+    tmp=$(mktemp -d)
+    command -v curl >/dev/null || { apt_update; apt-get install -y -qq curl ca-certificates >/dev/null; }
+    if curl -fsS --retry 2 -o "$tmp/rustup-init" "$url" &&
+        curl -fsS --retry 2 -o "$tmp/rustup-init.sha256" "$url.sha256" &&
+        [ "$(sha256sum < "$tmp/rustup-init" | cut -d' ' -f1)" = "$(cut -d' ' -f1 < "$tmp/rustup-init.sha256")" ]; then
+        chmod +x "$tmp/rustup-init"
+        "$tmp/rustup-init" -y -q --profile minimal --default-toolchain stable \
+            --component rustfmt,clippy >/dev/null
+        local rc=$?
+        rm -rf "$tmp"
+        return $rc
+    fi
+    rm -rf "$tmp"
+    return 1
+}
+if ! command -v cargo >/dev/null; then
+    echo "setup.sh: cargo not found: installing Rust with rustup (stable, rustfmt, clippy)"
+    if install_rustup && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH=$HOME/.cargo/bin:$PATH
+        echo "setup.sh: Rust installed in $HOME/.cargo/bin (add it to PATH for later shells)"
+    else
+        echo "setup.sh: rustup could not be installed; falling back to Debian's Rust"
+    fi
 fi
 if ! command -v cargo >/dev/null; then
     apt_update
