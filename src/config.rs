@@ -306,17 +306,34 @@ fn parse_secs(key: &str, v: &str, max: u64) -> Result<Duration, String> {
 
 /// A log filter as `ftpct run` will use it (tracing's `EnvFilter` syntax).
 pub fn check_log_filter(v: &str) -> Result<(), String> {
+    log_filter(v).map(|_| ())
+}
+
+/// The tracing filter of a `log` value (or `RUST_LOG`), or why it is not one. Only printable
+/// ASCII is accepted: filter directives are target names, levels and field values, and
+/// tracing-subscriber 0.3's directive parser panics on some non-ASCII input (it slices the
+/// text inside a multi-byte character: `0,\u{b}0¡=`, found by the property test below); the
+/// parser also runs under `catch_unwind`, so that no value can take the daemon down.
+pub fn log_filter(v: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     if v.trim().is_empty() {
         return Err("no log filter given: use a level, e.g. info".into());
     }
-    tracing_subscriber::EnvFilter::try_new(v)
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-            "'{v}' is not a log filter ({e}): use a level (error, warn, info, debug, trace) or \
-             directives such as info,ftpct=debug"
-        )
-        })
+    let usage = "use a level (error, warn, info, debug, trace) or directives such as \
+                 info,ftpct=debug";
+    if let Some(c) = v.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        return Err(format!(
+            "'{}' is not a log filter (character {c:?} is not printable ASCII): {usage}",
+            v.escape_debug()
+        ));
+    }
+    let parsed = std::panic::catch_unwind(|| tracing_subscriber::EnvFilter::try_new(v));
+    match parsed {
+        Ok(Ok(f)) => Ok(f),
+        Ok(Err(e)) => Err(format!("'{v}' is not a log filter ({e}): {usage}")),
+        Err(_) => Err(format!(
+            "'{v}' is not a log filter (the parser failed on it): {usage}"
+        )),
+    }
 }
 
 fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigError> {
@@ -824,6 +841,20 @@ mod tests {
         std::fs::write(&f, "user = root\n").unwrap();
         assert_eq!(load(&f).unwrap().user.as_deref(), Some("root"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn log_filters_that_crash_the_parser_are_refused() {
+        // tracing-subscriber 0.3.23 panics on this one (a slice inside `¡`).
+        let e = parse("log = 0,\u{b}0\u{a1}=\n", Path::new("p.conf"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("p.conf:1:") && e.contains("printable ASCII"),
+            "{e}"
+        );
+        assert!(log_filter("info,ftpct=debug").is_ok());
+        assert!(log_filter("ftpct=[bogus").is_err());
     }
 
     proptest::proptest! {

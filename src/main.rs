@@ -139,12 +139,10 @@ enum Cmd {
 fn init_logs(filter: &str) -> Result<(), String> {
     use std::io::IsTerminal;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => tracing_subscriber::EnvFilter::try_new(&env)
-            .map_err(|e| format!("RUST_LOG={env:?} is not a log filter ({e}): fix or unset it"))?,
-        _ => {
-            config::check_log_filter(filter).map_err(|e| format!("log filter: {e}"))?;
-            tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?
+        Ok(env) if !env.is_empty() => {
+            config::log_filter(&env).map_err(|e| format!("RUST_LOG: {e}; fix or unset it"))?
         }
+        _ => config::log_filter(filter).map_err(|e| format!("log filter: {e}"))?,
     };
     let journal = stderr_is_journal();
     let logs = tracing_subscriber::fmt()
