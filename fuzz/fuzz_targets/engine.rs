@@ -470,6 +470,7 @@ fn run(data: &[u8]) {
         session_idle_timeout: Duration::from_secs(1 + u64::from(b[6])),
         session_close_linger: Duration::from_secs(u64::from(b[7] % 16)),
         data_mark: 0x4654,
+        pickup_at_segment_start: b[3] & 16 != 0,
     };
     let cfg = Config {
         control_ports: vec![21],
