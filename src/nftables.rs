@@ -352,30 +352,20 @@ pub struct QueueTarget {
     pub bypass: bool,
 }
 
-/// Appends `NFNL_MSG_BATCH_BEGIN` for nf_tables to `buf`.
-fn batch_begin(buf: &mut Vec<u8>) -> Result<(), NlError> {
-    MsgBuilder::append(
-        buf,
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        0,
-        u16::from(NFNL_SUBSYS_NFTABLES),
-    )
-    .finish()
-    .map(|_| ())
+/// Appends `NFNL_MSG_BATCH_BEGIN` or `NFNL_MSG_BATCH_END` (`marker`) for nf_tables to `buf`.
+fn batch_marker(buf: &mut Vec<u8>, marker: u16) -> Result<(), NlError> {
+    let res_id = u16::from(NFNL_SUBSYS_NFTABLES);
+    MsgBuilder::append(buf, marker, NLM_F_REQUEST, 0, res_id)
+        .finish()
+        .map(|_| ())
 }
 
-/// Appends `NFNL_MSG_BATCH_END` for nf_tables to `buf`.
+fn batch_begin(buf: &mut Vec<u8>) -> Result<(), NlError> {
+    batch_marker(buf, NFNL_MSG_BATCH_BEGIN)
+}
+
 fn batch_end(buf: &mut Vec<u8>) -> Result<(), NlError> {
-    MsgBuilder::append(
-        buf,
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
-        0,
-        u16::from(NFNL_SUBSYS_NFTABLES),
-    )
-    .finish()
-    .map(|_| ())
+    batch_marker(buf, NFNL_MSG_BATCH_END)
 }
 
 /// The userdata of a rule whose comment is `ftpct` (libnftnl's TLV: type, length, value with
@@ -582,6 +572,126 @@ impl NftSets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn element_keys_are_address_then_padded_port() {
+        let (k, n) = element_key("192.0.2.7:40000".parse().unwrap());
+        assert_eq!(&k[..n], &[192, 0, 2, 7, 0x9c, 0x40, 0, 0]);
+        let (k, n) = element_key("[2001:db8::1]:21".parse().unwrap());
+        assert_eq!(n, 20);
+        assert_eq!(&k[16..20], &[0, 21, 0, 0]);
+    }
+
+    /// The messages of a batch: (type, flags, family, attributes' bytes).
+    fn batch_msgs(buf: &[u8]) -> Vec<(u16, u16, u8)> {
+        crate::netlink::NlMsgIter::new(buf)
+            .map(|m| {
+                let m = m.unwrap();
+                let (g, _) = m.nfgen().unwrap();
+                (m.msg_type, m.flags, g.family)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn element_batches_add_with_timeout_and_delete() {
+        let mut buf = Vec::new();
+        build_element(
+            &mut buf,
+            "ftpct4",
+            "192.0.2.7:40000".parse().unwrap(),
+            Some(300_000),
+        )
+        .unwrap();
+        let ty = |cmd| nfnl_msg_type(NFNL_SUBSYS_NFTABLES, cmd);
+        let msgs = batch_msgs(&buf);
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[0].0, NFNL_MSG_BATCH_BEGIN);
+        assert_eq!(msgs[1].0, ty(NFT_MSG_NEWSETELEM));
+        assert_ne!(msgs[1].1 & NLM_F_ACK, 0);
+        assert_eq!(msgs[1].2, NFPROTO_INET);
+        assert_eq!(msgs[2].0, NFNL_MSG_BATCH_END);
+        let m = crate::netlink::NlMsgIter::new(&buf)
+            .nth(1)
+            .unwrap()
+            .unwrap();
+        let (_, attrs) = m.nfgen().unwrap();
+        let t: [Option<Attr>; 4] = attrs.table().unwrap();
+        assert_eq!(
+            t[NFTA_SET_ELEM_LIST_TABLE as usize].unwrap().str().unwrap(),
+            "ftpct"
+        );
+        assert_eq!(
+            t[NFTA_SET_ELEM_LIST_SET as usize].unwrap().str().unwrap(),
+            "ftpct4"
+        );
+        let list = t[NFTA_SET_ELEM_LIST_ELEMENTS as usize].unwrap();
+        let elem = list.nested().next().unwrap().unwrap();
+        let e: [Option<Attr>; 5] = elem.nested().table().unwrap();
+        assert_eq!(
+            e[NFTA_SET_ELEM_TIMEOUT as usize].unwrap().be64().unwrap(),
+            300_000
+        );
+        let key = e[NFTA_SET_ELEM_KEY as usize]
+            .unwrap()
+            .nested()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.payload(), &[192, 0, 2, 7, 0x9c, 0x40, 0, 0]);
+
+        build_element(&mut buf, "ftpct4", "192.0.2.7:40000".parse().unwrap(), None).unwrap();
+        let msgs = batch_msgs(&buf);
+        assert_eq!(msgs[1].0, ty(NFT_MSG_DELSETELEM));
+    }
+
+    #[test]
+    fn queue_target_batch_replaces_each_chains_rule() {
+        let mut buf = Vec::new();
+        let targets = [
+            QueueTarget {
+                chain: "queue_control",
+                queue: 7,
+                bypass: false,
+            },
+            QueueTarget {
+                chain: "queue_data",
+                queue: 7,
+                bypass: true,
+            },
+        ];
+        build_queue_targets(&mut buf, &targets).unwrap();
+        let ty = |cmd| nfnl_msg_type(NFNL_SUBSYS_NFTABLES, cmd);
+        let kinds: Vec<u16> = batch_msgs(&buf).iter().map(|m| m.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                NFNL_MSG_BATCH_BEGIN,
+                ty(NFT_MSG_NEWTABLE),
+                ty(NFT_MSG_NEWCHAIN),
+                ty(NFT_MSG_DELRULE),
+                ty(NFT_MSG_NEWRULE),
+                ty(NFT_MSG_NEWCHAIN),
+                ty(NFT_MSG_DELRULE),
+                ty(NFT_MSG_NEWRULE),
+                NFNL_MSG_BATCH_END,
+            ]
+        );
+        // The rule carries ftpct's comment, so the rule check counts it.
+        let rule = crate::netlink::NlMsgIter::new(&buf)
+            .nth(4)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            parse_rule(&rule).unwrap(),
+            Some(Place::new(NfFamily::Inet, NFT_TABLE, "queue_control"))
+        );
+        let info = nfq_info_v3(7, true);
+        let field = |i: usize| u16::from_ne_bytes([info[i], info[i + 1]]);
+        assert_eq!((field(0), field(2), field(4)), (7, 1, NFQ_FLAG_BYPASS));
+        assert_eq!(&info[6..], &[0, 0]);
+        assert_eq!(nfq_info_v3(7, false)[4..6], [0, 0]);
+    }
     use crate::netlink::{NlMsgIter, NLM_F_MULTI};
 
     /// An `NFT_MSG_NEWRULE` as the kernel dumps it: a meta+cmp, optionally the x_tables

@@ -217,18 +217,7 @@ fn events_stream_and_prometheus_metrics() {
     );
 
     // Prometheus: scrape from inside the gateway namespace
-    let scrape = lab.exec(
-        "gw",
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "http://127.0.0.1:9477/metrics",
-        ],
-    );
-    scrape.assert_ok();
-    let m = &scrape.stdout;
+    let m = &scrape(&lab).text;
     for want in [
         "ftpct_rewrites_total 3",
         "ftpct_expectations_total{event=\"used\"} 3",
