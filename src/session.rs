@@ -14,6 +14,29 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, SessionId, Timestamp};
 
+/// Index of the first `\n` in `s`, eight bytes at a time (the zero-byte test of
+/// `s ^ 0x0a0a..`: the lowest flagged byte is always a real match; higher ones may not be).
+fn find_newline(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = LO * b'\n' as u64;
+    let mut chunks = s.chunks_exact(8);
+    let mut base = 0usize;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) ^ NL;
+        let z = w.wrapping_sub(LO) & !w & HI;
+        if z != 0 {
+            return Some(base + (z.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| base + i)
+}
+
 /// What the line assembler produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineOut {
@@ -105,7 +128,7 @@ impl DirState {
         if rest.is_empty() {
             return LineOut::NeedMore;
         }
-        let nl = rest.iter().position(|&b| b == b'\n');
+        let nl = find_newline(rest);
         let take = nl.map_or(rest.len(), |i| i + 1);
         let chunk = rest.get(..take).unwrap_or(&[]);
         *pos += take;
@@ -533,6 +556,31 @@ mod tests {
         for _ in 0..1000 {
             lines(&mut d, &[b'x'; 1000]);
             assert!(d.line.capacity() <= 64);
+        }
+    }
+
+    #[test]
+    fn find_newline_matches_position() {
+        for b in 0..=255u8 {
+            let buf = [b; 19];
+            let want = (b == b'\n').then_some(0);
+            assert_eq!(find_newline(&buf), want, "byte {b:#x}");
+        }
+        let mut buf = vec![b'x'; 40];
+        assert_eq!(find_newline(&buf), None);
+        for i in 0..40 {
+            for j in i..40 {
+                buf.fill(b'x');
+                // bytes that fool a carelessly written zero-byte test
+                buf[(i + 1) % 40] = 0x0b;
+                buf[(i + 2) % 40] = 0x8a;
+                buf[j] = b'\n';
+                buf[i] = b'\n';
+                for len in 0..=40 {
+                    let want = buf[..len].iter().position(|&b| b == b'\n');
+                    assert_eq!(find_newline(&buf[..len]), want, "i={i} j={j} len={len}");
+                }
+            }
         }
     }
 }
