@@ -129,9 +129,11 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
         Event::SessionEnd { id, ct, reason } => {
             let _ = writeln!(
                 out,
-                "[DESTROY] session {id} client={} server={} reason={}",
+                "[DESTROY] session {id} client={} server={} reply={} -> {} reason={}",
                 ct.original.src,
                 ct.original.dst,
+                ct.reply.src,
+                ct.reply.dst,
                 reason.label()
             );
         }
@@ -236,4 +238,47 @@ pub fn query(socket: &Path, req: Request) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EndReason;
+    use crate::types::{CtTuples, FlowTuple, SessionId};
+
+    #[test]
+    fn session_event_lines_carry_the_nat_mapping() {
+        let ct = CtTuples {
+            original: FlowTuple::new(
+                "10.0.0.2:40000".parse().unwrap(),
+                "198.51.100.2:21".parse().unwrap(),
+            ),
+            reply: FlowTuple::new(
+                "198.51.100.2:21".parse().unwrap(),
+                "203.0.113.1:61000".parse().unwrap(),
+            ),
+        };
+        let id = SessionId(7);
+        let start = format_event(&Event::SessionStart { id, ct }, Timestamp::ZERO).unwrap();
+        let end = format_event(
+            &Event::SessionEnd {
+                id,
+                ct,
+                reason: EndReason::Closed,
+            },
+            Timestamp::ZERO,
+        )
+        .unwrap();
+        let mapping = "client=10.0.0.2:40000 server=198.51.100.2:21 \
+                       reply=198.51.100.2:21 -> 203.0.113.1:61000";
+        assert!(
+            start.starts_with("[NEW] session ") && start.contains(mapping),
+            "{start}"
+        );
+        assert!(
+            end.starts_with("[DESTROY] session ") && end.contains(mapping),
+            "{end}"
+        );
+        assert!(end.trim_end().ends_with("reason=closed"), "{end}");
+    }
 }

@@ -376,6 +376,16 @@ fn many_scenario(test: &str, alg: Alg, topo: Topology, mode: &str) {
         if alg == Alg::Ftpct {
             let inv = lab.invalid_dropped();
             assert_eq!(inv, [0, 0], "[{test}] INVALID packets dropped (IPv4, IPv6)");
+            // The same session shape with ftpct stopped (its rules deleted) must fail.
+            lab.stop_ftpct();
+            lab.probe().assert_ok();
+            let again = lab.many(mode, 3);
+            again.assert_fails();
+            assert_eq!(
+                lab.related_tcp_packets(),
+                related,
+                "[{test}] RELATED packets with ftpct stopped"
+            );
         }
     } else {
         lab.probe().assert_ok();
@@ -421,6 +431,15 @@ fn split_scenario(test: &str, alg: Alg, topo: Topology, mode: Mode) {
             assert!(related >= 1, "[{test}] data connection not RELATED");
             let inv = lab.invalid_dropped();
             assert_eq!(inv, [0, 0], "[{test}] INVALID packets dropped (IPv4, IPv6)");
+            // With ftpct stopped (its rules deleted) the same split command must fail.
+            lab.stop_ftpct();
+            lab.probe().assert_ok();
+            lab.split(mode, "small.txt").assert_fails();
+            assert_eq!(
+                lab.related_tcp_packets(),
+                related,
+                "[{test}] RELATED packets with ftpct stopped"
+            );
         }
         Alg::KernelHelper => {
             r.assert_fails();
