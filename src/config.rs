@@ -195,7 +195,19 @@ pub enum ConfigError {
 /// Parses a list of ports: `21, 2121`.
 pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
     let mut out = Vec::new();
-    for p in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    if v.trim().is_empty() {
+        return Err("at least one port is needed, e.g. 'ports = 21'".into());
+    }
+    for p in v.split(',').map(str::trim) {
+        if p.is_empty() {
+            return Err(format!(
+                "'{v}' has an empty entry (a port missing between commas?): list ports \
+                 separated by commas, e.g. 21,2121"
+            ));
+        }
+        if out.contains(&p.parse::<u16>().unwrap_or(0)) {
+            return Err(format!("port {p} is listed twice in '{v}'"));
+        }
         match p.parse::<u16>() {
             Ok(n) if n > 0 => out.push(n),
             _ => return Err(format!("'{p}' is not a TCP port (1-65535)")),
@@ -841,6 +853,16 @@ mod tests {
         std::fs::write(&f, "user = root\n").unwrap();
         assert_eq!(load(&f).unwrap().user.as_deref(), Some("root"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn port_lists_without_holes_or_repeats() {
+        assert_eq!(parse_ports("21, 2121").unwrap(), vec![21, 2121]);
+        assert!(parse_ports("21,").unwrap_err().contains("empty entry"));
+        assert!(parse_ports("21,,2121").unwrap_err().contains("empty entry"));
+        assert!(parse_ports("21,21").unwrap_err().contains("twice"));
+        assert!(parse_ports("").unwrap_err().contains("at least one"));
+        assert!(parse_ports("0").is_err());
     }
 
     #[test]
