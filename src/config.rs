@@ -194,10 +194,10 @@ pub enum ConfigError {
 
 /// Parses a list of ports: `21, 2121`.
 pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
-    let mut out = Vec::new();
     if v.trim().is_empty() {
         return Err("at least one port is needed, e.g. 'ports = 21'".into());
     }
+    let mut out = Vec::new();
     for p in v.split(',').map(str::trim) {
         if p.is_empty() {
             return Err(format!(
@@ -205,16 +205,14 @@ pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
                  separated by commas, e.g. 21,2121"
             ));
         }
-        if out.contains(&p.parse::<u16>().unwrap_or(0)) {
+        let n = match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("'{p}' is not a TCP port (1-65535)")),
+        };
+        if out.contains(&n) {
             return Err(format!("port {p} is listed twice in '{v}'"));
         }
-        match p.parse::<u16>() {
-            Ok(n) if n > 0 => out.push(n),
-            _ => return Err(format!("'{p}' is not a TCP port (1-65535)")),
-        }
-    }
-    if out.is_empty() {
-        return Err("at least one port is needed, e.g. 'ports = 21'".into());
+        out.push(n);
     }
     if out.len() > 15 {
         return Err("at most 15 control ports (iptables multiport limit)".into());

@@ -557,21 +557,6 @@ fn post_conntrack_queued(lab: &Lab) -> u64 {
         .sum()
 }
 
-/// Control connections in the gateway's conntrack table carrying ftpct's `seqadj_mark` bit.
-fn marked_control_connections(lab: &Lab) -> usize {
-    let r = lab.gw(&[
-        "conntrack",
-        "-L",
-        "-p",
-        "tcp",
-        "--dport",
-        "21",
-        "--mark",
-        "0x100000/0x100000",
-    ]);
-    r.stdout.lines().filter(|l| l.contains("dport=21")).count()
-}
-
 /// The post-conntrack queue (b) only takes the control connections that have a sequence
 /// offset, marked by ftpct (`seqadj_mark`) when its first rewrite changes a line's length: a
 /// passive session behind MASQUERADE (nothing to rewrite) never reaches it; an active one does,
@@ -590,7 +575,7 @@ fn post_conntrack_queue_takes_only_marked_connections() {
         "[{test}] passive session queued twice"
     );
     assert_eq!(
-        marked_control_connections(&lab),
+        lab.marked_control_connections(),
         0,
         "[{test}] passive session marked"
     );
@@ -601,7 +586,7 @@ fn post_conntrack_queue_takes_only_marked_connections() {
         "[{test}] the active session's ACKs were not queued after conntrack"
     );
     assert_eq!(
-        marked_control_connections(&lab),
+        lab.marked_control_connections(),
         1,
         "[{test}] active session not marked"
     );

@@ -1129,22 +1129,6 @@ fn cleared_seqadj_mark_is_set_again_and_reported() {
         }
         assert!(file(n).exists(), "[{test}] the client never reached {n}");
     };
-    let marked = |lab: &Lab| {
-        lab.gw(&[
-            "conntrack",
-            "-L",
-            "-p",
-            "tcp",
-            "--dport",
-            "21",
-            "--mark",
-            "0x100000/0x100000",
-        ])
-        .stdout
-        .lines()
-        .filter(|l| l.contains("dport=21"))
-        .count()
-    };
     let rule = [
         "-t",
         "mangle",
@@ -1164,15 +1148,23 @@ fn cleared_seqadj_mark_is_set_again_and_reported() {
         lab.gw(&v);
     };
     wait_file("first-done");
-    assert_eq!(marked(&lab), 1, "[{test}] the session was not marked");
+    assert_eq!(
+        lab.marked_control_connections(),
+        1,
+        "[{test}] the session was not marked"
+    );
     let since = lab.ftpct_log().len();
     with("-I");
     std::fs::write(file("rule-in"), "").expect("signal the client");
     wait_file("noop-done");
     with("-D");
-    assert_eq!(marked(&lab), 0, "[{test}] the rule did not clear the mark");
+    assert_eq!(
+        lab.marked_control_connections(),
+        0,
+        "[{test}] the rule did not clear the mark"
+    );
     let line = wait_for_log_line(&lab, since, &["lost ftpct's conntrack mark", "mask"], 8);
-    let again = marked(&lab);
+    let again = lab.marked_control_connections();
     std::fs::write(file("go-on"), "").expect("signal the client");
     let out = child.wait_with_output().expect("wait for the client");
     assert!(

@@ -850,6 +850,22 @@ impl Lab {
         self.forward_rule(self.ipt(), "lab-related-tcp").0
     }
 
+    /// Control connections (port 21) in the gateway's conntrack table that carry ftpct's
+    /// default `seqadj_mark` bit (0x100000).
+    pub fn marked_control_connections(&self) -> usize {
+        let r = self.gw(&[
+            "conntrack",
+            "-L",
+            "-p",
+            "tcp",
+            "--dport",
+            "21",
+            "--mark",
+            "0x100000/0x100000",
+        ]);
+        r.stdout.lines().filter(|l| l.contains("dport=21")).count()
+    }
+
     /// Packets the gateway's `--ctstate INVALID -j DROP` rule dropped: [IPv4, IPv6].
     #[track_caller]
     pub fn invalid_dropped(&self) -> [u64; 2] {
