@@ -454,6 +454,22 @@ fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigEr
                 "max_hold_retries" => s.policy.max_hold_retries = parse_num(v, "count (0-255)")?,
                 "session_close_linger" => s.policy.session_close_linger = parse_secs(k, v, 3600)?,
                 "pickup_at_segment_start" => s.policy.pickup_at_segment_start = parse_bool(v)?,
+                "tcp_window_check" => s.policy.tcp_window_check = parse_bool(v)?,
+                "max_announce_per_segment" => {
+                    let n = parse_at_least(k, v, 1, "0 would never rewrite an address")?;
+                    s.policy.max_announce_per_segment = u32::try_from(n)
+                        .map_err(|_| format!("{k} = {n} is too large (at most {})", u32::MAX))?
+                }
+                "max_announce_per_second" => {
+                    let n = parse_at_least(k, v, 1, "0 would never rewrite an address")?;
+                    s.policy.max_announce_per_second = u32::try_from(n)
+                        .map_err(|_| format!("{k} = {n} is too large (at most {})", u32::MAX))?
+                }
+                "log_events_per_second" => {
+                    let n = parse_at_least(k, v, 1, "0 would log no refusal at all")?;
+                    s.policy.log_events_per_second = u16::try_from(n)
+                        .map_err(|_| format!("{k} = {n} is too large (at most {})", u16::MAX))?
+                }
                 "data_mark" => s.policy.data_mark = parse_mark(v)?,
                 "seqadj_mark" => s.seqadj_mark = parse_mark(v)?,
                 _ => {

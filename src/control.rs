@@ -196,6 +196,34 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
                 "[WARN] session {id} {dir:?}: bytes missed, resynchronised"
             );
         }
+        Event::SegmentRefused { id, dir, why } => {
+            let _ = writeln!(
+                out,
+                "[WARN] session {id} {dir:?}: segment refused ({}): {}",
+                why.label(),
+                why.describe()
+            );
+        }
+        Event::Throttled { id, kind } => {
+            let _ = writeln!(
+                out,
+                "[WARN] session {id}: more {kind} events this second are not shown"
+            );
+        }
+        Event::EvictionStarted {
+            max_sessions,
+            protected_left,
+        } => {
+            let _ = writeln!(
+                out,
+                "[WARN] session table full ({max_sessions}): evicting {}",
+                if *protected_left {
+                    "idle sessions without offsets or expectations"
+                } else {
+                    "sessions with offsets or expectations"
+                }
+            );
+        }
         Event::Message { .. } => return None,
     }
     Some(out)

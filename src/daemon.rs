@@ -676,7 +676,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 66] = [
+        let rows: [(&str, u64); 73] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -705,6 +705,13 @@ impl Shell {
             ("events_dropped", s.events_dropped),
             ("actions_dropped", s.actions_dropped),
             ("replies_unsolicited", s.replies_unsolicited),
+            ("packets_out_of_window", s.packets_out_of_window),
+            ("rst_ignored", s.rst_ignored),
+            ("synack_ignored", s.synack_ignored),
+            ("resyncs_refused", s.resyncs_refused),
+            ("refused_rate_limited", s.refused_rate_limited),
+            ("events_throttled", s.events_throttled),
+            ("sessions_evicted_with_state", s.sessions_evicted_with_state),
             ("queue_overruns", k.queue_overruns),
             ("queue_errors", k.queue_errors),
             ("queue_poll_errors", k.queue_poll_errors),
@@ -893,6 +900,34 @@ pub fn log_event(e: &Event) {
             message = ?kind,
             "message needed a rewrite but its start had already been forwarded; the data connection will likely fail"
         ),
+        Event::SegmentRefused { id, dir, why } => warn!(
+            session = %id,
+            dir = ?dir,
+            why = why.label(),
+            "segment refused and passed on untouched, no state changed: {} (spoofed, or              the kernel will mark it INVALID too; counted in packets_out_of_window,              rst_ignored, synack_ignored)",
+            why.describe()
+        ),
+        Event::Throttled { id, kind } => warn!(
+            session = %id,
+            kind = *kind,
+            "more than log_events_per_second {kind} events from this session in one second;              the rest of this second's are not logged (counted in events_throttled)"
+        ),
+        Event::EvictionStarted {
+            max_sessions,
+            protected_left,
+        } => {
+            if *protected_left {
+                warn!(
+                    max_sessions = *max_sessions,
+                    "session table full: evicting the least recently active sessions without                      sequence offsets or expectations (raise max_sessions if this is normal load)"
+                )
+            } else {
+                warn!(
+                    max_sessions = *max_sessions,
+                    "session table full and every evictable session has a sequence offset or an                      expectation: evicting the least recently active one, whose control                      connection may break (raise max_sessions, or look for a flood of control                      connections)"
+                )
+            }
+        }
     }
 }
 

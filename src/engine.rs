@@ -21,8 +21,9 @@ use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation
 use crate::packet::{self, Edit, TcpPacket};
 use crate::parser::{self, Command, ParseError};
 use crate::policy::{Policy, Refusal};
-use crate::session::{FlowKey, LineOut, Pending, Session, SessionTable};
+use crate::session::{Admit, FlowKey, LineOut, Pending, Session, SessionTable, SynCache};
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
+use crate::window::{self, Segment, Untrusted};
 
 /// Engine configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +253,74 @@ pub enum Event {
         id: SessionId,
         dir: Dir,
     },
+    /// A segment of a tracked session that the kernel would not accept either (the trust
+    /// model, `window.rs`): passed on untouched, no state changed.
+    SegmentRefused {
+        id: SessionId,
+        dir: Dir,
+        why: SegmentRefusal,
+    },
+    /// More than `log_events_per_second` events of this kind in one second from one session:
+    /// the rest of this second's are not reported (counted in `events_throttled`).
+    Throttled {
+        id: SessionId,
+        kind: &'static str,
+    },
+    /// The session table is full and sessions are being evicted; `protected_left` is false
+    /// when only sessions with sequence offsets or live expectations were left to evict.
+    EvictionStarted {
+        max_sessions: usize,
+        protected_left: bool,
+    },
+}
+
+/// Why a segment of a tracked session was not trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentRefusal {
+    /// Outside the TCP window (conntrack marks it INVALID).
+    Window(Untrusted),
+    /// An RST whose sequence number is not the exact one expected: it closes nothing.
+    Rst,
+    /// A SYN-ACK on a live session that answers no SYN of a new connection.
+    SynAck,
+}
+
+impl SegmentRefusal {
+    /// For event lines and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            SegmentRefusal::Window(u) => u.label(),
+            SegmentRefusal::Rst => "rst_not_exact",
+            SegmentRefusal::SynAck => "synack_on_live_session",
+        }
+    }
+
+    /// For log lines.
+    pub fn describe(self) -> String {
+        match self {
+            SegmentRefusal::Window(u) => u.to_string(),
+            SegmentRefusal::Rst => {
+                "RST with a sequence number other than the expected one (closes nothing)".into()
+            }
+            SegmentRefusal::SynAck => "SYN-ACK on a live session that answers no new SYN".into(),
+        }
+    }
+}
+
+impl Event {
+    /// Which per-session throttle an event counts against (log-worthy events only).
+    fn throttle_kind(&self) -> Option<(SessionId, usize, &'static str)> {
+        match *self {
+            Event::Refused { id, .. } => Some((id, 0, "refused")),
+            Event::ParseFailed { id, .. } => Some((id, 1, "parse_failed")),
+            Event::LineTooLong { id, .. } => Some((id, 2, "line_too_long")),
+            Event::NotRewritten { id, .. } => Some((id, 3, "not_rewritten")),
+            Event::Resynced { id, .. } => Some((id, 4, "resynced")),
+            Event::SegmentRefused { id, .. } => Some((id, 5, "segment_refused")),
+            Event::HoldGaveUp { id, .. } => Some((id, 6, "hold_gave_up")),
+            _ => None,
+        }
+    }
 }
 
 /// A change of the state that must survive a daemon restart (the shell appends these to the
@@ -332,6 +401,21 @@ pub struct Stats {
     pub replies_unsolicited: u64,
     /// Actions not queued because [`MAX_ACTIONS`] were waiting (see [`Engine::poll_action`]).
     pub actions_dropped: u64,
+    /// Segments of tracked sessions outside the TCP window: passed on untouched, no state
+    /// changed (the trust model).
+    pub packets_out_of_window: u64,
+    /// RSTs whose sequence number was not the exact expected one: no session ended.
+    pub rst_ignored: u64,
+    /// SYN-ACKs on live sessions that answered no new SYN: no session replaced.
+    pub synack_ignored: u64,
+    /// Resynchronisations refused: the bytes before the segment were never acknowledged.
+    pub resyncs_refused: u64,
+    /// Announcements refused by the per-segment or per-second budget.
+    pub refused_rate_limited: u64,
+    /// Events not reported because of the per-session, per-kind log throttle.
+    pub events_throttled: u64,
+    /// Evictions that had to take a session with a sequence offset or a live expectation.
+    pub sessions_evicted_with_state: u64,
 }
 
 const MAX_EVENTS: usize = 4096;
@@ -344,6 +428,8 @@ const DATA_CT_TIMEOUT: u32 = 120;
 const MAX_GAP_DROPS: u8 = 6;
 /// Minimum segment size assumed when merging held bytes into the next segment.
 const MIN_MERGE: u32 = 536;
+/// Least recently active sessions looked at for one without state to evict.
+const EVICT_SCAN: usize = 64;
 
 /// The engine. See the module documentation.
 pub struct Engine {
@@ -364,6 +450,12 @@ pub struct Engine {
     xform: Vec<u8>,
     fmt: Vec<u8>,
     scratch_removed: Vec<(ExpectId, Expectation)>,
+    /// Handshakes in progress: the SYNs that will start the clients' windows.
+    syns: SynCache,
+    /// Evicting since the table last had room (one WARN per episode).
+    evicting: bool,
+    /// ... and it came to sessions with sequence offsets or expectations.
+    evicting_state: bool,
     /// Time of the packet or timeout being handled.
     now: Timestamp,
 }
@@ -403,6 +495,9 @@ impl Engine {
             xform: Vec::with_capacity(2048),
             fmt: Vec::with_capacity(64),
             scratch_removed: Vec::new(),
+            syns: SynCache::default(),
+            evicting: false,
+            evicting_state: false,
             now: Timestamp::ZERO,
         }
     }
@@ -639,6 +734,32 @@ impl Engine {
     }
 
     fn event(&mut self, e: Event) {
+        if let Some((sid, kind, label)) = e.throttle_kind() {
+            let (now, limit) = (self.now, self.cfg.policy.log_events_per_second);
+            let admit = match self.sessions.get_mut(&sid) {
+                Some(s) => s.throttle.admit(kind, now, limit),
+                None => Admit::Yes,
+            };
+            match admit {
+                Admit::Yes => {}
+                Admit::FirstSuppressed => {
+                    self.stats.events_throttled += 1;
+                    self.push_event(Event::Throttled {
+                        id: sid,
+                        kind: label,
+                    });
+                    return;
+                }
+                Admit::No => {
+                    self.stats.events_throttled += 1;
+                    return;
+                }
+            }
+        }
+        self.push_event(e);
+    }
+
+    fn push_event(&mut self, e: Event) {
         if self.events.len() >= MAX_EVENTS {
             self.stats.events_dropped += 1;
             return;
@@ -691,24 +812,18 @@ impl Engine {
             tuple: pkt.tuple,
             post,
         };
-        let mut found = self.sessions.lookup(&key);
-        if let (Some((sid, Dir::Reply)), false, true, true) =
-            (found, post, pkt.flags.syn, pkt.flags.ack)
-        {
-            // A SYN-ACK on a remembered connection: unless it is a retransmission of the one
-            // that started it, a new connection reuses the addresses and ports (the old one is
-            // closed or its end was missed). Forget the old one, or its sequence shifts would
-            // break the new one.
-            let same = self.sessions.get(&sid).is_some_and(|s| {
-                s.dir(Dir::Reply).synced
-                    && s.dir(Dir::Reply).next == pkt.seq.wrapping_add(1)
-                    && s.dir(Dir::Original).seqadj.is_identity()
-            });
-            if !same {
-                self.end_session(sid, EndReason::Reused);
-                found = None;
+        let found = match self.sessions.lookup(&key) {
+            Some((sid, Dir::Reply)) if !post && pkt.flags.syn && pkt.flags.ack => {
+                match self.known_synack(sid, &pkt) {
+                    Some(v) => {
+                        self.stats.packets_accepted += 1;
+                        return v;
+                    }
+                    None => None,
+                }
             }
-        }
+            x => x,
+        };
         let (sid, dir) = match found {
             Some(x) => x,
             None => {
@@ -718,7 +833,9 @@ impl Engine {
                     if !control {
                         return self.data_syn(&pkt, now);
                     }
-                    // A control connection's SYN: nothing to track until the SYN-ACK.
+                    // A control connection's SYN: nothing to track until the SYN-ACK, which
+                    // the SYN's window and scale then start.
+                    self.record_syn(&pkt);
                     self.stats.packets_accepted += 1;
                     return Verdict::Accept;
                 }
@@ -759,6 +876,37 @@ impl Engine {
         verdict
     }
 
+    /// A SYN-ACK on a live session. A new connection reuses the addresses and ports only when
+    /// the old one is closing or the SYN-ACK answers a SYN the client sent since (conntrack's
+    /// rule): then the old session ends (its sequence shifts would break the new one) and
+    /// `None` lets the caller start the new one. Anything else (a retransmission, or a spoofed
+    /// SYN-ACK) passes untouched and changes nothing.
+    fn known_synack(&mut self, sid: SessionId, pkt: &TcpPacket<'_>) -> Option<Verdict> {
+        let s = self.sessions.get(&sid)?;
+        let answers_syn = s.reopen_syn.map(|isn| isn.wrapping_add(1)) == Some(pkt.ack);
+        if s.is_closing() || answers_syn {
+            self.end_session(sid, EndReason::Reused);
+            return None;
+        }
+        let r = s.dir(Dir::Reply);
+        let retransmission = r.synced && r.next == pkt.seq.wrapping_add(1);
+        if !retransmission {
+            self.stats.synack_ignored += 1;
+            self.event(Event::SegmentRefused {
+                id: sid,
+                dir: Dir::Reply,
+                why: SegmentRefusal::SynAck,
+            });
+        }
+        Some(Verdict::Accept)
+    }
+
+    /// Remembers a control connection's SYN for the window of the session its SYN-ACK starts.
+    fn record_syn(&mut self, pkt: &TcpPacket<'_>) {
+        let seg = segment_of(pkt, None);
+        self.syns.record(pkt.tuple, seg, pkt.wscale, self.now);
+    }
+
     fn new_session(
         &mut self,
         pkt: &TcpPacket<'_>,
@@ -779,14 +927,22 @@ impl Engine {
         }
         if self.sessions.len() >= self.cfg.policy.max_sessions.max(1) {
             self.evict_one();
+        } else if self.sessions.len() < self.cfg.policy.max_sessions / 10 * 9 {
+            self.evicting = false;
+            self.evicting_state = false;
         }
         let id = SessionId(self.next_session);
-        self.next_session += 1;
+        self.next_session = self.next_session.saturating_add(1);
         let mut s = Session::new(id, ct, now);
         if dir == Dir::Reply && pkt.flags.syn && pkt.flags.ack {
-            // SYN-ACK: both streams start here, at a line start.
+            // SYN-ACK: both streams start here, at a line start, and so do both windows.
             s.dir_mut(Dir::Reply).sync(pkt.seq.wrapping_add(1), true);
             s.dir_mut(Dir::Original).sync(pkt.ack, true);
+            let syn = self.syns.take(&ct.original, pkt.ack, now);
+            let synack = segment_of(pkt, Some(pkt.ack));
+            let (client, server) = window::from_handshake(syn, &synack, pkt.wscale);
+            s.dir_mut(Dir::Original).win = client;
+            s.dir_mut(Dir::Reply).win = server;
         }
         let deadline = deadline_of(&self.cfg.policy, &s);
         self.sessions.insert(s, deadline);
@@ -808,16 +964,41 @@ impl Engine {
         Some((id, dir))
     }
 
-    /// Ends the least recently active session (bounded memory under a flood of sessions).
+    /// Ends one session to make room (bounded memory under a flood of sessions): the least
+    /// recently active one among those without sequence offsets or live expectations (idle
+    /// connections that lose nothing), looking at the [`EVICT_SCAN`] least recently active;
+    /// only when all of those have state, the least recently active one.
     fn evict_one(&mut self) {
-        let policy = &self.cfg.policy;
-        if let Some(sid) = self
-            .sessions
-            .next_due(Timestamp(u64::MAX), |s| deadline_of(policy, s))
-        {
-            self.stats.sessions_evicted += 1;
-            self.end_session(sid, EndReason::Evicted);
+        let expect = &self.expect;
+        let stateless = |s: &Session| !s.shifts_sequence() && expect.master_len(s.id) == 0;
+        let pick = self.sessions.oldest_matching(EVICT_SCAN, stateless);
+        let (sid, with_state) = match pick {
+            Some(sid) => (sid, false),
+            None => {
+                let policy = &self.cfg.policy;
+                let Some(sid) = self
+                    .sessions
+                    .next_due(Timestamp(u64::MAX), |s| deadline_of(policy, s))
+                else {
+                    return;
+                };
+                (sid, true)
+            }
+        };
+        // One WARN when evicting starts, and one more if it comes to sessions with state.
+        if !self.evicting || (with_state && !self.evicting_state) {
+            self.evicting = true;
+            self.evicting_state |= with_state;
+            self.event(Event::EvictionStarted {
+                max_sessions: self.cfg.policy.max_sessions,
+                protected_left: !with_state,
+            });
         }
+        self.stats.sessions_evicted += 1;
+        if with_state {
+            self.stats.sessions_evicted_with_state += 1;
+        }
+        self.end_session(sid, EndReason::Evicted);
     }
 
     fn end_session(&mut self, sid: SessionId, reason: EndReason) {
@@ -924,10 +1105,25 @@ impl Engine {
     fn pre(&mut self, pkt: &TcpPacket<'_>, sid: SessionId, dir: Dir, now: Timestamp) -> Verdict {
         let max_line = self.cfg.policy.max_line;
         let max_hold = self.cfg.policy.max_hold_retries;
+        if pkt.flags.syn {
+            // A SYN or SYN-ACK of a live session carries no line: it may only announce a new
+            // connection on the same addresses and ports (see `known_synack`).
+            if dir == Dir::Original && !pkt.flags.ack {
+                self.record_syn(pkt);
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.reopen_syn = Some(pkt.seq);
+                }
+            }
+            return Verdict::Accept;
+        }
+        if !self.trusted(pkt, sid, dir) {
+            return Verdict::Accept;
+        }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Verdict::Accept;
         };
         s.last_seen = now;
+        s.budget.new_segment();
         let was_closing = s.is_closing();
         if pkt.flags.rst {
             s.reset = true;
@@ -982,6 +1178,14 @@ impl Engine {
                 self.stats.packets_dropped_ooo += 1;
                 return Verdict::Drop;
             }
+            // Never resynchronise onto bytes that jumped ahead of what the receiver has
+            // acknowledged: the missing bytes must have reached it.
+            if !window::acknowledged(&s.dir(dir.flip()).win, seq) {
+                self.stats.resyncs_refused += 1;
+                self.stats.packets_dropped_ooo += 1;
+                return Verdict::Drop;
+            }
+            let d = s.dir_mut(dir);
             d.sync(seq, false);
             self.stats.resyncs += 1;
             self.event(Event::Resynced { id: sid, dir });
@@ -1136,6 +1340,49 @@ impl Engine {
             s.dir_mut(dir).seqadj.trim(crate::seqadj::MAX_RECORDS);
         }
         v
+    }
+
+    /// The trust model (`window.rs`): checks a segment of a live session against both
+    /// directions' windows, and an RST against the exact sequence number; a segment that
+    /// fails is counted and reported, and changes nothing. A trusted one moves the windows.
+    fn trusted(&mut self, pkt: &TcpPacket<'_>, sid: SessionId, dir: Dir) -> bool {
+        let checking = self.cfg.policy.tcp_window_check;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        // The acknowledgement is in the acknowledged stream's rewritten space.
+        let ack = pkt
+            .flags
+            .ack
+            .then(|| s.dir(dir.flip()).seqadj.unmap(pkt.ack));
+        let seg = segment_of(pkt, ack);
+        let [orig, reply] = &mut s.dirs;
+        let (sender, receiver) = match dir {
+            Dir::Original => (&mut orig.win, &mut reply.win),
+            Dir::Reply => (&mut reply.win, &mut orig.win),
+        };
+        let refusal = match window::check(sender, receiver, &seg) {
+            Err(u) if checking => {
+                if u == Untrusted::AckAhead {
+                    window::note_ack_beyond(sender, receiver, &seg);
+                }
+                Some(SegmentRefusal::Window(u))
+            }
+            _ if pkt.flags.rst && !window::rst_closes(sender, receiver, pkt.seq) => {
+                Some(SegmentRefusal::Rst)
+            }
+            _ => None,
+        };
+        let Some(why) = refusal else {
+            window::update(sender, receiver, &seg);
+            return true;
+        };
+        match why {
+            SegmentRefusal::Rst => self.stats.rst_ignored += 1,
+            _ => self.stats.packets_out_of_window += 1,
+        }
+        self.event(Event::SegmentRefused { id: sid, dir, why });
+        false
     }
 
     /// Feeds in-order bytes of one direction and acts on each complete line.
@@ -1340,9 +1587,20 @@ impl Engine {
         line_at: u32,
         no_rewrite: bool,
     ) {
-        let Some(s) = self.sessions.get(&sid) else {
+        let (now, per_segment, per_second) = (
+            self.now,
+            self.cfg.policy.max_announce_per_segment,
+            self.cfg.policy.max_announce_per_second,
+        );
+        let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if !s.budget.spend(now, per_segment, per_second) {
+            self.stats.refused_rate_limited += 1;
+            self.refuse(sid, kind, announced, Refusal::RateLimited);
+            return;
+        }
+        let s = &*s;
         // The announcer's real address, and where the other side's packets go.
         let peer = s.tuple(dir).src.ip();
         // 227 with 0,0,0,0 and every 229 mean "the address you are connected to": the peer.
@@ -1509,6 +1767,17 @@ impl Engine {
             addr,
             reason,
         });
+    }
+}
+
+/// A packet as the window check sees it, with its acknowledgement already mapped.
+fn segment_of(pkt: &TcpPacket<'_>, ack: Option<u32>) -> Segment {
+    Segment {
+        seq: pkt.seq,
+        end: pkt.seq_end(),
+        ack,
+        win: pkt.window,
+        syn: pkt.flags.syn,
     }
 }
 

@@ -22,6 +22,7 @@ pub mod seqadj;
 pub mod session;
 pub mod state;
 pub mod types;
+pub mod window;
 
 pub mod control;
 pub mod ctnetlink;

@@ -303,6 +303,40 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     metric(
         &mut out,
+        "ftpct_segments_refused_total",
+        "counter",
+        "Segments of tracked sessions the kernel would not accept either (the trust model): \
+         passed on untouched, no state changed.",
+        &[
+            ("reason=\"out_of_window\"", e.packets_out_of_window),
+            ("reason=\"rst_not_exact\"", e.rst_ignored),
+            ("reason=\"synack_on_live_session\"", e.synack_ignored),
+            ("reason=\"resync_unacknowledged\"", e.resyncs_refused),
+        ],
+    );
+    metric(
+        &mut out,
+        "ftpct_announcements_rate_limited_total",
+        "counter",
+        "PORT/EPRT/227/229 refused by the per-segment or per-second budget of their session.",
+        &[("", e.refused_rate_limited)],
+    );
+    metric(
+        &mut out,
+        "ftpct_events_throttled_total",
+        "counter",
+        "Events not logged because of the per-session log throttle.",
+        &[("", e.events_throttled)],
+    );
+    metric(
+        &mut out,
+        "ftpct_sessions_evicted_with_state_total",
+        "counter",
+        "Evicted sessions that had a sequence offset or a live expectation.",
+        &[("", e.sessions_evicted_with_state)],
+    );
+    metric(
+        &mut out,
         "ftpct_queue_overruns_total",
         "counter",
         "NFQUEUE overruns (ENOBUFS: the kernel dropped queued packets).",

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::checksum::u64_16bit_word;
-use etherparse::{IpNumber, IpSlice, TcpSlice};
+use etherparse::{IpNumber, IpSlice, TcpOptionElement, TcpSlice};
 
 use crate::types::FlowTuple;
 
@@ -45,6 +45,11 @@ pub struct TcpPacket<'a> {
     pub seq: u32,
     pub ack: u32,
     pub flags: Flags,
+    /// The raw (unscaled) receive window.
+    pub window: u16,
+    /// The window scale option (RFC 7323), read on SYN segments only (the only ones that may
+    /// carry it); capped at 14.
+    pub wscale: Option<u8>,
     /// Offset of the TCP header in `bytes`.
     pub tcp_off: usize,
     /// Offset of the TCP payload in `bytes`.
@@ -75,6 +80,14 @@ impl<'a> TcpPacket<'a> {
             SocketAddr::new(ip.source_addr(), tcp.source_port()),
             SocketAddr::new(ip.destination_addr(), tcp.destination_port()),
         );
+        let wscale = if tcp.syn() {
+            tcp.options_iterator().find_map(|o| match o {
+                Ok(TcpOptionElement::WindowScale(v)) => Some(v.min(14)),
+                _ => None,
+            })
+        } else {
+            None
+        };
         Ok(TcpPacket {
             bytes,
             tuple,
@@ -86,6 +99,8 @@ impl<'a> TcpPacket<'a> {
                 fin: tcp.fin(),
                 rst: tcp.rst(),
             },
+            window: tcp.window_size(),
+            wscale,
             tcp_off,
             payload_off,
             payload_end,

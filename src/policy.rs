@@ -46,6 +46,19 @@ pub struct Policy {
     /// the middle of a line (NAT-slipstreaming defence); a PORT/EPRT/227 in the first segment
     /// of such a session is then not rewritten.
     pub pickup_at_segment_start: bool,
+    /// Check every segment of a tracked session against both directions' TCP windows, as
+    /// conntrack does, and let a segment that fails change nothing (docs/design.md, "Trust
+    /// model"). Default: true. Turn off only where ftpct cannot see both directions.
+    pub tcp_window_check: bool,
+    /// Announcements (PORT/EPRT/227/229) acted on in one segment at most; the rest of the
+    /// segment's announcements are refused (`rate_limited`). Default: 32.
+    pub max_announce_per_segment: u32,
+    /// Announcements acted on per second and session at most (a bucket holding one second's
+    /// worth). Default: 2000.
+    pub max_announce_per_second: u32,
+    /// Log-worthy events (refusals, parse failures, refused segments...) per kind, session and
+    /// second at most; the rest are counted in `events_throttled`. Default: 10.
+    pub log_events_per_second: u16,
 }
 
 impl Default for Policy {
@@ -65,6 +78,10 @@ impl Default for Policy {
             session_close_linger: Duration::from_secs(10),
             data_mark: 0x4654,
             pickup_at_segment_start: false,
+            tcp_window_check: true,
+            max_announce_per_segment: 32,
+            max_announce_per_second: 2000,
+            log_events_per_second: 10,
         }
     }
 }
@@ -84,6 +101,8 @@ pub enum Refusal {
     TableFull,
     #[error("another session already expects {0}")]
     Clash(SocketAddr),
+    #[error("too many announcements in one segment or one second (max_announce_per_segment, max_announce_per_second)")]
+    RateLimited,
 }
 
 impl Refusal {
@@ -96,6 +115,7 @@ impl Refusal {
             Refusal::NoPublicPort(..) => "no_public_port",
             Refusal::TableFull => "table_full",
             Refusal::Clash(_) => "clash",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }

@@ -830,6 +830,7 @@ fn refusal_label(r: &Refusal) -> &'static str {
         Refusal::NoPublicPort(..) => "no_public_port",
         Refusal::TableFull => "table_full",
         Refusal::Clash(_) => "clash",
+        Refusal::RateLimited => "rate_limited",
     }
 }
 
@@ -1843,6 +1844,51 @@ impl<'o> Replayer<'o> {
                         "{t} {id} {} bytes missing from the capture, tracking resumes at the next line",
                         dir_label(dir)
                     )
+                }
+            }
+            Event::SegmentRefused { id, dir, why } => {
+                if json {
+                    Obj::new("segment_refused")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("dir", dir_label(dir))
+                        .s("why", why.label())
+                        .end()
+                } else {
+                    format!(
+                        "{t} {id} {} segment refused ({}): {}",
+                        dir_label(dir),
+                        why.label(),
+                        why.describe()
+                    )
+                }
+            }
+            Event::Throttled { id, kind } => {
+                if json {
+                    Obj::new("throttled")
+                        .raw("t", &t)
+                        .s("session", id)
+                        .s("kind", kind)
+                        .end()
+                } else {
+                    format!("{t} {id} more {kind} events this second are not shown")
+                }
+            }
+            Event::EvictionStarted {
+                max_sessions,
+                protected_left,
+            } => {
+                if json {
+                    Obj::new("eviction_started")
+                        .raw("t", &t)
+                        .raw("max_sessions", &max_sessions.to_string())
+                        .raw(
+                            "protected_left",
+                            if protected_left { "true" } else { "false" },
+                        )
+                        .end()
+                } else {
+                    format!("{t} session table full ({max_sessions}), evicting")
                 }
             }
         };

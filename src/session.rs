@@ -11,8 +11,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, SessionId, Timestamp};
+use crate::window::{Segment, Window};
 
 /// Index of the first `\n` in `s`, eight bytes at a time (the zero-byte test of
 /// `s ^ 0x0a0a..`: the lowest flagged byte is always a real match; higher ones may not be).
@@ -78,6 +82,8 @@ pub struct DirState {
     pub gap_drops: u8,
     /// The rewrites of this direction.
     pub seqadj: SeqAdj,
+    /// What this direction has shown of its TCP window (the trust model, `window.rs`).
+    pub win: Window,
 }
 
 impl Default for DirState {
@@ -96,6 +102,7 @@ impl Default for DirState {
             restored: false,
             gap_drops: 0,
             seqadj: SeqAdj::new(),
+            win: Window::default(),
         }
     }
 }
@@ -204,6 +211,141 @@ pub struct Session {
     /// Counters for the `sessions` listing.
     pub rewrites: u32,
     pub expectations: u32,
+    /// Sequence number of a SYN seen from the client while this session was live: a SYN-ACK
+    /// that answers it starts a new connection on the same addresses and ports.
+    pub reopen_syn: Option<u32>,
+    /// What announcements (PORT/EPRT/227/229) may still cause (rewrites, expectations, set
+    /// updates, journal records).
+    pub budget: Budget,
+    /// Log-worthy events of this session in the current second, by kind.
+    pub throttle: Throttle,
+}
+
+/// A session's allowance of announcements: at most `per_segment` in one segment, and a token
+/// bucket of `per_second` (refilled continuously, holding at most one second's worth).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    tokens: u32,
+    refilled: Timestamp,
+    in_segment: u32,
+    /// Set once the bucket was full: a new session starts with a full bucket.
+    started: bool,
+}
+
+impl Budget {
+    /// A new segment starts: its own allowance starts again.
+    pub fn new_segment(&mut self) {
+        self.in_segment = 0;
+    }
+
+    /// Takes one announcement from the allowance; false when it is spent.
+    pub fn spend(&mut self, now: Timestamp, per_segment: u32, per_second: u32) -> bool {
+        if !self.started {
+            self.started = true;
+            self.tokens = per_second;
+            self.refilled = now;
+        }
+        let elapsed = now.since(self.refilled);
+        let earned = u128::from(per_second) * elapsed.as_nanos() / 1_000_000_000;
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned).min(per_second);
+            self.refilled = now;
+        }
+        if self.in_segment >= per_segment || self.tokens == 0 {
+            return false;
+        }
+        self.in_segment += 1;
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// Event kinds whose log lines are throttled per session (see [`Throttle`]).
+pub const THROTTLED_KINDS: usize = 8;
+
+/// Counts a session's log-worthy events per kind in one-second windows, so that one peer
+/// cannot fill the log: past `limit` events of a kind in a window the rest are dropped (and
+/// counted by the engine); the first dropped one is announced once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Throttle {
+    window: Timestamp,
+    counts: [u16; THROTTLED_KINDS],
+}
+
+/// What [`Throttle::admit`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// The first one over the limit in this window: say that the rest are suppressed.
+    FirstSuppressed,
+    No,
+}
+
+impl Throttle {
+    pub fn admit(&mut self, kind: usize, now: Timestamp, limit: u16) -> Admit {
+        if now.since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.counts = [0; THROTTLED_KINDS];
+        }
+        let Some(c) = self.counts.get_mut(kind) else {
+            return Admit::Yes;
+        };
+        *c = c.saturating_add(1);
+        match (*c).cmp(&limit.saturating_add(1)) {
+            std::cmp::Ordering::Less => Admit::Yes,
+            std::cmp::Ordering::Equal => Admit::FirstSuppressed,
+            std::cmp::Ordering::Greater => Admit::No,
+        }
+    }
+}
+
+/// SYNs of control connections that have no session yet (sessions start at the SYN-ACK, when
+/// conntrack has the entry): their sequence number, window and window scale start the
+/// client's [`Window`]. Bounded: the oldest entry gives way, and an entry older than
+/// [`SYN_MAX_AGE`] is not used.
+#[derive(Default)]
+pub struct SynCache {
+    syns: HashMap<FlowTuple, (Segment, Option<u8>, Timestamp)>,
+    order: VecDeque<FlowTuple>,
+}
+
+/// Entries kept at most.
+pub const SYN_CACHE_MAX: usize = 4096;
+/// A SYN older than this does not start a window (its handshake is long over).
+pub const SYN_MAX_AGE: Duration = Duration::from_secs(75);
+
+impl SynCache {
+    pub fn record(&mut self, tuple: FlowTuple, syn: Segment, scale: Option<u8>, now: Timestamp) {
+        if self.syns.insert(tuple, (syn, scale, now)).is_none() {
+            self.order.push_back(tuple);
+        }
+        while self.syns.len() > SYN_CACHE_MAX || self.order.len() > 2 * SYN_CACHE_MAX {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.syns.remove(&old);
+        }
+    }
+
+    /// The SYN of `tuple` that `synack_ack` acknowledges, if it is recent; the entry is used up.
+    pub fn take(
+        &mut self,
+        tuple: &FlowTuple,
+        synack_ack: u32,
+        now: Timestamp,
+    ) -> Option<(Segment, Option<u8>)> {
+        let (seg, scale, at) = self.syns.remove(tuple)?;
+        (seg.end == synack_ack && now.since(at) <= SYN_MAX_AGE).then_some((seg, scale))
+    }
+
+    pub fn len(&self) -> usize {
+        self.syns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.syns.is_empty()
+    }
 }
 
 impl Session {
@@ -222,6 +364,9 @@ impl Session {
             reset: false,
             rewrites: 0,
             expectations: 0,
+            reopen_syn: None,
+            budget: Budget::default(),
+            throttle: Throttle::default(),
         }
     }
 
@@ -412,6 +557,17 @@ impl SessionTable {
             return Some(id);
         }
         None
+    }
+
+    /// Among the `n` sessions with the earliest deadline entries (the least recently active),
+    /// the first for which `pred` holds.
+    pub fn oldest_matching(&self, n: usize, pred: impl Fn(&Session) -> bool) -> Option<SessionId> {
+        self.deadlines
+            .iter()
+            .take(n)
+            .filter_map(|(_, id)| self.sessions.get(id))
+            .find(|s| pred(s))
+            .map(|s| s.id)
     }
 
     /// Deadline entries and flow keys held (for tests of the invariant).

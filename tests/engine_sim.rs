@@ -1232,7 +1232,11 @@ fn a_gap_that_never_fills_is_skipped_instead_of_wedging_the_session() {
     // bytes that reached the server without passing through the engine (queue bypass)
     let (a, b) = lab.cli.write(b"NOOP\r\n");
     let missed = lab.cli.seg(a, b);
-    lab.srv.receive(&missed);
+    lab.gw.conntrack(&missed, 0); // the kernel saw them
+                                  // ... and the server's acknowledgement of them, which does pass through (ftpct refuses
+                                  // it: it acknowledges bytes ftpct never saw, but it is what allows the resync below)
+    let ack = lab.srv.receive(&missed);
+    lab.gw.forward(&ack);
     let (c, d) = lab.cli.write(b"PORT 10,0,0,2,195,80\r\n");
     let mut delivered = false;
     for _ in 0..10 {
@@ -1333,4 +1337,388 @@ fn a_new_connection_on_a_remembered_tuple_starts_a_new_session() {
     // and a retransmitted SYN-ACK of the new connection keeps its session
     lab.gw.forward(&synack).unwrap();
     assert_eq!(lab.gw.engine.stats().sessions_started, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spoofed segments (the trust model, docs/design.md): an attacker who knows only the 4-tuple of
+// a live control connection sends segments with guessed sequence numbers. None may change a
+// session, an expectation, an offset or a stream position.
+
+/// A session with a sequence offset (+3: `10,0,0,2` becomes `203,0,113,1`) and an expectation.
+fn lab_with_offset() -> Lab {
+    let mut lab = Lab::masq(cfg());
+    lab.server_says("220 ready\r\n");
+    lab.client_says("PORT 10,0,0,2,195,80\r\n");
+    lab.server_says("200 ok\r\n");
+    assert_eq!(lab.gw.engine.expectations().len(), 1);
+    lab.gw.events.clear();
+    lab
+}
+
+/// The session goes on after the attack: its offset still applies (the server gets the
+/// rewritten stream, every byte acknowledged), and a new PORT is rewritten and expected.
+fn assert_session_intact(lab: &mut Lab) {
+    lab.client_says("NOOP\r\n");
+    lab.server_says("200 noop\r\n");
+    lab.client_says("PORT 10,0,0,2,195,81\r\n");
+    lab.server_says("200 ok\r\n");
+    assert_eq!(
+        lab.server_got(),
+        "PORT 203,0,113,1,195,80\r\nNOOP\r\nPORT 203,0,113,1,195,81\r\n"
+    );
+    assert_eq!(
+        lab.client_got(),
+        "220 ready\r\n200 ok\r\n200 noop\r\n200 ok\r\n"
+    );
+    lab.all_acked();
+    assert!(lab
+        .data_syn("198.51.100.2:20", "203.0.113.1:50001")
+        .is_some());
+    assert!(
+        !lab.events()
+            .iter()
+            .any(|e| matches!(e, Event::SessionEnd { .. } | Event::Resynced { .. })),
+        "{:?}",
+        lab.events()
+    );
+}
+
+fn spoof(lab: &mut Lab, src: &str, dst: &str, f: impl FnOnce(&mut Pkt)) -> Option<Pkt> {
+    let mut p = Pkt {
+        src: Some(sa(src)),
+        dst: Some(sa(dst)),
+        ackf: true,
+        ..Default::default()
+    };
+    f(&mut p);
+    lab.gw
+        .hook(build(&p), Hook::PreConntrack)
+        .map(|b| decode(&b))
+}
+
+/// Attack 1: a SYN-ACK with random seq/ack used to end the session as "reused" and start a new
+/// one without the offset, desynchronising the control connection.
+#[test]
+fn spoofed_synack_does_not_replace_a_live_session() {
+    let mut lab = lab_with_offset();
+    for (seq, ack) in [(0x1234_5678u32, 0x9abc_def0u32), (7, 0xfffff001)] {
+        let out = spoof(&mut lab, SRV, GW_PUB, |p| {
+            p.syn = true;
+            p.seq = seq;
+            p.ack = ack;
+        });
+        assert!(out.is_some(), "passed on untouched (conntrack decides)");
+    }
+    assert_eq!(lab.gw.engine.session_count(), 1);
+    assert_eq!(lab.gw.engine.stats().synack_ignored, 2);
+    assert_session_intact(&mut lab);
+}
+
+/// A SYN-ACK that answers a new SYN of the client on the same tuple does start a new
+/// connection (the old one's end was missed): the legitimate reuse still works.
+#[test]
+fn synack_answering_a_new_syn_replaces_the_session() {
+    let mut lab = lab_with_offset();
+    spoof(&mut lab, CLI, SRV, |p| {
+        p.syn = true;
+        p.ackf = false;
+        p.seq = 0x5555_0000;
+    });
+    spoof(&mut lab, SRV, GW_PUB, |p| {
+        p.syn = true;
+        p.seq = 0x6666_0000;
+        p.ack = 0x5555_0001;
+    });
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::SessionEnd { reason, .. } if *reason == ftpct::engine::EndReason::Reused)));
+    assert_eq!(lab.gw.engine.stats().synack_ignored, 0);
+}
+
+/// Attack 2: an RST with a random sequence number used to end the session after the close
+/// linger (normal silence while a transfer runs), losing offsets and expectations.
+#[test]
+fn spoofed_rst_with_a_wrong_sequence_number_ends_nothing() {
+    let mut lab = lab_with_offset();
+    for seq in [0x1234_5678u32, lab.srv.snd_nxt().wrapping_add(1000)] {
+        spoof(&mut lab, SRV, GW_PUB, |p| {
+            p.rst = true;
+            p.seq = seq;
+            p.ack = 0;
+            p.ackf = false;
+        })
+        .expect("passed on");
+    }
+    // the first is outside the window, the second inside it but not exact
+    assert_eq!(lab.gw.engine.stats().packets_out_of_window, 1);
+    assert_eq!(lab.gw.engine.stats().rst_ignored, 1);
+    // 20 s without packets: longer than the close linger
+    lab.gw.now = lab.gw.now.plus(std::time::Duration::from_secs(20));
+    let now = lab.gw.now;
+    lab.gw.engine.handle_timeout(now);
+    assert_eq!(lab.gw.engine.session_count(), 1);
+    assert_session_intact(&mut lab);
+}
+
+/// The real RST (at the sequence number the client acknowledged) does end the session.
+#[test]
+fn exact_rst_ends_the_session() {
+    let mut lab = lab_with_offset();
+    let seq = lab.srv.snd_nxt();
+    spoof(&mut lab, SRV, GW_PUB, |p| {
+        p.rst = true;
+        p.seq = seq;
+        p.ackf = false;
+    });
+    lab.gw.now = lab.gw.now.plus(std::time::Duration::from_secs(20));
+    let now = lab.gw.now;
+    lab.gw.engine.handle_timeout(now);
+    assert_eq!(lab.gw.engine.session_count(), 0);
+}
+
+/// Attack 3: segments ~1 MB ahead used to force a resync after six drops, after which the
+/// client's real PORT was taken for a retransmission: no rewrite, no expectation.
+#[test]
+fn out_of_window_segments_force_no_resync() {
+    let mut lab = lab_with_offset();
+    let ahead = lab.cli.snd_nxt().wrapping_add(1_000_000);
+    let ack = lab.cli.rcv_nxt();
+    for i in 0..7u32 {
+        spoof(&mut lab, CLI, SRV, |p| {
+            p.seq = ahead.wrapping_add(i * 100);
+            p.ack = ack;
+            p.payload = b"NOOP\r\n".to_vec();
+        })
+        .expect("passed on untouched");
+    }
+    assert_eq!(lab.gw.engine.stats().packets_out_of_window, 7);
+    assert_eq!(lab.gw.engine.stats().resyncs, 0);
+    assert_session_intact(&mut lab);
+}
+
+/// Attack 4: blind segments with `x\r\nPORT <client>,31,144` ahead of the stream used to plant
+/// an expectation for port 8080. Far ahead they are out of the window; a little ahead (inside
+/// the window, so dropped as out of order) they never resynchronise the stream, because the
+/// server never acknowledged the bytes before them.
+#[test]
+fn blind_spoofed_port_plants_no_expectation() {
+    let mut lab = lab_with_offset();
+    let ack = lab.cli.rcv_nxt();
+    for off in [3_000_000u32, 200, 400, 600, 800, 1000, 1200, 1400, 1600] {
+        let seq = lab.cli.snd_nxt().wrapping_add(off);
+        spoof(&mut lab, CLI, SRV, |p| {
+            p.seq = seq;
+            p.ack = ack;
+            p.payload = b"x\r\nPORT 10,0,0,2,31,144\r\n".to_vec();
+        });
+    }
+    let st = lab.gw.engine.stats().clone();
+    assert_eq!(st.resyncs, 0);
+    assert!(
+        st.resyncs_refused > 0 && st.packets_out_of_window >= 1,
+        "{st:?}"
+    );
+    assert!(lab
+        .gw
+        .engine
+        .expectations()
+        .iter()
+        .all(|(_, e)| e.dst.port() != 8080));
+    assert_session_intact(&mut lab);
+}
+
+/// Attack 5: server behind a port forward; a spoofed `227` from the server's private address
+/// with a guessed sequence number used to open an inbound pinhole to 192.168.1.10:8080.
+#[test]
+fn spoofed_227_opens_no_pinhole() {
+    let mut lab = Lab::dnat(cfg());
+    lab.server_says("220 ready\r\n");
+    lab.client_says("PASV\r\n");
+    for seq in [0x0bad_cafe_u32, lab.srv.snd_nxt().wrapping_add(5_000_000)] {
+        let out = spoof(&mut lab, "10.1.0.2:21", "198.51.100.7:40000", |p| {
+            p.seq = seq;
+            p.ack = 0x1000;
+            p.payload = b"227 Entering Passive Mode (10,1,0,2,31,144)\r\n".to_vec();
+        })
+        .expect("passed on untouched");
+        assert_eq!(
+            out.payload, b"227 Entering Passive Mode (10,1,0,2,31,144)\r\n",
+            "not rewritten"
+        );
+    }
+    assert_eq!(lab.gw.engine.expectations().len(), 0);
+    assert_eq!(lab.gw.engine.stats().packets_out_of_window, 2);
+    assert!(lab
+        .data_syn("198.51.100.7:50000", "203.0.113.1:8080")
+        .is_none());
+    // the real reply still works
+    lab.server_says("227 Entering Passive Mode (10,1,0,2,195,80)\r\n");
+    assert_eq!(lab.gw.engine.expectations().len(), 1);
+}
+
+/// Attack 6: one segment full of PORT lines. Bounce PORTs used to give 81 WARN lines; PORTs of
+/// the client's own address 140 set updates and hundreds of journal records and events. Now
+/// a segment acts on at most `max_announce_per_segment` announcements and a session reports
+/// at most `log_events_per_second` events of a kind per second (then one `Throttled`).
+#[test]
+fn one_segment_of_port_lines_is_bounded() {
+    let mut lab = Lab::masq(cfg());
+    lab.server_says("220 ready\r\n");
+    let bounce: String = "PORT 1,2,3,4,5,6\r\n".repeat(1458 / 18);
+    lab.client_says(&bounce);
+    let refused = lab
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::Refused { .. }))
+        .count();
+    let policy = Policy::default();
+    assert_eq!(refused, usize::from(policy.log_events_per_second));
+    assert_eq!(
+        lab.events()
+            .iter()
+            .filter(|e| matches!(e, Event::Throttled { .. }))
+            .count(),
+        1
+    );
+    assert!(lab.gw.engine.stats().events_throttled >= 70);
+    lab.gw.events.clear();
+    // refused ones count against the budget too (it bounds the work, not only the successes)
+    let limited_before = lab.gw.engine.stats().refused_rate_limited;
+    assert_eq!(
+        limited_before,
+        1458 / 18 - u64::from(policy.max_announce_per_segment)
+    );
+    let own: String = (0..80)
+        .map(|i| format!("PORT 10,0,0,2,100,{i}\r\n"))
+        .collect();
+    lab.client_says(&own);
+    let st = lab.gw.engine.stats();
+    let cap = u64::from(policy.max_announce_per_segment);
+    assert_eq!(st.expect_created, cap);
+    assert_eq!(st.rewrites, cap);
+    assert_eq!(st.refused_rate_limited - limited_before, 80 - cap);
+    let watches = lab
+        .gw
+        .take_actions()
+        .iter()
+        .filter(|a| matches!(a, Action::WatchDst { .. } | Action::UnwatchDst { .. }))
+        .count() as u64;
+    assert!(
+        watches <= 2 * cap,
+        "{watches} set updates: {:?}",
+        lab.gw.actions
+    );
+}
+
+/// The per-second budget: past `max_announce_per_second` in one second, announcements are
+/// refused until the bucket refills.
+#[test]
+fn announcements_per_second_are_bounded_and_refill() {
+    let mut c = cfg();
+    c.policy.max_announce_per_second = 5;
+    let mut lab = Lab::masq(c);
+    lab.server_says("220 ready\r\n");
+    for i in 0..8u8 {
+        lab.client_says(&format!("PORT 10,0,0,2,100,{i}\r\n"));
+        lab.server_says("200 ok\r\n");
+    }
+    assert_eq!(lab.gw.engine.stats().expect_created, 5);
+    assert_eq!(lab.gw.engine.stats().refused_rate_limited, 3);
+    lab.gw.now = lab.gw.now.plus(std::time::Duration::from_secs(1));
+    lab.client_says("PORT 10,0,0,2,100,99\r\n");
+    assert_eq!(lab.gw.engine.stats().expect_created, 6);
+}
+
+/// Attack 7: at `max_sessions`, eviction used to take the least recently active session, which
+/// is the idle control connection of a running transfer (with an offset). Sessions without
+/// offsets or expectations go first now, with one WARN when eviction starts.
+#[test]
+fn eviction_spares_sessions_with_offsets_and_expectations() {
+    let mut c = cfg();
+    c.policy.max_sessions = 4;
+    let mut lab = Lab::masq(c);
+    lab.server_says("220 ready\r\n");
+    lab.client_says("PORT 10,0,0,2,195,80\r\n");
+    lab.server_says("200 ok\r\n");
+    lab.gw.events.clear();
+    // an inside user opens 20 more control connections (only their SYN-ACKs matter here)
+    for port in 41000..41020u16 {
+        let cli = sa(&format!("10.0.0.2:{port}"));
+        let public = sa(&format!("203.0.113.1:{port}"));
+        let ct = CtTuples {
+            original: FlowTuple::new(cli, sa(SRV)),
+            reply: FlowTuple::new(sa(SRV), public),
+        };
+        let synack = Pkt {
+            src: Some(sa(SRV)),
+            dst: Some(public),
+            seq: 77,
+            ack: 1001,
+            syn: true,
+            ackf: true,
+            ..Default::default()
+        };
+        lab.gw.now = lab.gw.now.plus(std::time::Duration::from_millis(10));
+        let bytes = build(&synack);
+        let v =
+            lab.gw
+                .engine
+                .handle_packet(&bytes, Hook::PreConntrack, CtHint::Found(ct), lab.gw.now);
+        assert_eq!(v, Verdict::Accept);
+    }
+    while let Some(e) = lab.gw.engine.poll_event() {
+        lab.gw.events.push(e);
+    }
+    let st = lab.gw.engine.stats();
+    assert_eq!(st.sessions_evicted, 17);
+    assert_eq!(st.sessions_evicted_with_state, 0);
+    let warns: Vec<_> = lab
+        .events()
+        .iter()
+        .filter(|e| matches!(e, Event::EvictionStarted { .. }))
+        .collect();
+    assert_eq!(warns.len(), 1, "{warns:?}");
+    lab.gw.events.clear();
+    assert_session_intact(&mut lab);
+}
+
+/// When every session has state, eviction still bounds memory, and says so.
+#[test]
+fn eviction_of_sessions_with_state_is_counted_and_warned() {
+    let mut c = cfg();
+    c.policy.max_sessions = 1;
+    let mut lab = Lab::masq(c);
+    lab.server_says("220 ready\r\n");
+    lab.client_says("PORT 10,0,0,2,195,80\r\n");
+    let public = sa("203.0.113.1:41000");
+    let ct = CtTuples {
+        original: FlowTuple::new(sa("10.0.0.2:41000"), sa(SRV)),
+        reply: FlowTuple::new(sa(SRV), public),
+    };
+    let synack = Pkt {
+        src: Some(sa(SRV)),
+        dst: Some(public),
+        seq: 77,
+        ack: 1001,
+        syn: true,
+        ackf: true,
+        ..Default::default()
+    };
+    let now = lab.gw.now;
+    lab.gw
+        .engine
+        .handle_packet(&build(&synack), Hook::PreConntrack, CtHint::Found(ct), now);
+    assert_eq!(lab.gw.engine.stats().sessions_evicted_with_state, 1);
+    let mut warned = false;
+    while let Some(e) = lab.gw.engine.poll_event() {
+        warned |= matches!(
+            e,
+            Event::EvictionStarted {
+                protected_left: false,
+                ..
+            }
+        );
+    }
+    assert!(warned);
 }
