@@ -16,9 +16,20 @@ fn walk(attrs: AttrIter<'_>, data: &[u8], depth: u32) {
         if !p.is_empty() {
             let (lo, hi) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
             let (pl, ph) = (p.as_ptr() as usize, p.as_ptr() as usize + p.len());
-            assert!(lo <= pl && ph <= hi, "attribute payload outside the datagram");
+            assert!(
+                lo <= pl && ph <= hi,
+                "attribute payload outside the datagram"
+            );
         }
-        let _ = (a.u8(), a.be16(), a.be32(), a.be64(), a.ipv4(), a.ipv6(), a.str());
+        let _ = (
+            a.u8(),
+            a.be16(),
+            a.be32(),
+            a.be64(),
+            a.ipv4(),
+            a.ipv6(),
+            a.str(),
+        );
         if depth < 4 {
             walk(a.nested(), data, depth + 1);
         }

@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
         // Small tables: the default ones (1 Mi expectations) cost milliseconds to set up.
         opts.policy.max_expectations = 256;
         opts.policy.max_sessions = 256;
-        opts.format = if json { OutputFormat::Json } else { OutputFormat::Text };
+        opts.format = if json {
+            OutputFormat::Json
+        } else {
+            OutputFormat::Text
+        };
         let mut out = Vec::new();
         let _ = replay(data, &opts, &mut out);
         if json {
