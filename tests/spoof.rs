@@ -75,6 +75,10 @@ enum Attack {
     SynAck,
     /// Attack 2: RST from the server's address with a random sequence number.
     Rst,
+    /// Attack 2 by an attacker who knows the window (an on-path observer, or a spray with a step
+    /// smaller than the window): RSTs inside the client's receive window, not at the exact next
+    /// sequence number (RFC 5961 3.2: answer with a challenge ACK, do not reset).
+    RstInWindow,
     /// Attack 4 (and 3): blind `PORT <client>,31,144` from the client's address, sprayed.
     BlindPort,
     /// Attack 5: blind `227 (<server private>,31,144)` from the server's address, sprayed.
@@ -357,6 +361,32 @@ fn pinhole_entries(lab: &Lab, inside: &str) -> Vec<String> {
         .collect()
 }
 
+/// Starts `spoof.py sniff` in the gateway on `to-srv`, for the server's segments from the
+/// control port: it keeps the server's next sequence number in `out`.
+fn start_sniffer(lab: &Lab, out: &Path) -> Background {
+    let port = lab.port().to_string();
+    let out = out.to_string_lossy().into_owned();
+    let mut child = lab.spawn_python(
+        "gw",
+        "spoof.py",
+        &[
+            "sniff", "--iface", "to-srv", "--sport", &port, "--out", &out,
+        ],
+    );
+    let mut line = String::new();
+    let mut so = BufReader::new(child.stdout.take().expect("stdout"));
+    let _ = so.read_line(&mut line);
+    if line.trim() != "READY" {
+        let mut err = String::new();
+        let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the sniffer did not start: {line}{err}");
+    }
+    child.stdout = Some(so.into_inner());
+    Background(Some(child))
+}
+
 /// Starts `spoof.py listen` on [`ATTACK_PORT`] in namespace `which`; waits until it listens.
 fn start_listener(lab: &Lab, which: &str) -> Background {
     let port = ATTACK_PORT.to_string();
@@ -376,9 +406,10 @@ fn start_listener(lab: &Lab, which: &str) -> Background {
     Background(Some(child))
 }
 
-/// Sends the attack from the attacker namespace; returns the number of segments sent.
+/// Sends the attack from the attacker namespace; returns the number of segments sent. `next`:
+/// the server's next sequence number, for [`Attack::RstInWindow`].
 #[track_caller]
-fn send_attack(lab: &Lab, attack: Attack, ct: &CtTuple) -> (u64, Run) {
+fn send_attack(lab: &Lab, attack: Attack, ct: &CtTuple, next: Option<u32>) -> (u64, Run) {
     let cli_ip = lab.env_var("CLI_IP");
     let srv_ip = lab.env_var("SRV_IP");
     let dotted = |ip: &str| ip.replace('.', ",");
@@ -391,6 +422,10 @@ fn send_attack(lab: &Lab, attack: Attack, ct: &CtTuple) -> (u64, Run) {
         Attack::Rst => {
             let (s, d) = ct.as_server();
             (s, d, "R", String::new(), 4, 1)
+        }
+        Attack::RstInWindow => {
+            let (s, d) = ct.as_server();
+            (s, d, "R", String::new(), 0, 1)
         }
         Attack::BlindPort => {
             let (s, d) = ct.as_client();
@@ -408,25 +443,39 @@ fn send_attack(lab: &Lab, attack: Attack, ct: &CtTuple) -> (u64, Run) {
     };
     let spray = spray.to_string();
     let copies = copies.to_string();
-    let r = lab.python(
-        "att",
-        "spoof.py",
-        &[
-            "tcp",
-            "--src",
-            &src,
-            "--dst",
-            &dst,
-            "--flags",
-            flags,
-            "--payload",
-            &payload,
-            "--spray",
-            &spray,
-            "--copies",
-            &copies,
-        ],
-    );
+    let mut args = vec![
+        "tcp",
+        "--src",
+        &src,
+        "--dst",
+        &dst,
+        "--flags",
+        flags,
+        "--payload",
+        &payload,
+        "--spray",
+        &spray,
+        "--copies",
+        &copies,
+    ];
+    // In the window, never at the exact next sequence number.
+    let list = next
+        .map(|n| {
+            [1u32, 64, 512, 2048]
+                .iter()
+                .map(|d| n.wrapping_add(*d).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    if attack == Attack::RstInWindow {
+        assert!(
+            next.is_some(),
+            "RstInWindow needs the sniffed sequence number"
+        );
+        args.extend(["--seq-list", &list]);
+    }
+    let r = lab.python("att", "spoof.py", &args);
     assert!(r.ok(), "spoof.py failed: {r}");
     let sent = r
         .stdout
@@ -458,6 +507,9 @@ fn scenario(test: &str, attack: Attack, alg: Alg) {
         _ => ("cli", cli_ip.clone(), "srv"),
     };
     let listener = attack.pinhole().then(|| start_listener(&lab, inside_ns));
+    // The in-window RST's attacker watches the server's segments on the gateway's link to it.
+    let next_file = lab.state_dir().join("server-next.txt");
+    let sniffer = (attack == Attack::RstInWindow).then(|| start_sniffer(&lab, &next_file));
 
     // The real session, paused in the middle of the 4 MiB transfer.
     let here = lab.state_dir().join("pause.reached");
@@ -513,17 +565,29 @@ fn scenario(test: &str, attack: Attack, alg: Alg) {
     let invalid0 = conntrack_invalid(&lab);
 
     // The attack.
-    let (sent, spoof_run) = send_attack(&lab, attack, &ct);
+    let next = sniffer.as_ref().map(|_| {
+        let text = std::fs::read_to_string(&next_file).unwrap_or_default();
+        text.trim()
+            .strip_prefix("NEXT ")
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or_else(|| {
+                panic!("[{test}] the sniffer saw no data segment from the server: {text:?}")
+            })
+    });
+    drop(sniffer);
+    let (sent, spoof_run) = send_attack(&lab, attack, &ct, next);
     c.note(format!(
         "{attack:?} against {alg:?}: sent {sent} segments\n{}",
         spoof_run.stdout.trim_end()
     ));
     // Let the gateway handle them; after a RST, longer than ftpct's close linger (1 s).
-    std::thread::sleep(Duration::from_millis(if attack == Attack::Rst {
-        2500
-    } else {
-        300
-    }));
+    std::thread::sleep(Duration::from_millis(
+        if matches!(attack, Attack::Rst | Attack::RstInWindow) {
+            2500
+        } else {
+            300
+        },
+    ));
 
     // Right after the attack, while the transfer is still paused.
     let rx = attacker_rx_packets(&lab) - rx0;
@@ -633,6 +697,7 @@ fn scenario(test: &str, attack: Attack, alg: Alg) {
         let own = match attack {
             Attack::SynAck => Some("synack_ignored"),
             Attack::Rst => Some("rst_ignored"),
+            Attack::RstInWindow => Some("rst_ignored"),
             _ => None,
         };
         let names: Vec<&str> = std::iter::once("packets_out_of_window")
@@ -646,6 +711,15 @@ fn scenario(test: &str, attack: Attack, alg: Alg) {
         } else {
             let d_oow = delta(s0, &s1, "packets_out_of_window");
             match own {
+                Some(name) if attack == Attack::RstInWindow => {
+                    // In the window: only the exact-sequence rule refuses these.
+                    let d_own = delta(s0, &s1, name);
+                    c.check(
+                        d_own >= sent,
+                        format!("{sent} in-window RSTs, but {name} +{d_own} (packets_out_of_window +{d_oow})"),
+                    );
+                    c.note(format!("{name} +{d_own}, packets_out_of_window +{d_oow}"));
+                }
                 Some(name) => {
                     // Whichever check refuses the segment first counts it: its own counter or
                     // the window check's.
@@ -722,6 +796,32 @@ fn spoofed_rst_with_a_random_seq_kernel_helper() {
     scenario(
         "spoofed_rst_with_a_random_seq_kernel_helper",
         Attack::Rst,
+        Alg::KernelHelper,
+    );
+}
+
+/// Attack 2 by an attacker who knows where the window is (it watched the server's segments on
+/// the gateway's link, or sprayed with a step smaller than the window): four RSTs from the
+/// server's address at 1, 64, 512 and 2048 bytes past the server's next sequence number,
+/// inside the client's window but not at the exact next sequence number. conntrack lets them
+/// through (a possible challenge ACK) and the client answers each with a challenge ACK (RFC
+/// 5961); ftpct must not close the session either: `rst_ignored` counts every one.
+#[test]
+fn spoofed_rst_in_the_window_ftpct() {
+    scenario(
+        "spoofed_rst_in_the_window_ftpct",
+        Attack::RstInWindow,
+        Alg::Ftpct,
+    );
+}
+
+/// The in-window RSTs against the kernel helper. Measured: conntrack accepts them without
+/// changing the connection's state, the client sends challenge ACKs, the session goes on.
+#[test]
+fn spoofed_rst_in_the_window_kernel_helper() {
+    scenario(
+        "spoofed_rst_in_the_window_kernel_helper",
+        Attack::RstInWindow,
         Alg::KernelHelper,
     );
 }

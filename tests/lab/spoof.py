@@ -15,8 +15,14 @@ namespace (`lab.sh attacker`), which routes everything to the gateway.
       --spray N: N sequence numbers spread evenly over the whole 32-bit space from a random base
       (base + k * 2^32 / N): a blind attacker's way to have one of them land ahead of the real
       stream by less than 2^32 / N, whatever the real sequence number is.
+      --seq-list N,N,...: these sequence numbers instead (e.g. next to a sniffed one).
       --copies K: each segment sent K times in a row (default 1).
       Prints one line per sequence number and a last line "SENT <count>".
+
+  spoof.py sniff --iface IF --sport P --out FILE [--seconds S]
+      Watches IF (AF_PACKET) for IPv4 TCP segments with source port P that carry data and keeps
+      in FILE (rewritten each time) the line "NEXT <seq + length>" of the last one: the next
+      sequence number of that sender, as an on-path observer learns it. Prints READY first.
 
   spoof.py listen --port P [--addr A] [--seconds S]
       A TCP listener (prints READY, then one "ACCEPTED <peer>" line per connection, closes each).
@@ -30,6 +36,7 @@ Only addresses of the lab's own namespaces are ever given to it by the tests.
 
 import argparse
 import codecs
+import os
 import random
 import socket
 import struct
@@ -80,7 +87,9 @@ def cmd_tcp(a):
             raise SystemExit("unknown TCP flag %r (use S A R P F U)" % c)
         flags |= FLAG_BITS[c]
     payload = codecs.decode(a.payload.encode("latin-1"), "unicode_escape").encode("latin-1")
-    if a.spray:
+    if a.seq_list:
+        seqs = [int(x, 0) & 0xFFFFFFFF for x in a.seq_list.split(",")]
+    elif a.spray:
         base = num(a.seq)
         seqs = [(base + k * ((1 << 32) // a.spray)) & 0xFFFFFFFF for k in range(a.spray)]
     else:
@@ -99,6 +108,37 @@ def cmd_tcp(a):
               % (src_s, sport, dst_s, dport, a.flags, seq, ack, len(payload), a.copies))
     s.close()
     print("SENT %d" % sent, flush=True)
+    return 0
+
+
+def cmd_sniff(a):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    s.bind((a.iface, 0))
+    s.settimeout(0.2)
+    print("READY", flush=True)
+    t_end = time.monotonic() + a.seconds
+    while time.monotonic() < t_end:
+        try:
+            frame = s.recv(65600)
+        except socket.timeout:
+            continue
+        if len(frame) < 14 + 40 or frame[12:14] != b"\x08\x00":
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack("!H", ip[2:4])[0]
+        if ip[9] != socket.IPPROTO_TCP or len(ip) < ihl + 20:
+            continue
+        tcp = ip[ihl:]
+        sport, _, seq = struct.unpack("!HHI", tcp[:8])
+        doff = (tcp[12] >> 4) * 4
+        plen = total - ihl - doff
+        if sport != a.sport or plen <= 0:
+            continue
+        tmp = a.out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("NEXT %d\n" % ((seq + plen) & 0xFFFFFFFF))
+        os.replace(tmp, a.out)
     return 0
 
 
@@ -143,18 +183,25 @@ def main():
     t.add_argument("--window", type=int, default=502)
     t.add_argument("--payload", default="")
     t.add_argument("--spray", type=int, default=0)
+    t.add_argument("--seq-list", default="")
     t.add_argument("--copies", type=int, default=1)
     t.add_argument("--gap-ms", type=float, default=0.0)
     ls = sub.add_parser("listen")
     ls.add_argument("--port", type=int, required=True)
     ls.add_argument("--addr", default="0.0.0.0")
     ls.add_argument("--seconds", type=float, default=60)
+    sn = sub.add_parser("sniff")
+    sn.add_argument("--iface", required=True)
+    sn.add_argument("--sport", type=int, required=True)
+    sn.add_argument("--out", required=True)
+    sn.add_argument("--seconds", type=float, default=60)
     c = sub.add_parser("connect")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--timeout", type=float, default=2)
     a = p.parse_args()
-    return {"tcp": cmd_tcp, "listen": cmd_listen, "connect": cmd_connect}[a.cmd](a)
+    return {"tcp": cmd_tcp, "sniff": cmd_sniff, "listen": cmd_listen,
+            "connect": cmd_connect}[a.cmd](a)
 
 
 if __name__ == "__main__":
