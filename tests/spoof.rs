@@ -345,6 +345,20 @@ fn kernel_expectations_for_attack_port(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
+/// Every conntrack entry (any direction) with port [`ATTACK_PORT`] in the gateway.
+fn conntrack_entries_to_attack_port(lab: &Lab) -> Vec<String> {
+    let r = lab.exec("gw", &["conntrack", "-L"]);
+    let want = [
+        format!("dport={ATTACK_PORT}"),
+        format!("sport={ATTACK_PORT}"),
+    ];
+    r.stdout
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| want.iter().any(|x| x == w)))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Conntrack entries to [`ATTACK_PORT`] that the gateway NATs to `inside` (the host behind it):
 /// a pinhole. (A SYN to the gateway's own address on that port, refused by the gateway, has an
 /// entry too, but not NATed.)
@@ -603,6 +617,11 @@ fn scenario(test: &str, attack: Attack, alg: Alg) {
     c.check(
         k.is_empty(),
         format!("kernel expectation(s) for port {ATTACK_PORT}: {k:?}"),
+    );
+    let e = conntrack_entries_to_attack_port(&lab);
+    c.check(
+        e.is_empty(),
+        format!("conntrack entries to port {ATTACK_PORT} before anyone connected there: {e:?}"),
     );
     if ftpct {
         if let (Some(q0), Some(q)) = (queued0, lab.nfqueue_proc().map(|q| q.id_sequence)) {
