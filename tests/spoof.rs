@@ -12,6 +12,9 @@
 //! - [`spoofed_synack_on_a_live_session_ftpct`]: SYN-ACKs "from the server" with random seq/ack,
 //!   after PORT rewrites that shortened the client's stream (masq: the session has an offset);
 //! - [`spoofed_rst_with_a_random_seq_ftpct`]: RSTs "from the server" at random sequence numbers;
+//! - [`spoofed_rst_in_the_window_ftpct`]: RSTs "from the server" inside the client's window but
+//!   not at the exact next sequence number (this attacker also watched the server's segments on
+//!   the gateway's link: the one test where it knows more than the 4-tuple);
 //! - [`blind_spoofed_port_ftpct`]: `x\r\nPORT <client>,31,144\r\n` "from the client", sprayed
 //!   over the whole sequence space (one sequence number lands less than 2^28 ahead of the real
 //!   stream, whatever it is; each sent 8 times, more than ftpct's out-of-order drops before a
@@ -32,14 +35,15 @@
 //!   is not vacuous because the attack went nowhere;
 //! - at the pause, right after the attack: ftpct still tracks the same session (same id), open,
 //!   with the same sequence offsets; no resync, no expectation created, no expectation in
-//!   `ftpct list` for port 8080, none in `conntrack -L expect`;
+//!   `ftpct list` for port 8080, none in `conntrack -L expect`, no entry in `conntrack -L`;
 //! - the whole session succeeds (every file sha256-checked);
 //! - afterwards nothing reaches the inside host's listener on 8080 through the gateway's public
 //!   address (a planted expectation would DNAT it there), and no conntrack entry to 8080 is
 //!   NATed to the inside host;
-//! - the refusals are counted: `synack_ignored`, `rst_ignored` (for these two, the count of the
-//!   segment's own counter plus `packets_out_of_window` covers every segment sent: whichever
-//!   check refuses it first) and `packets_out_of_window` (> 0) for the sprayed data segments.
+//! - the refusals are counted: `synack_ignored`, `rst_ignored` (for the SYN-ACKs and the random
+//!   RSTs, the segment's own counter plus `packets_out_of_window` covers every segment sent:
+//!   whichever check refuses it first; the in-window RSTs all in `rst_ignored`) and
+//!   `packets_out_of_window` (> 0) for the sprayed data segments.
 //!   These counters come with the engine's fix for issue 10; [`counter`] fails with a message
 //!   naming the missing counter when the daemon does not report it.
 //!
