@@ -359,6 +359,15 @@ impl Lab {
         assert!(r.ok(), "[{}] server start failed: {r}", self.test);
     }
 
+    /// Adds the attacker namespace `PREFIX-att` (`lab.sh attacker`): its own veth into the
+    /// gateway (`to-att`, 198.18.0.1 ↔ 198.18.0.2), rp_filter off in the gateway. Removed with
+    /// the lab (`lab.sh down`, also when the test fails). IPv4 topologies only.
+    #[track_caller]
+    pub fn attacker(&self) {
+        let r = self.sh("attacker", &[]);
+        assert!(r.ok(), "[{}] lab.sh attacker failed: {r}", self.test);
+    }
+
     /// Attaches (or detaches) the kernel's FTP helper on the control port in the gateway.
     #[track_caller]
     pub fn kernel_helper(&self, on: bool) {
@@ -403,7 +412,8 @@ impl Lab {
         }
     }
 
-    /// Runs a command in one of the lab's namespaces (`cli`, `gw`, `srv`).
+    /// Runs a command in one of the lab's namespaces (`cli`, `gw`, `srv`, and `att` after
+    /// [`Lab::attacker`]).
     pub fn exec(&self, which: &str, argv: &[&str]) -> Run {
         let ns = self.ns(which);
         let mut c = Command::new("ip");
@@ -937,7 +947,7 @@ impl Lab {
             }
         }
         let r = self.sh("down", &[]);
-        let left: Vec<String> = ["cli", "gw", "srv"]
+        let left: Vec<String> = ["cli", "gw", "srv", "att"]
             .iter()
             .map(|w| self.ns(w))
             .filter(|n| Path::new("/run/netns").join(n).exists())

@@ -19,6 +19,11 @@ Steps, executed in order (TEXT may use \\r, \\n, \\t and \\xHH escapes):
                              with sha256 against --root/FILE; PORT (empty = any) fixes the local
                              data port of the active modes; PAD sends "NOOP " + PAD x's and the
                              PORT/EPRT line in one write (to place a segment boundary inside it)
+  retrpause:MODE:FILE:BYTES:MARK:GO
+                             the same as retr (any local port, sha256-checked), but after BYTES
+                             bytes of data it creates the empty file MARK, waits (at most 30 s)
+                             until GO exists and only then reads the rest: the test acts while
+                             the transfer runs (the data connection open, the final reply due)
   retrfail:MODE:FILE[:PORT][=>CODES]
                              the same, but the transfer must FAIL: no data connection and a reply
                              with one of CODES (default 4,5); the session goes on
@@ -111,16 +116,35 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def recv_all(conn, timeout):
+def wait_file(path, secs):
+    t_end = time.monotonic() + secs
+    while not os.path.exists(path):
+        if time.monotonic() > t_end:
+            raise Fail("%s did not appear" % path)
+        time.sleep(0.02)
+
+
+def recv_all(conn, timeout, pause=None):
+    """Reads the data connection to its end; pause = (BYTES, MARK, GO): after BYTES bytes,
+    create MARK and wait for GO before reading on."""
     conn.settimeout(timeout)
     h = hashlib.sha256()
     n = 0
     while True:
-        d = conn.recv(65536)
+        want = 65536
+        if pause is not None:
+            want = max(1, min(want, pause[0] - n))
+        d = conn.recv(want)
         if not d:
             break
         h.update(d)
         n += len(d)
+        if pause is not None and n >= pause[0]:
+            log("paused after %d bytes of data" % n)
+            open(pause[1], "w").close()
+            wait_file(pause[2], 30)
+            log("resumed")
+            pause = None
     conn.close()
     return h.hexdigest(), n
 
@@ -188,7 +212,7 @@ def wait_accept(c, lst, timeout):
     return None, None
 
 
-def retr(c, args, mode, name, fixed_port, fail_codes=None, pad=None):
+def retr(c, args, mode, name, fixed_port, fail_codes=None, pad=None, pause=None):
     """A whole transfer. With fail_codes, the transfer must FAIL with one of these reply codes
     (and no data), and the session goes on."""
     if mode in ("port", "eprt"):
@@ -223,7 +247,7 @@ def retr(c, args, mode, name, fixed_port, fail_codes=None, pad=None):
         c.reply(["1"])
     if fail_codes:
         raise Fail("the transfer of %s in %s was expected to fail (%s) but a data connection came" % (name, mode, ",".join(fail_codes)))
-    got, n = recv_all(conn, args.timeout)
+    got, n = recv_all(conn, args.timeout, pause)
     c.reply(["226"])
     want = sha256_file(os.path.join(args.root, name))
     if got != want:
@@ -304,15 +328,14 @@ def run(args):
             if args.max_transfer_seconds and took > args.max_transfer_seconds:
                 raise Fail("%s took %.2f s (at most %.2f s allowed): the control connection stalled"
                            % (step, took, args.max_transfer_seconds))
+        elif kind == "retrpause":
+            mode, name, nbytes, mark, go = rest.split(":")
+            retr(c, args, mode, name, 0, pause=(int(nbytes), mark, go))
         elif kind == "mark":
             open(rest, "w").close()
         elif kind == "waitfor":
             path, _, secs = rest.partition(":")
-            t_end = time.monotonic() + float(secs or 10)
-            while not os.path.exists(path):
-                if time.monotonic() > t_end:
-                    raise Fail("%s did not appear" % path)
-                time.sleep(0.02)
+            wait_file(path, float(secs or 10))
         elif kind == "longline":
             size, _, prefix = rest.partition(":")
             size = int(size)

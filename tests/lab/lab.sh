@@ -13,8 +13,10 @@
 #   lab.sh many PREFIX port|eprt|pasv|epsv|active|passive [COUNT [DELAY]]  (DELAY s between files)
 #   lab.sh split PREFIX [port|eprt] [FILE]    PORT/EPRT sent in two TCP segments, then RETR
 #   lab.sh status PREFIX                      rules, conntrack table and logs of the gateway
-#   lab.sh exec PREFIX cli|gw|srv CMD...      run a command in one of the namespaces
+#   lab.sh exec PREFIX cli|gw|srv|att CMD...  run a command in one of the namespaces
 #   lab.sh env PREFIX                         print the lab's variables (addresses, port, ...)
+#   lab.sh attacker PREFIX                    add an attacker namespace PREFIX-att on its own veth
+#                                             into the gateway (IPv4; see tests/lab/README.md)
 #   lab.sh gc                                 remove labs made with --owner PID whose PID is gone
 #
 # See tests/lab/README.md for the addresses and what each command checks.
@@ -125,7 +127,7 @@ cmd_up() {
     S=$STATE_ROOT/$P
     NS_CLI=$P-cli NS_GW=$P-gw NS_SRV=$P-srv
     local n
-    for n in "$NS_CLI" "$NS_GW" "$NS_SRV"; do
+    for n in "$NS_CLI" "$NS_GW" "$NS_SRV" "$P-att"; do
         [ ! -e "/run/netns/$n" ] || die "namespace $n already exists: run 'lab.sh down $P' first"
     done
     [ ! -e "$S" ] || die "state dir $S already exists: run 'lab.sh down $P' first"
@@ -252,7 +254,7 @@ down_impl() {
             [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null || true
         done
     fi
-    for n in "$P-cli" "$P-gw" "$P-srv"; do
+    for n in "$P-cli" "$P-gw" "$P-srv" "$P-att"; do
         [ -e "/run/netns/$n" ] || continue
         pids=$(ip netns pids "$n" 2>/dev/null || true)
         [ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
@@ -260,7 +262,7 @@ down_impl() {
     local i
     for i in 1 2 3 4 5 6 7 8 9 10; do
         pids=""
-        for n in "$P-cli" "$P-gw" "$P-srv"; do
+        for n in "$P-cli" "$P-gw" "$P-srv" "$P-att"; do
             [ -e "/run/netns/$n" ] || continue
             pids="$pids $(ip netns pids "$n" 2>/dev/null || true)"
         done
@@ -268,7 +270,9 @@ down_impl() {
         if [ "$i" -ge 5 ]; then kill -KILL $pids 2>/dev/null || true; fi
         sleep 0.1
     done
-    for n in "$P-cli" "$P-gw" "$P-srv"; do
+    # The attacker namespace (lab.sh attacker) goes first: deleting it also removes the
+    # gateway's to-att, the other end of its veth.
+    for n in "$P-att" "$P-cli" "$P-gw" "$P-srv"; do
         [ -e "/run/netns/$n" ] && ip netns del "$n" 2>/dev/null || true
     done
     rm -rf "$S"
@@ -279,6 +283,40 @@ cmd_down() {
     local P=${1:-}
     check_prefix "$P"
     down_impl "$P"
+}
+
+# ---------------------------------------------------------------------------------------------
+# attacker: a fourth namespace on its own link into the gateway, for the spoofing tests
+# ---------------------------------------------------------------------------------------------
+# PREFIX-att: eth0 198.18.0.2/24, default route via the gateway's to-att 198.18.0.1. Its
+# spoofed packets (tests/lab/spoof.py, raw IPv4) enter the gateway on to-att, not on the
+# interface of the peer whose address they carry. The gateway's reverse-path filter is turned
+# off (all and to-att: the kernel uses the larger of the two), so that the kernel does not drop
+# them at the routing decision: ftpct sees them in raw PREROUTING before that anyway, and
+# without rp_filter they also reach conntrack's window check, the filter table and the kernel
+# helper, the worst case for the gateway (an attacker on a link where rp_filter is loose, or
+# one whose spoofed route matches). The FORWARD policy is unchanged: only ESTABLISHED/RELATED
+# pass from to-att, INVALID is dropped.
+ATT_IP=198.18.0.2
+GW_ATT_IP=198.18.0.1
+cmd_attacker() {
+    load_state "${1:-}"
+    local NS_ATT=$P-att
+    [ "$FAMILY" = 4 ] || die "attacker: IPv4 topologies only (masq, dnat)"
+    [ ! -e "/run/netns/$NS_ATT" ] || die "namespace $NS_ATT already exists"
+    ip netns add "$NS_ATT"
+    ip -n "$NS_ATT" link set lo up
+    ip -n "$NS_ATT" link add eth0 type veth peer name to-att netns "$NS_GW"
+    ip -n "$NS_ATT" addr add "$ATT_IP/24" dev eth0
+    ip -n "$NS_GW" addr add "$GW_ATT_IP/24" dev to-att
+    ip -n "$NS_ATT" link set eth0 up
+    ip -n "$NS_GW" link set to-att up
+    ip -n "$NS_ATT" route add default via "$GW_ATT_IP"
+    nsx "$NS_GW" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.to-att.rp_filter=0
+    local v
+    v=$(nsx "$NS_GW" sysctl -n net.ipv4.conf.to-att.rp_filter)
+    [ "$v" = 0 ] || die "rp_filter on to-att is '$v', expected 0"
+    echo "attacker $NS_ATT up: $ATT_IP via $NS_GW to-att $GW_ATT_IP (rp_filter off in the gateway)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -548,13 +586,17 @@ cmd_status() {
     echo "== expectations (gw, kernel helper only)"
     nsx "$NS_GW" conntrack -L expect 2>/dev/null || true
     [ -f "$S/vsftpd.log" ] && { echo "== vsftpd.log (last 30 lines)"; tail -n 30 "$S/vsftpd.log"; }
+    if [ -e "/run/netns/$P-att" ]; then
+        echo "== attacker link (gw to-att)"
+        ip -n "$NS_GW" -s link show to-att 2>/dev/null || true
+    fi
     return 0
 }
 
 cmd_exec() {
     load_state "${1:-}"; shift || true
     local which=${1:-}; shift || true
-    case $which in cli | gw | srv) ;; *) die "exec PREFIX cli|gw|srv CMD..." ;; esac
+    case $which in cli | gw | srv | att) ;; *) die "exec PREFIX cli|gw|srv|att CMD..." ;; esac
     exec ip netns exec "$P-$which" "$@"
 }
 
@@ -577,6 +619,8 @@ GW_PUBLIC_IP=$GW_PUBLIC_IP
 TARGET=$TARGET
 PASV_MIN=$PASV_MIN
 PASV_MAX=$PASV_MAX
+ATT_IP=$ATT_IP
+GW_ATT_IP=$GW_ATT_IP
 EOF
 }
 
@@ -594,6 +638,7 @@ split) cmd_split "$@" ;;
 status) cmd_status "$@" ;;
 exec) cmd_exec "$@" ;;
 env) cmd_env "$@" ;;
+attacker) cmd_attacker "$@" ;;
 gc) cmd_gc ;;
 -h | --help | help | "") usage ;;
 *) echo "lab.sh: unknown command '$cmd'" >&2; usage ;;
