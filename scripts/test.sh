@@ -9,12 +9,12 @@ scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (unit, property, simulation, kernel, end-to-end)"
-cargo test --all-targets
+cargo test --workspace --all-targets
 echo "== doc tests"
-cargo test --doc
+cargo test --workspace --doc
 fuzz=${FTPCT_FUZZ_SECONDS:-20}
 if [ "$fuzz" != 0 ] && [ -x scripts/fuzz-ci.sh ]; then
     echo "== fuzz ($fuzz s per target)"
