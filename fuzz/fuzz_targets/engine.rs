@@ -471,6 +471,11 @@ fn run(data: &[u8]) {
         session_close_linger: Duration::from_secs(u64::from(b[7] % 16)),
         data_mark: 0x4654,
         pickup_at_segment_start: b[3] & 16 != 0,
+        // off for half the inputs: with it on, most arbitrary segments are refused early
+        tcp_window_check: b[3] & 32 == 0,
+        max_announce_per_segment: 1 + u32::from((b[4] >> 2) & 7),
+        max_announce_per_second: 1 + u32::from(b[4] >> 5) * 8,
+        log_events_per_second: 1 + u16::from(b[7] >> 4),
     };
     let cfg = Config {
         control_ports: vec![21],
