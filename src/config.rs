@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crate::engine;
 use crate::policy::Policy;
-use crate::rules::Backend;
+use crate::rulespec::Backend;
 
 pub const DEFAULT_SOCKET: &str = "/run/ftpct/ftpct.sock";
 
@@ -65,8 +65,25 @@ pub struct Settings {
     pub policy: Policy,
 }
 
-/// Default of `seqadj_mark`: one bit, left alone by ftpct's `data_mark` (0x4654).
-pub const DEFAULT_SEQADJ_MARK: u32 = 0x0010_0000;
+impl Settings {
+    /// The rules matching this configuration (`ftpct rules --config FILE`): its queue, ports,
+    /// set names and backend, `fail_open` as `bypass` (an admin who prefers connectivity when
+    /// the queue is full also prefers it when no daemon is bound) and `max_expectations` as the
+    /// sets' `maxelem`.
+    pub fn rule_spec(&self) -> crate::rulespec::RuleSpec {
+        crate::rulespec::RuleSpec {
+            queue: self.queue,
+            ports: self.ports.clone(),
+            set4: self.ipset4.clone(),
+            set6: self.ipset6.clone(),
+            bypass: self.fail_open,
+            backend: self.backend,
+            seqadj_mark: self.seqadj_mark,
+            maxelem: crate::rulespec::set_maxelem(self.policy.max_expectations),
+        }
+    }
+}
+pub use crate::rulespec::DEFAULT_SEQADJ_MARK;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -393,7 +410,7 @@ fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigEr
                 "backend" => {
                     s.backend = v
                         .parse()
-                        .map_err(|e: crate::rules::UnknownBackend| e.to_string())?
+                        .map_err(|e: crate::rulespec::UnknownBackend| e.to_string())?
                 }
                 "log" => {
                     check_log_filter(v)?;
@@ -495,7 +512,7 @@ fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigEr
 /// error names the line of the key that was set last.
 fn check(s: &Settings, lines: &KeyLines) -> Result<(), (usize, String)> {
     for (key, name) in [("ipset4", &s.ipset4), ("ipset6", &s.ipset6)] {
-        if let Err(e) = crate::rules::check_set_name(name, s.backend) {
+        if let Err(e) = crate::rulespec::check_set_name(name, s.backend) {
             let line = lines.later(key, "backend");
             let msg = e.to_string();
             let msg = msg.strip_prefix("rules: ").unwrap_or(&msg);
@@ -738,7 +755,7 @@ mod tests {
             (long.as_str(), Backend::IptablesNft),
             ("ftp-4", Backend::Nft),
         ] {
-            assert!(crate::rules::check_set_name(name, backend).is_err());
+            assert!(crate::rulespec::check_set_name(name, backend).is_err());
         }
     }
 

@@ -1099,7 +1099,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     let mut queue =
         unsafe { AsyncFd::register(queue) }.map_err(|e| DaemonError::Runtime(e.into()))?;
     let ct = Ctnetlink::open()?;
-    let spec = RuleSpec::from_settings(&settings);
+    let spec = settings.rule_spec();
     let sets = if settings.backend == crate::rules::Backend::Nft {
         // The sets are part of `table inet ftpct`, which `ftpct rules --apply` creates (the
         // unit's ExecStartPre); without them no data SYN would ever reach the daemon.

@@ -33,6 +33,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use nix::libc;
 
+pub use crate::rulespec::{DEFAULT_SET4, DEFAULT_SET6, MAX_NAME_LEN};
+
 use crate::netlink::{
     nfnl_msg_type, Attr, MsgBuilder, NetlinkSocket, NlError, NlMsg, NFNL_SUBSYS_IPSET,
     NLA_F_NET_BYTEORDER, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
@@ -40,14 +42,8 @@ use crate::netlink::{
 
 /// Protocol version sent with every command.
 pub const IPSET_PROTOCOL: u8 = 7;
-/// Longest set name, without the NUL.
-pub const MAX_NAME_LEN: usize = 31;
 /// The set type ftpct uses.
 pub const SET_TYPE: &str = "hash:ip,port";
-/// Default name of the IPv4 set.
-pub const DEFAULT_SET4: &str = "ftpct4";
-/// Default name of the IPv6 set.
-pub const DEFAULT_SET6: &str = "ftpct6";
 
 // enum ipset_cmd
 const IPSET_CMD_PROTOCOL: u8 = 1;

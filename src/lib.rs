@@ -12,11 +12,12 @@
 
 // The core lives in its own crate (crates/ftpct-core), which cannot do I/O; its modules are
 // re-exported under their old paths (`ftpct::engine`, ...).
-pub use ftpct_core::{engine, expect, packet, parser, policy, seqadj, session, types, window};
+pub use ftpct_core::{
+    engine, expect, packet, parser, policy, rulecheck, rulespec, seqadj, session, types, window,
+};
 
 pub mod config;
 pub mod replay;
-pub mod rulecheck;
 pub mod state;
 
 pub mod control;

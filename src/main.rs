@@ -273,7 +273,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let mut spec = rules::RuleSpec::from_settings(&settings);
+            let mut spec = settings.rule_spec();
             if let Some(b) = backend {
                 spec.backend = b;
             }
@@ -293,7 +293,7 @@ fn main() -> ExitCode {
             } else if delete {
                 rules::delete_report(&spec).map(|r| r.to_string())
             } else {
-                rules::render(&spec)
+                rules::render(&spec).map_err(rules::RulesError::from)
             };
             match result {
                 Ok(text) => {

@@ -41,7 +41,7 @@ use crate::netlink::{
     NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use crate::rulecheck::{self, NfFamily, Observed, Place};
-use crate::rules::{COMMENT, NFT_TABLE};
+use crate::rules::{QueueTarget, COMMENT, NFT_TABLE};
 
 const NFT_MSG_NEWTABLE: u8 = 0;
 const NFT_MSG_NEWCHAIN: u8 = 3;
@@ -341,16 +341,6 @@ impl NfTables {
 
 // ---------------------------------------------------------------------------------------------
 // Writing: the queue verdicts of the nft backend, and the daemon's set elements
-
-/// A regular chain of `table inet ftpct` holding one rule: the NFQUEUE verdict, as the x_tables
-/// target run through nft_compat (see [`NfTables::install_queue_targets`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueTarget {
-    pub chain: &'static str,
-    pub queue: u16,
-    /// `NFQ_FLAG_BYPASS`: accept, not drop, when no program is bound to the queue.
-    pub bypass: bool,
-}
 
 /// Appends `NFNL_MSG_BATCH_BEGIN` or `NFNL_MSG_BATCH_END` (`marker`) for nf_tables to `buf`.
 fn batch_marker(buf: &mut Vec<u8>, marker: u16) -> Result<(), NlError> {

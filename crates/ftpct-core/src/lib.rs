@@ -15,6 +15,8 @@ pub mod expect;
 pub mod packet;
 pub mod parser;
 pub mod policy;
+pub mod rulecheck;
+pub mod rulespec;
 pub mod seqadj;
 pub mod session;
 pub mod types;

@@ -3,15 +3,15 @@
 //! An admin's firewall reload (`nft flush ruleset`, `iptables -t raw -F`, ...) can remove the
 //! rules `ftpct rules --apply` installed while the daemon runs. Nothing fails loudly then: the
 //! packets are simply no longer queued, and FTP through NAT breaks as without an ALG. The daemon
-//! therefore reads the rules back periodically ([`crate::nftables`] dumps them over netlink,
+//! therefore reads the rules back periodically (the shell's `nftables` module dumps them over netlink,
 //! `rule_check_interval`) and feeds what it saw ([`Observed`]) to a [`Checker`], which compares
-//! it with what [`crate::rules`] would install for the running configuration ([`Expected`]) and
+//! it with what [`crate::rulespec`] would install for the running configuration ([`Expected`]) and
 //! says what to log ([`Notice`]).
 //!
-//! Rules are recognised by their comment, exactly `ftpct` ([`crate::rules::COMMENT`]), and
+//! Rules are recognised by their comment, exactly `ftpct` ([`crate::rulespec::COMMENT`]), and
 //! counted per place (nf_tables family, table, chain): matching their expressions exactly would
 //! mean decoding the x_tables matches of iptables-nft, and the count per chain already tells
-//! which group of rules (see the module doc of [`crate::rules`]) is gone. The nft backend's
+//! which group of rules (see the module doc of [`crate::rulespec`]) is gone. The nft backend's
 //! empty nat base chain has no rule to count; it is checked as a chain.
 //!
 //! Which backend installed the rules is not configured: rules with ftpct's comment in the `ip`
@@ -26,7 +26,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::rules::{self, Backend, Family, Group, RuleSpec, RulesError};
+use crate::rulespec::{self as rules, Backend, Family, Group, RuleSpec, SpecError};
 use crate::types::Timestamp;
 
 /// While rules stay missing, the warning is repeated this often.
@@ -192,7 +192,7 @@ impl Expected {
         spec: &RuleSpec,
         backend: Backend,
         config: Option<&Path>,
-    ) -> Result<Option<Expected>, RulesError> {
+    ) -> Result<Option<Expected>, SpecError> {
         let spec = RuleSpec {
             backend,
             ..spec.clone()
@@ -452,7 +452,7 @@ pub struct Checker {
 impl Checker {
     /// A checker for the rules of `spec` (the running configuration; its backend is ignored),
     /// whose fixes name `config` if given.
-    pub fn new(spec: &RuleSpec, config: Option<&Path>) -> Result<Checker, RulesError> {
+    pub fn new(spec: &RuleSpec, config: Option<&Path>) -> Result<Checker, SpecError> {
         let mut expected = Vec::new();
         if let Some(e) = Expected::new(spec, Backend::IptablesNft, config)? {
             expected.push(e);
