@@ -1,6 +1,8 @@
-//! Reading ftpct's rules back from nf_tables over netlink, for [`crate::rulecheck`]. Read only:
-//! nothing here changes the ruleset (the rules are installed by [`crate::rules`], which runs the
-//! tools).
+//! ftpct's nf_tables netlink: reading its rules back for [`crate::rulecheck`] ([`NfTables`]
+//! dumps), writing the nft backend's set elements ([`NftSets`]: the data destinations, as the
+//! ipsets are for the iptables backends) and, where the kernel lacks `nft_queue`, the NFQUEUE
+//! verdicts of `table inet ftpct` ([`NfTables::install_queue_targets`]). Everything else of the
+//! ruleset is installed by [`crate::rules`], which runs the tools.
 //!
 //! Why netlink and not `iptables -S`/`nft list`: the daemon, once running, keeps only
 //! CAP_NET_ADMIN and may run as a systemd DynamicUser in a sandbox; it spawns nothing. An
@@ -41,7 +43,7 @@ use crate::netlink::{
     NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use crate::rulecheck::{self, NfFamily, Observed, Place};
-use crate::rules::{QueueTarget, COMMENT, NFT_TABLE};
+use crate::rulespec::{QueueTarget, COMMENT, NFT_TABLE};
 
 const NFT_MSG_NEWTABLE: u8 = 0;
 const NFT_MSG_NEWCHAIN: u8 = 3;
