@@ -1,12 +1,16 @@
 //! ftpct: a userspace FTP ALG for Linux.
 //!
-//! The crate is split in two (see docs/design.md):
-//! - the **core**, pure and sans-IO: [`parser`], [`session`], [`expect`], [`seqadj`],
-//!   [`packet`], [`policy`] and the [`engine`] that ties them together. Bytes and timestamps in,
-//!   decisions out; no sockets, no clock, no globals.
-//! - the **I/O shell** used by the daemon: [`nfqueue`], [`ctnetlink`], [`ipset`], [`netlink`],
-//!   [`nftables`], [`rules`], [`control`], [`daemon`]; [`rulecheck`] is the pure half of the
-//!   daemon's check of its own firewall rules.
+//! Three crates (see docs/design.md):
+//! - `ftpct-core` (crates/ftpct-core), pure and sans-IO: [`parser`], [`session`], [`window`],
+//!   [`expect`], [`seqadj`], [`packet`], [`policy`], [`rulespec`], [`rulecheck`] and the
+//!   [`engine`] that ties them together. Bytes and timestamps in, decisions out; no sockets, no
+//!   clock, no globals; its dependencies cannot do I/O.
+//! - `ftpct-netfilter` (crates/ftpct-netfilter), the kernel interfaces: [`netlink`],
+//!   [`nfqueue`], [`ctnetlink`], [`ipset`], [`nftables`], [`rules`].
+//! - this crate, the daemon and its command line: [`config`], [`daemon`], [`control`],
+//!   [`metrics`], [`state`], [`privs`], [`notify`], [`replay`].
+//!
+//! The modules of the first two are re-exported here under their old paths.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
@@ -16,18 +20,15 @@ pub use ftpct_core::{
     engine, expect, packet, parser, policy, rulecheck, rulespec, seqadj, session, types, window,
 };
 
+// The kernel interfaces live in crates/ftpct-netfilter.
+pub use ftpct_netfilter::{ctnetlink, ipset, netlink, nfqueue, nftables, rules};
+
 pub mod config;
 pub mod replay;
 pub mod state;
 
 pub mod control;
-pub mod ctnetlink;
 pub mod daemon;
-pub mod ipset;
 pub mod metrics;
-pub mod netlink;
-pub mod nfqueue;
-pub mod nftables;
 pub mod notify;
 pub mod privs;
-pub mod rules;

@@ -1096,33 +1096,6 @@ mod tests {
     }
 
     #[test]
-    fn spec_from_settings() {
-        let text = "queue = 4\nports = 21, 2121\nipset4 = a4\nipset6 = a6\nfail_open = true\n\
-                    seqadj_mark = 0x8\n";
-        let s = crate::config::parse(text, std::path::Path::new("t.conf")).unwrap();
-        let r = s.rule_spec();
-        assert_eq!(
-            r,
-            RuleSpec {
-                queue: 4,
-                ports: vec![21, 2121],
-                set4: "a4".into(),
-                set6: "a6".into(),
-                bypass: true,
-                backend: Backend::IptablesNft,
-                seqadj_mark: 8,
-                maxelem: 1 << 20,
-            }
-        );
-        let s =
-            crate::config::parse("max_expectations = 5000\n", std::path::Path::new("t")).unwrap();
-        assert_eq!(s.rule_spec().maxelem, 5000);
-        assert_eq!(set_maxelem(0), 1);
-        assert_eq!(set_maxelem(usize::MAX), u32::MAX);
-        assert_eq!(crate::config::Settings::default().rule_spec(), spec());
-    }
-
-    #[test]
     fn bypass_and_queue_number() {
         let s = RuleSpec {
             queue: 7,
