@@ -180,6 +180,7 @@ fn engine(max_sessions: usize) -> Engine {
             max_sessions,
             ..Policy::default()
         },
+        hash_key: [0, 0],
     })
 }
 

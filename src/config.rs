@@ -190,6 +190,8 @@ impl Settings {
         engine::Config {
             control_ports: self.ports.clone(),
             policy: self.policy.clone(),
+            // drawn by the daemon at start (`daemon::random_hash_key`)
+            hash_key: [0, 0],
         }
     }
 }

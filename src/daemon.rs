@@ -1129,7 +1129,10 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         }
     };
     let listener = bind_control_socket(&settings.socket)?;
-    let mut engine = Engine::new(settings.engine_config());
+    let mut engine = Engine::new(crate::engine::Config {
+        hash_key: random_hash_key(),
+        ..settings.engine_config()
+    });
     let state_path = settings.state_path();
     let state = match StateFile::open(&state_path, &mut engine, monotonic_now()) {
         Ok((sf, report)) => {
@@ -1394,6 +1397,14 @@ fn sd_notify(r: std::io::Result<bool>, what: &str) {
     if let Err(e) = r {
         warn!(error = %e, "sd_notify {what} failed (NOTIFY_SOCKET)");
     }
+}
+
+/// A fresh key for the engine's hash tables (the core draws no random numbers itself): std's
+/// per-process random SipHash keys, read through two hashes.
+fn random_hash_key() -> [u64; 2] {
+    use std::hash::BuildHasher;
+    let s = std::collections::hash_map::RandomState::new();
+    [s.hash_one(0x6674_7063_u64), s.hash_one(0x006b_6579_u64)]
 }
 
 #[cfg(test)]

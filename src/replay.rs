@@ -1041,6 +1041,7 @@ impl<'o> Replayer<'o> {
         let cfg = Config {
             control_ports: opts.ports.clone(),
             policy: opts.policy.clone(),
+            hash_key: [0, 0],
         };
         Replayer {
             out,

@@ -480,6 +480,7 @@ fn run(data: &[u8]) {
     let cfg = Config {
         control_ports: vec![21],
         policy: policy.clone(),
+        hash_key: [u64::from(b[0]), 7],
     };
     let mut h = Harness {
         engine: Engine::new(cfg),

@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation, InsertError};
+use crate::hashkey::HashKey;
 use crate::packet::{self, Edit, TcpPacket};
 use crate::parser::{self, Command, ParseError};
 use crate::policy::{Policy, Refusal};
@@ -31,6 +32,10 @@ pub struct Config {
     /// TCP ports of FTP control connections (server side).
     pub control_ports: Vec<u16>,
     pub policy: Policy,
+    /// Key of the hash tables indexed by values from the network (flows, data destinations),
+    /// so that an attacker cannot choose colliding ones. The daemon draws it at start; the
+    /// default (zero) is for tests and replays.
+    pub hash_key: [u64; 2],
 }
 
 impl Default for Config {
@@ -38,6 +43,7 @@ impl Default for Config {
         Config {
             control_ports: vec![21],
             policy: Policy::default(),
+            hash_key: [0, 0],
         }
     }
 }
@@ -479,10 +485,12 @@ impl Engine {
             max_total: cfg.policy.max_expectations,
             max_per_master: cfg.policy.max_expect_per_session.max(1),
         };
+        let key = HashKey::new(cfg.hash_key);
         Engine {
+            sessions: SessionTable::with_key(key.clone()),
+            expect: ExpectTable::with_key(limits, key.clone()),
+            syns: SynCache::with_key(key),
             cfg,
-            sessions: SessionTable::default(),
-            expect: ExpectTable::new(limits),
             next_session: 1,
             events: VecDeque::new(),
             actions: VecDeque::new(),
@@ -495,7 +503,6 @@ impl Engine {
             xform: Vec::with_capacity(2048),
             fmt: Vec::with_capacity(64),
             scratch_removed: Vec::new(),
-            syns: SynCache::default(),
             evicting: false,
             evicting_state: false,
             now: Timestamp::ZERO,
@@ -507,7 +514,9 @@ impl Engine {
     }
 
     /// Applies a new configuration (SIGHUP reload) without touching live state.
-    pub fn reconfigure(&mut self, cfg: Config) {
+    pub fn reconfigure(&mut self, mut cfg: Config) {
+        // The tables keep the key they were made with.
+        cfg.hash_key = self.cfg.hash_key;
         self.expect.set_limits(ExpectLimits {
             max_total: cfg.policy.max_expectations,
             max_per_master: cfg.policy.max_expect_per_session.max(1),

@@ -47,12 +47,12 @@
 //! index, 4.2 bytes of master index) and about 172 bytes when grown by doubling.
 //! The slab and the indexes grow by doubling (amortised O(1)); `try_reserve` pre-sizes them.
 
-use std::collections::hash_map::RandomState;
 use std::collections::TryReserveError;
 use std::fmt::{self, Write as _};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::hashkey::HashKey;
 use crate::types::{l3proto, SessionId, Timestamp};
 
 /// Identifier of an expectation; never reused while the table lives.
@@ -307,7 +307,7 @@ pub struct ExpectTable {
     /// dst hash index, open addressing with linear probing (power-of-two length, at most half
     /// full): `hash32 << 32 | node`, or `DST_EMPTY`.
     dst_slots: Vec<u64>,
-    hasher: RandomState,
+    hasher: HashKey,
     /// master hash index: bucket heads of master-head chains (`Node::h_next`).
     master_buckets: Vec<u32>,
     masters: usize,
@@ -342,14 +342,21 @@ impl Default for ExpectTable {
 }
 
 impl ExpectTable {
+    /// A table hashing data destinations with the zero key (see [`ExpectTable::with_key`]).
     pub fn new(limits: ExpectLimits) -> Self {
+        Self::with_key(limits, HashKey::default())
+    }
+
+    /// A table hashing data destinations with `key` (the engine's: destinations come from
+    /// the network).
+    pub fn with_key(limits: ExpectLimits, key: HashKey) -> Self {
         ExpectTable {
             limits,
             nodes: Vec::new(),
             free_head: NIL,
             len: 0,
             dst_slots: vec![DST_EMPTY; 2 * MIN_BUCKETS],
-            hasher: RandomState::new(),
+            hasher: key,
             master_buckets: vec![NIL; MIN_BUCKETS],
             masters: 0,
             cur: 0,

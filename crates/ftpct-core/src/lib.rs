@@ -9,9 +9,15 @@
 //! tests, the benches and the fuzz targets all drive [`engine::Engine`] the same way.
 
 #![forbid(unsafe_code)]
+// No panic on any input: no unwrap, expect or panic outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod engine;
 pub mod expect;
+pub mod hashkey;
 pub mod packet;
 pub mod parser;
 pub mod policy;

@@ -14,6 +14,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::hashkey::HashKey;
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, SessionId, Timestamp};
 use crate::window::{Segment, Window};
@@ -306,7 +307,7 @@ impl Throttle {
 /// [`SYN_MAX_AGE`] is not used.
 #[derive(Default)]
 pub struct SynCache {
-    syns: HashMap<FlowTuple, (Segment, Option<u8>, Timestamp)>,
+    syns: HashMap<FlowTuple, (Segment, Option<u8>, Timestamp), HashKey>,
     order: VecDeque<FlowTuple>,
 }
 
@@ -316,6 +317,14 @@ pub const SYN_CACHE_MAX: usize = 4096;
 pub const SYN_MAX_AGE: Duration = Duration::from_secs(75);
 
 impl SynCache {
+    /// An empty cache whose index hashes tuples with `key`.
+    pub fn with_key(key: HashKey) -> Self {
+        SynCache {
+            syns: HashMap::with_hasher(key),
+            order: VecDeque::new(),
+        }
+    }
+
     pub fn record(&mut self, tuple: FlowTuple, syn: Segment, scale: Option<u8>, now: Timestamp) {
         if self.syns.insert(tuple, (syn, scale, now)).is_none() {
             self.order.push_back(tuple);
@@ -440,9 +449,9 @@ pub struct FlowKey {
 #[derive(Default)]
 pub struct SessionTable {
     /// Keyed by our own sequential ids (never by network input), so a plain multiplicative
-    /// hash is enough; flow keys, which come from packets, keep the std keyed hash.
+    /// hash is enough; flow keys, which come from packets, are hashed with the engine's key.
     sessions: HashMap<SessionId, Session, BuildHasherDefault<IdHasher>>,
-    flows: HashMap<FlowKey, (SessionId, Dir)>,
+    flows: HashMap<FlowKey, (SessionId, Dir), HashKey>,
     deadlines: BTreeSet<(Timestamp, SessionId)>,
 }
 
@@ -459,6 +468,15 @@ fn flow_keys(ct: &CtTuples) -> [(FlowKey, Dir); 4] {
 }
 
 impl SessionTable {
+    /// An empty table whose flow index hashes tuples with `key` (they come from packets).
+    pub fn with_key(key: HashKey) -> Self {
+        SessionTable {
+            sessions: HashMap::default(),
+            flows: HashMap::with_hasher(key),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
