@@ -2,7 +2,8 @@
 //!
 //! The crate is split in two (see docs/design.md):
 //! - the **core**, pure and sans-IO: [`parser`], [`session`], [`expect`], [`seqadj`],
-//!   [`packet`], [`policy`] and the [`engine`] that ties them together. Bytes and timestamps in,
+//!   [`packet`], [`policy`], [`restore`] (checks of a state file's records) and the [`engine`]
+//!   that ties them together. Bytes and timestamps in,
 //!   decisions out; no sockets, no clock, no globals.
 //! - the **I/O shell** used by the daemon: [`nfqueue`], [`ctnetlink`], [`ipset`], [`netlink`],
 //!   [`nftables`], [`rules`], [`control`], [`daemon`]; [`rulecheck`] is the pure half of the
@@ -17,6 +18,7 @@ pub mod packet;
 pub mod parser;
 pub mod policy;
 pub mod replay;
+pub mod restore;
 pub mod rulecheck;
 pub mod seqadj;
 pub mod session;
@@ -27,6 +29,7 @@ pub mod control;
 pub mod ctnetlink;
 pub mod daemon;
 pub mod ipset;
+pub mod lookup;
 pub mod metrics;
 pub mod netlink;
 pub mod nfqueue;

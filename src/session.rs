@@ -204,6 +204,9 @@ pub struct Session {
     /// Counters for the `sessions` listing.
     pub rewrites: u32,
     pub expectations: u32,
+    /// The conntrack entry's id (`CTA_ID`), when the shell has given it
+    /// ([`crate::engine::Engine::set_conntrack_id`]): proof of identity after a restart.
+    pub ct_id: Option<u32>,
 }
 
 impl Session {
@@ -222,6 +225,7 @@ impl Session {
             reset: false,
             rewrites: 0,
             expectations: 0,
+            ct_id: None,
         }
     }
 
