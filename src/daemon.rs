@@ -1018,6 +1018,114 @@ fn restored_identity(
     }
 }
 
+/// The user to switch to after start: `configured` if set; else, for a daemon started as
+/// root, the first of [`crate::privs::DEFAULT_USERS`] when the switch can work (the process
+/// may switch users, and the state file's directory is writable by that user, or was created
+/// by this start and is given to it); else none (uid 0 with CAP_NET_ADMIN only, with a
+/// warning that says how to get out of it). Prepares the directories this start `created`
+/// and the state file for the user.
+fn choose_user(
+    configured: Option<&str>,
+    state: Option<&Path>,
+    created: &[PathBuf],
+) -> Option<String> {
+    use nix::unistd::{Uid, User};
+    let explicit = configured.is_some();
+    let user = match configured {
+        Some(name) => match User::from_name(name) {
+            Ok(Some(u)) => u,
+            // drop_privileges reports it
+            _ => return Some(name.to_string()),
+        },
+        None => {
+            if !Uid::current().is_root() {
+                // started unprivileged already (systemd's DynamicUser=, User=)
+                return None;
+            }
+            let Some(u) = crate::privs::default_user() else {
+                warn!(
+                    users = ?crate::privs::DEFAULT_USERS,
+                    "running as root (CAP_NET_ADMIN only), which can still write every \
+                     root-owned file: none of these users exists. Create one (useradd --system \
+                     --no-create-home ftpct) or set `user =`; `user = root` silences this"
+                );
+                return None;
+            };
+            if !crate::privs::can_switch_user() {
+                warn!(
+                    user = %u.name,
+                    "running as root (CAP_NET_ADMIN only) without CAP_SETUID/CAP_SETGID to \
+                     switch to an unprivileged user: start ftpct as that user with \
+                     CAP_NET_ADMIN (systemd: User= or DynamicUser=, AmbientCapabilities=), \
+                     or set `user = root` to keep uid 0 on purpose"
+                );
+                return None;
+            }
+            u
+        }
+    };
+    if user.uid.is_root() {
+        return Some(user.name);
+    }
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let chown = |p: &Path| {
+        nix::unistd::fchownat(
+            None,
+            p,
+            Some(user.uid),
+            Some(user.gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    for d in created {
+        if let Err(e) = chown(d) {
+            warn!(error = %e, dir = %d.display(), user = %user.name, "cannot give a directory ftpct created to its user");
+        }
+    }
+    let Some(state) = state else {
+        return Some(user.name);
+    };
+    let dir = match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let writable = std::fs::metadata(dir).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        crate::privs::may_write_dir(m.mode(), m.uid(), m.gid(), uid, gid)
+    });
+    if writable {
+        // its own file, also for a sticky directory such as /tmp
+        if let Err(e) = chown(state) {
+            warn!(error = %e, state = %state.display(), "cannot give the state file to its user");
+        }
+        return Some(user.name);
+    }
+    if explicit {
+        warn!(
+            user = %user.name,
+            dir = %dir.display(),
+            "the state file's directory is not writable by the configured user: the state \
+             file cannot be rewritten (compacted) after start and will be given up then. Fix: \
+             chown {} {} (or let systemd's RuntimeDirectory=/StateDirectory= create it)",
+            user.name,
+            dir.display()
+        );
+        return Some(user.name);
+    }
+    warn!(
+        user = %user.name,
+        dir = %dir.display(),
+        "staying root (CAP_NET_ADMIN only, which can still write every root-owned file): \
+         the state file's directory is not writable by the default user {}. Fix: chown {} {}, \
+         or put state_file and socket in a directory that does not exist yet (ftpct creates \
+         it for that user), or set `user =` (`user = root` keeps uid 0 on purpose)",
+        user.name,
+        user.name,
+        dir.display()
+    );
+    None
+}
+
 /// What is at a path, for an error message.
 fn file_kind(t: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -1322,9 +1430,18 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             }
         }
     };
+    // The directories that this start creates (and may hand over to the unprivileged user).
+    let state_path = settings.state_path();
+    let mut created: Vec<PathBuf> = Vec::new();
+    for p in [&settings.socket, &state_path] {
+        if let Some(d) = p.parent() {
+            if !d.as_os_str().is_empty() && !d.exists() && !created.iter().any(|c| c == d) {
+                created.push(d.to_path_buf());
+            }
+        }
+    }
     let listener = bind_control_socket(&settings.socket)?;
     let mut engine = Engine::new(settings.engine_config());
-    let state_path = settings.state_path();
     let mut state_refused = 0;
     let state = match StateFile::open(&state_path, &mut engine, monotonic_now()) {
         Ok((sf, report)) => {
@@ -1409,8 +1526,14 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         http: std::sync::Arc::new(HttpCounters::default()),
     };
     shell.revalidate_restored();
-    // Everything is open: keep CAP_NET_ADMIN only (and switch user if configured).
-    match crate::privs::drop_privileges(settings.user.as_deref()) {
+    // Everything is open: keep CAP_NET_ADMIN only, and switch to the configured user (or,
+    // started as root without `user =`, to the default one where possible).
+    let run_as = choose_user(
+        settings.user.as_deref(),
+        shell.state.as_ref().map(|s| s.path()),
+        &created,
+    );
+    match crate::privs::drop_privileges(run_as.as_deref()) {
         Ok(d) => info!(uid = d.uid, capabilities = ?d.effective, "privileges dropped"),
         Err(e) => return Err(DaemonError::Privileges(e)),
     }
