@@ -473,7 +473,12 @@ impl StateFile {
             Err(e) => return Err(err(e)),
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(err)?;
         }
         let (sink, _) = Self::write_snapshot(path, &boot, engine, &mut String::new())?;
         let sf = StateFile {
