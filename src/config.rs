@@ -53,7 +53,9 @@ pub struct Settings {
     /// iptables backends, nft sets in `table inet ftpct` for `nft`.
     pub backend: Backend,
     pub log: String,
-    /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = stay root.
+    /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = the default: a daemon
+    /// started as root switches to `ftpct` or `nobody` where it can (`daemon::choose_user`);
+    /// `root` keeps uid 0.
     pub user: Option<String>,
     /// Conntrack mark bit(s) set on a control connection once it has a sequence offset; the
     /// post-conntrack queue rules then select only connections carrying them. 0 = queue every

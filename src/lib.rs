@@ -7,7 +7,8 @@
 //!   decisions out; no sockets, no clock, no globals.
 //! - the **I/O shell** used by the daemon: [`nfqueue`], [`ctnetlink`], [`ipset`], [`netlink`],
 //!   [`nftables`], [`rules`], [`control`], [`daemon`]; [`rulecheck`] is the pure half of the
-//!   daemon's check of its own firewall rules.
+//!   daemon's check of its own firewall rules, [`lookup`] the pure bound on the conntrack
+//!   lookups of unknown packets.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
