@@ -665,25 +665,30 @@ impl Shell {
     /// the state was written), record the id of those saved without one, and make sure the
     /// restored expectations' destinations are in the ipsets again.
     fn revalidate_restored(&mut self) {
+        let bits = self.settings.seqadj_mark;
         let sessions: Vec<_> = self
             .engine
             .sessions()
-            .map(|s| (s.id, s.ct, s.ct_id))
+            .map(|s| {
+                let marked = (bits != 0 && s.shifts_sequence()).then_some(bits);
+                (s.id, s.ct, s.ct_id, marked)
+            })
             .collect();
         let (mut gone, mut replaced) = (0, 0);
-        for (id, ct, ct_id) in sessions {
+        for (id, ct, ct_id, marked) in sessions {
             match self.ct.get_entry(&ct.original) {
                 Ok(None) => {
                     self.engine.forget_session(id);
                     gone += 1;
                 }
-                Ok(Some(e)) => match restored_identity(&ct, ct_id, &e) {
+                Ok(Some(e)) => match restored_identity(&ct, ct_id, marked, &e) {
                     Identity::Same => {}
                     Identity::Unproven => {
                         self.engine.set_conntrack_id(&ct.original, e.id);
                     }
                     Identity::Other => {
                         debug!(session = %id, flow = %ct.original, saved = ?ct_id, now = e.id,
+                               mark = format_args!("{:#x}", e.mark),
                                "restored session's conntrack entry is another connection; forgotten");
                         self.engine.forget_session(id);
                         replaced += 1;
@@ -699,7 +704,7 @@ impl Shell {
             info!(
                 sessions = replaced,
                 "restored sessions whose addresses and ports now belong to another connection \
-                 (another conntrack id) were dropped: their offsets would break it"
+                 (another conntrack entry) were dropped: their offsets would break it"
             );
         }
         // The kernel keeps the marks across a restart; set them again anyway (rules installed
@@ -995,20 +1000,34 @@ pub fn log_event(e: &Event) {
 /// Whether a restored session still is the connection that conntrack has under its tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Identity {
-    /// The same conntrack id and tuples.
+    /// The same conntrack id (and mark) and tuples.
     Same,
-    /// The same tuples; the state file had no id (written by an older ftpct).
+    /// The same tuples (and mark); the state file had no id (written by an older ftpct).
     Unproven,
-    /// Another id or other tuples: a new connection reuses the addresses and ports.
+    /// Another id, other tuples, or no `seqadj_mark` on an entry that must carry it: a new
+    /// connection reuses the addresses and ports.
     Other,
 }
 
+/// Compares a restored session (its tuples, its saved conntrack id, and the `seqadj_mark`
+/// bits its entry must carry when it has a sequence offset) with the entry conntrack has now.
+///
+/// The id alone is no proof: the kernel computes it from the entry's address and tuple
+/// (`nf_ct_get_id`), and a new entry for the same tuple often reuses the memory of the one just
+/// freed, so it can get the same id. The mark is the proof for the sessions that matter (those
+/// with an offset, whose restore onto another connection would break it): ftpct marked their
+/// entry when the offset appeared, the kernel keeps the mark for the entry's life, and nothing
+/// marks a new connection while ftpct is down.
 fn restored_identity(
     saved: &crate::types::CtTuples,
     saved_id: Option<u32>,
+    marked: Option<u32>,
     now: &crate::ctnetlink::CtEntry,
 ) -> Identity {
     if now.tuples != *saved {
+        return Identity::Other;
+    }
+    if marked.is_some_and(|bits| now.mark & bits != bits) {
         return Identity::Other;
     }
     match saved_id {
@@ -1894,18 +1913,18 @@ mod tests {
             tuples,
             id,
             status: 0,
-            mark: 0,
+            mark: 0x10_0000,
             timeout_secs: 100,
             tcp_state: Some(3),
             helper: false,
         };
         assert_eq!(
-            restored_identity(&ct, Some(7), &entry(7, ct)),
+            restored_identity(&ct, Some(7), None, &entry(7, ct)),
             Identity::Same
         );
         // the same addresses and ports, a new connection (a new entry, a new id)
         assert_eq!(
-            restored_identity(&ct, Some(7), &entry(8, ct)),
+            restored_identity(&ct, Some(7), None, &entry(8, ct)),
             Identity::Other
         );
         // another NAT mapping
@@ -1914,16 +1933,40 @@ mod tests {
             ..ct
         };
         assert_eq!(
-            restored_identity(&ct, Some(7), &entry(7, other)),
+            restored_identity(&ct, Some(7), None, &entry(7, other)),
             Identity::Other
         );
         assert_eq!(
-            restored_identity(&ct, None, &entry(9, ct)),
+            restored_identity(&ct, None, None, &entry(9, ct)),
             Identity::Unproven
         );
         assert_eq!(
-            restored_identity(&ct, None, &entry(9, other)),
+            restored_identity(&ct, None, None, &entry(9, other)),
             Identity::Other
+        );
+        // a session with an offset: its entry must carry seqadj_mark; a new entry (even with
+        // the same id: the kernel may reuse the freed entry's memory) does not
+        let bits = Some(0x10_0000);
+        assert_eq!(
+            restored_identity(&ct, Some(7), bits, &entry(7, ct)),
+            Identity::Same
+        );
+        let unmarked = CtEntry {
+            mark: 0x4654,
+            ..entry(7, ct)
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), bits, &unmarked),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, None, bits, &unmarked),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &unmarked),
+            Identity::Same,
+            "no offset: the mark is not required"
         );
     }
 

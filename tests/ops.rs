@@ -901,17 +901,27 @@ fn restart_against_the_conntrack_entry(test: &str, replace: bool) {
         ]);
         let (new_id, o2, r2) = control_entry(&lab);
         assert_eq!((&o2, &r2), (&orig, &reply), "[{test}] same tuples");
-        assert_ne!(new_id, id, "[{test}] a new entry has a new id");
+        // The kernel derives the id from the entry's address: the new entry often reuses the
+        // old one's memory and gets the same id. Without ftpct's mark it is still told apart.
+        eprintln!(
+            "[{test}] conntrack id {id} -> {new_id} ({})",
+            if new_id == id { "reused" } else { "new" }
+        );
     }
     lab.start_ftpct(&[]);
     let st = lab.ftpct_stats();
     let log = lab.ftpct_log();
     assert!(log.contains("state restored"), "[{test}]\n{log}");
     if replace {
-        assert_eq!(st.get("sessions"), 0, "[{test}] {}\n{log}", st.text);
-        assert_eq!(st.get("restored_replaced"), 1, "[{test}] {}", st.text);
+        // (a later packet of the client may start a new, offset-free session: not counted)
+        assert_eq!(
+            st.get("restored_replaced"),
+            1,
+            "[{test}] {}\n{log}",
+            st.text
+        );
         assert!(
-            log.contains("(another conntrack id) were dropped"),
+            log.contains("(another conntrack entry) were dropped"),
             "[{test}]\n{log}"
         );
         let mut child = hold.child;
