@@ -336,8 +336,17 @@ impl Shell {
                     warn!(
                         count = n,
                         total = self.stats.ct_lookups_over_budget,
-                        budget = crate::lookup::LOOKUP_BUDGET,
-                        "more packets of unknown connections on the control ports than                          conntrack lookups per second allowed (a flood of stray or spoofed                          segments?): the rest are accepted untouched, and a new FTP session                          among them is picked up at a later packet. Counted in                          ct_lookups_over_budget; at most one line per {}s",
+                        syn_ack,
+                        budget = if syn_ack {
+                            crate::lookup::SYN_ACK_BUDGET
+                        } else {
+                            crate::lookup::LOOKUP_BUDGET
+                        },
+                        "more packets of unknown connections on the control ports than \
+                         conntrack lookups per second allowed (a flood of stray or spoofed \
+                         segments?): the rest are accepted untouched, and a new FTP session \
+                         among them is picked up at a later packet. Counted in \
+                         ct_lookups_over_budget; at most one line per {}s",
                         LOG_EVERY.as_secs()
                     );
                 }

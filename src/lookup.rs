@@ -13,6 +13,10 @@
 //! - a **budget** of [`LOOKUP_BUDGET`] lookups per second: beyond it, unknown packets are
 //!   accepted untouched (the firewall and conntrack decide about them as without ftpct) and
 //!   counted; a session whose first packets fall there is picked up at a later packet.
+//!   SYN-ACKs, which start the sessions (one lookup per new control connection), have a budget
+//!   of their own, [`SYN_ACK_BUDGET`], so that a burst of real connections is tracked from its
+//!   start and a flood of junk ACKs cannot keep new sessions from being tracked; a flood of
+//!   spoofed SYN-ACKs costs at most that many lookups per second.
 //!
 //! Time comes from the caller (the timestamps the engine gets), not from a clock: the guard is
 //! tested like the core.
@@ -26,8 +30,10 @@ use crate::types::{FlowTuple, Timestamp};
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// Tuples remembered at most (the oldest is forgotten first).
 pub const NEGATIVE_CACHE_MAX: usize = 4096;
-/// Conntrack lookups for unknown packets per second at most.
+/// Conntrack lookups for unknown packets other than SYN-ACKs, per second at most.
 pub const LOOKUP_BUDGET: u32 = 2000;
+/// Conntrack lookups for SYN-ACKs of unknown connections (new sessions), per second at most.
+pub const SYN_ACK_BUDGET: u32 = 20_000;
 
 /// What to do with an unknown packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,34 +52,49 @@ pub struct LookupGuard {
     ttl_ns: u64,
     max: usize,
     budget: u32,
+    syn_ack_budget: u32,
     missing: HashMap<FlowTuple, Timestamp>,
     /// Insertion order (times never decrease): the front expires or is evicted first.
     order: VecDeque<(FlowTuple, Timestamp)>,
     window_start: Timestamp,
     used: u32,
+    used_syn_ack: u32,
 }
 
 impl Default for LookupGuard {
     fn default() -> Self {
-        LookupGuard::new(NEGATIVE_TTL, NEGATIVE_CACHE_MAX, LOOKUP_BUDGET)
+        LookupGuard::new(
+            NEGATIVE_TTL,
+            NEGATIVE_CACHE_MAX,
+            LOOKUP_BUDGET,
+            SYN_ACK_BUDGET,
+        )
     }
 }
 
 impl LookupGuard {
-    pub fn new(ttl: Duration, max: usize, budget_per_sec: u32) -> LookupGuard {
+    pub fn new(
+        ttl: Duration,
+        max: usize,
+        budget_per_sec: u32,
+        syn_ack_per_sec: u32,
+    ) -> LookupGuard {
         LookupGuard {
             ttl_ns: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
             max: max.max(1),
             budget: budget_per_sec,
+            syn_ack_budget: syn_ack_per_sec,
             missing: HashMap::new(),
             order: VecDeque::new(),
             window_start: Timestamp::ZERO,
             used: 0,
+            used_syn_ack: 0,
         }
     }
 
     /// Whether to look up the entry of a packet with `tuple` at `now` (`syn_ack`: the packet is
-    /// a SYN-ACK, never answered from the cache). [`Lookup::Ask`] takes one unit of the budget.
+    /// a SYN-ACK, never answered from the cache, counted in its own budget). [`Lookup::Ask`]
+    /// takes one unit of the budget.
     pub fn check(&mut self, tuple: &FlowTuple, syn_ack: bool, now: Timestamp) -> Lookup {
         self.expire(now);
         if !syn_ack && self.missing.contains_key(tuple) {
@@ -82,11 +103,17 @@ impl LookupGuard {
         if now.0.saturating_sub(self.window_start.0) >= 1_000_000_000 || now < self.window_start {
             self.window_start = now;
             self.used = 0;
+            self.used_syn_ack = 0;
         }
-        if self.used >= self.budget {
+        let (used, budget) = if syn_ack {
+            (&mut self.used_syn_ack, self.syn_ack_budget)
+        } else {
+            (&mut self.used, self.budget)
+        };
+        if *used >= budget {
             return Lookup::OverBudget;
         }
-        self.used += 1;
+        *used += 1;
         Lookup::Ask
     }
 
@@ -149,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_missing_tuple_is_not_looked_up_again_until_its_ttl_ends() {
-        let mut g = LookupGuard::new(Duration::from_secs(1), 100, 1000);
+        let mut g = LookupGuard::new(Duration::from_secs(1), 100, 1000, 1000);
         assert_eq!(g.check(&t(1), false, ms(0)), Lookup::Ask);
         g.found_missing(&t(1), ms(0));
         assert_eq!(g.check(&t(1), false, ms(500)), Lookup::KnownMissing);
@@ -164,7 +191,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_and_forgets_the_oldest() {
-        let mut g = LookupGuard::new(Duration::from_secs(60), 3, 1000);
+        let mut g = LookupGuard::new(Duration::from_secs(60), 3, 1000, 1000);
         for p in 1..=5 {
             g.found_missing(&t(p), ms(u64::from(p)));
         }
@@ -181,12 +208,16 @@ mod tests {
 
     #[test]
     fn beyond_the_budget_packets_are_not_looked_up_until_the_next_second() {
-        let mut g = LookupGuard::new(Duration::from_secs(1), 10_000, 5);
+        let mut g = LookupGuard::new(Duration::from_secs(1), 10_000, 5, 2);
         for p in 0..5 {
             assert_eq!(g.check(&t(p), false, ms(100)), Lookup::Ask);
         }
         assert_eq!(g.check(&t(9), false, ms(900)), Lookup::OverBudget);
-        assert_eq!(g.check(&t(9), true, ms(999)), Lookup::OverBudget);
+        // SYN-ACKs have their own budget: junk ACKs do not starve new sessions
+        assert_eq!(g.check(&t(9), true, ms(910)), Lookup::Ask);
+        assert_eq!(g.check(&t(10), true, ms(920)), Lookup::Ask);
+        assert_eq!(g.check(&t(11), true, ms(999)), Lookup::OverBudget);
         assert_eq!(g.check(&t(9), false, ms(1100)), Lookup::Ask, "a new second");
+        assert_eq!(g.check(&t(11), true, ms(1100)), Lookup::Ask);
     }
 }
