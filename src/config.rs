@@ -53,7 +53,9 @@ pub struct Settings {
     /// iptables backends, nft sets in `table inet ftpct` for `nft`.
     pub backend: Backend,
     pub log: String,
-    /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = stay root.
+    /// Run as this user after start (keeping CAP_NET_ADMIN); `None` = the default: a daemon
+    /// started as root switches to `ftpct` or `nobody` where it can (`daemon::choose_user`);
+    /// `root` keeps uid 0.
     pub user: Option<String>,
     /// Conntrack mark bit(s) set on a control connection once it has a sequence offset; the
     /// post-conntrack queue rules then select only connections carrying them. 0 = queue every
@@ -265,6 +267,12 @@ fn parse_num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
 /// a `227` reply with its text) must fit, with room to spare.
 pub const MIN_MAX_LINE: usize = 128;
 
+/// Largest `max_line`: each control session may buffer that much per direction, so the bound
+/// keeps the worst case (`max_sessions` sessions, all holding a partial line) in memory that a
+/// gateway has (65536 sessions × 2 × 8 KiB = 1 GiB); FTP lines that ftpct rewrites are under
+/// 100 bytes.
+pub const MAX_MAX_LINE: usize = 8192;
+
 /// Largest `expect_timeout`, in seconds (a day; the kernel helper waits 300 s).
 pub const MAX_EXPECT_TIMEOUT: u64 = 86_400;
 
@@ -455,13 +463,21 @@ fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigEr
                     s.policy.nat_port_max = b;
                 }
                 "max_line" => {
-                    s.policy.max_line = parse_at_least(
+                    let n = parse_at_least(
                         k,
                         v,
                         MIN_MAX_LINE,
                         "shorter lines are never rewritten, and an EPRT or 227 line can be \
                          that long",
-                    )?
+                    )?;
+                    if n > MAX_MAX_LINE {
+                        return Err(format!(
+                            "max_line = {n} is too large: use at most {MAX_MAX_LINE} (every \
+                             session may buffer max_line bytes per direction; the lines ftpct \
+                             rewrites are under 100 bytes, the default 1024 is plenty)"
+                        ));
+                    }
+                    s.policy.max_line = n
                 }
                 "max_sessions" => {
                     s.policy.max_sessions =
@@ -794,6 +810,19 @@ mod tests {
                 .policy
                 .max_line,
             128
+        );
+        let e = error_of("ports = 21\nmax_line = 8193\n");
+        assert!(
+            e.starts_with("v.conf:2: max_line = 8193 is too large: use at most 8192"),
+            "{e}"
+        );
+        assert!(error_of("max_line = 18446744073709551615\n").contains("at most 8192"));
+        assert_eq!(
+            parse("max_line = 8192\n", Path::new("v"))
+                .unwrap()
+                .policy
+                .max_line,
+            MAX_MAX_LINE
         );
         for key in ["expect_timeout", "session_idle_timeout"] {
             let e = error_of(&format!("ports = 21\n{key} = 0\n"));

@@ -5,7 +5,6 @@
 //! polled with `AsyncFd`, control clients are served by small tasks that ask the main loop for a
 //! snapshot over a channel, and the engine's next deadline is a `sleep_until`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use crate::control::{self, Request};
 use crate::ctnetlink::Ctnetlink;
 use crate::engine::{Action, CtHint, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
+use crate::lookup::{Lookup, LookupGuard};
 use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
@@ -57,6 +57,12 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "control socket {path}: a {kind} is there, not a socket; ftpct only replaces a stale \
+         socket of its own. Remove it if nothing needs it (rm {path}), or choose another path \
+         (`socket =` in ftpct.conf, or --socket)", path = path.display()
+    )]
+    SocketPathTaken { path: PathBuf, kind: &'static str },
     #[error("metrics address {addr}: {source} (choose another `metrics` address or remove it)")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -240,6 +246,11 @@ struct Shell {
     overrun_log: Throttle,
     queue_error_log: Throttle,
     poll_error_log: Throttle,
+    lookup_budget_log: Throttle,
+    /// Bounds the conntrack lookups of unknown packets.
+    lookups: LookupGuard,
+    /// Connections of the metrics endpoint: live ones, and the counters of those cut off.
+    http: std::sync::Arc<HttpCounters>,
 }
 
 /// What the rule check needs: a socket to read the ruleset and the pure [`Checker`].
@@ -263,30 +274,7 @@ impl Shell {
             self.report_malformed(&pkt, now);
         }
         if let Verdict::NeedConntrack(tuple) = v {
-            self.stats.ct_lookups += 1;
-            let t = Instant::now();
-            let found = self.ct.get_entry(&tuple);
-            self.stats.ct_lookup_ns += t.elapsed().as_nanos() as u64;
-            let hint = match found {
-                Ok(Some(e)) => {
-                    if e.helper {
-                        warn!(
-                            flow = %tuple,
-                            "a kernel conntrack helper is attached to this FTP control connection as well: \
-                             both would rewrite it; remove the `-j CT --helper ftp` rule for these ports"
-                        );
-                        self.stats.kernel_helper_seen += 1;
-                    }
-                    CtHint::Found(e.tuples)
-                }
-                Ok(None) => CtHint::Missing,
-                Err(e) => {
-                    self.stats.ct_lookup_errors += 1;
-                    warn!(error = %e, flow = %tuple, "conntrack lookup failed; tracking without NAT information");
-                    CtHint::Missing
-                }
-            };
-            v = self.engine.handle_packet(pkt.payload(), hook, hint, now);
+            v = self.look_up(&pkt, hook, tuple, now);
         }
         // What the packet's fate depends on happens before its verdict: the data connection's
         // entry (its SYN is this packet), the ipset element (the server may connect as soon as
@@ -329,6 +317,80 @@ impl Shell {
         }
         self.unwatch_deferred();
         self.drain_events();
+    }
+
+    /// The conntrack lookup that an unknown packet on a control port needs
+    /// ([`Verdict::NeedConntrack`]), within the bounds of [`LookupGuard`], and the engine's
+    /// verdict with its result. The entry's id is recorded in the session it starts.
+    fn look_up(&mut self, pkt: &Packet, hook: Hook, tuple: FlowTuple, now: Timestamp) -> Verdict {
+        let syn_ack = crate::packet::TcpPacket::parse(pkt.payload())
+            .is_ok_and(|p| p.flags.syn && p.flags.ack);
+        let hint = match self.lookups.check(&tuple, syn_ack, now) {
+            Lookup::KnownMissing => {
+                self.stats.ct_lookups_cached += 1;
+                CtHint::Missing
+            }
+            Lookup::OverBudget => {
+                self.stats.ct_lookups_over_budget += 1;
+                if let Some(n) = self.lookup_budget_log.hit(now) {
+                    warn!(
+                        count = n,
+                        total = self.stats.ct_lookups_over_budget,
+                        syn_ack,
+                        budget = if syn_ack {
+                            crate::lookup::SYN_ACK_BUDGET
+                        } else {
+                            crate::lookup::LOOKUP_BUDGET
+                        },
+                        "more packets of unknown connections on the control ports than \
+                         conntrack lookups per second allowed (a flood of stray or spoofed \
+                         segments?): the rest are accepted untouched, and a new FTP session \
+                         among them is picked up at a later packet. Counted in \
+                         ct_lookups_over_budget; at most one line per {}s",
+                        LOG_EVERY.as_secs()
+                    );
+                }
+                // accepted untouched (the engine counts it as untracked)
+                CtHint::Missing
+            }
+            Lookup::Ask => {
+                self.stats.ct_lookups += 1;
+                let t = Instant::now();
+                let found = self.ct.get_entry(&tuple);
+                self.stats.ct_lookup_ns += t.elapsed().as_nanos() as u64;
+                match found {
+                    Ok(Some(e)) => {
+                        self.lookups.found(&tuple);
+                        if e.helper {
+                            warn!(
+                                flow = %tuple,
+                                "a kernel conntrack helper is attached to this FTP control connection as well: \
+                                 both would rewrite it; remove the `-j CT --helper ftp` rule for these ports"
+                            );
+                            self.stats.kernel_helper_seen += 1;
+                        }
+                        let v = self.engine.handle_packet(
+                            pkt.payload(),
+                            hook,
+                            CtHint::Found(e.tuples),
+                            now,
+                        );
+                        self.engine.set_conntrack_id(&tuple, e.id);
+                        return v;
+                    }
+                    Ok(None) => {
+                        self.lookups.found_missing(&tuple, now);
+                        CtHint::Missing
+                    }
+                    Err(e) => {
+                        self.stats.ct_lookup_errors += 1;
+                        warn!(error = %e, flow = %tuple, "conntrack lookup failed; tracking without NAT information");
+                        CtHint::Missing
+                    }
+                }
+            }
+        };
+        self.engine.handle_packet(pkt.payload(), hook, hint, now)
     }
 
     /// A queued packet the engine could not read as TCP/IP (counted in `packets_malformed`
@@ -607,20 +669,52 @@ impl Shell {
         }
     }
 
-    /// After a restore: forget sessions whose conntrack entry is gone, and make sure the
+    /// After a restore: forget sessions whose conntrack entry is gone or is another
+    /// connection now (another id, or other tuples: the addresses and ports were reused since
+    /// the state was written), record the id of those saved without one, and make sure the
     /// restored expectations' destinations are in the ipsets again.
     fn revalidate_restored(&mut self) {
+        let bits = self.settings.seqadj_mark;
         let sessions: Vec<_> = self
             .engine
             .sessions()
-            .map(|s| (s.id, s.ct.original))
+            .map(|s| {
+                let marked = (bits != 0 && s.shifts_sequence()).then_some(bits);
+                (s.id, s.ct, s.ct_id, marked)
+            })
             .collect();
-        let mut gone = 0;
-        for (id, original) in sessions {
-            if let Ok(None) = self.ct.get(&original) {
-                self.engine.forget_session(id);
-                gone += 1;
+        let (mut gone, mut replaced) = (0, 0);
+        for (id, ct, ct_id, marked) in sessions {
+            match self.ct.get_entry(&ct.original) {
+                Ok(None) => {
+                    self.engine.forget_session(id);
+                    gone += 1;
+                }
+                Ok(Some(e)) => match restored_identity(&ct, ct_id, marked, &e) {
+                    Identity::Same => {}
+                    Identity::Unproven => {
+                        self.engine.set_conntrack_id(&ct.original, e.id);
+                    }
+                    Identity::Other => {
+                        debug!(session = %id, flow = %ct.original, saved = ?ct_id, now = e.id,
+                               mark = format_args!("{:#x}", e.mark),
+                               "restored session's conntrack entry is another connection; forgotten");
+                        self.engine.forget_session(id);
+                        replaced += 1;
+                    }
+                },
+                Err(e) => {
+                    warn!(error = %e, session = %id, "cannot check a restored session against conntrack; kept")
+                }
             }
+        }
+        self.stats.restored_replaced += replaced;
+        if replaced > 0 {
+            info!(
+                sessions = replaced,
+                "restored sessions whose addresses and ports now belong to another connection \
+                 (another conntrack entry) were dropped: their offsets would break it"
+            );
         }
         // The kernel keeps the marks across a restart; set them again anyway (rules installed
         // or a mark cleared since).
@@ -661,7 +755,7 @@ impl Shell {
             Request::Stats => self.format_stats(),
             Request::Metrics => metrics::render(&metrics::Snapshot {
                 engine: self.engine.stats(),
-                shell: &self.stats,
+                shell: &self.shell_stats(),
                 latency: &self.hist,
                 sessions: self.engine.session_count(),
                 expectations: self.engine.expectations().len(),
@@ -671,12 +765,22 @@ impl Shell {
         }
     }
 
+    /// The shell's counters with those kept by the metrics connections' tasks.
+    fn shell_stats(&self) -> ShellStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        ShellStats {
+            metrics_refused: self.http.refused.load(Relaxed),
+            metrics_timeouts: self.http.timeouts.load(Relaxed),
+            ..self.stats.clone()
+        }
+    }
+
     fn format_stats(&self) -> String {
         let s = self.engine.stats();
-        let k = &self.stats;
+        let k = &self.shell_stats();
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 73] = [
+        let rows: [(&str, u64); 79] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -750,6 +854,12 @@ impl Shell {
             ("ipset_add_ns", k.ipset_add_ns),
             ("state_writes", k.state_writes),
             ("state_write_ns", k.state_write_ns),
+            ("state_refused", k.state_refused),
+            ("restored_replaced", k.restored_replaced),
+            ("ct_lookups_cached", k.ct_lookups_cached),
+            ("ct_lookups_over_budget", k.ct_lookups_over_budget),
+            ("metrics_refused", k.metrics_refused),
+            ("metrics_timeouts", k.metrics_timeouts),
         ];
         let mut out = String::with_capacity(1024);
         for (name, v) in rows {
@@ -931,27 +1041,234 @@ pub fn log_event(e: &Event) {
     }
 }
 
+/// Whether a restored session still is the connection that conntrack has under its tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    /// The same conntrack id (and mark) and tuples.
+    Same,
+    /// The same tuples (and mark); the state file had no id (written by an older ftpct).
+    Unproven,
+    /// Another id, other tuples, or no `seqadj_mark` on an entry that must carry it: a new
+    /// connection reuses the addresses and ports.
+    Other,
+}
+
+/// Compares a restored session (its tuples, its saved conntrack id, and the `seqadj_mark`
+/// bits its entry must carry when it has a sequence offset) with the entry conntrack has now.
+///
+/// The id alone is no proof: the kernel computes it from the entry's address and tuple
+/// (`nf_ct_get_id`), and a new entry for the same tuple often reuses the memory of the one just
+/// freed, so it can get the same id. The mark is the proof for the sessions that matter (those
+/// with an offset, whose restore onto another connection would break it): ftpct marked their
+/// entry when the offset appeared, the kernel keeps the mark for the entry's life, and nothing
+/// marks a new connection while ftpct is down.
+fn restored_identity(
+    saved: &crate::types::CtTuples,
+    saved_id: Option<u32>,
+    marked: Option<u32>,
+    now: &crate::ctnetlink::CtEntry,
+) -> Identity {
+    if now.tuples != *saved {
+        return Identity::Other;
+    }
+    if marked.is_some_and(|bits| now.mark & bits != bits) {
+        return Identity::Other;
+    }
+    match saved_id {
+        Some(id) if id == now.id => Identity::Same,
+        Some(_) => Identity::Other,
+        None => Identity::Unproven,
+    }
+}
+
+/// The user to switch to after start: `configured` if set; else, for a daemon started as
+/// root, the first of [`crate::privs::DEFAULT_USERS`] when the switch can work (the process
+/// may switch users, and the state file's directory is writable by that user, or was created
+/// by this start and is given to it); else none (uid 0 with CAP_NET_ADMIN only, with a
+/// warning that says how to get out of it). Prepares the directories this start `created`
+/// and the state file for the user.
+fn choose_user(
+    configured: Option<&str>,
+    state: Option<&Path>,
+    created: &[PathBuf],
+) -> Option<String> {
+    use nix::unistd::{Uid, User};
+    let explicit = configured.is_some();
+    let user = match configured {
+        Some(name) => match User::from_name(name) {
+            Ok(Some(u)) => u,
+            // drop_privileges reports it
+            _ => return Some(name.to_string()),
+        },
+        None => {
+            if !Uid::current().is_root() {
+                // started unprivileged already (systemd's DynamicUser=, User=)
+                return None;
+            }
+            let Some(u) = crate::privs::default_user() else {
+                warn!(
+                    users = ?crate::privs::DEFAULT_USERS,
+                    "running as root (CAP_NET_ADMIN only), which can still write every \
+                     root-owned file: none of these users exists. Create one (useradd --system \
+                     --no-create-home ftpct) or set `user =`; `user = root` silences this"
+                );
+                return None;
+            };
+            if !crate::privs::can_switch_user() {
+                warn!(
+                    user = %u.name,
+                    "running as root (CAP_NET_ADMIN only) without CAP_SETUID/CAP_SETGID to \
+                     switch to an unprivileged user: start ftpct as that user with \
+                     CAP_NET_ADMIN (systemd: User= or DynamicUser=, AmbientCapabilities=), \
+                     or set `user = root` to keep uid 0 on purpose"
+                );
+                return None;
+            }
+            u
+        }
+    };
+    if user.uid.is_root() {
+        return Some(user.name);
+    }
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let chown = |p: &Path| {
+        nix::unistd::fchownat(
+            None,
+            p,
+            Some(user.uid),
+            Some(user.gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    for d in created {
+        if let Err(e) = chown(d) {
+            warn!(error = %e, dir = %d.display(), user = %user.name, "cannot give a directory ftpct created to its user");
+        }
+    }
+    let Some(state) = state else {
+        return Some(user.name);
+    };
+    let dir = match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let writable = std::fs::metadata(dir).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        crate::privs::may_write_dir(m.mode(), m.uid(), m.gid(), uid, gid)
+    });
+    if writable {
+        // its own file, also for a sticky directory such as /tmp
+        if let Err(e) = chown(state) {
+            warn!(error = %e, state = %state.display(), "cannot give the state file to its user");
+        }
+        return Some(user.name);
+    }
+    if explicit {
+        warn!(
+            user = %user.name,
+            dir = %dir.display(),
+            "the state file's directory is not writable by the configured user: the state \
+             file cannot be rewritten (compacted) after start and will be given up then. Fix: \
+             chown {} {} (or let systemd's RuntimeDirectory=/StateDirectory= create it)",
+            user.name,
+            dir.display()
+        );
+        return Some(user.name);
+    }
+    warn!(
+        user = %user.name,
+        dir = %dir.display(),
+        "staying root (CAP_NET_ADMIN only, which can still write every root-owned file): \
+         the state file's directory is not writable by the default user {}. Fix: chown {} {}, \
+         or put state_file and socket in a directory that does not exist yet (ftpct creates \
+         it for that user), or set `user =` (`user = root` keeps uid 0 on purpose)",
+        user.name,
+        user.name,
+        dir.display()
+    );
+    None
+}
+
+/// What is at a path, for an error message.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_file() {
+        "regular file"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device node"
+    } else {
+        "file that is not a socket"
+    }
+}
+
+/// Binds the control socket at `path`, mode 0600. Only a stale socket (one that nobody
+/// listens on: left by a killed daemon) is replaced; anything else at the path (a regular
+/// file, a directory, a symbolic link...) is refused with the fix, never removed or followed.
+/// The socket gets its mode before it appears in the file system (`fchmod` of the unbound
+/// socket, and a umask of 0177 around `bind`), so no `chmod` by path follows.
 fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::FileTypeExt;
     let err = |source| DaemonError::Socket {
         path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(err)?;
     }
-    if path.exists() {
-        // A live daemon answers; a stale socket file from a crash does not.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "a daemon is already listening there",
-            )));
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+        Ok(m) if m.file_type().is_socket() => {
+            // A live daemon answers; a stale socket file from a crash does not.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "a daemon is already listening there",
+                )));
+            }
+            std::fs::remove_file(path).map_err(err)?;
         }
-        std::fs::remove_file(path).map_err(err)?;
+        Ok(m) => {
+            return Err(DaemonError::SocketPathTaken {
+                path: path.to_path_buf(),
+                kind: file_kind(m.file_type()),
+            })
+        }
     }
-    let l = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(l)
+    bind_private(path).map_err(err)
+}
+
+/// A listening Unix socket at `path` created with mode 0600 (see [`bind_control_socket`]).
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use nix::sys::stat::{fchmod, umask, Mode};
+    use std::os::fd::AsRawFd;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o600))?;
+    let addr = UnixAddr::new(path)?;
+    // The daemon is still single-threaded here: the umask change is seen by nothing else.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = socket::bind(fd.as_raw_fd(), &addr);
+    umask(old);
+    bound?;
+    socket::listen(&fd, Backlog::new(128)?)?;
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
 }
 
 type Asker = mpsc::Sender<(Request, oneshot::Sender<String>)>;
@@ -1003,22 +1320,75 @@ async fn serve_client(
     let _ = w.shutdown().await;
 }
 
-/// A minimal HTTP/1.1 responder for Prometheus scrapes: `GET /metrics` only.
-async fn serve_metrics(stream: tokio::net::TcpStream, tx: Asker) {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r).take(8192);
-    let mut first = String::new();
-    if tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut first))
+/// How long a metrics connection may take, from its accept to the end of the response: a
+/// client that sends its request slowly (a header line every few seconds) is cut off then.
+pub const METRICS_DEADLINE: Duration = Duration::from_secs(5);
+/// Metrics connections served at the same time at most; more are closed at once.
+pub const METRICS_MAX_CONNECTIONS: usize = 8;
+
+/// The metrics endpoint's connection count and the counters of connections closed early.
+#[derive(Debug, Default)]
+struct HttpCounters {
+    active: std::sync::atomic::AtomicUsize,
+    refused: std::sync::atomic::AtomicU64,
+    timeouts: std::sync::atomic::AtomicU64,
+}
+
+/// One of the [`METRICS_MAX_CONNECTIONS`] places, given back when dropped.
+struct HttpSlot(std::sync::Arc<HttpCounters>);
+
+impl HttpSlot {
+    /// A place for a new connection, or `None` (counted) when all are taken.
+    fn take(c: &std::sync::Arc<HttpCounters>) -> Option<HttpSlot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let taken = c
+            .active
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < METRICS_MAX_CONNECTIONS).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            Some(HttpSlot(c.clone()))
+        } else {
+            c.refused.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves one metrics connection within [`METRICS_DEADLINE`].
+async fn serve_metrics(stream: tokio::net::TcpStream, tx: Asker, slot: HttpSlot) {
+    if tokio::time::timeout(METRICS_DEADLINE, respond_metrics(stream, tx))
         .await
         .is_err()
     {
+        slot.0
+            .timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A minimal HTTP/1.1 responder for Prometheus scrapes: `GET /metrics` only.
+async fn respond_metrics(stream: tokio::net::TcpStream, tx: Asker) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r).take(8192);
+    let mut first = String::new();
+    if r.read_line(&mut first).await.is_err() {
         return;
     }
     // Read (and ignore) the headers up to the empty line.
     loop {
         let mut h = String::new();
-        match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut h)).await {
-            Ok(Ok(n)) if n > 0 && h != "\r\n" && h != "\n" => continue,
+        match r.read_line(&mut h).await {
+            Ok(n) if n > 0 && h != "\r\n" && h != "\n" => continue,
             _ => break,
         }
     }
@@ -1128,12 +1498,22 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             }
         }
     };
+    // The directories that this start creates (and may hand over to the unprivileged user).
+    let state_path = settings.state_path();
+    let mut created: Vec<PathBuf> = Vec::new();
+    for p in [&settings.socket, &state_path] {
+        if let Some(d) = p.parent() {
+            if !d.as_os_str().is_empty() && !d.exists() && !created.iter().any(|c| c == d) {
+                created.push(d.to_path_buf());
+            }
+        }
+    }
     let listener = bind_control_socket(&settings.socket)?;
     let mut engine = Engine::new(crate::engine::Config {
         hash_key: random_hash_key(),
         ..settings.engine_config()
     });
-    let state_path = settings.state_path();
+    let mut state_refused = 0;
     let state = match StateFile::open(&state_path, &mut engine, monotonic_now()) {
         Ok((sf, report)) => {
             if report.stale {
@@ -1158,6 +1538,21 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             if let Some(line) = report.corrupt_at {
                 warn!(state = %state_path.display(), line, "state file corrupt from this line on; the rest was ignored");
             }
+            if report.not_a_file {
+                warn!(state = %state_path.display(), "not a regular file (a symbolic link, a FIFO...): not read, replaced by the new state file");
+            }
+            for r in &report.refusals {
+                warn!(
+                    state = %state_path.display(),
+                    line = r.line,
+                    count = r.count,
+                    reason = %r.first,
+                    "state file records refused (not restored): they break a rule the daemon \
+                     keeps for live traffic (the file was edited, or the configuration changed \
+                     since); the reason is the first one's"
+                );
+            }
+            state_refused = report.refused as u64;
             Some(sf)
         }
         Err(e) => {
@@ -1185,7 +1580,10 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         hist_plain: Histogram::default(),
         hist_work: Histogram::default(),
         hist_verdict: Histogram::default(),
-        stats: ShellStats::default(),
+        stats: ShellStats {
+            state_refused,
+            ..ShellStats::default()
+        },
         unwatch: Vec::with_capacity(16),
         rule_watch,
         mark_cursor: 0,
@@ -1194,10 +1592,19 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         overrun_log: Throttle::new(LOG_EVERY),
         queue_error_log: Throttle::new(LOG_EVERY),
         poll_error_log: Throttle::new(LOG_EVERY),
+        lookup_budget_log: Throttle::new(LOG_EVERY),
+        lookups: LookupGuard::default(),
+        http: std::sync::Arc::new(HttpCounters::default()),
     };
     shell.revalidate_restored();
-    // Everything is open: keep CAP_NET_ADMIN only (and switch user if configured).
-    match crate::privs::drop_privileges(settings.user.as_deref()) {
+    // Everything is open: keep CAP_NET_ADMIN only, and switch to the configured user (or,
+    // started as root without `user =`, to the default one where possible).
+    let run_as = choose_user(
+        settings.user.as_deref(),
+        shell.state.as_ref().map(|s| s.path()),
+        &created,
+    );
+    match crate::privs::drop_privileges(run_as.as_deref()) {
         Ok(d) => info!(uid = d.uid, capabilities = ?d.effective, "privileges dropped"),
         Err(e) => return Err(DaemonError::Privileges(e)),
     }
@@ -1333,7 +1740,10 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 }
             } => {
                 if let Ok((stream, _)) = conn {
-                    tokio::spawn(serve_metrics(stream, tx.clone()));
+                    // over the cap: closed at once (dropped), counted in metrics_refused
+                    if let Some(slot) = HttpSlot::take(&shell.http) {
+                        tokio::spawn(serve_metrics(stream, tx.clone(), slot));
+                    }
                 }
             }
             Some((req, reply)) = rx.recv() => {
@@ -1372,8 +1782,14 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         expectations = shell.engine.expectations().len(),
         "ftpct stopping"
     );
-    // The socket that was bound at start (a reload does not move it).
-    let _ = std::fs::remove_file(&opts.settings.socket);
+    // The socket that was bound at start (a reload does not move it), if it is still one.
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let sock = &opts.settings.socket;
+        if std::fs::symlink_metadata(sock).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(sock);
+        }
+    }
     if let Some(st) = &mut shell.state {
         if let Err(e) = st.compact(&shell.engine) {
             error!(error = %e, "cannot write the final state");
@@ -1537,6 +1953,90 @@ mod tests {
             },
         }]);
         assert!(untranslated[0].ends_with(" nat_to=-"), "{untranslated:?}");
+    }
+
+    #[test]
+    fn a_restored_session_is_kept_only_for_the_same_conntrack_entry() {
+        use crate::ctnetlink::CtEntry;
+        use crate::types::CtTuples;
+        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let ct = CtTuples {
+            original: FlowTuple::new(sa("10.0.0.2:40000"), sa("198.51.100.2:21")),
+            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61000")),
+        };
+        let entry = |id: u32, tuples: CtTuples| CtEntry {
+            tuples,
+            id,
+            status: 0,
+            mark: 0x10_0000,
+            timeout_secs: 100,
+            tcp_state: Some(3),
+            helper: false,
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &entry(7, ct)),
+            Identity::Same
+        );
+        // the same addresses and ports, a new connection (a new entry, a new id)
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &entry(8, ct)),
+            Identity::Other
+        );
+        // another NAT mapping
+        let other = CtTuples {
+            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61001")),
+            ..ct
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &entry(7, other)),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, None, None, &entry(9, ct)),
+            Identity::Unproven
+        );
+        assert_eq!(
+            restored_identity(&ct, None, None, &entry(9, other)),
+            Identity::Other
+        );
+        // a session with an offset: its entry must carry seqadj_mark; a new entry (even with
+        // the same id: the kernel may reuse the freed entry's memory) does not
+        let bits = Some(0x10_0000);
+        assert_eq!(
+            restored_identity(&ct, Some(7), bits, &entry(7, ct)),
+            Identity::Same
+        );
+        let unmarked = CtEntry {
+            mark: 0x4654,
+            ..entry(7, ct)
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), bits, &unmarked),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, None, bits, &unmarked),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &unmarked),
+            Identity::Same,
+            "no offset: the mark is not required"
+        );
+    }
+
+    #[test]
+    fn metrics_places_are_capped_and_given_back() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = std::sync::Arc::new(HttpCounters::default());
+        let slots: Vec<_> = (0..METRICS_MAX_CONNECTIONS)
+            .map(|_| HttpSlot::take(&c).expect("a place"))
+            .collect();
+        assert!(HttpSlot::take(&c).is_none());
+        assert_eq!(c.refused.load(Relaxed), 1);
+        drop(slots);
+        assert_eq!(c.active.load(Relaxed), 0);
+        assert!(HttpSlot::take(&c).is_some());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Three crates (see docs/design.md):
 //! - `ftpct-core` (crates/ftpct-core), pure and sans-IO: [`parser`], [`session`], [`window`],
-//!   [`expect`], [`seqadj`], [`packet`], [`policy`], [`rulespec`], [`rulecheck`] and the
+//!   [`expect`], [`seqadj`], [`packet`], [`policy`], [`rulespec`], [`rulecheck`], [`restore`] (checks of a state file's records), [`lookup`]
+//!   (the bound on conntrack lookups of unknown packets) and the
 //!   [`engine`] that ties them together. Bytes and timestamps in, decisions out; no sockets, no
 //!   clock, no globals; its dependencies cannot do I/O.
 //! - `ftpct-netfilter` (crates/ftpct-netfilter), the kernel interfaces: [`netlink`],
@@ -17,7 +18,8 @@
 // The core lives in its own crate (crates/ftpct-core), which cannot do I/O; its modules are
 // re-exported under their old paths (`ftpct::engine`, ...).
 pub use ftpct_core::{
-    engine, expect, packet, parser, policy, rulecheck, rulespec, seqadj, session, types, window,
+    engine, expect, lookup, packet, parser, policy, restore, rulecheck, rulespec, seqadj, session,
+    types, window,
 };
 
 // The kernel interfaces live in crates/ftpct-netfilter.

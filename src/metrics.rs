@@ -130,6 +130,17 @@ pub struct ShellStats {
     pub ipset_add_ns: u64,
     pub state_writes: u64,
     pub state_write_ns: u64,
+    /// State file records refused at the restore ([`crate::restore`]).
+    pub state_refused: u64,
+    /// Restored sessions forgotten because their tuple now belongs to another connection.
+    pub restored_replaced: u64,
+    /// Unknown packets not looked up ([`crate::lookup`]): found missing a moment ago, or
+    /// beyond the second's budget (accepted untouched).
+    pub ct_lookups_cached: u64,
+    pub ct_lookups_over_budget: u64,
+    /// Metrics connections refused (over the connection cap) and cut off (request deadline).
+    pub metrics_refused: u64,
+    pub metrics_timeouts: u64,
     /// Gauge: ftpct's own firewall rules (and nft base chains) found missing at the last rule
     /// check ([`crate::rulecheck`]).
     pub rules_missing: u64,
@@ -364,6 +375,42 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "ftpct's own firewall rules found missing at the last rule check (0: all there, or not \
          checked: rule_check_interval = 0 or rules not in nf_tables).",
         &[("", k.rules_missing)],
+    );
+    metric(
+        &mut out,
+        "ftpct_conntrack_lookups_total",
+        "counter",
+        "Packets of unknown connections on the control ports: conntrack looked up, known \
+         missing (negative cache), or over the per-second lookup budget (accepted untouched).",
+        &[
+            ("result=\"looked_up\"", k.ct_lookups),
+            ("result=\"cached_missing\"", k.ct_lookups_cached),
+            ("result=\"over_budget\"", k.ct_lookups_over_budget),
+        ],
+    );
+    metric(
+        &mut out,
+        "ftpct_state_records_refused_total",
+        "counter",
+        "State file records refused at the restore (they break the engine's rules).",
+        &[("", k.state_refused)],
+    );
+    metric(
+        &mut out,
+        "ftpct_restored_sessions_replaced_total",
+        "counter",
+        "Restored sessions dropped because another connection now has their tuple.",
+        &[("", k.restored_replaced)],
+    );
+    metric(
+        &mut out,
+        "ftpct_metrics_connections_refused_total",
+        "counter",
+        "Connections of this endpoint closed: over the connection cap, or past the request deadline.",
+        &[
+            ("reason=\"limit\"", k.metrics_refused),
+            ("reason=\"deadline\"", k.metrics_timeouts),
+        ],
     );
     metric(
         &mut out,

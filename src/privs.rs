@@ -6,6 +6,13 @@
 //! empty, the bounding set reduced to it, and `no_new_privs` set. With `user = NAME` it also
 //! switches to that user (keeping CAP_NET_ADMIN across the switch); the state file and socket
 //! directories must then be writable by that user (systemd's `RuntimeDirectory=` does it).
+//!
+//! Without `user =`, a daemon started as root does not stay root: uid 0 keeps owning every
+//! root-owned file even with CAP_NET_ADMIN only (no CAP_DAC_OVERRIDE is needed to write a
+//! file one owns). It switches to [`DEFAULT_USERS`] (a dedicated `ftpct` user if there is
+//! one, else `nobody`) when it can: it holds CAP_SETUID and CAP_SETGID, and the state file's
+//! directory is, or can safely be made, writable by that user (see the daemon's
+//! `choose_user`). `user = root` keeps uid 0 on purpose.
 
 use caps::{CapSet, Capability, CapsHashSet};
 
@@ -24,6 +31,41 @@ pub enum PrivError {
 pub struct Dropped {
     pub uid: u32,
     pub effective: Vec<String>,
+}
+
+/// The users a daemon started as root switches to without `user =`, the first that exists.
+pub const DEFAULT_USERS: [&str; 2] = ["ftpct", "nobody"];
+
+/// The first of [`DEFAULT_USERS`] that the system knows.
+pub fn default_user() -> Option<nix::unistd::User> {
+    DEFAULT_USERS
+        .iter()
+        .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
+}
+
+/// Whether this process can switch users (CAP_SETUID and CAP_SETGID in its effective set).
+pub fn can_switch_user() -> bool {
+    [Capability::CAP_SETUID, Capability::CAP_SETGID]
+        .iter()
+        .all(|c| caps::has_cap(None, CapSet::Effective, *c).unwrap_or(false))
+}
+
+/// Whether a process of `uid`/`gid` (no supplementary groups) may create, rename and remove
+/// entries in a directory with this `mode` and owner (write and search permission; the
+/// sticky bit also needs the entries to be its own, which the caller arranges for the state
+/// file).
+pub fn may_write_dir(mode: u32, owner: u32, group: u32, uid: u32, gid: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let bits = if owner == uid {
+        mode >> 6
+    } else if group == gid {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & 0o3 == 0o3
 }
 
 fn only_net_admin() -> CapsHashSet {
@@ -90,4 +132,28 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivError> {
         uid: nix::unistd::getuid().as_raw(),
         effective,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_write_permission_follows_owner_group_other() {
+        // root-owned 0755: only root
+        assert!(!may_write_dir(0o755, 0, 0, 65534, 65534));
+        assert!(may_write_dir(0o755, 0, 0, 0, 0));
+        // owned by the user
+        assert!(may_write_dir(0o700, 65534, 65534, 65534, 65534));
+        assert!(
+            !may_write_dir(0o500, 65534, 0, 65534, 65534),
+            "no write bit"
+        );
+        // group-writable with the user's group; the owner's bits win for the owner
+        assert!(may_write_dir(0o770, 0, 100, 1000, 100));
+        assert!(!may_write_dir(0o070, 1000, 100, 1000, 100));
+        // /tmp: world-writable and sticky
+        assert!(may_write_dir(0o1777, 0, 0, 65534, 65534));
+        assert!(!may_write_dir(0o1776, 0, 0, 65534, 65534), "no search bit");
+    }
 }

@@ -30,10 +30,13 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use nix::libc;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
-use crate::engine::{Engine, Journal};
+use crate::engine::{Engine, Journal, RestoreRefusal};
 use crate::expect::{ExpectKind, Expectation};
 use crate::seqadj::Record;
 use crate::types::{CtTuples, Dir, FlowTuple, SessionId, Timestamp};
@@ -54,15 +57,52 @@ pub enum StateError {
 /// What loading found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
+    /// Records read back (applied or refused).
     pub records: usize,
     /// The file was from another boot (or had no valid header) and was ignored.
     pub stale: bool,
-    /// Line number of the first corrupt line, if any (the rest was ignored).
+    /// Line number of the first corrupt line (a bad hash, a malformed record, or a byte that is
+    /// not UTF-8), if any: the rest was ignored.
     pub corrupt_at: Option<usize>,
     pub sessions: usize,
     pub expectations: usize,
     /// The file ended with an unterminated line (ignored).
     pub torn_tail: bool,
+    /// Something other than a regular file (a symbolic link, a FIFO, a directory...) was at
+    /// the path: not read; a regular file replaces it.
+    pub not_a_file: bool,
+    /// Records that [`Engine::restore`] refused (they changed nothing).
+    pub refused: usize,
+    /// The first refusal of each kind ([`RestoreRefusal::label`]): its line, the reason and
+    /// how many records were refused for that kind, in the order first seen.
+    pub refusals: Vec<Refusals>,
+}
+
+/// Records refused for one kind of reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusals {
+    /// Line of the first one.
+    pub line: usize,
+    pub first: RestoreRefusal,
+    pub count: usize,
+}
+
+impl LoadReport {
+    fn refuse(&mut self, line: usize, why: RestoreRefusal) {
+        self.refused += 1;
+        match self
+            .refusals
+            .iter_mut()
+            .find(|r| r.first.label() == why.label())
+        {
+            Some(r) => r.count += 1,
+            None => self.refusals.push(Refusals {
+                line,
+                first: why,
+                count: 1,
+            }),
+        }
+    }
 }
 
 /// 32-bit FNV-1a: detects torn and edited lines (not an adversary with write access to the
@@ -98,6 +138,7 @@ pub fn encode(rec: &Journal, out: &mut String) {
             "S {} {} {} {} {} {}",
             id.0, ct.original.src, ct.original.dst, ct.reply.src, ct.reply.dst, created.0
         ),
+        Journal::ConntrackId { id, ct_id } => write!(body, "C {} {}", id.0, ct_id),
         Journal::LinePos { id, dir, pos } => write!(body, "L {} {} {}", id.0, dir_code(*dir), pos),
         Journal::Rewrite { id, dir, record } => {
             let _ = write!(
@@ -158,6 +199,10 @@ pub fn decode(line: &str) -> Option<Journal> {
                 reply: FlowTuple::new(sa(4)?, sa(5)?),
             },
             created: Timestamp(num(6)?),
+        },
+        "C" if f.len() == 3 => Journal::ConntrackId {
+            id: id(1)?,
+            ct_id: u32f(2)?,
         },
         "L" if f.len() == 4 => Journal::LinePos {
             id: id(1)?,
@@ -234,8 +279,38 @@ fn boot_id() -> String {
         })
 }
 
+/// Replays the bytes of a state file into `engine`, as [`load_text`] does, up to the first
+/// byte that is not part of valid UTF-8 text: such a byte is corruption like a bad hash, and
+/// the line it is on and the rest are not trusted (the daemon then writes a fresh file).
+pub fn load_bytes(
+    bytes: &[u8],
+    expected_boot: &str,
+    engine: &mut Engine,
+    now: Timestamp,
+) -> LoadReport {
+    let bytes = bytes.split(|b| *b == 0).next().unwrap_or(&[]);
+    let (text, bad_at) = match std::str::from_utf8(bytes) {
+        Ok(t) => (t, None),
+        Err(e) => {
+            let valid = bytes.get(..e.valid_up_to()).unwrap_or(&[]);
+            // valid UTF-8 up to there, by construction
+            let t = std::str::from_utf8(valid).unwrap_or("");
+            (t, Some(t.bytes().filter(|b| *b == b'\n').count() + 1))
+        }
+    };
+    let mut report = load_text(text, expected_boot, engine, now);
+    if let (Some(line), false) = (bad_at, report.stale) {
+        // The valid part ends inside the bad line: not a torn append, a corrupt line.
+        report.torn_tail = false;
+        report.corrupt_at = Some(report.corrupt_at.map_or(line, |l| l.min(line)));
+    }
+    report
+}
+
 /// Replays the text of a state file into `engine`: the text up to the first zero byte (the
 /// preallocated rest of the file), without an unterminated last line (an append cut short).
+/// Every record goes through [`Engine::restore`]'s checks; the refused ones are counted in the
+/// report.
 pub fn load_text(
     text: &str,
     expected_boot: &str,
@@ -260,7 +335,9 @@ pub fn load_text(
     for (i, line) in lines.enumerate() {
         match decode(line) {
             Some(rec) => {
-                engine.restore(&rec, now);
+                if let Err(why) = engine.restore(&rec, now) {
+                    report.refuse(i + 2, why);
+                }
                 report.records += 1;
             }
             None => {
@@ -378,17 +455,30 @@ impl StateFile {
         };
         let boot = boot_id();
         let mut report = LoadReport::default();
-        match File::open(path) {
-            Ok(f) => {
-                let mut text = String::new();
-                f.take(MAX_FILE).read_to_string(&mut text).map_err(err)?;
-                report = load_text(&text, &boot, engine, now);
+        // Not through a symbolic link, and not blocking on a FIFO: only a regular file is
+        // read (anything else at the path is replaced by the fresh file's rename below).
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path);
+        match opened {
+            Ok(f) if f.metadata().map_err(err)?.is_file() => {
+                let mut bytes = Vec::new();
+                f.take(MAX_FILE).read_to_end(&mut bytes).map_err(err)?;
+                report = load_bytes(&bytes, &boot, engine, now);
             }
+            Ok(_) => report.not_a_file = true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => report.not_a_file = true,
             Err(e) => return Err(err(e)),
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(err)?;
         }
         let (sink, _) = Self::write_snapshot(path, &boot, engine, &mut String::new())?;
         let sf = StateFile {
@@ -474,13 +564,7 @@ impl StateFile {
         let mut tmp = path.to_path_buf().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(err)?;
+        let mut f = create_private(&tmp).map_err(err)?;
         // Streamed in chunks: a snapshot of a million expectations is ~100 MB of text, which
         // must not sit in memory (neither as records nor as text) next to the tables.
         const CHUNK: usize = 64 << 10;
@@ -510,16 +594,38 @@ impl StateFile {
             Ok(m) => Sink::Mapped(m),
             Err(e) => {
                 tracing::debug!(error = %e, "state file not mapped; appending with write(2)");
-                // a failed fallocate may have extended the file with zeros: cut them off
+                // a failed fallocate may have extended the file with zeros: cut them off;
+                // the file position stays at the end of the snapshot, where appends go
                 f.set_len(len as u64).map_err(err)?;
-                drop(f);
-                let f = OpenOptions::new().append(true).open(&tmp).map_err(err)?;
                 Sink::Write(f)
             }
         };
         std::fs::rename(&tmp, path).map_err(err)?;
         Ok((sink, len))
     }
+}
+
+/// Creates `path` for writing, mode 0600, without following a symbolic link and without
+/// opening anything that is already there: a stale file (or a link, a FIFO...) left at the
+/// path is removed first (`unlink` removes a link itself, never its target); should one
+/// appear again before the open, the open fails instead of writing through it.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    match nix::unistd::unlinkat(None, path, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|f| {
+            // whatever the umask
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            Ok(f)
+        })
 }
 
 #[cfg(test)]
@@ -540,7 +646,11 @@ mod tests {
             Journal::SessionStart {
                 id: SessionId(7),
                 ct,
-                created: Timestamp(123),
+                created: Timestamp(50),
+            },
+            Journal::ConntrackId {
+                id: SessionId(7),
+                ct_id: 0xdead_beef,
             },
             Journal::LinePos {
                 id: SessionId(7),
@@ -621,15 +731,15 @@ mod tests {
     #[test]
     fn replay_stops_at_the_first_corrupt_line_and_ignores_other_boots() {
         let mut text = format!("{MAGIC} boot=B1\n");
-        for rec in samples().iter().take(3) {
+        for rec in samples().iter().take(4) {
             encode(rec, &mut text);
         }
         text.push_str("deadbeef garbage\n");
-        encode(&samples()[4], &mut text);
+        encode(&samples()[5], &mut text);
         let mut e = Engine::new(Config::default());
         let r = load_text(&text, "B1", &mut e, Timestamp(200));
-        assert_eq!(r.records, 3);
-        assert_eq!(r.corrupt_at, Some(5));
+        assert_eq!(r.records, 4);
+        assert_eq!(r.corrupt_at, Some(6));
         assert_eq!(r.sessions, 1);
         let s = e.sessions().next().unwrap();
         assert!(
@@ -703,7 +813,7 @@ mod tests {
         let path = scratch("reopen");
         let mut e = Engine::new(Config::default());
         for rec in samples() {
-            e.restore(&rec, Timestamp(100));
+            let _ = e.restore(&rec, Timestamp(100));
         }
         let (sf, _) = StateFile::open(&path, &mut e, Timestamp(100)).unwrap();
         assert!(
@@ -730,7 +840,7 @@ mod tests {
         let mut e = Engine::new(cfg.clone());
         for rec in samples() {
             if !matches!(rec, Journal::SessionEnd { .. }) {
-                e.restore(&rec, Timestamp(100));
+                let _ = e.restore(&rec, Timestamp(100));
             }
         }
         assert_eq!(e.session_count(), 1);
@@ -745,7 +855,8 @@ mod tests {
                 created: Timestamp(100),
                 expires: Timestamp(300_000_000_100),
             };
-            e.restore(&Journal::ExpectAdd { exp }, Timestamp(100));
+            e.restore(&Journal::ExpectAdd { exp }, Timestamp(100))
+                .unwrap();
         }
         let want = e.expectations().len();
         assert!(want >= 3000, "{want}");
@@ -757,5 +868,295 @@ mod tests {
         assert_eq!(again.expectations().len(), want);
         assert_eq!(again.session_count(), e.session_count());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A session as the engine keeps it for a client 10.0.0.2:40000 behind MASQUERADE as
+    /// 203.0.113.1:61000, server 198.51.100.2:21; an expectation of its PORT rewritten.
+    fn masq_session(id: u64) -> (Journal, Expectation) {
+        let ct = CtTuples {
+            original: FlowTuple::new(sa("10.0.0.2:40000"), sa("198.51.100.2:21")),
+            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61000")),
+        };
+        let start = Journal::SessionStart {
+            id: SessionId(id),
+            ct,
+            created: Timestamp::from_secs(10),
+        };
+        let exp = Expectation {
+            master: SessionId(id),
+            kind: ExpectKind::Port,
+            src: "198.51.100.2".parse().unwrap(),
+            dst: sa("203.0.113.1:50000"),
+            nat_to: Some(sa("10.0.0.2:50000")),
+            created: Timestamp::from_secs(90),
+            expires: Timestamp::from_secs(390),
+        };
+        (start, exp)
+    }
+
+    fn file_of(recs: &[Journal]) -> String {
+        let mut text = format!("{MAGIC} boot=B1\n");
+        for r in recs {
+            encode(r, &mut text);
+        }
+        text
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_ends_the_valid_journal_like_a_corrupt_line() {
+        let (start, exp) = masq_session(7);
+        let mut bytes = file_of(&[start]).into_bytes();
+        let good = bytes.len();
+        bytes.extend_from_slice(b"0badf00d \xff\xfe\n");
+        let mut tail = String::new();
+        encode(&Journal::ExpectAdd { exp }, &mut tail);
+        bytes.extend_from_slice(tail.as_bytes());
+        let mut e = Engine::new(Config::default());
+        let r = load_bytes(&bytes, "B1", &mut e, Timestamp::from_secs(100));
+        assert_eq!((r.records, r.corrupt_at, r.torn_tail), (1, Some(3), false));
+        assert_eq!(
+            (r.sessions, r.expectations),
+            (1, 0),
+            "nothing after the bad byte"
+        );
+        // a bad byte in the header: no valid header, the file is ignored
+        let r = load_bytes(b"ftpct-\xc3state 1 boot=B1\n", "B1", &mut e, Timestamp(0));
+        assert!(r.stale);
+        // through the file: read, then rewritten as a fresh, valid snapshot
+        let path = scratch("utf8");
+        std::fs::write(&path, &bytes).unwrap();
+        let boot = boot_id();
+        let text =
+            String::from_utf8_lossy(&bytes[..good]).replace("boot=B1", &format!("boot={boot}"));
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(b"\xff\n");
+        std::fs::write(&path, &bytes).unwrap();
+        let mut e = Engine::new(Config::default());
+        let (sf, r) = StateFile::open(&path, &mut e, Timestamp::from_secs(100)).unwrap();
+        assert_eq!((r.sessions, r.corrupt_at), (1, Some(3)), "{r:?}");
+        drop(sf);
+        let fresh = std::fs::read(&path).unwrap();
+        let valid = fresh.split(|b| *b == 0).next().unwrap();
+        assert!(
+            std::str::from_utf8(valid).is_ok(),
+            "the new file is text again"
+        );
+        let mut again = Engine::new(Config::default());
+        let (_sf, r) = StateFile::open(&path, &mut again, Timestamp::from_secs(100)).unwrap();
+        assert_eq!((r.sessions, r.corrupt_at), (1, None), "{r:?}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn restored_records_are_checked_against_the_engines_rules() {
+        let now = Timestamp::from_secs(100);
+        let (start, exp) = masq_session(7);
+        let bad_exps = [
+            // the audit's record: any source, a privileged private port, never expiring
+            (
+                Expectation {
+                    src: "0.0.0.0".parse().unwrap(),
+                    nat_to: Some(sa("10.0.0.99:22")),
+                    expires: Timestamp(u64::MAX),
+                    ..exp
+                },
+                "expect_address",
+            ),
+            (
+                Expectation {
+                    nat_to: Some(sa("10.0.0.2:22")),
+                    dst: sa("203.0.113.1:22"),
+                    ..exp
+                },
+                "expect_policy",
+            ),
+            (
+                Expectation {
+                    nat_to: Some(sa("10.0.0.99:50000")),
+                    ..exp
+                },
+                "expect_policy",
+            ),
+            (
+                Expectation {
+                    dst: sa("198.51.100.9:50000"),
+                    ..exp
+                },
+                "expect_address",
+            ),
+            (
+                Expectation {
+                    expires: Timestamp(u64::MAX),
+                    ..exp
+                },
+                "expect_timeout",
+            ),
+            (
+                Expectation {
+                    master: SessionId(8),
+                    ..exp
+                },
+                "no_session",
+            ),
+        ];
+        let mut recs = vec![start];
+        recs.extend(bad_exps.iter().map(|(e, _)| Journal::ExpectAdd { exp: *e }));
+        recs.push(Journal::ExpectAdd { exp });
+        let mut e = Engine::new(Config::default());
+        let r = load_text(&file_of(&recs), "B1", &mut e, now);
+        assert_eq!(r.refused, bad_exps.len(), "{r:#?}");
+        let labels: Vec<_> = r.refusals.iter().map(|x| x.first.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "expect_address",
+                "expect_policy",
+                "expect_timeout",
+                "no_session"
+            ]
+        );
+        assert_eq!(r.refusals[0].line, 3);
+        assert_eq!(r.refusals[0].count, 2);
+        assert_eq!(r.expectations, 1, "only the real one");
+        assert_eq!(e.expectations().iter().next().unwrap().1, &exp);
+
+        // sessions: id range, ports, tuples, duplicates, time, max_sessions
+        let ct_of = |j: &Journal| match j {
+            Journal::SessionStart { ct, .. } => *ct,
+            _ => unreachable!(),
+        };
+        let ct = ct_of(&start);
+        let other = |port: u16| CtTuples {
+            original: FlowTuple::new(SocketAddr::new(ct.original.src.ip(), port), ct.original.dst),
+            reply: FlowTuple::new(ct.reply.src, SocketAddr::new(ct.reply.dst.ip(), port)),
+        };
+        let ssh = CtTuples {
+            original: FlowTuple::new(sa("10.0.0.2:40001"), sa("198.51.100.2:22")),
+            reply: FlowTuple::new(sa("198.51.100.2:22"), sa("203.0.113.1:61001")),
+        };
+        let any = CtTuples {
+            original: FlowTuple::new(sa("0.0.0.0:40002"), sa("198.51.100.2:21")),
+            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61002")),
+        };
+        let st = |id: u64, ct: CtTuples, created: u64| Journal::SessionStart {
+            id: SessionId(id),
+            ct,
+            created: Timestamp::from_secs(created),
+        };
+        let recs = [
+            st(u64::MAX, other(40010), 10),
+            st(0, other(40011), 10),
+            st(9, ssh, 10),
+            st(10, any, 10),
+            st(11, other(40012), 1000),
+            start,
+            st(7, other(40013), 10),
+            st(12, ct, 10),
+            st(13, other(40014), 10),
+            st(14, other(40015), 10),
+        ];
+        let mut cfg = Config::default();
+        cfg.policy.max_sessions = 2;
+        let mut e = Engine::new(cfg);
+        let r = load_text(&file_of(&recs), "B1", &mut e, now);
+        let labels: Vec<_> = r
+            .refusals
+            .iter()
+            .map(|x| (x.first.label(), x.count))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("session_id", 2),
+                ("not_control", 1),
+                ("tuples", 1),
+                ("future", 1),
+                ("duplicate", 2),
+                ("max_sessions", 1),
+            ]
+        );
+        assert_eq!(r.sessions, 2);
+        let mut ids: Vec<u64> = e.sessions().map(|s| s.id.0).collect();
+        ids.sort();
+        assert_eq!(ids, [7, 13]);
+        for r in &r.refusals {
+            assert!(!r.first.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn the_conntrack_id_is_journaled_snapshotted_and_old_files_still_load() {
+        let now = Timestamp::from_secs(100);
+        let (start, exp) = masq_session(7);
+        let mut e = Engine::new(Config::default());
+        e.restore(&start, now).unwrap();
+        let packet = FlowTuple::new(sa("10.0.0.2:40000"), sa("198.51.100.2:21"));
+        assert_eq!(e.set_conntrack_id(&packet, 42), Some(SessionId(7)));
+        assert_eq!(
+            e.poll_journal(),
+            Some(Journal::ConntrackId {
+                id: SessionId(7),
+                ct_id: 42
+            })
+        );
+        assert_eq!(e.set_conntrack_id(&packet, 42), Some(SessionId(7)));
+        assert_eq!(e.poll_journal(), None, "journaled once");
+        let unknown = FlowTuple::new(sa("10.0.0.3:40000"), sa("198.51.100.2:21"));
+        assert_eq!(e.set_conntrack_id(&unknown, 1), None);
+        let mut recs = Vec::new();
+        e.snapshot(&mut recs);
+        let mut again = Engine::new(Config::default());
+        let r = load_text(&file_of(&recs), "B1", &mut again, now);
+        assert_eq!(r.refused, 0);
+        assert_eq!(again.sessions().next().unwrap().ct_id, Some(42));
+        // a file without the record (written before it existed): no id, still restored
+        let mut again = Engine::new(Config::default());
+        let r = load_text(
+            &file_of(&[start, Journal::ExpectAdd { exp }]),
+            "B1",
+            &mut again,
+            now,
+        );
+        assert_eq!((r.sessions, r.expectations, r.refused), (1, 1, 0));
+        assert_eq!(again.sessions().next().unwrap().ct_id, None);
+    }
+
+    #[test]
+    fn the_temporary_file_is_never_written_through_a_link_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = scratch("tmplink");
+        let dir = path.parent().unwrap().to_path_buf();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep me\n").unwrap();
+        let tmp = dir.join("s.state.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        // a link at the state file itself is not read, and replaced
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let mut e = Engine::new(Config::default());
+        let (mut sf, r) = StateFile::open(&path, &mut e, Timestamp(100)).unwrap();
+        assert!(r.not_a_file, "{r:?}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "the link was replaced by a file"
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(!tmp.exists());
+        // a stale temporary file (a FIFO) from a crashed compaction: removed, not opened
+        nix::unistd::mkfifo(&tmp, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        sf.compact(&e).unwrap();
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert!(std::fs::symlink_metadata(&tmp).is_err());
+        // a FIFO at the state path does not block the start
+        drop(sf);
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let (_sf, r) = StateFile::open(&path, &mut e, Timestamp(100)).unwrap();
+        assert!(r.not_a_file);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -947,3 +947,113 @@ fn evictions_and_overlong_lines_are_counted_in_stats() {
     assert!(st.get("lines_too_long") >= 1, "[{test}] {}", st.text);
     assert!(st.get("sessions_started") >= 16, "[{test}] {}", st.text);
 }
+
+// ---- unknown segments on the control port: bounded conntrack lookups -----------------------
+
+/// A counter of `ftpct stats`, 0 where the row does not exist (an older daemon, for the
+/// comparison in docs/benchmarks.md).
+fn stat_or_0(st: &FtpctStats, name: &str) -> u64 {
+    if st.has(name) {
+        st.get(name)
+    } else {
+        0
+    }
+}
+
+/// What one flood of unknown segments cost the daemon.
+#[derive(Debug)]
+struct FloodCost {
+    sent: u64,
+    secs: f64,
+    looked_up: u64,
+    lookup_ns: u64,
+    cached: u64,
+    over_budget: u64,
+}
+
+fn flood_cost(lab: &Lab, test: &str, count: u64, sport: Option<u16>) -> FloodCost {
+    let srv = lab.env_var("SRV_IP");
+    let before = lab.ftpct_stats();
+    let n = count.to_string();
+    let sp = sport.map(|p| p.to_string()).unwrap_or_else(|| "0".into());
+    let t0 = Instant::now();
+    let r = lab.python(
+        "cli",
+        "flood.py",
+        &[
+            "raw", "--dst", &srv, "--port", "21", "--count", &n, "--flags", "A", "--sport", &sp,
+        ],
+    );
+    assert!(r.ok(), "[{test}] {r}");
+    // the last queued packets are handled meanwhile
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = t0.elapsed().as_secs_f64();
+    let after = lab.ftpct_stats();
+    let d = |k: &str| stat_or_0(&after, k) - stat_or_0(&before, k);
+    let cost = FloodCost {
+        sent: count,
+        secs,
+        looked_up: d("ct_lookups"),
+        lookup_ns: d("ct_lookup_ns"),
+        cached: d("ct_lookups_cached"),
+        over_budget: d("ct_lookups_over_budget"),
+    };
+    eprintln!(
+        "[{test}] {} unknown ACKs ({}) in {:.2} s: {} conntrack lookups ({:.0}/s, {:.1} µs each), \
+         {} from the negative cache, {} over the budget",
+        cost.sent,
+        if sport.is_some() {
+            "one tuple"
+        } else {
+            "random source ports"
+        },
+        cost.secs,
+        cost.looked_up,
+        cost.looked_up as f64 / cost.secs,
+        cost.lookup_ns as f64 / cost.looked_up.max(1) as f64 / 1000.0,
+        cost.cached,
+        cost.over_budget
+    );
+    cost
+}
+
+/// Every unknown non-SYN segment on a control port used to cost one synchronous ctnetlink GET
+/// (two when the first direction misses) before its verdict: a flood of junk ACKs, which needs
+/// no sequence numbers, turned into as many netlink round trips. Now a tuple found without an
+/// entry is not looked up again for a second (negative cache), and at most
+/// `ftpct::lookup::LOOKUP_BUDGET` lookups a second are made; the rest pass untouched, counted.
+/// The real session in progress is unaffected.
+#[test]
+fn a_flood_of_unknown_segments_costs_bounded_conntrack_lookups() {
+    let test = "a_flood_of_unknown_segments_costs_bounded_conntrack_lookups";
+    let budget = u64::from(ftpct::lookup::LOOKUP_BUDGET);
+    let mut lab = Lab::up(test, Topology::Masq);
+    lab.server();
+    lab.start_ftpct(&[]);
+    // random tuples: the budget bounds the lookups (in every second's window at most
+    // `budget`; the flood and the queue's backlog after it span at most secs + 2 windows)
+    let random = flood_cost(&lab, test, 20_000, None);
+    let windows = random.secs.ceil() as u64 + 2;
+    assert!(
+        random.looked_up <= budget * windows,
+        "[{test}] {random:?}: more than {budget} lookups per second"
+    );
+    assert!(
+        random.over_budget > 0,
+        "[{test}] {random:?}: 20000 packets and none over the budget"
+    );
+    // one tuple again and again: looked up about once per second, the rest from the cache
+    // (after the spent budget's second is over)
+    std::thread::sleep(Duration::from_millis(1100));
+    let same = flood_cost(&lab, test, 5_000, Some(40_999));
+    assert!(
+        same.looked_up <= same.secs.ceil() as u64 + 2,
+        "[{test}] {same:?}: the negative cache did not hold"
+    );
+    assert!(same.cached > 0, "[{test}] {same:?}");
+    // and FTP through the gateway still works, rewritten by ftpct
+    lab.fetch(common::Client::Curl, common::Mode::Port, "small.txt")
+        .assert_ok();
+    let st = lab.ftpct_stats();
+    assert!(st.get("rewrites") >= 1, "[{test}] {}", st.text);
+}

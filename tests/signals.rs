@@ -82,16 +82,64 @@ impl Daemon {
 
     /// Starts the daemon without waiting; `sock` may be another daemon's.
     fn spawn(ns: &Netns, dir: &Path, queue: u16, sock: &Path) -> Daemon {
+        Self::spawn_with(ns, dir, queue, sock, &dir.join("ftpct.state"), &[])
+    }
+
+    /// `start` with the socket and state file at other paths and more arguments; waits for
+    /// the socket.
+    fn start_with(
+        ns: &Netns,
+        dir: &Path,
+        queue: u16,
+        sock: &Path,
+        state: &Path,
+        args: &[&str],
+    ) -> Daemon {
+        let mut d = Self::spawn_with(ns, dir, queue, sock, state, args);
+        let t0 = Instant::now();
+        while !d.sock.exists() {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("ftpct exited at start ({st}):\n{}", d.log_text());
+            }
+            assert!(
+                t0.elapsed() < START_WITHIN,
+                "no control socket after {START_WITHIN:?}:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// Starts the daemon without waiting, under a umask of 000 (what it creates must not
+    /// depend on the umask it inherits).
+    fn spawn_with(
+        ns: &Netns,
+        dir: &Path,
+        queue: u16,
+        sock: &Path,
+        state: &Path,
+        args: &[&str],
+    ) -> Daemon {
         let conf = dir.join("ftpct.conf");
         if !conf.exists() {
             fs::write(&conf, "ports = 21\n").expect("write ftpct.conf");
         }
         let n = fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let log = dir.join(format!("ftpct-{n}.log"));
-        let state = dir.join("ftpct.state");
+        let state = state.to_path_buf();
         let logf = fs::File::create(&log).expect("create the log");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, BIN, "run", "--queue"])
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "sh",
+                "-c",
+                "umask 000; exec \"$@\"",
+                "sh",
+            ])
+            .args([BIN, "run", "--queue"])
             .arg(queue.to_string())
             .arg("--socket")
             .arg(sock)
@@ -99,6 +147,7 @@ impl Daemon {
             .arg(&state)
             .arg("--config")
             .arg(&conf)
+            .args(args)
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
@@ -342,6 +391,275 @@ fn malformed_queued_packets_are_logged_once_and_counted() {
         assert!(lines[0].contains(want), "no `{want}` in {}", lines[0]);
     }
     assert_eq!(d.stat("packets_accepted"), 3);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+}
+
+/// The status line `name` of a process (`/proc/PID/status`).
+fn proc_status(pid: Pid, name: &str) -> String {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {name} in the status of {pid}"))
+}
+
+/// Waits for the daemon to exit at start and returns its log.
+fn refused_at_start(mut d: Daemon) -> String {
+    let st = d
+        .wait(START_WITHIN)
+        .unwrap_or_else(|| panic!("the daemon kept running:\n{}", d.log_text()));
+    let log = d.log_text();
+    assert_eq!(st.code(), Some(1), "{st}\n{log}");
+    log
+}
+
+#[test]
+fn the_control_socket_path_takes_only_a_stale_socket() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    require_root("signals");
+    let ns = Netns::new("sig-sockpath");
+    let dir = Dir::new("sockpath");
+    let sock = dir.0.join("ftpct.sock");
+    let victim = dir.0.join("victim");
+    fs::write(&victim, "precious\n").expect("write victim");
+    let state = dir.0.join("ftpct.state");
+
+    // a regular file: refused, untouched
+    fs::write(&sock, "not a socket\n").expect("write file");
+    let log = refused_at_start(Daemon::spawn(&ns, &dir.0, 0, &sock));
+    let want = format!(
+        "control socket {}: a regular file is there, not a socket; ftpct only replaces a stale \
+         socket of its own. Remove it if nothing needs it (rm {}), or choose another path",
+        sock.display(),
+        sock.display()
+    );
+    assert!(log.contains(&want), "expected `{want}` in:\n{log}");
+    assert_eq!(fs::read_to_string(&sock).unwrap(), "not a socket\n");
+    fs::remove_file(&sock).unwrap();
+
+    // a directory
+    fs::create_dir(&sock).unwrap();
+    let log = refused_at_start(Daemon::spawn(&ns, &dir.0, 0, &sock));
+    assert!(log.contains("a directory is there, not a socket"), "{log}");
+    assert!(sock.is_dir());
+    fs::remove_dir(&sock).unwrap();
+
+    // a symbolic link (to a file the daemon must not touch): neither followed nor removed
+    std::os::unix::fs::symlink(&victim, &sock).unwrap();
+    let log = refused_at_start(Daemon::spawn(&ns, &dir.0, 0, &sock));
+    assert!(
+        log.contains("a symbolic link is there, not a socket"),
+        "{log}"
+    );
+    assert!(fs::symlink_metadata(&sock)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+    fs::remove_file(&sock).unwrap();
+
+    // a stale socket (nothing listens on it, as after a kill -9) is replaced; the new one is
+    // private although the daemon inherited a umask of 000
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind a stale socket"));
+    assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+    let mut d = Daemon::start_with(&ns, &dir.0, 0, &sock, &state, &[]);
+    d.wait_for_log("ftpct running", START_WITHIN);
+    let meta = fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
+    let smeta = fs::symlink_metadata(&state).unwrap();
+    assert_eq!(smeta.permissions().mode() & 0o777, 0o600, "state file mode");
+    assert!(d.cli("stats").status.success());
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+/// One `GET /metrics` from inside the namespace: the status line and the body.
+fn scrape(ns: &Netns, port: u16) -> (String, String) {
+    use std::io::{Read, Write};
+    ns.run(|| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    })
+}
+
+#[test]
+fn the_metrics_endpoint_cuts_off_slow_clients_and_caps_connections() {
+    use std::io::{Read, Write};
+    require_root("signals");
+    let ns = Netns::new("sig-metrics");
+    let dir = Dir::new("metrics");
+    let sock = dir.0.join("ftpct.sock");
+    let state = dir.0.join("ftpct.state");
+    let mut d = Daemon::start_with(
+        &ns,
+        &dir.0,
+        0,
+        &sock,
+        &state,
+        &["--metrics", "127.0.0.1:9477"],
+    );
+    d.wait_for_log("ftpct running", START_WITHIN);
+    let (status, body) = scrape(&ns, 9477);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("ftpct_sessions 0\n"), "{body}");
+
+    // A client that sends one header line every 3 s, never ending its request: with a time
+    // limit per line it would hold the connection for as long as it likes.
+    let (sent, answer, closed) = ns.run(|| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", 9477)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        let mut sent = 0;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 512];
+        let closed = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => {
+                    // 3 s without news: the next header line
+                    if sent == 6 {
+                        break false;
+                    }
+                    if c.write_all(format!("X-Slow-{sent}: 1\r\n").as_bytes())
+                        .is_err()
+                    {
+                        break true;
+                    }
+                    sent += 1;
+                }
+            }
+        };
+        (sent, answer, closed)
+    });
+    assert!(
+        closed,
+        "the slow client kept its connection through {sent} header lines (18 s)"
+    );
+    assert!(sent < 6, "cut off only after {sent} header lines");
+    assert!(
+        answer.is_empty(),
+        "an answer to an unfinished request: {answer:?}"
+    );
+    assert!(d.stat("metrics_timeouts") >= 1);
+
+    // Connections beyond the cap (8) are closed at once; the others are served.
+    let idle: Vec<std::net::TcpStream> = ns.run(|| {
+        (0..8)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", 9477)).expect("connect"))
+            .collect()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let refused_before = d.stat("metrics_refused");
+    let extra = ns.run(|| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", 9477)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => "closed".to_string(),
+            Ok(n) => format!("{n} bytes"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "closed".to_string(),
+            Err(e) => format!("still open ({e})"),
+        }
+    });
+    assert_eq!(extra, "closed", "a 9th connection must be closed at once");
+    assert_eq!(d.stat("metrics_refused"), refused_before + 1);
+    drop(idle);
+    // the places are given back
+    let t0 = Instant::now();
+    loop {
+        let (status, _) = scrape(&ns, 9477);
+        if status == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < STOP_WITHIN,
+            "no scrape after the idle ones left: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+}
+
+/// The user a root daemon without `user =` switches to: `ftpct` if it exists, else `nobody`.
+fn default_user() -> nix::unistd::User {
+    ["ftpct", "nobody"]
+        .iter()
+        .find_map(|n| nix::unistd::User::from_name(n).ok().flatten())
+        .expect("a user ftpct or nobody on the test machine")
+}
+
+#[test]
+fn without_user_a_root_daemon_runs_unprivileged_where_it_can() {
+    use std::os::unix::fs::MetadataExt;
+    require_root("signals");
+    let user = default_user();
+    let ns = Netns::new("sig-user");
+    let dir = Dir::new("user");
+    // A directory that does not exist yet: the daemon creates it and gives it to the user.
+    let run = dir.0.join("run");
+    let sock = run.join("ftpct.sock");
+    let state = run.join("ftpct.sock.state");
+    let mut d = Daemon::start_with(
+        &ns,
+        &dir.0,
+        0,
+        &sock,
+        &state,
+        &["--metrics", "127.0.0.1:9477"],
+    );
+    let log = d.wait_for_log("ftpct running", START_WITHIN);
+    let uid = user.uid.as_raw();
+    let want = format!("{uid}\t{uid}\t{uid}\t{uid}");
+    assert_eq!(proc_status(d.pid(), "Uid:"), want, "{log}");
+    assert_eq!(proc_status(d.pid(), "CapEff:"), "0000000000001000");
+    assert!(log.contains(&format!("uid={uid}")), "{log}");
+    assert_eq!(
+        fs::metadata(&run).unwrap().uid(),
+        uid,
+        "the directory is the user's"
+    );
+    // the control socket, the metrics and the state file still work
+    assert!(d.cli("stats").status.success(), "{}", d.log_text());
+    let (status, body) = scrape(&ns, 9477);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let before = fs::metadata(&state).unwrap().ino();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+    let log = d.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
+    let meta = fs::metadata(&state).expect("state file after the stop");
+    assert_ne!(
+        meta.ino(),
+        before,
+        "the final snapshot was not written:\n{log}"
+    );
+    assert_eq!(meta.uid(), uid, "written by the user");
+    assert!(!sock.exists(), "socket left behind");
+
+    // In a root-owned directory the user could not write its state file: uid 0, and a
+    // warning that says so and how to fix it.
+    let mut d = Daemon::start(&ns, &dir.0, 0);
+    let log = d.wait_for_log("ftpct running", START_WITHIN);
+    assert_eq!(proc_status(d.pid(), "Uid:"), "0\t0\t0\t0", "{log}");
+    assert!(
+        log.contains("staying root") && log.contains(&format!("chown {}", user.name)),
+        "{log}"
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
 }

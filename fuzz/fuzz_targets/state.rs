@@ -1,12 +1,13 @@
 //! Feeds arbitrary bytes to the state-file loader (`ftpct::state::load_text`) and to the
 //! configuration parser (`ftpct::config::parse`): both read files that an admin or a crash may
-//! have mangled. Checks: no panic; every record the loader accepts re-encodes to a line that
+//! have mangled, also as raw bytes (`load_bytes`, which stops at a byte that is not UTF-8).
+//! Checks: no panic; every record the loader accepts re-encodes to a line that
 //! decodes to the same record; a file made of the accepted records replays to the same counts.
 
 #![no_main]
 
 use ftpct::engine::{Config, Engine};
-use ftpct::state::{decode, encode, load_text};
+use ftpct::state::{decode, encode, load_bytes, load_text};
 use ftpct::types::Timestamp;
 use libfuzzer_sys::fuzz_target;
 
@@ -19,6 +20,14 @@ fuzz_target!(|data: &[u8]| {
     let mut engine = Engine::new(Config::default());
     let report = load_text(&file, "B", &mut engine, Timestamp(1_000_000_000));
     assert!(report.records <= file.lines().count());
+    assert!(report.refused <= report.records);
+
+    // The raw bytes (not made UTF-8): a bad byte ends the valid part like a corrupt line.
+    let mut raw = b"ftpct-state 1 boot=B\n".to_vec();
+    raw.extend_from_slice(data);
+    let mut engine3 = Engine::new(Config::default());
+    let r3 = load_bytes(&raw, "B", &mut engine3, Timestamp(1_000_000_000));
+    assert!(r3.records <= raw.split(|b| *b == b'\n').count());
 
     // Line by line: what decodes, re-encodes and decodes the same.
     let mut again = String::from("ftpct-state 1 boot=B\n");

@@ -14,9 +14,10 @@ address is a lab address given on the command line.
   flood.py halfopen --dst IP --port P --count N --seconds S
       (client) N non-blocking connects whose SYNs are expected to stay unanswered; holds them S
       seconds, prints "SYN_SENT N"
-  flood.py raw --dst IP --port P --count N --flags R|A [--payload BYTES]
+  flood.py raw --dst IP --port P --count N --flags R|A [--payload BYTES] [--sport P]
       (client) N hand-made TCP segments with the given flags (R = RST, A = bare ACK), random source
-      ports and sequence numbers: packets that belong to no connection; prints "SENT N"
+      ports (or all from --sport) and sequence numbers: packets that belong to no connection;
+      prints "SENT N"
 
 The open file limit is raised for the process (root may do so) to fit the counts.
 """
@@ -152,7 +153,7 @@ def cmd_raw(a):
     payload = b"x" * a.payload
     rnd = random.Random(a.seed)
     for _ in range(a.count):
-        sport = rnd.randint(1024, 65535)
+        sport = a.sport or rnd.randint(1024, 65535)
         seq = rnd.getrandbits(32)
         ack = rnd.getrandbits(32) if flags & 0x10 else 0
         hdr = struct.pack("!HHIIBBHHH", sport, a.port, seq, ack, 5 << 4, flags, 1024, 0, 0)
@@ -192,6 +193,7 @@ def main():
     r.add_argument("--flags", default="R")
     r.add_argument("--payload", type=int, default=0)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--sport", type=int, default=0, help="one source port for all (0: random)")
     a = p.parse_args()
     fn = {"hold": cmd_hold, "open": cmd_open, "halfopen": cmd_halfopen, "raw": cmd_raw}[a.cmd]
     return fn(a)

@@ -22,6 +22,8 @@ use crate::hashkey::HashKey;
 use crate::packet::{self, Edit, TcpPacket};
 use crate::parser::{self, Command, ParseError};
 use crate::policy::{Policy, Refusal};
+pub use crate::restore::RestoreRefusal;
+use crate::restore::{check_restored_expectation, check_restored_tuples};
 use crate::session::{Admit, FlowKey, LineOut, Pending, Session, SessionTable, SynCache};
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
 use crate::window::{self, Segment, Untrusted};
@@ -340,6 +342,12 @@ pub enum Journal {
         ct: CtTuples,
         created: Timestamp,
     },
+    /// The conntrack entry id (`CTA_ID`) of the session's control connection (see
+    /// [`Engine::set_conntrack_id`]).
+    ConntrackId {
+        id: SessionId,
+        ct_id: u32,
+    },
     /// The stream of `dir` continues at a line start at `pos`.
     LinePos {
         id: SessionId,
@@ -591,6 +599,9 @@ impl Engine {
                 ct: s.ct,
                 created: s.created,
             });
+            if let Some(ct_id) = s.ct_id {
+                emit(Journal::ConntrackId { id: *id, ct_id });
+            }
             for dir in [Dir::Original, Dir::Reply] {
                 let d = s.dir(dir);
                 if d.seqadj.base() != 0 {
@@ -631,20 +642,53 @@ impl Engine {
         self.snapshot_each(|j| out.push(j));
     }
 
-    /// Applies one persisted record (state file replay at start). Unknown sessions and records
-    /// that no longer fit are ignored, so a replay is idempotent.
-    pub fn restore(&mut self, rec: &Journal, now: Timestamp) {
+    /// Applies one persisted record (state file replay at start), after checking it against
+    /// the invariants and limits the packet path keeps (a record is trusted no further than
+    /// its hash, which only detects torn lines). A refused record changes nothing; records of
+    /// unknown sessions (ended, or refused before) and expired expectations are ignored, so a
+    /// replay after a session's end is harmless.
+    pub fn restore(&mut self, rec: &Journal, now: Timestamp) -> Result<(), RestoreRefusal> {
         self.now = now;
         match *rec {
             Journal::SessionStart { id, ct, created } => {
-                if self.sessions.contains_key(&id) {
-                    return;
+                let next = match id.0.checked_add(1) {
+                    Some(n) if id.0 != 0 => n,
+                    _ => return Err(RestoreRefusal::SessionId(id.0)),
+                };
+                check_restored_tuples(&ct).map_err(|why| RestoreRefusal::Tuples(id, why))?;
+                if !self.is_control_port(ct.original.dst.port())
+                    && !self.is_control_port(ct.reply.src.port())
+                {
+                    return Err(RestoreRefusal::NotControl(id, ct.original.dst.port()));
+                }
+                if created > now {
+                    return Err(RestoreRefusal::Future(id));
+                }
+                let taken = [ct.original, ct.reply].iter().any(|t| {
+                    self.sessions
+                        .lookup(&FlowKey {
+                            tuple: *t,
+                            post: false,
+                        })
+                        .is_some()
+                });
+                if self.sessions.contains_key(&id) || taken {
+                    return Err(RestoreRefusal::Duplicate(id));
+                }
+                let max = self.cfg.policy.max_sessions.max(1);
+                if self.sessions.len() >= max {
+                    return Err(RestoreRefusal::TooManySessions(max));
                 }
                 let mut s = Session::new(id, ct, created);
                 s.last_seen = now;
                 let deadline = deadline_of(&self.cfg.policy, &s);
                 self.sessions.insert(s, deadline);
-                self.next_session = self.next_session.max(id.0 + 1);
+                self.next_session = self.next_session.max(next);
+            }
+            Journal::ConntrackId { id, ct_id } => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.ct_id = Some(ct_id);
+                }
             }
             Journal::LinePos { id, dir, pos } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
@@ -655,10 +699,10 @@ impl Engine {
             }
             Journal::Rewrite { id, dir, record } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
-                    let _ =
-                        s.dir_mut(dir)
-                            .seqadj
-                            .add(record.pos, record.old_len, record.new_bytes());
+                    s.dir_mut(dir)
+                        .seqadj
+                        .add(record.pos, record.old_len, record.new_bytes())
+                        .map_err(|_| RestoreRefusal::Rewrite(id))?;
                 }
             }
             Journal::Base { id, dir, base } => {
@@ -678,8 +722,15 @@ impl Engine {
                 }
             }
             Journal::ExpectAdd { exp } => {
-                if self.sessions.contains_key(&exp.master) && exp.expires > now {
-                    let _ = self.expect.insert(exp);
+                let Some(s) = self.sessions.get(&exp.master) else {
+                    return Err(RestoreRefusal::NoSession(exp.master));
+                };
+                check_restored_expectation(&self.cfg.policy, s, &exp, now)?;
+                if exp.expires > now {
+                    self.expect.insert(exp).map_err(|e| match e {
+                        InsertError::TableFull(n) => RestoreRefusal::ExpectTableFull(n),
+                        InsertError::Clash => RestoreRefusal::ExpectClash(exp.dst),
+                    })?;
                 }
             }
             Journal::ExpectDel { src, dst } => {
@@ -688,6 +739,25 @@ impl Engine {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Records the conntrack entry id (`CTA_ID`) of the control connection that a packet with
+    /// `tuple` (as seen before conntrack, i.e. the tuple of [`Verdict::NeedConntrack`])
+    /// belongs to, and journals it: after a restart the shell compares it with the kernel's
+    /// entry, so that a new connection that reuses the addresses and ports of a saved one does
+    /// not inherit its offsets. Returns the session, if there is one.
+    pub fn set_conntrack_id(&mut self, tuple: &FlowTuple, ct_id: u32) -> Option<SessionId> {
+        let (id, _) = self.sessions.lookup(&FlowKey {
+            tuple: *tuple,
+            post: false,
+        })?;
+        let s = self.sessions.get_mut(&id)?;
+        if s.ct_id != Some(ct_id) {
+            s.ct_id = Some(ct_id);
+            self.journal(Journal::ConntrackId { id, ct_id });
+        }
+        Some(id)
     }
 
     /// Forgets a session (e.g. its conntrack entry is gone after a restart).

@@ -18,9 +18,11 @@
 pub mod engine;
 pub mod expect;
 pub mod hashkey;
+pub mod lookup;
 pub mod packet;
 pub mod parser;
 pub mod policy;
+pub mod restore;
 pub mod rulecheck;
 pub mod rulespec;
 pub mod seqadj;

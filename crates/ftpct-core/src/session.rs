@@ -220,6 +220,9 @@ pub struct Session {
     pub budget: Budget,
     /// Log-worthy events of this session in the current second, by kind.
     pub throttle: Throttle,
+    /// The conntrack entry's id (`CTA_ID`), when the shell has given it
+    /// ([`crate::engine::Engine::set_conntrack_id`]): proof of identity after a restart.
+    pub ct_id: Option<u32>,
 }
 
 /// A session's allowance of announcements: at most `per_segment` in one segment, and a token
@@ -376,6 +379,7 @@ impl Session {
             reopen_syn: None,
             budget: Budget::default(),
             throttle: Throttle::default(),
+            ct_id: None,
         }
     }
 

@@ -1,0 +1,159 @@
+//! Checks of the records a state file gives back ([`crate::engine::Engine::restore`]): what
+//! the packet path would never have produced is refused, so that a hand-edited or planted
+//! state file cannot open pinholes or shift sequence numbers the policy forbids.
+//!
+//! Pure functions on the engine's types (no I/O): the engine calls them before it applies a
+//! record, and the state-file loader counts and reports the refusals.
+
+use std::net::SocketAddr;
+
+use crate::expect::{ExpectKind, Expectation};
+use crate::policy::{Policy, Refusal};
+use crate::session::Session;
+use crate::types::{CtTuples, Dir, SessionId, Timestamp};
+
+/// Why a restored record was refused (it changed nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreRefusal {
+    #[error("session id {0} is out of range (ids run from 1 to 2^64-2)")]
+    SessionId(u64),
+    #[error("session {0}: {1}")]
+    Tuples(SessionId, &'static str),
+    #[error("session {0} is not a control connection on a configured port (server port {1}; see `ports`)")]
+    NotControl(SessionId, u16),
+    #[error("session {0} was created after the time of the restore (a file from the future)")]
+    Future(SessionId),
+    #[error(
+        "session {0}: the id or its addresses and ports are already taken by a restored session"
+    )]
+    Duplicate(SessionId),
+    #[error("more sessions than max_sessions = {0}")]
+    TooManySessions(usize),
+    #[error("session {0}: a rewrite record does not fit its rewrite log")]
+    Rewrite(SessionId),
+    #[error("expectation of session {0}, which is not restored")]
+    NoSession(SessionId),
+    #[error("expectation source {src} is not the session's peer {peer}")]
+    ExpectSource {
+        src: std::net::IpAddr,
+        peer: std::net::IpAddr,
+    },
+    #[error("expectation {0} does not belong to the session's addresses")]
+    ExpectAddress(SocketAddr),
+    #[error("expectation would be refused by the policy: {0}")]
+    ExpectPolicy(Refusal),
+    #[error("expectation {dst} expires {secs} s from now, beyond expect_timeout = {max} s")]
+    ExpectTooLong {
+        dst: SocketAddr,
+        secs: u64,
+        max: u64,
+    },
+    #[error("expectation {0} was created after the time of the restore")]
+    ExpectFuture(SocketAddr),
+    #[error("expectation table full ({0} entries, max_expectations)")]
+    ExpectTableFull(usize),
+    #[error("another restored session already expects {0}")]
+    ExpectClash(SocketAddr),
+}
+
+impl RestoreRefusal {
+    /// A short name of the reason, to report each kind once.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RestoreRefusal::SessionId(_) => "session_id",
+            RestoreRefusal::Tuples(..) => "tuples",
+            RestoreRefusal::NotControl(..) => "not_control",
+            RestoreRefusal::Future(_) | RestoreRefusal::ExpectFuture(_) => "future",
+            RestoreRefusal::Duplicate(_) => "duplicate",
+            RestoreRefusal::TooManySessions(_) => "max_sessions",
+            RestoreRefusal::Rewrite(_) => "rewrite",
+            RestoreRefusal::NoSession(_) => "no_session",
+            RestoreRefusal::ExpectSource { .. } | RestoreRefusal::ExpectAddress(_) => {
+                "expect_address"
+            }
+            RestoreRefusal::ExpectPolicy(_) => "expect_policy",
+            RestoreRefusal::ExpectTooLong { .. } => "expect_timeout",
+            RestoreRefusal::ExpectTableFull(_) => "max_expectations",
+            RestoreRefusal::ExpectClash(_) => "expect_clash",
+        }
+    }
+}
+
+/// The tuples of a control connection as conntrack reports them: one address family, no
+/// unspecified, multicast or broadcast address, no port 0.
+pub fn check_restored_tuples(ct: &CtTuples) -> Result<(), &'static str> {
+    let ends = [ct.original.src, ct.original.dst, ct.reply.src, ct.reply.dst];
+    let v4 = ct.original.src.is_ipv4();
+    if ends.iter().any(|a| a.is_ipv4() != v4) {
+        return Err("its tuples mix IPv4 and IPv6");
+    }
+    if ends.iter().any(|a| a.port() == 0) {
+        return Err("a tuple has port 0");
+    }
+    let bad = |a: &SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast(),
+        std::net::IpAddr::V6(ip) => ip.is_unspecified() || ip.is_multicast(),
+    };
+    if ends.iter().any(bad) {
+        return Err("a tuple has an unspecified, multicast or broadcast address");
+    }
+    Ok(())
+}
+
+/// Which side announced an expectation of this kind: PORT and EPRT are the client's commands
+/// (the original direction), 227 and 229 the server's replies.
+fn announcer(kind: ExpectKind) -> Dir {
+    match kind {
+        ExpectKind::Port | ExpectKind::Eprt => Dir::Original,
+        ExpectKind::Pasv227 | ExpectKind::Epsv229 => Dir::Reply,
+    }
+}
+
+/// An expectation as the engine's `announce` makes them for session `s` under `policy`: its
+/// SYN comes from the other peer, its address is the announcer's (or, translated, the public
+/// address that the NAT shows the other side, with the announcer's address as `nat_to`), the
+/// policy accepts the announced address (no bounce, no privileged port unless allowed), and
+/// it expires within `expect_timeout` of `now`.
+pub fn check_restored_expectation(
+    policy: &Policy,
+    s: &Session,
+    exp: &Expectation,
+    now: Timestamp,
+) -> Result<(), RestoreRefusal> {
+    let dir = announcer(exp.kind);
+    let peer = s.tuple(dir).src.ip();
+    let syn_src = s.tuple(dir.flip()).src.ip();
+    let public_ip = s.tuple(dir.flip()).dst.ip();
+    if exp.src != syn_src {
+        return Err(RestoreRefusal::ExpectSource {
+            src: exp.src,
+            peer: syn_src,
+        });
+    }
+    let announced = exp.nat_to.unwrap_or(exp.dst);
+    policy
+        .check_announced(announced, peer)
+        .map_err(RestoreRefusal::ExpectPolicy)?;
+    if let Some(nat_to) = exp.nat_to {
+        // Rewritten: the public address, the announced port or one of nat_ports.
+        let in_range = (policy.nat_port_min.max(1)..=policy.nat_port_max).contains(&exp.dst.port());
+        if exp.dst.ip() != public_ip
+            || exp.dst == nat_to
+            || !(exp.dst.port() == nat_to.port() || in_range)
+        {
+            return Err(RestoreRefusal::ExpectAddress(exp.dst));
+        }
+    }
+    if exp.created > now {
+        return Err(RestoreRefusal::ExpectFuture(exp.dst));
+    }
+    let max = now.plus(policy.expect_timeout);
+    if exp.expires > max {
+        return Err(RestoreRefusal::ExpectTooLong {
+            dst: exp.dst,
+            secs: exp.expires.0.saturating_sub(now.0) / 1_000_000_000,
+            max: policy.expect_timeout.as_secs(),
+        });
+    }
+    Ok(())
+}
