@@ -153,7 +153,11 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
             expect::format_kernel_line(exp, now, &mut out);
         }
         Event::Rewritten { id, kind, from, to } => {
-            let _ = writeln!(out, "[REWRITE] session {id} {kind:?} {from} -> {to}");
+            let _ = writeln!(
+                out,
+                "[REWRITE] session {id} {} {from} -> {to}",
+                kind.label()
+            );
         }
         Event::Refused {
             id,
@@ -161,7 +165,11 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
             addr,
             reason,
         } => {
-            let _ = writeln!(out, "[REFUSED] session {id} {kind:?} {addr}: {reason}");
+            let _ = writeln!(
+                out,
+                "[REFUSED] session {id} {} {addr}: {reason}",
+                kind.label()
+            );
         }
         Event::ParseFailed {
             id,
@@ -171,7 +179,8 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
         } => {
             let _ = writeln!(
                 out,
-                "[WARN] session {id} {dir:?} {}: unparseable ({error})",
+                "[WARN] session {id} {} {}: unparseable ({error})",
+                dir.label(),
                 kind.label()
             );
         }
@@ -179,27 +188,34 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
             let _ = writeln!(out, "[WARN] session {id}: AUTH TLS, no longer inspected");
         }
         Event::LineTooLong { id, dir } => {
-            let _ = writeln!(out, "[WARN] session {id} {dir:?}: line too long");
+            let _ = writeln!(out, "[WARN] session {id} {}: line too long", dir.label());
         }
         Event::HoldGaveUp { id, dir } => {
             let _ = writeln!(
                 out,
-                "[WARN] session {id} {dir:?}: split line never completed, let through"
+                "[WARN] session {id} {}: split line never completed, let through",
+                dir.label()
             );
         }
         Event::NotRewritten { id, kind } => {
-            let _ = writeln!(out, "[WARN] session {id} {kind:?}: could not be rewritten");
+            let _ = writeln!(
+                out,
+                "[WARN] session {id} {}: could not be rewritten",
+                kind.label()
+            );
         }
         Event::Resynced { id, dir } => {
             let _ = writeln!(
                 out,
-                "[WARN] session {id} {dir:?}: bytes missed, resynchronised"
+                "[WARN] session {id} {}: bytes missed, resynchronised",
+                dir.label()
             );
         }
         Event::SegmentRefused { id, dir, why } => {
             let _ = writeln!(
                 out,
-                "[WARN] session {id} {dir:?}: segment refused ({}): {}",
+                "[WARN] session {id} {}: segment refused ({}): {}",
+                dir.label(),
                 why.label(),
                 why.describe()
             );

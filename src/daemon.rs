@@ -946,7 +946,7 @@ pub fn log_event(e: &Event) {
         ),
         Event::Message { id, kind } => debug!(session = %id, message = kind.label(), "message"),
         Event::Rewritten { id, kind, from, to } => {
-            info!(session = %id, message = ?kind, from = %from, to = %to, "address rewritten")
+            info!(session = %id, message = kind.label(), from = %from, to = %to, "address rewritten")
         }
         Event::ExpectCreated { id, exp } => info!(
             session = %exp.master,
@@ -972,7 +972,7 @@ pub fn log_event(e: &Event) {
             addr,
             reason,
         } => {
-            warn!(session = %id, message = ?kind, addr = %addr, reason = %reason, "refused data address")
+            warn!(session = %id, message = kind.label(), addr = %addr, reason = %reason, "refused data address")
         }
         Event::ParseFailed {
             id,
@@ -981,7 +981,7 @@ pub fn log_event(e: &Event) {
             error,
         } => warn!(
             session = %id,
-            dir = ?dir,
+            dir = dir.label(),
             message = kind.label(),
             error = %error,
             "unparseable message let through unchanged"
@@ -993,26 +993,26 @@ pub fn log_event(e: &Event) {
              range in the firewall, or use plain FTP)"
         ),
         Event::LineTooLong { id, dir } => {
-            warn!(session = %id, dir = ?dir, "control line too long; skipped to its end")
+            warn!(session = %id, dir = dir.label(), "control line too long; skipped to its end")
         }
         Event::HoldGaveUp { id, dir } => warn!(
             session = %id,
-            dir = ?dir,
+            dir = dir.label(),
             "a split control line never completed while held; let through without rewrite"
         ),
         Event::Resynced { id, dir } => warn!(
             session = %id,
-            dir = ?dir,
+            dir = dir.label(),
             "bytes of the control connection never reached ftpct (queue bypass?); tracking resumes at the next line"
         ),
         Event::NotRewritten { id, kind } => warn!(
             session = %id,
-            message = ?kind,
+            message = kind.label(),
             "message needed a rewrite but its start had already been forwarded; the data connection will likely fail"
         ),
         Event::SegmentRefused { id, dir, why } => warn!(
             session = %id,
-            dir = ?dir,
+            dir = dir.label(),
             why = why.label(),
             "segment refused and passed on untouched, no state changed: {} (spoofed, or              the kernel will mark it INVALID too; counted in packets_out_of_window,              rst_ignored, synack_ignored)",
             why.describe()

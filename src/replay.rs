@@ -54,8 +54,8 @@ use crate::engine::{
 };
 use crate::expect::{ExpectId, ExpectKind, Expectation};
 use crate::packet::{self, Edit, PacketError, TcpPacket};
-use crate::parser::ParseError;
-use crate::policy::{Policy, Refusal};
+
+use crate::policy::Policy;
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
 
@@ -791,66 +791,6 @@ fn expect_dir(kind: ExpectKind) -> Dir {
         ExpectKind::Port | ExpectKind::Eprt => Dir::Original,
         ExpectKind::Pasv227 | ExpectKind::Epsv229 => Dir::Reply,
     }
-}
-
-fn expect_label(kind: ExpectKind) -> &'static str {
-    match kind {
-        ExpectKind::Port => "port",
-        ExpectKind::Eprt => "eprt",
-        ExpectKind::Pasv227 => "227",
-        ExpectKind::Epsv229 => "229",
-    }
-}
-
-fn dir_label(d: Dir) -> &'static str {
-    match d {
-        Dir::Original => "original",
-        Dir::Reply => "reply",
-    }
-}
-
-fn end_label(r: EndReason) -> &'static str {
-    r.label()
-}
-
-fn remove_label(r: RemoveReason) -> &'static str {
-    match r {
-        RemoveReason::Expired => "expired",
-        RemoveReason::Evicted => "evicted",
-        RemoveReason::Replaced => "replaced",
-        RemoveReason::MasterGone => "session_gone",
-    }
-}
-
-fn refusal_label(r: &Refusal) -> &'static str {
-    match r {
-        Refusal::ThirdParty { .. } => "third_party",
-        Refusal::PrivilegedPort(_) => "privileged_port",
-        Refusal::FamilyMismatch(_) => "family_mismatch",
-        Refusal::NoPublicPort(..) => "no_public_port",
-        Refusal::TableFull => "table_full",
-        Refusal::Clash(_) => "clash",
-        Refusal::RateLimited => "rate_limited",
-    }
-}
-
-fn parse_error_label(e: &ParseError) -> String {
-    // The variant name in snake_case: stable and short.
-    let name = format!("{e:?}");
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else {
-            break;
-        }
-    }
-    out
 }
 
 /// The line after a rewrite: the engine's replacement record applied to the original line.
@@ -1596,10 +1536,10 @@ impl<'o> Replayer<'o> {
                     Obj::new("session_end")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("reason", end_label(reason))
+                        .s("reason", reason.label())
                         .end()
                 } else {
-                    format!("{t} {id} session end ({})", end_label(reason))
+                    format!("{t} {id} session end ({})", reason.label())
                 }
             }
             Event::Message { id, kind } => {
@@ -1614,14 +1554,14 @@ impl<'o> Replayer<'o> {
                     Obj::new("message")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
+                        .s("dir", dir.label())
                         .s("kind", kind.label())
                         .opt("line", text.as_deref().map(text_of))
                         .end()
                 } else {
                     format!(
                         "{t} {id} {} {} {}",
-                        dir_label(dir),
+                        dir.label(),
                         kind.label(),
                         quoted(text.as_deref())
                     )
@@ -1640,16 +1580,16 @@ impl<'o> Replayer<'o> {
                     Obj::new("parse_failed")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
+                        .s("dir", dir.label())
                         .s("kind", kind.label())
                         .opt("line", text.as_deref().map(text_of))
-                        .s("error", parse_error_label(&error))
+                        .s("error", error.label())
                         .s("detail", error)
                         .end()
                 } else {
                     format!(
                         "{t} {id} {} {} {}: parse failed: {error}",
-                        dir_label(dir),
+                        dir.label(),
                         kind.label(),
                         quoted(text.as_deref())
                     )
@@ -1668,8 +1608,8 @@ impl<'o> Replayer<'o> {
                     Obj::new("rewrite")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
-                        .s("kind", expect_label(kind))
+                        .s("dir", dir.label())
+                        .s("kind", kind.label())
                         .s("from", from)
                         .s("to", to)
                         .opt("line", old.as_deref().map(text_of))
@@ -1678,7 +1618,7 @@ impl<'o> Replayer<'o> {
                 } else {
                     format!(
                         "{t} {id} rewrite {} {from} -> {to}: {}",
-                        expect_label(kind),
+                        kind.label(),
                         quoted(new_line.as_deref())
                     )
                 }
@@ -1689,12 +1629,12 @@ impl<'o> Replayer<'o> {
                     Obj::new("not_rewritten")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("kind", expect_label(kind))
+                        .s("kind", kind.label())
                         .end()
                 } else {
                     format!(
                         "{t} {id} NOT rewritten {}: the line had already been let through",
-                        expect_label(kind)
+                        kind.label()
                     )
                 }
             }
@@ -1708,7 +1648,7 @@ impl<'o> Replayer<'o> {
                         .raw("t", &t)
                         .s("session", exp.master)
                         .s("expect", format!("E{n}"))
-                        .s("kind", expect_label(exp.kind))
+                        .s("kind", exp.kind.label())
                         .s("src", any_ip(exp.src))
                         .s("dst", exp.dst)
                         .opt("nat_to", exp.nat_to)
@@ -1722,7 +1662,7 @@ impl<'o> Replayer<'o> {
                     format!(
                         "{t} {} expect E{n} {}: from {} to {}{nat}, for {secs}s",
                         exp.master,
-                        expect_label(exp.kind),
+                        exp.kind.label(),
                         any_ip(exp.src),
                         exp.dst
                     )
@@ -1765,13 +1705,13 @@ impl<'o> Replayer<'o> {
                         .raw("t", &t)
                         .s("session", exp.master)
                         .s("expect", format!("E{n}"))
-                        .s("reason", remove_label(reason))
+                        .s("reason", reason.label())
                         .end()
                 } else {
                     format!(
                         "{t} {} expect E{n} removed ({})",
                         exp.master,
-                        remove_label(reason)
+                        reason.label()
                     )
                 }
             }
@@ -1788,15 +1728,15 @@ impl<'o> Replayer<'o> {
                     Obj::new("refused")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
-                        .s("kind", expect_label(kind))
+                        .s("dir", dir.label())
+                        .s("kind", kind.label())
                         .s("addr", addr)
                         .opt("line", text.as_deref().map(text_of))
-                        .s("reason", refusal_label(&reason))
+                        .s("reason", reason.label())
                         .s("detail", reason)
                         .end()
                 } else {
-                    format!("{t} {id} refused {} {addr}: {reason}", expect_label(kind))
+                    format!("{t} {id} refused {} {addr}: {reason}", kind.label())
                 }
             }
             Event::TlsStarted { id } => {
@@ -1813,10 +1753,10 @@ impl<'o> Replayer<'o> {
                     Obj::new("line_too_long")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
+                        .s("dir", dir.label())
                         .end()
                 } else {
-                    format!("{t} {id} {} line too long, skipped", dir_label(dir))
+                    format!("{t} {id} {} line too long, skipped", dir.label())
                 }
             }
             Event::HoldGaveUp { id, dir } => {
@@ -1824,12 +1764,12 @@ impl<'o> Replayer<'o> {
                     Obj::new("hold_gave_up")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
+                        .s("dir", dir.label())
                         .end()
                 } else {
                     format!(
                         "{t} {id} {} partial line never completed, let through",
-                        dir_label(dir)
+                        dir.label()
                     )
                 }
             }
@@ -1838,12 +1778,12 @@ impl<'o> Replayer<'o> {
                     Obj::new("resynced")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
+                        .s("dir", dir.label())
                         .end()
                 } else {
                     format!(
                         "{t} {id} {} bytes missing from the capture, tracking resumes at the next line",
-                        dir_label(dir)
+                        dir.label()
                     )
                 }
             }
@@ -1852,13 +1792,13 @@ impl<'o> Replayer<'o> {
                     Obj::new("segment_refused")
                         .raw("t", &t)
                         .s("session", id)
-                        .s("dir", dir_label(dir))
+                        .s("dir", dir.label())
                         .s("why", why.label())
                         .end()
                 } else {
                     format!(
                         "{t} {id} {} segment refused ({}): {}",
-                        dir_label(dir),
+                        dir.label(),
                         why.label(),
                         why.describe()
                     )
@@ -1914,7 +1854,7 @@ impl<'o> Replayer<'o> {
         for (sid, s) in &self.sessions {
             // "open", "closing" (FIN both ways or RST, not yet forgotten) or why it ended.
             let state = match s.end {
-                Some(r) => end_label(r),
+                Some(r) => r.label(),
                 None if closing.contains(sid) => "closing",
                 None => "open",
             };
@@ -1952,7 +1892,7 @@ impl<'o> Replayer<'o> {
                 Obj::new("expect_pending")
                     .s("session", exp.master)
                     .s("expect", format!("E{n}"))
-                    .s("kind", expect_label(exp.kind))
+                    .s("kind", exp.kind.label())
                     .s("src", any_ip(exp.src))
                     .s("dst", exp.dst)
                     .opt("nat_to", exp.nat_to)
@@ -1962,7 +1902,7 @@ impl<'o> Replayer<'o> {
                 format!(
                     "{} expect E{n} {} still pending at the end: from {} to {}, {left}s left",
                     exp.master,
-                    expect_label(exp.kind),
+                    exp.kind.label(),
                     any_ip(exp.src),
                     exp.dst
                 )

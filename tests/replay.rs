@@ -859,7 +859,7 @@ fn refusals_and_parse_failures_are_reported_with_the_line() {
     let (_, out) = replay_ok(&cap, Nat::Snat(ip(PUB)), OutputFormat::Json);
     let recs = json_lines(&out);
     let refused = of_type(&recs, "refused");
-    assert_eq!(refused[0].get("reason").str(), "third_party");
+    assert_eq!(refused[0].get("reason").str(), "bounce");
     assert_eq!(refused[0].get("line").str(), "PORT 10,77,100,99,156,65");
     assert_eq!(refused[1].get("reason").str(), "privileged_port");
     let failed = of_type(&recs, "parse_failed");

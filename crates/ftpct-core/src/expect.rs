@@ -70,6 +70,18 @@ pub enum ExpectKind {
     Epsv229,
 }
 
+impl ExpectKind {
+    /// For event lines, replay output and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExpectKind::Port => "port",
+            ExpectKind::Eprt => "eprt",
+            ExpectKind::Pasv227 => "227",
+            ExpectKind::Epsv229 => "229",
+        }
+    }
+}
+
 /// One expected data connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expectation {

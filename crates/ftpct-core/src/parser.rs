@@ -101,6 +101,23 @@ pub enum ParseError {
     FamilyMismatch,
 }
 
+impl ParseError {
+    /// For event lines, replay output and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ParseError::NoAddress => "no_address",
+            ParseError::BadNumber => "bad_number",
+            ParseError::OctetRange => "octet_range",
+            ParseError::PortRange => "port_range",
+            ParseError::FieldCount => "field_count",
+            ParseError::BadDelimiter => "bad_delimiter",
+            ParseError::BadFamily => "bad_family",
+            ParseError::BadAddress => "bad_address",
+            ParseError::FamilyMismatch => "family_mismatch",
+        }
+    }
+}
+
 /// An address found in a line, and where its text is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found<A> {

@@ -51,6 +51,14 @@ pub enum Dir {
 }
 
 impl Dir {
+    /// For event lines, replay output and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dir::Original => "original",
+            Dir::Reply => "reply",
+        }
+    }
+
     pub fn flip(self) -> Dir {
         match self {
             Dir::Original => Dir::Reply,
