@@ -181,10 +181,22 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
         Event::LineTooLong { id, dir } => {
             let _ = writeln!(out, "[WARN] session {id} {dir:?}: line too long");
         }
-        Event::HoldGaveUp { id, dir } => {
+        Event::HoldTimedOut {
+            id,
+            dir,
+            held,
+            after,
+            action,
+        } => {
             let _ = writeln!(
                 out,
-                "[WARN] session {id} {dir:?}: split line never completed, let through"
+                "[WARN] session {id} {dir:?}: split line not complete after hold_timeout {} s \
+                 ({held} bytes held, {})",
+                after.as_secs(),
+                match action {
+                    crate::policy::HoldTimeoutAction::Keep => "kept inside",
+                    crate::policy::HoldTimeoutAction::Pass => "let through",
+                }
             );
         }
         Event::NotRewritten { id, kind } => {

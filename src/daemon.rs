@@ -25,6 +25,7 @@ use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
+use crate::policy::HoldTimeoutAction;
 use crate::rulecheck::{Checker, Notice};
 use crate::rules::RuleSpec;
 use crate::state::StateFile;
@@ -676,7 +677,7 @@ impl Shell {
         let k = &self.stats;
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 66] = [
+        let rows: [(&str, u64); 68] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -700,6 +701,8 @@ impl Shell {
             ("lines_too_long", s.lines_too_long),
             ("lines_held", s.lines_held),
             ("hold_gave_up", s.hold_gave_up),
+            ("hold_timeouts", s.hold_timeouts),
+            ("hold_acked", s.hold_acked),
             ("resyncs", s.resyncs),
             ("syn_unmatched", s.syn_unmatched),
             ("events_dropped", s.events_dropped),
@@ -878,11 +881,32 @@ pub fn log_event(e: &Event) {
         Event::LineTooLong { id, dir } => {
             warn!(session = %id, dir = ?dir, "control line too long; skipped to its end")
         }
-        Event::HoldGaveUp { id, dir } => warn!(
-            session = %id,
-            dir = ?dir,
-            "a split control line never completed while held; let through without rewrite"
-        ),
+        Event::HoldTimedOut {
+            id,
+            dir,
+            held,
+            after,
+            action,
+        } => match action {
+            HoldTimeoutAction::Keep => warn!(
+                session = %id,
+                dir = ?dir,
+                held_bytes = held,
+                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
+                 its held part stays inside (hold_timeout_action = keep): it is still \
+                 rewritten if the rest comes, never let through unrewritten",
+                after.as_secs()
+            ),
+            HoldTimeoutAction::Pass => warn!(
+                session = %id,
+                dir = ?dir,
+                held_bytes = held,
+                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
+                 its held part is let through unchanged (hold_timeout_action = pass), the \
+                 line will not be rewritten",
+                after.as_secs()
+            ),
+        },
         Event::Resynced { id, dir } => warn!(
             session = %id,
             dir = ?dir,
@@ -1306,6 +1330,9 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 match &opts.config_path {
                     Some(p) => match config::load(p) {
                         Ok(mut new) => {
+                            for w in &new.warnings {
+                                warn!("{w}");
+                            }
                             opts.overrides.apply(&mut new);
                             let (merged, ignored) = settings.reloaded(new);
                             shell.engine.reconfigure(merged.engine_config());
