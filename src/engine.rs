@@ -449,6 +449,11 @@ impl Engine {
         (self.sessions.len(), deadlines, flows)
     }
 
+    /// Held partial lines waiting for their end or their time bound (one entry each).
+    pub fn holds_pending(&self) -> usize {
+        self.holds.len()
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }

@@ -4,7 +4,7 @@
 Runs in the lab's server namespace instead of vsftpd (tests/common calls it through
 `ip netns exec`), on the lab's control port, and serves the files of --root:
 
-  fakeftpd.py --listen IP --port P --root DIR [--seconds S] [--hostile FILE]
+  fakeftpd.py --listen IP --port P --root DIR [--seconds S] [--hostile FILE] [--split227 S]
 
 What vsftpd does not do and the tests need:
 - a line of any length is read (only its first 4 KiB kept) and answered with
@@ -14,6 +14,9 @@ What vsftpd does not do and the tests need:
   waits 0.2 s, so a test decides where segments begin. That is how messages a server must never
   be trusted with (PORT/EPRT in the server-to-client direction, a 227 inside another reply, a 227
   at a segment start that is the middle of a line) are sent.
+
+With --split227 S every 227 reply is written in two parts S seconds apart (TCP_NODELAY), cut
+inside the address after its second number: a server behind NAT whose reply ftpct must hold.
 
 Commands: USER, PASS, TYPE, NOOP, SYST, HELP, PORT, EPRT, PASV, EPSV, RETR, QUIT (anything else:
 500), and AUTH, answered with "234 ..." after which the session ends (no TLS is spoken: enough
@@ -135,7 +138,14 @@ class Session:
                 self.pasv = socket.create_server((local, 0), backlog=1)
                 port = self.pasv.getsockname()[1]
                 if verb == "PASV":
-                    self.send("227 Entering Passive Mode (%s,%d,%d)." % (local.replace(".", ","), port >> 8, port & 255))
+                    text = "227 Entering Passive Mode (%s,%d,%d).\r\n" % (local.replace(".", ","), port >> 8, port & 255)
+                    if self.args.split227 is not None:
+                        cut = text.index("(") + 1 + len(",".join(local.split(".")[:2]))
+                        self.c.sendall(text[:cut].encode("latin-1"))
+                        time.sleep(self.args.split227)
+                        self.c.sendall(text[cut:].encode("latin-1"))
+                    else:
+                        self.c.sendall(text.encode("latin-1"))
                 else:
                     self.send("229 Entering Extended Passive Mode (|||%d|)" % port)
             elif verb == "RETR":
@@ -174,6 +184,7 @@ def main():
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--idle", type=float, default=10)
     p.add_argument("--hostile")
+    p.add_argument("--split227", type=float)
     a = p.parse_args()
     ls = socket.create_server((a.listen, a.port), backlog=16)
     ls.settimeout(0.2)
