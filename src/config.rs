@@ -302,6 +302,18 @@ fn parse_at_least(key: &str, v: &str, min: usize, why: &str) -> Result<usize, St
     Ok(n)
 }
 
+/// `keep` or `pass`.
+fn parse_hold_action(v: &str) -> Result<HoldTimeoutAction, String> {
+    match v {
+        "keep" => Ok(HoldTimeoutAction::Keep),
+        "pass" => Ok(HoldTimeoutAction::Pass),
+        other => Err(format!(
+            "hold_timeout_action = '{other}': use keep (the held bytes stay inside) or pass \
+             (they are let through unchanged)"
+        )),
+    }
+}
+
 /// A number of seconds from 1 to `max`.
 fn parse_secs(key: &str, v: &str, max: u64) -> Result<Duration, String> {
     let n: u64 = parse_num(v, "number of seconds")?;
@@ -456,18 +468,7 @@ fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigEr
                     s.policy.session_idle_timeout = parse_secs(k, v, u64::from(u32::MAX))?
                 }
                 "hold_timeout" => s.policy.hold_timeout = parse_secs(k, v, u64::from(u32::MAX))?,
-                "hold_timeout_action" => {
-                    s.policy.hold_timeout_action = match v {
-                        "keep" => HoldTimeoutAction::Keep,
-                        "pass" => HoldTimeoutAction::Pass,
-                        _ => {
-                            return Err(format!(
-                                "hold_timeout_action = '{v}': use keep (the held bytes stay \
-                                 inside) or pass (they are let through unchanged)"
-                            ))
-                        }
-                    }
-                }
+                "hold_timeout_action" => s.policy.hold_timeout_action = parse_hold_action(v)?,
                 "max_hold_retries" => {
                     // Deprecated: still a valid count, so that old files load; no longer used.
                     let _: u8 = parse_num(v, "count (0-255)")?;

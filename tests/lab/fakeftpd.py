@@ -18,7 +18,7 @@ What vsftpd does not do and the tests need:
 With --split227 S every 227 reply is written in two parts S seconds apart (TCP_NODELAY), cut
 inside the address after its second number: a server behind NAT whose reply ftpct must hold.
 
-Commands: USER, PASS, TYPE, NOOP, SYST, HELP, PORT, EPRT, PASV, EPSV, RETR, QUIT (anything else:
+Commands: USER, PASS, TYPE, NOOP, SIZE, SYST, HELP, PORT, EPRT, PASV, EPSV, RETR, QUIT (anything else:
 500), and AUTH, answered with "234 ..." after which the session ends (no TLS is spoken: enough
 for a test of what an ALG does once a session announces TLS). Active-mode data connections come from an ephemeral port. Sessions are served one after the
 other; the server stops after --seconds.
@@ -113,6 +113,12 @@ class Session:
                 self.send("230 Logged in.")
             elif verb in ("TYPE", "NOOP"):
                 self.send("200 OK.")
+            elif verb == "SIZE":
+                path = os.path.join(self.args.root, os.path.basename(arg))
+                if os.path.isfile(path):
+                    self.send("213 %d" % os.path.getsize(path))
+                else:
+                    self.send("550 No such file.")
             elif verb == "SYST":
                 self.send("215 UNIX Type: L8")
             elif verb == "HELP" and self.args.hostile:
