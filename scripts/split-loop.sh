@@ -6,7 +6,7 @@
 #
 #   sudo scripts/split-loop.sh [RUNS_PER_SERVER [DELAY [SERVERS...]]]
 #     defaults: 20 runs per server (60 in all), DELAY 0.3, servers vsftpd pure-ftpd pyftpdlib
-#   FTPCT_BIN=path  the ftpct binary (default target/release/ftpct, else target/debug/ftpct)
+#   FTPCT_BIN=path  the ftpct binary (default: the newer of target/release/ftpct and target/debug/ftpct)
 #
 # Prints one line per failure and a summary; exit status 0 only when no run failed. Each
 # server gets its own lab (network namespaces, torn down at the end, also on failure); the
@@ -20,8 +20,12 @@ servers=("$@")
 [ ${#servers[@]} -gt 0 ] || servers=(vsftpd pure-ftpd pyftpdlib)
 bin=${FTPCT_BIN:-}
 if [ -z "$bin" ]; then
-    for b in target/release/ftpct target/debug/ftpct; do [ -x "$b" ] && { bin=$PWD/$b; break; }; done
+    # the newer of the release and debug builds
+    for b in target/release/ftpct target/debug/ftpct; do
+        [ -x "$b" ] && { [ -z "$bin" ] || [ "$b" -nt "$bin" ]; } && bin=$PWD/$b
+    done
 fi
+echo "split-loop: $bin"
 [ -x "$bin" ] || { echo "split-loop.sh: no ftpct binary (cargo build, or FTPCT_BIN=...)" >&2; exit 1; }
 L=tests/lab/lab.sh
 P=splitloop$$

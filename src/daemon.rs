@@ -483,7 +483,8 @@ impl Shell {
         }
     }
 
-    /// Checks that the control connections with a sequence offset still carry `seqadj_mark`
+    /// Checks that the control connections with a sequence offset (or marked because ftpct
+    /// acknowledged held bytes, `Session::marked`) still carry `seqadj_mark`
     /// (a rule that sets conntrack marks without a mask clears it, and the post-conntrack rules
     /// then stop queueing them: their transfers after a rewrite stall). A few per period, in
     /// turn; a cleared mark is set again and reported.
@@ -497,7 +498,7 @@ impl Shell {
         let mut batch: Vec<(u64, FlowTuple)> = self
             .engine
             .sessions()
-            .filter(|s| s.id.0 > cursor && s.shifts_sequence())
+            .filter(|s| s.id.0 > cursor && (s.shifts_sequence() || s.marked))
             .map(|s| (s.id.0, s.ct.original))
             .collect();
         // the PER_PERIOD lowest ids, without sorting them all
