@@ -58,6 +58,28 @@ while read -r line; do
     case $line in pip:*) python3 -m pip install -q "${line#pip:}" ;; esac
 done < tests/lab/requirements.txt
 
+# Packages that conflict with one above (pure-ftpd and vsftpd both provide ftp-server): their
+# Debian package is downloaded and unpacked into a directory of their own, not installed; the
+# libraries they need are in the apt: lines.
+while read -r line; do
+    case $line in
+    unpack:*)
+        spec=${line#unpack:}
+        pkg=${spec%%:*} dir=${spec#*:}
+        [ -f "$dir/.unpacked" ] && continue
+        echo "setup.sh: unpacking Debian's $pkg into $dir (not installed: it conflicts)"
+        apt_update
+        tmp=$(mktemp -d)
+        (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null)
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        dpkg-deb -x "$tmp"/"$pkg"_*.deb "$dir"
+        rm -rf "$tmp"
+        touch "$dir/.unpacked"
+        ;;
+    esac
+done < tests/lab/requirements.txt
+
 # Rust.
 need=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml)
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::engine;
-use crate::policy::Policy;
+use crate::policy::{HoldTimeoutAction, Policy};
 use crate::rulespec::Backend;
 
 pub const DEFAULT_SOCKET: &str = "/run/ftpct/ftpct.sock";
@@ -65,6 +65,9 @@ pub struct Settings {
     /// ([`crate::rulecheck`]); zero = never.
     pub rule_check_interval: Duration,
     pub policy: Policy,
+    /// What the file says that still works but should change (deprecated keys), one sentence
+    /// each with its line; `ftpct check-config` prints them, the daemon logs them.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -104,6 +107,7 @@ impl Default for Settings {
             seqadj_mark: DEFAULT_SEQADJ_MARK,
             rule_check_interval: crate::rulecheck::DEFAULT_INTERVAL,
             policy: Policy::default(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -325,6 +329,18 @@ fn parse_at_least(key: &str, v: &str, min: usize, why: &str) -> Result<usize, St
     Ok(n)
 }
 
+/// `keep` or `pass`.
+fn parse_hold_action(v: &str) -> Result<HoldTimeoutAction, String> {
+    match v {
+        "keep" => Ok(HoldTimeoutAction::Keep),
+        "pass" => Ok(HoldTimeoutAction::Pass),
+        other => Err(format!(
+            "hold_timeout_action = '{other}': use keep (the held bytes stay inside) or pass \
+             (they are let through unchanged)"
+        )),
+    }
+}
+
 /// A number of seconds from 1 to `max`.
 fn parse_secs(key: &str, v: &str, max: u64) -> Result<Duration, String> {
     let n: u64 = parse_num(v, "number of seconds")?;
@@ -486,7 +502,20 @@ fn parse_lines(text: &str, path: &Path) -> Result<(Settings, KeyLines), ConfigEr
                 "session_idle_timeout" => {
                     s.policy.session_idle_timeout = parse_secs(k, v, u64::from(u32::MAX))?
                 }
-                "max_hold_retries" => s.policy.max_hold_retries = parse_num(v, "count (0-255)")?,
+                "hold_timeout" => s.policy.hold_timeout = parse_secs(k, v, u64::from(u32::MAX))?,
+                "hold_timeout_action" => s.policy.hold_timeout_action = parse_hold_action(v)?,
+                "max_hold_retries" => {
+                    // Deprecated: still a valid count, so that old files load; no longer used.
+                    let _: u8 = parse_num(v, "count (0-255)")?;
+                    s.warnings.push(format!(
+                        "{}:{}: max_hold_retries is deprecated and ignored: a held split line \
+                         now ends when it completes, exceeds max_line, the connection closes, or \
+                         after hold_timeout seconds (default 60), never after a number of \
+                         retransmissions; remove the line (see ftpct.conf(5))",
+                        path.display(),
+                        i + 1
+                    ));
+                }
                 "session_close_linger" => s.policy.session_close_linger = parse_secs(k, v, 3600)?,
                 "pickup_at_segment_start" => s.policy.pickup_at_segment_start = parse_bool(v)?,
                 "tcp_window_check" => s.policy.tcp_window_check = parse_bool(v)?,
@@ -551,6 +580,20 @@ fn check(s: &Settings, lines: &KeyLines) -> Result<(), (usize, String)> {
         ));
     }
     let p = &s.policy;
+    // Only a hold_timeout that the file sets is checked: with the default one a short idle
+    // timeout bounds the hold (Policy::hold_limit).
+    if lines.get("hold_timeout").is_some() && p.hold_timeout > p.session_idle_timeout {
+        return Err((
+            lines.later("hold_timeout", "session_idle_timeout"),
+            format!(
+                "hold_timeout = {} s is longer than session_idle_timeout = {} s: a held line is \
+                 never kept longer than its session; use a hold_timeout of at most {} s",
+                p.hold_timeout.as_secs(),
+                p.session_idle_timeout.as_secs(),
+                p.session_idle_timeout.as_secs()
+            ),
+        ));
+    }
     if p.nat_port_max < 1024 && !p.allow_privileged_ports {
         return Err((
             lines.later("nat_ports", "allow_privileged_ports"),
@@ -622,7 +665,22 @@ mod tests {
                     pickup_at_segment_start = yes\n";
         let s = parse(text, Path::new("t.conf")).unwrap();
         assert_eq!(s.backend, Backend::Nft);
-        assert_eq!(s.policy.max_hold_retries, 5);
+        // deprecated: accepted, with a warning naming its line, and without effect
+        assert_eq!(s.warnings.len(), 1);
+        assert!(
+            s.warnings[0].starts_with("t.conf:2: max_hold_retries is deprecated"),
+            "{:?}",
+            s.warnings
+        );
+        assert_eq!(s.policy, {
+            let mut p = Policy {
+                session_close_linger: Duration::from_secs(30),
+                pickup_at_segment_start: true,
+                ..Policy::default()
+            };
+            p.hold_timeout = Duration::from_secs(60);
+            p
+        });
         assert_eq!(s.policy.session_close_linger, Duration::from_secs(30));
         assert!(s.policy.pickup_at_segment_start);
         let d = parse("", Path::new("t.conf")).unwrap();
@@ -639,6 +697,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("t.conf:1:"), "{e}");
+    }
+
+    #[test]
+    fn hold_timeout_and_its_action() {
+        let d = parse("", Path::new("t.conf")).unwrap();
+        assert_eq!(d.policy.hold_timeout, Duration::from_secs(60));
+        assert_eq!(d.policy.hold_timeout_action, HoldTimeoutAction::Keep);
+        assert!(d.warnings.is_empty());
+        let s = parse(
+            "hold_timeout = 5\nhold_timeout_action = pass\n",
+            Path::new("t.conf"),
+        )
+        .unwrap();
+        assert_eq!(s.policy.hold_timeout, Duration::from_secs(5));
+        assert_eq!(s.policy.hold_timeout_action, HoldTimeoutAction::Pass);
+        for (text, want) in [
+            ("hold_timeout = 0\n", "t.conf:1:"),
+            ("hold_timeout_action = drop\n", "t.conf:1:"),
+            // never longer than the session it belongs to; the error names the later line
+            (
+                "hold_timeout = 120\nsession_idle_timeout = 60\n",
+                "t.conf:2:",
+            ),
+        ] {
+            let e = parse(text, Path::new("t.conf")).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+        // a short idle timeout with the default hold_timeout is fine: the hold is bounded by it
+        let s = parse("session_idle_timeout = 30\n", Path::new("t.conf")).unwrap();
+        assert_eq!(s.policy.hold_limit(), Duration::from_secs(30));
     }
 
     #[test]

@@ -190,11 +190,23 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
         Event::LineTooLong { id, dir } => {
             let _ = writeln!(out, "[WARN] session {id} {}: line too long", dir.label());
         }
-        Event::HoldGaveUp { id, dir } => {
+        Event::HoldTimedOut {
+            id,
+            dir,
+            held,
+            after,
+            action,
+        } => {
             let _ = writeln!(
                 out,
-                "[WARN] session {id} {}: split line never completed, let through",
-                dir.label()
+                "[WARN] session {id} {}: split line not complete after hold_timeout {} s \
+                 ({held} bytes held, {})",
+                dir.label(),
+                after.as_secs(),
+                match action {
+                    crate::policy::HoldTimeoutAction::Keep => "kept inside",
+                    crate::policy::HoldTimeoutAction::Pass => "let through",
+                }
             );
         }
         Event::NotRewritten { id, kind } => {

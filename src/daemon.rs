@@ -25,6 +25,7 @@ use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
+use crate::policy::HoldTimeoutAction;
 use crate::rulecheck::{Checker, Notice};
 use crate::rules::RuleSpec;
 use crate::state::StateFile;
@@ -544,7 +545,8 @@ impl Shell {
         }
     }
 
-    /// Checks that the control connections with a sequence offset still carry `seqadj_mark`
+    /// Checks that the control connections with a sequence offset (or marked because ftpct
+    /// acknowledged held bytes, `Session::marked`) still carry `seqadj_mark`
     /// (a rule that sets conntrack marks without a mask clears it, and the post-conntrack rules
     /// then stop queueing them: their transfers after a rewrite stall). A few per period, in
     /// turn; a cleared mark is set again and reported.
@@ -558,7 +560,7 @@ impl Shell {
         let mut batch: Vec<(u64, FlowTuple)> = self
             .engine
             .sessions()
-            .filter(|s| s.id.0 > cursor && s.shifts_sequence())
+            .filter(|s| s.id.0 > cursor && (s.shifts_sequence() || s.marked))
             .map(|s| (s.id.0, s.ct.original))
             .collect();
         // the PER_PERIOD lowest ids, without sorting them all
@@ -780,7 +782,7 @@ impl Shell {
         let k = &self.shell_stats();
         let (kq_dropped, kq_user_dropped) =
             kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 79] = [
+        let rows: [(&str, u64); 81] = [
             ("sessions", self.engine.session_count() as u64),
             ("expectations", self.engine.expectations().len() as u64),
             ("sessions_started", s.sessions_started),
@@ -804,6 +806,8 @@ impl Shell {
             ("lines_too_long", s.lines_too_long),
             ("lines_held", s.lines_held),
             ("hold_gave_up", s.hold_gave_up),
+            ("hold_timeouts", s.hold_timeouts),
+            ("hold_acked", s.hold_acked),
             ("resyncs", s.resyncs),
             ("syn_unmatched", s.syn_unmatched),
             ("events_dropped", s.events_dropped),
@@ -995,11 +999,32 @@ pub fn log_event(e: &Event) {
         Event::LineTooLong { id, dir } => {
             warn!(session = %id, dir = dir.label(), "control line too long; skipped to its end")
         }
-        Event::HoldGaveUp { id, dir } => warn!(
-            session = %id,
-            dir = dir.label(),
-            "a split control line never completed while held; let through without rewrite"
-        ),
+        Event::HoldTimedOut {
+            id,
+            dir,
+            held,
+            after,
+            action,
+        } => match action {
+            HoldTimeoutAction::Keep => warn!(
+                session = %id,
+                dir = dir.label(),
+                held_bytes = held,
+                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
+                 its held part stays inside (hold_timeout_action = keep): it is still \
+                 rewritten if the rest comes, never let through unrewritten",
+                after.as_secs()
+            ),
+            HoldTimeoutAction::Pass => warn!(
+                session = %id,
+                dir = dir.label(),
+                held_bytes = held,
+                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
+                 its held part is let through unchanged (hold_timeout_action = pass), the \
+                 line will not be rewritten",
+                after.as_secs()
+            ),
+        },
         Event::Resynced { id, dir } => warn!(
             session = %id,
             dir = dir.label(),
@@ -1754,6 +1779,9 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
                 match &opts.config_path {
                     Some(p) => match config::load(p) {
                         Ok(mut new) => {
+                            for w in &new.warnings {
+                                warn!("{w}");
+                            }
                             opts.overrides.apply(&mut new);
                             let (merged, ignored) = settings.reloaded(new);
                             shell.engine.reconfigure(merged.engine_config());

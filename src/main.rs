@@ -361,7 +361,10 @@ fn main() -> ExitCode {
             }
         }
         Cmd::CheckConfig { file } => match config::load(&file) {
-            Ok(_) => {
+            Ok(s) => {
+                for w in &s.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -401,10 +404,16 @@ fn warn_small_sets(spec: &rules::RuleSpec, config: Option<&std::path::Path>) {
 /// The settings of `config` (or the defaults); on error, prints it and gives exit status 2.
 fn load_settings(config: Option<&std::path::Path>, prefix: &str) -> Result<Settings, ExitCode> {
     match config {
-        Some(p) => config::load(p).map_err(|e| {
-            eprintln!("{prefix}{e}");
-            ExitCode::from(2)
-        }),
+        Some(p) => config::load(p)
+            .inspect(|s| {
+                for w in &s.warnings {
+                    eprintln!("{prefix}warning: {w}");
+                }
+            })
+            .map_err(|e| {
+                eprintln!("{prefix}{e}");
+                ExitCode::from(2)
+            }),
         None => Ok(Settings::default()),
     }
 }

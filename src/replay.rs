@@ -1759,17 +1759,26 @@ impl<'o> Replayer<'o> {
                     format!("{t} {id} {} line too long, skipped", dir.label())
                 }
             }
-            Event::HoldGaveUp { id, dir } => {
+            Event::HoldTimedOut {
+                id,
+                dir,
+                held,
+                action,
+                ..
+            } => {
                 if json {
-                    Obj::new("hold_gave_up")
+                    Obj::new("hold_timeout")
                         .raw("t", &t)
                         .s("session", id)
                         .s("dir", dir.label())
+                        .raw("held", &held.to_string())
+                        .s("action", action.label())
                         .end()
                 } else {
                     format!(
-                        "{t} {id} {} partial line never completed, let through",
-                        dir.label()
+                        "{t} {id} {} partial line not complete within hold_timeout ({held} bytes held, {})",
+                        dir.label(),
+                        action.label()
                     )
                 }
             }

@@ -657,30 +657,45 @@ fn split_port_after_a_complete_line_in_the_same_segment() {
 }
 
 #[test]
-fn held_line_without_continuation_is_let_through_after_retries() {
+fn held_line_retransmitted_again_and_again_is_never_let_through() {
     let mut lab = Lab::masq(cfg());
     let (a, b) = lab.cli.write(b"PORT 10,0,0,2,195,80\r\n");
+    let base = lab.cli.isn.wrapping_add(1);
     assert!(lab.c2s(a, a + 9), "the verb goes through");
-    assert_eq!(lab.cli.snd_una, lab.cli.isn.wrapping_add(1 + a as u32 + 5));
-    // a Nagle sender that never sends the rest while the held part is unacknowledged
-    for _ in 0..3 {
-        // only what the segment acknowledges goes through, as a pure ACK
+    assert_eq!(lab.cli.snd_una, base.wrapping_add(a as u32 + 5));
+    // The sender waits for the held part (a retransmission timer, or Nagle): however often it
+    // comes again, it is never let through. ftpct sends the byte before it again instead, which
+    // the server acknowledges at once, and acknowledges the held bytes to the client itself.
+    for _ in 0..20 {
         assert!(lab.c2s(a + 5, a + 9));
         assert_eq!(lab.server_got(), "PORT ");
     }
-    assert!(lab.c2s(a + 5, a + 9), "gives up holding");
-    assert!(lab
-        .events()
-        .iter()
-        .any(|e| matches!(e, Event::HoldGaveUp { .. })));
+    assert_eq!(
+        lab.cli.snd_una,
+        base.wrapping_add(a as u32 + 9),
+        "the held bytes are acknowledged by ftpct"
+    );
+    // so the client sends the rest, and the line is rewritten as a whole
     assert!(lab.c2s(a + 9, b));
-    // could not be rewritten: the server sees the original (as with the kernel helper)
-    assert_eq!(lab.server_got(), "PORT 10,0,0,2,195,80\r\n");
-    assert!(lab
+    assert_eq!(lab.server_got(), "PORT 203,0,113,1,195,80\r\n");
+    lab.all_acked();
+    assert!(!lab
         .events()
         .iter()
-        .any(|e| matches!(e, Event::NotRewritten { .. })));
-    lab.all_acked();
+        .any(|e| matches!(e, Event::HoldTimedOut { .. } | Event::NotRewritten { .. })));
+    let st = lab.gw.engine.stats();
+    assert_eq!(
+        (st.hold_acked, st.hold_timeouts, st.hold_gave_up),
+        (1, 0, 0)
+    );
+    // the connection was marked once (its acknowledgements are changed after conntrack)
+    let marks = lab
+        .gw
+        .take_actions()
+        .into_iter()
+        .filter(|a| matches!(a, Action::MarkAdjusted { .. }))
+        .count();
+    assert!(marks >= 1);
 }
 
 #[test]
@@ -1721,4 +1736,488 @@ fn eviction_of_sessions_with_state_is_counted_and_warned() {
         );
     }
     assert!(warned);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time: split lines against senders with Linux's retransmission behaviour.
+//
+// The sender model: new data goes out at once (TCP_NODELAY) or, with Nagle, only while nothing
+// is unacknowledged; a tail loss probe 200 ms after a transmission (2 RTT + the minimum RTO for
+// one segment in flight, RTT ~0 here) that sends pending data with Nagle off, or else the last
+// segment again; a retransmission timeout (200 ms, doubling to 120 s) that enters loss recovery,
+// where the congestion window is one segment: only the first unacknowledged segment goes out
+// (with whatever was already sent after it, up to the MSS, collapsed into it), and new data only
+// once everything sent is acknowledged. The receiver acknowledges new data at once or after a
+// delayed-ACK time, a retransmission of data it has at once, and never a pure ACK. Time is
+// stepped in milliseconds; the engine's timers run on the same clock.
+
+#[derive(Clone, Copy, Debug)]
+struct SenderModel {
+    nagle: bool,
+    mss: usize,
+    /// The receiver's delayed ACK of new data, ms (0: at once).
+    delack_ms: u64,
+    /// The first transmission of the second part is lost before the gateway.
+    lose_rest_once: bool,
+    /// The first segment the gateway delivers after the pause is lost after it.
+    lose_after_gw_once: bool,
+}
+
+impl Default for SenderModel {
+    fn default() -> Self {
+        SenderModel {
+            nagle: false,
+            mss: 1400,
+            delack_ms: 40,
+            lose_rest_once: false,
+            lose_after_gw_once: false,
+        }
+    }
+}
+
+struct TimedRun {
+    /// Milliseconds until everything the sender wrote was acknowledged (None: never, within
+    /// the run's limit).
+    done_ms: Option<u64>,
+    retransmissions: u32,
+}
+
+/// The sender (`c2s`: the client, else the server) writes `first` at t = 0 and `rest` at
+/// t = `pause_ms`; runs until all is acknowledged or `limit_ms`.
+fn timed_split(
+    lab: &mut Lab,
+    c2s: bool,
+    first: &[u8],
+    rest: &[u8],
+    pause_ms: u64,
+    m: SenderModel,
+    limit_ms: u64,
+) -> TimedRun {
+    let t0 = lab.gw.now;
+    let base_off = {
+        let Lab { cli, srv, .. } = lab;
+        let snd = if c2s { cli } else { srv };
+        snd.out.len()
+    };
+    let mut sent = base_off;
+    let mut wrote_rest = false;
+    let mut rto_ms = 200u64;
+    let mut rto_at: Option<u64> = None;
+    let mut tlp_at: Option<u64> = None;
+    let mut tlp_done = false;
+    let mut loss = false;
+    let mut recovery = 0usize;
+    let mut last_seg = (0usize, 0usize);
+    let mut delayed_ack: Option<(u64, Pkt)> = None;
+    let mut lost_rest = false;
+    let mut lost_after = false;
+    let mut retrans = 0u32;
+    {
+        let Lab { cli, srv, .. } = lab;
+        let snd = if c2s { cli } else { srv };
+        snd.write(first);
+    }
+    for t in 0..=limit_ms {
+        lab.gw.now = t0.plus(std::time::Duration::from_millis(t));
+        if let Some(due) = lab.gw.engine.poll_timeout() {
+            if due <= lab.gw.now {
+                lab.gw.engine.handle_timeout(lab.gw.now);
+                while let Some(e) = lab.gw.engine.poll_event() {
+                    lab.gw.events.push(e);
+                }
+            }
+        }
+        if t >= pause_ms && !wrote_rest {
+            wrote_rest = true;
+            let Lab { cli, srv, .. } = lab;
+            let snd = if c2s { cli } else { srv };
+            snd.write(rest);
+        }
+        let Lab { gw, cli, srv } = lab;
+        let (snd, rcv) = if c2s { (cli, srv) } else { (srv, cli) };
+        let una = snd.snd_una.wrapping_sub(snd.isn.wrapping_add(1)) as usize;
+        let written = snd.out.len();
+        if wrote_rest && una == written {
+            return TimedRun {
+                done_ms: Some(t),
+                retransmissions: retrans,
+            };
+        }
+        // What goes out this millisecond: (from, to, is a retransmission).
+        let mut out: Vec<(usize, usize, bool)> = Vec::new();
+        let outstanding = sent > una;
+        if let Some(at) = rto_at.filter(|&at| at <= t && outstanding) {
+            let _ = at;
+            loss = true;
+            recovery = sent;
+            out.push((una, sent.min(una + m.mss), true));
+            rto_ms = (rto_ms * 2).min(120_000);
+            rto_at = Some(t + rto_ms);
+            tlp_at = None;
+        } else if let Some(at) = tlp_at.filter(|&at| at <= t && outstanding && !loss) {
+            let _ = at;
+            tlp_done = true;
+            tlp_at = None;
+            if sent < written {
+                out.push((sent, written.min(sent + m.mss), false));
+            } else {
+                out.push((last_seg.0, last_seg.1, true));
+            }
+            rto_at = Some(t + rto_ms);
+        }
+        // New data: cwnd 1 in loss recovery; Nagle while anything is unacknowledged.
+        let new_from = out.iter().map(|o| o.1).max().unwrap_or(sent).max(sent);
+        let blocked = (loss && (sent > una || !out.is_empty())) || (m.nagle && sent > una);
+        if new_from < written && !blocked {
+            let mut a = new_from;
+            while a < written {
+                let b = written.min(a + m.mss);
+                out.push((a, b, false));
+                a = b;
+                if loss {
+                    break;
+                }
+            }
+        }
+        for (a, b, re) in out {
+            if re {
+                retrans += 1;
+            }
+            if b > sent {
+                sent = b;
+            }
+            last_seg = (a, b);
+            if rto_at.is_none() {
+                rto_at = Some(t + rto_ms);
+            }
+            if !loss && !tlp_done && tlp_at.is_none() {
+                tlp_at = Some(t + 200);
+            }
+            let seg = snd.seg(a, b);
+            if m.lose_rest_once && !lost_rest && wrote_rest && b > base_off + first.len() {
+                lost_rest = true;
+                continue;
+            }
+            let Some(d) = gw.forward(&seg) else {
+                continue;
+            };
+            if m.lose_after_gw_once && !lost_after && wrote_rest {
+                lost_after = true;
+                continue;
+            }
+            let before = rcv.rcv_nxt();
+            let ack = rcv.receive(&d);
+            if d.payload.is_empty() {
+                continue; // a pure ACK is not acknowledged
+            }
+            let old = rcv.rcv_nxt() == before;
+            if old || m.delack_ms == 0 {
+                delayed_ack = None;
+                if let Some(back) = gw.forward(&ack) {
+                    snd.receive(&back);
+                }
+            } else if delayed_ack.is_none() {
+                delayed_ack = Some((t + m.delack_ms, ack));
+            } else {
+                delayed_ack = Some((delayed_ack.map_or(t, |x| x.0), ack));
+            }
+        }
+        if let Some((at, _)) = &delayed_ack {
+            if *at <= t {
+                let (_, ack) = delayed_ack.take().unwrap();
+                // the latest state of the receiver
+                let mut ack = ack;
+                ack.ack = rcv.rcv_nxt();
+                if let Some(back) = gw.forward(&ack) {
+                    snd.receive(&back);
+                }
+            }
+        }
+        // The sender's reaction to what was acknowledged.
+        let una2 = snd.snd_una.wrapping_sub(snd.isn.wrapping_add(1)) as usize;
+        if una2 > una {
+            rto_ms = 200;
+            tlp_done = false;
+            if loss && una2 >= recovery {
+                loss = false;
+            }
+            rto_at = (sent > una2).then_some(t + rto_ms);
+            tlp_at = (sent > una2 && !loss).then_some(t + 200);
+        }
+    }
+    TimedRun {
+        done_ms: None,
+        retransmissions: retrans,
+    }
+}
+
+fn port_line() -> &'static [u8] {
+    b"PORT 10,0,0,2,195,80\r\n"
+}
+const PORT_REWRITTEN: &str = "PORT 203,0,113,1,195,80\r\n";
+
+/// One split PORT through a masquerading gateway: the line cut at `cut`, a pause, a model.
+#[track_caller]
+fn split_port_case(cut: usize, pause_ms: u64, m: SenderModel) -> (Lab, TimedRun) {
+    let mut lab = Lab::masq(cfg());
+    let line = port_line();
+    let r = timed_split(
+        &mut lab,
+        true,
+        &line[..cut],
+        &line[cut..],
+        pause_ms,
+        m,
+        pause_ms + 10_000,
+    );
+    let ctx = format!("cut {cut} pause {pause_ms} ms {m:?}");
+    assert!(
+        r.done_ms.is_some(),
+        "{ctx}: never completed (server got {:?}, {} retransmissions)",
+        lab.server_got(),
+        r.retransmissions
+    );
+    assert_eq!(lab.server_got(), PORT_REWRITTEN, "{ctx}");
+    lab.all_acked();
+    assert!(
+        !lab.events()
+            .iter()
+            .any(|e| matches!(e, Event::HoldTimedOut { .. } | Event::NotRewritten { .. })),
+        "{ctx}: {:?}",
+        lab.events()
+    );
+    assert_eq!(lab.gw.engine.stats().rewrites, 1, "{ctx}");
+    assert_eq!(lab.gw.engine.holds_pending(), 0, "{ctx}");
+    (lab, r)
+}
+
+#[test]
+fn split_port_with_pauses_from_100_ms_to_30_s_is_rewritten() {
+    for pause in [100u64, 300, 1000, 5000, 30_000] {
+        for nagle in [false, true] {
+            for delack_ms in [0u64, 40] {
+                let m = SenderModel {
+                    nagle,
+                    delack_ms,
+                    ..SenderModel::default()
+                };
+                let (_, r) = split_port_case(12, pause, m);
+                // The rest follows the pause at once: the sender is not stuck in back-off.
+                let done = r.done_ms.unwrap();
+                assert!(
+                    done <= pause + 250,
+                    "pause {pause} nagle {nagle}: done after {done} ms"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn split_port_at_every_byte_position_with_and_without_nagle() {
+    let len = port_line().len();
+    for cut in 1..len {
+        for (pause, nagle) in [(0u64, false), (0, true), (1000, false), (1000, true)] {
+            let m = SenderModel {
+                nagle,
+                ..SenderModel::default()
+            };
+            split_port_case(cut, pause, m);
+        }
+    }
+}
+
+#[test]
+fn split_port_one_byte_per_segment() {
+    for (pause, nagle) in [(0u64, false), (1000, false), (5000, true), (0, true)] {
+        let m = SenderModel {
+            nagle,
+            mss: 1,
+            ..SenderModel::default()
+        };
+        split_port_case(9, pause, m);
+    }
+}
+
+#[test]
+fn retransmission_with_the_rest_collapsed_in_and_losses_after_the_gateway() {
+    for pause in [100u64, 1000, 5000] {
+        // the rest's first transmission is lost before ftpct: the next retransmission carries
+        // the held part with the rest collapsed into it
+        for m in [
+            SenderModel {
+                lose_rest_once: true,
+                ..SenderModel::default()
+            },
+            // the merged segment is lost after ftpct: the sender retransmits only what ftpct did
+            // not acknowledge for the receiver, and ftpct puts the rest in front of it
+            SenderModel {
+                lose_after_gw_once: true,
+                ..SenderModel::default()
+            },
+            SenderModel {
+                lose_after_gw_once: true,
+                nagle: true,
+                ..SenderModel::default()
+            },
+        ] {
+            split_port_case(12, pause, m);
+        }
+    }
+}
+
+#[test]
+fn split_eprt_v4_v6_and_split_227_behind_dnat() {
+    // EPRT through the masquerading gateway, cut inside the address
+    let line = b"EPRT |1|10.0.0.2|50000|\r\n";
+    let mut lab = Lab::masq(cfg());
+    let r = timed_split(
+        &mut lab,
+        true,
+        &line[..12],
+        &line[12..],
+        5000,
+        SenderModel::default(),
+        20_000,
+    );
+    assert!(r.done_ms.is_some());
+    assert_eq!(lab.server_got(), "EPRT |1|203.0.113.1|50000|\r\n");
+    lab.all_acked();
+    // IPv6: nothing to rewrite, so nothing is held; the line passes as it comes
+    let line = b"EPRT |2|fd77:1::2|50000|\r\n";
+    let mut lab = Lab::v6(cfg());
+    let r = timed_split(
+        &mut lab,
+        true,
+        &line[..13],
+        &line[13..],
+        5000,
+        SenderModel::default(),
+        20_000,
+    );
+    assert!(r.done_ms.is_some());
+    assert_eq!(lab.server_got(), String::from_utf8_lossy(line));
+    assert_eq!(lab.gw.engine.stats().lines_held, 0);
+    // a 227 written in two parts by a server behind DNAT
+    for pause in [100u64, 1000, 5000, 30_000] {
+        for nagle in [false, true] {
+            let mut lab = Lab::dnat(cfg());
+            lab.client_says("PASV\r\n");
+            let line = b"227 Entering Passive Mode (10,1,0,2,117,48).\r\n";
+            let m = SenderModel {
+                nagle,
+                ..SenderModel::default()
+            };
+            let r = timed_split(
+                &mut lab,
+                false,
+                &line[..31],
+                &line[31..],
+                pause,
+                m,
+                pause + 10_000,
+            );
+            assert!(r.done_ms.is_some(), "pause {pause} nagle {nagle}");
+            assert_eq!(
+                lab.client_got(),
+                "227 Entering Passive Mode (203,0,113,1,117,48).\r\n"
+            );
+            lab.all_acked();
+            assert!(lab
+                .data_syn("198.51.100.7:41000", "203.0.113.1:30000")
+                .is_some());
+        }
+    }
+}
+
+#[test]
+fn a_line_that_never_completes_is_bounded_by_hold_timeout() {
+    for action in [
+        ftpct::policy::HoldTimeoutAction::Keep,
+        ftpct::policy::HoldTimeoutAction::Pass,
+    ] {
+        let mut c = cfg();
+        c.policy.hold_timeout = std::time::Duration::from_secs(60);
+        c.policy.hold_timeout_action = action;
+        let mut lab = Lab::masq(c);
+        let r = timed_split(
+            &mut lab,
+            true,
+            b"PORT 10,0,0",
+            b"",
+            0,
+            SenderModel::default(),
+            59_000,
+        );
+        // everything the client sent is acknowledged (ftpct holds the address for the server)
+        assert!(r.done_ms.is_some());
+        assert_eq!(lab.server_got(), "PORT ");
+        assert!(!lab
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::HoldTimedOut { .. })));
+        // the time bound: the engine's own timer, at 60 s after the hold began
+        let due = lab.gw.engine.poll_timeout().expect("a hold deadline");
+        lab.gw.now = due;
+        lab.gw.engine.handle_timeout(due);
+        while let Some(e) = lab.gw.engine.poll_event() {
+            lab.gw.events.push(e);
+        }
+        assert!(lab.events().iter().any(|e| matches!(
+            e,
+            Event::HoldTimedOut { held: 6, action: a, .. } if *a == action
+        )));
+        assert_eq!(lab.gw.engine.stats().hold_timeouts, 1);
+        assert_eq!(lab.gw.engine.holds_pending(), 0);
+        // the session lives on; the client acknowledges a reply
+        lab.server_says("200 still here\r\n");
+        match action {
+            ftpct::policy::HoldTimeoutAction::Keep => {
+                assert_eq!(lab.server_got(), "PORT ", "nothing leaves unrewritten");
+                // and if the rest ever comes, the line is still rewritten
+                lab.client_says(",2,195,80\r\n");
+                assert_eq!(lab.server_got(), PORT_REWRITTEN);
+            }
+            ftpct::policy::HoldTimeoutAction::Pass => {
+                // let through with the client's next packet (the ACK of that reply)
+                assert_eq!(lab.server_got(), "PORT 10,0,0");
+                assert_eq!(lab.gw.engine.stats().hold_gave_up, 1);
+                lab.client_says(",2,195,80\r\n");
+                assert_eq!(lab.server_got(), "PORT 10,0,0,2,195,80\r\n");
+            }
+        }
+        lab.all_acked();
+        assert_eq!(lab.gw.engine.session_count(), 1);
+    }
+}
+
+#[test]
+fn a_line_that_grows_without_end_stays_bounded() {
+    let mut lab = Lab::masq(cfg());
+    let mut junk = b"PORT 10,0,0,2".to_vec();
+    junk.extend(std::iter::repeat(b'9').take(4000));
+    let r = timed_split(
+        &mut lab,
+        true,
+        &junk[..9],
+        &junk[9..],
+        1000,
+        SenderModel {
+            mss: 100,
+            ..SenderModel::default()
+        },
+        30_000,
+    );
+    assert!(r.done_ms.is_some(), "the overlong line is let through");
+    assert_eq!(lab.server_got().len(), junk.len());
+    assert!(lab
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::LineTooLong { .. })));
+    for s in lab.gw.engine.sessions() {
+        for d in &s.dirs {
+            assert!(d.line.len() <= 1024 + 2 && d.custody.len() <= 256);
+        }
+    }
+    assert_eq!(lab.gw.engine.holds_pending(), 0);
 }

@@ -465,7 +465,12 @@ fn run(data: &[u8]) {
         nat_port_min: if small_ports { 50000 } else { 1024 },
         nat_port_max: if small_ports { 50002 } else { 65535 },
         max_line: if b[3] & 8 != 0 { 40 } else { 1024 },
-        max_hold_retries: b[4] % 4,
+        hold_timeout: Duration::from_secs(1 + u64::from(b[4] % 4)),
+        hold_timeout_action: if b[4] & 4 != 0 {
+            ftpct::policy::HoldTimeoutAction::Pass
+        } else {
+            ftpct::policy::HoldTimeoutAction::Keep
+        },
         max_sessions: 1 + usize::from(b[0] % 8),
         session_idle_timeout: Duration::from_secs(1 + u64::from(b[6])),
         session_close_linger: Duration::from_secs(u64::from(b[7] % 16)),

@@ -651,9 +651,36 @@ impl Lab {
         self.sh("split", &[mode.name(), file])
     }
 
-    /// The server's protocol log (vsftpd log_ftp_protocol): what the server really received.
+    /// `split` with the pause between the two writes, and Nagle on or off (TCP_NODELAY).
+    pub fn split_paused(&self, mode: Mode, file: &str, delay: f64, nagle: bool) -> Run {
+        let d = format!("{delay}");
+        let mut args = vec![mode.name(), file, d.as_str(), "-1"];
+        if nagle {
+            args.push("nagle");
+        }
+        self.sh("split", &args)
+    }
+
+    /// Starts another server instead of vsftpd: `pure-ftpd`, `pyftpdlib` or `fake`
+    /// (tests/lab/fakeftpd.py; with `split227`, its 227 replies are written in two parts that
+    /// many seconds apart). See `lab.sh server --kind`.
+    #[track_caller]
+    pub fn server_kind(&self, kind: &str, split227: Option<f64>) {
+        let s227 = split227.map(|d| format!("{d}"));
+        let mut args = vec!["--kind", kind];
+        if let Some(d) = &s227 {
+            args.extend(["--split227", d.as_str()]);
+        }
+        let r = self.sh("server", &args);
+        assert!(r.ok(), "[{}] {kind} start failed: {r}", self.test);
+    }
+
+    /// The server's protocol log (vsftpd log_ftp_protocol, or what pyftpdlib and fakeftpd.py
+    /// log of each command): what the server really received.
     pub fn server_log(&self) -> String {
-        fs::read_to_string(self.state_dir().join("vsftpd.log")).unwrap_or_default()
+        let mut log = fs::read_to_string(self.state_dir().join("vsftpd.log")).unwrap_or_default();
+        log.push_str(&fs::read_to_string(self.state_dir().join("server.log")).unwrap_or_default());
+        log
     }
 
     /// `lab.sh CMD PREFIX ARGS...` with extra environment variables (e.g.

@@ -4,7 +4,7 @@
 Runs in the lab's server namespace instead of vsftpd (tests/common calls it through
 `ip netns exec`), on the lab's control port, and serves the files of --root:
 
-  fakeftpd.py --listen IP --port P --root DIR [--seconds S] [--hostile FILE]
+  fakeftpd.py --listen IP --port P --root DIR [--seconds S] [--hostile FILE] [--split227 S]
 
 What vsftpd does not do and the tests need:
 - a line of any length is read (only its first 4 KiB kept) and answered with
@@ -15,7 +15,10 @@ What vsftpd does not do and the tests need:
   be trusted with (PORT/EPRT in the server-to-client direction, a 227 inside another reply, a 227
   at a segment start that is the middle of a line) are sent.
 
-Commands: USER, PASS, TYPE, NOOP, SYST, HELP, PORT, EPRT, PASV, EPSV, RETR, QUIT (anything else:
+With --split227 S every 227 reply is written in two parts S seconds apart (TCP_NODELAY), cut
+inside the address after its second number: a server behind NAT whose reply ftpct must hold.
+
+Commands: USER, PASS, TYPE, NOOP, SIZE, SYST, HELP, PORT, EPRT, PASV, EPSV, RETR, QUIT (anything else:
 500), and AUTH, answered with "234 ..." after which the session ends (no TLS is spoken: enough
 for a test of what an ALG does once a session announces TLS). Active-mode data connections come from an ephemeral port. Sessions are served one after the
 other; the server stops after --seconds.
@@ -110,6 +113,12 @@ class Session:
                 self.send("230 Logged in.")
             elif verb in ("TYPE", "NOOP"):
                 self.send("200 OK.")
+            elif verb == "SIZE":
+                path = os.path.join(self.args.root, os.path.basename(arg))
+                if os.path.isfile(path):
+                    self.send("213 %d" % os.path.getsize(path))
+                else:
+                    self.send("550 No such file.")
             elif verb == "SYST":
                 self.send("215 UNIX Type: L8")
             elif verb == "HELP" and self.args.hostile:
@@ -135,7 +144,14 @@ class Session:
                 self.pasv = socket.create_server((local, 0), backlog=1)
                 port = self.pasv.getsockname()[1]
                 if verb == "PASV":
-                    self.send("227 Entering Passive Mode (%s,%d,%d)." % (local.replace(".", ","), port >> 8, port & 255))
+                    text = "227 Entering Passive Mode (%s,%d,%d).\r\n" % (local.replace(".", ","), port >> 8, port & 255)
+                    if self.args.split227 is not None:
+                        cut = text.index("(") + 1 + len(",".join(local.split(".")[:2]))
+                        self.c.sendall(text[:cut].encode("latin-1"))
+                        time.sleep(self.args.split227)
+                        self.c.sendall(text[cut:].encode("latin-1"))
+                    else:
+                        self.c.sendall(text.encode("latin-1"))
                 else:
                     self.send("229 Entering Extended Passive Mode (|||%d|)" % port)
             elif verb == "RETR":
@@ -174,6 +190,7 @@ def main():
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--idle", type=float, default=10)
     p.add_argument("--hostile")
+    p.add_argument("--split227", type=float)
     a = p.parse_args()
     ls = socket.create_server((a.listen, a.port), backlog=16)
     ls.settimeout(0.2)

@@ -9,6 +9,11 @@ Runs inside the lab's client namespace (lab.sh calls it through `ip netns exec`)
                      M: port|eprt|pasv|epsv, or active (PORT/EPRT alternating, IPv4) /
                      passive (PASV/EPSV alternating, IPv4); on IPv6 active=eprt, passive=epsv
   ftpclient.py split --host H --port P --mode port|eprt --file F --root DIR [--delay S]
+                     [--cut N] [--nagle]
+                     the PORT/EPRT line in two writes S seconds apart: its first N bytes
+                     (default -1: "PORT a,b,c" / EPRT cut inside the address), then the rest;
+                     TCP_NODELAY unless --nagle (then the kernel sends the rest only once the
+                     first part is acknowledged, or in a tail loss probe)
 
 The exact data command of the mode is always used (never the client library's choice), the
 address in 227 is trusted (ftplib ignores it by default), and every wait is bounded by --timeout.
@@ -175,13 +180,19 @@ def cmd_split(args):
             raise ValueError("PORT is IPv4 only")
         a = local.split(".")
         # first segment "PORT a,b,c", second ",d,p1,p2\r\n"
-        first = "PORT %s,%s,%s" % (a[0], a[1], a[2])
-        second = ",%s,%d,%d\r\n" % (a[3], dport >> 8, dport & 255)
+        line = "PORT %s,%s,%s,%s,%d,%d\r\n" % (a[0], a[1], a[2], a[3], dport >> 8, dport & 255)
+        cut = len("PORT %s,%s,%s" % (a[0], a[1], a[2]))
     else:
         af = 1 if fam == socket.AF_INET else 2
         line = "EPRT |%d|%s|%d|\r\n" % (af, local, dport)
         cut = line.index(local) + len(local) // 2  # inside the address
-        first, second = line[:cut], line[cut:]
+    if args.cut >= 0:
+        if not 0 < args.cut < len(line):
+            raise ValueError("--cut %d: the line has %d bytes" % (args.cut, len(line)))
+        cut = args.cut
+    first, second = line[:cut], line[cut:]
+    if args.nagle:
+        c.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
     c.send(first.encode("latin-1"))
     time.sleep(args.delay)
     c.send(second.encode("latin-1"))
@@ -246,6 +257,8 @@ def main():
             s.add_argument("--delay", type=float, default=0.0)
         if name == "split":
             s.add_argument("--delay", type=float, default=0.05)
+            s.add_argument("--cut", type=int, default=-1)
+            s.add_argument("--nagle", action="store_true")
     args = p.parse_args()
     fn = {"fetch": cmd_fetch, "probe": cmd_probe, "many": cmd_many, "split": cmd_split}[args.cmd]
     # ftplib's debug output (the control dialog) goes to stderr; stdout has only the result line.

@@ -6,12 +6,15 @@
 #
 #   lab.sh up PREFIX [--topology masq|dnat|v6] [--port N]
 #   lab.sh down PREFIX
-#   lab.sh server PREFIX [--port N] [--port20 yes|no]
+#   lab.sh server PREFIX [--port N] [--port20 yes|no] [--kind vsftpd|pure-ftpd|pyftpdlib|fake]
+#                        [--split227 SECONDS]   (fake only: each 227 written in two parts)
 #   lab.sh helper PREFIX on|off
 #   lab.sh fetch PREFIX curl|lftp|ftplib port|eprt|pasv|epsv FILE
 #   lab.sh probe PREFIX                       control connection only (login + SIZE), no data
 #   lab.sh many PREFIX port|eprt|pasv|epsv|active|passive [COUNT [DELAY]]  (DELAY s between files)
-#   lab.sh split PREFIX [port|eprt] [FILE]    PORT/EPRT sent in two TCP segments, then RETR
+#   lab.sh split PREFIX [port|eprt] [FILE [DELAY [CUT [nagle]]]]
+#                        PORT/EPRT sent in two writes DELAY s apart (default 0.05), the first
+#                        CUT bytes of the line first (default: inside the address), then RETR
 #   lab.sh status PREFIX                      rules, conntrack table and logs of the gateway
 #   lab.sh exec PREFIX cli|gw|srv|att CMD...  run a command in one of the namespaces
 #   lab.sh env PREFIX                         print the lab's variables (addresses, port, ...)
@@ -338,16 +341,28 @@ make_files() {
 
 cmd_server() {
     load_state "${1:-}"; shift || true
-    local port=$PORT port20=yes
+    local port=$PORT port20=yes kind=vsftpd split227=
     while [ $# -gt 0 ]; do
         case $1 in
         --port) port=${2:?}; shift 2 ;;
         --port=*) port=${1#*=}; shift ;;
         --port20) port20=${2:?}; shift 2 ;;
         --port20=*) port20=${1#*=}; shift ;;
+        --kind) kind=${2:?}; shift 2 ;;
+        --split227) split227=${2:?}; shift 2 ;;
         *) die "server: unknown argument '$1'" ;;
         esac
     done
+    case $kind in vsftpd | pure-ftpd | pyftpdlib | fake) ;; *) die "--kind vsftpd|pure-ftpd|pyftpdlib|fake" ;; esac
+    [ -z "$split227" ] || [ "$kind" = fake ] || die "--split227 needs --kind fake"
+    if [ "$kind" != vsftpd ]; then
+        [[ $port =~ ^[0-9]+$ ]] || die "bad port '$port'"
+        stop_server
+        [ "$port" = "$PORT" ] || set_ctl_port "$port"
+        make_files "$S/root"
+        other_server "$kind" "$port" "$split227"
+        return
+    fi
     case $port20 in yes) port20=YES ;; no) port20=NO ;; *) die "--port20 yes|no" ;; esac
     [[ $port =~ ^[0-9]+$ ]] || die "bad port '$port'"
     stop_server
@@ -410,6 +425,65 @@ EOF
         sleep 0.1
     done
     die "vsftpd did not listen on port $port within 5 s"
+}
+
+# pure-ftpd: Debian's package conflicts with vsftpd's (both provide ftp-server), so setup.sh
+# unpacks it under /opt/ftpct-lab/pure-ftpd instead of installing it (FTPCT_LAB_PURE_FTPD
+# overrides the path).
+pure_ftpd_bin() {
+    local b
+    for b in "${FTPCT_LAB_PURE_FTPD:-}" /opt/ftpct-lab/pure-ftpd/usr/sbin/pure-ftpd "$(command -v pure-ftpd || true)"; do
+        [ -n "$b" ] && [ -x "$b" ] && { echo "$b"; return 0; }
+    done
+    die "pure-ftpd not found (scripts/setup.sh unpacks Debian's package into /opt/ftpct-lab/pure-ftpd)"
+}
+
+# pure-ftpd, pyftpdlib or fakeftpd.py on the server, anonymous, serving STATE/root, passive
+# ports $PASV_MIN-$PASV_MAX, foreign PORT/EPRT addresses refused (their defaults). What each
+# received goes to STATE/server.log where the server can tell.
+other_server() {
+    local kind=$1 port=$2 split227=$3 bind listening
+    : >"$S/server.log"
+    case $kind in
+    pure-ftpd)
+        local bin
+        bin=$(pure_ftpd_bin)
+        local fam=-4
+        [ "$FAMILY" = 6 ] && fam=-6
+        # Anonymous users are chrooted into ftp's home: bind the lab's files there, in the
+        # mount namespace of this `ip netns exec` only (it unshares one; nothing outside sees it).
+        local home
+        home=$(getent passwd ftp | cut -d: -f6)
+        [ -n "$home" ] && [ -d "$home" ] || die "pure-ftpd needs the system user ftp with a home directory"
+        nsx "$NS_SRV" sh -c 'mount --bind "$1" "$2" && shift 2 && exec "$@"' sh "$S/root" "$home" \
+            "$bin" -S "$SRV_IP,$port" $fam -e -A -H -i -R -f none -p "$PASV_MIN:$PASV_MAX" \
+            -O "clf:$S/server.log" >"$S/server.out" 2>&1 &
+        ;;
+    pyftpdlib)
+        nsx "$NS_SRV" "$PY" "$LAB_DIR/pyftpd.py" --listen "$SRV_IP" --port "$port" --root "$S/root" \
+            --log "$S/server.log" --pasv "$PASV_MIN-$PASV_MAX" >"$S/server.out" 2>&1 &
+        ;;
+    fake)
+        local extra=()
+        [ -z "$split227" ] || extra=(--split227 "$split227")
+        nsx "$NS_SRV" "$PY" "$LAB_DIR/fakeftpd.py" --listen "$SRV_IP" --port "$port" --root "$S/root" \
+            --seconds 86400 --idle 60 "${extra[@]}" >"$S/server.out" 2>"$S/server.log" &
+        ;;
+    esac
+    echo $! >"$S/vsftpd.pid"
+    local i
+    for i in $(seq 1 50); do
+        if nsx "$NS_SRV" ss -Hltn "sport = :$port" | grep -q LISTEN; then
+            echo "$kind running in $NS_SRV on $(url_host "$SRV_IP"):$port (pid $(cat "$S/vsftpd.pid"), passive ports $PASV_MIN-$PASV_MAX)"
+            return 0
+        fi
+        if ! kill -0 "$(cat "$S/vsftpd.pid")" 2>/dev/null; then
+            cat "$S/server.out" "$S/server.log" >&2
+            die "$kind exited at start"
+        fi
+        sleep 0.1
+    done
+    die "$kind did not listen on port $port within 5 s"
 }
 
 stop_server() {
@@ -552,10 +626,16 @@ cmd_many() {
 
 cmd_split() {
     load_state "${1:-}"; shift || true
-    local mode=${1:-} file=${2:-small.txt}
+    local mode=${1:-} file=${2:-small.txt} delay=${3:-0.05} cut=${4:--1} nagle=${5:-}
     [ -n "$mode" ] || { if [ "$FAMILY" = 6 ]; then mode=eprt; else mode=port; fi; }
-    timeout -k 2 "$HARD_TMO" ip netns exec "$NS_CLI" "$PY" "$LAB_DIR/ftpclient.py" split \
-        --host "$TARGET" --port "$PORT" --mode "$mode" --timeout "$TMO" --file "$file" --root "$S/root"
+    local extra=()
+    [ "$nagle" = nagle ] && extra=(--nagle)
+    [ -z "$nagle" ] || [ "$nagle" = nagle ] || die "split: the 5th argument is 'nagle' or nothing"
+    # the client's own waits start after the pause
+    timeout -k 2 "$(awk -v h="$HARD_TMO" -v d="$delay" 'BEGIN { print int(h + d + 1) }')" \
+        ip netns exec "$NS_CLI" "$PY" "$LAB_DIR/ftpclient.py" split \
+        --host "$TARGET" --port "$PORT" --mode "$mode" --timeout "$TMO" --file "$file" --root "$S/root" \
+        --delay "$delay" --cut "$cut" "${extra[@]}"
 }
 
 # Labs whose owner (the test process that made them, `up --owner PID`) no longer exists were left

@@ -13,7 +13,7 @@
 //! therefore sees one consistent sequence space per direction and its strict window tracking
 //! keeps accepting the connection.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -21,10 +21,12 @@ use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation
 use crate::hashkey::HashKey;
 use crate::packet::{self, Edit, TcpPacket};
 use crate::parser::{self, Command, ParseError};
-use crate::policy::{Policy, Refusal};
+use crate::policy::{HoldTimeoutAction, Policy, Refusal};
 pub use crate::restore::RestoreRefusal;
 use crate::restore::{check_restored_expectation, check_restored_tuples};
-use crate::session::{Admit, FlowKey, LineOut, Pending, Session, SessionTable, SynCache};
+use crate::session::{
+    Admit, DirState, FlowKey, LineOut, Pending, Session, SessionTable, SynCache, MAX_CUSTODY,
+};
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
 use crate::window::{self, Segment, Untrusted};
 
@@ -246,10 +248,15 @@ pub enum Event {
         id: SessionId,
         dir: Dir,
     },
-    /// A partial line was held and never completed; let through without rewrite.
-    HoldGaveUp {
+    /// A partial line was held for `hold_timeout` without its end. With
+    /// [`HoldTimeoutAction::Keep`] its held bytes (`held`) stay inside; with `Pass` they are let
+    /// through unchanged with the sender's next packet and the line is not rewritten.
+    HoldTimedOut {
         id: SessionId,
         dir: Dir,
+        held: u32,
+        after: Duration,
+        action: HoldTimeoutAction,
     },
     /// A message needed rewriting but its line had already been let through.
     NotRewritten {
@@ -325,7 +332,7 @@ impl Event {
             Event::NotRewritten { id, .. } => Some((id, 3, "not_rewritten")),
             Event::Resynced { id, .. } => Some((id, 4, "resynced")),
             Event::SegmentRefused { id, .. } => Some((id, 5, "segment_refused")),
-            Event::HoldGaveUp { id, .. } => Some((id, 6, "hold_gave_up")),
+            Event::HoldTimedOut { id, .. } => Some((id, 6, "hold_timed_out")),
             _ => None,
         }
     }
@@ -403,7 +410,12 @@ pub struct Stats {
     pub lines_too_long: u64,
     /// Partial lines held until their end (split PORT/EPRT/227/229).
     pub lines_held: u64,
+    /// Holds that reached `hold_timeout` without the end of their line.
+    pub hold_timeouts: u64,
+    /// Held bytes let through unchanged (`hold_timeout_action = pass`).
     pub hold_gave_up: u64,
+    /// Holds whose bytes ftpct acknowledged to a waiting sender on the receiver's behalf.
+    pub hold_acked: u64,
     pub resyncs: u64,
     pub sessions_started: u64,
     pub sessions_evicted: u64,
@@ -470,6 +482,9 @@ pub struct Engine {
     evicting: bool,
     /// ... and it came to sessions with sequence offsets or expectations.
     evicting_state: bool,
+    /// When each current hold reaches `hold_timeout` (one entry per held line, removed when
+    /// the hold ends).
+    holds: BTreeSet<(Timestamp, SessionId, usize)>,
     /// Time of the packet or timeout being handled.
     now: Timestamp,
 }
@@ -513,6 +528,7 @@ impl Engine {
             scratch_removed: Vec::new(),
             evicting: false,
             evicting_state: false,
+            holds: BTreeSet::new(),
             now: Timestamp::ZERO,
         }
     }
@@ -545,6 +561,11 @@ impl Engine {
     pub fn table_footprint(&self) -> (usize, usize, usize) {
         let (deadlines, flows) = self.sessions.footprint();
         (self.sessions.len(), deadlines, flows)
+    }
+
+    /// Held partial lines waiting for their end or their time bound (one entry each).
+    pub fn holds_pending(&self) -> usize {
+        self.holds.len()
     }
 
     pub fn session_count(&self) -> usize {
@@ -768,10 +789,47 @@ impl Engine {
     /// When [`Engine::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let s = self.sessions.next_deadline();
-        match (s, self.expect.next_expiry()) {
+        let t = match (s, self.expect.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (t, self.holds.first().map(|h| h.0)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// A hold reached `hold_timeout` without the end of its line.
+    fn hold_timed_out(&mut self, sid: SessionId, di: usize, t: Timestamp) {
+        let action = self.cfg.policy.hold_timeout_action;
+        let after = self.cfg.policy.hold_limit();
+        let dir = if di == 0 { Dir::Original } else { Dir::Reply };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let d = s.dir_mut(dir);
+        let Some(h) = d.held_from else {
+            return;
+        };
+        if d.hold_deadline != Some(t) {
+            return;
+        }
+        d.hold_deadline = None;
+        let held = d
+            .line_start
+            .wrapping_add(d.line.len() as u32)
+            .wrapping_sub(h);
+        if action == HoldTimeoutAction::Pass {
+            d.hold_release = true;
+        }
+        self.stats.hold_timeouts += 1;
+        self.event(Event::HoldTimedOut {
+            id: sid,
+            dir,
+            held,
+            after,
+            action,
+        });
     }
 
     /// Expires expectations and idle or closed sessions.
@@ -790,6 +848,13 @@ impl Engine {
             });
         }
         self.scratch_removed = removed;
+        while let Some(&(t, sid, di)) = self.holds.first() {
+            if t > now {
+                break;
+            }
+            self.holds.remove(&(t, sid, di));
+            self.hold_timed_out(sid, di, t);
+        }
         let (idle, linger) = (
             self.cfg.policy.session_idle_timeout,
             self.cfg.policy.session_close_linger,
@@ -1084,6 +1149,11 @@ impl Engine {
         let Some(s) = self.sessions.remove(sid) else {
             return;
         };
+        for (i, d) in s.dirs.iter().enumerate() {
+            if let Some(t) = d.hold_deadline {
+                self.holds.remove(&(t, sid, i));
+            }
+        }
         let mut removed = std::mem::take(&mut self.scratch_removed);
         removed.clear();
         self.expect.remove_master(sid, &mut removed);
@@ -1161,11 +1231,27 @@ impl Engine {
             return Verdict::Accept;
         };
         s.last_seen = now;
+        // Held bytes of the other direction that ftpct acknowledges for this receiver.
+        let mut custody_ack = None;
+        if pkt.flags.ack {
+            let other = s.dir_mut(dir.flip());
+            if other.custody_from.is_some() || other.hold_waiting {
+                let acked = other.seqadj.unmap(pkt.ack);
+                let (ack, started) = take_custody(other, acked);
+                custody_ack = ack;
+                if started {
+                    self.stats.hold_acked += 1;
+                }
+            }
+        }
+        let Some(s) = self.sessions.get(&sid) else {
+            return Verdict::Accept;
+        };
         let adj = &s.dir(dir.flip()).seqadj;
-        if !adj.shifts() || !pkt.flags.ack {
+        if custody_ack.is_none() && (!adj.shifts() || !pkt.flags.ack) {
             return Verdict::Accept;
         }
-        let ack = adj.unmap(pkt.ack);
+        let ack = custody_ack.unwrap_or_else(|| adj.unmap(pkt.ack));
         let map = |x: u32| adj.unmap(x);
         let edit = Edit {
             seq: pkt.seq,
@@ -1183,7 +1269,6 @@ impl Engine {
     /// Before conntrack: parse new bytes, rewrite, and map `seq` into the receiver's space.
     fn pre(&mut self, pkt: &TcpPacket<'_>, sid: SessionId, dir: Dir, now: Timestamp) -> Verdict {
         let max_line = self.cfg.policy.max_line;
-        let max_hold = self.cfg.policy.max_hold_retries;
         if pkt.flags.syn {
             // A SYN or SYN-ACK of a live session carries no line: it may only announce a new
             // connection on the same addresses and ports (see `known_synack`).
@@ -1282,10 +1367,34 @@ impl Engine {
         // Feed the new bytes, if any, to the line assembler.
         let mut merged_from: Option<u32> = None;
         let mut hold_from: Option<u32> = None;
+        // The bytes before this segment from `merged_from` on must go out with it whatever its
+        // size: ftpct acknowledged them to the sender, which never sends them again.
+        let mut forced = false;
+        // The sender waits for the held bytes: make the receiver acknowledge at once.
+        let mut elicit = false;
+        let mut hold_started = false;
+        let mut mark = false;
+        self.orig.clear();
+        {
+            let d = s.dir_mut(dir);
+            if d.hold_release {
+                // hold_timeout_action = pass: the held bytes go out unchanged now.
+                d.hold_release = false;
+                if let Some(h) = d.held_from.take() {
+                    let from = h.wrapping_sub(d.line_start) as usize;
+                    self.orig
+                        .extend_from_slice(d.line.get(from..).unwrap_or(&[]));
+                    d.no_rewrite_line = true;
+                    d.hold_waiting = false;
+                    merged_from = Some(h);
+                    forced = true;
+                    self.stats.hold_gave_up += 1;
+                }
+            }
+        }
         if rel_end > 0 && plen > 0 && !s.encrypted {
             let held = s.dir(dir).held_from;
             // Bytes of the held partial line, needed if they are merged into this segment.
-            self.orig.clear();
             if let Some(h) = held {
                 let d = s.dir(dir);
                 let from = h.wrapping_sub(d.line_start) as usize;
@@ -1302,12 +1411,26 @@ impl Engine {
             let nat = rewrite_possible(&s.ct, dir);
             let d = s.dir_mut(dir);
             if let Some(h) = held {
-                if d.held_from.is_some() && !d.line.is_empty() && end_diff(h, d.line_start) >= 0 {
+                let open = d.held_from.is_some() && !d.line.is_empty();
+                if open && end_diff(h, d.line_start) >= 0 && !pkt.flags.fin && !pkt.flags.rst {
                     // Still incomplete: keep holding from the same place.
-                } else {
+                } else if open && end_diff(h, d.line_start) >= 0 {
+                    // The sender closes with the line incomplete: it never becomes a command
+                    // (a server drops a partial line at the end); the bytes go out unchanged
+                    // so that the close reaches the receiver in order.
                     d.held_from = None;
-                    d.hold_tries = 0;
+                    d.hold_waiting = false;
+                    d.no_rewrite_line = true;
                     merged_from = Some(h);
+                    forced = true;
+                    self.stats.hold_gave_up += 1;
+                } else {
+                    // Complete (rewritten) or too long (let through): the held bytes go out
+                    // with this segment.
+                    d.held_from = None;
+                    d.hold_waiting = false;
+                    merged_from = Some(h);
+                    forced = d.custody_from.is_some();
                 }
             }
             // Hold the part of a partial line that a rewrite may change once the line is
@@ -1319,10 +1442,12 @@ impl Engine {
                     let h = d.held_from.unwrap_or(d.line_start.wrapping_add(off as u32));
                     if d.held_from.is_none() {
                         d.held_from = Some(h);
-                        d.hold_tries = 0;
+                        d.hold_waiting = false;
+                        hold_started = true;
                         self.stats.lines_held += 1;
                     }
                     hold_from = Some(h);
+                    elicit = d.hold_waiting;
                 }
             }
         } else if rel_end > 0 && plen > 0 {
@@ -1330,28 +1455,67 @@ impl Engine {
             s.dir_mut(dir).next = end;
         } else if let (Some(h), true) = (s.dir(dir).held_from, plen > 0) {
             // A retransmission of bytes we already have. If it reaches into the held bytes,
-            // they must not be forwarded yet. Only a retransmission from the first held byte
-            // (or before) counts as the sender waiting for them to be acknowledged; a duplicate
-            // of a later piece does not.
-            if end_diff(end, h) > 0 {
-                let d = s.dir_mut(dir);
-                if end_diff(seq, h) <= 0 {
-                    d.hold_tries = d.hold_tries.saturating_add(1);
+            // they must not be forwarded yet: they are held until the line is complete, too
+            // long, or the time bound passes, however often they come again. One from the first
+            // held byte (or before) means the sender waits for them to be acknowledged (a
+            // duplicate of a later piece does not).
+            let d = s.dir_mut(dir);
+            if pkt.flags.fin || pkt.flags.rst {
+                // Closing with the line incomplete (see above): let the bytes go with it.
+                d.held_from = None;
+                d.hold_waiting = false;
+                d.no_rewrite_line = true;
+                self.stats.hold_gave_up += 1;
+            } else if end_diff(end, h) > 0 {
+                if end_diff(seq, h) <= 0 && !d.hold_waiting {
+                    d.hold_waiting = true;
+                    mark = true;
                 }
-                if d.hold_tries > max_hold {
-                    d.held_from = None;
-                    d.no_rewrite_line = true;
-                    self.stats.hold_gave_up += 1;
-                    self.event(Event::HoldGaveUp { id: sid, dir });
-                } else {
-                    hold_from = Some(h);
+                hold_from = Some(h);
+                elicit = d.hold_waiting;
+            }
+        }
+        if hold_started {
+            let t = now.plus(self.cfg.policy.hold_limit());
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.dir_mut(dir).hold_deadline = Some(t);
+            }
+            self.holds.insert((t, sid, dir.index()));
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Verdict::Accept;
+        };
+        {
+            let d = s.dir_mut(dir);
+            if d.held_from.is_none() {
+                if let Some(t) = d.hold_deadline.take() {
+                    self.holds.remove(&(t, sid, dir.index()));
                 }
             }
         }
-
+        if mark && !s.shifts_sequence() && !s.marked {
+            // ftpct is going to change acknowledgements of this connection (custody): they pass
+            // through the post-conntrack hook only once the connection is marked.
+            s.marked = true;
+            let original = s.ct.original;
+            self.action(Action::MarkAdjusted { original });
+        }
         let Some(s) = self.sessions.get(&sid) else {
             return Verdict::Accept;
         };
+        let d = s.dir(dir);
+        if let (None, Some(c), true) = (merged_from, d.custody_from, plen > 0) {
+            // A segment right after bytes in custody (the sender's retransmission of what
+            // followed them, which the receiver may not have): they go out in front of it.
+            let k = seq.wrapping_sub(c) as usize;
+            if end_diff(seq, c) > 0 && k <= d.custody.len() {
+                self.orig.clear();
+                self.orig
+                    .extend_from_slice(d.custody.get(..k).unwrap_or(&[]));
+                merged_from = Some(c);
+                forced = true;
+            }
+        }
         let adj = &s.dir(dir).seqadj;
 
         // The byte range of the original stream this packet will carry.
@@ -1365,30 +1529,51 @@ impl Engine {
                 emit_start = h;
             }
         }
+        let mut emit_end = end;
         if let Some(h) = merged_from {
             let total = end.wrapping_sub(h);
             let limit = s.dir(dir).max_seg.max(MIN_MERGE);
             if end_diff(seq, h) > 0
-                && total <= limit
+                && (total <= limit || forced)
                 && self.orig.len() == seq.wrapping_sub(h) as usize
             {
                 emit_start = h;
                 prefix_len = self.orig.len();
+                if total > limit {
+                    // The rest of the segment comes again (the sender did not get it
+                    // acknowledged); what ftpct acknowledged (at most MAX_CUSTODY) always fits.
+                    emit_end = h.wrapping_add(limit);
+                }
             }
         }
         self.orig.truncate(prefix_len);
-        let mut emit_end = end;
         if let Some(h) = hold_from {
             if end_diff(h, emit_start) <= 0 {
                 // Every byte of the segment is held: send what it acknowledges (and its
-                // window) as a pure ACK at the held start, so the other direction goes on.
+                // window) at the held start, so the other direction goes on.
                 self.stats.packets_dropped_held += 1;
                 if !pkt.flags.ack {
                     return Verdict::Drop;
                 }
                 emit_start = h;
                 emit_end = h;
-            } else if end_diff(h, end) < 0 {
+                // (nothing of what a merge put in front goes out either)
+                self.orig.clear();
+                if elicit {
+                    // The sender waits for the held bytes: carry the byte before them again
+                    // (the receiver has it), which the receiver acknowledges at once, unlike a
+                    // pure ACK; ftpct's post-conntrack hook then acknowledges the held bytes
+                    // to the sender (custody).
+                    let d = s.dir(dir);
+                    let before = h.wrapping_sub(d.line_start) as usize;
+                    emit_start = h.wrapping_sub(1);
+                    if let Some(&b) = before.checked_sub(1).and_then(|i| d.line.get(i)) {
+                        self.orig.push(b);
+                    } else {
+                        emit_end = emit_start;
+                    }
+                }
+            } else if end_diff(h, emit_end) < 0 {
                 emit_end = h;
             }
         }
@@ -1863,6 +2048,43 @@ fn segment_of(pkt: &TcpPacket<'_>, ack: Option<u32>) -> Segment {
 /// `a - b` in sequence space.
 fn end_diff(a: u32, b: u32) -> i32 {
     a.wrapping_sub(b) as i32
+}
+
+/// The receiver of direction `d` acknowledged `acked` (in the sender's space). If the sender
+/// waits for held bytes (`hold_waiting`) and the receiver has everything before them, ftpct
+/// takes them into custody; while it has bytes in custody, the acknowledgement the sender gets
+/// covers them (returned). Custody ends once the receiver acknowledges all of them. The second
+/// value is true when a hold's bytes were taken into custody for the first time.
+fn take_custody(d: &mut DirState, acked: u32) -> (Option<u32>, bool) {
+    let mut started = false;
+    if let (true, Some(h)) = (d.hold_waiting, d.held_from) {
+        let from = h.wrapping_sub(d.line_start) as usize;
+        let held = d.line.get(from..).unwrap_or(&[]);
+        if end_diff(acked, h) >= 0
+            && !held.is_empty()
+            && held.len() <= MAX_CUSTODY
+            && (d.custody_from != Some(h) || d.custody.len() < held.len())
+        {
+            started = d.custody_from != Some(h);
+            d.custody_from = Some(h);
+            d.custody.clear();
+            d.custody.extend_from_slice(held);
+        }
+    }
+    let Some(c) = d.custody_from else {
+        return (None, started);
+    };
+    let end = c.wrapping_add(d.custody.len() as u32);
+    if end_diff(acked, end) >= 0 {
+        // The receiver has them: nothing in custody any more.
+        d.custody_from = None;
+        d.custody = Vec::new();
+        return (None, started);
+    }
+    if end_diff(acked, c) >= 0 {
+        return (Some(end), started);
+    }
+    (None, started)
 }
 
 /// Where, in a partial line that may become a message whose address gets rewritten, the bytes

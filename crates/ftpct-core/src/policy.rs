@@ -28,9 +28,13 @@ pub struct Policy {
     /// Longest control line buffered while waiting for its end; longer lines are skipped until
     /// their newline and never rewritten. Default: 1024 bytes.
     pub max_line: usize,
-    /// How many times a held partial line may be seen again without its continuation before it
-    /// is let through unchanged. Default: 3.
-    pub max_hold_retries: u8,
+    /// Longest time a partial PORT/EPRT/227/229 line is held waiting for its end (never longer
+    /// than `session_idle_timeout`). Retransmissions of the held bytes do not end a hold.
+    /// Default: 60 s.
+    pub hold_timeout: Duration,
+    /// What happens to the held bytes when `hold_timeout` passes without the end of the line.
+    /// Default: [`HoldTimeoutAction::Keep`].
+    pub hold_timeout_action: HoldTimeoutAction,
     /// Tracked control sessions at most; the least recently active one is evicted. Default: 65536.
     pub max_sessions: usize,
     /// A session with no packet for this long is forgotten. Default: 6 h.
@@ -72,7 +76,8 @@ impl Default for Policy {
             nat_port_min: 1024,
             nat_port_max: 65535,
             max_line: 1024,
-            max_hold_retries: 3,
+            hold_timeout: Duration::from_secs(60),
+            hold_timeout_action: HoldTimeoutAction::Keep,
             max_sessions: 65536,
             session_idle_timeout: Duration::from_secs(6 * 3600),
             session_close_linger: Duration::from_secs(10),
@@ -82,6 +87,27 @@ impl Default for Policy {
             max_announce_per_segment: 32,
             max_announce_per_second: 2000,
             log_events_per_second: 10,
+        }
+    }
+}
+
+/// What happens to a held partial line when `hold_timeout` passes without its end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HoldTimeoutAction {
+    /// The held bytes stay inside (a private address never leaves unrewritten); the session
+    /// goes on, and the line is still rewritten if its end ever comes.
+    #[default]
+    Keep,
+    /// The held bytes are let through unchanged with the sender's next packet, and the line is
+    /// not rewritten (what `max_hold_retries` used to do after its retransmissions).
+    Pass,
+}
+
+impl HoldTimeoutAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            HoldTimeoutAction::Keep => "keep",
+            HoldTimeoutAction::Pass => "pass",
         }
     }
 }
@@ -121,6 +147,12 @@ impl Refusal {
 }
 
 impl Policy {
+    /// How long a partial line is held at most: `hold_timeout`, never longer than the session's
+    /// idle timeout.
+    pub fn hold_limit(&self) -> Duration {
+        self.hold_timeout.min(self.session_idle_timeout)
+    }
+
     /// Checks an address announced by `peer` (the sender of the message, as seen before NAT).
     pub fn check_announced(&self, announced: SocketAddr, peer: IpAddr) -> Result<(), Refusal> {
         if announced.is_ipv4() != peer.is_ipv4() {

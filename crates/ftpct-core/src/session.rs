@@ -42,6 +42,10 @@ fn find_newline(s: &[u8]) -> Option<usize> {
         .map(|i| base + i)
 }
 
+/// Most held bytes ftpct acknowledges for the receiver (a data address argument is at most
+/// ~60 bytes; a longer held part is not a real PORT/EPRT/227/229 and is not taken into custody).
+pub const MAX_CUSTODY: usize = 256;
+
 /// What the line assembler produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineOut {
@@ -69,8 +73,21 @@ pub struct DirState {
     pub skipping: bool,
     /// Bytes from this sequence number up to `next` were not forwarded (held partial line).
     pub held_from: Option<u32>,
-    /// How often the held bytes were seen again without their continuation.
-    pub hold_tries: u8,
+    /// When the time bound (`hold_timeout`) ends the current hold; `None` once it passed.
+    pub hold_deadline: Option<Timestamp>,
+    /// The sender sent the held bytes again: it waits for their acknowledgement (Nagle, or a
+    /// retransmission timer with a congestion window of one segment), so ftpct acknowledges
+    /// them itself (see `custody`).
+    pub hold_waiting: bool,
+    /// `hold_timeout_action = pass` and the time bound passed: the held bytes go out unchanged
+    /// with the sender's next packet.
+    pub hold_release: bool,
+    /// Bytes from this sequence number on (`custody`) were acknowledged to the sender by ftpct
+    /// on the receiver's behalf: the sender never sends them again, so ftpct delivers them
+    /// (merged into the segment that follows them) until the receiver acknowledges them.
+    pub custody_from: Option<u32>,
+    /// The bytes in custody (at most [`MAX_CUSTODY`]).
+    pub custody: Vec<u8>,
     /// The current line was let through without waiting for its end: do not rewrite it.
     pub no_rewrite_line: bool,
     /// Largest payload seen in this direction (estimate of the MSS for merging held bytes).
@@ -96,7 +113,11 @@ impl Default for DirState {
             line: Vec::new(),
             skipping: false,
             held_from: None,
-            hold_tries: 0,
+            hold_deadline: None,
+            hold_waiting: false,
+            hold_release: false,
+            custody_from: None,
+            custody: Vec::new(),
             no_rewrite_line: false,
             max_seg: 0,
             fin: false,
@@ -118,7 +139,11 @@ impl DirState {
         self.line.clear();
         self.skipping = !at_line_start;
         self.held_from = None;
-        self.hold_tries = 0;
+        self.hold_deadline = None;
+        self.hold_waiting = false;
+        self.hold_release = false;
+        self.custody_from = None;
+        self.custody = Vec::new();
         self.no_rewrite_line = false;
         self.gap_drops = 0;
     }
@@ -209,6 +234,9 @@ pub struct Session {
     scheduled: Timestamp,
     /// RST seen.
     pub reset: bool,
+    /// [`crate::engine::Action::MarkAdjusted`] was emitted for this connection because ftpct
+    /// acknowledges held bytes (its acknowledgements then need the post-conntrack hook).
+    pub marked: bool,
     /// Counters for the `sessions` listing.
     pub rewrites: u32,
     pub expectations: u32,
@@ -374,6 +402,7 @@ impl Session {
             last_seen: now,
             scheduled: now,
             reset: false,
+            marked: false,
             rewrites: 0,
             expectations: 0,
             reopen_syn: None,
