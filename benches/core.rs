@@ -1,7 +1,7 @@
 //! Benchmarks of the per-packet path of the core, driven as the daemon drives it.
 //!
-//! Every packet goes through `Engine::handle_packet` with `CtHint::NotLooked` first (a second
-//! call with the conntrack entry if the engine asks for it), then `poll_action` and
+//! Every packet goes through `Engine::handle_packet` (with a conntrack table that has the
+//! session's entry, asked for a new session's first packet), then `poll_action` and
 //! `poll_event` are drained, as `daemon::Shell::process` does. Packets are built once with
 //! etherparse; before each call only their seq/ack words are patched (4 stores: the engine does
 //! not verify checksums, the kernel did), so the measurement is the engine's work plus that.
@@ -16,7 +16,7 @@
 //! - `post/*`: the post-conntrack hook: the server's pure ACK whose ack is mapped back after
 //!   rewrites (packet rebuilt, checksums recomputed), and a packet with nothing to map;
 //! - `scale/*`: one-line packets spread over 1, 1 k or 100 k established sessions (created with
-//!   SYN-ACK packets and `CtHint::Found`), visited in a scattered order.
+//!   SYN-ACK packets and their conntrack entries), visited in a scattered order.
 //!
 //! Before criterion runs, a counting global allocator reports heap allocations per packet on
 //! the steady-state paths.
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use etherparse::PacketBuilder;
-use ftpct::engine::{Config, CtHint, Engine, Verdict};
+use ftpct::engine::{Config, CtLookup, Engine, Verdict};
 use ftpct::parser;
 use ftpct::policy::Policy;
 use ftpct::types::{CtTuples, FlowTuple, Hook, Timestamp};
@@ -157,10 +157,11 @@ fn set_seq_ack(p: &mut [u8], seq: u32, ack: u32) {
 
 /// One packet, as `daemon::Shell::process` handles it.
 fn process(e: &mut Engine, bytes: &[u8], hook: Hook, ct: &CtTuples, now: Timestamp) -> Verdict {
-    let mut v = e.handle_packet(bytes, hook, CtHint::NotLooked, now);
-    if let Verdict::NeedConntrack(_) = v {
-        v = e.handle_packet(bytes, hook, CtHint::Found(*ct), now);
-    }
+    let entry = CtLookup::Found {
+        tuples: *ct,
+        id: None,
+    };
+    let v = e.handle_packet(bytes, hook, now, &mut |_: &FlowTuple, _: bool| entry);
     while let Some(a) = e.poll_action() {
         black_box(a);
     }

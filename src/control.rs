@@ -223,6 +223,13 @@ pub fn format_event(e: &Event, now: Timestamp) -> Option<String> {
                 dir.label()
             );
         }
+        Event::Malformed { error, len, hook } => {
+            let _ = writeln!(
+                out,
+                "[WARN] malformed packet at {} ({len} bytes): {error}, accepted unchanged",
+                hook.label()
+            );
+        }
         Event::SegmentRefused { id, dir, why } => {
             let _ = writeln!(
                 out,

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{self, Settings};
 use crate::control::{self, Request};
 use crate::ctnetlink::Ctnetlink;
-use crate::engine::{Action, CtHint, Engine, Event, Verdict};
+use crate::engine::{Action, Conntrack, CtLookup, Engine, Event, Verdict, When};
 use crate::ipset::{Ipset, SetFamily};
 use crate::lookup::{Lookup, LookupGuard};
 use crate::metrics::{self, Histogram, ShellStats};
@@ -219,6 +219,92 @@ impl DataSets {
     }
 }
 
+/// The daemon's [`Conntrack`]: a ctnetlink GET for the first packet of an unknown control
+/// connection, within the bounds of [`LookupGuard`] (a negative cache and a budget per
+/// second; beyond them the packet is treated as untracked).
+struct KernelConntrack<'a> {
+    ct: &'a mut Ctnetlink,
+    lookups: &'a mut LookupGuard,
+    stats: &'a mut ShellStats,
+    budget_log: &'a mut Throttle,
+    now: Timestamp,
+}
+
+impl Conntrack for KernelConntrack<'_> {
+    fn lookup(&mut self, tuple: &FlowTuple, syn_ack: bool) -> CtLookup {
+        let now = self.now;
+        match self.lookups.check(tuple, syn_ack, now) {
+            Lookup::KnownMissing => {
+                self.stats.ct_lookups_cached += 1;
+                CtLookup::Missing
+            }
+            Lookup::OverBudget => {
+                self.over_budget(syn_ack);
+                CtLookup::Missing
+            }
+            Lookup::Ask => self.ask(tuple),
+        }
+    }
+}
+
+impl KernelConntrack<'_> {
+    fn over_budget(&mut self, syn_ack: bool) {
+        self.stats.ct_lookups_over_budget += 1;
+        let Some(n) = self.budget_log.hit(self.now) else {
+            return;
+        };
+        warn!(
+            count = n,
+            total = self.stats.ct_lookups_over_budget,
+            syn_ack,
+            budget = if syn_ack {
+                crate::lookup::SYN_ACK_BUDGET
+            } else {
+                crate::lookup::LOOKUP_BUDGET
+            },
+            "more packets of unknown connections on the control ports than \
+             conntrack lookups per second allowed (a flood of stray or spoofed \
+             segments?): the rest are accepted untouched, and a new FTP session \
+             among them is picked up at a later packet. Counted in \
+             ct_lookups_over_budget; at most one line per {}s",
+            LOG_EVERY.as_secs()
+        );
+    }
+
+    fn ask(&mut self, tuple: &FlowTuple) -> CtLookup {
+        self.stats.ct_lookups += 1;
+        let t = Instant::now();
+        let found = self.ct.get_entry(tuple);
+        self.stats.ct_lookup_ns += t.elapsed().as_nanos() as u64;
+        match found {
+            Ok(Some(e)) => {
+                self.lookups.found(tuple);
+                if e.helper {
+                    warn!(
+                        flow = %tuple,
+                        "a kernel conntrack helper is attached to this FTP control connection as well: \
+                         both would rewrite it; remove the `-j CT --helper ftp` rule for these ports"
+                    );
+                    self.stats.kernel_helper_seen += 1;
+                }
+                CtLookup::Found {
+                    tuples: e.tuples,
+                    id: Some(e.id),
+                }
+            }
+            Ok(None) => {
+                self.lookups.found_missing(tuple, self.now);
+                CtLookup::Missing
+            }
+            Err(e) => {
+                self.stats.ct_lookup_errors += 1;
+                warn!(error = %e, flow = %tuple, "conntrack lookup failed; tracking without NAT information");
+                CtLookup::Missing
+            }
+        }
+    }
+}
+
 struct Shell {
     engine: Engine,
     /// Live event lines for `ftpct events` clients.
@@ -235,8 +321,8 @@ struct Shell {
     /// Duration of the verdict call (the kernel's processing of the reinjected packet).
     hist_verdict: Histogram,
     stats: ShellStats,
-    /// Data addresses to remove from the ipsets once the current packet's verdict is out.
-    unwatch: Vec<std::net::SocketAddr>,
+    /// Actions to carry out once the current packet's verdict is out ([`When::AfterVerdict`]).
+    deferred: Vec<Action>,
     /// The periodic check of ftpct's own rules; `None` when off or unavailable.
     rule_watch: Option<RuleWatch>,
     /// Where the next `check_marks` starts (a session id).
@@ -267,21 +353,18 @@ impl Shell {
         let now = monotonic_now();
         let hook = pkt.hook().unwrap_or(Hook::PreConntrack);
         let work_before = self.kernel_work();
-        let malformed_before = self.engine.stats().packets_malformed;
-        let mut v = self
-            .engine
-            .handle_packet(pkt.payload(), hook, CtHint::NotLooked, now);
-        if self.engine.stats().packets_malformed != malformed_before {
-            self.report_malformed(&pkt, now);
-        }
-        if let Verdict::NeedConntrack(tuple) = v {
-            v = self.look_up(&pkt, hook, tuple, now);
-        }
-        // What the packet's fate depends on happens before its verdict: the data connection's
-        // entry (its SYN is this packet), the ipset element (the server may connect as soon as
-        // it reads the PORT), and the state record (once a rewritten packet has left, its record
-        // must survive a kill of the daemon). Removing ipset elements waits until after it.
-        self.run_actions_deferring_unwatch();
+        let mut ct = KernelConntrack {
+            ct: &mut self.ct,
+            lookups: &mut self.lookups,
+            stats: &mut self.stats,
+            budget_log: &mut self.lookup_budget_log,
+            now,
+        };
+        let v = self.engine.handle_packet(pkt.payload(), hook, now, &mut ct);
+        // What the packet's fate depends on happens before its verdict (`Action::when`), and
+        // so does the state record (once a rewritten packet has left, its record must survive a
+        // kill of the daemon). Removing ipset elements waits until after it.
+        self.run_actions_before_verdict();
         self.persist();
         // The latency ends when the verdict is issued. The verdict call itself then carries the
         // packet on through the kernel (the rest of netfilter, routing, and in a veth lab the
@@ -293,7 +376,7 @@ impl Shell {
                 q.verdict_accept_modified(pkt, self.engine.modified_packet())
             }
             Verdict::Drop => q.verdict_drop(pkt),
-            Verdict::Accept | Verdict::NeedConntrack(_) => q.verdict_accept(pkt),
+            Verdict::Accept => q.verdict_accept(pkt),
         };
         self.hist_verdict
             .record(t_verdict.elapsed().as_nanos() as u64);
@@ -316,98 +399,20 @@ impl Shell {
                 );
             }
         }
-        self.unwatch_deferred();
+        self.run_deferred_actions();
         self.drain_events();
     }
 
-    /// The conntrack lookup that an unknown packet on a control port needs
-    /// ([`Verdict::NeedConntrack`]), within the bounds of [`LookupGuard`], and the engine's
-    /// verdict with its result. The entry's id is recorded in the session it starts.
-    fn look_up(&mut self, pkt: &Packet, hook: Hook, tuple: FlowTuple, now: Timestamp) -> Verdict {
-        let syn_ack = crate::packet::TcpPacket::parse(pkt.payload())
-            .is_ok_and(|p| p.flags.syn && p.flags.ack);
-        let hint = match self.lookups.check(&tuple, syn_ack, now) {
-            Lookup::KnownMissing => {
-                self.stats.ct_lookups_cached += 1;
-                CtHint::Missing
-            }
-            Lookup::OverBudget => {
-                self.stats.ct_lookups_over_budget += 1;
-                if let Some(n) = self.lookup_budget_log.hit(now) {
-                    warn!(
-                        count = n,
-                        total = self.stats.ct_lookups_over_budget,
-                        syn_ack,
-                        budget = if syn_ack {
-                            crate::lookup::SYN_ACK_BUDGET
-                        } else {
-                            crate::lookup::LOOKUP_BUDGET
-                        },
-                        "more packets of unknown connections on the control ports than \
-                         conntrack lookups per second allowed (a flood of stray or spoofed \
-                         segments?): the rest are accepted untouched, and a new FTP session \
-                         among them is picked up at a later packet. Counted in \
-                         ct_lookups_over_budget; at most one line per {}s",
-                        LOG_EVERY.as_secs()
-                    );
-                }
-                // accepted untouched (the engine counts it as untracked)
-                CtHint::Missing
-            }
-            Lookup::Ask => {
-                self.stats.ct_lookups += 1;
-                let t = Instant::now();
-                let found = self.ct.get_entry(&tuple);
-                self.stats.ct_lookup_ns += t.elapsed().as_nanos() as u64;
-                match found {
-                    Ok(Some(e)) => {
-                        self.lookups.found(&tuple);
-                        if e.helper {
-                            warn!(
-                                flow = %tuple,
-                                "a kernel conntrack helper is attached to this FTP control connection as well: \
-                                 both would rewrite it; remove the `-j CT --helper ftp` rule for these ports"
-                            );
-                            self.stats.kernel_helper_seen += 1;
-                        }
-                        let v = self.engine.handle_packet(
-                            pkt.payload(),
-                            hook,
-                            CtHint::Found(e.tuples),
-                            now,
-                        );
-                        self.engine.set_conntrack_id(&tuple, e.id);
-                        return v;
-                    }
-                    Ok(None) => {
-                        self.lookups.found_missing(&tuple, now);
-                        CtHint::Missing
-                    }
-                    Err(e) => {
-                        self.stats.ct_lookup_errors += 1;
-                        warn!(error = %e, flow = %tuple, "conntrack lookup failed; tracking without NAT information");
-                        CtHint::Missing
-                    }
-                }
-            }
-        };
-        self.engine.handle_packet(pkt.payload(), hook, hint, now)
-    }
-
-    /// A queued packet the engine could not read as TCP/IP (counted in `packets_malformed`
-    /// and accepted unchanged): logged with what it means, rate-limited.
-    fn report_malformed(&mut self, pkt: &Packet, now: Timestamp) {
-        let Some(n) = self.malformed_log.hit(now) else {
+    /// A queued packet the engine could not read as TCP/IP ([`Event::Malformed`]: counted in
+    /// `packets_malformed` and accepted unchanged): logged with what it means, rate-limited.
+    fn report_malformed(&mut self, error: &crate::packet::PacketError, len: usize, hook: Hook) {
+        let Some(n) = self.malformed_log.hit(monotonic_now()) else {
             return;
         };
-        let reason = match crate::packet::TcpPacket::parse(pkt.payload()) {
-            Err(e) => e.to_string(),
-            Ok(_) => "unreadable".to_string(),
-        };
         warn!(
-            reason = %reason,
-            bytes = pkt.payload().len(),
-            hook = pkt.raw_hook(),
+            reason = %error,
+            bytes = len,
+            hook = hook.label(),
             count = n,
             total = self.engine.stats().packets_malformed,
             "{}",
@@ -495,21 +500,22 @@ impl Shell {
 
     /// `run_actions`, except that ipset deletions are only collected (`unwatch_deferred` does
     /// them).
-    fn run_actions_deferring_unwatch(&mut self) {
+    /// Carries out the actions due before the verdict, keeping the others for after it.
+    fn run_actions_before_verdict(&mut self) {
         while let Some(a) = self.engine.poll_action() {
-            match a {
-                Action::UnwatchDst { dst } => self.unwatch.push(dst),
-                other => self.run_action(other),
+            match a.when() {
+                When::BeforeVerdict => self.run_action(a),
+                When::AfterVerdict => self.deferred.push(a),
             }
         }
     }
 
-    fn unwatch_deferred(&mut self) {
-        let mut list = std::mem::take(&mut self.unwatch);
-        for dst in list.drain(..) {
-            self.run_action(Action::UnwatchDst { dst });
+    fn run_deferred_actions(&mut self) {
+        let mut list = std::mem::take(&mut self.deferred);
+        for a in list.drain(..) {
+            self.run_action(a);
         }
-        self.unwatch = list;
+        self.deferred = list;
     }
 
     fn run_actions(&mut self) {
@@ -662,7 +668,10 @@ impl Shell {
         let listeners = self.events.receiver_count() > 0;
         let now = monotonic_now();
         while let Some(e) = self.engine.poll_event() {
-            log_event(&e);
+            match &e {
+                Event::Malformed { error, len, hook } => self.report_malformed(error, *len, *hook),
+                _ => log_event(&e),
+            }
             if listeners {
                 if let Some(line) = control::format_event(&e, now) {
                     let _ = self.events.send(line);
@@ -695,7 +704,7 @@ impl Shell {
                 Ok(Some(e)) => match restored_identity(&ct, ct_id, marked, &e) {
                     Identity::Same => {}
                     Identity::Unproven => {
-                        self.engine.set_conntrack_id(&ct.original, e.id);
+                        self.engine.set_conntrack_id(id, e.id);
                     }
                     Identity::Other => {
                         debug!(session = %id, flow = %ct.original, saved = ?ct_id, now = e.id,
@@ -1034,6 +1043,12 @@ pub fn log_event(e: &Event) {
             session = %id,
             message = kind.label(),
             "message needed a rewrite but its start had already been forwarded; the data connection will likely fail"
+        ),
+        Event::Malformed { error, len, hook } => warn!(
+            reason = %error,
+            bytes = *len,
+            hook = hook.label(),
+            "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged"
         ),
         Event::SegmentRefused { id, dir, why } => warn!(
             session = %id,
@@ -1609,7 +1624,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             state_refused,
             ..ShellStats::default()
         },
-        unwatch: Vec::with_capacity(16),
+        deferred: Vec::with_capacity(16),
         rule_watch,
         mark_cursor: 0,
         malformed_log: Throttle::new(LOG_EVERY),

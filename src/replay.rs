@@ -16,7 +16,7 @@
 //!   expectation that translates to it (`nat_to`).
 //!
 //! Each packet then goes through [`Hook::PreConntrack`], with synthesized conntrack tuples when
-//! the engine asks ([`Verdict::NeedConntrack`]): without NAT the untranslated tuples; with
+//! the engine asks ([`crate::engine::Conntrack`]): without NAT the untranslated tuples; with
 //! `--snat P` `original = client -> server`, `reply = server -> P:client_port`; with `--dnat P`
 //! `original = client -> P:server_port`, `reply = server -> client`. With NAT, the packet the
 //! engine let through is then translated as the kernel would between the hooks (DNAT of the
@@ -50,7 +50,7 @@ use pcap_parser::traits::{PcapNGPacketBlock, PcapReaderIterator};
 use pcap_parser::{Block, PcapBlockOwned, PcapError};
 
 use crate::engine::{
-    Action, Config, CtHint, EndReason, Engine, Event, MsgKind, RemoveReason, Verdict,
+    Action, Config, CtLookup, EndReason, Engine, Event, MsgKind, NoConntrack, RemoveReason, Verdict,
 };
 use crate::expect::{ExpectId, ExpectKind, Expectation};
 use crate::packet::{self, Edit, PacketError, TcpPacket};
@@ -1234,24 +1234,24 @@ impl<'o> Replayer<'o> {
         };
 
         // Pre-conntrack hook.
+        // The simulated kernel's conntrack entry of this control connection: its NAT plan.
+        let entry = match ctl {
+            Some((c, _)) => CtLookup::Found {
+                tuples: Self::tuples(c, self.plan(c)),
+                id: None,
+            },
+            None => CtLookup::Missing,
+        };
+        let mut conntrack = |_: &FlowTuple, _: bool| entry;
         let now = self.now;
-        let mut v = self
+        let v = self
             .engine
-            .handle_packet(&gw, Hook::PreConntrack, CtHint::NotLooked, now);
-        if let Verdict::NeedConntrack(_) = v {
-            let hint = match ctl {
-                Some((c, _)) => CtHint::Found(Self::tuples(c, self.plan(c))),
-                None => CtHint::Missing,
-            };
-            v = self
-                .engine
-                .handle_packet(&gw, Hook::PreConntrack, hint, now);
-        }
+            .handle_packet(&gw, Hook::PreConntrack, now, &mut conntrack);
         let mut mid = std::mem::take(&mut self.mid_buf);
         mid.clear();
         match v {
             Verdict::AcceptModified => mid.extend_from_slice(self.engine.modified_packet()),
-            Verdict::Accept | Verdict::NeedConntrack(_) => mid.extend_from_slice(&gw),
+            Verdict::Accept => mid.extend_from_slice(&gw),
             Verdict::Drop => {}
         }
         self.drain(&mut ctx)?;
@@ -1393,7 +1393,7 @@ impl<'o> Replayer<'o> {
         self.rechecksum(mid);
         let v = self
             .engine
-            .handle_packet(mid, Hook::PostConntrack, CtHint::NotLooked, self.now);
+            .handle_packet(mid, Hook::PostConntrack, self.now, &mut NoConntrack);
         if v == Verdict::AcceptModified {
             self.sum.ack_adjusted += 1;
             if let Some(s) = self.sessions.get_mut(&sid) {
@@ -1793,6 +1793,21 @@ impl<'o> Replayer<'o> {
                     format!(
                         "{t} {id} {} bytes missing from the capture, tracking resumes at the next line",
                         dir.label()
+                    )
+                }
+            }
+            Event::Malformed { error, len, hook } => {
+                if json {
+                    Obj::new("malformed")
+                        .raw("t", &t)
+                        .s("hook", hook.label())
+                        .raw("bytes", &len.to_string())
+                        .s("error", error.to_string())
+                        .end()
+                } else {
+                    format!(
+                        "{t} malformed packet at {} ({len} bytes): {error}",
+                        hook.label()
                     )
                 }
             }

@@ -1090,8 +1090,7 @@ mod tests {
         let (start, exp) = masq_session(7);
         let mut e = Engine::new(Config::default());
         e.restore(&start, now).unwrap();
-        let packet = FlowTuple::new(sa("10.0.0.2:40000"), sa("198.51.100.2:21"));
-        assert_eq!(e.set_conntrack_id(&packet, 42), Some(SessionId(7)));
+        e.set_conntrack_id(SessionId(7), 42);
         assert_eq!(
             e.poll_journal(),
             Some(Journal::ConntrackId {
@@ -1099,10 +1098,10 @@ mod tests {
                 ct_id: 42
             })
         );
-        assert_eq!(e.set_conntrack_id(&packet, 42), Some(SessionId(7)));
+        e.set_conntrack_id(SessionId(7), 42);
         assert_eq!(e.poll_journal(), None, "journaled once");
-        let unknown = FlowTuple::new(sa("10.0.0.3:40000"), sa("198.51.100.2:21"));
-        assert_eq!(e.set_conntrack_id(&unknown, 1), None);
+        e.set_conntrack_id(SessionId(99), 1);
+        assert_eq!(e.poll_journal(), None, "no such session");
         let mut recs = Vec::new();
         e.snapshot(&mut recs);
         let mut again = Engine::new(Config::default());

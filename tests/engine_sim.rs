@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{IpSlice, PacketBuilder, TcpOptionElement, TcpSlice};
-use ftpct::engine::{Action, Config, CtHint, Engine, Event, Verdict};
+use ftpct::engine::{Action, Config, CtLookup, Engine, Event, NoConntrack, Verdict};
 use ftpct::policy::Policy;
 use ftpct::types::{CtTuples, FlowTuple, Hook, RelatedEntry, Timestamp};
 use proptest::prelude::*;
@@ -260,17 +260,20 @@ impl Gw {
     }
 
     fn hook(&mut self, bytes: Vec<u8>, hook: Hook) -> Option<Vec<u8>> {
-        let mut v = self
-            .engine
-            .handle_packet(&bytes, hook, CtHint::NotLooked, self.now);
-        if let Verdict::NeedConntrack(t) = v {
-            let hint = if t == self.ct.original || t == self.ct.reply {
-                CtHint::Found(self.ct)
+        let known = self.ct;
+        let mut conntrack = |t: &FlowTuple, _: bool| {
+            if *t == known.original || *t == known.reply {
+                CtLookup::Found {
+                    tuples: known,
+                    id: None,
+                }
             } else {
-                CtHint::Missing
-            };
-            v = self.engine.handle_packet(&bytes, hook, hint, self.now);
-        }
+                CtLookup::Missing
+            }
+        };
+        let v = self
+            .engine
+            .handle_packet(&bytes, hook, self.now, &mut conntrack);
         while let Some(a) = self.engine.poll_action() {
             self.actions.push(a);
         }
@@ -281,7 +284,6 @@ impl Gw {
             Verdict::Accept => Some(bytes),
             Verdict::AcceptModified => Some(self.engine.modified_packet().to_vec()),
             Verdict::Drop => None,
-            Verdict::NeedConntrack(_) => panic!("asked twice"),
         }
     }
 
@@ -522,6 +524,14 @@ impl Lab {
 
     fn events(&self) -> &[Event] {
         &self.gw.events
+    }
+}
+
+/// A conntrack table that has `ct` for every tuple asked.
+fn found(ct: CtTuples) -> impl FnMut(&FlowTuple, bool) -> CtLookup {
+    move |_, _| CtLookup::Found {
+        tuples: ct,
+        id: None,
     }
 }
 
@@ -1064,12 +1074,7 @@ fn unknown_flows_and_garbage_are_accepted_untouched() {
     for n in 0..200usize {
         let junk: Vec<u8> = (0..n).map(|i| (i * 7 + n * 13) as u8).collect();
         assert_eq!(
-            e.handle_packet(
-                &junk,
-                Hook::PreConntrack,
-                CtHint::NotLooked,
-                Timestamp::ZERO
-            ),
+            e.handle_packet(&junk, Hook::PreConntrack, Timestamp::ZERO, &mut NoConntrack),
             Verdict::Accept
         );
     }
@@ -1084,8 +1089,8 @@ fn unknown_flows_and_garbage_are_accepted_untouched() {
         e.handle_packet(
             &build(&syn),
             Hook::PreConntrack,
-            CtHint::NotLooked,
-            Timestamp::ZERO
+            Timestamp::ZERO,
+            &mut NoConntrack
         ),
         Verdict::Accept
     );
@@ -1676,10 +1681,10 @@ fn eviction_spares_sessions_with_offsets_and_expectations() {
         };
         lab.gw.now = lab.gw.now.plus(std::time::Duration::from_millis(10));
         let bytes = build(&synack);
-        let v =
-            lab.gw
-                .engine
-                .handle_packet(&bytes, Hook::PreConntrack, CtHint::Found(ct), lab.gw.now);
+        let v = lab
+            .gw
+            .engine
+            .handle_packet(&bytes, Hook::PreConntrack, lab.gw.now, &mut found(ct));
         assert_eq!(v, Verdict::Accept);
     }
     while let Some(e) = lab.gw.engine.poll_event() {
@@ -1723,7 +1728,7 @@ fn eviction_of_sessions_with_state_is_counted_and_warned() {
     let now = lab.gw.now;
     lab.gw
         .engine
-        .handle_packet(&build(&synack), Hook::PreConntrack, CtHint::Found(ct), now);
+        .handle_packet(&build(&synack), Hook::PreConntrack, now, &mut found(ct));
     assert_eq!(lab.gw.engine.stats().sessions_evicted_with_state, 1);
     let mut warned = false;
     while let Some(e) = lab.gw.engine.poll_event() {
@@ -2220,4 +2225,50 @@ fn a_line_that_grows_without_end_stays_bounded() {
         }
     }
     assert_eq!(lab.gw.engine.holds_pending(), 0);
+}
+
+/// The conntrack lookup is one step of `handle_packet`: asked once for the first packet of a
+/// session, never for a known flow, and the entry's id it returns is kept and journaled.
+#[test]
+fn the_conntrack_lookup_is_asked_once_and_its_id_kept() {
+    let mut lab = Lab::masq(cfg());
+    let ct = lab.gw.ct;
+    let mut e = Engine::new(cfg());
+    let mut asked = 0;
+    let mut conntrack = |_: &FlowTuple, syn_ack: bool| {
+        asked += 1;
+        assert!(!syn_ack);
+        CtLookup::Found {
+            tuples: ct,
+            id: Some(4242),
+        }
+    };
+    // a mid-stream segment of the server (no handshake seen): a new session
+    let (a, b) = lab.srv.write(b"220 ready\r\n");
+    let seg = build(&lab.srv.seg(a, b));
+    let now = Timestamp::from_secs(5);
+    e.handle_packet(&seg, Hook::PreConntrack, now, &mut conntrack);
+    e.handle_packet(&seg, Hook::PreConntrack, now, &mut conntrack);
+    assert_eq!(asked, 1, "a known flow needs no lookup");
+    let s = e.sessions().next().expect("a session");
+    assert_eq!(s.ct_id, Some(4242));
+    let mut journal = Vec::new();
+    while let Some(j) = e.poll_journal() {
+        journal.push(j);
+    }
+    assert!(journal
+        .iter()
+        .any(|j| matches!(j, ftpct::engine::Journal::ConntrackId { ct_id: 4242, .. })));
+    // garbage is accepted without asking, and reported with its error
+    let mut never = |_: &FlowTuple, _: bool| -> CtLookup { panic!("asked for garbage") };
+    assert_eq!(
+        e.handle_packet(b"\x45junk", Hook::PreConntrack, now, &mut never),
+        Verdict::Accept
+    );
+    let mut malformed = false;
+    while let Some(ev) = e.poll_event() {
+        malformed |= matches!(ev, Event::Malformed { len: 5, .. });
+    }
+    assert!(malformed);
+    let _ = &mut lab;
 }

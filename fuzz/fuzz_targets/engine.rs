@@ -13,8 +13,8 @@
 //! Invariants: never panics (overflow checks are on in fuzz builds); `AcceptModified` output
 //! re-parses as TCP with the same tuple and valid checksums, changes only payload and seq at
 //! the pre hook and only ack/SACK at the post hook; `Drop` only at the pre hook; packets on
-//! neither control port are accepted unchanged; no `NeedConntrack` when a hint other than
-//! `NotLooked` was given; at most `max_sessions` sessions, `max_expectations` expectations,
+//! neither control port are accepted unchanged; the conntrack table is asked at most once per
+//! packet, for its own tuple, never for a malformed one; at most `max_sessions` sessions, `max_expectations` expectations,
 //! `max_expect_per_session` per session, none whose session is gone; at most 4096 queued
 //! actions / events; after `handle_timeout(now)` the next timeout is later than `now`.
 
@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use etherparse::{PacketBuilder, TcpOptionElement};
-use ftpct::engine::{Action, Config, CtHint, Engine, Verdict};
+use ftpct::engine::{Action, Config, CtLookup, Engine, NoConntrack, Verdict};
 use ftpct::packet::{self, Edit, TcpPacket};
 use ftpct::policy::Policy;
 use ftpct::types::{CtTuples, Dir, FlowTuple, Hook, Timestamp};
@@ -138,13 +138,8 @@ struct Harness {
     out: Vec<u8>,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum HintMode {
-    /// As the daemon: NotLooked, then on NeedConntrack this hint.
-    Daemon(CtHint),
-    /// This hint on the first call.
-    Direct(CtHint),
-}
+/// What the fuzzed conntrack table answers for a packet's lookup.
+type HintMode = CtLookup;
 
 fn is_control(t: &FlowTuple) -> bool {
     t.src.port() == 21 || t.dst.port() == 21
@@ -188,25 +183,22 @@ impl Harness {
         assert!(acts <= 4096 && evs <= 4096);
     }
 
-    /// One packet through one hook, as the daemon does it. Returns what continues (None: dropped).
+    /// One packet through one hook, as the daemon does it: the conntrack table answers
+    /// `hint`, is asked at most once, with the packet's own tuple, and never for a packet that
+    /// does not parse.
     fn hook(&mut self, bytes: &[u8], hook: Hook, hint: HintMode) -> Option<Vec<u8>> {
-        let first = match hint {
-            HintMode::Daemon(_) => CtHint::NotLooked,
-            HintMode::Direct(h) => h,
+        let mut asked = Vec::new();
+        let mut conntrack = |t: &FlowTuple, _: bool| {
+            asked.push(*t);
+            hint
         };
-        let mut v = self.engine.handle_packet(bytes, hook, first, self.now);
-        if let Verdict::NeedConntrack(t) = v {
-            assert_eq!(first, CtHint::NotLooked, "NeedConntrack with a hint");
-            let parsed = TcpPacket::parse(bytes).expect("NeedConntrack on a malformed packet");
-            assert_eq!(t, parsed.tuple);
-            let HintMode::Daemon(h) = hint else {
-                unreachable!()
-            };
-            v = self.engine.handle_packet(bytes, hook, h, self.now);
-            assert!(
-                !matches!(v, Verdict::NeedConntrack(_)),
-                "NeedConntrack with a hint"
-            );
+        let v = self
+            .engine
+            .handle_packet(bytes, hook, self.now, &mut conntrack);
+        assert!(asked.len() <= 1, "conntrack asked twice for one packet");
+        if let Some(t) = asked.first() {
+            let parsed = TcpPacket::parse(bytes).expect("conntrack asked for a malformed packet");
+            assert_eq!(*t, parsed.tuple, "conntrack asked for another tuple");
         }
         let parsed = TcpPacket::parse(bytes);
         if let Ok(p) = &parsed {
@@ -242,7 +234,6 @@ impl Harness {
                 }
                 Some(out.to_vec())
             }
-            Verdict::NeedConntrack(_) => unreachable!(),
         };
         self.check_tables();
         res
@@ -282,12 +273,14 @@ impl Harness {
     fn hint_mode(&self, hb: u8, flow: usize) -> HintMode {
         let ct = flow_ct(flow);
         let other = flow_ct((flow + 1 + usize::from(hb >> 4)) % N_FLOWS);
-        match hb % 5 {
-            0 => HintMode::Daemon(CtHint::Found(ct)),
-            1 => HintMode::Daemon(CtHint::Missing),
-            2 => HintMode::Daemon(CtHint::Found(other)),
-            3 => HintMode::Direct(CtHint::Found(ct)),
-            _ => HintMode::Direct(CtHint::Missing),
+        let found = |tuples| CtLookup::Found {
+            tuples,
+            id: (hb & 8 != 0).then_some(u32::from(hb)),
+        };
+        match hb % 3 {
+            0 => found(ct),
+            1 => CtLookup::Missing,
+            _ => found(other),
         }
     }
 
@@ -581,7 +574,7 @@ fn run(data: &[u8]) {
                 let syn = build_packet(t, r.u32(), None, true, false, false, None, &[]);
                 let v = h
                     .engine
-                    .handle_packet(&syn, Hook::PreConntrack, CtHint::NotLooked, h.now);
+                    .handle_packet(&syn, Hook::PreConntrack, h.now, &mut NoConntrack);
                 if !is_control(&t) {
                     assert_eq!(v, Verdict::Accept);
                 }

@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
-use ftpct::engine::{Config, CtHint, Engine, Event, Verdict};
+use ftpct::engine::{Config, CtLookup, Engine, Event, Verdict};
 use ftpct::types::{CtTuples, FlowTuple, Hook, Timestamp};
 use ftpct_fuzz::Reader;
 use libfuzzer_sys::fuzz_target;
@@ -130,20 +130,20 @@ impl Run {
 
     /// One packet through the pre hook, the way the daemon drives it.
     fn pre(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let mut v =
-            self.engine
-                .handle_packet(bytes, Hook::PreConntrack, CtHint::NotLooked, self.now);
-        if let Verdict::NeedConntrack(t) = v {
+        let mut conntrack = |t: &FlowTuple, _: bool| {
             let c = ct();
-            let hint = if t == c.original || t == c.reply {
-                CtHint::Found(c)
+            if *t == c.original || *t == c.reply {
+                CtLookup::Found {
+                    tuples: c,
+                    id: None,
+                }
             } else {
-                CtHint::Missing
-            };
-            v = self
-                .engine
-                .handle_packet(bytes, Hook::PreConntrack, hint, self.now);
-        }
+                CtLookup::Missing
+            }
+        };
+        let v = self
+            .engine
+            .handle_packet(bytes, Hook::PreConntrack, self.now, &mut conntrack);
         while self.engine.poll_action().is_some() {}
         while let Some(e) = self.engine.poll_event() {
             if let Event::ExpectCreated { exp, .. } = e {
@@ -156,7 +156,6 @@ impl Run {
             Verdict::Accept => Some(bytes.to_vec()),
             Verdict::AcceptModified => Some(self.engine.modified_packet().to_vec()),
             Verdict::Drop => None,
-            Verdict::NeedConntrack(_) => panic!("asked twice"),
         }
     }
 

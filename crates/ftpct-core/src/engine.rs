@@ -1,9 +1,11 @@
 //! The sans-IO FTP ALG engine: packets and timestamps in; verdicts, actions and events out.
 //!
-//! Shaped like quinn-proto's `Connection`: the I/O shell calls [`Engine::handle_packet`] for
-//! every queued packet, carries out the returned [`Verdict`] after draining
-//! [`Engine::poll_action`] (kernel work such as creating a conntrack entry, which must happen
-//! before the verdict), logs what [`Engine::poll_event`] yields, and calls
+//! Shaped like quinn-proto's `Connection`. Every driver (the daemon, `ftpct replay`, the
+//! simulation tests, the benches, the fuzz targets) does the same: it calls
+//! [`Engine::handle_packet`] once per queued packet with a [`Conntrack`] to ask for the entry
+//! of an unknown control connection, drains [`Engine::poll_action`] (kernel work; each
+//! [`Action::when`] says whether before the verdict), issues the returned [`Verdict`], logs
+//! what [`Engine::poll_event`] yields, persists [`Engine::poll_journal`], and calls
 //! [`Engine::handle_timeout`] when [`Engine::poll_timeout`] says so. The engine never reads a
 //! clock and does no I/O, so every rule is tested with simulated packets and time.
 //!
@@ -52,15 +54,60 @@ impl Default for Config {
     }
 }
 
-/// What the shell knows about the packet's conntrack entry.
+/// What a conntrack lookup found (see [`Conntrack`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CtHint {
-    /// Not looked up (the common case: the engine knows the flow).
-    NotLooked,
-    /// Looked up: these are the tuples.
-    Found(CtTuples),
-    /// Looked up: the kernel has no entry (or lookups are unavailable).
+pub enum CtLookup {
+    /// The entry's tuples, and its id (`CTA_ID`) when the kernel gave one: the id is kept
+    /// with the session, so that after a restart a new connection that reuses the addresses
+    /// and ports of a saved one does not inherit its offsets.
+    Found { tuples: CtTuples, id: Option<u32> },
+    /// The kernel has no entry, or the lookup was not made (a budget, an error).
     Missing,
+}
+
+/// The kernel's conntrack table, as the engine needs it: [`Engine::handle_packet`] asks it
+/// at most once per packet, for the first packet of a control connection it does not know
+/// (by the packet's tuple, either direction). The daemon answers with a ctnetlink GET, replay
+/// and the tests with a model of the NAT; every driver of the engine passes one, so none has
+/// to fold the lookup into a second call.
+pub trait Conntrack {
+    /// The entry of `tuple`; `syn_ack` tells that the packet is a SYN-ACK (a new session).
+    fn lookup(&mut self, tuple: &FlowTuple, syn_ack: bool) -> CtLookup;
+}
+
+impl<F: FnMut(&FlowTuple, bool) -> CtLookup> Conntrack for F {
+    fn lookup(&mut self, tuple: &FlowTuple, syn_ack: bool) -> CtLookup {
+        self(tuple, syn_ack)
+    }
+}
+
+/// A conntrack table without entries: every unknown flow stays untracked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoConntrack;
+
+impl Conntrack for NoConntrack {
+    fn lookup(&mut self, _: &FlowTuple, _: bool) -> CtLookup {
+        CtLookup::Missing
+    }
+}
+
+/// Where [`Engine::handle_packet`] sends a packet.
+enum Route {
+    /// A tracked control connection, in this direction.
+    Session(SessionId, Dir),
+    /// A SYN that may open an expected data connection.
+    DataSyn,
+    /// Nothing to do: accepted unchanged.
+    Pass,
+}
+
+/// When the shell carries out an [`Action`] (see [`Action::when`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// Before the verdict of the packet that caused it: the packet's fate depends on it.
+    BeforeVerdict,
+    /// After the verdict (it may wait; nothing the packet does depends on it).
+    AfterVerdict,
 }
 
 /// What to do with the packet.
@@ -72,12 +119,10 @@ pub enum Verdict {
     AcceptModified,
     /// Drop it (a held partial line, or an out-of-order segment; the sender retransmits).
     Drop,
-    /// The engine needs the conntrack entry of this packet's flow: look it up (ctnetlink, by the
-    /// packet's tuple in either direction) and call `handle_packet` again with the result.
-    NeedConntrack(FlowTuple),
 }
 
-/// Kernel work for the shell, in order, before the verdict of the packet that caused it.
+/// Kernel work for the shell, in the order [`Engine::poll_action`] yields it; [`Action::when`]
+/// says whether it must be done before the verdict of the packet that caused it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Create this conntrack entry (ctnetlink) so the data connection is RELATED and NATed.
@@ -93,6 +138,21 @@ pub enum Action {
     /// shell marks the conntrack entry, and the post-conntrack queue rules may select marked
     /// connections only (`seqadj_mark`).
     MarkAdjusted { original: FlowTuple },
+}
+
+impl Action {
+    /// When the shell carries it out: a conntrack entry, a set element or a mark before the
+    /// verdict of the packet that caused it (the data connection's SYN is that packet, the
+    /// server may connect as soon as it reads the PORT, the next packet needs the mark); a set
+    /// element's removal may wait until after it.
+    pub fn when(&self) -> When {
+        match self {
+            Action::UnwatchDst { .. } => When::AfterVerdict,
+            Action::CreateRelated(_) | Action::WatchDst { .. } | Action::MarkAdjusted { .. } => {
+                When::BeforeVerdict
+            }
+        }
+    }
 }
 
 /// Why a session ended.
@@ -280,6 +340,13 @@ pub enum Event {
     Throttled {
         id: SessionId,
         kind: &'static str,
+    },
+    /// A queued packet that is not TCP/IP the engine can read (accepted unchanged).
+    Malformed {
+        error: packet::PacketError,
+        /// Its length in bytes.
+        len: usize,
+        hook: Hook,
     },
     /// The session table is full and sessions are being evicted; `protected_left` is false
     /// when only sessions with sequence offsets or live expectations were left to evict.
@@ -763,22 +830,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Records the conntrack entry id (`CTA_ID`) of the control connection that a packet with
-    /// `tuple` (as seen before conntrack, i.e. the tuple of [`Verdict::NeedConntrack`])
-    /// belongs to, and journals it: after a restart the shell compares it with the kernel's
-    /// entry, so that a new connection that reuses the addresses and ports of a saved one does
-    /// not inherit its offsets. Returns the session, if there is one.
-    pub fn set_conntrack_id(&mut self, tuple: &FlowTuple, ct_id: u32) -> Option<SessionId> {
-        let (id, _) = self.sessions.lookup(&FlowKey {
-            tuple: *tuple,
-            post: false,
-        })?;
-        let s = self.sessions.get_mut(&id)?;
+    /// Records the conntrack entry id (`CTA_ID`) of a session and journals it (from a
+    /// [`CtLookup::Found`], or the shell's check of a restored session): after a restart the
+    /// shell compares it with the kernel's entry, so that a new connection that
+    /// reuses the addresses and ports of a saved one does not inherit its offsets.
+    pub fn set_conntrack_id(&mut self, id: SessionId, ct_id: u32) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if s.ct_id != Some(ct_id) {
             s.ct_id = Some(ct_id);
             self.journal(Journal::ConntrackId { id, ct_id });
         }
-        Some(id)
     }
 
     /// Forgets a session (e.g. its conntrack entry is gone after a restart).
@@ -934,103 +997,111 @@ impl Engine {
         self.cfg.control_ports.contains(&p)
     }
 
-    /// Handles one queued packet (bytes from the IP header on).
+    /// Handles one queued packet (bytes from the IP header on): one call, one verdict. `ct`
+    /// is asked for the conntrack entry of a control connection the engine does not know yet.
+    /// Actions ([`Engine::poll_action`]), events and journal records it caused are queued.
     pub fn handle_packet(
         &mut self,
         bytes: &[u8],
         hook: Hook,
-        ct: CtHint,
         now: Timestamp,
+        ct: &mut dyn Conntrack,
     ) -> Verdict {
         self.now = now;
         let pkt = match TcpPacket::parse(bytes) {
             Ok(p) => p,
-            Err(_) => {
-                self.stats.packets_malformed += 1;
-                self.stats.packets_accepted += 1;
-                return Verdict::Accept;
-            }
+            Err(error) => return self.malformed(error, bytes.len(), hook),
         };
+        let verdict = match self.route(&pkt, hook, ct) {
+            Route::Session(sid, dir) if hook == Hook::PostConntrack => {
+                self.post(&pkt, sid, dir, now)
+            }
+            Route::Session(sid, dir) => self.pre(&pkt, sid, dir, now),
+            Route::DataSyn => self.data_syn(&pkt, now),
+            Route::Pass => Verdict::Accept,
+        };
+        match verdict {
+            Verdict::Accept => self.stats.packets_accepted += 1,
+            Verdict::AcceptModified => self.stats.packets_modified += 1,
+            Verdict::Drop => {}
+        }
+        verdict
+    }
+
+    /// A packet that is not TCP/IP the engine can read: accepted unchanged, counted, reported.
+    fn malformed(&mut self, error: packet::PacketError, len: usize, hook: Hook) -> Verdict {
+        self.stats.packets_malformed += 1;
+        self.stats.packets_accepted += 1;
+        self.event(Event::Malformed { error, len, hook });
+        Verdict::Accept
+    }
+
+    /// The session a packet belongs to; a SYN-ACK that reopens a tuple, or the first packet of
+    /// an unknown flow, goes on to [`Engine::unknown_flow`].
+    fn route(&mut self, pkt: &TcpPacket<'_>, hook: Hook, ct: &mut dyn Conntrack) -> Route {
         let post = hook == Hook::PostConntrack;
         let key = FlowKey {
             tuple: pkt.tuple,
             post,
         };
-        let found = match self.sessions.lookup(&key) {
-            Some((sid, Dir::Reply)) if !post && pkt.flags.syn && pkt.flags.ack => {
-                match self.known_synack(sid, &pkt) {
-                    Some(v) => {
-                        self.stats.packets_accepted += 1;
-                        return v;
-                    }
-                    None => None,
-                }
+        if let Some((sid, dir)) = self.sessions.lookup(&key) {
+            let synack_on_live = !post && dir == Dir::Reply && pkt.flags.syn && pkt.flags.ack;
+            if !synack_on_live {
+                return Route::Session(sid, dir);
             }
-            x => x,
-        };
-        let (sid, dir) = match found {
-            Some(x) => x,
-            None => {
-                let control = self.is_control_port(pkt.tuple.dst.port())
-                    || self.is_control_port(pkt.tuple.src.port());
-                if !post && pkt.flags.syn && !pkt.flags.ack {
-                    if !control {
-                        return self.data_syn(&pkt, now);
-                    }
-                    // A control connection's SYN: nothing to track until the SYN-ACK, which
-                    // the SYN's window and scale then start.
-                    self.record_syn(&pkt);
-                    self.stats.packets_accepted += 1;
-                    return Verdict::Accept;
-                }
-                if post || !control || pkt.flags.rst {
-                    self.stats.packets_accepted += 1;
-                    return Verdict::Accept;
-                }
-                let cttuples = match ct {
-                    CtHint::NotLooked => return Verdict::NeedConntrack(pkt.tuple),
-                    CtHint::Found(t) => t,
-                    CtHint::Missing => {
-                        // No conntrack entry: not a connection the firewall let through (a stray
-                        // or spoofed segment). Tracking it would let junk evict real sessions.
-                        self.stats.untracked += 1;
-                        self.stats.packets_accepted += 1;
-                        return Verdict::Accept;
-                    }
-                };
-                match self.new_session(&pkt, cttuples, now) {
-                    Some(x) => x,
-                    None => {
-                        self.stats.packets_accepted += 1;
-                        return Verdict::Accept;
-                    }
-                }
+            if !self.known_synack(sid, pkt) {
+                return Route::Pass;
             }
-        };
-        let verdict = if post {
-            self.post(&pkt, sid, dir, now)
-        } else {
-            self.pre(&pkt, sid, dir, now)
-        };
-        match verdict {
-            Verdict::Accept => self.stats.packets_accepted += 1,
-            Verdict::AcceptModified => self.stats.packets_modified += 1,
-            _ => {}
         }
-        verdict
+        self.unknown_flow(pkt, post, ct)
+    }
+
+    /// A packet of no session: a data SYN, a control SYN (remembered for its window), or the
+    /// first packet of a control connection, which starts a session once conntrack knows it.
+    fn unknown_flow(&mut self, pkt: &TcpPacket<'_>, post: bool, ct: &mut dyn Conntrack) -> Route {
+        let control = self.is_control_port(pkt.tuple.dst.port())
+            || self.is_control_port(pkt.tuple.src.port());
+        if !post && pkt.flags.syn && !pkt.flags.ack {
+            if !control {
+                return Route::DataSyn;
+            }
+            self.record_syn(pkt);
+            return Route::Pass;
+        }
+        if post || !control || pkt.flags.rst {
+            return Route::Pass;
+        }
+        let (tuples, ct_id) = match ct.lookup(&pkt.tuple, pkt.flags.syn && pkt.flags.ack) {
+            CtLookup::Found { tuples, id } => (tuples, id),
+            CtLookup::Missing => {
+                // No conntrack entry: not a connection the firewall let through (a stray or
+                // spoofed segment). Tracking it would let junk evict real sessions.
+                self.stats.untracked += 1;
+                return Route::Pass;
+            }
+        };
+        let Some((sid, dir)) = self.new_session(pkt, tuples, self.now) else {
+            return Route::Pass;
+        };
+        if let Some(id) = ct_id {
+            self.set_conntrack_id(sid, id);
+        }
+        Route::Session(sid, dir)
     }
 
     /// A SYN-ACK on a live session. A new connection reuses the addresses and ports only when
     /// the old one is closing or the SYN-ACK answers a SYN the client sent since (conntrack's
     /// rule): then the old session ends (its sequence shifts would break the new one) and
-    /// `None` lets the caller start the new one. Anything else (a retransmission, or a spoofed
-    /// SYN-ACK) passes untouched and changes nothing.
-    fn known_synack(&mut self, sid: SessionId, pkt: &TcpPacket<'_>) -> Option<Verdict> {
-        let s = self.sessions.get(&sid)?;
+    /// `true` lets the caller start the new one. Anything else (a retransmission, or a spoofed
+    /// SYN-ACK) passes untouched and changes nothing: `false`.
+    fn known_synack(&mut self, sid: SessionId, pkt: &TcpPacket<'_>) -> bool {
+        let Some(s) = self.sessions.get(&sid) else {
+            return true;
+        };
         let answers_syn = s.reopen_syn.map(|isn| isn.wrapping_add(1)) == Some(pkt.ack);
         if s.is_closing() || answers_syn {
             self.end_session(sid, EndReason::Reused);
-            return None;
+            return true;
         }
         let r = s.dir(Dir::Reply);
         let retransmission = r.synced && r.next == pkt.seq.wrapping_add(1);
@@ -1042,7 +1113,7 @@ impl Engine {
                 why: SegmentRefusal::SynAck,
             });
         }
-        Some(Verdict::Accept)
+        false
     }
 
     /// Remembers a control connection's SYN for the window of the session its SYN-ACK starts.
@@ -1176,7 +1247,6 @@ impl Engine {
 
     /// A SYN that is not on a control port: a data connection that may match an expectation.
     fn data_syn(&mut self, pkt: &TcpPacket<'_>, now: Timestamp) -> Verdict {
-        self.stats.packets_accepted += 1;
         let Some((id, _)) = self.expect.lookup(pkt.tuple.src.ip(), pkt.tuple.dst) else {
             self.stats.syn_unmatched += 1;
             return Verdict::Accept;

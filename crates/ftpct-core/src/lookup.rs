@@ -1,7 +1,7 @@
 //! A bound on the conntrack lookups that unknown packets cost the I/O shell.
 //!
 //! A packet on a control port that belongs to no tracked session makes the engine ask for its
-//! conntrack entry ([`crate::engine::Verdict::NeedConntrack`]): one synchronous ctnetlink GET
+//! conntrack entry ([`crate::engine::Conntrack`]): one synchronous ctnetlink GET
 //! (two when the first direction misses) before the packet's verdict. Anyone who can send
 //! segments to a control port can therefore make the daemon do a netlink round trip per
 //! packet. [`LookupGuard`] bounds that work:

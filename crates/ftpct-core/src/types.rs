@@ -88,6 +88,16 @@ pub enum Hook {
     PostConntrack,
 }
 
+impl Hook {
+    /// For event lines, replay output and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Hook::PreConntrack => "pre_conntrack",
+            Hook::PostConntrack => "post_conntrack",
+        }
+    }
+}
+
 /// A TCP connection endpoint pair as seen in one packet: source → destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowTuple {
