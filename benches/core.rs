@@ -179,6 +179,10 @@ fn engine(max_sessions: usize) -> Engine {
         control_ports: vec![21],
         policy: Policy {
             max_sessions,
+            // The bench's clock does not advance: without this, the per-session announcement
+            // budget would refuse the `port` path's PORTs after the first second's worth, and
+            // the bench would measure refusals instead of rewrites.
+            max_announce_per_second: u32::MAX,
             ..Policy::default()
         },
         hash_key: [0, 0],
