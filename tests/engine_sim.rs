@@ -2272,3 +2272,46 @@ fn the_conntrack_lookup_is_asked_once_and_its_id_kept() {
     assert!(malformed);
     let _ = &mut lab;
 }
+
+/// `faults::split_port_tail_lost_before_ftpct_acks_still_pass` in the simulation: the tail of a
+/// split PORT is lost before ftpct; the client's pure ACK of the server's reply carries its
+/// `snd_nxt`, past the lost bytes, and must still reach the server (the trust model must not
+/// refuse it, and holding must not drop it), with check on and off alike.
+#[test]
+fn a_pure_ack_past_bytes_lost_before_ftpct_passes_while_a_line_is_held() {
+    for check in [true, false] {
+        let mut c = cfg();
+        c.policy.tcp_window_check = check;
+        let mut lab = Lab::masq(c);
+        lab.server_says("220 ready\r\n");
+        let (a, b) = lab
+            .cli
+            .write(b"NOOP xxxxxxxxxxxx\r\nPORT 10,0,0,2,156,64\r\n");
+        let cut = a + 36;
+        // segment A passes (NOOP forwarded, the PORT's address held); B is lost before ftpct
+        assert!(lab.c2s(a, cut));
+        assert_eq!(lab.server_got(), "NOOP xxxxxxxxxxxx\r\nPORT ");
+        let (ra, rb) = lab.srv.write(b"200 NOOP ok.\r\n");
+        let reply = lab.srv.seg(ra, rb);
+        let delivered = lab.gw.forward(&reply).expect("the reply passes");
+        lab.cli.receive(&delivered);
+        // the client's ACK of it: seq = snd_nxt, which covers the lost segment B
+        let mut ack = lab.cli.seg(b, b);
+        ack.seq = lab.cli.snd_nxt();
+        let out = lab.gw.forward(&ack);
+        let st = lab.gw.engine.stats().clone();
+        assert!(out.is_some(), "check={check}: the ACK was dropped: {st:?}");
+        assert_eq!(st.packets_out_of_window, 0, "check={check}");
+        let out = out.unwrap();
+        assert!(out.ackf && out.payload.is_empty());
+        lab.srv.receive(&out);
+        assert_eq!(
+            lab.srv.snd_una,
+            lab.srv.snd_nxt(),
+            "check={check}: reply acknowledged"
+        );
+        // B comes again: the line completes and is rewritten
+        assert!(lab.c2s(cut, b));
+        assert!(lab.server_got().ends_with("PORT 203,0,113,1,156,64\r\n"));
+    }
+}

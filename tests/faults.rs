@@ -396,10 +396,20 @@ fn split_port_tail_lost_before_ftpct_acks_still_pass() {
     );
     let st = lab.ftpct_stats();
     let srv_retrans = retrans_segs(&lab, "srv") - srv_before;
-    // One retransmission can be a tail loss probe firing before the client's delayed ACK;
-    // dropped ACKs showed as 2-3 retransmissions with back-off.
+    // The old bug's signature: ftpct dropped the client's pure ACKs while it held the line.
+    assert_eq!(
+        st.get("packets_dropped_held"),
+        0,
+        "[{test}] ftpct dropped segments while it held the split PORT: {}",
+        st.text
+    );
+    // One retransmission can be a tail loss probe firing before the client's delayed ACK, and
+    // one more when the lost write also carried the client's only acknowledgement of the
+    // server's previous reply (the client's and the server's probes then race, ~200 ms each:
+    // seen in captures of this test before and after the trust model). Dropped ACKs showed as
+    // more retransmissions with back-off, and as `packets_dropped_held` above.
     assert!(
-        srv_retrans <= 1,
+        srv_retrans <= 2,
         "[{test}] the server retransmitted {srv_retrans} segment(s): its replies were not \
          acknowledged while ftpct held the split PORT (packets_dropped_held {})",
         st.get("packets_dropped_held")
