@@ -18,6 +18,7 @@
 pub mod engine;
 pub mod expect;
 pub mod hashkey;
+pub mod journal;
 pub mod lookup;
 pub mod packet;
 pub mod parser;
