@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Alg, FtpctStats, Lab, Topology};
+use common::{wait_for_file, Alg, FtpctStats, Lab, Topology};
 
 /// Bound on the daemon's peak resident memory under any of these floods.
 const MAX_HWM_KIB: u64 = 64 * 1024;
@@ -66,18 +66,6 @@ fn assert_alive(lab: &Lab, test: &str) {
     );
     let r = lab.ftpct_cli("stats");
     assert!(r.ok(), "[{test}] the daemon does not answer: {r}");
-}
-
-/// Waits (bounded) for `path` to exist.
-fn wait_for_file(path: &Path, secs: u64) -> bool {
-    let t0 = Instant::now();
-    while !path.exists() {
-        if t0.elapsed() > Duration::from_secs(secs) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// Collects a background child's exit status and output.

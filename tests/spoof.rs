@@ -64,9 +64,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Alg, FtpctStats, Lab, Run, Topology};
+use common::{wait_for_file, Alg, FtpctStats, Lab, Run, Topology};
 
 /// The port the attacker tries to open.
 const ATTACK_PORT: u16 = 8080;
@@ -164,18 +164,6 @@ fn delta(before: &FtpctStats, after: &FtpctStats, name: &str) -> u64 {
         (Some(b), Some(a)) => a.saturating_sub(*b),
         _ => 0,
     }
-}
-
-/// Waits (bounded) for `path` to exist.
-fn wait_for_file(path: &Path, secs: u64) -> bool {
-    let t0 = Instant::now();
-    while !path.exists() {
-        if t0.elapsed() > Duration::from_secs(secs) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 /// A background process killed (and reaped) when dropped.

@@ -1076,3 +1076,15 @@ pub struct CtAcct {
     pub data_packets: u64,
     pub data_bytes: u64,
 }
+
+/// Waits (bounded) for `path` to exist (a checkpoint file a lab script writes).
+pub fn wait_for_file(path: &Path, secs: u64) -> bool {
+    let t0 = Instant::now();
+    while !path.exists() {
+        if t0.elapsed() > Duration::from_secs(secs) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
