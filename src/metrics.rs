@@ -250,6 +250,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &[
             ("reason=\"bounce\"", e.refused_bounce),
             ("reason=\"privileged_port\"", e.refused_privileged),
+            ("reason=\"rate_limited\"", e.refused_rate_limited),
             ("reason=\"other\"", e.refused_other),
         ],
     );
@@ -324,13 +325,6 @@ pub fn render(s: &Snapshot<'_>) -> String {
             ("reason=\"synack_on_live_session\"", e.synack_ignored),
             ("reason=\"resync_unacknowledged\"", e.resyncs_refused),
         ],
-    );
-    metric(
-        &mut out,
-        "ftpct_announcements_rate_limited_total",
-        "counter",
-        "PORT/EPRT/227/229 refused by the per-segment or per-second budget of their session.",
-        &[("", e.refused_rate_limited)],
     );
     metric(
         &mut out,

@@ -1930,7 +1930,6 @@ impl Engine {
             return;
         };
         if !s.budget.spend(now, per_segment, per_second) {
-            self.stats.refused_rate_limited += 1;
             self.refuse(sid, kind, announced, Refusal::RateLimited);
             return;
         }
@@ -2093,6 +2092,7 @@ impl Engine {
         match reason {
             Refusal::ThirdParty { .. } => self.stats.refused_bounce += 1,
             Refusal::PrivilegedPort(_) => self.stats.refused_privileged += 1,
+            Refusal::RateLimited => self.stats.refused_rate_limited += 1,
             _ => self.stats.refused_other += 1,
         }
         self.event(Event::Refused {
