@@ -102,6 +102,7 @@ pub struct Expectation {
 
 /// Why an insert did not happen. A refused insert leaves the table unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InsertError {
     /// The table holds `max_total` expectations (the value carried) and the insert would not
     /// free one (by replacement or per-master eviction).

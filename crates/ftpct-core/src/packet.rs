@@ -15,6 +15,7 @@ use crate::types::FlowTuple;
 
 /// Why a packet was not understood. Such packets are accepted unchanged by the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PacketError {
     #[error("malformed IP header")]
     BadIp,

@@ -68,6 +68,7 @@ use std::ops::Range;
 
 /// Why a line could not be parsed. The parser never panics on any input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParseError {
     /// No address at all: `PORT` / `EPRT` without an argument, a 227 / 229 reply without
     /// any digit or delimiter pattern (e.g. pure-ftpd's `227 Logout.`).

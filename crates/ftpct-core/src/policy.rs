@@ -114,6 +114,7 @@ impl HoldTimeoutAction {
 
 /// Why an announced data address was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
     #[error("address {advertised} is not the control peer {peer} (possible FTP bounce attack; set allow_third_party to permit)")]
     ThirdParty { advertised: IpAddr, peer: IpAddr },

@@ -14,6 +14,7 @@ use crate::types::{CtTuples, Dir, SessionId, Timestamp};
 
 /// Why a restored record was refused (it changed nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RestoreRefusal {
     #[error("session id {0} is out of range (ids run from 1 to 2^64-2)")]
     SessionId(u64),

@@ -26,6 +26,7 @@ pub const HARD_MAX_RECORDS: usize = 256;
 pub const MAX_REPLACEMENT: usize = 56;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SeqAdjError {
     #[error("replacement longer than {MAX_REPLACEMENT} bytes")]
     TooLong,
