@@ -1381,15 +1381,9 @@ impl Engine {
             let d = s.dir_mut(dir);
             d.max_seg = d.max_seg.max(plen);
             if !d.synced {
-                // Picked up mid-stream (restart without state, or the SYN-ACK was missed).
-                d.sync(
-                    if pkt.flags.syn {
-                        seq.wrapping_add(1)
-                    } else {
-                        seq
-                    },
-                    pkt.flags.syn || pickup_trusted,
-                );
+                // Picked up mid-stream (restart without state, or the SYN-ACK was missed; SYNs
+                // never get here, see above).
+                d.sync(seq, pickup_trusted);
             }
         }
         let d = s.dir_mut(dir);
