@@ -522,10 +522,12 @@ impl SessionTable {
         self.sessions.contains_key(id)
     }
 
+    #[inline]
     pub fn get(&self, id: &SessionId) -> Option<&Session> {
         self.sessions.get(id)
     }
 
+    #[inline]
     pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
         self.sessions.get_mut(id)
     }
