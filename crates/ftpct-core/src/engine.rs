@@ -19,7 +19,9 @@ use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::expect::{ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation, InsertError};
+use crate::expect::{
+    ExpectId, ExpectKind, ExpectLimits, ExpectTable, Expectation, InsertError, Inserted,
+};
 use crate::hashkey::HashKey;
 use crate::packet::{self, Edit, TcpPacket};
 use crate::parser::{self, Command, ParseError};
@@ -1703,29 +1705,29 @@ impl Engine {
         match parser::parse_command(line) {
             Ok(Command::Port(f)) => {
                 self.count(sid, MsgKind::Port);
-                self.announce(
-                    sid,
-                    Dir::Original,
-                    ExpectKind::Port,
-                    SocketAddr::V4(f.addr),
-                    f.span,
-                    0,
-                    at,
+                let a = Announced {
+                    dir: Dir::Original,
+                    kind: ExpectKind::Port,
+                    addr: SocketAddr::V4(f.addr),
+                    span: f.span,
+                    line_at: at,
+                    delim: 0,
                     no_rewrite,
-                );
+                };
+                self.announce(sid, a);
             }
             Ok(Command::Eprt { found, delim }) => {
                 self.count(sid, MsgKind::Eprt);
-                self.announce(
-                    sid,
-                    Dir::Original,
-                    ExpectKind::Eprt,
-                    found.addr,
-                    found.span,
+                let a = Announced {
+                    dir: Dir::Original,
+                    kind: ExpectKind::Eprt,
+                    addr: found.addr,
+                    span: found.span,
+                    line_at: at,
                     delim,
-                    at,
                     no_rewrite,
-                );
+                };
+                self.announce(sid, a);
             }
             Ok(Command::Pasv) => {
                 self.count(sid, MsgKind::Pasv);
@@ -1812,7 +1814,16 @@ impl Engine {
                         }
                         s.pending = Pending::None;
                         self.count(sid, msg);
-                        self.announce(sid, Dir::Reply, kind, addr, span, 0, at, no_rewrite);
+                        let a = Announced {
+                            dir: Dir::Reply,
+                            kind,
+                            addr,
+                            span,
+                            line_at: at,
+                            delim: 0,
+                            no_rewrite,
+                        };
+                        self.announce(sid, a);
                     }
                     // Only a final line without an address is a failure (pure-ftpd's
                     // "227 Logout." included): let it through, log it, never block.
@@ -1846,184 +1857,251 @@ impl Engine {
         }
     }
 
-    /// Acts on an announced data address: policy, public address and port, rewrite, expectation.
-    #[allow(clippy::too_many_arguments)]
-    fn announce(
-        &mut self,
-        sid: SessionId,
-        dir: Dir,
-        kind: ExpectKind,
-        announced: SocketAddr,
-        span: std::ops::Range<usize>,
-        delim: u8,
-        line_at: u32,
-        no_rewrite: bool,
-    ) {
-        let (now, per_segment, per_second) = (
-            self.now,
-            self.cfg.policy.max_announce_per_segment,
-            self.cfg.policy.max_announce_per_second,
-        );
-        let Some(s) = self.sessions.get_mut(&sid) else {
+    /// Acts on an announced data address: policy, public address and port, rewrite,
+    /// expectation. Each step that refuses reports it and ends here.
+    fn announce(&mut self, sid: SessionId, a: Announced) {
+        let Some(d) = self.destination(sid, &a) else {
             return;
         };
-        if !s.budget.spend(now, per_segment, per_second) {
-            self.refuse(sid, kind, announced, Refusal::RateLimited);
+        if d.rewrite && !self.format_rewrite(sid, &a, &d) {
             return;
-        }
-        let s = &*s;
-        // The announcer's real address, and where the other side's packets go.
-        let peer = s.tuple(dir).src.ip();
-        // 227 with 0,0,0,0 and every 229 mean "the address you are connected to": the peer.
-        let implicit = announced.ip().is_unspecified();
-        let announced = if implicit {
-            SocketAddr::new(peer, announced.port())
-        } else {
-            announced
-        };
-        let public_ip = s.tuple(dir.flip()).dst.ip();
-        let syn_src = s.tuple(dir.flip()).src.ip();
-        let policy = self.cfg.policy.clone();
-        if let Err(reason) = policy.check_announced(announced, peer) {
-            self.refuse(sid, kind, announced, reason);
-            return;
-        }
-        let translated = public_ip != peer;
-        let mut dst = SocketAddr::new(
-            if translated {
-                public_ip
-            } else {
-                announced.ip()
-            },
-            announced.port(),
-        );
-        // Keep the port when free, else the next free one in the range.
-        if self.expect.lookup(syn_src, dst).map(|(_, e)| e.master) != Some(sid)
-            && self.expect.dst_in_use(dst)
-        {
-            if !translated {
-                self.refuse(sid, kind, announced, Refusal::Clash(dst));
-                return;
-            }
-            let ip = dst.ip();
-            let expect = &self.expect;
-            match policy.pick_port(announced.port(), PORT_TRIES, |p| {
-                expect.dst_in_use(SocketAddr::new(ip, p))
-            }) {
-                Some(p) => dst.set_port(p),
-                None => {
-                    let (lo, hi) = (policy.nat_port_min, policy.nat_port_max);
-                    self.refuse(sid, kind, announced, Refusal::NoPublicPort(lo, hi));
-                    return;
-                }
-            }
-        }
-        // An implicit address stays implicit unless the port had to change.
-        let rewrite = dst != announced && !(implicit && dst.port() == announced.port());
-        if rewrite {
-            if no_rewrite {
-                self.event(Event::NotRewritten { id: sid, kind });
-                return;
-            }
-            self.fmt.clear();
-            match (kind, dst) {
-                (ExpectKind::Port | ExpectKind::Pasv227, SocketAddr::V4(v4)) => {
-                    parser::format_port_args(v4, &mut self.fmt)
-                }
-                (ExpectKind::Eprt, _) => parser::format_eprt_args(dst, delim, &mut self.fmt),
-                (ExpectKind::Epsv229, _) => parser::format_port_number(dst.port(), &mut self.fmt),
-                (_, SocketAddr::V6(_)) => {
-                    self.refuse(sid, kind, announced, Refusal::FamilyMismatch(dst.ip()));
-                    return;
-                }
-            }
         }
         let timeout = self.cfg.policy.expect_timeout;
         let exp = Expectation {
             master: sid,
-            kind,
-            src: syn_src,
-            dst,
-            nat_to: (dst != announced).then_some(announced),
+            kind: a.kind,
+            src: d.syn_src,
+            dst: d.dst,
+            nat_to: (d.dst != d.announced).then_some(d.announced),
             created: self.now,
             expires: self.now.plus(timeout),
         };
-        match self.expect.insert(exp) {
-            Ok(ins) => {
-                self.stats.expect_created += 1;
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.expectations += 1;
-                }
-                for (old, reason) in [
-                    (ins.evicted, RemoveReason::Evicted),
-                    (ins.replaced, RemoveReason::Replaced),
-                ] {
-                    if let Some((oid, oexp)) = old {
-                        if reason == RemoveReason::Evicted {
-                            self.stats.expect_evicted += 1;
-                        }
-                        if oexp.dst != dst {
-                            self.unwatch(&oexp);
-                        }
-                        self.event(Event::ExpectRemoved {
-                            id: oid,
-                            exp: oexp,
-                            reason,
-                        });
-                    }
-                }
-                if rewrite {
-                    let pos = line_at.wrapping_add(span.start as u32);
-                    let old_len = span.len() as u32;
-                    let mut first_offset = None;
-                    let added = self.sessions.get_mut(&sid).map(|s| {
-                        let shifted = s.shifts_sequence();
-                        let ok = s.dir_mut(dir).seqadj.add(pos, old_len, &self.fmt).is_ok();
-                        if ok && !shifted && s.shifts_sequence() {
-                            first_offset = Some(s.ct.original);
-                        }
-                        ok
-                    });
-                    if let Some(original) = first_offset {
-                        self.action(Action::MarkAdjusted { original });
-                    }
-                    if added != Some(true) {
-                        self.expect.remove(ins.id);
-                        self.journal(Journal::ExpectDel {
-                            src: exp.src,
-                            dst: exp.dst,
-                        });
-                        self.event(Event::NotRewritten { id: sid, kind });
-                        return;
-                    }
-                    if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.rewrites += 1;
-                        if let Some(record) = s.dir(dir).seqadj.records().last().copied() {
-                            self.journal(Journal::Rewrite {
-                                id: sid,
-                                dir,
-                                record,
-                            });
-                        }
-                    }
-                    self.stats.rewrites += 1;
-                    self.event(Event::Rewritten {
-                        id: sid,
-                        kind,
-                        from: announced,
-                        to: dst,
-                    });
-                }
-                self.journal(Journal::ExpectAdd { exp });
-                self.action(Action::WatchDst {
-                    dst,
-                    timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
-                });
-                self.event(Event::ExpectCreated { id: ins.id, exp });
+        let ins = match self.expect.insert(exp) {
+            Ok(ins) => ins,
+            Err(InsertError::TableFull(_)) => {
+                return self.refuse(sid, a.kind, d.announced, Refusal::TableFull)
             }
-            Err(InsertError::TableFull(_)) => self.refuse(sid, kind, announced, Refusal::TableFull),
-            Err(InsertError::Clash) => self.refuse(sid, kind, announced, Refusal::Clash(dst)),
+            Err(InsertError::Clash) => {
+                return self.refuse(sid, a.kind, d.announced, Refusal::Clash(d.dst))
+            }
+        };
+        self.expectation_added(sid, &ins, d.dst);
+        if d.rewrite && !self.rewrite_line(sid, &a, &d, ins.id, &exp) {
+            return;
         }
+        self.journal(Journal::ExpectAdd { exp });
+        self.action(Action::WatchDst {
+            dst: d.dst,
+            timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+        });
+        self.event(Event::ExpectCreated { id: ins.id, exp });
+    }
+
+    /// Where the announced data connection will go: the announcer's own address for an
+    /// implicit one (227 with 0,0,0,0 and every 229 mean "the address you are connected to"),
+    /// the public address behind NAT, and a free public port. `None` when the budget or the
+    /// policy refuses it, or no port is free.
+    fn destination(&mut self, sid: SessionId, a: &Announced) -> Option<Destination> {
+        let policy = &self.cfg.policy;
+        let (per_segment, per_second) = (
+            policy.max_announce_per_segment,
+            policy.max_announce_per_second,
+        );
+        let s = self.sessions.get_mut(&sid)?;
+        if !s.budget.spend(self.now, per_segment, per_second) {
+            self.refuse(sid, a.kind, a.addr, Refusal::RateLimited);
+            return None;
+        }
+        // The announcer's real address, and where the other side's packets go.
+        let peer = s.tuple(a.dir).src.ip();
+        let implicit = a.addr.ip().is_unspecified();
+        let announced = if implicit {
+            SocketAddr::new(peer, a.addr.port())
+        } else {
+            a.addr
+        };
+        let public_ip = s.tuple(a.dir.flip()).dst.ip();
+        let syn_src = s.tuple(a.dir.flip()).src.ip();
+        if let Err(reason) = self.cfg.policy.check_announced(announced, peer) {
+            self.refuse(sid, a.kind, announced, reason);
+            return None;
+        }
+        let translated = public_ip != peer;
+        let ip = if translated {
+            public_ip
+        } else {
+            announced.ip()
+        };
+        let dst = self.public_port(
+            sid,
+            a.kind,
+            announced,
+            SocketAddr::new(ip, announced.port()),
+            syn_src,
+            translated,
+        )?;
+        Some(Destination {
+            announced,
+            syn_src,
+            dst,
+            // An implicit address stays implicit unless the port had to change.
+            rewrite: dst != announced && !(implicit && dst.port() == announced.port()),
+        })
+    }
+
+    /// Keeps the announced port when it is free (or already this session's), else behind NAT
+    /// takes the next free one in the range; `None` (refused) when there is none, or when
+    /// there is no NAT and the port is another expectation's.
+    fn public_port(
+        &mut self,
+        sid: SessionId,
+        kind: ExpectKind,
+        announced: SocketAddr,
+        mut dst: SocketAddr,
+        syn_src: IpAddr,
+        translated: bool,
+    ) -> Option<SocketAddr> {
+        let expect = &self.expect;
+        if expect.lookup(syn_src, dst).map(|(_, e)| e.master) == Some(sid)
+            || !expect.dst_in_use(dst)
+        {
+            return Some(dst);
+        }
+        if !translated {
+            self.refuse(sid, kind, announced, Refusal::Clash(dst));
+            return None;
+        }
+        let ip = dst.ip();
+        let policy = &self.cfg.policy;
+        match policy.pick_port(announced.port(), PORT_TRIES, |p| {
+            expect.dst_in_use(SocketAddr::new(ip, p))
+        }) {
+            Some(p) => {
+                dst.set_port(p);
+                Some(dst)
+            }
+            None => {
+                let (lo, hi) = (policy.nat_port_min, policy.nat_port_max);
+                self.refuse(sid, kind, announced, Refusal::NoPublicPort(lo, hi));
+                None
+            }
+        }
+    }
+
+    /// Writes the new address text into `self.fmt`, in the announcement's own syntax. False
+    /// when the line may not be rewritten (reported) or the family does not fit (refused).
+    fn format_rewrite(&mut self, sid: SessionId, a: &Announced, d: &Destination) -> bool {
+        if a.no_rewrite {
+            self.event(Event::NotRewritten {
+                id: sid,
+                kind: a.kind,
+            });
+            return false;
+        }
+        self.fmt.clear();
+        match (a.kind, d.dst) {
+            (ExpectKind::Port | ExpectKind::Pasv227, SocketAddr::V4(v4)) => {
+                parser::format_port_args(v4, &mut self.fmt)
+            }
+            (ExpectKind::Eprt, dst) => parser::format_eprt_args(dst, a.delim, &mut self.fmt),
+            (ExpectKind::Epsv229, dst) => parser::format_port_number(dst.port(), &mut self.fmt),
+            (_, SocketAddr::V6(_)) => {
+                self.refuse(
+                    sid,
+                    a.kind,
+                    d.announced,
+                    Refusal::FamilyMismatch(d.dst.ip()),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Counts a new expectation for its session, and reports the ones it displaced (the
+    /// session's oldest beyond its limit, or one for the same destination).
+    fn expectation_added(&mut self, sid: SessionId, ins: &Inserted, dst: SocketAddr) {
+        self.stats.expect_created += 1;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.expectations += 1;
+        }
+        for (old, reason) in [
+            (ins.evicted, RemoveReason::Evicted),
+            (ins.replaced, RemoveReason::Replaced),
+        ] {
+            let Some((oid, oexp)) = old else {
+                continue;
+            };
+            if reason == RemoveReason::Evicted {
+                self.stats.expect_evicted += 1;
+            }
+            if oexp.dst != dst {
+                self.unwatch(&oexp);
+            }
+            self.event(Event::ExpectRemoved {
+                id: oid,
+                exp: oexp,
+                reason,
+            });
+        }
+    }
+
+    /// Records the rewrite of the address text (`self.fmt`) in the direction's sequence log;
+    /// the first offset of a connection marks it (its acknowledgements need mapping back
+    /// after conntrack). False when the log refuses it: the expectation is withdrawn and the
+    /// line goes out as it was.
+    fn rewrite_line(
+        &mut self,
+        sid: SessionId,
+        a: &Announced,
+        d: &Destination,
+        id: ExpectId,
+        exp: &Expectation,
+    ) -> bool {
+        let pos = a.line_at.wrapping_add(a.span.start as u32);
+        let old_len = a.span.len() as u32;
+        let mut first_offset = None;
+        let added = self.sessions.get_mut(&sid).map(|s| {
+            let shifted = s.shifts_sequence();
+            let ok = s.dir_mut(a.dir).seqadj.add(pos, old_len, &self.fmt).is_ok();
+            if ok && !shifted && s.shifts_sequence() {
+                first_offset = Some(s.ct.original);
+            }
+            ok
+        });
+        if let Some(original) = first_offset {
+            self.action(Action::MarkAdjusted { original });
+        }
+        if added != Some(true) {
+            self.expect.remove(id);
+            self.journal(Journal::ExpectDel {
+                src: exp.src,
+                dst: exp.dst,
+            });
+            self.event(Event::NotRewritten {
+                id: sid,
+                kind: a.kind,
+            });
+            return false;
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.rewrites += 1;
+            if let Some(record) = s.dir(a.dir).seqadj.records().last().copied() {
+                self.journal(Journal::Rewrite {
+                    id: sid,
+                    dir: a.dir,
+                    record,
+                });
+            }
+        }
+        self.stats.rewrites += 1;
+        self.event(Event::Rewritten {
+            id: sid,
+            kind: a.kind,
+            from: d.announced,
+            to: d.dst,
+        });
+        true
     }
 
     fn refuse(&mut self, sid: SessionId, kind: ExpectKind, addr: SocketAddr, reason: Refusal) {
@@ -2041,6 +2119,33 @@ impl Engine {
         });
     }
 }
+/// A data address announced in a line (PORT, EPRT, 227, 229), as the parser found it.
+struct Announced {
+    /// Who announced it (PORT and EPRT: the client; 227 and 229: the server).
+    dir: Dir,
+    kind: ExpectKind,
+    addr: SocketAddr,
+    /// Where the address text is in the line, and the line's first sequence number.
+    span: std::ops::Range<usize>,
+    line_at: u32,
+    /// EPRT's delimiter (0 for the others).
+    delim: u8,
+    /// The line may not be rewritten (part of it went out before it was complete).
+    no_rewrite: bool,
+}
+
+/// Where an announced data connection goes (`Engine::destination`).
+struct Destination {
+    /// The announced address, an implicit one made explicit (the announcer's).
+    announced: SocketAddr,
+    /// Where the data connection's SYN comes from.
+    syn_src: IpAddr,
+    /// Where it goes: the public address and port behind NAT.
+    dst: SocketAddr,
+    /// The line must be rewritten to say `dst`.
+    rewrite: bool,
+}
+
 /// What the line assembler decided for the bytes around one segment (`Engine::pre`), for
 /// `Engine::emit` to carry out.
 #[derive(Default)]
