@@ -1743,7 +1743,10 @@ impl Engine {
             }
             Ok(Command::Other) => {}
             Err(error) => {
-                let kind = if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"EPRT") {
+                let kind = if line
+                    .get(..4)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"EPRT"))
+                {
                     MsgKind::Eprt
                 } else {
                     MsgKind::Port
@@ -1769,20 +1772,8 @@ impl Engine {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let start = parser::parse_reply_start(line);
-        // Which reply this line belongs to, and whether it ends it.
-        let (code, last) = match (s.multiline, start) {
-            (Some(c), Some(r)) if r.code == c && !r.multiline => (c, true),
-            (Some(c), _) => (c, false),
-            (None, Some(r)) => {
-                s.multiline_done = false;
-                if r.multiline {
-                    s.multiline = Some(r.code);
-                    s.multiline_done = false;
-                }
-                (r.code, !r.multiline)
-            }
-            (None, None) => return,
+        let Some((code, last)) = reply_position(s, parser::parse_reply_start(line)) else {
+            return;
         };
         let first_in_reply = !s.multiline_done;
         if last {
@@ -1790,54 +1781,7 @@ impl Engine {
         }
         match code {
             227 | 229 if first_in_reply => {
-                let (kind, msg, parsed) = if code == 227 {
-                    let p = parser::parse_227(line).map(|f| (SocketAddr::V4(f.addr), f.span));
-                    (ExpectKind::Pasv227, MsgKind::Reply227, p)
-                } else {
-                    // 229 carries no address: the data connection goes to the control peer.
-                    let p = parser::parse_229(line).map(|f| {
-                        (
-                            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), f.addr),
-                            f.span,
-                        )
-                    });
-                    (ExpectKind::Epsv229, MsgKind::Reply229, p)
-                };
-                match parsed {
-                    Ok((addr, span)) => {
-                        s.multiline_done = s.multiline.is_some();
-                        // Either passive command may get either reply (a 229 answering PASV
-                        // is common); a reply no passive command asked for is taken too, as
-                        // the kernel helper takes it, and counted.
-                        if !matches!(s.pending, Pending::Pasv | Pending::Epsv) {
-                            self.stats.replies_unsolicited += 1;
-                        }
-                        s.pending = Pending::None;
-                        self.count(sid, msg);
-                        let a = Announced {
-                            dir: Dir::Reply,
-                            kind,
-                            addr,
-                            span,
-                            line_at: at,
-                            delim: 0,
-                            no_rewrite,
-                        };
-                        self.announce(sid, a);
-                    }
-                    // Only a final line without an address is a failure (pure-ftpd's
-                    // "227 Logout." included): let it through, log it, never block.
-                    Err(error) if last => {
-                        self.stats.parse_failures += 1;
-                        self.event(Event::ParseFailed {
-                            id: sid,
-                            dir: Dir::Reply,
-                            kind: msg,
-                            error,
-                        });
-                    }
-                    Err(_) => {}
-                }
+                self.passive_reply(sid, code, line, at, no_rewrite, last)
             }
             234 if last => {
                 if s.pending == Pending::AuthTls {
@@ -1855,6 +1799,69 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The first line of a 227 or 229 reply (`last` if it is also the last).
+    fn passive_reply(
+        &mut self,
+        sid: SessionId,
+        code: u16,
+        line: &[u8],
+        at: u32,
+        no_rewrite: bool,
+        last: bool,
+    ) {
+        let (kind, msg, parsed) = if code == 227 {
+            let p = parser::parse_227(line).map(|f| (SocketAddr::V4(f.addr), f.span));
+            (ExpectKind::Pasv227, MsgKind::Reply227, p)
+        } else {
+            // 229 carries no address: the data connection goes to the control peer.
+            let p = parser::parse_229(line).map(|f| {
+                (
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), f.addr),
+                    f.span,
+                )
+            });
+            (ExpectKind::Epsv229, MsgKind::Reply229, p)
+        };
+        let (addr, span) = match parsed {
+            Ok(found) => found,
+            // Only a final line without an address is a failure (pure-ftpd's "227 Logout."
+            // included): let it through, log it, never block.
+            Err(error) if last => {
+                self.stats.parse_failures += 1;
+                let e = Event::ParseFailed {
+                    id: sid,
+                    dir: Dir::Reply,
+                    kind: msg,
+                    error,
+                };
+                return self.event(e);
+            }
+            Err(_) => return,
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.multiline_done = s.multiline.is_some();
+        // Either passive command may get either reply (a 229 answering PASV is common); a
+        // reply no passive command asked for is taken too, as the kernel helper takes it,
+        // and counted.
+        if !matches!(s.pending, Pending::Pasv | Pending::Epsv) {
+            self.stats.replies_unsolicited += 1;
+        }
+        s.pending = Pending::None;
+        self.count(sid, msg);
+        let a = Announced {
+            dir: Dir::Reply,
+            kind,
+            addr,
+            span,
+            line_at: at,
+            delim: 0,
+            no_rewrite,
+        };
+        self.announce(sid, a);
     }
 
     /// Acts on an announced data address: policy, public address and port, rewrite,
@@ -2119,6 +2126,24 @@ impl Engine {
         });
     }
 }
+/// Which reply a line belongs to (its code), and whether it ends it, given the reply in
+/// progress (`Session::multiline`); a line that starts a multi-line reply opens it. `None` for
+/// a line that is in no reply.
+fn reply_position(s: &mut Session, start: Option<parser::ReplyStart>) -> Option<(u16, bool)> {
+    match (s.multiline, start) {
+        (Some(c), Some(r)) if r.code == c && !r.multiline => Some((c, true)),
+        (Some(c), _) => Some((c, false)),
+        (None, Some(r)) => {
+            s.multiline_done = false;
+            if r.multiline {
+                s.multiline = Some(r.code);
+            }
+            Some((r.code, !r.multiline))
+        }
+        (None, None) => None,
+    }
+}
+
 /// A data address announced in a line (PORT, EPRT, 227, 229), as the parser found it.
 struct Announced {
     /// Who announced it (PORT and EPRT: the client; 227 and 229: the server).
