@@ -16,6 +16,7 @@ pub struct HashKey {
 }
 
 impl HashKey {
+    /// A key from two 64-bit words (the daemon draws them at start; tests use fixed ones).
     pub fn new(key: [u64; 2]) -> Self {
         let mut state = DefaultHasher::new();
         state.write_u64(key[0]);

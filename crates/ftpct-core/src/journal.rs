@@ -26,7 +26,9 @@ pub struct LoadReport {
     /// Line number of the first corrupt line (a bad hash, a malformed record, or a byte that is
     /// not UTF-8), if any: the rest was ignored.
     pub corrupt_at: Option<usize>,
+    /// Sessions restored.
     pub sessions: usize,
+    /// Expectations restored.
     pub expectations: usize,
     /// The file ended with an unterminated line (ignored).
     pub torn_tail: bool,
@@ -45,7 +47,9 @@ pub struct LoadReport {
 pub struct Refusals {
     /// Line of the first one.
     pub line: usize,
+    /// The first one's reason.
     pub first: RestoreRefusal,
+    /// How many records were refused for this kind of reason.
     pub count: usize,
 }
 

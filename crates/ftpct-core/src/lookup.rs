@@ -73,6 +73,8 @@ impl Default for LookupGuard {
 }
 
 impl LookupGuard {
+    /// A guard: missing tuples are remembered for `ttl` (at most `max` of them), and at most
+    /// `budget_per_sec` lookups a second are allowed (`syn_ack_per_sec` for SYN-ACKs).
     pub fn new(
         ttl: Duration,
         max: usize,
@@ -142,6 +144,7 @@ impl LookupGuard {
         self.missing.len()
     }
 
+    /// True when no missing tuple is remembered.
     pub fn is_empty(&self) -> bool {
         self.missing.is_empty()
     }

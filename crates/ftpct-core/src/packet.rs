@@ -17,14 +17,19 @@ use crate::types::FlowTuple;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PacketError {
+    /// The IP header is truncated or inconsistent.
     #[error("malformed IP header")]
     BadIp,
+    /// The packet is not TCP.
     #[error("not TCP")]
     NotTcp,
+    /// An IP fragment (conntrack defragments before ftpct's rules, so this is not ours).
     #[error("IP fragment")]
     Fragment,
+    /// The TCP header is truncated or inconsistent.
     #[error("malformed TCP header")]
     BadTcp,
+    /// The rewritten packet would exceed the largest IP packet.
     #[error("packet too large to rewrite")]
     TooLarge,
 }
@@ -32,19 +37,28 @@ pub enum PacketError {
 /// TCP flags the engine cares about.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flags {
+    /// SYN.
     pub syn: bool,
+    /// ACK.
     pub ack: bool,
+    /// FIN.
     pub fin: bool,
+    /// RST.
     pub rst: bool,
 }
 
 /// A parsed TCP/IP packet, borrowing the queued bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct TcpPacket<'a> {
+    /// The whole IP packet.
     pub bytes: &'a [u8],
+    /// Source and destination address and port.
     pub tuple: FlowTuple,
+    /// The sequence number.
     pub seq: u32,
+    /// The acknowledgement number (meaningful with ACK).
     pub ack: u32,
+    /// The flags the engine looks at.
     pub flags: Flags,
     /// The raw (unscaled) receive window.
     pub window: u16,
@@ -60,6 +74,7 @@ pub struct TcpPacket<'a> {
 }
 
 impl<'a> TcpPacket<'a> {
+    /// Parses an IPv4 or IPv6 packet carrying TCP.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, PacketError> {
         let ip = IpSlice::from_slice(bytes).map_err(|_| PacketError::BadIp)?;
         if ip.is_fragmenting_payload() {
@@ -108,12 +123,14 @@ impl<'a> TcpPacket<'a> {
         })
     }
 
+    /// The TCP payload.
     pub fn payload(&self) -> &'a [u8] {
         self.bytes
             .get(self.payload_off..self.payload_end)
             .unwrap_or(&[])
     }
 
+    /// Length of the TCP payload.
     pub fn payload_len(&self) -> u32 {
         u32::try_from(self.payload_end.saturating_sub(self.payload_off)).unwrap_or(u32::MAX)
     }
@@ -137,7 +154,9 @@ impl<'a> TcpPacket<'a> {
 
 /// What to change in a packet.
 pub struct Edit<'p> {
+    /// The new sequence number.
     pub seq: u32,
+    /// The new acknowledgement number.
     pub ack: u32,
     /// New payload; `None` keeps the original one.
     pub payload: Option<&'p [u8]>,

@@ -122,6 +122,7 @@ impl ParseError {
 /// An address found in a line, and where its text is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found<A> {
+    /// The address (and port) announced.
     pub addr: A,
     /// Byte range of the line to replace when rewriting.
     /// - PORT / 227: the `h1,h2,h3,h4,p1,p2` text.
@@ -136,7 +137,12 @@ pub enum Command {
     /// `PORT h1,h2,h3,h4,p1,p2`
     Port(Found<SocketAddrV4>),
     /// `EPRT <d>1<d>a.b.c.d<d>port<d>` or `<d>2<d>ipv6<d>port<d>`; `delim` is `<d>`.
-    Eprt { found: Found<SocketAddr>, delim: u8 },
+    Eprt {
+        /// The address and port, and where their text is.
+        found: Found<SocketAddr>,
+        /// The delimiter character.
+        delim: u8,
+    },
     /// `PASV` (any argument is ignored, as servers do)
     Pasv,
     /// `EPSV`, `EPSV 1`, `EPSV 2`, `EPSV ALL` (any argument is accepted: a server answers an
@@ -151,6 +157,7 @@ pub enum Command {
 /// The start of a reply line: `NNN ` (final line) or `NNN-` (first line of a multi-line reply).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyStart {
+    /// The reply code (100 to 999).
     pub code: u16,
     /// True for `NNN-` (more lines follow, ending with a line that starts `NNN `).
     pub multiline: bool,

@@ -24,6 +24,7 @@ pub struct Policy {
     /// Public ports that may be chosen for a rewritten data address, inclusive.
     /// The advertised port is kept when free; otherwise the next free one in this range.
     pub nat_port_min: u16,
+    /// Upper end of the range of public ports (inclusive).
     pub nat_port_max: u16,
     /// Longest control line buffered while waiting for its end; longer lines are skipped until
     /// their newline and never rewritten. Default: 1024 bytes.
@@ -104,6 +105,7 @@ pub enum HoldTimeoutAction {
 }
 
 impl HoldTimeoutAction {
+    /// The value as written in the configuration (`keep`, `pass`).
     pub fn label(self) -> &'static str {
         match self {
             HoldTimeoutAction::Keep => "keep",
@@ -116,18 +118,30 @@ impl HoldTimeoutAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
+    /// The announced address is not the control peer's (FTP bounce).
     #[error("address {advertised} is not the control peer {peer} (possible FTP bounce attack; set allow_third_party to permit)")]
-    ThirdParty { advertised: IpAddr, peer: IpAddr },
+    ThirdParty {
+        /// The address in the line.
+        advertised: IpAddr,
+        /// The control connection's peer (the announcer).
+        peer: IpAddr,
+    },
+    /// The data port is below 1024.
     #[error("privileged data port {0} (set allow_privileged_ports to permit)")]
     PrivilegedPort(u16),
+    /// The address family differs from the control connection's.
     #[error("address family of {0} does not match the control connection")]
     FamilyMismatch(IpAddr),
+    /// Behind NAT, no public port in the range is free.
     #[error("no free public port in {0}-{1}")]
     NoPublicPort(u16, u16),
+    /// The expectation table is full.
     #[error("expectation table full")]
     TableFull,
+    /// Another session already expects this destination.
     #[error("another session already expects {0}")]
     Clash(SocketAddr),
+    /// Over the per-segment or per-second announcement budget.
     #[error("too many announcements in one segment or one second (max_announce_per_segment, max_announce_per_second)")]
     RateLimited,
 }

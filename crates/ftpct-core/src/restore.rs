@@ -16,43 +16,63 @@ use crate::types::{CtTuples, Dir, SessionId, Timestamp};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RestoreRefusal {
+    /// The session id is 0 or the largest one.
     #[error("session id {0} is out of range (ids run from 1 to 2^64-2)")]
     SessionId(u64),
+    /// The tuples are not those of one TCP connection (the reason).
     #[error("session {0}: {1}")]
     Tuples(SessionId, &'static str),
+    /// The server port is not a configured control port.
     #[error("session {0} is not a control connection on a configured port (server port {1}; see `ports`)")]
     NotControl(SessionId, u16),
+    /// Created after the time of the restore.
     #[error("session {0} was created after the time of the restore (a file from the future)")]
     Future(SessionId),
     #[error(
         "session {0}: the id or its addresses and ports are already taken by a restored session"
     )]
+    /// The id or the tuples are taken by another restored session.
     Duplicate(SessionId),
+    /// Over `max_sessions`.
     #[error("more sessions than max_sessions = {0}")]
     TooManySessions(usize),
+    /// A rewrite record does not fit the session's rewrite log.
     #[error("session {0}: a rewrite record does not fit its rewrite log")]
     Rewrite(SessionId),
+    /// An expectation whose session was not restored.
     #[error("expectation of session {0}, which is not restored")]
     NoSession(SessionId),
+    /// The expectation's source is not the session's peer.
     #[error("expectation source {src} is not the session's peer {peer}")]
     ExpectSource {
+        /// The expectation's source.
         src: std::net::IpAddr,
+        /// The session's peer.
         peer: std::net::IpAddr,
     },
+    /// The destination is not one of the session's addresses.
     #[error("expectation {0} does not belong to the session's addresses")]
     ExpectAddress(SocketAddr),
+    /// The policy would refuse it now.
     #[error("expectation would be refused by the policy: {0}")]
     ExpectPolicy(Refusal),
+    /// It expires later than `expect_timeout` allows.
     #[error("expectation {dst} expires {secs} s from now, beyond expect_timeout = {max} s")]
     ExpectTooLong {
+        /// Its destination.
         dst: SocketAddr,
+        /// Seconds left before it expires.
         secs: u64,
+        /// `expect_timeout`, in seconds.
         max: u64,
     },
+    /// Created after the time of the restore.
     #[error("expectation {0} was created after the time of the restore")]
     ExpectFuture(SocketAddr),
+    /// The expectation table is full.
     #[error("expectation table full ({0} entries, max_expectations)")]
     ExpectTableFull(usize),
+    /// Another restored session expects the same destination.
     #[error("another restored session already expects {0}")]
     ExpectClash(SocketAddr),
 }

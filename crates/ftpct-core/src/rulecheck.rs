@@ -86,12 +86,16 @@ impl NfFamily {
 /// A chain of a table of a family.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Place {
+    /// The netfilter family.
     pub family: NfFamily,
+    /// The table's name.
     pub table: String,
+    /// The chain's name.
     pub chain: String,
 }
 
 impl Place {
+    /// The place `family table chain`.
     pub fn new(family: NfFamily, table: &str, chain: &str) -> Place {
         Place {
             family,
@@ -175,6 +179,7 @@ impl Observed {
 /// What one backend installs for a spec, per place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
+    /// The backend.
     pub backend: Backend,
     /// Rule count and the groups they belong to, per place.
     pub rules: BTreeMap<Place, (usize, BTreeSet<Group>)>,
@@ -281,14 +286,18 @@ impl Expected {
 /// Fewer of ftpct's rules in a chain than installed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shortfall {
+    /// The chain.
     pub place: Place,
+    /// ftpct's rules it should hold.
     pub expected: usize,
+    /// ftpct's rules it holds.
     pub found: usize,
     /// What the rules of this chain do.
     pub groups: BTreeSet<Group>,
 }
 
 impl Shortfall {
+    /// How many rules are missing.
     pub fn missing(&self) -> usize {
         self.expected - self.found
     }
@@ -297,9 +306,11 @@ impl Shortfall {
 /// What is missing of one backend's rules.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Missing {
+    /// The backend.
     pub backend: Backend,
     /// Rules (and chains) the backend installs.
     pub total: usize,
+    /// The chains with fewer rules than installed.
     pub rules: Vec<Shortfall>,
     /// Base chains that are gone (nft backend).
     pub chains: Vec<Place>,
@@ -311,6 +322,7 @@ impl Missing {
         self.rules.iter().map(Shortfall::missing).sum::<usize>() + self.chains.len()
     }
 
+    /// True when nothing is missing.
     pub fn is_empty(&self) -> bool {
         self.count() == 0
     }

@@ -101,6 +101,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Every backend.
     pub const ALL: [Backend; 3] = [Backend::IptablesNft, Backend::IptablesLegacy, Backend::Nft];
 
     /// The name used on the command line.
@@ -122,6 +123,7 @@ impl Backend {
         }
     }
 
+    /// How to get the backend's program, for an error message.
     pub fn install_hint(self) -> &'static str {
         match self {
             Backend::Nft => "install it (Debian: apt-get install nftables)",
@@ -252,7 +254,9 @@ impl RuleSpec {
 /// Address family of a rule: which tool applies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// IPv4 (`iptables`).
     V4,
+    /// IPv6 (`ip6tables`).
     V6,
 }
 
@@ -282,13 +286,17 @@ pub enum Group {
 /// One iptables rule: `program -t table -A chain args...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// IPv4 or IPv6.
     pub family: Family,
     /// [`Backend::IptablesNft`] or [`Backend::IptablesLegacy`].
     pub backend: Backend,
+    /// The table (`raw`, `mangle`, `filter`, `nat`).
     pub table: &'static str,
+    /// The chain.
     pub chain: &'static str,
     /// The rule specification (matches and target), without `-t`/`-A`.
     pub args: Vec<String>,
+    /// What the rule is for.
     pub group: Group,
 }
 
@@ -314,19 +322,24 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpecError {
+    /// No FTP control port given.
     #[error("rules: no FTP control port given: give at least one port (e.g. 21)")]
     NoPorts,
+    /// Port 0 among the control ports.
     #[error("rules: port 0 is not a valid FTP control port")]
     PortZero,
     #[error(
         "rules: invalid set name {0:?}: use 1 to 31 characters among letters, digits, '_', '-', '.'"
     )]
+    /// A set name the iptables backends cannot use.
     BadSetName(String),
     #[error(
         "rules: invalid nft set name {0:?}: with --backend nft, use 1 to 31 characters among \
          letters, digits and '_', starting with a letter"
     )]
+    /// A set name the nft backend cannot use.
     BadNftSetName(String),
+    /// Iptables rules asked of the nft backend.
     #[error("rules: the {0} backend has no iptables rules (use render() or nft_script())")]
     NotIptables(Backend),
 }
@@ -550,7 +563,9 @@ pub const NFT_QUEUE_DATA: &str = "queue_data";
 /// x_tables target where the kernel lacks `nft_queue`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueTarget {
+    /// The verdict chain.
     pub chain: &'static str,
+    /// The queue number.
     pub queue: u16,
     /// `NFQ_FLAG_BYPASS`: accept, not drop, when no program is bound to the queue.
     pub bypass: bool,
@@ -598,9 +613,11 @@ pub const NFT_NAT_CHAIN: &str = "nat_prerouting";
 /// One rule of the nft backend: `add rule inet ftpct CHAIN TEXT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NftRule {
+    /// The chain.
     pub chain: &'static str,
     /// The rule, `comment "ftpct"` included.
     pub text: String,
+    /// What the rule is for.
     pub group: Group,
 }
 
@@ -775,6 +792,7 @@ pub fn nft_script_for(spec: &RuleSpec, verdicts: NftVerdicts) -> Result<String, 
     Ok(s)
 }
 
+/// `a` quoted for a POSIX shell when it needs quoting (it is returned as it is otherwise).
 pub fn shell_quote(a: &str) -> String {
     let plain = !a.is_empty()
         && a.chars()

@@ -25,13 +25,17 @@ pub const HARD_MAX_RECORDS: usize = 256;
 /// Longest replacement text (an EPRT argument with a full IPv6 address is 49 bytes).
 pub const MAX_REPLACEMENT: usize = 56;
 
+/// Why a rewrite cannot be recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SeqAdjError {
+    /// The replacement text is longer than [`MAX_REPLACEMENT`].
     #[error("replacement longer than {MAX_REPLACEMENT} bytes")]
     TooLong,
+    /// The rewrite overlaps or precedes an earlier one.
     #[error("rewrite overlaps or precedes an earlier rewrite")]
     Overlap,
+    /// The rewritten range is empty.
     #[error("empty rewrite range")]
     Empty,
 }
@@ -39,7 +43,9 @@ pub enum SeqAdjError {
 /// One rewrite: `old_len` bytes at sequence number `pos` were replaced by `new`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// Original sequence number of the first replaced byte.
     pub pos: u32,
+    /// How many original bytes were replaced.
     pub old_len: u32,
     new_len: u8,
     new: [u8; MAX_REPLACEMENT],
@@ -58,6 +64,7 @@ impl Record {
         Some(r)
     }
 
+    /// The replacement bytes.
     pub fn new_bytes(&self) -> &[u8] {
         self.new.get(..usize::from(self.new_len)).unwrap_or(&[])
     }
@@ -92,6 +99,7 @@ pub struct SeqAdj {
 }
 
 impl SeqAdj {
+    /// An empty log: every map is the identity.
     pub fn new() -> Self {
         Self::default()
     }
@@ -108,6 +116,7 @@ impl SeqAdj {
         self.base != 0 || self.records.iter().any(|r| r.delta() != 0)
     }
 
+    /// The rewrites kept, oldest first.
     pub fn records(&self) -> impl Iterator<Item = &Record> + '_ {
         self.records.iter()
     }

@@ -207,20 +207,27 @@ impl DirState {
 /// What the client asked for that a reply will answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Pending {
+    /// Nothing.
     #[default]
     None,
+    /// PASV: a 227 (or 229) is expected.
     Pasv,
+    /// EPSV: a 229 (or 227) is expected.
     Epsv,
+    /// AUTH TLS: a 234 turns inspection off.
     AuthTls,
 }
 
 /// A tracked control connection.
 #[derive(Clone, Debug)]
 pub struct Session {
+    /// The engine's id for the session.
     pub id: SessionId,
     /// The kernel's conntrack tuples of the control connection (NAT mapping).
     pub ct: CtTuples,
+    /// Per direction, indexed by [`Dir::index`]: original (client → server), reply.
     pub dirs: [DirState; 2],
+    /// What the client asked for that a reply will answer.
     pub pending: Pending,
     /// Code of the multi-line reply in progress (`NNN-` seen, `NNN ` not yet).
     pub multiline: Option<u16>,
@@ -228,7 +235,9 @@ pub struct Session {
     pub multiline_done: bool,
     /// AUTH TLS was accepted: the channel is encrypted and no longer inspected.
     pub encrypted: bool,
+    /// When the session started (or was picked up).
     pub created: Timestamp,
+    /// When the last trusted segment was seen.
     pub last_seen: Timestamp,
     /// The session's entry in its table's deadlines (see [`SessionTable`]).
     scheduled: Timestamp,
@@ -239,6 +248,7 @@ pub struct Session {
     pub marked: bool,
     /// Counters for the `sessions` listing.
     pub rewrites: u32,
+    /// Expectations created.
     pub expectations: u32,
     /// Sequence number of a SYN seen from the client while this session was live: a SYN-ACK
     /// that answers it starts a new connection on the same addresses and ports.
@@ -308,13 +318,16 @@ pub struct Throttle {
 /// What [`Throttle::admit`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
+    /// Log it.
     Yes,
     /// The first one over the limit in this window: say that the rest are suppressed.
     FirstSuppressed,
+    /// Drop it (counted).
     No,
 }
 
 impl Throttle {
+    /// Whether an event of `kind` may be logged at `now`, at most `limit` a second.
     pub fn admit(&mut self, kind: usize, now: Timestamp, limit: u16) -> Admit {
         if now.since(self.window) >= Duration::from_secs(1) {
             self.window = now;
@@ -356,6 +369,7 @@ impl SynCache {
         }
     }
 
+    /// Remembers a client's SYN (its window start and scale), the oldest going first when full.
     pub fn record(&mut self, tuple: FlowTuple, syn: Segment, scale: Option<u8>, now: Timestamp) {
         if self.syns.insert(tuple, (syn, scale, now)).is_none() {
             self.order.push_back(tuple);
@@ -379,16 +393,19 @@ impl SynCache {
         (seg.end == synack_ack && now.since(at) <= SYN_MAX_AGE).then_some((seg, scale))
     }
 
+    /// SYNs remembered.
     pub fn len(&self) -> usize {
         self.syns.len()
     }
 
+    /// True when no SYN is remembered.
     pub fn is_empty(&self) -> bool {
         self.syns.is_empty()
     }
 }
 
 impl Session {
+    /// A session for a new control connection, both directions not yet synced.
     pub fn new(id: SessionId, ct: CtTuples, now: Timestamp) -> Self {
         Session {
             id,
@@ -418,10 +435,12 @@ impl Session {
         self.dirs.iter().any(|d| d.seqadj.shifts())
     }
 
+    /// One direction's state.
     pub fn dir(&self, d: Dir) -> &DirState {
         &self.dirs[d.index()]
     }
 
+    /// One direction's state, to change.
     pub fn dir_mut(&mut self, d: Dir) -> &mut DirState {
         &mut self.dirs[d.index()]
     }
@@ -465,7 +484,9 @@ impl Hasher for IdHasher {
 /// packet carries its sender's addresses; after conntrack and DNAT, the translated ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
+    /// The packet's tuple.
     pub tuple: FlowTuple,
+    /// Seen after conntrack (translated addresses) rather than before.
     pub post: bool,
 }
 
@@ -510,32 +531,39 @@ impl SessionTable {
         }
     }
 
+    /// Sessions in the table.
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
 
+    /// True when the table is empty.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
 
+    /// True if the session is in the table.
     pub fn contains_key(&self, id: &SessionId) -> bool {
         self.sessions.contains_key(id)
     }
 
+    /// The session with this id.
     #[inline]
     pub fn get(&self, id: &SessionId) -> Option<&Session> {
         self.sessions.get(id)
     }
 
+    /// The session with this id, to change.
     #[inline]
     pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
         self.sessions.get_mut(id)
     }
 
+    /// Every session, in no order.
     pub fn values(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
     }
 
+    /// Every session's id, in no order.
     pub fn keys(&self) -> impl Iterator<Item = &SessionId> {
         self.sessions.keys()
     }

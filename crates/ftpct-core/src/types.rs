@@ -14,17 +14,22 @@ use std::net::{IpAddr, SocketAddr};
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// The epoch of the caller's clock.
     pub const ZERO: Timestamp = Timestamp(0);
 
+    /// `s` seconds after the epoch (saturating).
     pub const fn from_secs(s: u64) -> Self {
         Timestamp(s.saturating_mul(1_000_000_000))
     }
+    /// `ms` milliseconds after the epoch (saturating).
     pub const fn from_millis(ms: u64) -> Self {
         Timestamp(ms.saturating_mul(1_000_000))
     }
+    /// Nanoseconds since the epoch.
     pub const fn as_nanos(self) -> u64 {
         self.0
     }
+    /// Whole seconds since the epoch.
     pub const fn as_secs(self) -> u64 {
         self.0 / 1_000_000_000
     }
@@ -59,12 +64,14 @@ impl Dir {
         }
     }
 
+    /// The other direction.
     pub fn flip(self) -> Dir {
         match self {
             Dir::Original => Dir::Reply,
             Dir::Reply => Dir::Original,
         }
     }
+    /// 0 for the original direction, 1 for the reply (index into per-direction arrays).
     pub fn index(self) -> usize {
         match self {
             Dir::Original => 0,
@@ -84,7 +91,9 @@ impl Dir {
 ///   sender's space here, after conntrack has checked them in the receiver's space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
+    /// Before conntrack (raw table, PREROUTING/OUTPUT): sequence numbers are mapped here.
     PreConntrack,
+    /// After conntrack (mangle POSTROUTING/INPUT): acknowledgements are mapped back here.
     PostConntrack,
 }
 
@@ -101,20 +110,25 @@ impl Hook {
 /// A TCP connection endpoint pair as seen in one packet: source → destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowTuple {
+    /// Source address and port.
     pub src: SocketAddr,
+    /// Destination address and port.
     pub dst: SocketAddr,
 }
 
 impl FlowTuple {
+    /// The tuple `src` → `dst`.
     pub fn new(src: SocketAddr, dst: SocketAddr) -> Self {
         FlowTuple { src, dst }
     }
+    /// The same flow seen from the other end (`dst` → `src`).
     pub fn inverse(self) -> Self {
         FlowTuple {
             src: self.dst,
             dst: self.src,
         }
     }
+    /// True for an IPv6 flow.
     pub fn is_ipv6(&self) -> bool {
         self.src.is_ipv6()
     }
@@ -132,7 +146,9 @@ impl fmt::Display for FlowTuple {
 /// `reply` = server → public address of the gateway. Without NAT, `reply == original.inverse()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtTuples {
+    /// The client's direction, as the connection's first packet had it (before NAT).
     pub original: FlowTuple,
+    /// The server's answers, as they arrive (after NAT: to the gateway's public address).
     pub reply: FlowTuple,
 }
 

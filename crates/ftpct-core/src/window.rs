@@ -57,6 +57,7 @@ pub struct Window {
 /// One segment as [`check`] sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
+    /// The first sequence number the segment occupies.
     pub seq: u32,
     /// `seq` plus the payload length, plus one for SYN and for FIN.
     pub end: u32,
@@ -64,6 +65,7 @@ pub struct Segment {
     pub ack: Option<u32>,
     /// The raw window field.
     pub win: u16,
+    /// A SYN (or SYN-ACK).
     pub syn: bool,
 }
 
@@ -71,12 +73,16 @@ pub struct Segment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Untrusted {
+    /// The segment starts beyond the receiver's window.
     #[error("sequence number beyond the receiver's window")]
     SeqAhead,
+    /// The segment ends before what the receiver already acknowledged.
     #[error("sequence number before the receiver's window")]
     SeqBehind,
+    /// The acknowledgement is for bytes the other side never sent.
     #[error("acknowledges bytes that were never sent")]
     AckAhead,
+    /// The acknowledgement is older than the window allows.
     #[error("acknowledgement older than the window")]
     AckBehind,
 }
