@@ -39,6 +39,7 @@ use crate::window::{self, Segment, Untrusted};
 pub struct Config {
     /// TCP ports of FTP control connections (server side).
     pub control_ports: Vec<u16>,
+    /// What is allowed and the limits (see [`Policy`]).
     pub policy: Policy,
     /// Key of the hash tables indexed by values from the network (flows, data destinations),
     /// so that an attacker cannot choose colliding ones. The daemon draws it at start; the
@@ -62,7 +63,12 @@ pub enum CtLookup {
     /// The entry's tuples, and its id (`CTA_ID`) when the kernel gave one: the id is kept
     /// with the session, so that after a restart a new connection that reuses the addresses
     /// and ports of a saved one does not inherit its offsets.
-    Found { tuples: CtTuples, id: Option<u32> },
+    Found {
+        /// The entry's original and reply tuples.
+        tuples: CtTuples,
+        /// Its `CTA_ID`, if the kernel gave one.
+        id: Option<u32>,
+    },
     /// The kernel has no entry, or the lookup was not made (a budget, an error).
     Missing,
 }
@@ -130,16 +136,27 @@ pub enum Action {
     /// Create this conntrack entry (ctnetlink) so the data connection is RELATED and NATed.
     CreateRelated(RelatedEntry),
     /// Let SYNs to `dst` be queued (ipset add with this timeout).
-    WatchDst { dst: SocketAddr, timeout_secs: u32 },
+    WatchDst {
+        /// The data connection's destination.
+        dst: SocketAddr,
+        /// The set element's timeout: the expectation's.
+        timeout_secs: u32,
+    },
     /// Stop queueing SYNs to `dst` (ipset del).
-    UnwatchDst { dst: SocketAddr },
+    UnwatchDst {
+        /// The data connection's destination.
+        dst: SocketAddr,
+    },
     /// The control connection `original` (its conntrack original tuple) now has a sequence
     /// offset (a rewrite changed a length, [`Session::shifts_sequence`]): from its next packet
     /// on, acknowledgement numbers need mapping after conntrack.
     /// Emitted once per session, before the verdict of the packet whose rewrite caused it; the
     /// shell marks the conntrack entry, and the post-conntrack queue rules may select marked
     /// connections only (`seqadj_mark`).
-    MarkAdjusted { original: FlowTuple },
+    MarkAdjusted {
+        /// The control connection's original tuple.
+        original: FlowTuple,
+    },
 }
 
 impl Action {
@@ -160,9 +177,13 @@ impl Action {
 /// Why a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
+    /// Both sides sent FIN (after the linger).
     Closed,
+    /// An RST at the exact sequence number.
     Reset,
+    /// No trusted segment for the idle timeout.
     Idle,
+    /// The session table was full.
     Evicted,
     /// A new connection with the same addresses and ports started.
     Reused,
@@ -195,6 +216,7 @@ impl EndReason {
 /// Why an expectation went away without being used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoveReason {
+    /// Its timeout passed.
     Expired,
     /// The per-session limit evicted it for a newer one.
     Evicted,
@@ -229,17 +251,26 @@ impl RemoveReason {
 /// The FTP messages the engine acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MsgKind {
+    /// `PORT` (client).
     Port,
+    /// `EPRT` (client).
     Eprt,
+    /// `PASV` (client).
     Pasv,
+    /// `EPSV` (client).
     Epsv,
+    /// `227 Entering Passive Mode` (server).
     Reply227,
+    /// `229 Entering Extended Passive Mode` (server).
     Reply229,
+    /// `AUTH TLS` (client).
     AuthTls,
+    /// `234`, AUTH accepted (server): the channel is encrypted from here.
     Reply234,
 }
 
 impl MsgKind {
+    /// The label in metrics (`type="..."`), event lines and replay output.
     pub fn label(self) -> &'static str {
         match self {
             MsgKind::Port => "port",
@@ -413,46 +444,70 @@ impl Event {
 /// sessions' rewrite logs, stream positions and the expectation table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Journal {
+    /// A session started (or was picked up).
     SessionStart {
+        /// The session.
         id: SessionId,
+        /// Its conntrack tuples.
         ct: CtTuples,
+        /// When it started.
         created: Timestamp,
     },
     /// The conntrack entry id (`CTA_ID`) of the session's control connection (see
     /// [`Engine::set_conntrack_id`]).
     ConntrackId {
+        /// The session.
         id: SessionId,
+        /// `CTA_ID`.
         ct_id: u32,
     },
     /// The stream of `dir` continues at a line start at `pos`.
     LinePos {
+        /// The session.
         id: SessionId,
+        /// The direction.
         dir: Dir,
+        /// Original sequence number of the line start.
         pos: u32,
     },
     /// A rewrite record of `dir` (see [`crate::seqadj::Record`]).
     Rewrite {
+        /// The session.
         id: SessionId,
+        /// The direction.
         dir: Dir,
+        /// The record.
         record: crate::seqadj::Record,
     },
     /// The folded offset of `dir` (snapshots only).
     Base {
+        /// The session.
         id: SessionId,
+        /// The direction.
         dir: Dir,
+        /// The folded offset.
         base: u32,
     },
+    /// The session went TLS: no longer inspected.
     Tls {
+        /// The session.
         id: SessionId,
     },
+    /// The session ended.
     SessionEnd {
+        /// The session.
         id: SessionId,
     },
+    /// An expectation was created.
     ExpectAdd {
+        /// The expectation.
         exp: Expectation,
     },
+    /// An expectation was removed.
     ExpectDel {
+        /// Where its data connection comes from.
         src: std::net::IpAddr,
+        /// Where it goes.
         dst: SocketAddr,
     },
 }
@@ -572,6 +627,7 @@ fn session_deadline(s: &Session, idle: Duration, linger: Duration) -> Timestamp 
 }
 
 impl Engine {
+    /// An engine with no sessions and no expectations.
     pub fn new(cfg: Config) -> Self {
         let limits = ExpectLimits {
             max_total: cfg.policy.max_expectations,
@@ -602,6 +658,7 @@ impl Engine {
         }
     }
 
+    /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -617,10 +674,12 @@ impl Engine {
         self.cfg = cfg;
     }
 
+    /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
+    /// Every session, in no order.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> + '_ {
         self.sessions.values()
     }
@@ -637,10 +696,12 @@ impl Engine {
         self.holds.len()
     }
 
+    /// How many sessions are tracked.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
 
+    /// The expectation table (read only).
     pub fn expectations(&self) -> &ExpectTable {
         &self.expect
     }
@@ -650,10 +711,12 @@ impl Engine {
         &self.out
     }
 
+    /// The next event, oldest first (`None` when there is none).
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
+    /// The next action for the shell, in order (`None` when there is none).
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
