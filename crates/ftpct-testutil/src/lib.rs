@@ -10,14 +10,18 @@
 //! - [`gateway`]: a NAT gateway around the engine (pre hook, conntrack's window check, DNAT,
 //!   post hook, SNAT), simulated TCP endpoints, and a [`Lab`] of client, gateway and server;
 //! - [`sender`]: a timed TCP sender (Nagle, MSS, delayed ACKs, tail loss probe, RTO) for
-//!   split lines with pauses.
+//!   split lines with pauses;
+//! - [`parser`]: the FTP parser's invariants checked on one line;
+//! - [`alloc`]: a counting global allocator for the benches.
 //!
 //! Not shipped: a dev-dependency of `ftpct-core` and `ftpct`, a dependency of the fuzz crate.
 //! Helpers fail by panicking, as tests do.
 
+pub mod alloc;
 pub mod csum;
 pub mod drive;
 pub mod gateway;
+pub mod parser;
 pub mod seg;
 pub mod sender;
 
