@@ -127,4 +127,33 @@ mod tests {
             }
         }
     }
+
+    /// What an incremental update that forgets a field looks like: seq patched, checksum not.
+    /// The oracle sees it; after the core rebuilds the packet it is right again.
+    #[test]
+    fn stale_checksum_after_a_seq_patch_is_seen_and_the_core_rebuild_fixes_it() {
+        use crate::seg::{sa, Seg};
+        use ftpct_core::packet::{build, Edit, TcpPacket};
+        for (src, dst) in [
+            (sa("10.0.0.2:40000"), sa("198.51.100.2:21")),
+            (sa("[fd00::2]:40000"), sa("[fd00:1::2]:21")),
+        ] {
+            let mut b = Seg::new(src, dst, 1000, 7, b"PORT 10,0,0,2,4,1\r\n").bytes();
+            let tcp = b.len() - 19 - 20;
+            b[tcp + 4..tcp + 8].copy_from_slice(&2000u32.to_be_bytes());
+            assert!(!checksums_ok(&b), "{src}: stale checksum not seen");
+            let p = TcpPacket::parse(&b).expect("parses");
+            let edit = Edit {
+                seq: p.seq,
+                ack: p.ack,
+                payload: None,
+                sack: None,
+                clear_fin: false,
+            };
+            let mut out = Vec::new();
+            build(&p, &edit, &mut out).expect("builds");
+            assert!(checksums_ok(&out), "{src}: rebuilt packet");
+            assert_eq!(Seg::parse(&out).seq, 2000);
+        }
+    }
 }
