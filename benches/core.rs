@@ -2,8 +2,8 @@
 //!
 //! Every packet goes through `Engine::handle_packet` (with a conntrack table that has the
 //! session's entry, asked for a new session's first packet), then `poll_action` and
-//! `poll_event` are drained, as `daemon::Shell::process` does. Packets are built once with
-//! etherparse; before each call only their seq/ack words are patched (4 stores: the engine does
+//! `poll_event` are drained, as `daemon::Shell::process` does (`ftpct_testutil::drive::step`).
+//! Packets are built once (`ftpct_testutil::Seg`, with etherparse); before each call only their seq/ack words are patched (4 stores: the engine does
 //! not verify checksums, the kernel did), so the measurement is the engine's work plus that.
 //!
 //! Groups (one criterion iteration = one packet, throughput in control lines):
@@ -23,64 +23,24 @@
 //!
 //! Run: `cargo bench --bench core` (criterion options after `--`, e.g. `-- track`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use etherparse::PacketBuilder;
-use ftpct::engine::{Config, CtLookup, Engine, Verdict};
+use ftpct::engine::{Config, Engine, Verdict};
 use ftpct::parser;
 use ftpct::policy::Policy;
 use ftpct::types::{CtTuples, FlowTuple, Hook, Timestamp};
+use ftpct_testutil::alloc::{allocations as alloc_counters, live_bytes, Counting};
+use ftpct_testutil::drive::{found, step, Always, Discard};
+use ftpct_testutil::Seg;
 
 // ---------------------------------------------------------------------------------------------
 // Allocation counting
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Live heap bytes (for the memory per session).
-static LIVE: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
-        LIVE.fetch_add(new_size as u64, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-fn alloc_counters() -> (u64, u64) {
-    (
-        ALLOCS.load(Ordering::Relaxed),
-        ALLOC_BYTES.load(Ordering::Relaxed),
-    )
-}
 
 // ---------------------------------------------------------------------------------------------
 // Traffic
@@ -130,23 +90,17 @@ fn masq_ct(k: u32) -> CtTuples {
 }
 
 fn packet(t: FlowTuple, seq: u32, ack: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (t.src.ip(), t.dst.ip()) else {
-        unreachable!("IPv4 only")
-    };
-    let mut b =
-        PacketBuilder::ipv4(s.octets(), d.octets(), 64).tcp(t.src.port(), t.dst.port(), seq, 64240);
-    // A client's SYN carries no ACK (ack == 0 here); everything else does.
-    if !(syn && ack == 0) {
-        b = b.ack(ack);
+    assert!(t.src.is_ipv4() && t.dst.is_ipv4(), "IPv4 only");
+    Seg {
+        seq,
+        // A client's SYN carries no ACK (ack == 0 here); everything else does.
+        ack_flag: !(syn && ack == 0),
+        syn,
+        psh: !syn,
+        window: 64240,
+        ..Seg::new(t.src, t.dst, 0, ack, payload)
     }
-    if syn {
-        b = b.syn();
-    } else {
-        b = b.psh();
-    }
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).expect("build");
-    v
+    .bytes()
 }
 
 /// Patches seq and ack (IPv4 without options: TCP header at 20).
@@ -155,23 +109,10 @@ fn set_seq_ack(p: &mut [u8], seq: u32, ack: u32) {
     p[28..32].copy_from_slice(&ack.to_be_bytes());
 }
 
-/// One packet, as `daemon::Shell::process` handles it.
+/// One packet, as `daemon::Shell::process` handles it (ftpct-testutil's driver step: actions
+/// and events drained into `black_box`, and the modified packet).
 fn process(e: &mut Engine, bytes: &[u8], hook: Hook, ct: &CtTuples, now: Timestamp) -> Verdict {
-    let entry = CtLookup::Found {
-        tuples: *ct,
-        id: None,
-    };
-    let v = e.handle_packet(bytes, hook, now, &mut |_: &FlowTuple, _: bool| entry);
-    while let Some(a) = e.poll_action() {
-        black_box(a);
-    }
-    while let Some(ev) = e.poll_event() {
-        black_box(ev);
-    }
-    if v == Verdict::AcceptModified {
-        black_box(e.modified_packet());
-    }
-    v
+    step(e, bytes, hook, now, &mut Always(found(*ct)), &mut Discard)
 }
 
 fn engine(max_sessions: usize) -> Engine {
@@ -417,11 +358,11 @@ impl Scale {
     const LINE: &'static [u8] = b"NOOP\r\n";
     fn new(e: &mut Engine, n: u32, hot: u32) -> Self {
         let mut conns = Vec::with_capacity(n as usize);
-        let live0 = LIVE.load(Ordering::Relaxed);
+        let live0 = live_bytes();
         for k in 0..n {
             conns.push(Conn::open(e, k));
         }
-        let live1 = LIVE.load(Ordering::Relaxed);
+        let live1 = live_bytes();
         assert_eq!(e.session_count(), n as usize);
         if n >= 100_000 {
             println!(

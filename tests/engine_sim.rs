@@ -1,539 +1,20 @@
 //! The engine driven like the kernel drives it, with simulated TCP endpoints, a simulated NAT
 //! gateway and a simulated clock (in the spirit of quinn-proto's test harness).
 //!
-//! The gateway model runs each packet through: the engine at the pre-conntrack hook, a model of
-//! conntrack's strict window check, DNAT / de-SNAT, the engine at the post-conntrack hook, and
-//! SNAT / de-DNAT. Receivers assert that every byte they get agrees with what they got before at
-//! the same position (one consistent stream), senders assert that no ACK acknowledges data they
-//! never sent.
+//! The gateway model (`ftpct_testutil::gateway`) runs each packet through: the engine at the
+//! pre-conntrack hook, a model of conntrack's strict window check, DNAT / de-SNAT, the engine at
+//! the post-conntrack hook, and SNAT / de-DNAT. Receivers assert that every byte they get agrees
+//! with what they got before at the same position (one consistent stream), senders assert that
+//! no ACK acknowledges data they never sent.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-
-use etherparse::{IpSlice, PacketBuilder, TcpOptionElement, TcpSlice};
 use ftpct::engine::{Action, Config, CtLookup, Engine, Event, NoConntrack, Verdict};
 use ftpct::policy::Policy;
-use ftpct::types::{CtTuples, FlowTuple, Hook, RelatedEntry, Timestamp};
+use ftpct::types::{CtTuples, FlowTuple, Hook, Timestamp};
+use ftpct_testutil::drive::found;
+use ftpct_testutil::gateway::{CLI, GW_PUB, SRV};
+use ftpct_testutil::sender::{timed_split, SenderModel, TimedRun};
+use ftpct_testutil::{sa, Endpoint, Gw, Lab, Seg, SimConntrack};
 use proptest::prelude::*;
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Packets
-
-#[derive(Clone, Debug, Default)]
-struct Pkt {
-    src: Option<SocketAddr>,
-    dst: Option<SocketAddr>,
-    seq: u32,
-    ack: u32,
-    syn: bool,
-    ackf: bool,
-    fin: bool,
-    rst: bool,
-    payload: Vec<u8>,
-    sack: Vec<(u32, u32)>,
-}
-
-fn build(p: &Pkt) -> Vec<u8> {
-    let (src, dst) = (p.src.unwrap(), p.dst.unwrap());
-    let b = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
-        _ => panic!("mixed"),
-    };
-    let mut b = b.tcp(src.port(), dst.port(), p.seq, 65000);
-    if p.ackf {
-        b = b.ack(p.ack);
-    }
-    if p.syn {
-        b = b.syn();
-    }
-    if p.fin {
-        b = b.fin();
-    }
-    if p.rst {
-        b = b.rst();
-    }
-    if !p.sack.is_empty() {
-        let rest: Vec<Option<(u32, u32)>> = (1..4).map(|i| p.sack.get(i).copied()).collect();
-        let opt =
-            TcpOptionElement::SelectiveAcknowledgement(p.sack[0], [rest[0], rest[1], rest[2]]);
-        b = b
-            .options(&[TcpOptionElement::Noop, TcpOptionElement::Noop, opt])
-            .unwrap();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, &p.payload).unwrap();
-    v
-}
-
-fn decode(bytes: &[u8]) -> Pkt {
-    let ip = IpSlice::from_slice(bytes).unwrap();
-    let tcp = TcpSlice::from_slice(ip.payload().payload).unwrap();
-    // checksums must be valid on everything the engine hands out
-    let ok = match &ip {
-        IpSlice::Ipv4(v4) => {
-            let h = v4.header();
-            h.to_header().calc_header_checksum() == h.header_checksum()
-                && tcp.calc_checksum_ipv4(h.source(), h.destination()).unwrap() == tcp.checksum()
-        }
-        IpSlice::Ipv6(v6) => {
-            let h = v6.header();
-            tcp.calc_checksum_ipv6(h.source(), h.destination()).unwrap() == tcp.checksum()
-        }
-    };
-    assert!(ok, "bad checksum");
-    let mut sack = Vec::new();
-    for o in tcp.options_iterator() {
-        if let Ok(TcpOptionElement::SelectiveAcknowledgement(a, rest)) = o {
-            sack.push(a);
-            sack.extend(rest.iter().flatten().copied());
-        }
-    }
-    Pkt {
-        src: Some(SocketAddr::new(ip.source_addr(), tcp.source_port())),
-        dst: Some(SocketAddr::new(
-            ip.destination_addr(),
-            tcp.destination_port(),
-        )),
-        seq: tcp.sequence_number(),
-        ack: tcp.acknowledgment_number(),
-        syn: tcp.syn(),
-        ackf: tcp.ack(),
-        fin: tcp.fin(),
-        rst: tcp.rst(),
-        payload: tcp.payload().to_vec(),
-        sack,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TCP endpoints (just enough TCP: byte streams, cumulative ACK, SACK)
-
-struct Endpoint {
-    /// Address as the endpoint itself sees it.
-    addr: SocketAddr,
-    peer: SocketAddr,
-    isn: u32,
-    /// Everything the application wrote.
-    out: Vec<u8>,
-    snd_una: u32,
-    /// Received bytes by offset from the peer's ISN+1.
-    rcv: BTreeMap<u32, u8>,
-    peer_isn: u32,
-}
-
-impl Endpoint {
-    fn new(addr: SocketAddr, peer: SocketAddr, isn: u32, peer_isn: u32) -> Self {
-        Endpoint {
-            addr,
-            peer,
-            isn,
-            out: Vec::new(),
-            snd_una: isn.wrapping_add(1),
-            rcv: BTreeMap::new(),
-            peer_isn,
-        }
-    }
-    fn write(&mut self, data: &[u8]) -> (usize, usize) {
-        let a = self.out.len();
-        self.out.extend_from_slice(data);
-        (a, self.out.len())
-    }
-    /// A segment carrying `out[a..b]`.
-    fn seg(&self, a: usize, b: usize) -> Pkt {
-        Pkt {
-            src: Some(self.addr),
-            dst: Some(self.peer),
-            seq: self.isn.wrapping_add(1).wrapping_add(a as u32),
-            ack: self.rcv_nxt(),
-            ackf: true,
-            payload: self.out[a..b].to_vec(),
-            ..Default::default()
-        }
-    }
-    fn rcv_nxt(&self) -> u32 {
-        let mut n = 0u32;
-        while self.rcv.contains_key(&n) {
-            n += 1;
-        }
-        self.peer_isn.wrapping_add(1).wrapping_add(n)
-    }
-    fn received(&self) -> Vec<u8> {
-        let mut v = Vec::new();
-        let mut n = 0u32;
-        while let Some(b) = self.rcv.get(&n) {
-            v.push(*b);
-            n += 1;
-        }
-        v
-    }
-    fn snd_nxt(&self) -> u32 {
-        self.isn.wrapping_add(1).wrapping_add(self.out.len() as u32)
-    }
-    /// Takes a delivered packet; returns the ACK it would send (with SACK of what is above a hole).
-    fn receive(&mut self, p: &Pkt) -> Pkt {
-        assert_eq!(p.dst, Some(self.addr), "delivered to the wrong address");
-        let base = self.peer_isn.wrapping_add(1);
-        for (i, b) in p.payload.iter().enumerate() {
-            let off = p.seq.wrapping_sub(base).wrapping_add(i as u32);
-            assert!(
-                off < 1 << 24,
-                "segment far outside the stream: seq {} base {}",
-                p.seq,
-                base
-            );
-            if let Some(old) = self.rcv.insert(off, *b) {
-                assert_eq!(old, *b, "inconsistent byte at stream offset {off}");
-            }
-        }
-        if p.ackf {
-            let acked = p.ack.wrapping_sub(self.isn.wrapping_add(1));
-            assert!(
-                acked <= self.out.len() as u32,
-                "peer acknowledged {} bytes but only {} were sent",
-                acked,
-                self.out.len()
-            );
-            if (p.ack.wrapping_sub(self.snd_una) as i32) > 0 {
-                self.snd_una = p.ack;
-            }
-            for (l, r) in &p.sack {
-                let (l, r) = (
-                    l.wrapping_sub(self.isn.wrapping_add(1)),
-                    r.wrapping_sub(self.isn.wrapping_add(1)),
-                );
-                assert!(
-                    l <= r && r <= self.out.len() as u32,
-                    "SACK block outside sent data"
-                );
-            }
-        }
-        let mut ack = Pkt {
-            src: Some(self.addr),
-            dst: Some(self.peer),
-            seq: self.snd_nxt(),
-            ack: self.rcv_nxt(),
-            ackf: true,
-            ..Default::default()
-        };
-        // SACK the first block above the hole, if any
-        let nxt = self.rcv_nxt().wrapping_sub(base);
-        if let Some((&first, _)) = self.rcv.range(nxt..).next() {
-            let mut end = first;
-            while self.rcv.contains_key(&end) {
-                end += 1;
-            }
-            ack.sack
-                .push((base.wrapping_add(first), base.wrapping_add(end)));
-        }
-        ack
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The gateway
-
-struct Gw {
-    engine: Engine,
-    ct: CtTuples,
-    now: Timestamp,
-    /// Highest sequence end seen by "conntrack" per direction (0 = original).
-    td_end: [Option<u32>; 2],
-    actions: Vec<Action>,
-    events: Vec<Event>,
-}
-
-impl Gw {
-    fn new(cfg: Config, ct: CtTuples) -> Self {
-        Gw {
-            engine: Engine::new(cfg),
-            ct,
-            now: Timestamp::from_secs(1000),
-            td_end: [None, None],
-            actions: Vec::new(),
-            events: Vec::new(),
-        }
-    }
-
-    fn hook(&mut self, bytes: Vec<u8>, hook: Hook) -> Option<Vec<u8>> {
-        let known = self.ct;
-        let mut conntrack = |t: &FlowTuple, _: bool| {
-            if *t == known.original || *t == known.reply {
-                CtLookup::Found {
-                    tuples: known,
-                    id: None,
-                }
-            } else {
-                CtLookup::Missing
-            }
-        };
-        let v = self
-            .engine
-            .handle_packet(&bytes, hook, self.now, &mut conntrack);
-        while let Some(a) = self.engine.poll_action() {
-            self.actions.push(a);
-        }
-        while let Some(e) = self.engine.poll_event() {
-            self.events.push(e);
-        }
-        match v {
-            Verdict::Accept => Some(bytes),
-            Verdict::AcceptModified => Some(self.engine.modified_packet().to_vec()),
-            Verdict::Drop => None,
-        }
-    }
-
-    /// Conntrack's window check, reduced to the part a wrong sequence space breaks: an ACK must
-    /// not acknowledge data conntrack has not seen (nf_conntrack_proto_tcp "ACK is over upper
-    /// bound"), and seq must not jump far beyond what was seen.
-    fn conntrack(&mut self, p: &Pkt, dir: usize) {
-        let end = p
-            .seq
-            .wrapping_add(p.payload.len() as u32)
-            .wrapping_add(p.syn as u32 + p.fin as u32);
-        if let Some(prev) = self.td_end[dir] {
-            if (end.wrapping_sub(prev) as i32) > 0 {
-                assert!(end.wrapping_sub(prev) < 1 << 20, "seq far ahead");
-                self.td_end[dir] = Some(end);
-            }
-        } else {
-            self.td_end[dir] = Some(end);
-        }
-        if p.ackf {
-            if let Some(other) = self.td_end[1 - dir] {
-                let over = p.ack.wrapping_sub(other) as i32;
-                assert!(
-                    over <= 0,
-                    "conntrack would mark INVALID: ack {} beyond seen data {}",
-                    p.ack,
-                    other
-                );
-            }
-        }
-    }
-
-    /// One packet through the gateway. `Some(packet as delivered)` or `None` if dropped.
-    fn forward(&mut self, p: &Pkt) -> Option<Pkt> {
-        let bytes = build(p);
-        let pre = self.hook(bytes, Hook::PreConntrack)?;
-        let mut q = decode(&pre);
-        let t = FlowTuple::new(q.src.unwrap(), q.dst.unwrap());
-        let dir = if t == self.ct.original {
-            0
-        } else if t == self.ct.reply {
-            1
-        } else {
-            // not a control packet (data SYN): deliver unchanged
-            return Some(q);
-        };
-        self.conntrack(&q, dir);
-        // PREROUTING NAT: DNAT (original) or un-SNAT (reply) rewrites the destination
-        if dir == 0 {
-            q.dst = Some(self.ct.reply.src);
-        } else {
-            q.dst = Some(self.ct.original.src);
-        }
-        let post = self.hook(build(&q), Hook::PostConntrack)?;
-        let mut r = decode(&post);
-        // POSTROUTING NAT: SNAT (original) or un-DNAT (reply) rewrites the source
-        if dir == 0 {
-            r.src = Some(self.ct.reply.dst);
-        } else {
-            r.src = Some(self.ct.original.dst);
-        }
-        Some(r)
-    }
-
-    fn take_actions(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.actions)
-    }
-}
-
-/// A client, a server and the gateway, with the control connection established.
-struct Lab {
-    gw: Gw,
-    cli: Endpoint,
-    srv: Endpoint,
-}
-
-const CLI: &str = "10.0.0.2:40000";
-const GW_PUB: &str = "203.0.113.1:61000";
-const SRV: &str = "198.51.100.2:21";
-
-impl Lab {
-    /// Client behind MASQUERADE: orig C -> S, reply S -> G.
-    fn masq(cfg: Config) -> Lab {
-        let ct = CtTuples {
-            original: FlowTuple::new(sa(CLI), sa(SRV)),
-            reply: FlowTuple::new(sa(SRV), sa(GW_PUB)),
-        };
-        Self::with(cfg, ct, sa(CLI), sa(SRV), sa(SRV), sa(GW_PUB))
-    }
-
-    /// Server behind DNAT: orig C -> G:21, reply S_priv:21 -> C.
-    fn dnat(cfg: Config) -> Lab {
-        let ct = CtTuples {
-            original: FlowTuple::new(sa("198.51.100.7:40000"), sa("203.0.113.1:21")),
-            reply: FlowTuple::new(sa("10.1.0.2:21"), sa("198.51.100.7:40000")),
-        };
-        Self::with(
-            cfg,
-            ct,
-            sa("198.51.100.7:40000"),
-            sa("203.0.113.1:21"),
-            sa("10.1.0.2:21"),
-            sa("198.51.100.7:40000"),
-        )
-    }
-
-    fn v6(cfg: Config) -> Lab {
-        let ct = CtTuples::untranslated(FlowTuple::new(
-            sa("[fd77:1::2]:40000"),
-            sa("[fd77:2::2]:21"),
-        ));
-        Self::with(
-            cfg,
-            ct,
-            sa("[fd77:1::2]:40000"),
-            sa("[fd77:2::2]:21"),
-            sa("[fd77:2::2]:21"),
-            sa("[fd77:1::2]:40000"),
-        )
-    }
-
-    fn with(
-        cfg: Config,
-        ct: CtTuples,
-        c_addr: SocketAddr,
-        c_peer: SocketAddr,
-        s_addr: SocketAddr,
-        s_peer: SocketAddr,
-    ) -> Lab {
-        let (cisn, sisn) = (0xfffff000u32, 0x7000_0000u32);
-        let mut lab = Lab {
-            gw: Gw::new(cfg, ct),
-            cli: Endpoint::new(c_addr, c_peer, cisn, sisn),
-            srv: Endpoint::new(s_addr, s_peer, sisn, cisn),
-        };
-        // handshake
-        let syn = Pkt {
-            src: Some(c_addr),
-            dst: Some(c_peer),
-            seq: cisn,
-            syn: true,
-            ..Default::default()
-        };
-        let d = lab.gw.forward(&syn).expect("syn passes");
-        assert!(d.syn);
-        let synack = Pkt {
-            src: Some(s_addr),
-            dst: Some(s_peer),
-            seq: sisn,
-            ack: cisn.wrapping_add(1),
-            syn: true,
-            ackf: true,
-            ..Default::default()
-        };
-        lab.gw.forward(&synack).expect("syn-ack passes");
-        lab
-    }
-
-    /// Client sends out[a..b]; returns whether it was delivered; the server's ACK goes back.
-    fn c2s(&mut self, a: usize, b: usize) -> bool {
-        let p = self.cli.seg(a, b);
-        match self.gw.forward(&p) {
-            Some(d) => {
-                let ack = self.srv.receive(&d);
-                if let Some(back) = self.gw.forward(&ack) {
-                    self.cli.receive(&back);
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn s2c(&mut self, a: usize, b: usize) -> bool {
-        let p = self.srv.seg(a, b);
-        match self.gw.forward(&p) {
-            Some(d) => {
-                let ack = self.cli.receive(&d);
-                if let Some(back) = self.gw.forward(&ack) {
-                    self.srv.receive(&back);
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn client_says(&mut self, line: &str) {
-        let (a, b) = self.cli.write(line.as_bytes());
-        assert!(self.c2s(a, b), "client segment dropped: {line:?}");
-    }
-
-    fn server_says(&mut self, line: &str) {
-        let (a, b) = self.srv.write(line.as_bytes());
-        assert!(self.s2c(a, b), "server segment dropped: {line:?}");
-    }
-
-    fn server_got(&self) -> String {
-        String::from_utf8(self.srv.received()).unwrap()
-    }
-
-    fn client_got(&self) -> String {
-        String::from_utf8(self.cli.received()).unwrap()
-    }
-
-    fn all_acked(&self) {
-        assert_eq!(
-            self.cli.snd_una,
-            self.cli.snd_nxt(),
-            "client data not fully acknowledged"
-        );
-        assert_eq!(
-            self.srv.snd_una,
-            self.srv.snd_nxt(),
-            "server data not fully acknowledged"
-        );
-    }
-
-    /// A data SYN arriving at the gateway; returns the conntrack entry the engine asks for.
-    fn data_syn(&mut self, src: &str, dst: &str) -> Option<RelatedEntry> {
-        let syn = Pkt {
-            src: Some(sa(src)),
-            dst: Some(sa(dst)),
-            seq: 1,
-            syn: true,
-            ..Default::default()
-        };
-        let out = self
-            .gw
-            .hook(build(&syn), Hook::PreConntrack)
-            .expect("SYN accepted");
-        assert_eq!(out, build(&syn), "a data SYN is never modified");
-        self.gw.take_actions().into_iter().find_map(|a| match a {
-            Action::CreateRelated(e) => Some(e),
-            _ => None,
-        })
-    }
-
-    fn events(&self) -> &[Event] {
-        &self.gw.events
-    }
-}
-
-/// A conntrack table that has `ct` for every tuple asked.
-fn found(ct: CtTuples) -> impl FnMut(&FlowTuple, bool) -> CtLookup {
-    move |_, _| CtLookup::Found {
-        tuples: ct,
-        id: None,
-    }
-}
 
 fn cfg() -> Config {
     Config::default()
@@ -970,13 +451,13 @@ fn public_port_moves_when_taken_by_another_session() {
     let mut c2 = Endpoint::new(sa("10.0.0.3:40000"), sa(SRV), 5000, 0x7000_0000);
     lab.gw.ct = ct2;
     lab.gw.td_end = [None, None];
-    let synack = Pkt {
-        src: Some(sa(SRV)),
-        dst: Some(sa("203.0.113.1:61001")),
+    let synack = Seg {
+        src: sa(SRV),
+        dst: sa("203.0.113.1:61001"),
         seq: 0x7000_0000,
         ack: 5001,
         syn: true,
-        ackf: true,
+        ack_flag: true,
         ..Default::default()
     };
     lab.gw.forward(&synack).unwrap();
@@ -1079,15 +560,15 @@ fn unknown_flows_and_garbage_are_accepted_untouched() {
         );
     }
     // SYN to nothing expected
-    let syn = Pkt {
-        src: Some(sa("1.1.1.1:5")),
-        dst: Some(sa("2.2.2.2:6")),
+    let syn = Seg {
+        src: sa("1.1.1.1:5"),
+        dst: sa("2.2.2.2:6"),
         syn: true,
         ..Default::default()
     };
     assert_eq!(
         e.handle_packet(
-            &build(&syn),
+            &syn.bytes(),
             Hook::PreConntrack,
             Timestamp::ZERO,
             &mut NoConntrack
@@ -1321,9 +802,9 @@ fn a_new_connection_on_a_remembered_tuple_starts_a_new_session() {
     // the same addresses and ports again, with new sequence numbers (the old session was never
     // seen closing): the SYN-ACK must not be shifted by the old session's offsets
     let (cisn, sisn) = (0x1000_0000u32, 0x2000_0000u32);
-    let syn = Pkt {
-        src: Some(sa(CLI)),
-        dst: Some(sa(SRV)),
+    let syn = Seg {
+        src: sa(CLI),
+        dst: sa(SRV),
         seq: cisn,
         syn: true,
         ..Default::default()
@@ -1331,13 +812,13 @@ fn a_new_connection_on_a_remembered_tuple_starts_a_new_session() {
     // (conntrack, too, starts a new entry)
     lab.gw.td_end = [None, None];
     lab.gw.forward(&syn).unwrap();
-    let synack = Pkt {
-        src: Some(sa(SRV)),
-        dst: Some(sa(GW_PUB)),
+    let synack = Seg {
+        src: sa(SRV),
+        dst: sa(GW_PUB),
         seq: sisn,
         ack: cisn.wrapping_add(1),
         syn: true,
-        ackf: true,
+        ack_flag: true,
         ..Default::default()
     };
     let out = lab.gw.forward(&synack).unwrap();
@@ -1371,7 +852,7 @@ fn lab_with_offset() -> Lab {
     lab.client_says("PORT 10,0,0,2,195,80\r\n");
     lab.server_says("200 ok\r\n");
     assert_eq!(lab.gw.engine.expectations().len(), 1);
-    lab.gw.events.clear();
+    lab.gw.seen.events.clear();
     lab
 }
 
@@ -1403,17 +884,17 @@ fn assert_session_intact(lab: &mut Lab) {
     );
 }
 
-fn spoof(lab: &mut Lab, src: &str, dst: &str, f: impl FnOnce(&mut Pkt)) -> Option<Pkt> {
-    let mut p = Pkt {
-        src: Some(sa(src)),
-        dst: Some(sa(dst)),
-        ackf: true,
+fn spoof(lab: &mut Lab, src: &str, dst: &str, f: impl FnOnce(&mut Seg)) -> Option<Seg> {
+    let mut p = Seg {
+        src: sa(src),
+        dst: sa(dst),
+        ack_flag: true,
         ..Default::default()
     };
     f(&mut p);
     lab.gw
-        .hook(build(&p), Hook::PreConntrack)
-        .map(|b| decode(&b))
+        .hook(p.bytes(), Hook::PreConntrack)
+        .map(|b| Seg::parse_checked(&b))
 }
 
 /// Attack 1: a SYN-ACK with random seq/ack used to end the session as "reused" and start a new
@@ -1441,7 +922,7 @@ fn synack_answering_a_new_syn_replaces_the_session() {
     let mut lab = lab_with_offset();
     spoof(&mut lab, CLI, SRV, |p| {
         p.syn = true;
-        p.ackf = false;
+        p.ack_flag = false;
         p.seq = 0x5555_0000;
     });
     spoof(&mut lab, SRV, GW_PUB, |p| {
@@ -1466,7 +947,7 @@ fn spoofed_rst_with_a_wrong_sequence_number_ends_nothing() {
             p.rst = true;
             p.seq = seq;
             p.ack = 0;
-            p.ackf = false;
+            p.ack_flag = false;
         })
         .expect("passed on");
     }
@@ -1489,7 +970,7 @@ fn exact_rst_ends_the_session() {
     spoof(&mut lab, SRV, GW_PUB, |p| {
         p.rst = true;
         p.seq = seq;
-        p.ackf = false;
+        p.ack_flag = false;
     });
     lab.gw.now = lab.gw.now.plus(std::time::Duration::from_secs(20));
     let now = lab.gw.now;
@@ -1602,7 +1083,7 @@ fn one_segment_of_port_lines_is_bounded() {
         1
     );
     assert!(lab.gw.engine.stats().events_throttled >= 70);
-    lab.gw.events.clear();
+    lab.gw.seen.events.clear();
     // refused ones count against the budget too (it bounds the work, not only the successes)
     let limited_before = lab.gw.engine.stats().refused_rate_limited;
     assert_eq!(
@@ -1627,7 +1108,7 @@ fn one_segment_of_port_lines_is_bounded() {
     assert!(
         watches <= 2 * cap,
         "{watches} set updates: {:?}",
-        lab.gw.actions
+        lab.gw.seen.actions
     );
 }
 
@@ -1661,7 +1142,7 @@ fn eviction_spares_sessions_with_offsets_and_expectations() {
     lab.server_says("220 ready\r\n");
     lab.client_says("PORT 10,0,0,2,195,80\r\n");
     lab.server_says("200 ok\r\n");
-    lab.gw.events.clear();
+    lab.gw.seen.events.clear();
     // an inside user opens 20 more control connections (only their SYN-ACKs matter here)
     for port in 41000..41020u16 {
         let cli = sa(&format!("10.0.0.2:{port}"));
@@ -1670,25 +1151,27 @@ fn eviction_spares_sessions_with_offsets_and_expectations() {
             original: FlowTuple::new(cli, sa(SRV)),
             reply: FlowTuple::new(sa(SRV), public),
         };
-        let synack = Pkt {
-            src: Some(sa(SRV)),
-            dst: Some(public),
+        let synack = Seg {
+            src: sa(SRV),
+            dst: public,
             seq: 77,
             ack: 1001,
             syn: true,
-            ackf: true,
+            ack_flag: true,
             ..Default::default()
         };
         lab.gw.now = lab.gw.now.plus(std::time::Duration::from_millis(10));
-        let bytes = build(&synack);
-        let v = lab
-            .gw
-            .engine
-            .handle_packet(&bytes, Hook::PreConntrack, lab.gw.now, &mut found(ct));
+        let bytes = synack.bytes();
+        let v = lab.gw.engine.handle_packet(
+            &bytes,
+            Hook::PreConntrack,
+            lab.gw.now,
+            &mut SimConntrack::answering(found(ct)),
+        );
         assert_eq!(v, Verdict::Accept);
     }
     while let Some(e) = lab.gw.engine.poll_event() {
-        lab.gw.events.push(e);
+        lab.gw.seen.events.push(e);
     }
     let st = lab.gw.engine.stats();
     assert_eq!(st.sessions_evicted, 17);
@@ -1699,7 +1182,7 @@ fn eviction_spares_sessions_with_offsets_and_expectations() {
         .filter(|e| matches!(e, Event::EvictionStarted { .. }))
         .collect();
     assert_eq!(warns.len(), 1, "{warns:?}");
-    lab.gw.events.clear();
+    lab.gw.seen.events.clear();
     assert_session_intact(&mut lab);
 }
 
@@ -1716,19 +1199,22 @@ fn eviction_of_sessions_with_state_is_counted_and_warned() {
         original: FlowTuple::new(sa("10.0.0.2:41000"), sa(SRV)),
         reply: FlowTuple::new(sa(SRV), public),
     };
-    let synack = Pkt {
-        src: Some(sa(SRV)),
-        dst: Some(public),
+    let synack = Seg {
+        src: sa(SRV),
+        dst: public,
         seq: 77,
         ack: 1001,
         syn: true,
-        ackf: true,
+        ack_flag: true,
         ..Default::default()
     };
     let now = lab.gw.now;
-    lab.gw
-        .engine
-        .handle_packet(&build(&synack), Hook::PreConntrack, now, &mut found(ct));
+    lab.gw.engine.handle_packet(
+        &synack.bytes(),
+        Hook::PreConntrack,
+        now,
+        &mut SimConntrack::answering(found(ct)),
+    );
     assert_eq!(lab.gw.engine.stats().sessions_evicted_with_state, 1);
     let mut warned = false;
     while let Some(e) = lab.gw.engine.poll_event() {
@@ -1744,217 +1230,8 @@ fn eviction_of_sessions_with_state_is_counted_and_warned() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Time: split lines against senders with Linux's retransmission behaviour.
-//
-// The sender model: new data goes out at once (TCP_NODELAY) or, with Nagle, only while nothing
-// is unacknowledged; a tail loss probe 200 ms after a transmission (2 RTT + the minimum RTO for
-// one segment in flight, RTT ~0 here) that sends pending data with Nagle off, or else the last
-// segment again; a retransmission timeout (200 ms, doubling to 120 s) that enters loss recovery,
-// where the congestion window is one segment: only the first unacknowledged segment goes out
-// (with whatever was already sent after it, up to the MSS, collapsed into it), and new data only
-// once everything sent is acknowledged. The receiver acknowledges new data at once or after a
-// delayed-ACK time, a retransmission of data it has at once, and never a pure ACK. Time is
-// stepped in milliseconds; the engine's timers run on the same clock.
-
-#[derive(Clone, Copy, Debug)]
-struct SenderModel {
-    nagle: bool,
-    mss: usize,
-    /// The receiver's delayed ACK of new data, ms (0: at once).
-    delack_ms: u64,
-    /// The first transmission of the second part is lost before the gateway.
-    lose_rest_once: bool,
-    /// The first segment the gateway delivers after the pause is lost after it.
-    lose_after_gw_once: bool,
-}
-
-impl Default for SenderModel {
-    fn default() -> Self {
-        SenderModel {
-            nagle: false,
-            mss: 1400,
-            delack_ms: 40,
-            lose_rest_once: false,
-            lose_after_gw_once: false,
-        }
-    }
-}
-
-struct TimedRun {
-    /// Milliseconds until everything the sender wrote was acknowledged (None: never, within
-    /// the run's limit).
-    done_ms: Option<u64>,
-    retransmissions: u32,
-}
-
-/// The sender (`c2s`: the client, else the server) writes `first` at t = 0 and `rest` at
-/// t = `pause_ms`; runs until all is acknowledged or `limit_ms`.
-fn timed_split(
-    lab: &mut Lab,
-    c2s: bool,
-    first: &[u8],
-    rest: &[u8],
-    pause_ms: u64,
-    m: SenderModel,
-    limit_ms: u64,
-) -> TimedRun {
-    let t0 = lab.gw.now;
-    let base_off = {
-        let Lab { cli, srv, .. } = lab;
-        let snd = if c2s { cli } else { srv };
-        snd.out.len()
-    };
-    let mut sent = base_off;
-    let mut wrote_rest = false;
-    let mut rto_ms = 200u64;
-    let mut rto_at: Option<u64> = None;
-    let mut tlp_at: Option<u64> = None;
-    let mut tlp_done = false;
-    let mut loss = false;
-    let mut recovery = 0usize;
-    let mut last_seg = (0usize, 0usize);
-    let mut delayed_ack: Option<(u64, Pkt)> = None;
-    let mut lost_rest = false;
-    let mut lost_after = false;
-    let mut retrans = 0u32;
-    {
-        let Lab { cli, srv, .. } = lab;
-        let snd = if c2s { cli } else { srv };
-        snd.write(first);
-    }
-    for t in 0..=limit_ms {
-        lab.gw.now = t0.plus(std::time::Duration::from_millis(t));
-        if let Some(due) = lab.gw.engine.poll_timeout() {
-            if due <= lab.gw.now {
-                lab.gw.engine.handle_timeout(lab.gw.now);
-                while let Some(e) = lab.gw.engine.poll_event() {
-                    lab.gw.events.push(e);
-                }
-            }
-        }
-        if t >= pause_ms && !wrote_rest {
-            wrote_rest = true;
-            let Lab { cli, srv, .. } = lab;
-            let snd = if c2s { cli } else { srv };
-            snd.write(rest);
-        }
-        let Lab { gw, cli, srv } = lab;
-        let (snd, rcv) = if c2s { (cli, srv) } else { (srv, cli) };
-        let una = snd.snd_una.wrapping_sub(snd.isn.wrapping_add(1)) as usize;
-        let written = snd.out.len();
-        if wrote_rest && una == written {
-            return TimedRun {
-                done_ms: Some(t),
-                retransmissions: retrans,
-            };
-        }
-        // What goes out this millisecond: (from, to, is a retransmission).
-        let mut out: Vec<(usize, usize, bool)> = Vec::new();
-        let outstanding = sent > una;
-        if let Some(at) = rto_at.filter(|&at| at <= t && outstanding) {
-            let _ = at;
-            loss = true;
-            recovery = sent;
-            out.push((una, sent.min(una + m.mss), true));
-            rto_ms = (rto_ms * 2).min(120_000);
-            rto_at = Some(t + rto_ms);
-            tlp_at = None;
-        } else if let Some(at) = tlp_at.filter(|&at| at <= t && outstanding && !loss) {
-            let _ = at;
-            tlp_done = true;
-            tlp_at = None;
-            if sent < written {
-                out.push((sent, written.min(sent + m.mss), false));
-            } else {
-                out.push((last_seg.0, last_seg.1, true));
-            }
-            rto_at = Some(t + rto_ms);
-        }
-        // New data: cwnd 1 in loss recovery; Nagle while anything is unacknowledged.
-        let new_from = out.iter().map(|o| o.1).max().unwrap_or(sent).max(sent);
-        let blocked = (loss && (sent > una || !out.is_empty())) || (m.nagle && sent > una);
-        if new_from < written && !blocked {
-            let mut a = new_from;
-            while a < written {
-                let b = written.min(a + m.mss);
-                out.push((a, b, false));
-                a = b;
-                if loss {
-                    break;
-                }
-            }
-        }
-        for (a, b, re) in out {
-            if re {
-                retrans += 1;
-            }
-            if b > sent {
-                sent = b;
-            }
-            last_seg = (a, b);
-            if rto_at.is_none() {
-                rto_at = Some(t + rto_ms);
-            }
-            if !loss && !tlp_done && tlp_at.is_none() {
-                tlp_at = Some(t + 200);
-            }
-            let seg = snd.seg(a, b);
-            if m.lose_rest_once && !lost_rest && wrote_rest && b > base_off + first.len() {
-                lost_rest = true;
-                continue;
-            }
-            let Some(d) = gw.forward(&seg) else {
-                continue;
-            };
-            if m.lose_after_gw_once && !lost_after && wrote_rest {
-                lost_after = true;
-                continue;
-            }
-            let before = rcv.rcv_nxt();
-            let ack = rcv.receive(&d);
-            if d.payload.is_empty() {
-                continue; // a pure ACK is not acknowledged
-            }
-            let old = rcv.rcv_nxt() == before;
-            if old || m.delack_ms == 0 {
-                delayed_ack = None;
-                if let Some(back) = gw.forward(&ack) {
-                    snd.receive(&back);
-                }
-            } else if delayed_ack.is_none() {
-                delayed_ack = Some((t + m.delack_ms, ack));
-            } else {
-                delayed_ack = Some((delayed_ack.map_or(t, |x| x.0), ack));
-            }
-        }
-        if let Some((at, _)) = &delayed_ack {
-            if *at <= t {
-                let (_, ack) = delayed_ack.take().unwrap();
-                // the latest state of the receiver
-                let mut ack = ack;
-                ack.ack = rcv.rcv_nxt();
-                if let Some(back) = gw.forward(&ack) {
-                    snd.receive(&back);
-                }
-            }
-        }
-        // The sender's reaction to what was acknowledged.
-        let una2 = snd.snd_una.wrapping_sub(snd.isn.wrapping_add(1)) as usize;
-        if una2 > una {
-            rto_ms = 200;
-            tlp_done = false;
-            if loss && una2 >= recovery {
-                loss = false;
-            }
-            rto_at = (sent > una2).then_some(t + rto_ms);
-            tlp_at = (sent > una2 && !loss).then_some(t + 200);
-        }
-    }
-    TimedRun {
-        done_ms: None,
-        retransmissions: retrans,
-    }
-}
+// Time: split lines against senders with Linux's retransmission behaviour (the sender model:
+// ftpct_testutil::sender).
 
 fn port_line() -> &'static [u8] {
     b"PORT 10,0,0,2,195,80\r\n"
@@ -2166,7 +1443,7 @@ fn a_line_that_never_completes_is_bounded_by_hold_timeout() {
         lab.gw.now = due;
         lab.gw.engine.handle_timeout(due);
         while let Some(e) = lab.gw.engine.poll_event() {
-            lab.gw.events.push(e);
+            lab.gw.seen.events.push(e);
         }
         assert!(lab.events().iter().any(|e| matches!(
             e,
@@ -2245,7 +1522,7 @@ fn the_conntrack_lookup_is_asked_once_and_its_id_kept() {
     };
     // a mid-stream segment of the server (no handshake seen): a new session
     let (a, b) = lab.srv.write(b"220 ready\r\n");
-    let seg = build(&lab.srv.seg(a, b));
+    let seg = lab.srv.seg(a, b).bytes();
     let now = Timestamp::from_secs(5);
     e.handle_packet(&seg, Hook::PreConntrack, now, &mut conntrack);
     e.handle_packet(&seg, Hook::PreConntrack, now, &mut conntrack);
@@ -2303,7 +1580,7 @@ fn a_pure_ack_past_bytes_lost_before_ftpct_passes_while_a_line_is_held() {
         assert!(out.is_some(), "check={check}: the ACK was dropped: {st:?}");
         assert_eq!(st.packets_out_of_window, 0, "check={check}");
         let out = out.unwrap();
-        assert!(out.ackf && out.payload.is_empty());
+        assert!(out.ack_flag && out.payload.is_empty());
         lab.srv.receive(&out);
         assert_eq!(
             lab.srv.snd_una,

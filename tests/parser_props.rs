@@ -4,7 +4,7 @@
 
 use ftpct::parser::{
     eprt_delim_unambiguous, format_eprt_args, format_port_args, format_port_number, parse_227,
-    parse_229, parse_command, parse_reply_start, Command, Found, ParseError,
+    parse_229, parse_command, Command, Found, ParseError,
 };
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -104,89 +104,10 @@ fn prefix() -> impl Strategy<Value = &'static [u8]> {
     ]
 }
 
-/// Every invariant the parser promises, checked on one line: no panic; spans in bounds and
-/// non-empty; the span's text, put back into a canonical line, parses to the same value; the
-/// formatter's output for a parsed address parses back to it.
+/// Every invariant the parser promises, checked on one line (ftpct-testutil, shared with the
+/// parser fuzz target).
 fn check_invariants(line: &[u8]) {
-    match parse_command(line) {
-        Ok(Command::Port(Found { addr, span })) => {
-            let text = line.get(span.clone()).expect("PORT span in bounds");
-            assert!(!text.is_empty());
-            let again = cat(&[b"PORT ", text]);
-            assert_eq!(
-                parse_command(&again),
-                Ok(Command::Port(Found {
-                    addr,
-                    span: 5..again.len()
-                }))
-            );
-            let again = cat(&[b"PORT ", &port_args(addr)]);
-            assert_eq!(
-                parse_command(&again),
-                Ok(Command::Port(Found {
-                    addr,
-                    span: 5..again.len()
-                }))
-            );
-        }
-        Ok(Command::Eprt {
-            found: Found { addr, span },
-            delim,
-        }) => {
-            let text = line.get(span.clone()).expect("EPRT span in bounds");
-            assert_eq!(text.first(), Some(&delim));
-            assert_eq!(text.last(), Some(&delim));
-            let again = cat(&[b"EPRT ", text]);
-            assert_eq!(
-                parse_command(&again),
-                Ok(Command::Eprt {
-                    found: Found {
-                        addr,
-                        span: 5..again.len()
-                    },
-                    delim
-                })
-            );
-            let args = eprt_args(addr, delim);
-            let again = cat(&[b"EPRT ", &args]);
-            match parse_command(&again) {
-                Ok(Command::Eprt { found, .. }) => assert_eq!(found.addr, addr),
-                other => panic!("{:?} -> {other:?}", String::from_utf8_lossy(&again)),
-            }
-        }
-        Ok(_) | Err(_) => {}
-    }
-    if let Ok(Found { addr, span }) = parse_227(line) {
-        let text = line.get(span.clone()).expect("227 span in bounds");
-        assert_eq!(
-            parse_227(text),
-            Ok(Found {
-                addr,
-                span: 0..text.len()
-            })
-        );
-        let f = port_args(addr);
-        assert_eq!(parse_227(&f).map(|f| f.addr), Ok(addr));
-    }
-    if let Ok(Found { addr, span }) = parse_229(line) {
-        let text = line.get(span.clone()).expect("229 span in bounds");
-        let again = cat(&[b"229 (|||", text, b"|)"]);
-        assert_eq!(
-            parse_229(&again),
-            Ok(Found {
-                addr,
-                span: 8..8 + text.len()
-            })
-        );
-        let mut n = Vec::new();
-        format_port_number(addr, &mut n);
-        let again = cat(&[b"229 (|||", &n, b"|)"]);
-        assert_eq!(parse_229(&again).map(|f| f.addr), Ok(addr));
-    }
-    if let Some(rs) = parse_reply_start(line) {
-        assert!(rs.code <= 999);
-        assert_eq!(rs.multiline, line.get(3) == Some(&b'-'));
-    }
+    ftpct_testutil::parser::check_line(line);
 }
 
 proptest! {

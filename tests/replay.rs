@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
 use ftpct::replay::{self, Nat, OutputFormat, ReplayError, ReplayOptions, Summary};
+use ftpct_testutil::Seg;
 use proptest::prelude::*;
 
 fn sa(s: &str) -> SocketAddr {
@@ -34,24 +35,14 @@ struct Flags {
 }
 
 fn tcp(src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
-    let b = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
-        _ => panic!("mixed families"),
-    };
-    let mut b = b.tcp(src.port(), dst.port(), seq, 64240);
-    if f.ack {
-        b = b.ack(ack);
+    Seg {
+        ack_flag: f.ack,
+        syn: f.syn,
+        fin: f.fin,
+        window: 64240,
+        ..Seg::new(src, dst, seq, ack, payload)
     }
-    if f.syn {
-        b = b.syn();
-    }
-    if f.fin {
-        b = b.fin();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
+    .bytes()
 }
 
 /// A TCP control connection seen from one point: every segment is acknowledged by the peer

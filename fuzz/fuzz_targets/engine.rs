@@ -5,7 +5,7 @@
 //! The input is decoded into a policy (8 bytes) and then a sequence of events (see `run`): a
 //! control packet at the pre-conntrack hook, at the post-conntrack hook, or through the whole
 //! gateway (pre hook, DNAT, post hook); a handshake; a data SYN; raw bytes; a timeout; a clock
-//! jump. Packets are built with etherparse from fuzz-chosen flags, sequence numbers (in order,
+//! jump. Packets are built (ftpct-testutil `Seg`) from fuzz-chosen flags, sequence numbers (in order,
 //! retransmitted from the sender's history, after a gap, or arbitrary), acknowledgements and a
 //! payload made of FTP tokens and raw bytes. Timestamps are monotonic. Actions and events are
 //! drained after each call.
@@ -23,12 +23,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use etherparse::{PacketBuilder, TcpOptionElement};
 use ftpct::engine::{Action, Config, CtLookup, Engine, NoConntrack, Verdict};
 use ftpct::packet::{self, Edit, TcpPacket};
 use ftpct::policy::Policy;
 use ftpct::types::{CtTuples, Dir, FlowTuple, Hook, Timestamp};
-use ftpct_fuzz::{checksums_ok, Reader};
+use ftpct_fuzz::Reader;
+use ftpct_testutil::drive::{drain, step, Record, SimConntrack};
+use ftpct_testutil::{checksums_ok, Seg};
 use libfuzzer_sys::fuzz_target;
 
 fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
@@ -146,7 +147,9 @@ fn is_control(t: &FlowTuple) -> bool {
 }
 
 impl Harness {
-    fn check_tables(&mut self) {
+    /// Checks the tables, and what the engine queued: `seen` (what the last packet queued) and
+    /// whatever is still in the engine's queues.
+    fn check_tables(&mut self, mut seen: Record) {
         let p = &self.policy;
         assert!(self.engine.session_count() <= p.max_sessions.max(1));
         let exp = self.engine.expectations();
@@ -164,39 +167,39 @@ impl Harness {
         for s in self.engine.sessions() {
             assert!(exp.master_len(s.id) <= per);
         }
-        let mut acts = 0;
-        while let Some(a) = self.engine.poll_action() {
-            acts += 1;
+        drain(&mut self.engine, &mut seen);
+        for a in &seen.actions {
             if let Action::WatchDst { dst, .. } = a {
                 if self.watched.len() < 64 {
-                    self.watched.push(dst);
+                    self.watched.push(*dst);
                 }
             }
         }
-        let mut evs = 0;
-        while let Some(e) = self.engine.poll_event() {
-            evs += 1;
-            if debug() {
+        if debug() {
+            for e in &seen.events {
                 eprintln!("  {e:?}");
             }
         }
-        assert!(acts <= 4096 && evs <= 4096);
+        assert!(seen.actions.len() <= 4096 && seen.events.len() <= 4096);
     }
 
     /// One packet through one hook, as the daemon does it: the conntrack table answers
     /// `hint`, is asked at most once, with the packet's own tuple, and never for a packet that
     /// does not parse.
     fn hook(&mut self, bytes: &[u8], hook: Hook, hint: HintMode) -> Option<Vec<u8>> {
-        let mut asked = Vec::new();
-        let mut conntrack = |t: &FlowTuple, _: bool| {
-            asked.push(*t);
-            hint
-        };
-        let v = self
-            .engine
-            .handle_packet(bytes, hook, self.now, &mut conntrack);
+        let mut conntrack = SimConntrack::answering(hint);
+        let mut seen = Record::default();
+        let v = step(
+            &mut self.engine,
+            bytes,
+            hook,
+            self.now,
+            &mut conntrack,
+            &mut seen,
+        );
+        let asked = conntrack.asked;
         assert!(asked.len() <= 1, "conntrack asked twice for one packet");
-        if let Some(t) = asked.first() {
+        if let Some((t, _)) = asked.first() {
             let parsed = TcpPacket::parse(bytes).expect("conntrack asked for a malformed packet");
             assert_eq!(*t, parsed.tuple, "conntrack asked for another tuple");
         }
@@ -235,7 +238,7 @@ impl Harness {
                 Some(out.to_vec())
             }
         };
-        self.check_tables();
+        self.check_tables(seen);
         res
     }
 
@@ -413,36 +416,21 @@ fn build_packet(
     sack: Option<(u32, u32)>,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = match (t.src.ip(), t.dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
-        _ => unreachable!("mixed families"),
-    };
-    let mut b = b.tcp(t.src.port(), t.dst.port(), seq, 64000);
-    if let Some(a) = ack {
-        b = b.ack(a);
+    Seg {
+        src: t.src,
+        dst: t.dst,
+        seq,
+        ack: ack.unwrap_or(0),
+        ack_flag: ack.is_some(),
+        syn,
+        fin,
+        rst,
+        window: 64000,
+        sack: sack.into_iter().collect(),
+        payload: payload.to_vec(),
+        ..Seg::default()
     }
-    if syn {
-        b = b.syn();
-    }
-    if fin {
-        b = b.fin();
-    }
-    if rst {
-        b = b.rst();
-    }
-    if let Some(block) = sack {
-        b = b
-            .options(&[
-                TcpOptionElement::Noop,
-                TcpOptionElement::Noop,
-                TcpOptionElement::SelectiveAcknowledgement(block, [None, None, None]),
-            ])
-            .expect("sack option");
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("build");
-    v
+    .bytes()
 }
 
 fn run(data: &[u8]) {
@@ -572,19 +560,25 @@ fn run(data: &[u8]) {
                 }
                 let t = FlowTuple::new(src, dst);
                 let syn = build_packet(t, r.u32(), None, true, false, false, None, &[]);
-                let v = h
-                    .engine
-                    .handle_packet(&syn, Hook::PreConntrack, h.now, &mut NoConntrack);
+                let mut seen = Record::default();
+                let v = step(
+                    &mut h.engine,
+                    &syn,
+                    Hook::PreConntrack,
+                    h.now,
+                    &mut NoConntrack,
+                    &mut seen,
+                );
                 if !is_control(&t) {
                     assert_eq!(v, Verdict::Accept);
                 }
-                while let Some(a) = h.engine.poll_action() {
+                for a in &seen.actions {
                     if let Action::CreateRelated(e) = a {
                         assert_eq!(e.original, t, "related entry for another flow");
                         assert_eq!(e.nat_src.is_some(), e.nat_dst.is_some());
                     }
                 }
-                h.check_tables();
+                h.check_tables(seen);
             }
             5 => {
                 // raw bytes
@@ -617,7 +611,7 @@ fn run(data: &[u8]) {
                         h.now
                     );
                 }
-                h.check_tables();
+                h.check_tables(Record::default());
             }
             _ => {
                 let s = u64::from(r.u16());

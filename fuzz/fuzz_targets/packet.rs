@@ -10,7 +10,9 @@
 #![no_main]
 
 use ftpct::packet::{build, Edit, PacketError, TcpPacket};
-use ftpct_fuzz::{checksums_ok, sack_blocks, Reader};
+use ftpct_fuzz::Reader;
+use ftpct_testutil::checksums_ok;
+use ftpct_testutil::seg::sack_blocks;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -22,10 +22,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use etherparse::PacketBuilder;
-use ftpct::engine::{Config, CtLookup, Engine, Event, Verdict};
+use ftpct::engine::{Config, Engine, Event};
 use ftpct::types::{CtTuples, FlowTuple, Hook, Timestamp};
 use ftpct_fuzz::Reader;
+use ftpct_testutil::drive::{passed, step, Record, SimConntrack};
+use ftpct_testutil::Seg;
 use libfuzzer_sys::fuzz_target;
 
 fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
@@ -69,26 +70,15 @@ struct Flags {
 }
 
 fn packet(src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, f: Flags, data: &[u8]) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        unreachable!("IPv4 only")
-    };
-    let mut b =
-        PacketBuilder::ipv4(s.octets(), d.octets(), 64).tcp(src.port(), dst.port(), seq, 65000);
-    if f.ack {
-        b = b.ack(ack);
+    assert!(src.is_ipv4() && dst.is_ipv4(), "IPv4 only");
+    Seg {
+        ack_flag: f.ack,
+        syn: f.syn,
+        fin: f.fin,
+        rst: f.rst,
+        ..Seg::new(src, dst, seq, ack, data)
     }
-    if f.syn {
-        b = b.syn();
-    }
-    if f.fin {
-        b = b.fin();
-    }
-    if f.rst {
-        b = b.rst();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, data).expect("build");
-    v
+    .bytes()
 }
 
 /// One endpoint: what it sent (its own stream) and what it received.
@@ -130,33 +120,24 @@ impl Run {
 
     /// One packet through the pre hook, the way the daemon drives it.
     fn pre(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let mut conntrack = |t: &FlowTuple, _: bool| {
-            let c = ct();
-            if *t == c.original || *t == c.reply {
-                CtLookup::Found {
-                    tuples: c,
-                    id: None,
-                }
-            } else {
-                CtLookup::Missing
-            }
-        };
-        let v = self
-            .engine
-            .handle_packet(bytes, Hook::PreConntrack, self.now, &mut conntrack);
-        while self.engine.poll_action().is_some() {}
-        while let Some(e) = self.engine.poll_event() {
+        let mut conntrack = SimConntrack::table([ct()]);
+        let mut seen = Record::default();
+        let v = step(
+            &mut self.engine,
+            bytes,
+            Hook::PreConntrack,
+            self.now,
+            &mut conntrack,
+            &mut seen,
+        );
+        for e in seen.events {
             if let Event::ExpectCreated { exp, .. } = e {
                 assert_ne!(exp.dst.port(), 8080, "a spoofed segment planted {exp:?}");
                 self.expectations
                     .push(format!("{:?} {} {:?}", exp.kind, exp.dst, exp.nat_to));
             }
         }
-        match v {
-            Verdict::Accept => Some(bytes.to_vec()),
-            Verdict::AcceptModified => Some(self.engine.modified_packet().to_vec()),
-            Verdict::Drop => None,
-        }
+        passed(&self.engine, bytes, v)
     }
 
     fn seq_of(&self, client: bool) -> u32 {

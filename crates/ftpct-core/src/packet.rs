@@ -289,122 +289,11 @@ fn get32(buf: &[u8], at: usize) -> Result<u32, PacketError> {
 }
 
 #[cfg(test)]
-pub(crate) mod testutil {
-    //! Builds test packets with etherparse (independent of the builder under test).
-    use super::*;
-    use etherparse::PacketBuilder;
-
-    pub struct Seg<'a> {
-        pub src: SocketAddr,
-        pub dst: SocketAddr,
-        pub seq: u32,
-        pub ack: u32,
-        pub syn: bool,
-        pub fin: bool,
-        pub rst: bool,
-        pub payload: &'a [u8],
-        pub sack: &'a [(u32, u32)],
-    }
-
-    impl<'a> Seg<'a> {
-        pub fn new(
-            src: SocketAddr,
-            dst: SocketAddr,
-            seq: u32,
-            ack: u32,
-            payload: &'a [u8],
-        ) -> Self {
-            Seg {
-                src,
-                dst,
-                seq,
-                ack,
-                syn: false,
-                fin: false,
-                rst: false,
-                payload,
-                sack: &[],
-            }
-        }
-        pub fn bytes(&self) -> Vec<u8> {
-            let b = match (self.src.ip(), self.dst.ip()) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
-                (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
-                _ => panic!("mixed families"),
-            };
-            let mut b = b
-                .tcp(self.src.port(), self.dst.port(), self.seq, 64000)
-                .ack(self.ack);
-            if self.syn {
-                b = b.syn();
-            }
-            if self.fin {
-                b = b.fin();
-            }
-            if self.rst {
-                b = b.rst();
-            }
-            if !self.sack.is_empty() {
-                let mut blocks = [(0u32, 0u32); 3];
-                for (i, s) in self.sack.iter().take(3).enumerate() {
-                    blocks[i] = *s;
-                }
-                let opt = match self.sack.len() {
-                    1 => etherparse::TcpOptionElement::SelectiveAcknowledgement(
-                        blocks[0],
-                        [None, None, None],
-                    ),
-                    2 => etherparse::TcpOptionElement::SelectiveAcknowledgement(
-                        blocks[0],
-                        [Some(blocks[1]), None, None],
-                    ),
-                    _ => etherparse::TcpOptionElement::SelectiveAcknowledgement(
-                        blocks[0],
-                        [Some(blocks[1]), Some(blocks[2]), None],
-                    ),
-                };
-                b = b
-                    .options(&[
-                        etherparse::TcpOptionElement::Noop,
-                        etherparse::TcpOptionElement::Noop,
-                        opt,
-                    ])
-                    .expect("sack option");
-            }
-            let mut v = Vec::new();
-            b.write(&mut v, self.payload).expect("build");
-            v
-        }
-    }
-
-    /// Verifies IP and TCP checksums of a packet with etherparse's own functions.
-    pub fn checksums_ok(bytes: &[u8]) -> bool {
-        let ip = IpSlice::from_slice(bytes).expect("ip");
-        let tcp = TcpSlice::from_slice(ip.payload().payload).expect("tcp");
-        match &ip {
-            IpSlice::Ipv4(v4) => {
-                let h = v4.header();
-                let hdr_ok = h.to_header().calc_header_checksum() == h.header_checksum();
-                let c = tcp
-                    .calc_checksum_ipv4(h.source(), h.destination())
-                    .expect("csum");
-                hdr_ok && c == tcp.checksum()
-            }
-            IpSlice::Ipv6(v6) => {
-                let h = v6.header();
-                let c = tcp
-                    .calc_checksum_ipv6(h.source(), h.destination())
-                    .expect("csum");
-                c == tcp.checksum()
-            }
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::testutil::*;
+    //! Test packets are built with etherparse by ftpct-testutil and checked with its checksum
+    //! oracle (both independent of the builder under test).
     use super::*;
+    use ftpct_testutil::{checksums_ok, Seg};
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -474,8 +363,7 @@ mod tests {
     #[test]
     fn build_maps_sack_blocks() {
         let mut s = Seg::new(a("10.0.0.2:40000"), a("198.51.100.2:21"), 1, 500, b"");
-        let blocks = [(600u32, 700u32), (800, 900)];
-        s.sack = &blocks;
+        s.sack = vec![(600u32, 700u32), (800, 900)];
         let b = s.bytes();
         let p = TcpPacket::parse(&b).unwrap();
         let f = |x: u32| x + 3;
