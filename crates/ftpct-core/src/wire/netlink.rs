@@ -283,6 +283,9 @@ impl<'a> MsgBuilder<'a> {
 
 /// Writes `seq` into the `nlmsg_seq` of the message at the start of `msg`.
 pub fn set_seq(msg: &mut [u8], seq: u32) -> Result<(), WireError> {
+    if msg.len() < NLMSG_HDRLEN {
+        return Err(WireError::TooLong("message shorter than nlmsghdr"));
+    }
     let slot = msg
         .get_mut(8..12)
         .ok_or(WireError::TooLong("message shorter than nlmsghdr"))?;
@@ -860,7 +863,8 @@ mod tests {
         let n = buf.len();
         assert!(stamp_batch(&mut buf[..n - 4], 1).is_err());
         assert!(stamp_batch(&mut buf[..10], 1).is_err());
-        assert!(set_seq(&mut [0u8; 11], 1).is_err());
+        assert!(set_seq(&mut [0u8; 15], 1).is_err());
+        assert!(set_seq(&mut [0u8; 16], 1).is_ok());
     }
 
     /// A list of attributes as values, to build and compare.
