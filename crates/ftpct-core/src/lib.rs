@@ -3,7 +3,8 @@
 //! [`engine`] ties together the FTP line parser ([`parser`]), the per-connection stream and
 //! FTP state ([`session`]), the TCP window check of the trust model ([`window`]), the rewrite
 //! log and sequence maps ([`seqadj`]), the expectation table ([`expect`]), the policy
-//! ([`policy`]) and IP/TCP slicing and rebuilding ([`packet`]). Nothing here opens a socket or
+//! ([`policy`]) and IP/TCP slicing and rebuilding ([`packet`]); [`wire`] holds the netlink
+//! codecs (ctnetlink, ipset, nf_tables) that the netfilter crate sends over its sockets. Nothing here opens a socket or
 //! a file, reads a clock or draws a random number: the crate's dependencies (etherparse,
 //! thiserror) cannot, and `unsafe` is forbidden. The daemon, `ftpct replay`, the simulation
 //! tests, the benches and the fuzz targets all drive [`engine::Engine`] the same way.
@@ -30,3 +31,4 @@ pub mod seqadj;
 pub mod session;
 pub mod types;
 pub mod window;
+pub mod wire;

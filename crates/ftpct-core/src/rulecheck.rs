@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use crate::rulespec::{self as rules, Backend, Family, Group, RuleSpec, SpecError};
 use crate::types::Timestamp;
+use crate::wire::netlink::{NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6};
 
 /// While rules stay missing, the warning is repeated this often.
 pub const REPEAT: Duration = Duration::from_secs(300);
@@ -50,9 +51,9 @@ impl NfFamily {
     /// `NFPROTO_*` value of the family, as in `nfgenmsg`.
     pub fn from_nfproto(v: u8) -> Option<NfFamily> {
         match v {
-            2 => Some(NfFamily::Ip),
-            10 => Some(NfFamily::Ip6),
-            1 => Some(NfFamily::Inet),
+            NFPROTO_IPV4 => Some(NfFamily::Ip),
+            NFPROTO_IPV6 => Some(NfFamily::Ip6),
+            NFPROTO_INET => Some(NfFamily::Inet),
             _ => None,
         }
     }
@@ -60,9 +61,9 @@ impl NfFamily {
     /// The `NFPROTO_*` value.
     pub fn nfproto(self) -> u8 {
         match self {
-            NfFamily::Ip => 2,
-            NfFamily::Ip6 => 10,
-            NfFamily::Inet => 1,
+            NfFamily::Ip => NFPROTO_IPV4,
+            NfFamily::Ip6 => NFPROTO_IPV6,
+            NfFamily::Inet => NFPROTO_INET,
         }
     }
 

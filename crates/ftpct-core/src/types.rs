@@ -191,8 +191,8 @@ impl fmt::Display for SessionId {
 /// Returns the address family number used by the kernel (`AF_INET` = 2, `AF_INET6` = 10).
 pub fn l3proto(ip: &IpAddr) -> u8 {
     match ip {
-        IpAddr::V4(_) => 2,
-        IpAddr::V6(_) => 10,
+        IpAddr::V4(_) => crate::wire::netlink::NFPROTO_IPV4,
+        IpAddr::V6(_) => crate::wire::netlink::NFPROTO_IPV6,
     }
 }
 

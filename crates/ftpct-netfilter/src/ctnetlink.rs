@@ -32,79 +32,15 @@
 //!
 //! Every request is built into a buffer reused across calls; answers are parsed in place.
 
-use std::net::{IpAddr, SocketAddr};
-
 use nix::libc;
 
-use crate::netlink::{
-    nfnl_msg_type, Attr, AttrIter, MsgBuilder, NetlinkSocket, NlError, NFNL_SUBSYS_CTNETLINK,
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
-};
+use crate::netlink::{NetlinkSocket, NlError, WireError};
 use crate::types::{l3proto, CtTuples, FlowTuple, RelatedEntry};
+use ftpct_core::wire::ctnetlink::{self as wire, EntryError, Which};
 
-// enum cntl_msg_types
-const IPCTNL_MSG_CT_NEW: u8 = 0;
-const IPCTNL_MSG_CT_GET: u8 = 1;
-const IPCTNL_MSG_CT_DELETE: u8 = 2;
-
-// enum ctattr_type
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
-const CTA_STATUS: u16 = 3;
-const CTA_PROTOINFO: u16 = 4;
-const CTA_HELP: u16 = 5;
-const CTA_TIMEOUT: u16 = 7;
-const CTA_MARK: u16 = 8;
-const CTA_MARK_MASK: u16 = 21;
-const CTA_ID: u16 = 12;
-const CTA_NAT_DST: u16 = 13;
-const CTA_NAT_SRC: u16 = 6;
-const CTA_TUPLE_MASTER: u16 = 14;
-const CTA_TABLE_LEN: usize = 27;
-
-// enum ctattr_tuple
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-// enum ctattr_ip
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
-// enum ctattr_l4proto
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-// enum ctattr_protoinfo / ctattr_protoinfo_tcp
-const CTA_PROTOINFO_TCP: u16 = 1;
-const CTA_PROTOINFO_TCP_STATE: u16 = 1;
-// enum ctattr_nat / ctattr_protonat
-const CTA_NAT_V4_MINIP: u16 = 1;
-const CTA_NAT_V4_MAXIP: u16 = 2;
-const CTA_NAT_PROTO: u16 = 3;
-const CTA_NAT_V6_MINIP: u16 = 4;
-const CTA_NAT_V6_MAXIP: u16 = 5;
-const CTA_PROTONAT_PORT_MIN: u16 = 1;
-const CTA_PROTONAT_PORT_MAX: u16 = 2;
-
-const IPPROTO_TCP: u8 = 6;
-/// `TCP_CONNTRACK_NONE`.
-pub const TCP_CONNTRACK_NONE: u8 = 0;
-/// `TCP_CONNTRACK_TIME_WAIT`.
-pub const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
-/// `TCP_CONNTRACK_CLOSE`.
-pub const TCP_CONNTRACK_CLOSE: u8 = 8;
-
-/// `enum ip_conntrack_status` bits (nf_conntrack_common.h) reported in [`CtEntry::status`].
-pub mod status {
-    pub const IPS_EXPECTED: u32 = 1 << 0;
-    pub const IPS_SEEN_REPLY: u32 = 1 << 1;
-    pub const IPS_ASSURED: u32 = 1 << 2;
-    pub const IPS_CONFIRMED: u32 = 1 << 3;
-    pub const IPS_SRC_NAT: u32 = 1 << 4;
-    pub const IPS_DST_NAT: u32 = 1 << 5;
-    pub const IPS_SRC_NAT_DONE: u32 = 1 << 7;
-    pub const IPS_DST_NAT_DONE: u32 = 1 << 8;
-}
+pub use ftpct_core::wire::ctnetlink::{
+    status, CtEntry, TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_NONE, TCP_CONNTRACK_TIME_WAIT,
+};
 
 /// Errors of conntrack requests. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -174,30 +110,28 @@ impl From<NlError> for CtError {
     }
 }
 
+impl From<WireError> for CtError {
+    fn from(e: WireError) -> Self {
+        CtError::Netlink(e.into())
+    }
+}
+
+impl From<EntryError> for CtError {
+    fn from(e: EntryError) -> Self {
+        match e {
+            EntryError::Incomplete(what) => CtError::BadAnswer(what),
+            EntryError::Wire(w) => w.into(),
+            _ => CtError::BadAnswer("unreadable entry"),
+        }
+    }
+}
+
 impl CtError {
     /// True for [`CtError::AlreadyExists`], which the daemon treats as success (a retransmitted
     /// SYN, or another instance created the same entry).
     pub fn is_already_exists(&self) -> bool {
         matches!(self, CtError::AlreadyExists)
     }
-}
-
-/// A conntrack entry with the fields ftpct looks at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtEntry {
-    pub tuples: CtTuples,
-    /// `CTA_ID`.
-    pub id: u32,
-    /// `CTA_STATUS`, see [`status`].
-    pub status: u32,
-    /// `CTA_MARK` (0 if absent).
-    pub mark: u32,
-    /// `CTA_TIMEOUT`: seconds left.
-    pub timeout_secs: u32,
-    /// TCP conntrack state (`enum tcp_conntrack`), if reported.
-    pub tcp_state: Option<u8>,
-    /// A kernel conntrack helper is attached (`CTA_HELP`), e.g. by `-j CT --helper ftp`.
-    pub helper: bool,
 }
 
 /// A ctnetlink socket with a reused request buffer.
@@ -225,35 +159,26 @@ impl Ctnetlink {
 
     /// Like [`Ctnetlink::get`], with the entry's id, status, mark, timeout and TCP state.
     pub fn get_entry(&mut self, packet: &FlowTuple) -> Result<Option<CtEntry>, CtError> {
-        if let Some(e) = self.query(CTA_TUPLE_ORIG, packet)? {
+        if let Some(e) = self.query(Which::Original, packet)? {
             return Ok(Some(e));
         }
         // A packet after conntrack whose addresses were translated back: as the reply of the
         // original tuple, or as the original of the reply tuple.
-        self.query(CTA_TUPLE_REPLY, &packet.inverse())
+        self.query(Which::Reply, &packet.inverse())
     }
 
     /// The entry one of whose two tuples is exactly `tuple` (a single request).
     pub fn lookup(&mut self, tuple: &FlowTuple) -> Result<Option<CtEntry>, CtError> {
-        self.query(CTA_TUPLE_ORIG, tuple)
+        self.query(Which::Original, tuple)
     }
 
-    fn query(&mut self, which: u16, t: &FlowTuple) -> Result<Option<CtEntry>, CtError> {
-        let family = family_of(t)?;
-        let mut b = MsgBuilder::new(
-            &mut self.buf,
-            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET),
-            NLM_F_REQUEST | NLM_F_ACK,
-            family,
-            0,
-        );
-        put_tuple(&mut b, which, t);
-        let msg = b.finish()?;
+    fn query(&mut self, which: Which, t: &FlowTuple) -> Result<Option<CtEntry>, CtError> {
+        family_of(t)?;
+        wire::build_get(&mut self.buf, which, t)?;
         let mut found: Option<Result<CtEntry, CtError>> = None;
-        let r = self.sock.transact(msg, |m| {
-            if m.subsys() == NFNL_SUBSYS_CTNETLINK && m.cmd() == IPCTNL_MSG_CT_NEW {
-                let (_, attrs) = m.nfgen()?;
-                found = Some(parse_entry(attrs));
+        let r = self.sock.transact(&mut self.buf, |m| {
+            if let Some(e) = wire::parse_entry_msg(m).transpose() {
+                found = Some(e.map_err(CtError::from));
             }
             Ok::<(), CtError>(())
         });
@@ -281,92 +206,40 @@ impl Ctnetlink {
                 return Err(CtError::MixedFamilies(FlowTuple::new(e.original.src, to)));
             }
         }
-        let mut b = MsgBuilder::new(
-            &mut self.buf,
-            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW),
-            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
-            family,
-            0,
-        );
-        put_tuple(&mut b, CTA_TUPLE_ORIG, &e.original);
-        put_tuple(&mut b, CTA_TUPLE_REPLY, &e.original.inverse());
-        put_tuple(&mut b, CTA_TUPLE_MASTER, &e.master);
-        // Both or neither: a missing one would get a null binding from the kernel.
-        if let Some(from) = e.nat_src {
-            put_nat(
-                &mut b,
-                CTA_NAT_SRC,
-                SocketAddr::new(from, e.original.src.port()),
-            );
-        }
-        if let Some(to) = e.nat_dst {
-            put_nat(&mut b, CTA_NAT_DST, to);
-        }
-        b.put_be32(CTA_TIMEOUT, e.timeout_secs);
-        b.put_be32(CTA_MARK, e.mark);
-        let pi = b.nest_start(CTA_PROTOINFO);
-        let tcp = b.nest_start(CTA_PROTOINFO_TCP);
-        b.put_u8(CTA_PROTOINFO_TCP_STATE, TCP_CONNTRACK_NONE);
-        b.nest_end(tcp);
-        b.nest_end(pi);
-        let msg = b.finish()?;
-        self.sock.request_ack(msg).map_err(|err| match err.errno() {
-            Some(errno) => map_errno("create", errno, Some(e.master)),
-            None => err.into(),
-        })
+        wire::build_create_related(&mut self.buf, e)?;
+        self.sock
+            .request_ack(&mut self.buf)
+            .map_err(|err| match err.errno() {
+                Some(errno) => map_errno("create", errno, Some(e.master)),
+                None => err.into(),
+            })
     }
 
     /// Sets the bits `bits` in the mark of the entry whose original tuple is `original`, leaving
     /// its other bits as they are (an update: `CTA_MARK` = `CTA_MARK_MASK` = `bits`; the kernel
     /// computes `(mark & !bits) ^ bits`). `Ok(false)` if there is no such entry.
     pub fn set_mark_bits(&mut self, original: &FlowTuple, bits: u32) -> Result<bool, CtError> {
-        let family = family_of(original)?;
-        let mut b = MsgBuilder::new(
-            &mut self.buf,
-            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW),
-            // no NLM_F_CREATE: update an existing entry only
-            NLM_F_REQUEST | NLM_F_ACK,
-            family,
-            0,
-        );
-        put_tuple(&mut b, CTA_TUPLE_ORIG, original);
-        b.put_be32(CTA_MARK, bits);
-        b.put_be32(CTA_MARK_MASK, bits);
-        let msg = b.finish()?;
-        request_on_entry(&mut self.sock, msg, "mark")
+        family_of(original)?;
+        wire::build_set_mark_bits(&mut self.buf, original, bits)?;
+        request_on_entry(&mut self.sock, &mut self.buf, "mark")
     }
 
     /// Deletes the entry whose original tuple is `original`. `Ok(false)` if there was none.
     pub fn delete(&mut self, original: &FlowTuple) -> Result<bool, CtError> {
-        let family = family_of(original)?;
-        let mut b = MsgBuilder::new(
-            &mut self.buf,
-            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE),
-            NLM_F_REQUEST | NLM_F_ACK,
-            family,
-            0,
-        );
-        put_tuple(&mut b, CTA_TUPLE_ORIG, original);
-        let msg = b.finish()?;
-        request_on_entry(&mut self.sock, msg, "delete")
+        family_of(original)?;
+        wire::build_delete(&mut self.buf, original)?;
+        request_on_entry(&mut self.sock, &mut self.buf, "delete")
     }
 
     /// Number of conntrack entries (all protocols, both families) in this network namespace,
     /// by a dump. Meant for tests and diagnostics, not for the packet path.
     pub fn dump_count(&mut self) -> Result<usize, CtError> {
         // No attribute and family AF_UNSPEC: every entry.
-        let b = MsgBuilder::new(
-            &mut self.buf,
-            nfnl_msg_type(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET),
-            NLM_F_REQUEST | NLM_F_DUMP,
-            0,
-            0,
-        );
-        let msg = b.finish()?;
+        wire::build_dump(&mut self.buf)?;
         let mut n = 0usize;
         self.sock
-            .transact(msg, |m| {
-                if m.subsys() == NFNL_SUBSYS_CTNETLINK && m.cmd() == IPCTNL_MSG_CT_NEW {
+            .transact(&mut self.buf, |m| {
+                if wire::is_entry(m) {
                     n += 1;
                 }
                 Ok::<(), CtError>(())
@@ -424,186 +297,21 @@ fn map_errno(op: &'static str, errno: i32, master: Option<FlowTuple>) -> CtError
 }
 
 fn family_of(t: &FlowTuple) -> Result<u8, CtError> {
-    let f = l3proto(&t.src.ip());
-    if f != l3proto(&t.dst.ip()) {
-        return Err(CtError::MixedFamilies(*t));
-    }
-    Ok(f)
+    wire::family_of(t).ok_or(CtError::MixedFamilies(*t))
 }
 
-fn put_tuple(b: &mut MsgBuilder<'_>, which: u16, t: &FlowTuple) {
-    let tuple = b.nest_start(which);
-    let ip = b.nest_start(CTA_TUPLE_IP);
-    match (t.src.ip(), t.dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            b.put_ipv4(CTA_IP_V4_SRC, s).put_ipv4(CTA_IP_V4_DST, d);
-        }
-        // Callers check the family first; a mix is written as IPv6 (v4-mapped) and refused
-        // by the kernel rather than panicking here.
-        (s, d) => {
-            b.put_ipv6(CTA_IP_V6_SRC, to_v6(s))
-                .put_ipv6(CTA_IP_V6_DST, to_v6(d));
-        }
-    }
-    b.nest_end(ip);
-    let proto = b.nest_start(CTA_TUPLE_PROTO);
-    b.put_u8(CTA_PROTO_NUM, IPPROTO_TCP)
-        .put_be16(CTA_PROTO_SRC_PORT, t.src.port())
-        .put_be16(CTA_PROTO_DST_PORT, t.dst.port());
-    b.nest_end(proto);
-    b.nest_end(tuple);
-}
-
-fn put_nat(b: &mut MsgBuilder<'_>, which: u16, to: SocketAddr) {
-    let nat = b.nest_start(which);
-    match to.ip() {
-        IpAddr::V4(a) => {
-            b.put_ipv4(CTA_NAT_V4_MINIP, a)
-                .put_ipv4(CTA_NAT_V4_MAXIP, a);
-        }
-        IpAddr::V6(a) => {
-            b.put_ipv6(CTA_NAT_V6_MINIP, a)
-                .put_ipv6(CTA_NAT_V6_MAXIP, a);
-        }
-    }
-    let p = b.nest_start(CTA_NAT_PROTO);
-    b.put_be16(CTA_PROTONAT_PORT_MIN, to.port())
-        .put_be16(CTA_PROTONAT_PORT_MAX, to.port());
-    b.nest_end(p);
-    b.nest_end(nat);
-}
-
-fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-        IpAddr::V6(a) => a,
-    }
-}
-
-/// Parses the attributes of a conntrack entry as the kernel answers a lookup (public for the
-/// `netlink` fuzz target: the bytes come from the kernel, but are checked like any input).
-pub fn parse_entry(attrs: AttrIter<'_>) -> Result<CtEntry, CtError> {
-    let t: [Option<Attr>; CTA_TABLE_LEN] = attrs.table()?;
-    let original =
-        parse_tuple(t[CTA_TUPLE_ORIG as usize].ok_or(CtError::BadAnswer("no CTA_TUPLE_ORIG"))?)?;
-    let reply =
-        parse_tuple(t[CTA_TUPLE_REPLY as usize].ok_or(CtError::BadAnswer("no CTA_TUPLE_REPLY"))?)?;
-    let u32_of = |k: u16| -> Result<u32, CtError> {
-        match t[k as usize] {
-            Some(a) => Ok(a.be32()?),
-            None => Ok(0),
-        }
-    };
-    let mut tcp_state = None;
-    if let Some(pi) = t[CTA_PROTOINFO as usize] {
-        for a in pi.nested() {
-            let a = a?;
-            if a.kind() == CTA_PROTOINFO_TCP {
-                for s in a.nested() {
-                    let s = s?;
-                    if s.kind() == CTA_PROTOINFO_TCP_STATE {
-                        tcp_state = Some(s.u8()?);
-                    }
-                }
-            }
-        }
-    }
-    Ok(CtEntry {
-        tuples: CtTuples { original, reply },
-        id: u32_of(CTA_ID)?,
-        status: u32_of(CTA_STATUS)?,
-        mark: u32_of(CTA_MARK)?,
-        timeout_secs: u32_of(CTA_TIMEOUT)?,
-        tcp_state,
-        helper: t[CTA_HELP as usize].is_some(),
-    })
-}
-
-fn parse_tuple(a: Attr<'_>) -> Result<FlowTuple, CtError> {
-    let t: [Option<Attr>; 4] = a.nested().table()?;
-    let ip = t[CTA_TUPLE_IP as usize].ok_or(CtError::BadAnswer("tuple without CTA_TUPLE_IP"))?;
-    let proto =
-        t[CTA_TUPLE_PROTO as usize].ok_or(CtError::BadAnswer("tuple without CTA_TUPLE_PROTO"))?;
-    let ipt: [Option<Attr>; 5] = ip.nested().table()?;
-    let (src, dst): (IpAddr, IpAddr) = match (
-        ipt[CTA_IP_V4_SRC as usize],
-        ipt[CTA_IP_V4_DST as usize],
-        ipt[CTA_IP_V6_SRC as usize],
-        ipt[CTA_IP_V6_DST as usize],
-    ) {
-        (Some(s), Some(d), _, _) => (s.ipv4()?.into(), d.ipv4()?.into()),
-        (_, _, Some(s), Some(d)) => (s.ipv6()?.into(), d.ipv6()?.into()),
-        _ => return Err(CtError::BadAnswer("tuple without addresses")),
-    };
-    let pt: [Option<Attr>; 4] = proto.nested().table()?;
-    let num = pt[CTA_PROTO_NUM as usize]
-        .ok_or(CtError::BadAnswer("tuple without CTA_PROTO_NUM"))?
-        .u8()?;
-    if num != IPPROTO_TCP {
-        return Err(CtError::BadAnswer("entry is not TCP"));
-    }
-    let port = |k: u16| -> Result<u16, CtError> {
-        Ok(pt[k as usize]
-            .ok_or(CtError::BadAnswer("tuple without port"))?
-            .be16()?)
-    };
-    Ok(FlowTuple::new(
-        SocketAddr::new(src, port(CTA_PROTO_SRC_PORT)?),
-        SocketAddr::new(dst, port(CTA_PROTO_DST_PORT)?),
-    ))
+/// Parses the attributes of a conntrack entry as the kernel answers a lookup (the core's
+/// [`ftpct_core::wire::ctnetlink::parse_entry`] with this module's errors).
+pub fn parse_entry(attrs: crate::netlink::AttrIter<'_>) -> Result<CtEntry, CtError> {
+    wire::parse_entry(attrs).map_err(CtError::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{NlMsgIter, NLA_F_NESTED};
 
-    fn sa(s: &str) -> SocketAddr {
+    fn sa(s: &str) -> std::net::SocketAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn tuple_roundtrip_v4_v6() {
-        for t in [
-            FlowTuple::new(sa("10.0.0.2:40000"), sa("192.0.2.1:21")),
-            FlowTuple::new(sa("[2001:db8::2]:40000"), sa("[2001:db8::1]:21")),
-        ] {
-            let mut buf = Vec::new();
-            let mut b = MsgBuilder::new(&mut buf, 0x100, 0, family_of(&t).unwrap(), 0);
-            put_tuple(&mut b, CTA_TUPLE_ORIG, &t);
-            put_tuple(&mut b, CTA_TUPLE_REPLY, &t.inverse());
-            let msg = b.finish().unwrap();
-            let m = NlMsgIter::new(msg).next().unwrap().unwrap();
-            let (_, attrs) = m.nfgen().unwrap();
-            let e = parse_entry(attrs).unwrap();
-            assert_eq!(e.tuples.original, t);
-            assert_eq!(e.tuples.reply, t.inverse());
-            assert_eq!(e.tcp_state, None);
-        }
-    }
-
-    #[test]
-    fn nat_attribute_layout() {
-        let mut buf = Vec::new();
-        let mut b = MsgBuilder::new(&mut buf, 0x100, 0, 2, 0);
-        put_nat(&mut b, CTA_NAT_DST, sa("10.0.0.2:4242"));
-        let msg = b.finish().unwrap();
-        let m = NlMsgIter::new(msg).next().unwrap().unwrap();
-        let (_, mut attrs) = m.nfgen().unwrap();
-        let nat = attrs.next().unwrap().unwrap();
-        assert_eq!(nat.kind(), CTA_NAT_DST);
-        assert!(nat.is_nested());
-        let t: [Option<Attr>; 6] = nat.nested().table().unwrap();
-        assert_eq!(t[1].unwrap().ipv4().unwrap().octets(), [10, 0, 0, 2]);
-        assert_eq!(t[2].unwrap().ipv4().unwrap().octets(), [10, 0, 0, 2]);
-        let p: [Option<Attr>; 3] = t[3].unwrap().nested().table().unwrap();
-        assert_eq!(p[1].unwrap().be16().unwrap(), 4242);
-        assert_eq!(p[2].unwrap().be16().unwrap(), 4242);
-        // Raw check of the nested flag on the wire.
-        assert_eq!(
-            u16::from_ne_bytes(msg[22..24].try_into().unwrap()),
-            CTA_NAT_DST | NLA_F_NESTED
-        );
     }
 
     #[test]

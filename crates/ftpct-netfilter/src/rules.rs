@@ -76,52 +76,7 @@ pub trait Exec {
     /// nat` / `table ip6 nat`, chain `PREROUTING` with a hook), read over netlink:
     /// iptables-nft creates it lazily, and `iptables -S` shows it whether it exists or not.
     fn nat_base_chain(&mut self, family: Family) -> Result<bool, String> {
-        nft_nat_prerouting_exists(family).map_err(|e| e.to_string())
-    }
-}
-
-/// [`Exec::nat_base_chain`] over nf_tables netlink: `NFT_MSG_GETCHAIN` of `PREROUTING` in
-/// table `nat` of the family; `ENOENT` when the table or the chain is missing.
-fn nft_nat_prerouting_exists(family: Family) -> Result<bool, crate::netlink::NlError> {
-    use crate::netlink::{
-        nfnl_msg_type, MsgBuilder, NetlinkSocket, NlError, NFNL_SUBSYS_NFTABLES, NLM_F_ACK,
-        NLM_F_REQUEST,
-    };
-    const NFT_MSG_GETCHAIN: u8 = 4;
-    const NFT_MSG_NEWCHAIN: u8 = 3;
-    const NFTA_CHAIN_TABLE: u16 = 1;
-    const NFTA_CHAIN_NAME: u16 = 3;
-    const NFTA_CHAIN_HOOK: u16 = 4;
-    let nfproto = match family {
-        Family::V4 => 2,
-        Family::V6 => 10,
-    };
-    let mut sock = NetlinkSocket::open()?;
-    let mut buf = Vec::with_capacity(64);
-    let mut b = MsgBuilder::new(
-        &mut buf,
-        nfnl_msg_type(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN),
-        NLM_F_REQUEST | NLM_F_ACK,
-        nfproto,
-        0,
-    );
-    b.put_cstr(NFTA_CHAIN_TABLE, "nat");
-    b.put_cstr(NFTA_CHAIN_NAME, "PREROUTING");
-    b.finish()?;
-    let len = buf.len();
-    let mut base = false;
-    let r = sock.transact(&mut buf[..len], |m| {
-        if m.subsys() == NFNL_SUBSYS_NFTABLES && m.cmd() == NFT_MSG_NEWCHAIN {
-            let (_, attrs) = m.nfgen()?;
-            let t: [Option<crate::netlink::Attr>; 5] = attrs.table()?;
-            base |= t[NFTA_CHAIN_HOOK as usize].is_some();
-        }
-        Ok::<(), NlError>(())
-    });
-    match r {
-        Ok(()) => Ok(base),
-        Err(NlError::Kernel { errno }) if errno == nix::libc::ENOENT => Ok(false),
-        Err(e) => Err(e),
+        crate::nftables::nat_prerouting_exists(family).map_err(|e| e.to_string())
     }
 }
 
