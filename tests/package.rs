@@ -369,7 +369,7 @@ fn unit_command_lines_are_accepted_by_the_binary() {
     // is the file's, no drop-in needed.
     let legacy_conf = root.join("legacy.conf");
     let mut text = fs::read_to_string(&conf).unwrap();
-    text.push_str("backend = iptables-legacy\n");
+    text.push_str("backend = \"iptables-legacy\"\n");
     fs::write(&legacy_conf, text).unwrap();
     let mut seen = 0;
     for (key, args) in ftpct_commands(&unit) {
@@ -627,6 +627,33 @@ fn dpkg_lifecycle_in_a_scratch_root() {
         "{calls}"
     );
 
+    // An edited file in the format of ftpct 0.1 is kept too; the upgrade says how to convert
+    // it (the daemon reads it, with the same warning).
+    let mut conf = fs::read_to_string(root.join(CONF)).unwrap();
+    conf.push_str("backend = iptables-legacy\nfail_open = yes\n");
+    fs::write(root.join(CONF), &conf).unwrap();
+    let out = run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--force-script-chrootless",
+            "--force-depends",
+            "--force-confold",
+            "-i",
+            &deb,
+        ])
+        .env("PATH", &path)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(fs::read_to_string(root.join(CONF)).unwrap(), conf);
+    let want = format!("ftpct check-config --migrate {}", root.join(CONF).display());
+    assert!(
+        stderr.contains(&want),
+        "the upgrade does not name `{want}`:\n{stderr}"
+    );
+    let _ = take_log(&log);
+
     // Remove: the conffile stays, the unit is masked.
     dpkg(&["-r", "ftpct"]);
     let calls = take_log(&log);
@@ -654,29 +681,20 @@ fn dpkg_lifecycle_in_a_scratch_root() {
     assert!(!root.join("var/lib/private/ftpct").exists());
 }
 
-/// Every key `src/config.rs` accepts, as the quoted match arms of its parser.
+/// Every key the configuration file accepts (`config::KEYS` and the deprecated ones; a unit
+/// test in src/config.rs checks that they are the fields serde reads).
 fn config_keys() -> Vec<String> {
-    let src = fs::read_to_string(Path::new(MANIFEST_DIR).join("src/config.rs")).unwrap();
-    let body = &src[src
-        .find("match k {")
-        .expect("the key match in config::parse")..];
-    let body = &body[..body.find("_ =>").unwrap()];
-    body.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let rest = l.strip_prefix('"')?;
-            let (key, after) = rest.split_once('"')?;
-            after
-                .trim_start()
-                .starts_with("=>")
-                .then(|| key.to_string())
-        })
+    ftpct::config::KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(ftpct::config::DEPRECATED_KEYS)
+        .map(String::from)
         .collect()
 }
 
 /// Keys still accepted (with a warning) but no longer used: documented in ftpct.conf(5) as
 /// deprecated, absent from the shipped file.
-const DEPRECATED_KEYS: [&str; 1] = ["max_hold_retries"];
+const DEPRECATED_KEYS: [&str; 1] = ftpct::config::DEPRECATED_KEYS;
 
 #[test]
 fn default_config_and_man_page_cover_every_key_at_its_default() {
