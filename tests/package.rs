@@ -837,3 +837,66 @@ fn man_page_names_every_subcommand() {
         );
     }
 }
+
+/// `ftpct check-config` on the file the 0.1 package shipped, edited as an admin would (old
+/// syntax): accepted, with the warning that names `--migrate`; `--migrate` prints TOML that
+/// check-config accepts without that warning; a broken old file prints nothing and exits 2;
+/// a TOML file is printed as it is.
+#[test]
+fn check_config_reads_the_0_1_format_and_migrates_it() {
+    let bin = env!("CARGO_BIN_EXE_ftpct");
+    let dir = scratch("migrate");
+    let mut old =
+        fs::read_to_string(Path::new(MANIFEST_DIR).join("tests/data/ftpct-0.1.conf")).unwrap();
+    old.push_str("ports = 21, 2121\nbackend = iptables-legacy # ours\nfail_open = yes\n");
+    let old_path = dir.join("old.conf");
+    fs::write(&old_path, &old).unwrap();
+    let out = run(Command::new(bin).arg("check-config").arg(&old_path));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim_end()
+        .ends_with(": ok"));
+    let want = format!("ftpct check-config --migrate {}", old_path.display());
+    assert!(stderr.contains(&want), "{stderr}");
+
+    let new = ok(Command::new(bin)
+        .args(["check-config", "--migrate"])
+        .arg(&old_path));
+    assert_eq!(new.lines().count(), old.lines().count(), "{new}");
+    assert!(new.contains("\nports = [21, 2121]\n"), "{new}");
+    assert!(
+        new.contains("\nbackend = \"iptables-legacy\" # ours\n"),
+        "{new}"
+    );
+    assert!(
+        new.contains("\n#socket = \"/run/ftpct/ftpct.sock\"\n"),
+        "{new}"
+    );
+    let new_path = dir.join("new.conf");
+    fs::write(&new_path, &new).unwrap();
+    let out = run(Command::new(bin).arg("check-config").arg(&new_path));
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    // the same rules from both files
+    let rules = |p: &Path| ok(Command::new(bin).args(["rules", "--config"]).arg(p));
+    assert_eq!(rules(&old_path), rules(&new_path));
+    // a TOML file: unchanged, with a note
+    let out = run(Command::new(bin)
+        .args(["check-config", "--migrate"])
+        .arg(&new_path));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), new);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in the TOML format"));
+    // an old file with an error: nothing on stdout, the error with its line, status 2
+    fs::write(&old_path, "socket = /run/x.sock\nports = 21, x\n").unwrap();
+    let out = run(Command::new(bin)
+        .args(["check-config", "--migrate"])
+        .arg(&old_path));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2: 'x' is not a TCP port", old_path.display())),
+        "{stderr}"
+    );
+}
