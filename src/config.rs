@@ -354,7 +354,7 @@ struct Invalid {
     msg: String,
 }
 
-/// The value of `v`, or `d` if the file does not set it; `Err` carries its position.
+/// The value of a key the file sets, with the byte offset it starts at (for the line of an error).
 fn get<T: Clone>(v: &Option<Spanned<T>>) -> Option<(T, usize)> {
     v.as_ref().map(|s| (s.get_ref().clone(), s.span().start))
 }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{ConfigError, DEPRECATED_KEYS, KEYS};
+use super::{ConfigError, DEPRECATED_KEYS};
 
 /// What a key's value is, in the old syntax.
 #[derive(Clone, Copy)]
@@ -220,7 +220,6 @@ pub(super) fn translate(text: &str, path: &Path) -> Result<String, ConfigError> 
                 "unknown key '{k}' (see ftpct.conf(5) for the list)"
             )));
         };
-        debug_assert!(KEYS.iter().any(|(n, _)| *n == k) || DEPRECATED_KEYS.contains(&k));
         let value = convert(kind, v).map_err(err)?;
         let tail = rest
             .map(|r| format!(" #{}", comment(r)))
@@ -273,4 +272,23 @@ pub(super) fn replaced_deprecated(text: &str) -> Vec<usize> {
     lines
         .split_last()
         .map_or(Vec::new(), |(_, rest)| rest.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::KEYS;
+    use super::*;
+
+    #[test]
+    fn the_old_format_knows_every_key() {
+        for k in KEYS.iter().map(|(k, _)| *k).chain(DEPRECATED_KEYS) {
+            assert!(kind(k).is_some(), "{k}");
+            // and the default, as 0.1 wrote it, translates to a TOML value of that key
+            let (_, default) = KEYS.iter().find(|(n, _)| *n == k).unwrap_or(&("", "3"));
+            let old = default.trim_matches('"').trim_matches(['[', ']']);
+            let t = translate(&format!("{k} = {old}\n"), Path::new("k")).unwrap();
+            assert!(super::super::parse_toml(&t, Path::new("k")).is_ok(), "{t}");
+        }
+        assert!(kind("bogus").is_none());
+    }
 }
