@@ -138,7 +138,7 @@ check "enabled on install" enabled "$(cx systemctl is-enabled ftpct)"
 check "not started on install" inactive "$(cx systemctl is-active ftpct || true)"
 
 # The admin's edit: the opt-in metrics endpoint.
-cx sh -c 'echo "metrics = 127.0.0.1:9477" >> /etc/ftpct/ftpct.conf'
+cx sh -c 'echo "metrics = \"127.0.0.1:9477\"" >> /etc/ftpct/ftpct.conf'
 cx systemctl start ftpct || fail "start"
 check "active after start (READY=1)" active "$(cx systemctl is-active ftpct)"
 cx systemctl show ftpct -p StatusText --value | grep -q '^queue 0' || fail "no STATUS="
@@ -255,7 +255,7 @@ check "rules after systemctl restart" 20 "$(rule_count)"
 # of the backend the file names then).
 cx systemctl stop ftpct
 check "rules removed on stop" 0 "$(rule_count)"
-cx sh -c 'echo "backend = iptables-legacy" >> /etc/ftpct/ftpct.conf'
+cx sh -c 'echo "backend = \"iptables-legacy\"" >> /etc/ftpct/ftpct.conf'
 cx systemctl start ftpct || fail "start with backend = iptables-legacy"
 check "iptables-legacy rules applied" 20 "$(rule_count iptables-legacy)"
 check "no iptables-nft rules" 0 "$(rule_count)"
@@ -266,7 +266,7 @@ check "iptables-legacy rules kept while systemd restarts the daemon" 20 "$(rule_
 wait_restarted "$main"
 cx systemctl stop ftpct
 check "iptables-legacy rules removed on stop" 0 "$(rule_count iptables-legacy)"
-cx sed -i '/^backend = iptables-legacy$/d' /etc/ftpct/ftpct.conf
+cx sed -i '/^backend = "iptables-legacy"$/d' /etc/ftpct/ftpct.conf
 # Six starts in a few seconds so far: clear systemd's start rate limit (5 in 10 s).
 cx systemctl reset-failed ftpct
 

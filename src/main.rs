@@ -102,8 +102,15 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Validate a configuration file.
-    CheckConfig { file: PathBuf },
+    /// Validate a configuration file (TOML, or the format of ftpct 0.1 with a warning).
+    CheckConfig {
+        /// Print the file in the TOML format instead (a file in the old format translated
+        /// line by line, comments kept; a TOML file as it is), e.g.
+        /// `ftpct check-config --migrate old.conf > new.conf`.
+        #[arg(long)]
+        migrate: bool,
+        file: PathBuf,
+    },
     /// Run the core over a capture (pcap or pcapng) and print what it would have parsed,
     /// rewritten and expected. Needs no root.
     Replay {
@@ -231,9 +238,14 @@ fn main() -> ExitCode {
             metrics,
             state,
         } => {
-            let mut s = match load_settings(config.as_deref(), "ftpct: ") {
+            // The warnings (an old-format file, deprecated keys) are logged once logging is set
+            // up, so that under systemd they reach the journal as warnings.
+            let (mut s, warnings) = match load_quiet(config.as_deref()) {
                 Ok(s) => s,
-                Err(code) => return code,
+                Err(e) => {
+                    eprintln!("ftpct: {e}");
+                    return ExitCode::from(2);
+                }
             };
             let overrides = config::Overrides {
                 queue,
@@ -247,6 +259,9 @@ fn main() -> ExitCode {
             if let Err(e) = init_logs(log.as_deref().unwrap_or(&s.log)) {
                 eprintln!("ftpct: {e}");
                 return ExitCode::from(2);
+            }
+            for w in &warnings {
+                tracing::warn!("{w}");
             }
             match daemon::run(daemon::RunOptions {
                 settings: s,
@@ -360,12 +375,34 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::CheckConfig { file } => match config::load(&file) {
+        Cmd::CheckConfig {
+            migrate: false,
+            file,
+        } => match config::load(&file) {
             Ok(s) => {
                 for w in &s.warnings {
                     eprintln!("warning: {w}");
                 }
                 println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::CheckConfig {
+            migrate: true,
+            file,
+        } => match config::read(&file).and_then(|text| config::migrate(&text, &file)) {
+            Ok((text, format)) => {
+                if format == config::Format::Toml {
+                    eprintln!(
+                        "{}: already in the TOML format: printed unchanged",
+                        file.display()
+                    );
+                }
+                print!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -415,6 +452,19 @@ fn load_settings(config: Option<&std::path::Path>, prefix: &str) -> Result<Setti
                 ExitCode::from(2)
             }),
         None => Ok(Settings::default()),
+    }
+}
+
+/// The settings of `config` (or the defaults) and their warnings, without printing them.
+fn load_quiet(
+    config: Option<&std::path::Path>,
+) -> Result<(Settings, Vec<String>), config::ConfigError> {
+    match config {
+        Some(p) => config::load(p).map(|s| {
+            let w = s.warnings.clone();
+            (s, w)
+        }),
+        None => Ok((Settings::default(), Vec::new())),
     }
 }
 

@@ -607,7 +607,7 @@ fn post_conntrack_queue_takes_only_marked_connections() {
 fn nft_backend_scenario(test: &str, topo: Topology, mode: Mode) {
     let mut lab = Lab::up(test, topo);
     lab.server();
-    lab.start_ftpct_with_config("backend = nft\n", &[]);
+    lab.start_ftpct_with_config("backend = \"nft\"\n", &[]);
     let table = lab.gw(&["nft", "list", "table", "inet", "ftpct"]).stdout;
     assert!(table.contains("chain queue_control"), "[{test}] {table}");
     let saved = lab.gw(&["iptables-nft-save"]).stdout + &lab.gw(&["ip6tables-nft-save"]).stdout;

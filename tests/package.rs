@@ -369,7 +369,7 @@ fn unit_command_lines_are_accepted_by_the_binary() {
     // is the file's, no drop-in needed.
     let legacy_conf = root.join("legacy.conf");
     let mut text = fs::read_to_string(&conf).unwrap();
-    text.push_str("backend = iptables-legacy\n");
+    text.push_str("backend = \"iptables-legacy\"\n");
     fs::write(&legacy_conf, text).unwrap();
     let mut seen = 0;
     for (key, args) in ftpct_commands(&unit) {
@@ -627,6 +627,33 @@ fn dpkg_lifecycle_in_a_scratch_root() {
         "{calls}"
     );
 
+    // An edited file in the format of ftpct 0.1 is kept too; the upgrade says how to convert
+    // it (the daemon reads it, with the same warning).
+    let mut conf = fs::read_to_string(root.join(CONF)).unwrap();
+    conf.push_str("backend = iptables-legacy\nfail_open = yes\n");
+    fs::write(root.join(CONF), &conf).unwrap();
+    let out = run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--force-script-chrootless",
+            "--force-depends",
+            "--force-confold",
+            "-i",
+            &deb,
+        ])
+        .env("PATH", &path)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(fs::read_to_string(root.join(CONF)).unwrap(), conf);
+    let want = format!("ftpct check-config --migrate {}", root.join(CONF).display());
+    assert!(
+        stderr.contains(&want),
+        "the upgrade does not name `{want}`:\n{stderr}"
+    );
+    let _ = take_log(&log);
+
     // Remove: the conffile stays, the unit is masked.
     dpkg(&["-r", "ftpct"]);
     let calls = take_log(&log);
@@ -654,29 +681,20 @@ fn dpkg_lifecycle_in_a_scratch_root() {
     assert!(!root.join("var/lib/private/ftpct").exists());
 }
 
-/// Every key `src/config.rs` accepts, as the quoted match arms of its parser.
+/// Every key the configuration file accepts (`config::KEYS` and the deprecated ones; a unit
+/// test in src/config.rs checks that they are the fields serde reads).
 fn config_keys() -> Vec<String> {
-    let src = fs::read_to_string(Path::new(MANIFEST_DIR).join("src/config.rs")).unwrap();
-    let body = &src[src
-        .find("match k {")
-        .expect("the key match in config::parse")..];
-    let body = &body[..body.find("_ =>").unwrap()];
-    body.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let rest = l.strip_prefix('"')?;
-            let (key, after) = rest.split_once('"')?;
-            after
-                .trim_start()
-                .starts_with("=>")
-                .then(|| key.to_string())
-        })
+    ftpct::config::KEYS
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(ftpct::config::DEPRECATED_KEYS)
+        .map(String::from)
         .collect()
 }
 
 /// Keys still accepted (with a warning) but no longer used: documented in ftpct.conf(5) as
 /// deprecated, absent from the shipped file.
-const DEPRECATED_KEYS: [&str; 1] = ["max_hold_retries"];
+const DEPRECATED_KEYS: [&str; 1] = ftpct::config::DEPRECATED_KEYS;
 
 #[test]
 fn default_config_and_man_page_cover_every_key_at_its_default() {
@@ -818,4 +836,67 @@ fn man_page_names_every_subcommand() {
             "ftpct(8) lacks the backend {b}"
         );
     }
+}
+
+/// `ftpct check-config` on the file the 0.1 package shipped, edited as an admin would (old
+/// syntax): accepted, with the warning that names `--migrate`; `--migrate` prints TOML that
+/// check-config accepts without that warning; a broken old file prints nothing and exits 2;
+/// a TOML file is printed as it is.
+#[test]
+fn check_config_reads_the_0_1_format_and_migrates_it() {
+    let bin = env!("CARGO_BIN_EXE_ftpct");
+    let dir = scratch("migrate");
+    let mut old =
+        fs::read_to_string(Path::new(MANIFEST_DIR).join("tests/data/ftpct-0.1.conf")).unwrap();
+    old.push_str("ports = 21, 2121\nbackend = iptables-legacy # ours\nfail_open = yes\n");
+    let old_path = dir.join("old.conf");
+    fs::write(&old_path, &old).unwrap();
+    let out = run(Command::new(bin).arg("check-config").arg(&old_path));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim_end()
+        .ends_with(": ok"));
+    let want = format!("ftpct check-config --migrate {}", old_path.display());
+    assert!(stderr.contains(&want), "{stderr}");
+
+    let new = ok(Command::new(bin)
+        .args(["check-config", "--migrate"])
+        .arg(&old_path));
+    assert_eq!(new.lines().count(), old.lines().count(), "{new}");
+    assert!(new.contains("\nports = [21, 2121]\n"), "{new}");
+    assert!(
+        new.contains("\nbackend = \"iptables-legacy\" # ours\n"),
+        "{new}"
+    );
+    assert!(
+        new.contains("\n#socket = \"/run/ftpct/ftpct.sock\"\n"),
+        "{new}"
+    );
+    let new_path = dir.join("new.conf");
+    fs::write(&new_path, &new).unwrap();
+    let out = run(Command::new(bin).arg("check-config").arg(&new_path));
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    // the same rules from both files
+    let rules = |p: &Path| ok(Command::new(bin).args(["rules", "--config"]).arg(p));
+    assert_eq!(rules(&old_path), rules(&new_path));
+    // a TOML file: unchanged, with a note
+    let out = run(Command::new(bin)
+        .args(["check-config", "--migrate"])
+        .arg(&new_path));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), new);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in the TOML format"));
+    // an old file with an error: nothing on stdout, the error with its line, status 2
+    fs::write(&old_path, "socket = /run/x.sock\nports = 21, x\n").unwrap();
+    let out = run(Command::new(bin)
+        .args(["check-config", "--migrate"])
+        .arg(&old_path));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2: 'x' is not a TCP port", old_path.display())),
+        "{stderr}"
+    );
 }

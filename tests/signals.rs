@@ -2,7 +2,8 @@
 //! SIGTERM and on SIGINT (exit status 0, control socket removed, "ftpct stopping" logged, state
 //! saved), a second daemon refused on a socket that is in use, two daemons in two namespaces
 //! side by side with the same queue number, a reload (SIGHUP) of an invalid file that keeps
-//! the running settings, and a malformed queued packet logged and counted.
+//! the running settings, a file in the old (0.1) format that runs with a warning, and a
+//! malformed queued packet logged and counted.
 //!
 //! Needs root (network namespaces), like the other kernel tests; fails, never skips, without.
 
@@ -356,6 +357,64 @@ fn sighup_with_an_invalid_file_keeps_the_running_settings() {
     fs::write(&d.conf, "ports = 2121\n").expect("rewrite ftpct.conf");
     d.signal(Signal::SIGHUP);
     d.wait_for_log("configuration reloaded", STOP_WITHIN);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
+}
+
+/// A configuration file in the format of ftpct 0.1 (bare words, `21, 2121`, `yes`), as an
+/// upgraded gateway still has it: the daemon runs with its values and warns, at start and at
+/// each reload, with the command that converts it; once converted, a reload no longer warns.
+#[test]
+fn an_old_format_file_runs_with_a_warning_naming_the_migration() {
+    require_root("signals");
+    let ns = Netns::new("sig-oldconf");
+    let dir = Dir::new("oldconf");
+    let conf = dir.0.join("ftpct.conf");
+    let old = "# ftpct 0.1\nports = 21, 2121\nbackend = iptables-nft\nfail_open = yes\n";
+    fs::write(&conf, old).expect("write ftpct.conf");
+    let mut d = Daemon::start(&ns, &dir.0, 0);
+    let log = d.wait_for_log("ftpct running", START_WITHIN);
+    let migrate = format!("ftpct check-config --migrate {}", conf.display());
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains(&migrate))
+            .count()
+    };
+    assert_eq!(warned(&log), 1, "{log}");
+    let running = log.lines().find(|l| l.contains("ftpct running")).unwrap();
+    assert!(
+        running.contains("ports=[21, 2121]") && running.contains("fail_open=true"),
+        "the old file's values apply: {running}"
+    );
+    d.signal(Signal::SIGHUP);
+    let log = d.wait_for_log("configuration reloaded", STOP_WITHIN);
+    assert_eq!(warned(&log), 2, "a reload warns again:\n{log}");
+    // converted by the documented command, the file reloads without the warning
+    let out = Command::new(BIN)
+        .args(["check-config", "--migrate"])
+        .arg(&conf)
+        .output()
+        .expect("run ftpct check-config --migrate");
+    assert!(out.status.success(), "{out:?}");
+    let new = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(
+        new.contains("ports = [21, 2121]\n") && new.contains("fail_open = true\n"),
+        "{new}"
+    );
+    fs::write(&conf, new).expect("write the converted ftpct.conf");
+    let before = d.log_text().matches("configuration reloaded").count();
+    d.signal(Signal::SIGHUP);
+    let t0 = Instant::now();
+    while d.log_text().matches("configuration reloaded").count() == before {
+        assert!(
+            t0.elapsed() < STOP_WITHIN,
+            "no second reload:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = d.log_text();
+    assert_eq!(warned(&log), 2, "the converted file warns no more:\n{log}");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait(STOP_WITHIN).and_then(|s| s.code()), Some(0));
 }

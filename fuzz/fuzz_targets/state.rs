@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to the state-file loader (`ftpct::state::load_text`) and to the
-//! configuration parser (`ftpct::config::parse`): both read files that an admin or a crash may
-//! have mangled, also as raw bytes (`load_bytes`, which stops at a byte that is not UTF-8).
+//! configuration parser (`ftpct::config::parse`: TOML, and the 0.1 format through its
+//! translation): both read files that an admin or a crash may have mangled, also as raw bytes
+//! (`load_bytes`, which stops at a byte that is not UTF-8).
 //! Checks: no panic; every record the loader accepts re-encodes to a line that
 //! decodes to the same record; a file made of the accepted records replays to the same counts.
 

@@ -433,8 +433,8 @@ impl Lab {
         self.start_ftpct_with_config("", args)
     }
 
-    /// `start_ftpct` with `extra_conf` appended to `STATE/ftpct.conf` (whole `key = value` lines,
-    /// e.g. `"max_sessions = 1000\n"`; see src/config.rs for the keys).
+    /// `start_ftpct` with `extra_conf` appended to `STATE/ftpct.conf` (whole TOML `key = value`
+    /// lines, e.g. `"max_sessions = 1000\n"` or `"backend = \"nft\"\n"`; see ftpct.conf(5)).
     #[track_caller]
     pub fn start_ftpct_with_config(&mut self, extra_conf: &str, args: &[&str]) {
         self.start_ftpct_with_env(extra_conf, args, &[])
@@ -456,7 +456,7 @@ impl Lab {
         let conf = self.state_dir().join("ftpct.conf");
         fs::write(
             &conf,
-            format!("# written by tests/common\nports = {ports}\n{extra_conf}"),
+            format!("# written by tests/common\nports = [{ports}]\n{extra_conf}"),
         )
         .expect("write ftpct.conf");
         let conf_s = conf.to_string_lossy().into_owned();
