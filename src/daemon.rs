@@ -25,7 +25,6 @@ use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
-use crate::policy::HoldTimeoutAction;
 use crate::rulecheck::{Checker, Notice};
 use crate::rules::RuleSpec;
 use crate::state::StateFile;
@@ -939,145 +938,28 @@ pub fn malformed_message(queue: u16) -> String {
     )
 }
 
-/// One log line per event, with the session id, addresses and NAT, for an admin to follow.
+/// One log line per event, with the session id, addresses and NAT, for an admin to follow:
+/// the core's renderer (`ftpct_core::render`) gives the prose and the `key=value` fields; the
+/// level is checked before anything is formatted.
 pub fn log_event(e: &Event) {
-    match e {
-        Event::SessionStart { id, ct } => info!(
-            session = %id,
-            client = %ct.original.src,
-            server = %ct.original.dst,
-            nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
-            "control session start"
-        ),
-        Event::SessionEnd { id, ct, reason } => info!(
-            session = %id,
-            client = %ct.original.src,
-            server = %ct.original.dst,
-            nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
-            reason = reason.describe(),
-            "control session end"
-        ),
-        Event::Message { id, kind } => debug!(session = %id, message = kind.label(), "message"),
-        Event::Rewritten { id, kind, from, to } => {
-            info!(session = %id, message = kind.label(), from = %from, to = %to, "address rewritten")
-        }
-        Event::ExpectCreated { id, exp } => info!(
-            session = %exp.master,
-            expectation = id.0,
-            src = %exp.src,
-            dst = %exp.dst,
-            nat_to = %exp.nat_to.map_or_else(|| "-".to_string(), |a| a.to_string()),
-            "expecting data connection"
-        ),
-        Event::ExpectUsed { id, exp, data } => {
-            info!(session = %exp.master, expectation = id.0, data = %data, "data connection admitted as RELATED")
-        }
-        Event::ExpectRemoved { id, exp, reason } => info!(
-            session = %exp.master,
-            expectation = id.0,
-            dst = %exp.dst,
-            reason = reason.describe(),
-            "expectation removed"
-        ),
-        Event::Refused {
-            id,
-            kind,
-            addr,
-            reason,
-        } => {
-            warn!(session = %id, message = kind.label(), addr = %addr, reason = %reason, "refused data address")
-        }
-        Event::ParseFailed {
-            id,
-            dir,
-            kind,
-            error,
-        } => warn!(
-            session = %id,
-            dir = dir.label(),
-            message = kind.label(),
-            error = %error,
-            "unparseable message let through unchanged"
-        ),
-        Event::TlsStarted { id } => warn!(
-            session = %id,
-            "AUTH TLS accepted: the control channel is encrypted and no longer inspected; data \
-             connections of this session cannot be admitted (allow the server's passive port \
-             range in the firewall, or use plain FTP)"
-        ),
-        Event::LineTooLong { id, dir } => {
-            warn!(session = %id, dir = dir.label(), "control line too long; skipped to its end")
-        }
-        Event::HoldTimedOut {
-            id,
-            dir,
-            held,
-            after,
-            action,
-        } => match action {
-            HoldTimeoutAction::Keep => warn!(
-                session = %id,
-                dir = dir.label(),
-                held_bytes = held,
-                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
-                 its held part stays inside (hold_timeout_action = keep): it is still \
-                 rewritten if the rest comes, never let through unrewritten",
-                after.as_secs()
-            ),
-            HoldTimeoutAction::Pass => warn!(
-                session = %id,
-                dir = dir.label(),
-                held_bytes = held,
-                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
-                 its held part is let through unchanged (hold_timeout_action = pass), the \
-                 line will not be rewritten",
-                after.as_secs()
-            ),
-        },
-        Event::Resynced { id, dir } => warn!(
-            session = %id,
-            dir = dir.label(),
-            "bytes of the control connection never reached ftpct (queue bypass?); tracking resumes at the next line"
-        ),
-        Event::NotRewritten { id, kind } => warn!(
-            session = %id,
-            message = kind.label(),
-            "message needed a rewrite but its start had already been forwarded; the data connection will likely fail"
-        ),
-        Event::Malformed { error, len, hook } => warn!(
-            reason = %error,
-            bytes = *len,
-            hook = hook.label(),
-            "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged"
-        ),
-        Event::SegmentRefused { id, dir, why } => warn!(
-            session = %id,
-            dir = dir.label(),
-            why = why.label(),
-            "segment refused and passed on untouched, no state changed: {} (spoofed, or              the kernel will mark it INVALID too; counted in packets_out_of_window,              rst_ignored, synack_ignored)",
-            why.describe()
-        ),
-        Event::Throttled { id, kind } => warn!(
-            session = %id,
-            kind = *kind,
-            "more than log_events_per_second {kind} events from this session in one second;              the rest of this second's are not logged (counted in events_throttled)"
-        ),
-        Event::EvictionStarted {
-            max_sessions,
-            protected_left,
-        } => {
-            if *protected_left {
-                warn!(
-                    max_sessions = *max_sessions,
-                    "session table full: evicting the least recently active sessions without                      sequence offsets or expectations (raise max_sessions if this is normal load)"
-                )
-            } else {
-                warn!(
-                    max_sessions = *max_sessions,
-                    "session table full and every evictable session has a sequence offset or an                      expectation: evicting the least recently active one, whose control                      connection may break (raise max_sessions, or look for a flood of control                      connections)"
-                )
-            }
-        }
+    use ftpct_core::render::{describe, Level, LogLine};
+    let min = if tracing::enabled!(tracing::Level::DEBUG) {
+        Level::Debug
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        Level::Info
+    } else {
+        Level::Warn
+    };
+    let mut line = LogLine::new(min);
+    // (`now` only matters for the `ftpct events` line of expectations)
+    describe(e, Timestamp::ZERO, &mut line);
+    if line.level < min {
+        return;
+    }
+    match line.level {
+        Level::Debug => debug!("{}", line.text),
+        Level::Info => info!("{}", line.text),
+        Level::Warn => warn!("{}", line.text),
     }
 }
 

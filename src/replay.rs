@@ -39,7 +39,6 @@
 //! depends only on the capture and the options.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +57,7 @@ use crate::packet::{self, Edit, PacketError, TcpPacket};
 use crate::policy::Policy;
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
+use ftpct_core::render::{self, JsonObject, JsonSink, Level, Sink, Value};
 
 // ---------------------------------------------------------------------------------------------
 // Options, summary, errors
@@ -812,73 +812,34 @@ fn rewritten_line(line: &Line, adj: &SeqAdj) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // Output helpers
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// What replay adds to an event's JSON object.
+enum Extra<'a> {
+    /// The line behind the event (`null`: not seen).
+    Line(Option<&'a [u8]>),
+    /// An address (`null`: none).
+    Addr(Option<SocketAddr>),
+    /// An IP address (`null`: none).
+    Ip(Option<IpAddr>),
 }
 
-/// A JSON object written field by field, in a fixed order.
-struct Obj(String);
+/// The core's JSON sink, with replay's names for expectations (`E1`, `E2`, ... in creation
+/// order) instead of the engine's ids.
+struct ReplayJson<'a> {
+    inner: JsonSink<'a>,
+    expect: Option<u64>,
+}
 
-impl Obj {
-    fn new(ty: &str) -> Obj {
-        let mut s = String::with_capacity(160);
-        s.push_str("{\"type\":");
-        json_str(&mut s, ty);
-        Obj(s)
+impl Sink for ReplayJson<'_> {
+    fn begin(&mut self, name: &'static str, level: Level) -> bool {
+        self.inner.begin(name, level)
     }
-    fn key(&mut self, k: &str) {
-        self.0.push(',');
-        json_str(&mut self.0, k);
-        self.0.push(':');
-    }
-    fn s(mut self, k: &str, v: impl fmt::Display) -> Obj {
-        self.key(k);
-        json_str(&mut self.0, &v.to_string());
-        self
-    }
-    fn opt(self, k: &str, v: Option<impl fmt::Display>) -> Obj {
-        match v {
-            Some(v) => self.s(k, v),
-            None => self.raw(k, "null"),
+    fn field(&mut self, key: &'static str, value: Value<'_>) {
+        match (value, self.expect) {
+            (Value::Expect(_), Some(n)) => {
+                self.inner.field(key, Value::Display(&format_args!("E{n}")))
+            }
+            _ => self.inner.field(key, value),
         }
-    }
-    fn n(self, k: &str, v: impl Into<i128>) -> Obj {
-        let v: i128 = v.into();
-        self.raw(k, &v.to_string())
-    }
-    fn b(self, k: &str, v: bool) -> Obj {
-        self.raw(k, if v { "true" } else { "false" })
-    }
-    fn raw(mut self, k: &str, v: &str) -> Obj {
-        self.key(k);
-        self.0.push_str(v);
-        self
-    }
-    fn tuple(self, k: &str, t: FlowTuple) -> Obj {
-        let mut o = String::from("{\"src\":");
-        json_str(&mut o, &t.src.to_string());
-        o.push_str(",\"dst\":");
-        json_str(&mut o, &t.dst.to_string());
-        o.push('}');
-        self.raw(k, &o)
-    }
-    fn end(mut self) -> String {
-        self.0.push('}');
-        self.0
     }
 }
 
@@ -1039,9 +1000,9 @@ impl<'o> Replayer<'o> {
                 Nat::Snat(ip) => ("snat", Some(ip)),
                 Nat::Dnat(ip) => ("dnat", Some(ip)),
             };
-            Obj::new("capture")
-                .s("format", self.sum.format.label())
-                .s("nat", nat)
+            JsonObject::typed("capture")
+                .display("format", self.sum.format.label())
+                .display("nat", nat)
                 .opt("public", public)
                 .raw("ports", &format!("[{ports}]"))
                 .end()
@@ -1057,10 +1018,10 @@ impl<'o> Replayer<'o> {
 
     fn warning(&mut self, sid: Option<SessionId>, msg: &str) -> io::Result<()> {
         let s = if self.json {
-            Obj::new("warning")
+            JsonObject::typed("warning")
                 .raw("t", &self.t())
                 .opt("session", sid)
-                .s("message", msg)
+                .display("message", msg)
                 .end()
         } else {
             match sid {
@@ -1460,7 +1421,39 @@ impl<'o> Replayer<'o> {
         n
     }
 
+    /// The JSON object of `e` from the core's renderer, with `"t"`, the replay's own name of an
+    /// expectation (`E<n>`) and what only replay knows (the line behind a message, the NAT of
+    /// the related entry) after the event's fields.
+    fn json_event(
+        &self,
+        e: &Event,
+        t: &str,
+        n: Option<u64>,
+        extra: &[(&str, Extra<'_>)],
+    ) -> String {
+        let mut s = ReplayJson {
+            inner: JsonSink::new(Some(t)),
+            expect: n,
+        };
+        render::describe(e, self.now, &mut s);
+        let mut o = s.inner.obj;
+        for (k, v) in extra {
+            o = match v {
+                Extra::Line(l) => o.opt(k, l.map(text_of)),
+                Extra::Addr(a) => o.opt(k, *a),
+                Extra::Ip(a) => o.opt(k, *a),
+            };
+        }
+        o.end()
+    }
+
     fn event(&mut self, e: Event, ctx: &mut PacketCtx) -> io::Result<()> {
+        let n = match e {
+            Event::ExpectCreated { id, .. }
+            | Event::ExpectUsed { id, .. }
+            | Event::ExpectRemoved { id, .. } => Some(self.expect_number(id)),
+            _ => None,
+        };
         let t = self.t();
         let json = self.json;
         let s = match e {
@@ -1487,21 +1480,12 @@ impl<'o> Replayer<'o> {
                         last_line: [None, None],
                     },
                 );
-                let (nat, public, note) = match plan {
-                    Plan::None => ("none", None, None),
-                    Plan::Snat(p) => ("snat", Some(p), None),
-                    Plan::Dnat(p) => ("dnat", Some(p), None),
-                    Plan::Untranslatable(why) => ("none", None, Some(why)),
+                let note = match plan {
+                    Plan::Untranslatable(why) => Some(why),
+                    _ => None,
                 };
                 let s = if json {
-                    Obj::new("session_start")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .tuple("original", ct.original)
-                        .tuple("reply", ct.reply)
-                        .s("nat", nat)
-                        .opt("public", public)
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     let nat = match plan {
                         Plan::Snat(p) => format!("snat to {p}"),
@@ -1533,11 +1517,7 @@ impl<'o> Replayer<'o> {
                     s.end = Some(reason);
                 }
                 if json {
-                    Obj::new("session_end")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("reason", reason.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} {id} session end ({})", reason.label())
                 }
@@ -1551,13 +1531,7 @@ impl<'o> Replayer<'o> {
                     s.last_line[dir.index()] = line;
                 }
                 if json {
-                    Obj::new("message")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .opt("line", text.as_deref().map(text_of))
-                        .end()
+                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
                 } else {
                     format!(
                         "{t} {id} {} {} {}",
@@ -1577,15 +1551,7 @@ impl<'o> Replayer<'o> {
                 let line = Self::take_line(ctx, kind);
                 let text = line.map(|l| l.text);
                 if json {
-                    Obj::new("parse_failed")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .opt("line", text.as_deref().map(text_of))
-                        .s("error", error.label())
-                        .s("detail", error)
-                        .end()
+                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
                 } else {
                     format!(
                         "{t} {id} {} {} {}: parse failed: {error}",
@@ -1605,16 +1571,15 @@ impl<'o> Replayer<'o> {
                 });
                 let old = self.last_line(id, dir).map(|l| l.text.clone());
                 if json {
-                    Obj::new("rewrite")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .s("from", from)
-                        .s("to", to)
-                        .opt("line", old.as_deref().map(text_of))
-                        .opt("new_line", new_line.as_deref().map(text_of))
-                        .end()
+                    self.json_event(
+                        &e,
+                        &t,
+                        n,
+                        &[
+                            ("line", Extra::Line(old.as_deref())),
+                            ("new_line", Extra::Line(new_line.as_deref())),
+                        ],
+                    )
                 } else {
                     format!(
                         "{t} {id} rewrite {} {from} -> {to}: {}",
@@ -1626,11 +1591,7 @@ impl<'o> Replayer<'o> {
             Event::NotRewritten { id, kind } => {
                 self.sum.not_rewritten += 1;
                 if json {
-                    Obj::new("not_rewritten")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("kind", kind.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} NOT rewritten {}: the line had already been let through",
@@ -1640,20 +1601,11 @@ impl<'o> Replayer<'o> {
             }
             Event::ExpectCreated { id, exp } => {
                 self.sum.expect_created += 1;
-                let n = self.expect_number(id);
+                let n = n.unwrap_or_else(|| self.expect_number(id));
                 self.live.insert(n, exp);
                 let secs = exp.expires.since(exp.created).as_secs();
                 if json {
-                    Obj::new("expect_created")
-                        .raw("t", &t)
-                        .s("session", exp.master)
-                        .s("expect", format!("E{n}"))
-                        .s("kind", exp.kind.label())
-                        .s("src", any_ip(exp.src))
-                        .s("dst", exp.dst)
-                        .opt("nat_to", exp.nat_to)
-                        .n("timeout", secs)
-                        .end()
+                    self.json_event(&e, &t, Some(n), &[])
                 } else {
                     let nat = exp
                         .nat_to
@@ -1670,20 +1622,21 @@ impl<'o> Replayer<'o> {
             }
             Event::ExpectUsed { id, exp, data } => {
                 self.sum.expect_used += 1;
-                let n = self.expect_number(id);
+                let n = n.unwrap_or_else(|| self.expect_number(id));
                 self.live.remove(&n);
                 let rel = ctx.related.pop_front();
                 let nat_src = rel.and_then(|r| r.nat_src);
                 let nat_dst = rel.and_then(|r| r.nat_dst);
                 if json {
-                    Obj::new("expect_used")
-                        .raw("t", &t)
-                        .s("session", exp.master)
-                        .s("expect", format!("E{n}"))
-                        .tuple("data", data)
-                        .opt("nat_src", nat_src)
-                        .opt("nat_dst", nat_dst)
-                        .end()
+                    self.json_event(
+                        &e,
+                        &t,
+                        Some(n),
+                        &[
+                            ("nat_src", Extra::Ip(nat_src)),
+                            ("nat_dst", Extra::Addr(nat_dst)),
+                        ],
+                    )
                 } else {
                     let nat = match (nat_src, nat_dst) {
                         (Some(s), Some(d)) => format!(", related entry translated to {s} -> {d}"),
@@ -1698,15 +1651,10 @@ impl<'o> Replayer<'o> {
                 } else {
                     self.sum.expect_removed += 1;
                 }
-                let n = self.expect_number(id);
+                let n = n.unwrap_or_else(|| self.expect_number(id));
                 self.live.remove(&n);
                 if json {
-                    Obj::new("expect_removed")
-                        .raw("t", &t)
-                        .s("session", exp.master)
-                        .s("expect", format!("E{n}"))
-                        .s("reason", reason.label())
-                        .end()
+                    self.json_event(&e, &t, Some(n), &[])
                 } else {
                     format!(
                         "{t} {} expect E{n} removed ({})",
@@ -1725,23 +1673,14 @@ impl<'o> Replayer<'o> {
                 let dir = expect_dir(kind);
                 let text = self.last_line(id, dir).map(|l| l.text.clone());
                 if json {
-                    Obj::new("refused")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .s("addr", addr)
-                        .opt("line", text.as_deref().map(text_of))
-                        .s("reason", reason.label())
-                        .s("detail", reason)
-                        .end()
+                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
                 } else {
                     format!("{t} {id} refused {} {addr}: {reason}", kind.label())
                 }
             }
             Event::TlsStarted { id } => {
                 if json {
-                    Obj::new("tls_started").raw("t", &t).s("session", id).end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} AUTH TLS accepted: the control channel is no longer inspected"
@@ -1750,11 +1689,7 @@ impl<'o> Replayer<'o> {
             }
             Event::LineTooLong { id, dir } => {
                 if json {
-                    Obj::new("line_too_long")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} {id} {} line too long, skipped", dir.label())
                 }
@@ -1767,13 +1702,7 @@ impl<'o> Replayer<'o> {
                 ..
             } => {
                 if json {
-                    Obj::new("hold_timeout")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .raw("held", &held.to_string())
-                        .s("action", action.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} {} partial line not complete within hold_timeout ({held} bytes held, {})",
@@ -1784,11 +1713,7 @@ impl<'o> Replayer<'o> {
             }
             Event::Resynced { id, dir } => {
                 if json {
-                    Obj::new("resynced")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} {} bytes missing from the capture, tracking resumes at the next line",
@@ -1798,12 +1723,7 @@ impl<'o> Replayer<'o> {
             }
             Event::Malformed { error, len, hook } => {
                 if json {
-                    Obj::new("malformed")
-                        .raw("t", &t)
-                        .s("hook", hook.label())
-                        .raw("bytes", &len.to_string())
-                        .s("error", error.to_string())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} malformed packet at {} ({len} bytes): {error}",
@@ -1813,12 +1733,7 @@ impl<'o> Replayer<'o> {
             }
             Event::SegmentRefused { id, dir, why } => {
                 if json {
-                    Obj::new("segment_refused")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("why", why.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} {} segment refused ({}): {}",
@@ -1830,28 +1745,14 @@ impl<'o> Replayer<'o> {
             }
             Event::Throttled { id, kind } => {
                 if json {
-                    Obj::new("throttled")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("kind", kind)
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} {id} more {kind} events this second are not shown")
                 }
             }
-            Event::EvictionStarted {
-                max_sessions,
-                protected_left,
-            } => {
+            Event::EvictionStarted { max_sessions, .. } => {
                 if json {
-                    Obj::new("eviction_started")
-                        .raw("t", &t)
-                        .raw("max_sessions", &max_sessions.to_string())
-                        .raw(
-                            "protected_left",
-                            if protected_left { "true" } else { "false" },
-                        )
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} session table full ({max_sessions}), evicting")
                 }
@@ -1885,16 +1786,16 @@ impl<'o> Replayer<'o> {
             let o = &s.adj[0];
             let r = &s.adj[1];
             let line = if self.json {
-                Obj::new("seq")
-                    .s("session", sid)
-                    .s("state", state)
-                    .n("original_offset", o.offset_after())
-                    .n("original_rewrites", o.records().count() as u64)
-                    .n("reply_offset", r.offset_after())
-                    .n("reply_rewrites", r.records().count() as u64)
-                    .n("seq_adjusted", s.seq_adjusted)
-                    .n("ack_adjusted", s.ack_adjusted)
-                    .n("dropped", s.dropped)
+                JsonObject::typed("seq")
+                    .display("session", sid)
+                    .display("state", state)
+                    .num("original_offset", o.offset_after())
+                    .num("original_rewrites", o.records().count() as u64)
+                    .num("reply_offset", r.offset_after())
+                    .num("reply_rewrites", r.records().count() as u64)
+                    .num("seq_adjusted", s.seq_adjusted)
+                    .num("ack_adjusted", s.ack_adjusted)
+                    .num("dropped", s.dropped)
                     .end()
             } else {
                 format!(
@@ -1913,14 +1814,14 @@ impl<'o> Replayer<'o> {
         for (n, exp) in &self.live {
             let left = exp.expires.since(self.now).as_secs();
             let line = if self.json {
-                Obj::new("expect_pending")
-                    .s("session", exp.master)
-                    .s("expect", format!("E{n}"))
-                    .s("kind", exp.kind.label())
-                    .s("src", any_ip(exp.src))
-                    .s("dst", exp.dst)
+                JsonObject::typed("expect_pending")
+                    .display("session", exp.master)
+                    .display("expect", format!("E{n}"))
+                    .display("kind", exp.kind.label())
+                    .display("src", any_ip(exp.src))
+                    .display("dst", exp.dst)
                     .opt("nat_to", exp.nat_to)
-                    .n("expires_in", left)
+                    .num("expires_in", left)
                     .end()
             } else {
                 format!(
@@ -1935,29 +1836,29 @@ impl<'o> Replayer<'o> {
         }
         let s = &self.sum;
         let line = if self.json {
-            Obj::new("summary")
-                .s("format", s.format.label())
-                .n("packets_read", s.packets_read)
-                .n("packets_skipped", s.packets_skipped())
-                .n("skipped_link", s.skipped_link)
-                .n("skipped_non_ip", s.skipped_non_ip)
-                .n("skipped_non_tcp", s.skipped_non_tcp)
-                .n("skipped_fragment", s.skipped_fragment)
-                .n("skipped_malformed", s.skipped_malformed)
-                .n("sessions", s.sessions)
-                .n("messages", s.messages)
-                .n("rewrites", s.rewrites)
-                .n("expect_created", s.expect_created)
-                .n("expect_used", s.expect_used)
-                .n("expect_expired", s.expect_expired)
-                .n("expect_removed", s.expect_removed)
-                .n("refusals", s.refusals)
-                .n("parse_failures", s.parse_failures)
-                .n("not_rewritten", s.not_rewritten)
-                .n("seq_adjusted", s.seq_adjusted)
-                .n("ack_adjusted", s.ack_adjusted)
-                .n("dropped", s.dropped)
-                .b("complete", complete)
+            JsonObject::typed("summary")
+                .display("format", s.format.label())
+                .num("packets_read", s.packets_read)
+                .num("packets_skipped", s.packets_skipped())
+                .num("skipped_link", s.skipped_link)
+                .num("skipped_non_ip", s.skipped_non_ip)
+                .num("skipped_non_tcp", s.skipped_non_tcp)
+                .num("skipped_fragment", s.skipped_fragment)
+                .num("skipped_malformed", s.skipped_malformed)
+                .num("sessions", s.sessions)
+                .num("messages", s.messages)
+                .num("rewrites", s.rewrites)
+                .num("expect_created", s.expect_created)
+                .num("expect_used", s.expect_used)
+                .num("expect_expired", s.expect_expired)
+                .num("expect_removed", s.expect_removed)
+                .num("refusals", s.refusals)
+                .num("parse_failures", s.parse_failures)
+                .num("not_rewritten", s.not_rewritten)
+                .num("seq_adjusted", s.seq_adjusted)
+                .num("ack_adjusted", s.ack_adjusted)
+                .num("dropped", s.dropped)
+                .bool("complete", complete)
                 .end()
         } else {
             format!(
