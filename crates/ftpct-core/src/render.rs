@@ -884,4 +884,309 @@ mod tests {
             "{\"type\":\"x\",\"a\":\"q\\\"b\\\\\\n\\u0001\",\"b\":\"\\t\"}"
         );
     }
+    /// Every variant, for the pinned renderings.
+    fn every_event() -> Vec<Event> {
+        use crate::engine::{EndReason, RemoveReason, SegmentRefusal};
+        use crate::expect::ExpectKind;
+        use crate::packet::PacketError;
+        use crate::parser::ParseError;
+        use crate::policy::{HoldTimeoutAction, Refusal};
+        use crate::types::{Hook, SessionId};
+        use crate::window::Untrusted;
+        use std::time::Duration;
+        const S: u64 = 1_000_000_000;
+        let id = SessionId(3);
+        let exp = Expectation {
+            master: id,
+            kind: ExpectKind::Pasv227,
+            src: "0.0.0.0".parse().unwrap(),
+            dst: "203.0.113.1:50000".parse().unwrap(),
+            nat_to: Some("10.0.0.2:50000".parse().unwrap()),
+            created: Timestamp(10 * S),
+            expires: Timestamp(310 * S),
+        };
+        let exp6 = Expectation {
+            src: "2001:db8::2".parse().unwrap(),
+            dst: "[2001:db8::1]:40000".parse().unwrap(),
+            nat_to: None,
+            kind: ExpectKind::Eprt,
+            ..exp
+        };
+        let data = FlowTuple::new(
+            "198.51.100.2:20".parse().unwrap(),
+            "203.0.113.1:50000".parse().unwrap(),
+        );
+        vec![
+            Event::SessionStart { id, ct: ct() },
+            Event::SessionEnd {
+                id,
+                ct: ct(),
+                reason: EndReason::Evicted,
+            },
+            Event::Message {
+                id,
+                kind: MsgKind::Reply227,
+            },
+            Event::Rewritten {
+                id,
+                kind: ExpectKind::Port,
+                from: "10.0.0.2:40000".parse().unwrap(),
+                to: "203.0.113.1:61000".parse().unwrap(),
+            },
+            Event::ExpectCreated {
+                id: ExpectId(5),
+                exp,
+            },
+            Event::ExpectCreated {
+                id: ExpectId(6),
+                exp: exp6,
+            },
+            Event::ExpectUsed {
+                id: ExpectId(5),
+                exp,
+                data,
+            },
+            Event::ExpectRemoved {
+                id: ExpectId(6),
+                exp: exp6,
+                reason: RemoveReason::MasterGone,
+            },
+            Event::Refused {
+                id,
+                kind: ExpectKind::Eprt,
+                addr: "192.0.2.9:2121".parse().unwrap(),
+                reason: Refusal::ThirdParty {
+                    advertised: "192.0.2.9".parse().unwrap(),
+                    peer: "10.0.0.2".parse().unwrap(),
+                },
+            },
+            Event::Refused {
+                id,
+                kind: ExpectKind::Port,
+                addr: "10.0.0.2:22".parse().unwrap(),
+                reason: Refusal::PrivilegedPort(22),
+            },
+            Event::ParseFailed {
+                id,
+                dir: Dir::Reply,
+                kind: MsgKind::Reply229,
+                error: ParseError::BadNumber,
+            },
+            Event::TlsStarted { id },
+            Event::LineTooLong {
+                id,
+                dir: Dir::Original,
+            },
+            Event::HoldTimedOut {
+                id,
+                dir: Dir::Original,
+                held: 12,
+                after: Duration::from_secs(5),
+                action: HoldTimeoutAction::Keep,
+            },
+            Event::HoldTimedOut {
+                id,
+                dir: Dir::Reply,
+                held: 7,
+                after: Duration::from_secs(2),
+                action: HoldTimeoutAction::Pass,
+            },
+            Event::NotRewritten {
+                id,
+                kind: ExpectKind::Epsv229,
+            },
+            Event::Resynced {
+                id,
+                dir: Dir::Reply,
+            },
+            Event::SegmentRefused {
+                id,
+                dir: Dir::Original,
+                why: SegmentRefusal::Window(Untrusted::SeqAhead),
+            },
+            Event::SegmentRefused {
+                id,
+                dir: Dir::Reply,
+                why: SegmentRefusal::Rst,
+            },
+            Event::Throttled {
+                id,
+                kind: "refused",
+            },
+            Event::Malformed {
+                error: PacketError::NotTcp,
+                len: 60,
+                hook: Hook::PostConntrack,
+            },
+            Event::EvictionStarted {
+                max_sessions: 100,
+                protected_left: true,
+            },
+            Event::EvictionStarted {
+                max_sessions: 100,
+                protected_left: false,
+            },
+        ]
+    }
+
+    /// The `ftpct events` lines are those of the renderer this one replaced (byte for byte:
+    /// tests and admins grep them); the log lines and JSON objects are pinned too.
+    const PINNED: &[(Option<&str>, Level, &str, &str)] = &[
+        (
+            Some("[NEW] session S3 client=10.0.0.2:40000 server=198.51.100.2:21 reply=198.51.100.2:21 -> 203.0.113.1:61000"),
+            Level::Info,
+            "control session start session=S3 original=\"10.0.0.2:40000 -> 198.51.100.2:21\" reply=\"198.51.100.2:21 -> 203.0.113.1:61000\" nat=snat public=203.0.113.1",
+            "{\"type\":\"session_start\",\"session\":\"S3\",\"original\":{\"src\":\"10.0.0.2:40000\",\"dst\":\"198.51.100.2:21\"},\"reply\":{\"src\":\"198.51.100.2:21\",\"dst\":\"203.0.113.1:61000\"},\"nat\":\"snat\",\"public\":\"203.0.113.1\"}",
+        ),
+        (
+            Some("[DESTROY] session S3 client=10.0.0.2:40000 server=198.51.100.2:21 reply=198.51.100.2:21 -> 203.0.113.1:61000 reason=evicted"),
+            Level::Info,
+            "control session end session=S3 reason=evicted detail=\"evicted (session table full)\" original=\"10.0.0.2:40000 -> 198.51.100.2:21\" reply=\"198.51.100.2:21 -> 203.0.113.1:61000\" nat=snat public=203.0.113.1",
+            "{\"type\":\"session_end\",\"session\":\"S3\",\"reason\":\"evicted\",\"detail\":\"evicted (session table full)\",\"original\":{\"src\":\"10.0.0.2:40000\",\"dst\":\"198.51.100.2:21\"},\"reply\":{\"src\":\"198.51.100.2:21\",\"dst\":\"203.0.113.1:61000\"},\"nat\":\"snat\",\"public\":\"203.0.113.1\"}",
+        ),
+        (
+            None,
+            Level::Debug,
+            "message session=S3 dir=reply kind=227",
+            "{\"type\":\"message\",\"session\":\"S3\",\"dir\":\"reply\",\"kind\":\"227\"}",
+        ),
+        (
+            Some("[REWRITE] session S3 port 10.0.0.2:40000 -> 203.0.113.1:61000"),
+            Level::Info,
+            "address rewritten session=S3 dir=original kind=port from=10.0.0.2:40000 to=203.0.113.1:61000",
+            "{\"type\":\"rewrite\",\"session\":\"S3\",\"dir\":\"original\",\"kind\":\"port\",\"from\":\"10.0.0.2:40000\",\"to\":\"203.0.113.1:61000\"}",
+        ),
+        (
+            Some("[NEW] 210 l3proto = 2 proto=6 src=0.0.0.0 dst=203.0.113.1 sport=0 dport=50000 ftp"),
+            Level::Info,
+            "expecting data connection session=S3 expect=5 kind=227 src=any dst=203.0.113.1:50000 nat_to=10.0.0.2:50000 timeout=300",
+            "{\"type\":\"expect_created\",\"session\":\"S3\",\"expect\":5,\"kind\":\"227\",\"src\":\"any\",\"dst\":\"203.0.113.1:50000\",\"nat_to\":\"10.0.0.2:50000\",\"timeout\":300}",
+        ),
+        (
+            Some("[NEW] 210 l3proto = 10 proto=6 src=2001:0db8:0000:0000:0000:0000:0000:0002 dst=2001:0db8:0000:0000:0000:0000:0000:0001 sport=0 dport=40000 ftp"),
+            Level::Info,
+            "expecting data connection session=S3 expect=6 kind=eprt src=2001:db8::2 dst=[2001:db8::1]:40000 timeout=300",
+            "{\"type\":\"expect_created\",\"session\":\"S3\",\"expect\":6,\"kind\":\"eprt\",\"src\":\"2001:db8::2\",\"dst\":\"[2001:db8::1]:40000\",\"nat_to\":null,\"timeout\":300}",
+        ),
+        (
+            Some("[USED] session S3 data=198.51.100.2:20 -> 203.0.113.1:50000 (expected dst=203.0.113.1:50000)"),
+            Level::Info,
+            "data connection admitted as RELATED session=S3 expect=5 data=\"198.51.100.2:20 -> 203.0.113.1:50000\" dst=203.0.113.1:50000",
+            "{\"type\":\"expect_used\",\"session\":\"S3\",\"expect\":5,\"data\":{\"src\":\"198.51.100.2:20\",\"dst\":\"203.0.113.1:50000\"},\"dst\":\"203.0.113.1:50000\"}",
+        ),
+        (
+            Some("[DESTROY] reason=master_gone 210 l3proto = 10 proto=6 src=2001:0db8:0000:0000:0000:0000:0000:0002 dst=2001:0db8:0000:0000:0000:0000:0000:0001 sport=0 dport=40000 ftp"),
+            Level::Info,
+            "expectation removed session=S3 expect=6 dst=[2001:db8::1]:40000 reason=master_gone detail=\"control session ended\"",
+            "{\"type\":\"expect_removed\",\"session\":\"S3\",\"expect\":6,\"dst\":\"[2001:db8::1]:40000\",\"reason\":\"master_gone\",\"detail\":\"control session ended\"}",
+        ),
+        (
+            Some("[REFUSED] session S3 eprt 192.0.2.9:2121: address 192.0.2.9 is not the control peer 10.0.0.2 (possible FTP bounce attack; set allow_third_party to permit)"),
+            Level::Warn,
+            "refused data address session=S3 dir=original kind=eprt addr=192.0.2.9:2121 reason=bounce detail=\"address 192.0.2.9 is not the control peer 10.0.0.2 (possible FTP bounce attack; set allow_third_party to permit)\"",
+            "{\"type\":\"refused\",\"session\":\"S3\",\"dir\":\"original\",\"kind\":\"eprt\",\"addr\":\"192.0.2.9:2121\",\"reason\":\"bounce\",\"detail\":\"address 192.0.2.9 is not the control peer 10.0.0.2 (possible FTP bounce attack; set allow_third_party to permit)\"}",
+        ),
+        (
+            Some("[REFUSED] session S3 port 10.0.0.2:22: privileged data port 22 (set allow_privileged_ports to permit)"),
+            Level::Warn,
+            "refused data address session=S3 dir=original kind=port addr=10.0.0.2:22 reason=privileged_port detail=\"privileged data port 22 (set allow_privileged_ports to permit)\"",
+            "{\"type\":\"refused\",\"session\":\"S3\",\"dir\":\"original\",\"kind\":\"port\",\"addr\":\"10.0.0.2:22\",\"reason\":\"privileged_port\",\"detail\":\"privileged data port 22 (set allow_privileged_ports to permit)\"}",
+        ),
+        (
+            Some("[WARN] session S3 reply 229: unparseable (malformed number)"),
+            Level::Warn,
+            "unparseable message let through unchanged session=S3 dir=reply kind=229 error=bad_number detail=\"malformed number\"",
+            "{\"type\":\"parse_failed\",\"session\":\"S3\",\"dir\":\"reply\",\"kind\":\"229\",\"error\":\"bad_number\",\"detail\":\"malformed number\"}",
+        ),
+        (
+            Some("[WARN] session S3: AUTH TLS, no longer inspected"),
+            Level::Warn,
+            "AUTH TLS accepted: the control channel is encrypted and no longer inspected; data connections of this session cannot be admitted (allow the server's passive port range in the firewall, or use plain FTP) session=S3",
+            "{\"type\":\"tls_started\",\"session\":\"S3\"}",
+        ),
+        (
+            Some("[WARN] session S3 original: line too long"),
+            Level::Warn,
+            "control line too long; skipped to its end session=S3 dir=original",
+            "{\"type\":\"line_too_long\",\"session\":\"S3\",\"dir\":\"original\"}",
+        ),
+        (
+            Some("[WARN] session S3 original: split line not complete after hold_timeout 5 s (12 bytes held, kept inside)"),
+            Level::Warn,
+            "a split PORT/EPRT/227/229 line did not complete within hold_timeout (5 s); its held part stays inside (hold_timeout_action = keep): it is still rewritten if the rest comes, never let through unrewritten session=S3 dir=original held=12 action=keep timeout=5",
+            "{\"type\":\"hold_timeout\",\"session\":\"S3\",\"dir\":\"original\",\"held\":12,\"action\":\"keep\",\"timeout\":5}",
+        ),
+        (
+            Some("[WARN] session S3 reply: split line not complete after hold_timeout 2 s (7 bytes held, let through)"),
+            Level::Warn,
+            "a split PORT/EPRT/227/229 line did not complete within hold_timeout (2 s); its held part is let through unchanged (hold_timeout_action = pass), the line will not be rewritten session=S3 dir=reply held=7 action=pass timeout=2",
+            "{\"type\":\"hold_timeout\",\"session\":\"S3\",\"dir\":\"reply\",\"held\":7,\"action\":\"pass\",\"timeout\":2}",
+        ),
+        (
+            Some("[WARN] session S3 229: could not be rewritten"),
+            Level::Warn,
+            "message needed a rewrite but its start had already been forwarded; the data connection will likely fail session=S3 kind=229",
+            "{\"type\":\"not_rewritten\",\"session\":\"S3\",\"kind\":\"229\"}",
+        ),
+        (
+            Some("[WARN] session S3 reply: bytes missed, resynchronised"),
+            Level::Warn,
+            "bytes of the control connection never reached ftpct (queue bypass?); tracking resumes at the next line session=S3 dir=reply",
+            "{\"type\":\"resynced\",\"session\":\"S3\",\"dir\":\"reply\"}",
+        ),
+        (
+            Some("[WARN] session S3 original: segment refused (seq_ahead): sequence number beyond the receiver's window"),
+            Level::Warn,
+            "segment refused and passed on untouched, no state changed: sequence number beyond the receiver's window (spoofed, or the kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, synack_ignored) session=S3 dir=original why=seq_ahead detail=\"sequence number beyond the receiver's window\"",
+            "{\"type\":\"segment_refused\",\"session\":\"S3\",\"dir\":\"original\",\"why\":\"seq_ahead\",\"detail\":\"sequence number beyond the receiver's window\"}",
+        ),
+        (
+            Some("[WARN] session S3 reply: segment refused (rst_not_exact): RST with a sequence number other than the expected one (closes nothing)"),
+            Level::Warn,
+            "segment refused and passed on untouched, no state changed: RST with a sequence number other than the expected one (closes nothing) (spoofed, or the kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, synack_ignored) session=S3 dir=reply why=rst_not_exact detail=\"RST with a sequence number other than the expected one (closes nothing)\"",
+            "{\"type\":\"segment_refused\",\"session\":\"S3\",\"dir\":\"reply\",\"why\":\"rst_not_exact\",\"detail\":\"RST with a sequence number other than the expected one (closes nothing)\"}",
+        ),
+        (
+            Some("[WARN] session S3: more refused events this second are not shown"),
+            Level::Warn,
+            "more than log_events_per_second refused events from this session in one second; the rest of this second's are not logged (counted in events_throttled) session=S3 kind=refused",
+            "{\"type\":\"throttled\",\"session\":\"S3\",\"kind\":\"refused\"}",
+        ),
+        (
+            Some("[WARN] malformed packet at post_conntrack (60 bytes): not TCP, accepted unchanged"),
+            Level::Warn,
+            "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged hook=post_conntrack bytes=60 error=\"not TCP\"",
+            "{\"type\":\"malformed\",\"hook\":\"post_conntrack\",\"bytes\":60,\"error\":\"not TCP\"}",
+        ),
+        (
+            Some("[WARN] session table full (100): evicting idle sessions without offsets or expectations"),
+            Level::Warn,
+            "session table full: evicting the least recently active sessions without sequence offsets or expectations (raise max_sessions if this is normal load) max_sessions=100 protected_left=true",
+            "{\"type\":\"eviction_started\",\"max_sessions\":100,\"protected_left\":true}",
+        ),
+        (
+            Some("[WARN] session table full (100): evicting sessions with offsets or expectations"),
+            Level::Warn,
+            "session table full and every evictable session has a sequence offset or an expectation: evicting the least recently active one, whose control connection may break (raise max_sessions, or look for a flood of control connections) max_sessions=100 protected_left=false",
+            "{\"type\":\"eviction_started\",\"max_sessions\":100,\"protected_left\":false}",
+        ),
+    ];
+
+    #[test]
+    fn every_event_renders_as_pinned() {
+        let now = Timestamp(100 * 1_000_000_000);
+        let events = every_event();
+        assert_eq!(events.len(), PINNED.len());
+        for (e, (line, level, log, js)) in events.iter().zip(PINNED) {
+            assert_eq!(
+                events_line(e, now).as_deref(),
+                line.map(|l| format!("{l}\n")).as_deref(),
+                "{e:?}"
+            );
+            let mut l = LogLine::new(Level::Debug);
+            describe(e, now, &mut l);
+            assert_eq!((l.level, l.text.as_str()), (*level, *log), "{e:?}");
+            assert_eq!(json(e, now), *js, "{e:?}");
+        }
+    }
 }
