@@ -834,11 +834,14 @@ impl Sink for ReplayJson<'_> {
         self.inner.begin(name, level)
     }
     fn field(&mut self, key: &'static str, value: Value<'_>) {
+        self.record_field(key, value);
+    }
+    fn record_field(&mut self, key: &'static str, value: Value<'_>) {
         match (value, self.expect) {
-            (Value::Expect(_), Some(n)) => {
-                self.inner.field(key, Value::Display(&format_args!("E{n}")))
-            }
-            _ => self.inner.field(key, value),
+            (Value::Expect(_), Some(n)) => self
+                .inner
+                .record_field(key, Value::Display(&format_args!("E{n}"))),
+            _ => self.inner.record_field(key, value),
         }
     }
 }

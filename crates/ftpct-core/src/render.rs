@@ -90,8 +90,12 @@ pub trait Sink {
     fn line(&mut self, _tag: &'static str, _text: fmt::Arguments<'_>) {}
     /// The log line's prose.
     fn message(&mut self, _text: fmt::Arguments<'_>) {}
-    /// One field, in a fixed order per event.
+    /// One field of both the log line and the record (JSON), in a fixed order per event.
     fn field(&mut self, _key: &'static str, _value: Value<'_>) {}
+    /// A field of the log line only (where the log's words predate the one vocabulary).
+    fn log_field(&mut self, _key: &'static str, _value: Value<'_>) {}
+    /// A field of the record (JSON) only.
+    fn record_field(&mut self, _key: &'static str, _value: Value<'_>) {}
 }
 
 /// The direction a message travels in (commands from the client, replies from the server).
@@ -164,12 +168,20 @@ impl fmt::Display for AnyIp {
     }
 }
 
-fn session_fields(s: &mut impl Sink, ct: &CtTuples) {
-    let (nat, public) = nat_of(ct);
-    s.field("original", Value::Tuple(ct.original));
-    s.field("reply", Value::Tuple(ct.reply));
-    s.field("nat", Value::Str(nat));
-    s.field("public", opt_ip(&public));
+/// The log's `nat=` of a session: `public <- peer` (the reply tuple, backwards).
+struct NatArrow(FlowTuple);
+
+impl fmt::Display for NatArrow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} <- {}", self.0.dst, self.0.src)
+    }
+}
+
+/// The log's client, server and NAT of a session.
+fn session_log_fields(s: &mut impl Sink, ct: &CtTuples) {
+    s.log_field("client", Value::Display(&ct.original.src));
+    s.log_field("server", Value::Display(&ct.original.dst));
+    s.log_field("nat", Value::Display(&NatArrow(ct.reply)));
 }
 
 /// Tells `s` everything about `e` (`now` for the time left of expectations).
@@ -189,7 +201,12 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             );
             s.message(format_args!("control session start"));
             s.field("session", D(id));
-            session_fields(s, ct);
+            session_log_fields(s, ct);
+            let (nat, public) = nat_of(ct);
+            s.record_field("original", Value::Tuple(ct.original));
+            s.record_field("reply", Value::Tuple(ct.reply));
+            s.record_field("nat", Str(nat));
+            s.record_field("public", opt_ip(&public));
         }
         Event::SessionEnd { id, ct, reason } => {
             if !s.begin("session_end", Level::Info) {
@@ -208,9 +225,10 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             );
             s.message(format_args!("control session end"));
             s.field("session", D(id));
-            s.field("reason", Str(reason.label()));
-            s.field("detail", Str(reason.describe()));
-            session_fields(s, ct);
+            session_log_fields(s, ct);
+            s.log_field("reason", Str(reason.describe()));
+            s.record_field("reason", Str(reason.label()));
+            s.record_field("detail", Str(reason.describe()));
         }
         Event::Message { id, kind } => {
             if !s.begin("message", Level::Debug) {
@@ -218,7 +236,7 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             }
             s.message(format_args!("message"));
             s.field("session", D(id));
-            s.field("dir", Str(msg_dir(*kind).label()));
+            s.record_field("dir", Str(msg_dir(*kind).label()));
             s.field("kind", Str(kind.label()));
         }
         Event::Rewritten { id, kind, from, to } => {
@@ -231,7 +249,7 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             );
             s.message(format_args!("address rewritten"));
             s.field("session", D(id));
-            s.field("dir", Str(expect_dir(*kind).label()));
+            s.record_field("dir", Str(expect_dir(*kind).label()));
             s.field("kind", Str(kind.label()));
             s.field("from", D(from));
             s.field("to", D(to));
@@ -243,15 +261,16 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.line("[NEW]", format_args!("{}", KernelLine(exp, now)));
             s.message(format_args!("expecting data connection"));
             s.field("session", D(&exp.master));
-            s.field("expect", Value::Expect(*id));
-            s.field("kind", Str(exp.kind.label()));
+            s.log_field("expectation", U64(id.0));
+            s.record_field("expect", Value::Expect(*id));
+            s.record_field("kind", Str(exp.kind.label()));
             s.field("src", D(&AnyIp(exp.src)));
             s.field("dst", D(&exp.dst));
             match &exp.nat_to {
                 Some(a) => s.field("nat_to", D(a)),
                 None => s.field("nat_to", Value::None),
             }
-            s.field("timeout", U64(exp.expires.since(exp.created).as_secs()));
+            s.record_field("timeout", U64(exp.expires.since(exp.created).as_secs()));
         }
         Event::ExpectUsed { id, exp, data } => {
             if !s.begin("expect_used", Level::Info) {
@@ -266,9 +285,9 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             );
             s.message(format_args!("data connection admitted as RELATED"));
             s.field("session", D(&exp.master));
-            s.field("expect", Value::Expect(*id));
+            s.log_field("expectation", U64(id.0));
+            s.record_field("expect", Value::Expect(*id));
             s.field("data", Value::Tuple(*data));
-            s.field("dst", D(&exp.dst));
         }
         Event::ExpectRemoved { id, exp, reason } => {
             if !s.begin("expect_removed", Level::Info) {
@@ -280,10 +299,12 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             );
             s.message(format_args!("expectation removed"));
             s.field("session", D(&exp.master));
-            s.field("expect", Value::Expect(*id));
+            s.log_field("expectation", U64(id.0));
+            s.record_field("expect", Value::Expect(*id));
             s.field("dst", D(&exp.dst));
-            s.field("reason", Str(reason.label()));
-            s.field("detail", Str(reason.describe()));
+            s.log_field("reason", Str(reason.describe()));
+            s.record_field("reason", Str(reason.label()));
+            s.record_field("detail", Str(reason.describe()));
         }
         Event::Refused {
             id,
@@ -300,11 +321,12 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             );
             s.message(format_args!("refused data address"));
             s.field("session", D(id));
-            s.field("dir", Str(expect_dir(*kind).label()));
+            s.record_field("dir", Str(expect_dir(*kind).label()));
             s.field("kind", Str(kind.label()));
             s.field("addr", D(addr));
-            s.field("reason", Str(reason.label()));
-            s.field("detail", D(reason));
+            s.log_field("reason", D(reason));
+            s.record_field("reason", Str(reason.label()));
+            s.record_field("detail", D(reason));
         }
         Event::ParseFailed {
             id,
@@ -327,8 +349,9 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.field("session", D(id));
             s.field("dir", Str(dir.label()));
             s.field("kind", Str(kind.label()));
-            s.field("error", Str(error.label()));
-            s.field("detail", D(error));
+            s.log_field("error", D(error));
+            s.record_field("error", Str(error.label()));
+            s.record_field("detail", D(error));
         }
         Event::TlsStarted { id } => {
             if !s.begin("tls_started", Level::Warn) {
@@ -394,9 +417,10 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             ));
             s.field("session", D(id));
             s.field("dir", Str(dir.label()));
-            s.field("held", U64(u64::from(*held)));
-            s.field("action", Str(action.label()));
-            s.field("timeout", U64(secs));
+            s.log_field("held_bytes", U64(u64::from(*held)));
+            s.record_field("held", U64(u64::from(*held)));
+            s.record_field("action", Str(action.label()));
+            s.record_field("timeout", U64(secs));
         }
         Event::NotRewritten { id, kind } => {
             if !s.begin("not_rewritten", Level::Warn) {
@@ -442,9 +466,11 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.message(format_args!(
                 "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged"
             ));
-            s.field("hook", Str(hook.label()));
+            s.log_field("reason", D(error));
+            s.record_field("hook", Str(hook.label()));
             s.field("bytes", U64(*len as u64));
-            s.field("error", D(error));
+            s.log_field("hook", Str(hook.label()));
+            s.record_field("error", D(error));
         }
         Event::SegmentRefused { id, dir, why } => {
             if !s.begin("segment_refused", Level::Warn) {
@@ -468,7 +494,7 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.field("session", D(id));
             s.field("dir", Str(dir.label()));
             s.field("why", Str(why.label()));
-            s.field("detail", D(&Why(*why)));
+            s.record_field("detail", D(&Why(*why)));
         }
         Event::Throttled { id, kind } => {
             if !s.begin("throttled", Level::Warn) {
@@ -517,7 +543,7 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
                 ));
             }
             s.field("max_sessions", U64(*max_sessions as u64));
-            s.field("protected_left", Value::Bool(*protected_left));
+            s.record_field("protected_left", Value::Bool(*protected_left));
         }
     }
 }
@@ -553,9 +579,9 @@ pub fn events_line(e: &Event, now: Timestamp) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // The log line
 
-/// Writes the log line of an event: its prose, then ` key=value` per field (`logfmt`: a
-/// value with a space, a quote, `=` or a control character is quoted and escaped; an absent
-/// one is left out). Stops at [`Sink::begin`] below `min` (nothing formatted).
+/// Writes the log line of an event: its prose, then ` key=value` per field, as tracing's
+/// formatter writes them (a `Str` value quoted and escaped, any other value bare, an absent one
+/// `-`). Stops at [`Sink::begin`] below `min` (nothing formatted).
 #[derive(Debug)]
 pub struct LogLine {
     /// The lowest level written.
@@ -575,20 +601,15 @@ impl LogLine {
             text: String::new(),
         }
     }
-}
 
-/// Writes `v` in logfmt: bare when it needs no quoting, else quoted with escapes.
-fn write_logfmt(out: &mut String, v: fmt::Arguments<'_>) {
-    let start = out.len();
-    let _ = out.write_fmt(v);
-    let needs = out.get(start..).is_some_and(|s| {
-        s.is_empty()
-            || s.chars()
-                .any(|c| c == ' ' || c == '"' || c == '=' || c == '\\' || c.is_control())
-    });
-    if needs {
-        let raw = out.split_off(start);
-        let _ = write!(out, "{raw:?}");
+    fn put(&mut self, key: &'static str, value: Value<'_>) {
+        self.text.push(' ');
+        self.text.push_str(key);
+        self.text.push('=');
+        let _ = match value {
+            Value::Str(v) => write!(self.text, "{v:?}"),
+            v => write!(self.text, "{v}"),
+        };
     }
 }
 
@@ -601,13 +622,10 @@ impl Sink for LogLine {
         let _ = self.text.write_fmt(text);
     }
     fn field(&mut self, key: &'static str, value: Value<'_>) {
-        if matches!(value, Value::None) {
-            return;
-        }
-        self.text.push(' ');
-        self.text.push_str(key);
-        self.text.push('=');
-        write_logfmt(&mut self.text, format_args!("{value}"));
+        self.put(key, value);
+    }
+    fn log_field(&mut self, key: &'static str, value: Value<'_>) {
+        self.put(key, value);
     }
 }
 
@@ -798,6 +816,9 @@ impl Sink for JsonSink<'_> {
     fn field(&mut self, key: &'static str, value: Value<'_>) {
         self.put(key, value);
     }
+    fn record_field(&mut self, key: &'static str, value: Value<'_>) {
+        self.put(key, value);
+    }
 }
 
 /// The JSON object of `e` (no `"t"`).
@@ -810,7 +831,6 @@ pub fn json(e: &Event, now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EndReason;
     use crate::types::SessionId;
 
     fn ct() -> CtTuples {
@@ -824,36 +844,6 @@ mod tests {
                 "203.0.113.1:61000".parse().unwrap(),
             ),
         }
-    }
-
-    #[test]
-    fn one_description_three_renderings() {
-        let e = Event::SessionEnd {
-            id: SessionId(7),
-            ct: ct(),
-            reason: EndReason::Evicted,
-        };
-        assert_eq!(
-            events_line(&e, Timestamp::ZERO).unwrap(),
-            "[DESTROY] session S7 client=10.0.0.2:40000 server=198.51.100.2:21 \
-             reply=198.51.100.2:21 -> 203.0.113.1:61000 reason=evicted\n"
-        );
-        let mut log = LogLine::new(Level::Info);
-        describe(&e, Timestamp::ZERO, &mut log);
-        assert_eq!(
-            log.text,
-            "control session end session=S7 reason=evicted detail=\"evicted (session table full)\" \
-             original=\"10.0.0.2:40000 -> 198.51.100.2:21\" \
-             reply=\"198.51.100.2:21 -> 203.0.113.1:61000\" nat=snat public=203.0.113.1"
-        );
-        assert_eq!(
-            json(&e, Timestamp::ZERO),
-            "{\"type\":\"session_end\",\"session\":\"S7\",\"reason\":\"evicted\",\
-             \"detail\":\"evicted (session table full)\",\
-             \"original\":{\"src\":\"10.0.0.2:40000\",\"dst\":\"198.51.100.2:21\"},\
-             \"reply\":{\"src\":\"198.51.100.2:21\",\"dst\":\"203.0.113.1:61000\"},\
-             \"nat\":\"snat\",\"public\":\"203.0.113.1\"}"
-        );
     }
 
     #[test]
@@ -1035,67 +1025,67 @@ mod tests {
         (
             Some("[NEW] session S3 client=10.0.0.2:40000 server=198.51.100.2:21 reply=198.51.100.2:21 -> 203.0.113.1:61000"),
             Level::Info,
-            "control session start session=S3 original=\"10.0.0.2:40000 -> 198.51.100.2:21\" reply=\"198.51.100.2:21 -> 203.0.113.1:61000\" nat=snat public=203.0.113.1",
+            "control session start session=S3 client=10.0.0.2:40000 server=198.51.100.2:21 nat=203.0.113.1:61000 <- 198.51.100.2:21",
             "{\"type\":\"session_start\",\"session\":\"S3\",\"original\":{\"src\":\"10.0.0.2:40000\",\"dst\":\"198.51.100.2:21\"},\"reply\":{\"src\":\"198.51.100.2:21\",\"dst\":\"203.0.113.1:61000\"},\"nat\":\"snat\",\"public\":\"203.0.113.1\"}",
         ),
         (
             Some("[DESTROY] session S3 client=10.0.0.2:40000 server=198.51.100.2:21 reply=198.51.100.2:21 -> 203.0.113.1:61000 reason=evicted"),
             Level::Info,
-            "control session end session=S3 reason=evicted detail=\"evicted (session table full)\" original=\"10.0.0.2:40000 -> 198.51.100.2:21\" reply=\"198.51.100.2:21 -> 203.0.113.1:61000\" nat=snat public=203.0.113.1",
-            "{\"type\":\"session_end\",\"session\":\"S3\",\"reason\":\"evicted\",\"detail\":\"evicted (session table full)\",\"original\":{\"src\":\"10.0.0.2:40000\",\"dst\":\"198.51.100.2:21\"},\"reply\":{\"src\":\"198.51.100.2:21\",\"dst\":\"203.0.113.1:61000\"},\"nat\":\"snat\",\"public\":\"203.0.113.1\"}",
+            "control session end session=S3 client=10.0.0.2:40000 server=198.51.100.2:21 nat=203.0.113.1:61000 <- 198.51.100.2:21 reason=\"evicted (session table full)\"",
+            "{\"type\":\"session_end\",\"session\":\"S3\",\"reason\":\"evicted\",\"detail\":\"evicted (session table full)\"}",
         ),
         (
             None,
             Level::Debug,
-            "message session=S3 dir=reply kind=227",
+            "message session=S3 kind=\"227\"",
             "{\"type\":\"message\",\"session\":\"S3\",\"dir\":\"reply\",\"kind\":\"227\"}",
         ),
         (
             Some("[REWRITE] session S3 port 10.0.0.2:40000 -> 203.0.113.1:61000"),
             Level::Info,
-            "address rewritten session=S3 dir=original kind=port from=10.0.0.2:40000 to=203.0.113.1:61000",
+            "address rewritten session=S3 kind=\"port\" from=10.0.0.2:40000 to=203.0.113.1:61000",
             "{\"type\":\"rewrite\",\"session\":\"S3\",\"dir\":\"original\",\"kind\":\"port\",\"from\":\"10.0.0.2:40000\",\"to\":\"203.0.113.1:61000\"}",
         ),
         (
             Some("[NEW] 210 l3proto = 2 proto=6 src=0.0.0.0 dst=203.0.113.1 sport=0 dport=50000 ftp"),
             Level::Info,
-            "expecting data connection session=S3 expect=5 kind=227 src=any dst=203.0.113.1:50000 nat_to=10.0.0.2:50000 timeout=300",
+            "expecting data connection session=S3 expectation=5 src=any dst=203.0.113.1:50000 nat_to=10.0.0.2:50000",
             "{\"type\":\"expect_created\",\"session\":\"S3\",\"expect\":5,\"kind\":\"227\",\"src\":\"any\",\"dst\":\"203.0.113.1:50000\",\"nat_to\":\"10.0.0.2:50000\",\"timeout\":300}",
         ),
         (
             Some("[NEW] 210 l3proto = 10 proto=6 src=2001:0db8:0000:0000:0000:0000:0000:0002 dst=2001:0db8:0000:0000:0000:0000:0000:0001 sport=0 dport=40000 ftp"),
             Level::Info,
-            "expecting data connection session=S3 expect=6 kind=eprt src=2001:db8::2 dst=[2001:db8::1]:40000 timeout=300",
+            "expecting data connection session=S3 expectation=6 src=2001:db8::2 dst=[2001:db8::1]:40000 nat_to=-",
             "{\"type\":\"expect_created\",\"session\":\"S3\",\"expect\":6,\"kind\":\"eprt\",\"src\":\"2001:db8::2\",\"dst\":\"[2001:db8::1]:40000\",\"nat_to\":null,\"timeout\":300}",
         ),
         (
             Some("[USED] session S3 data=198.51.100.2:20 -> 203.0.113.1:50000 (expected dst=203.0.113.1:50000)"),
             Level::Info,
-            "data connection admitted as RELATED session=S3 expect=5 data=\"198.51.100.2:20 -> 203.0.113.1:50000\" dst=203.0.113.1:50000",
-            "{\"type\":\"expect_used\",\"session\":\"S3\",\"expect\":5,\"data\":{\"src\":\"198.51.100.2:20\",\"dst\":\"203.0.113.1:50000\"},\"dst\":\"203.0.113.1:50000\"}",
+            "data connection admitted as RELATED session=S3 expectation=5 data=198.51.100.2:20 -> 203.0.113.1:50000",
+            "{\"type\":\"expect_used\",\"session\":\"S3\",\"expect\":5,\"data\":{\"src\":\"198.51.100.2:20\",\"dst\":\"203.0.113.1:50000\"}}",
         ),
         (
             Some("[DESTROY] reason=master_gone 210 l3proto = 10 proto=6 src=2001:0db8:0000:0000:0000:0000:0000:0002 dst=2001:0db8:0000:0000:0000:0000:0000:0001 sport=0 dport=40000 ftp"),
             Level::Info,
-            "expectation removed session=S3 expect=6 dst=[2001:db8::1]:40000 reason=master_gone detail=\"control session ended\"",
+            "expectation removed session=S3 expectation=6 dst=[2001:db8::1]:40000 reason=\"control session ended\"",
             "{\"type\":\"expect_removed\",\"session\":\"S3\",\"expect\":6,\"dst\":\"[2001:db8::1]:40000\",\"reason\":\"master_gone\",\"detail\":\"control session ended\"}",
         ),
         (
             Some("[REFUSED] session S3 eprt 192.0.2.9:2121: address 192.0.2.9 is not the control peer 10.0.0.2 (possible FTP bounce attack; set allow_third_party to permit)"),
             Level::Warn,
-            "refused data address session=S3 dir=original kind=eprt addr=192.0.2.9:2121 reason=bounce detail=\"address 192.0.2.9 is not the control peer 10.0.0.2 (possible FTP bounce attack; set allow_third_party to permit)\"",
+            "refused data address session=S3 kind=\"eprt\" addr=192.0.2.9:2121 reason=address 192.0.2.9 is not the control peer 10.0.0.2 (possible FTP bounce attack; set allow_third_party to permit)",
             "{\"type\":\"refused\",\"session\":\"S3\",\"dir\":\"original\",\"kind\":\"eprt\",\"addr\":\"192.0.2.9:2121\",\"reason\":\"bounce\",\"detail\":\"address 192.0.2.9 is not the control peer 10.0.0.2 (possible FTP bounce attack; set allow_third_party to permit)\"}",
         ),
         (
             Some("[REFUSED] session S3 port 10.0.0.2:22: privileged data port 22 (set allow_privileged_ports to permit)"),
             Level::Warn,
-            "refused data address session=S3 dir=original kind=port addr=10.0.0.2:22 reason=privileged_port detail=\"privileged data port 22 (set allow_privileged_ports to permit)\"",
+            "refused data address session=S3 kind=\"port\" addr=10.0.0.2:22 reason=privileged data port 22 (set allow_privileged_ports to permit)",
             "{\"type\":\"refused\",\"session\":\"S3\",\"dir\":\"original\",\"kind\":\"port\",\"addr\":\"10.0.0.2:22\",\"reason\":\"privileged_port\",\"detail\":\"privileged data port 22 (set allow_privileged_ports to permit)\"}",
         ),
         (
             Some("[WARN] session S3 reply 229: unparseable (malformed number)"),
             Level::Warn,
-            "unparseable message let through unchanged session=S3 dir=reply kind=229 error=bad_number detail=\"malformed number\"",
+            "unparseable message let through unchanged session=S3 dir=\"reply\" kind=\"229\" error=malformed number",
             "{\"type\":\"parse_failed\",\"session\":\"S3\",\"dir\":\"reply\",\"kind\":\"229\",\"error\":\"bad_number\",\"detail\":\"malformed number\"}",
         ),
         (
@@ -1107,67 +1097,67 @@ mod tests {
         (
             Some("[WARN] session S3 original: line too long"),
             Level::Warn,
-            "control line too long; skipped to its end session=S3 dir=original",
+            "control line too long; skipped to its end session=S3 dir=\"original\"",
             "{\"type\":\"line_too_long\",\"session\":\"S3\",\"dir\":\"original\"}",
         ),
         (
             Some("[WARN] session S3 original: split line not complete after hold_timeout 5 s (12 bytes held, kept inside)"),
             Level::Warn,
-            "a split PORT/EPRT/227/229 line did not complete within hold_timeout (5 s); its held part stays inside (hold_timeout_action = keep): it is still rewritten if the rest comes, never let through unrewritten session=S3 dir=original held=12 action=keep timeout=5",
+            "a split PORT/EPRT/227/229 line did not complete within hold_timeout (5 s); its held part stays inside (hold_timeout_action = keep): it is still rewritten if the rest comes, never let through unrewritten session=S3 dir=\"original\" held_bytes=12",
             "{\"type\":\"hold_timeout\",\"session\":\"S3\",\"dir\":\"original\",\"held\":12,\"action\":\"keep\",\"timeout\":5}",
         ),
         (
             Some("[WARN] session S3 reply: split line not complete after hold_timeout 2 s (7 bytes held, let through)"),
             Level::Warn,
-            "a split PORT/EPRT/227/229 line did not complete within hold_timeout (2 s); its held part is let through unchanged (hold_timeout_action = pass), the line will not be rewritten session=S3 dir=reply held=7 action=pass timeout=2",
+            "a split PORT/EPRT/227/229 line did not complete within hold_timeout (2 s); its held part is let through unchanged (hold_timeout_action = pass), the line will not be rewritten session=S3 dir=\"reply\" held_bytes=7",
             "{\"type\":\"hold_timeout\",\"session\":\"S3\",\"dir\":\"reply\",\"held\":7,\"action\":\"pass\",\"timeout\":2}",
         ),
         (
             Some("[WARN] session S3 229: could not be rewritten"),
             Level::Warn,
-            "message needed a rewrite but its start had already been forwarded; the data connection will likely fail session=S3 kind=229",
+            "message needed a rewrite but its start had already been forwarded; the data connection will likely fail session=S3 kind=\"229\"",
             "{\"type\":\"not_rewritten\",\"session\":\"S3\",\"kind\":\"229\"}",
         ),
         (
             Some("[WARN] session S3 reply: bytes missed, resynchronised"),
             Level::Warn,
-            "bytes of the control connection never reached ftpct (queue bypass?); tracking resumes at the next line session=S3 dir=reply",
+            "bytes of the control connection never reached ftpct (queue bypass?); tracking resumes at the next line session=S3 dir=\"reply\"",
             "{\"type\":\"resynced\",\"session\":\"S3\",\"dir\":\"reply\"}",
         ),
         (
             Some("[WARN] session S3 original: segment refused (seq_ahead): sequence number beyond the receiver's window"),
             Level::Warn,
-            "segment refused and passed on untouched, no state changed: sequence number beyond the receiver's window (spoofed, or the kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, synack_ignored) session=S3 dir=original why=seq_ahead detail=\"sequence number beyond the receiver's window\"",
+            "segment refused and passed on untouched, no state changed: sequence number beyond the receiver's window (spoofed, or the kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, synack_ignored) session=S3 dir=\"original\" why=\"seq_ahead\"",
             "{\"type\":\"segment_refused\",\"session\":\"S3\",\"dir\":\"original\",\"why\":\"seq_ahead\",\"detail\":\"sequence number beyond the receiver's window\"}",
         ),
         (
             Some("[WARN] session S3 reply: segment refused (rst_not_exact): RST with a sequence number other than the expected one (closes nothing)"),
             Level::Warn,
-            "segment refused and passed on untouched, no state changed: RST with a sequence number other than the expected one (closes nothing) (spoofed, or the kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, synack_ignored) session=S3 dir=reply why=rst_not_exact detail=\"RST with a sequence number other than the expected one (closes nothing)\"",
+            "segment refused and passed on untouched, no state changed: RST with a sequence number other than the expected one (closes nothing) (spoofed, or the kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, synack_ignored) session=S3 dir=\"reply\" why=\"rst_not_exact\"",
             "{\"type\":\"segment_refused\",\"session\":\"S3\",\"dir\":\"reply\",\"why\":\"rst_not_exact\",\"detail\":\"RST with a sequence number other than the expected one (closes nothing)\"}",
         ),
         (
             Some("[WARN] session S3: more refused events this second are not shown"),
             Level::Warn,
-            "more than log_events_per_second refused events from this session in one second; the rest of this second's are not logged (counted in events_throttled) session=S3 kind=refused",
+            "more than log_events_per_second refused events from this session in one second; the rest of this second's are not logged (counted in events_throttled) session=S3 kind=\"refused\"",
             "{\"type\":\"throttled\",\"session\":\"S3\",\"kind\":\"refused\"}",
         ),
         (
             Some("[WARN] malformed packet at post_conntrack (60 bytes): not TCP, accepted unchanged"),
             Level::Warn,
-            "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged hook=post_conntrack bytes=60 error=\"not TCP\"",
+            "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged reason=not TCP bytes=60 hook=\"post_conntrack\"",
             "{\"type\":\"malformed\",\"hook\":\"post_conntrack\",\"bytes\":60,\"error\":\"not TCP\"}",
         ),
         (
             Some("[WARN] session table full (100): evicting idle sessions without offsets or expectations"),
             Level::Warn,
-            "session table full: evicting the least recently active sessions without sequence offsets or expectations (raise max_sessions if this is normal load) max_sessions=100 protected_left=true",
+            "session table full: evicting the least recently active sessions without sequence offsets or expectations (raise max_sessions if this is normal load) max_sessions=100",
             "{\"type\":\"eviction_started\",\"max_sessions\":100,\"protected_left\":true}",
         ),
         (
             Some("[WARN] session table full (100): evicting sessions with offsets or expectations"),
             Level::Warn,
-            "session table full and every evictable session has a sequence offset or an expectation: evicting the least recently active one, whose control connection may break (raise max_sessions, or look for a flood of control connections) max_sessions=100 protected_left=false",
+            "session table full and every evictable session has a sequence offset or an expectation: evicting the least recently active one, whose control connection may break (raise max_sessions, or look for a flood of control connections) max_sessions=100",
             "{\"type\":\"eviction_started\",\"max_sessions\":100,\"protected_left\":false}",
         ),
     ];
