@@ -49,11 +49,13 @@ use pcap_parser::traits::{PcapNGPacketBlock, PcapReaderIterator};
 use pcap_parser::{Block, PcapBlockOwned, PcapError};
 
 use crate::engine::{
-    Action, Config, CtLookup, EndReason, Engine, Event, MsgKind, NoConntrack, RemoveReason, Verdict,
+    Action, Config, CtLookup, EndReason, Engine, Event, MsgKind, RemoveReason, Verdict,
 };
 use crate::expect::{ExpectId, ExpectKind, Expectation};
 use crate::packet::{self, Edit, PacketError, TcpPacket};
 
+use crate::driver::{Driver, Kernel};
+use crate::engine::Conntrack;
 use crate::policy::Policy;
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
@@ -910,6 +912,41 @@ struct SessInfo {
     last_line: [Option<Line>; 2],
 }
 
+/// The simulated kernel replay runs the daemon's [`Driver`] over: its conntrack holds the
+/// entry of the control connection as replay's NAT plan makes it, and its RELATED entries are
+/// collected (in order, paired with the engine's `ExpectUsed` events); marks, set elements and
+/// the journal have no effect on what replay shows.
+struct SimKernel {
+    entry: CtLookup,
+    related: VecDeque<RelatedEntry>,
+}
+
+impl SimKernel {
+    fn new(entry: CtLookup) -> SimKernel {
+        SimKernel {
+            entry,
+            related: VecDeque::new(),
+        }
+    }
+}
+
+impl Conntrack for SimKernel {
+    fn lookup(&mut self, _: &FlowTuple, _: bool) -> CtLookup {
+        self.entry
+    }
+}
+
+impl Kernel for SimKernel {
+    fn run(&mut self, a: Action) {
+        if let Action::CreateRelated(e) = a {
+            self.related.push_back(e);
+        }
+    }
+    fn persist(&mut self, engine: &mut Engine) {
+        while engine.poll_journal().is_some() {}
+    }
+}
+
 struct PacketCtx {
     /// Lines completed by this packet, in order.
     lines: VecDeque<Line>,
@@ -923,6 +960,8 @@ struct Replayer<'o> {
     nat: Nat,
     ports: Vec<u16>,
     engine: Engine,
+    /// The daemon's per-packet sequence (`driver.rs`), over [`SimKernel`].
+    driver: Driver,
     t0: Option<u64>,
     now: Timestamp,
     sum: Summary,
@@ -953,6 +992,7 @@ impl<'o> Replayer<'o> {
             nat: opts.nat,
             ports: opts.ports.clone(),
             engine: Engine::new(cfg),
+            driver: Driver::new(),
             t0: None,
             now: Timestamp::ZERO,
             sum: Summary {
@@ -1154,9 +1194,12 @@ impl<'o> Replayer<'o> {
         if let Some(t) = self.engine.poll_timeout() {
             if t <= self.now {
                 self.engine.handle_timeout(self.now);
+                let mut kernel = SimKernel::new(CtLookup::Missing);
+                self.driver.run_actions(&mut self.engine, &mut kernel);
+                kernel.persist(&mut self.engine);
                 let mut ctx = PacketCtx {
                     lines: VecDeque::new(),
-                    related: VecDeque::new(),
+                    related: kernel.related,
                 };
                 self.drain(&mut ctx)?;
             }
@@ -1206,11 +1249,12 @@ impl<'o> Replayer<'o> {
             },
             None => CtLookup::Missing,
         };
-        let mut conntrack = |_: &FlowTuple, _: bool| entry;
+        let mut kernel = SimKernel::new(entry);
         let now = self.now;
         let v = self
-            .engine
-            .handle_packet(&gw, Hook::PreConntrack, now, &mut conntrack);
+            .driver
+            .decide(&mut self.engine, &mut kernel, &gw, Hook::PreConntrack, now);
+        // The verdict: the packet continues as accepted or modified, or not at all.
         let mut mid = std::mem::take(&mut self.mid_buf);
         mid.clear();
         match v {
@@ -1218,6 +1262,8 @@ impl<'o> Replayer<'o> {
             Verdict::Accept => mid.extend_from_slice(&gw),
             Verdict::Drop => {}
         }
+        self.driver.after_verdict(&mut kernel);
+        ctx.related = kernel.related;
         self.drain(&mut ctx)?;
         let sid = self.flows.get(&gw_tuple).copied();
         if let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
@@ -1355,9 +1401,15 @@ impl<'o> Replayer<'o> {
             return Ok(());
         }
         self.rechecksum(mid);
-        let v = self
-            .engine
-            .handle_packet(mid, Hook::PostConntrack, self.now, &mut NoConntrack);
+        let mut kernel = SimKernel::new(CtLookup::Missing);
+        let v = self.driver.decide(
+            &mut self.engine,
+            &mut kernel,
+            mid,
+            Hook::PostConntrack,
+            self.now,
+        );
+        self.driver.after_verdict(&mut kernel);
         if v == Verdict::AcceptModified {
             self.sum.ack_adjusted += 1;
             if let Some(s) = self.sessions.get_mut(&sid) {
@@ -1366,18 +1418,13 @@ impl<'o> Replayer<'o> {
         }
         let mut ctx = PacketCtx {
             lines: VecDeque::new(),
-            related: VecDeque::new(),
+            related: kernel.related,
         };
         self.drain(&mut ctx)
     }
 
-    /// Takes the engine's actions and events and reports them.
+    /// Takes the engine's events and reports them (the driver carried out the actions).
     fn drain(&mut self, ctx: &mut PacketCtx) -> io::Result<()> {
-        while let Some(a) = self.engine.poll_action() {
-            if let Action::CreateRelated(e) = a {
-                ctx.related.push_back(e);
-            }
-        }
         while let Some(e) = self.engine.poll_event() {
             self.event(e, ctx)?;
         }
