@@ -48,14 +48,12 @@ use std::sync::{Arc, Mutex};
 use pcap_parser::traits::{PcapNGPacketBlock, PcapReaderIterator};
 use pcap_parser::{Block, PcapBlockOwned, PcapError};
 
-use crate::engine::{
-    Action, Config, CtLookup, EndReason, Engine, Event, MsgKind, RemoveReason, Verdict,
-};
-use crate::expect::{ExpectId, ExpectKind, Expectation};
+use crate::engine::{Action, Config, CtLookup, EndReason, Engine, Event, RemoveReason, Verdict};
+use crate::expect::{ExpectId, Expectation};
 use crate::packet::{self, Edit, PacketError, TcpPacket};
 
 use crate::driver::{Driver, Kernel};
-use crate::engine::Conntrack;
+use crate::engine::{Conntrack, LineRef};
 use crate::policy::Policy;
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
@@ -677,122 +675,14 @@ fn set_ports(ip: &mut [u8], tcp_off: usize, src: Option<u16>, dst: Option<u16>) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Line text of the control streams (the engine's events carry none)
+// The line behind a message (from the engine's event)
 
-const MAX_TEXT_LINE: usize = 2048;
-/// Line streams kept at most (two per control connection).
-const MAX_STREAMS: usize = 1 << 17;
-
+/// A message's line, as the engine's event names it ([`Engine::event_line`]).
 #[derive(Clone, Debug, Default)]
 struct Line {
     /// Sequence number of the line's first byte (sender's space).
     start: u32,
     text: Vec<u8>,
-}
-
-/// One direction of a control connection as captured, cut into lines.
-#[derive(Debug, Default)]
-struct Stream {
-    next: Option<u32>,
-    /// Skipping to the next newline (picked up mid-line, or an overlong line).
-    skipping: bool,
-    cur: Line,
-    /// Lines completed by the packet being handled.
-    ready: Vec<Line>,
-}
-
-impl Stream {
-    fn feed(&mut self, seq: u32, syn: bool, payload: &[u8]) {
-        let next = match self.next {
-            Some(n) => n,
-            None => {
-                if syn {
-                    self.next = Some(seq.wrapping_add(1));
-                    return;
-                }
-                if payload.is_empty() {
-                    return;
-                }
-                // Picked up mid-stream: the first line may be partial.
-                self.skipping = true;
-                self.cur.start = seq;
-                seq
-            }
-        };
-        if payload.is_empty() {
-            return;
-        }
-        let rel = next.wrapping_sub(seq) as i32;
-        if rel < 0 || rel as usize >= payload.len() {
-            // A gap before this segment (the engine drops it too), or nothing new.
-            return;
-        }
-        let fresh = &payload[rel as usize..];
-        let mut pos = next;
-        for &b in fresh {
-            pos = pos.wrapping_add(1);
-            if self.skipping {
-                if b == b'\n' {
-                    self.skipping = false;
-                    self.cur = Line {
-                        start: pos,
-                        text: Vec::new(),
-                    };
-                }
-                continue;
-            }
-            if self.cur.text.is_empty() {
-                self.cur.start = pos.wrapping_sub(1);
-            }
-            if b == b'\n' {
-                let mut text = std::mem::take(&mut self.cur.text);
-                if text.last() == Some(&b'\r') {
-                    text.pop();
-                }
-                self.ready.push(Line {
-                    start: self.cur.start,
-                    text,
-                });
-                self.cur.start = pos;
-                continue;
-            }
-            self.cur.text.push(b);
-            if self.cur.text.len() > MAX_TEXT_LINE {
-                self.cur.text.clear();
-                self.skipping = true;
-            }
-        }
-        self.next = Some(pos);
-    }
-}
-
-fn msg_dir(kind: MsgKind) -> Dir {
-    match kind {
-        MsgKind::Port | MsgKind::Eprt | MsgKind::Pasv | MsgKind::Epsv | MsgKind::AuthTls => {
-            Dir::Original
-        }
-        MsgKind::Reply227 | MsgKind::Reply229 | MsgKind::Reply234 => Dir::Reply,
-    }
-}
-
-fn msg_prefix(kind: MsgKind) -> &'static [u8] {
-    match kind {
-        MsgKind::Port => b"PORT",
-        MsgKind::Eprt => b"EPRT",
-        MsgKind::Pasv => b"PASV",
-        MsgKind::Epsv => b"EPSV",
-        MsgKind::AuthTls => b"AUTH",
-        MsgKind::Reply227 => b"227",
-        MsgKind::Reply229 => b"229",
-        MsgKind::Reply234 => b"234",
-    }
-}
-
-fn expect_dir(kind: ExpectKind) -> Dir {
-    match kind {
-        ExpectKind::Port | ExpectKind::Eprt => Dir::Original,
-        ExpectKind::Pasv227 | ExpectKind::Epsv229 => Dir::Reply,
-    }
 }
 
 /// The line after a rewrite: the engine's replacement record applied to the original line.
@@ -948,8 +838,6 @@ impl Kernel for SimKernel {
 }
 
 struct PacketCtx {
-    /// Lines completed by this packet, in order.
-    lines: VecDeque<Line>,
     /// Related entries the engine asked for, in order (paired with `ExpectUsed`).
     related: VecDeque<RelatedEntry>,
 }
@@ -968,8 +856,6 @@ struct Replayer<'o> {
     sessions: BTreeMap<SessionId, SessInfo>,
     /// Pre-conntrack tuples (both directions) of live sessions.
     flows: HashMap<FlowTuple, SessionId>,
-    /// Line streams by captured tuple (one per direction).
-    streams: HashMap<FlowTuple, Stream>,
     /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
     expect_no: HashMap<ExpectId, u64>,
     live: BTreeMap<u64, Expectation>,
@@ -1001,7 +887,6 @@ impl<'o> Replayer<'o> {
             },
             sessions: BTreeMap::new(),
             flows: HashMap::new(),
-            streams: HashMap::new(),
             expect_no: HashMap::new(),
             live: BTreeMap::new(),
             next_expect: 1,
@@ -1198,7 +1083,6 @@ impl<'o> Replayer<'o> {
                 self.driver.run_actions(&mut self.engine, &mut kernel);
                 kernel.persist(&mut self.engine);
                 let mut ctx = PacketCtx {
-                    lines: VecDeque::new(),
                     related: kernel.related,
                 };
                 self.drain(&mut ctx)?;
@@ -1213,21 +1097,9 @@ impl<'o> Replayer<'o> {
             return Ok(());
         };
         let ctl = self.classify(cap.tuple);
-        // Lines of the control stream, as sent.
         let mut ctx = PacketCtx {
-            lines: VecDeque::new(),
             related: VecDeque::new(),
         };
-        if ctl.is_some() {
-            if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&cap.tuple) {
-                // Bounded memory on a capture of many connections that never became sessions
-                // (scans): start over; a live session may then miss one line's text.
-                self.streams.clear();
-            }
-            let st = self.streams.entry(cap.tuple).or_default();
-            st.feed(cap.seq, cap.flags.syn, cap.payload());
-            ctx.lines.extend(st.ready.drain(..));
-        }
 
         // What arrived at the gateway.
         let mut gw = std::mem::take(&mut self.gw_buf);
@@ -1417,7 +1289,6 @@ impl<'o> Replayer<'o> {
             }
         }
         let mut ctx = PacketCtx {
-            lines: VecDeque::new(),
             related: kernel.related,
         };
         self.drain(&mut ctx)
@@ -1431,16 +1302,12 @@ impl<'o> Replayer<'o> {
         Ok(())
     }
 
-    /// The line of `ctx` that a message of `kind` was parsed from.
-    fn take_line(ctx: &mut PacketCtx, kind: MsgKind) -> Option<Line> {
-        let prefix = msg_prefix(kind);
-        while let Some(l) = ctx.lines.pop_front() {
-            let t = l.text.trim_ascii_start();
-            if t.len() >= prefix.len() && t[..prefix.len()].eq_ignore_ascii_case(prefix) {
-                return Some(l);
-            }
-        }
-        None
+    /// The line an event names, copied for the report.
+    fn event_line(&self, r: LineRef) -> Option<Line> {
+        self.engine.event_line(r).map(|t| Line {
+            start: r.pos(),
+            text: t.to_vec(),
+        })
     }
 
     fn refresh_adj(&mut self, sid: SessionId) {
@@ -1559,10 +1426,6 @@ impl<'o> Replayer<'o> {
                         self.flows.remove(&t);
                     }
                 }
-                // Captured tuples of the session: forget their line streams.
-                let cap = FlowTuple::new(ct.original.src, ct.reply.src);
-                self.streams.remove(&cap);
-                self.streams.remove(&cap.inverse());
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.end = Some(reason);
                 }
@@ -1572,10 +1435,10 @@ impl<'o> Replayer<'o> {
                     format!("{t} {id} session end ({})", reason.label())
                 }
             }
-            Event::Message { id, kind } => {
+            Event::Message { id, kind, line } => {
                 self.sum.messages += 1;
-                let dir = msg_dir(kind);
-                let line = Self::take_line(ctx, kind);
+                let dir = render::msg_dir(kind);
+                let line = self.event_line(line);
                 let text = line.as_ref().map(|l| l.text.clone());
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.last_line[dir.index()] = line;
@@ -1596,9 +1459,10 @@ impl<'o> Replayer<'o> {
                 dir,
                 kind,
                 error,
+                line,
             } => {
                 self.sum.parse_failures += 1;
-                let line = Self::take_line(ctx, kind);
+                let line = self.event_line(line);
                 let text = line.map(|l| l.text);
                 if json {
                     self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
@@ -1614,7 +1478,7 @@ impl<'o> Replayer<'o> {
             Event::Rewritten { id, kind, from, to } => {
                 self.sum.rewrites += 1;
                 self.refresh_adj(id);
-                let dir = expect_dir(kind);
+                let dir = render::expect_dir(kind);
                 let new_line = self.sessions.get(&id).and_then(|s| {
                     let l = s.last_line[dir.index()].as_ref()?;
                     rewritten_line(l, &s.adj[dir.index()])
@@ -1720,7 +1584,7 @@ impl<'o> Replayer<'o> {
                 reason,
             } => {
                 self.sum.refusals += 1;
-                let dir = expect_dir(kind);
+                let dir = render::expect_dir(kind);
                 let text = self.last_line(id, dir).map(|l| l.text.clone());
                 if json {
                     self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])

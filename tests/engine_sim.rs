@@ -245,6 +245,8 @@ struct Gw {
     td_end: [Option<u32>; 2],
     actions: Vec<Action>,
     events: Vec<Event>,
+    /// The line each `Message` / `ParseFailed` event named, read as it was taken.
+    lines: Vec<Option<Vec<u8>>>,
 }
 
 impl Gw {
@@ -256,6 +258,7 @@ impl Gw {
             td_end: [None, None],
             actions: Vec::new(),
             events: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -278,6 +281,10 @@ impl Gw {
             self.actions.push(a);
         }
         while let Some(e) = self.engine.poll_event() {
+            if let Event::Message { line, .. } | Event::ParseFailed { line, .. } = e {
+                self.lines
+                    .push(self.engine.event_line(line).map(<[u8]>::to_vec));
+            }
             self.events.push(e);
         }
         match v {
@@ -541,6 +548,40 @@ fn cfg() -> Config {
 
 // ---------------------------------------------------------------------------------------------
 // Scenarios
+
+/// The events of parsed messages and parse failures name their line (as sent, without its
+/// terminator), valid while the event is handled; other lines are not copied.
+#[test]
+fn message_events_carry_their_line() {
+    let mut lab = Lab::masq(cfg());
+    lab.server_says("220 ready\r\n");
+    lab.client_says("USER anonymous\r\n");
+    lab.server_says("331 ok\r\n");
+    lab.client_says("PORT 10,0,0,2,195,80\r\n");
+    lab.server_says("200 PORT command successful.\r\n");
+    lab.client_says("PASV\r\n");
+    lab.server_says("227 Entering Passive Mode (198,51,100,2,300,1)\r\n");
+    let lines: Vec<Option<String>> = lab
+        .gw
+        .lines
+        .iter()
+        .map(|l| l.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            Some("PORT 10,0,0,2,195,80".to_string()),
+            Some("PASV".to_string()),
+            Some("227 Entering Passive Mode (198,51,100,2,300,1)".to_string()),
+        ]
+    );
+    // read after a later poll returned None: no longer there
+    let stale = lab.events().iter().find_map(|e| match e {
+        Event::Message { line, .. } => Some(*line),
+        _ => None,
+    });
+    assert_eq!(lab.gw.engine.event_line(stale.expect("a message")), None);
+}
 
 #[test]
 fn masq_port_rewritten_and_data_connection_admitted_with_nat() {

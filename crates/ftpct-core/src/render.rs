@@ -230,7 +230,7 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.record_field("reason", Str(reason.label()));
             s.record_field("detail", Str(reason.describe()));
         }
-        Event::Message { id, kind } => {
+        Event::Message { id, kind, .. } => {
             if !s.begin("message", Level::Debug) {
                 return;
             }
@@ -333,6 +333,7 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             dir,
             kind,
             error,
+            ..
         } => {
             if !s.begin("parse_failed", Level::Warn) {
                 return;
@@ -851,6 +852,7 @@ mod tests {
         let e = Event::Message {
             id: SessionId(1),
             kind: MsgKind::Port,
+            line: crate::engine::LineRef::NONE,
         };
         let mut log = LogLine::new(Level::Info);
         describe(&e, Timestamp::ZERO, &mut log);
@@ -916,6 +918,7 @@ mod tests {
             Event::Message {
                 id,
                 kind: MsgKind::Reply227,
+                line: crate::engine::LineRef::NONE,
             },
             Event::Rewritten {
                 id,
@@ -961,6 +964,7 @@ mod tests {
                 dir: Dir::Reply,
                 kind: MsgKind::Reply229,
                 error: ParseError::BadNumber,
+                line: crate::engine::LineRef::NONE,
             },
             Event::TlsStarted { id },
             Event::LineTooLong {
