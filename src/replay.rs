@@ -858,7 +858,6 @@ struct Replayer<'o> {
     flows: HashMap<FlowTuple, SessionId>,
     /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
     expect_no: HashMap<ExpectId, u64>,
-    live: BTreeMap<u64, Expectation>,
     next_expect: u64,
     gw_buf: Vec<u8>,
     mid_buf: Vec<u8>,
@@ -888,7 +887,6 @@ impl<'o> Replayer<'o> {
             sessions: BTreeMap::new(),
             flows: HashMap::new(),
             expect_no: HashMap::new(),
-            live: BTreeMap::new(),
             next_expect: 1,
             gw_buf: Vec::with_capacity(2048),
             mid_buf: Vec::with_capacity(2048),
@@ -1215,7 +1213,7 @@ impl<'o> Replayer<'o> {
                 if self.nat == Nat::None || !cap.flags.syn || cap.flags.ack {
                     return;
                 }
-                let Some(exp) = self.live.values().find(|e| {
+                let Some((_, exp)) = self.engine.expectations().iter().find(|(_, e)| {
                     e.nat_to == Some(cap.tuple.dst)
                         && (e.src.is_unspecified() || e.src == cap.tuple.src.ip())
                 }) else {
@@ -1516,7 +1514,6 @@ impl<'o> Replayer<'o> {
             Event::ExpectCreated { id, exp } => {
                 self.sum.expect_created += 1;
                 let n = n.unwrap_or_else(|| self.expect_number(id));
-                self.live.insert(n, exp);
                 let secs = exp.expires.since(exp.created).as_secs();
                 if json {
                     self.json_event(&e, &t, Some(n), &[])
@@ -1537,7 +1534,6 @@ impl<'o> Replayer<'o> {
             Event::ExpectUsed { id, exp, data } => {
                 self.sum.expect_used += 1;
                 let n = n.unwrap_or_else(|| self.expect_number(id));
-                self.live.remove(&n);
                 let rel = ctx.related.pop_front();
                 let nat_src = rel.and_then(|r| r.nat_src);
                 let nat_dst = rel.and_then(|r| r.nat_dst);
@@ -1566,7 +1562,6 @@ impl<'o> Replayer<'o> {
                     self.sum.expect_removed += 1;
                 }
                 let n = n.unwrap_or_else(|| self.expect_number(id));
-                self.live.remove(&n);
                 if json {
                     self.json_event(&e, &t, Some(n), &[])
                 } else {
@@ -1725,7 +1720,19 @@ impl<'o> Replayer<'o> {
             };
             lines.push(line);
         }
-        for (n, exp) in &self.live {
+        // The engine's expectations still live, in replay's order (E1, E2, ...).
+        let mut pending: Vec<(u64, Expectation)> = Vec::new();
+        let ids: Vec<(ExpectId, Expectation)> = self
+            .engine
+            .expectations()
+            .iter()
+            .map(|(id, e)| (id, *e))
+            .collect();
+        for (id, exp) in ids {
+            pending.push((self.expect_number(id), exp));
+        }
+        pending.sort_unstable_by_key(|(n, _)| *n);
+        for (n, exp) in &pending {
             let left = exp.expires.since(self.now).as_secs();
             let line = if self.json {
                 JsonObject::typed("expect_pending")
