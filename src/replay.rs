@@ -787,13 +787,29 @@ struct Conn {
     server: SocketAddr,
 }
 
+/// A direction's sequence offset after its rewrites, and how many rewrite records it has.
+#[derive(Clone, Copy, Debug, Default)]
+struct Offsets {
+    after: i32,
+    rewrites: usize,
+}
+
+impl Offsets {
+    fn of(adj: &SeqAdj) -> Offsets {
+        Offsets {
+            after: adj.offset_after(),
+            rewrites: adj.records().count(),
+        }
+    }
+}
+
 /// What replay keeps per engine session.
 #[derive(Debug)]
 struct SessInfo {
     ct: CtTuples,
-    /// Copies of the engine's sequence adjustments (refreshed at each rewrite; kept after the
-    /// session ends).
-    adj: [SeqAdj; 2],
+    /// The sequence offsets per direction, as the engine's session had them at its last
+    /// rewrite (and at the end of the capture): reported at the end, also for ended sessions.
+    offsets: [Offsets; 2],
     seq_adjusted: u64,
     ack_adjusted: u64,
     dropped: u64,
@@ -854,8 +870,6 @@ struct Replayer<'o> {
     now: Timestamp,
     sum: Summary,
     sessions: BTreeMap<SessionId, SessInfo>,
-    /// Pre-conntrack tuples (both directions) of live sessions.
-    flows: HashMap<FlowTuple, SessionId>,
     /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
     expect_no: HashMap<ExpectId, u64>,
     next_expect: u64,
@@ -885,7 +899,6 @@ impl<'o> Replayer<'o> {
                 ..Summary::default()
             },
             sessions: BTreeMap::new(),
-            flows: HashMap::new(),
             expect_no: HashMap::new(),
             next_expect: 1,
             gw_buf: Vec::with_capacity(2048),
@@ -1135,7 +1148,10 @@ impl<'o> Replayer<'o> {
         self.driver.after_verdict(&mut kernel);
         ctx.related = kernel.related;
         self.drain(&mut ctx)?;
-        let sid = self.flows.get(&gw_tuple).copied();
+        let sid = self
+            .engine
+            .session_of(gw_tuple, Hook::PreConntrack)
+            .map(|(sid, _)| sid);
         if let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
             match v {
                 Verdict::AcceptModified => s.seq_adjusted += 1,
@@ -1183,10 +1199,10 @@ impl<'o> Replayer<'o> {
                 let ct = Self::tuples(c, plan);
                 let tuple = if from_client { ct.original } else { ct.reply };
                 let adj = self
-                    .flows
-                    .get(&tuple)
-                    .and_then(|sid| self.sessions.get(sid))
-                    .map(|s| &s.adj[private_dir.index()]);
+                    .engine
+                    .session_of(tuple, Hook::PreConntrack)
+                    .and_then(|(sid, _)| self.engine.session(sid))
+                    .map(|s| &s.dir(private_dir).seqadj);
                 let Ok(p) = TcpPacket::parse(gw) else {
                     return;
                 };
@@ -1308,14 +1324,15 @@ impl<'o> Replayer<'o> {
         })
     }
 
-    fn refresh_adj(&mut self, sid: SessionId) {
-        if let Some(s) = self.engine.sessions().find(|s| s.id == sid) {
-            let adj = [
-                s.dir(Dir::Original).seqadj.clone(),
-                s.dir(Dir::Reply).seqadj.clone(),
+    /// Takes the offsets of session `sid` from the engine.
+    fn refresh_offsets(&mut self, sid: SessionId) {
+        if let Some(s) = self.engine.session(sid) {
+            let offsets = [
+                Offsets::of(&s.dir(Dir::Original).seqadj),
+                Offsets::of(&s.dir(Dir::Reply).seqadj),
             ];
             if let Some(info) = self.sessions.get_mut(&sid) {
-                info.adj = adj;
+                info.offsets = offsets;
             }
         }
     }
@@ -1381,13 +1398,11 @@ impl<'o> Replayer<'o> {
                     client: ct.original.src,
                     server: ct.reply.src,
                 });
-                self.flows.insert(ct.original, id);
-                self.flows.insert(ct.reply, id);
                 self.sessions.insert(
                     id,
                     SessInfo {
                         ct,
-                        adj: [SeqAdj::new(), SeqAdj::new()],
+                        offsets: [Offsets::default(); 2],
                         seq_adjusted: 0,
                         ack_adjusted: 0,
                         dropped: 0,
@@ -1418,12 +1433,7 @@ impl<'o> Replayer<'o> {
                 }
                 return Ok(());
             }
-            Event::SessionEnd { id, ct, reason } => {
-                for t in [ct.original, ct.reply] {
-                    if self.flows.get(&t) == Some(&id) {
-                        self.flows.remove(&t);
-                    }
-                }
+            Event::SessionEnd { id, reason, .. } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.end = Some(reason);
                 }
@@ -1475,11 +1485,12 @@ impl<'o> Replayer<'o> {
             }
             Event::Rewritten { id, kind, from, to } => {
                 self.sum.rewrites += 1;
-                self.refresh_adj(id);
+                self.refresh_offsets(id);
                 let dir = render::expect_dir(kind);
+                // the line as the engine's rewrite record makes it
                 let new_line = self.sessions.get(&id).and_then(|s| {
                     let l = s.last_line[dir.index()].as_ref()?;
-                    rewritten_line(l, &s.adj[dir.index()])
+                    rewritten_line(l, &self.engine.session(id)?.dir(dir).seqadj)
                 });
                 let old = self.last_line(id, dir).map(|l| l.text.clone());
                 if json {
@@ -1679,7 +1690,7 @@ impl<'o> Replayer<'o> {
             .collect();
         let mut closing = Vec::new();
         for (sid, c) in live {
-            self.refresh_adj(sid);
+            self.refresh_offsets(sid);
             if c {
                 closing.push(sid);
             }
@@ -1692,16 +1703,15 @@ impl<'o> Replayer<'o> {
                 None if closing.contains(sid) => "closing",
                 None => "open",
             };
-            let o = &s.adj[0];
-            let r = &s.adj[1];
+            let [o, r] = s.offsets;
             let line = if self.json {
                 JsonObject::typed("seq")
                     .display("session", sid)
                     .display("state", state)
-                    .num("original_offset", o.offset_after())
-                    .num("original_rewrites", o.records().count() as u64)
-                    .num("reply_offset", r.offset_after())
-                    .num("reply_rewrites", r.records().count() as u64)
+                    .num("original_offset", o.after)
+                    .num("original_rewrites", o.rewrites as u64)
+                    .num("reply_offset", r.after)
+                    .num("reply_rewrites", r.rewrites as u64)
                     .num("seq_adjusted", s.seq_adjusted)
                     .num("ack_adjusted", s.ack_adjusted)
                     .num("dropped", s.dropped)
@@ -1709,10 +1719,10 @@ impl<'o> Replayer<'o> {
             } else {
                 format!(
                     "{sid} seq offsets: original {} ({} rewrites), reply {} ({} rewrites); {} packets seq/payload adjusted, {} acks adjusted, {} dropped; {state}",
-                    signed(o.offset_after()),
-                    o.records().count(),
-                    signed(r.offset_after()),
-                    r.records().count(),
+                    signed(o.after),
+                    o.rewrites,
+                    signed(r.after),
+                    r.rewrites,
                     s.seq_adjusted,
                     s.ack_adjusted,
                     s.dropped,

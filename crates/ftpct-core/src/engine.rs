@@ -662,6 +662,19 @@ impl Engine {
         self.sessions.values()
     }
 
+    /// The session `id`, if it is live.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    /// The session a packet with this tuple at `hook` belongs to, and its direction.
+    pub fn session_of(&self, tuple: FlowTuple, hook: Hook) -> Option<(SessionId, Dir)> {
+        self.sessions.lookup(&FlowKey {
+            tuple,
+            post: hook == Hook::PostConntrack,
+        })
+    }
+
     /// Sessions, deadline entries and flow keys held: the session table's memory, which must
     /// follow the live sessions (one deadline and at most 4 flow keys each).
     pub fn table_footprint(&self) -> (usize, usize, usize) {
