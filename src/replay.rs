@@ -858,119 +858,18 @@ struct PacketCtx {
     related: VecDeque<RelatedEntry>,
 }
 
-struct Replayer<'o> {
-    out: &'o mut dyn Write,
-    json: bool,
+/// The simulated kernel's NAT: which connections are control connections (the ports), how
+/// the gateway translated each (the `--snat`/`--dnat` plan: the conntrack entry
+/// [`SimKernel`] answers with), what the gateway received of a captured packet, and the
+/// destination rewrite between the hooks. It reads the engine's state (a session's sequence
+/// map, the live expectations) where the kernel would have its own.
+struct SimNat {
     nat: Nat,
     ports: Vec<u16>,
-    engine: Engine,
-    /// The daemon's per-packet sequence (`driver.rs`), over [`SimKernel`].
-    driver: Driver,
-    t0: Option<u64>,
-    now: Timestamp,
-    sum: Summary,
-    sessions: BTreeMap<SessionId, SessInfo>,
-    /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
-    expect_no: HashMap<ExpectId, u64>,
-    next_expect: u64,
-    gw_buf: Vec<u8>,
-    mid_buf: Vec<u8>,
     tmp: Vec<u8>,
 }
 
-impl<'o> Replayer<'o> {
-    fn new(opts: &ReplayOptions, out: &'o mut dyn Write, format: CaptureFormat) -> Self {
-        let cfg = Config {
-            control_ports: opts.ports.clone(),
-            policy: opts.policy.clone(),
-            hash_key: [0, 0],
-        };
-        Replayer {
-            out,
-            json: opts.format == OutputFormat::Json,
-            nat: opts.nat,
-            ports: opts.ports.clone(),
-            engine: Engine::new(cfg),
-            driver: Driver::new(),
-            t0: None,
-            now: Timestamp::ZERO,
-            sum: Summary {
-                format,
-                ..Summary::default()
-            },
-            sessions: BTreeMap::new(),
-            expect_no: HashMap::new(),
-            next_expect: 1,
-            gw_buf: Vec::with_capacity(2048),
-            mid_buf: Vec::with_capacity(2048),
-            tmp: Vec::with_capacity(2048),
-        }
-    }
-
-    fn line(&mut self, s: &str) -> io::Result<()> {
-        self.out.write_all(s.as_bytes())?;
-        self.out.write_all(b"\n")
-    }
-
-    /// Seconds since the first packet, microsecond precision.
-    fn t(&self) -> String {
-        let d = self.now.0.saturating_sub(self.t0.unwrap_or(self.now.0));
-        format!("{}.{:06}", d / 1_000_000_000, (d % 1_000_000_000) / 1000)
-    }
-
-    fn nat_text(&self) -> String {
-        match self.nat {
-            Nat::None => "none".into(),
-            Nat::Snat(ip) => format!("snat {ip}"),
-            Nat::Dnat(ip) => format!("dnat {ip}"),
-        }
-    }
-
-    fn start(&mut self) -> io::Result<()> {
-        let ports = self
-            .ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let s = if self.json {
-            let (nat, public) = match self.nat {
-                Nat::None => ("none", None),
-                Nat::Snat(ip) => ("snat", Some(ip)),
-                Nat::Dnat(ip) => ("dnat", Some(ip)),
-            };
-            JsonObject::typed("capture")
-                .display("format", self.sum.format.label())
-                .display("nat", nat)
-                .opt("public", public)
-                .raw("ports", &format!("[{ports}]"))
-                .end()
-        } else {
-            format!(
-                "capture {}, nat {}, control ports {ports}",
-                self.sum.format.label(),
-                self.nat_text()
-            )
-        };
-        self.line(&s)
-    }
-
-    fn warning(&mut self, sid: Option<SessionId>, msg: &str) -> io::Result<()> {
-        let s = if self.json {
-            JsonObject::typed("warning")
-                .raw("t", &self.t())
-                .opt("session", sid)
-                .display("message", msg)
-                .end()
-        } else {
-            match sid {
-                Some(sid) => format!("{} {sid} warning: {msg}", self.t()),
-                None => format!("{} warning: {msg}", self.t()),
-            }
-        };
-        self.line(&s)
-    }
-
+impl SimNat {
     /// Client and server of a control connection, and whether the packet is from the client.
     fn classify(&self, t: FlowTuple) -> Option<(Conn, bool)> {
         if self.ports.contains(&t.dst.port()) {
@@ -1035,6 +934,250 @@ impl<'o> Replayer<'o> {
             },
             Plan::None | Plan::Untranslatable(_) => CtTuples::untranslated(original),
         }
+    }
+
+    /// Rebuilds in `gw` the packet as it arrived at the gateway from the captured one.
+    fn gateway_input(
+        &mut self,
+        engine: &Engine,
+        cap: &TcpPacket<'_>,
+        ctl: Option<(Conn, bool)>,
+        gw: &mut Vec<u8>,
+    ) {
+        gw.clear();
+        gw.extend_from_slice(cap.bytes);
+        match ctl {
+            Some((c, from_client)) => {
+                let plan = self.plan(c);
+                // The far side's packets were translated back by the gateway.
+                let (far, private_dir, public) = match plan {
+                    Plan::Snat(p) => (!from_client, Dir::Original, p),
+                    Plan::Dnat(p) => (from_client, Dir::Reply, p),
+                    Plan::None | Plan::Untranslatable(_) => return,
+                };
+                if !far {
+                    return;
+                }
+                if !set_addrs(gw, None, Some(public)) {
+                    return;
+                }
+                let ct = Self::tuples(c, plan);
+                let tuple = if from_client { ct.original } else { ct.reply };
+                let adj = engine
+                    .session_of(tuple, Hook::PreConntrack)
+                    .and_then(|(sid, _)| engine.session(sid))
+                    .map(|s| &s.dir(private_dir).seqadj);
+                let Ok(p) = TcpPacket::parse(gw) else {
+                    return;
+                };
+                let identity = SeqAdj::new();
+                let adj = adj.unwrap_or(&identity);
+                let ack = if p.flags.ack { adj.map(p.ack) } else { p.ack };
+                let map = |x: u32| adj.map(x);
+                let edit = Edit {
+                    seq: p.seq,
+                    ack,
+                    payload: None,
+                    sack: Some(&map),
+                    clear_fin: false,
+                };
+                let mut tmp = std::mem::take(&mut self.tmp);
+                if packet::build(&p, &edit, &mut tmp).is_ok() {
+                    std::mem::swap(gw, &mut tmp);
+                }
+                self.tmp = tmp;
+            }
+            None => {
+                // A data connection's SYN from the far side to the private host: the gateway
+                // saw it addressed to the expectation's public destination.
+                if self.nat == Nat::None || !cap.flags.syn || cap.flags.ack {
+                    return;
+                }
+                let Some((_, exp)) = engine.expectations().iter().find(|(_, e)| {
+                    e.nat_to == Some(cap.tuple.dst)
+                        && (e.src.is_unspecified() || e.src == cap.tuple.src.ip())
+                }) else {
+                    return;
+                };
+                let dst = exp.dst;
+                if set_addrs(gw, None, Some(dst.ip()))
+                    && set_ports(gw, cap.tcp_off, None, Some(dst.port()))
+                {
+                    self.rechecksum(gw);
+                }
+            }
+        }
+    }
+
+    /// Recomputes the checksums of `buf` (after an address or port change).
+    fn rechecksum(&mut self, buf: &mut Vec<u8>) {
+        let Ok(p) = TcpPacket::parse(buf) else {
+            return;
+        };
+        let edit = Edit {
+            seq: p.seq,
+            ack: p.ack,
+            payload: None,
+            sack: None,
+            clear_fin: false,
+        };
+        let mut tmp = std::mem::take(&mut self.tmp);
+        if packet::build(&p, &edit, &mut tmp).is_ok() {
+            std::mem::swap(buf, &mut tmp);
+        }
+        self.tmp = tmp;
+    }
+
+    /// What conntrack does between the hooks to a packet of a session with tuples `ct` that
+    /// arrived as `gw_tuple`: DNAT (original) or de-SNAT (reply) of its destination, in `mid`.
+    /// False when the packet is of neither direction or cannot be rewritten.
+    fn between_hooks(&mut self, ct: CtTuples, gw_tuple: FlowTuple, mid: &mut Vec<u8>) -> bool {
+        let new_dst = if gw_tuple == ct.original {
+            ct.reply.src
+        } else if gw_tuple == ct.reply {
+            ct.original.src
+        } else {
+            return false;
+        };
+        let Ok(p) = TcpPacket::parse(mid) else {
+            return false;
+        };
+        let tcp_off = p.tcp_off;
+        if !set_addrs(mid, None, Some(new_dst.ip()))
+            || !set_ports(mid, tcp_off, None, Some(new_dst.port()))
+        {
+            return false;
+        }
+        self.rechecksum(mid);
+        true
+    }
+
+    /// The conntrack entry of a packet's control connection (`ctl`): its tuples as the NAT
+    /// plan makes them; none for other packets.
+    fn entry(&self, ctl: Option<(Conn, bool)>) -> CtLookup {
+        match ctl {
+            Some((c, _)) => CtLookup::Found {
+                tuples: Self::tuples(c, self.plan(c)),
+                id: None,
+            },
+            None => CtLookup::Missing,
+        }
+    }
+}
+
+struct Replayer<'o> {
+    out: &'o mut dyn Write,
+    json: bool,
+    /// The simulated kernel's NAT model.
+    sim: SimNat,
+    engine: Engine,
+    /// The daemon's per-packet sequence (`driver.rs`), over [`SimKernel`].
+    driver: Driver,
+    t0: Option<u64>,
+    now: Timestamp,
+    sum: Summary,
+    sessions: BTreeMap<SessionId, SessInfo>,
+    /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
+    expect_no: HashMap<ExpectId, u64>,
+    next_expect: u64,
+    gw_buf: Vec<u8>,
+    mid_buf: Vec<u8>,
+}
+
+impl<'o> Replayer<'o> {
+    fn new(opts: &ReplayOptions, out: &'o mut dyn Write, format: CaptureFormat) -> Self {
+        let cfg = Config {
+            control_ports: opts.ports.clone(),
+            policy: opts.policy.clone(),
+            hash_key: [0, 0],
+        };
+        Replayer {
+            out,
+            json: opts.format == OutputFormat::Json,
+            sim: SimNat {
+                nat: opts.nat,
+                ports: opts.ports.clone(),
+                tmp: Vec::with_capacity(2048),
+            },
+            engine: Engine::new(cfg),
+            driver: Driver::new(),
+            t0: None,
+            now: Timestamp::ZERO,
+            sum: Summary {
+                format,
+                ..Summary::default()
+            },
+            sessions: BTreeMap::new(),
+            expect_no: HashMap::new(),
+            next_expect: 1,
+            gw_buf: Vec::with_capacity(2048),
+            mid_buf: Vec::with_capacity(2048),
+        }
+    }
+
+    fn line(&mut self, s: &str) -> io::Result<()> {
+        self.out.write_all(s.as_bytes())?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Seconds since the first packet, microsecond precision.
+    fn t(&self) -> String {
+        let d = self.now.0.saturating_sub(self.t0.unwrap_or(self.now.0));
+        format!("{}.{:06}", d / 1_000_000_000, (d % 1_000_000_000) / 1000)
+    }
+
+    fn nat_text(&self) -> String {
+        match self.sim.nat {
+            Nat::None => "none".into(),
+            Nat::Snat(ip) => format!("snat {ip}"),
+            Nat::Dnat(ip) => format!("dnat {ip}"),
+        }
+    }
+
+    fn start(&mut self) -> io::Result<()> {
+        let ports = self
+            .sim
+            .ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let s = if self.json {
+            let (nat, public) = match self.sim.nat {
+                Nat::None => ("none", None),
+                Nat::Snat(ip) => ("snat", Some(ip)),
+                Nat::Dnat(ip) => ("dnat", Some(ip)),
+            };
+            JsonObject::typed("capture")
+                .display("format", self.sum.format.label())
+                .display("nat", nat)
+                .opt("public", public)
+                .raw("ports", &format!("[{ports}]"))
+                .end()
+        } else {
+            format!(
+                "capture {}, nat {}, control ports {ports}",
+                self.sum.format.label(),
+                self.nat_text()
+            )
+        };
+        self.line(&s)
+    }
+
+    fn warning(&mut self, sid: Option<SessionId>, msg: &str) -> io::Result<()> {
+        let s = if self.json {
+            JsonObject::typed("warning")
+                .raw("t", &self.t())
+                .opt("session", sid)
+                .display("message", msg)
+                .end()
+        } else {
+            match sid {
+                Some(sid) => format!("{} {sid} warning: {msg}", self.t()),
+                None => format!("{} warning: {msg}", self.t()),
+            }
+        };
+        self.line(&s)
     }
 
     fn frame(&mut self, meta: FrameMeta, frame: &[u8]) -> io::Result<()> {
@@ -1107,14 +1250,14 @@ impl<'o> Replayer<'o> {
         let Ok(cap) = TcpPacket::parse(captured) else {
             return Ok(());
         };
-        let ctl = self.classify(cap.tuple);
+        let ctl = self.sim.classify(cap.tuple);
         let mut ctx = PacketCtx {
             related: VecDeque::new(),
         };
 
         // What arrived at the gateway.
         let mut gw = std::mem::take(&mut self.gw_buf);
-        self.gateway_input(&cap, ctl, &mut gw);
+        self.sim.gateway_input(&self.engine, &cap, ctl, &mut gw);
         let gw_tuple = match TcpPacket::parse(&gw) {
             Ok(p) => p.tuple,
             Err(_) => {
@@ -1125,13 +1268,7 @@ impl<'o> Replayer<'o> {
 
         // Pre-conntrack hook.
         // The simulated kernel's conntrack entry of this control connection: its NAT plan.
-        let entry = match ctl {
-            Some((c, _)) => CtLookup::Found {
-                tuples: Self::tuples(c, self.plan(c)),
-                id: None,
-            },
-            None => CtLookup::Missing,
-        };
+        let entry = self.sim.entry(ctl);
         let mut kernel = SimKernel::new(entry);
         let now = self.now;
         let v = self
@@ -1167,7 +1304,7 @@ impl<'o> Replayer<'o> {
 
         // Between the hooks: conntrack, then DNAT (original) or de-SNAT (reply) of the
         // destination. Then the post-conntrack hook.
-        if self.nat != Nat::None && v != Verdict::Drop {
+        if self.sim.nat != Nat::None && v != Verdict::Drop {
             if let Some(sid) = sid {
                 self.post(sid, gw_tuple, &mut mid)?;
             }
@@ -1177,116 +1314,14 @@ impl<'o> Replayer<'o> {
         Ok(())
     }
 
-    /// Rebuilds in `gw` the packet as it arrived at the gateway from the captured one.
-    fn gateway_input(&mut self, cap: &TcpPacket<'_>, ctl: Option<(Conn, bool)>, gw: &mut Vec<u8>) {
-        gw.clear();
-        gw.extend_from_slice(cap.bytes);
-        match ctl {
-            Some((c, from_client)) => {
-                let plan = self.plan(c);
-                // The far side's packets were translated back by the gateway.
-                let (far, private_dir, public) = match plan {
-                    Plan::Snat(p) => (!from_client, Dir::Original, p),
-                    Plan::Dnat(p) => (from_client, Dir::Reply, p),
-                    Plan::None | Plan::Untranslatable(_) => return,
-                };
-                if !far {
-                    return;
-                }
-                if !set_addrs(gw, None, Some(public)) {
-                    return;
-                }
-                let ct = Self::tuples(c, plan);
-                let tuple = if from_client { ct.original } else { ct.reply };
-                let adj = self
-                    .engine
-                    .session_of(tuple, Hook::PreConntrack)
-                    .and_then(|(sid, _)| self.engine.session(sid))
-                    .map(|s| &s.dir(private_dir).seqadj);
-                let Ok(p) = TcpPacket::parse(gw) else {
-                    return;
-                };
-                let identity = SeqAdj::new();
-                let adj = adj.unwrap_or(&identity);
-                let ack = if p.flags.ack { adj.map(p.ack) } else { p.ack };
-                let map = |x: u32| adj.map(x);
-                let edit = Edit {
-                    seq: p.seq,
-                    ack,
-                    payload: None,
-                    sack: Some(&map),
-                    clear_fin: false,
-                };
-                let mut tmp = std::mem::take(&mut self.tmp);
-                if packet::build(&p, &edit, &mut tmp).is_ok() {
-                    std::mem::swap(gw, &mut tmp);
-                }
-                self.tmp = tmp;
-            }
-            None => {
-                // A data connection's SYN from the far side to the private host: the gateway
-                // saw it addressed to the expectation's public destination.
-                if self.nat == Nat::None || !cap.flags.syn || cap.flags.ack {
-                    return;
-                }
-                let Some((_, exp)) = self.engine.expectations().iter().find(|(_, e)| {
-                    e.nat_to == Some(cap.tuple.dst)
-                        && (e.src.is_unspecified() || e.src == cap.tuple.src.ip())
-                }) else {
-                    return;
-                };
-                let dst = exp.dst;
-                if set_addrs(gw, None, Some(dst.ip()))
-                    && set_ports(gw, cap.tcp_off, None, Some(dst.port()))
-                {
-                    self.rechecksum(gw);
-                }
-            }
-        }
-    }
-
-    /// Recomputes the checksums of `buf` (after an address or port change).
-    fn rechecksum(&mut self, buf: &mut Vec<u8>) {
-        let Ok(p) = TcpPacket::parse(buf) else {
-            return;
-        };
-        let edit = Edit {
-            seq: p.seq,
-            ack: p.ack,
-            payload: None,
-            sack: None,
-            clear_fin: false,
-        };
-        let mut tmp = std::mem::take(&mut self.tmp);
-        if packet::build(&p, &edit, &mut tmp).is_ok() {
-            std::mem::swap(buf, &mut tmp);
-        }
-        self.tmp = tmp;
-    }
-
     /// The post-conntrack hook for a packet of session `sid` that passed the pre hook as `mid`.
     fn post(&mut self, sid: SessionId, gw_tuple: FlowTuple, mid: &mut Vec<u8>) -> io::Result<()> {
         let Some(s) = self.sessions.get(&sid) else {
             return Ok(());
         };
-        let ct = s.ct;
-        let new_dst = if gw_tuple == ct.original {
-            ct.reply.src
-        } else if gw_tuple == ct.reply {
-            ct.original.src
-        } else {
-            return Ok(());
-        };
-        let Ok(p) = TcpPacket::parse(mid) else {
-            return Ok(());
-        };
-        let tcp_off = p.tcp_off;
-        if !set_addrs(mid, None, Some(new_dst.ip()))
-            || !set_ports(mid, tcp_off, None, Some(new_dst.port()))
-        {
+        if !self.sim.between_hooks(s.ct, gw_tuple, mid) {
             return Ok(());
         }
-        self.rechecksum(mid);
         let mut kernel = SimKernel::new(CtLookup::Missing);
         let v = self.driver.decide(
             &mut self.engine,
@@ -1394,7 +1429,7 @@ impl<'o> Replayer<'o> {
                 // The captured endpoints: the client's is never translated on the private side
                 // (snat: it is the private address; dnat: the client is public), the server's
                 // is the reply's source (snat: public server; dnat: its private address).
-                let plan = self.plan(Conn {
+                let plan = self.sim.plan(Conn {
                     client: ct.original.src,
                     server: ct.reply.src,
                 });
