@@ -1099,7 +1099,12 @@ impl<'o> Replayer<'o> {
                 ports: opts.ports.clone(),
                 tmp: Vec::with_capacity(2048),
             },
-            engine: Engine::new(cfg),
+            engine: {
+                let mut e = Engine::new(cfg);
+                // the report shows the line behind each message
+                e.keep_event_lines(true);
+                e
+            },
             driver: Driver::new(),
             t0: None,
             now: Timestamp::ZERO,

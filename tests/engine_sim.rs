@@ -549,11 +549,13 @@ fn cfg() -> Config {
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-/// The events of parsed messages and parse failures name their line (as sent, without its
-/// terminator), valid while the event is handled; other lines are not copied.
+/// With `keep_event_lines`, the events of parsed messages and parse failures name their line
+/// (as sent, without its terminator), valid while the event is handled; other lines are not
+/// copied. Off (the default), no line is kept.
 #[test]
 fn message_events_carry_their_line() {
     let mut lab = Lab::masq(cfg());
+    lab.gw.engine.keep_event_lines(true);
     lab.server_says("220 ready\r\n");
     lab.client_says("USER anonymous\r\n");
     lab.server_says("331 ok\r\n");
@@ -581,6 +583,10 @@ fn message_events_carry_their_line() {
         _ => None,
     });
     assert_eq!(lab.gw.engine.event_line(stale.expect("a message")), None);
+
+    let mut off = Lab::masq(cfg());
+    off.client_says("PORT 10,0,0,2,195,80\r\n");
+    assert_eq!(off.gw.lines, [None]);
 }
 
 #[test]

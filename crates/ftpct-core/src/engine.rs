@@ -362,8 +362,9 @@ pub enum Event {
 
 /// The control line behind an event ([`Event::Message`], [`Event::ParseFailed`]): read it with
 /// [`Engine::event_line`] while the event is being handled (before the next `poll_event` that
-/// returns `None`). The engine copies a line only when an event names it, into one reused
-/// buffer of bounded size.
+/// returns `None`). With [`Engine::keep_event_lines`] on, the engine copies a line only when an
+/// event names it, into one reused buffer of bounded size; off (the default), events carry
+/// [`LineRef::NONE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LineRef {
     gen: u32,
@@ -569,6 +570,8 @@ pub struct Engine {
     /// The lines behind the queued events ([`LineRef`]), and their generation (0 = none).
     event_text: Vec<u8>,
     event_gen: u32,
+    /// Whether events name their lines ([`Engine::keep_event_lines`]).
+    keep_lines: bool,
     actions: VecDeque<Action>,
     journal: VecDeque<Journal>,
     /// Set when a journal record could not be queued: the shell must write a full snapshot.
@@ -622,6 +625,7 @@ impl Engine {
             events: VecDeque::new(),
             event_text: Vec::new(),
             event_gen: 1,
+            keep_lines: false,
             actions: VecDeque::new(),
             journal: VecDeque::new(),
             journal_overflow: false,
@@ -708,6 +712,12 @@ impl Engine {
             self.event_gen = self.event_gen.wrapping_add(1).max(1);
         }
         e
+    }
+
+    /// Whether [`Event::Message`] and [`Event::ParseFailed`] name their line (off by default:
+    /// `ftpct replay` shows lines, the daemon does not pay for copying them).
+    pub fn keep_event_lines(&mut self, on: bool) {
+        self.keep_lines = on;
     }
 
     /// The control line (without its terminator) behind an event just taken from
@@ -1844,7 +1854,7 @@ impl Engine {
                         Dir::Original => self.on_command(sid, &line, at, no_rewrite),
                         Dir::Reply => self.on_reply(sid, &line, at, no_rewrite),
                     }
-                    if self.events.len() > queued {
+                    if self.keep_lines && self.events.len() > queued {
                         self.name_line(queued, &line, at);
                     }
                 }
