@@ -18,14 +18,14 @@ use tracing::{debug, error, info, warn};
 use crate::config::{self, Settings};
 use crate::control::{self, Request};
 use crate::ctnetlink::Ctnetlink;
-use crate::engine::{Action, Conntrack, CtLookup, Engine, Event, Verdict, When};
+use crate::driver::{Driver, Kernel};
+use crate::engine::{Action, Conntrack, CtLookup, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::lookup::{Lookup, LookupGuard};
 use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
-use crate::policy::HoldTimeoutAction;
 use crate::rulecheck::{Checker, Notice};
 use crate::rules::RuleSpec;
 use crate::state::StateFile;
@@ -219,18 +219,23 @@ impl DataSets {
     }
 }
 
-/// The daemon's [`Conntrack`]: a ctnetlink GET for the first packet of an unknown control
+/// The daemon's [`Kernel`] for the [`Driver`]: the real conntrack (ctnetlink), the data sets
+/// (ipset or nft) and the state file, borrowed from the [`Shell`] for one packet (or one
+/// timer). Its [`Conntrack`] is a ctnetlink GET for the first packet of an unknown control
 /// connection, within the bounds of [`LookupGuard`] (a negative cache and a budget per
 /// second; beyond them the packet is treated as untracked).
-struct KernelConntrack<'a> {
+struct ShellKernel<'a> {
     ct: &'a mut Ctnetlink,
+    sets: &'a mut DataSets,
+    settings: &'a Settings,
+    state: &'a mut Option<StateFile>,
     lookups: &'a mut LookupGuard,
     stats: &'a mut ShellStats,
     budget_log: &'a mut Throttle,
     now: Timestamp,
 }
 
-impl Conntrack for KernelConntrack<'_> {
+impl Conntrack for ShellKernel<'_> {
     fn lookup(&mut self, tuple: &FlowTuple, syn_ack: bool) -> CtLookup {
         let now = self.now;
         match self.lookups.check(tuple, syn_ack, now) {
@@ -247,7 +252,7 @@ impl Conntrack for KernelConntrack<'_> {
     }
 }
 
-impl KernelConntrack<'_> {
+impl ShellKernel<'_> {
     fn over_budget(&mut self, syn_ack: bool) {
         self.stats.ct_lookups_over_budget += 1;
         let Some(n) = self.budget_log.hit(self.now) else {
@@ -305,6 +310,118 @@ impl KernelConntrack<'_> {
     }
 }
 
+impl Kernel for ShellKernel<'_> {
+    fn run(&mut self, a: Action) {
+        match a {
+            Action::CreateRelated(entry) => {
+                let t = Instant::now();
+                self.create_related(&entry);
+                self.stats.ct_create_ns += t.elapsed().as_nanos() as u64;
+            }
+            Action::WatchDst { dst, timeout_secs } => {
+                let t = Instant::now();
+                let r = self.sets.add(set(self.settings, &dst), dst, timeout_secs);
+                self.stats.ipset_adds += 1;
+                self.stats.ipset_add_ns += t.elapsed().as_nanos() as u64;
+                if let Err(e) = r {
+                    self.stats.ipset_errors += 1;
+                    error!(error = %e, %dst, "cannot watch the data address; its SYN will not reach ftpct");
+                }
+            }
+            Action::MarkAdjusted { original } => self.mark_adjusted(&original),
+            Action::UnwatchDst { dst } => {
+                if let Err(e) = self.sets.del(set(self.settings, &dst), dst) {
+                    self.stats.ipset_errors += 1;
+                    debug!(error = %e, %dst, "deleting a data address from its set failed");
+                }
+            }
+        }
+    }
+
+    fn persist(&mut self, engine: &mut Engine) {
+        if let Some(st) = self.state.as_mut() {
+            let t = Instant::now();
+            let r = st.append_from(engine);
+            if let Ok(n) = r {
+                if n > 0 {
+                    self.stats.state_writes += 1;
+                    self.stats.state_write_ns += t.elapsed().as_nanos() as u64;
+                }
+            }
+            if let Err(e) = r {
+                error!(error = %e, "cannot write the state file; continuing without it (a restart will lose sessions)");
+                self.stats.state_errors += 1;
+                *self.state = None;
+            }
+        } else {
+            while engine.poll_journal().is_some() {}
+        }
+    }
+}
+
+impl ShellKernel<'_> {
+    /// Marks a control connection that has a sequence offset (`seqadj_mark`), so that the
+    /// post-conntrack rules queue its packets: from now on their acknowledgement numbers need
+    /// mapping back. Without the mark those packets would pass unmapped and the connection
+    /// would stall, so a failure is an error.
+    fn mark_adjusted(&mut self, original: &FlowTuple) {
+        let bits = self.settings.seqadj_mark;
+        if bits == 0 {
+            return;
+        }
+        let t = Instant::now();
+        let r = self.ct.set_mark_bits(original, bits);
+        self.stats.ct_marked += 1;
+        self.stats.ct_mark_ns += t.elapsed().as_nanos() as u64;
+        match r {
+            Ok(true) => {}
+            Ok(false) => debug!(flow = %original, "control connection gone before its mark"),
+            Err(e) => {
+                self.stats.ct_mark_errors += 1;
+                error!(error = %e, flow = %original, mark = format_args!("{bits:#x}"),
+                       "cannot mark the control connection: the post-conntrack rules will not \
+                        queue it and its transfers after this rewrite will stall; check \
+                        seqadj_mark, or set seqadj_mark = 0 and reinstall the rules");
+            }
+        }
+    }
+
+    /// Creates the data connection's conntrack entry. An entry with the same tuple left in
+    /// TIME_WAIT or CLOSE by an earlier data connection (a client reusing its data port) is
+    /// replaced, as the kernel itself reopens such an entry on a new SYN: otherwise the SYN would
+    /// reopen it as a plain NEW connection, not RELATED and without NAT.
+    fn create_related(&mut self, entry: &crate::types::RelatedEntry) {
+        use crate::ctnetlink::{TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT};
+        let mut result = self.ct.create_related(entry);
+        if matches!(&result, Err(e) if e.is_already_exists()) {
+            let stale = match self.ct.get_entry(&entry.original) {
+                Ok(Some(old)) => matches!(
+                    old.tcp_state,
+                    Some(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)
+                ),
+                _ => false,
+            };
+            if !stale {
+                debug!(flow = %entry.original, "data connection already tracked");
+                return;
+            }
+            debug!(flow = %entry.original, "replacing a closed conntrack entry with the same tuple");
+            let _ = self.ct.delete(&entry.original);
+            result = self.ct.create_related(entry);
+        }
+        match result {
+            Ok(()) => self.stats.ct_created += 1,
+            Err(e) if e.is_already_exists() => {
+                debug!(flow = %entry.original, "data connection already tracked")
+            }
+            Err(e) => {
+                self.stats.ct_create_errors += 1;
+                error!(error = %e, flow = %entry.original, "cannot admit the data connection");
+            }
+        }
+    }
+}
+
 struct Shell {
     engine: Engine,
     /// Live event lines for `ftpct events` clients.
@@ -321,8 +438,8 @@ struct Shell {
     /// Duration of the verdict call (the kernel's processing of the reinjected packet).
     hist_verdict: Histogram,
     stats: ShellStats,
-    /// Actions to carry out once the current packet's verdict is out ([`When::AfterVerdict`]).
-    deferred: Vec<Action>,
+    /// The per-packet sequence (and the actions that wait for the verdict).
+    driver: Driver,
     /// The periodic check of ftpct's own rules; `None` when off or unavailable.
     rule_watch: Option<RuleWatch>,
     /// Where the next `check_marks` starts (a session id).
@@ -353,19 +470,13 @@ impl Shell {
         let now = monotonic_now();
         let hook = pkt.hook().unwrap_or(Hook::PreConntrack);
         let work_before = self.kernel_work();
-        let mut ct = KernelConntrack {
-            ct: &mut self.ct,
-            lookups: &mut self.lookups,
-            stats: &mut self.stats,
-            budget_log: &mut self.lookup_budget_log,
-            now,
-        };
-        let v = self.engine.handle_packet(pkt.payload(), hook, now, &mut ct);
         // What the packet's fate depends on happens before its verdict (`Action::when`), and
         // so does the state record (once a rewritten packet has left, its record must survive a
-        // kill of the daemon). Removing ipset elements waits until after it.
-        self.run_actions_before_verdict();
-        self.persist();
+        // kill of the daemon). Removing set elements waits until after it.
+        let v = {
+            let (engine, driver, mut kernel) = self.parts(now);
+            driver.decide(engine, &mut kernel, pkt.payload(), hook, now)
+        };
         // The latency ends when the verdict is issued. The verdict call itself then carries the
         // packet on through the kernel (the rest of netfilter, routing, and in a veth lab the
         // receiving namespace's TCP stack): work that the packet costs with or without an ALG,
@@ -399,8 +510,29 @@ impl Shell {
                 );
             }
         }
-        self.run_deferred_actions();
+        {
+            let (_, driver, mut kernel) = self.parts(now);
+            driver.after_verdict(&mut kernel);
+        }
         self.drain_events();
+    }
+
+    /// The engine, the driver and the kernel, apart (one packet's or one timer's borrows).
+    fn parts(&mut self, now: Timestamp) -> (&mut Engine, &mut Driver, ShellKernel<'_>) {
+        (
+            &mut self.engine,
+            &mut self.driver,
+            ShellKernel {
+                ct: &mut self.ct,
+                sets: &mut self.sets,
+                settings: &self.settings,
+                state: &mut self.state,
+                lookups: &mut self.lookups,
+                stats: &mut self.stats,
+                budget_log: &mut self.lookup_budget_log,
+                now,
+            },
+        )
     }
 
     /// A queued packet the engine could not read as TCP/IP ([`Event::Malformed`]: counted in
@@ -478,77 +610,16 @@ impl Shell {
         }
     }
 
+    /// Takes the journal records and writes them to the state file.
     fn persist(&mut self) {
-        if let Some(st) = &mut self.state {
-            let t = Instant::now();
-            let r = st.append_from(&mut self.engine);
-            if let Ok(n) = r {
-                if n > 0 {
-                    self.stats.state_writes += 1;
-                    self.stats.state_write_ns += t.elapsed().as_nanos() as u64;
-                }
-            }
-            if let Err(e) = r {
-                error!(error = %e, "cannot write the state file; continuing without it (a restart will lose sessions)");
-                self.stats.state_errors += 1;
-                self.state = None;
-            }
-        } else {
-            while self.engine.poll_journal().is_some() {}
-        }
+        let (engine, _, mut kernel) = self.parts(monotonic_now());
+        kernel.persist(engine);
     }
 
-    /// `run_actions`, except that ipset deletions are only collected (`unwatch_deferred` does
-    /// them).
-    /// Carries out the actions due before the verdict, keeping the others for after it.
-    fn run_actions_before_verdict(&mut self) {
-        while let Some(a) = self.engine.poll_action() {
-            match a.when() {
-                When::BeforeVerdict => self.run_action(a),
-                When::AfterVerdict => self.deferred.push(a),
-            }
-        }
-    }
-
-    fn run_deferred_actions(&mut self) {
-        let mut list = std::mem::take(&mut self.deferred);
-        for a in list.drain(..) {
-            self.run_action(a);
-        }
-        self.deferred = list;
-    }
-
+    /// Carries out every pending action (outside a packet: timers, a restore).
     fn run_actions(&mut self) {
-        while let Some(a) = self.engine.poll_action() {
-            self.run_action(a);
-        }
-    }
-
-    fn run_action(&mut self, a: Action) {
-        match a {
-            Action::CreateRelated(entry) => {
-                let t = Instant::now();
-                self.create_related(&entry);
-                self.stats.ct_create_ns += t.elapsed().as_nanos() as u64;
-            }
-            Action::WatchDst { dst, timeout_secs } => {
-                let t = Instant::now();
-                let r = self.sets.add(set(&self.settings, &dst), dst, timeout_secs);
-                self.stats.ipset_adds += 1;
-                self.stats.ipset_add_ns += t.elapsed().as_nanos() as u64;
-                if let Err(e) = r {
-                    self.stats.ipset_errors += 1;
-                    error!(error = %e, %dst, "cannot watch the data address; its SYN will not reach ftpct");
-                }
-            }
-            Action::MarkAdjusted { original } => self.mark_adjusted(&original),
-            Action::UnwatchDst { dst } => {
-                if let Err(e) = self.sets.del(set(&self.settings, &dst), dst) {
-                    self.stats.ipset_errors += 1;
-                    debug!(error = %e, %dst, "deleting a data address from its set failed");
-                }
-            }
-        }
+        let (engine, driver, mut kernel) = self.parts(monotonic_now());
+        driver.run_actions(engine, &mut kernel);
     }
 
     /// Checks that the control connections with a sequence offset (or marked because ftpct
@@ -603,65 +674,11 @@ impl Shell {
         }
     }
 
-    /// Marks a control connection that has a sequence offset (`seqadj_mark`), so that the
-    /// post-conntrack rules queue its packets: from now on their acknowledgement numbers need
-    /// mapping back. Without the mark those packets would pass unmapped and the connection
-    /// would stall, so a failure is an error.
+    /// Marks a control connection that has a sequence offset (`seqadj_mark`): see
+    /// [`ShellKernel::mark_adjusted`].
     fn mark_adjusted(&mut self, original: &FlowTuple) {
-        let bits = self.settings.seqadj_mark;
-        if bits == 0 {
-            return;
-        }
-        let t = Instant::now();
-        let r = self.ct.set_mark_bits(original, bits);
-        self.stats.ct_marked += 1;
-        self.stats.ct_mark_ns += t.elapsed().as_nanos() as u64;
-        match r {
-            Ok(true) => {}
-            Ok(false) => debug!(flow = %original, "control connection gone before its mark"),
-            Err(e) => {
-                self.stats.ct_mark_errors += 1;
-                error!(error = %e, flow = %original, mark = format_args!("{bits:#x}"),
-                       "cannot mark the control connection: the post-conntrack rules will not \
-                        queue it and its transfers after this rewrite will stall; check \
-                        seqadj_mark, or set seqadj_mark = 0 and reinstall the rules");
-            }
-        }
-    }
-
-    /// Creates the data connection's conntrack entry. An entry with the same tuple left in
-    /// TIME_WAIT or CLOSE by an earlier data connection (a client reusing its data port) is
-    /// replaced, as the kernel itself reopens such an entry on a new SYN: otherwise the SYN would
-    /// reopen it as a plain NEW connection, not RELATED and without NAT.
-    fn create_related(&mut self, entry: &crate::types::RelatedEntry) {
-        use crate::ctnetlink::{TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT};
-        let mut result = self.ct.create_related(entry);
-        if matches!(&result, Err(e) if e.is_already_exists()) {
-            let stale = match self.ct.get_entry(&entry.original) {
-                Ok(Some(old)) => matches!(
-                    old.tcp_state,
-                    Some(TCP_CONNTRACK_TIME_WAIT | TCP_CONNTRACK_CLOSE)
-                ),
-                _ => false,
-            };
-            if !stale {
-                debug!(flow = %entry.original, "data connection already tracked");
-                return;
-            }
-            debug!(flow = %entry.original, "replacing a closed conntrack entry with the same tuple");
-            let _ = self.ct.delete(&entry.original);
-            result = self.ct.create_related(entry);
-        }
-        match result {
-            Ok(()) => self.stats.ct_created += 1,
-            Err(e) if e.is_already_exists() => {
-                debug!(flow = %entry.original, "data connection already tracked")
-            }
-            Err(e) => {
-                self.stats.ct_create_errors += 1;
-                error!(error = %e, flow = %entry.original, "cannot admit the data connection");
-            }
-        }
+        let (_, _, mut kernel) = self.parts(monotonic_now());
+        kernel.mark_adjusted(original);
     }
 
     fn drain_events(&mut self) {
@@ -939,145 +956,28 @@ pub fn malformed_message(queue: u16) -> String {
     )
 }
 
-/// One log line per event, with the session id, addresses and NAT, for an admin to follow.
+/// One log line per event, with the session id, addresses and NAT, for an admin to follow:
+/// the core's renderer (`ftpct_core::render`) gives the prose and the `key=value` fields; the
+/// level is checked before anything is formatted.
 pub fn log_event(e: &Event) {
-    match e {
-        Event::SessionStart { id, ct } => info!(
-            session = %id,
-            client = %ct.original.src,
-            server = %ct.original.dst,
-            nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
-            "control session start"
-        ),
-        Event::SessionEnd { id, ct, reason } => info!(
-            session = %id,
-            client = %ct.original.src,
-            server = %ct.original.dst,
-            nat = %format_args!("{} <- {}", ct.reply.dst, ct.reply.src),
-            reason = reason.describe(),
-            "control session end"
-        ),
-        Event::Message { id, kind } => debug!(session = %id, message = kind.label(), "message"),
-        Event::Rewritten { id, kind, from, to } => {
-            info!(session = %id, message = kind.label(), from = %from, to = %to, "address rewritten")
-        }
-        Event::ExpectCreated { id, exp } => info!(
-            session = %exp.master,
-            expectation = id.0,
-            src = %exp.src,
-            dst = %exp.dst,
-            nat_to = %exp.nat_to.map_or_else(|| "-".to_string(), |a| a.to_string()),
-            "expecting data connection"
-        ),
-        Event::ExpectUsed { id, exp, data } => {
-            info!(session = %exp.master, expectation = id.0, data = %data, "data connection admitted as RELATED")
-        }
-        Event::ExpectRemoved { id, exp, reason } => info!(
-            session = %exp.master,
-            expectation = id.0,
-            dst = %exp.dst,
-            reason = reason.describe(),
-            "expectation removed"
-        ),
-        Event::Refused {
-            id,
-            kind,
-            addr,
-            reason,
-        } => {
-            warn!(session = %id, message = kind.label(), addr = %addr, reason = %reason, "refused data address")
-        }
-        Event::ParseFailed {
-            id,
-            dir,
-            kind,
-            error,
-        } => warn!(
-            session = %id,
-            dir = dir.label(),
-            message = kind.label(),
-            error = %error,
-            "unparseable message let through unchanged"
-        ),
-        Event::TlsStarted { id } => warn!(
-            session = %id,
-            "AUTH TLS accepted: the control channel is encrypted and no longer inspected; data \
-             connections of this session cannot be admitted (allow the server's passive port \
-             range in the firewall, or use plain FTP)"
-        ),
-        Event::LineTooLong { id, dir } => {
-            warn!(session = %id, dir = dir.label(), "control line too long; skipped to its end")
-        }
-        Event::HoldTimedOut {
-            id,
-            dir,
-            held,
-            after,
-            action,
-        } => match action {
-            HoldTimeoutAction::Keep => warn!(
-                session = %id,
-                dir = dir.label(),
-                held_bytes = held,
-                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
-                 its held part stays inside (hold_timeout_action = keep): it is still \
-                 rewritten if the rest comes, never let through unrewritten",
-                after.as_secs()
-            ),
-            HoldTimeoutAction::Pass => warn!(
-                session = %id,
-                dir = dir.label(),
-                held_bytes = held,
-                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({} s); \
-                 its held part is let through unchanged (hold_timeout_action = pass), the \
-                 line will not be rewritten",
-                after.as_secs()
-            ),
-        },
-        Event::Resynced { id, dir } => warn!(
-            session = %id,
-            dir = dir.label(),
-            "bytes of the control connection never reached ftpct (queue bypass?); tracking resumes at the next line"
-        ),
-        Event::NotRewritten { id, kind } => warn!(
-            session = %id,
-            message = kind.label(),
-            "message needed a rewrite but its start had already been forwarded; the data connection will likely fail"
-        ),
-        Event::Malformed { error, len, hook } => warn!(
-            reason = %error,
-            bytes = *len,
-            hook = hook.label(),
-            "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged"
-        ),
-        Event::SegmentRefused { id, dir, why } => warn!(
-            session = %id,
-            dir = dir.label(),
-            why = why.label(),
-            "segment refused and passed on untouched, no state changed: {} (spoofed, or              the kernel will mark it INVALID too; counted in packets_out_of_window,              rst_ignored, synack_ignored)",
-            why.describe()
-        ),
-        Event::Throttled { id, kind } => warn!(
-            session = %id,
-            kind = *kind,
-            "more than log_events_per_second {kind} events from this session in one second;              the rest of this second's are not logged (counted in events_throttled)"
-        ),
-        Event::EvictionStarted {
-            max_sessions,
-            protected_left,
-        } => {
-            if *protected_left {
-                warn!(
-                    max_sessions = *max_sessions,
-                    "session table full: evicting the least recently active sessions without                      sequence offsets or expectations (raise max_sessions if this is normal load)"
-                )
-            } else {
-                warn!(
-                    max_sessions = *max_sessions,
-                    "session table full and every evictable session has a sequence offset or an                      expectation: evicting the least recently active one, whose control                      connection may break (raise max_sessions, or look for a flood of control                      connections)"
-                )
-            }
-        }
+    use ftpct_core::render::{describe, Level, LogLine};
+    let min = if tracing::enabled!(tracing::Level::DEBUG) {
+        Level::Debug
+    } else if tracing::enabled!(tracing::Level::INFO) {
+        Level::Info
+    } else {
+        Level::Warn
+    };
+    let mut line = LogLine::new(min);
+    // (`now` only matters for the `ftpct events` line of expectations)
+    describe(e, Timestamp::ZERO, &mut line);
+    if line.level < min {
+        return;
+    }
+    match line.level {
+        Level::Debug => debug!("{}", line.text),
+        Level::Info => info!("{}", line.text),
+        Level::Warn => warn!("{}", line.text),
     }
 }
 
@@ -1624,7 +1524,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             state_refused,
             ..ShellStats::default()
         },
-        deferred: Vec::with_capacity(16),
+        driver: Driver::new(),
         rule_watch,
         mark_cursor: 0,
         malformed_log: Throttle::new(LOG_EVERY),

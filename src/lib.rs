@@ -31,6 +31,7 @@ pub mod state;
 
 pub mod control;
 pub mod daemon;
+pub mod driver;
 pub mod metrics;
 pub mod notify;
 pub mod privs;

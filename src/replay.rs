@@ -39,7 +39,6 @@
 //! depends only on the capture and the options.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -49,15 +48,16 @@ use std::sync::{Arc, Mutex};
 use pcap_parser::traits::{PcapNGPacketBlock, PcapReaderIterator};
 use pcap_parser::{Block, PcapBlockOwned, PcapError};
 
-use crate::engine::{
-    Action, Config, CtLookup, EndReason, Engine, Event, MsgKind, NoConntrack, RemoveReason, Verdict,
-};
-use crate::expect::{ExpectId, ExpectKind, Expectation};
+use crate::engine::{Action, Config, CtLookup, EndReason, Engine, Event, RemoveReason, Verdict};
+use crate::expect::{ExpectId, Expectation};
 use crate::packet::{self, Edit, PacketError, TcpPacket};
 
+use crate::driver::{Driver, Kernel};
+use crate::engine::{Conntrack, LineRef};
 use crate::policy::Policy;
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
+use ftpct_core::render::{self, JsonObject, JsonSink, Level, Sink, Value};
 
 // ---------------------------------------------------------------------------------------------
 // Options, summary, errors
@@ -675,122 +675,14 @@ fn set_ports(ip: &mut [u8], tcp_off: usize, src: Option<u16>, dst: Option<u16>) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Line text of the control streams (the engine's events carry none)
+// The line behind a message (from the engine's event)
 
-const MAX_TEXT_LINE: usize = 2048;
-/// Line streams kept at most (two per control connection).
-const MAX_STREAMS: usize = 1 << 17;
-
+/// A message's line, as the engine's event names it ([`Engine::event_line`]).
 #[derive(Clone, Debug, Default)]
 struct Line {
     /// Sequence number of the line's first byte (sender's space).
     start: u32,
     text: Vec<u8>,
-}
-
-/// One direction of a control connection as captured, cut into lines.
-#[derive(Debug, Default)]
-struct Stream {
-    next: Option<u32>,
-    /// Skipping to the next newline (picked up mid-line, or an overlong line).
-    skipping: bool,
-    cur: Line,
-    /// Lines completed by the packet being handled.
-    ready: Vec<Line>,
-}
-
-impl Stream {
-    fn feed(&mut self, seq: u32, syn: bool, payload: &[u8]) {
-        let next = match self.next {
-            Some(n) => n,
-            None => {
-                if syn {
-                    self.next = Some(seq.wrapping_add(1));
-                    return;
-                }
-                if payload.is_empty() {
-                    return;
-                }
-                // Picked up mid-stream: the first line may be partial.
-                self.skipping = true;
-                self.cur.start = seq;
-                seq
-            }
-        };
-        if payload.is_empty() {
-            return;
-        }
-        let rel = next.wrapping_sub(seq) as i32;
-        if rel < 0 || rel as usize >= payload.len() {
-            // A gap before this segment (the engine drops it too), or nothing new.
-            return;
-        }
-        let fresh = &payload[rel as usize..];
-        let mut pos = next;
-        for &b in fresh {
-            pos = pos.wrapping_add(1);
-            if self.skipping {
-                if b == b'\n' {
-                    self.skipping = false;
-                    self.cur = Line {
-                        start: pos,
-                        text: Vec::new(),
-                    };
-                }
-                continue;
-            }
-            if self.cur.text.is_empty() {
-                self.cur.start = pos.wrapping_sub(1);
-            }
-            if b == b'\n' {
-                let mut text = std::mem::take(&mut self.cur.text);
-                if text.last() == Some(&b'\r') {
-                    text.pop();
-                }
-                self.ready.push(Line {
-                    start: self.cur.start,
-                    text,
-                });
-                self.cur.start = pos;
-                continue;
-            }
-            self.cur.text.push(b);
-            if self.cur.text.len() > MAX_TEXT_LINE {
-                self.cur.text.clear();
-                self.skipping = true;
-            }
-        }
-        self.next = Some(pos);
-    }
-}
-
-fn msg_dir(kind: MsgKind) -> Dir {
-    match kind {
-        MsgKind::Port | MsgKind::Eprt | MsgKind::Pasv | MsgKind::Epsv | MsgKind::AuthTls => {
-            Dir::Original
-        }
-        MsgKind::Reply227 | MsgKind::Reply229 | MsgKind::Reply234 => Dir::Reply,
-    }
-}
-
-fn msg_prefix(kind: MsgKind) -> &'static [u8] {
-    match kind {
-        MsgKind::Port => b"PORT",
-        MsgKind::Eprt => b"EPRT",
-        MsgKind::Pasv => b"PASV",
-        MsgKind::Epsv => b"EPSV",
-        MsgKind::AuthTls => b"AUTH",
-        MsgKind::Reply227 => b"227",
-        MsgKind::Reply229 => b"229",
-        MsgKind::Reply234 => b"234",
-    }
-}
-
-fn expect_dir(kind: ExpectKind) -> Dir {
-    match kind {
-        ExpectKind::Port | ExpectKind::Eprt => Dir::Original,
-        ExpectKind::Pasv227 | ExpectKind::Epsv229 => Dir::Reply,
-    }
 }
 
 /// The line after a rewrite: the engine's replacement record applied to the original line.
@@ -812,73 +704,37 @@ fn rewritten_line(line: &Line, adj: &SeqAdj) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // Output helpers
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// What replay adds to an event's JSON object.
+enum Extra<'a> {
+    /// The line behind the event (`null`: not seen).
+    Line(Option<&'a [u8]>),
+    /// An address (`null`: none).
+    Addr(Option<SocketAddr>),
+    /// An IP address (`null`: none).
+    Ip(Option<IpAddr>),
 }
 
-/// A JSON object written field by field, in a fixed order.
-struct Obj(String);
+/// The core's JSON sink, with replay's names for expectations (`E1`, `E2`, ... in creation
+/// order) instead of the engine's ids.
+struct ReplayJson<'a> {
+    inner: JsonSink<'a>,
+    expect: Option<u64>,
+}
 
-impl Obj {
-    fn new(ty: &str) -> Obj {
-        let mut s = String::with_capacity(160);
-        s.push_str("{\"type\":");
-        json_str(&mut s, ty);
-        Obj(s)
+impl Sink for ReplayJson<'_> {
+    fn begin(&mut self, name: &'static str, level: Level) -> bool {
+        self.inner.begin(name, level)
     }
-    fn key(&mut self, k: &str) {
-        self.0.push(',');
-        json_str(&mut self.0, k);
-        self.0.push(':');
+    fn field(&mut self, key: &'static str, value: Value<'_>) {
+        self.record_field(key, value);
     }
-    fn s(mut self, k: &str, v: impl fmt::Display) -> Obj {
-        self.key(k);
-        json_str(&mut self.0, &v.to_string());
-        self
-    }
-    fn opt(self, k: &str, v: Option<impl fmt::Display>) -> Obj {
-        match v {
-            Some(v) => self.s(k, v),
-            None => self.raw(k, "null"),
+    fn record_field(&mut self, key: &'static str, value: Value<'_>) {
+        match (value, self.expect) {
+            (Value::Expect(_), Some(n)) => self
+                .inner
+                .record_field(key, Value::Display(&format_args!("E{n}"))),
+            _ => self.inner.record_field(key, value),
         }
-    }
-    fn n(self, k: &str, v: impl Into<i128>) -> Obj {
-        let v: i128 = v.into();
-        self.raw(k, &v.to_string())
-    }
-    fn b(self, k: &str, v: bool) -> Obj {
-        self.raw(k, if v { "true" } else { "false" })
-    }
-    fn raw(mut self, k: &str, v: &str) -> Obj {
-        self.key(k);
-        self.0.push_str(v);
-        self
-    }
-    fn tuple(self, k: &str, t: FlowTuple) -> Obj {
-        let mut o = String::from("{\"src\":");
-        json_str(&mut o, &t.src.to_string());
-        o.push_str(",\"dst\":");
-        json_str(&mut o, &t.dst.to_string());
-        o.push('}');
-        self.raw(k, &o)
-    }
-    fn end(mut self) -> String {
-        self.0.push('}');
-        self.0
     }
 }
 
@@ -931,13 +787,29 @@ struct Conn {
     server: SocketAddr,
 }
 
+/// A direction's sequence offset after its rewrites, and how many rewrite records it has.
+#[derive(Clone, Copy, Debug, Default)]
+struct Offsets {
+    after: i32,
+    rewrites: usize,
+}
+
+impl Offsets {
+    fn of(adj: &SeqAdj) -> Offsets {
+        Offsets {
+            after: adj.offset_after(),
+            rewrites: adj.records().count(),
+        }
+    }
+}
+
 /// What replay keeps per engine session.
 #[derive(Debug)]
 struct SessInfo {
     ct: CtTuples,
-    /// Copies of the engine's sequence adjustments (refreshed at each rewrite; kept after the
-    /// session ends).
-    adj: [SeqAdj; 2],
+    /// The sequence offsets per direction, as the engine's session had them at its last
+    /// rewrite (and at the end of the capture): reported at the end, also for ended sessions.
+    offsets: [Offsets; 2],
     seq_adjusted: u64,
     ack_adjusted: u64,
     dropped: u64,
@@ -946,131 +818,58 @@ struct SessInfo {
     last_line: [Option<Line>; 2],
 }
 
+/// The simulated kernel replay runs the daemon's [`Driver`] over: its conntrack holds the
+/// entry of the control connection as replay's NAT plan makes it, and its RELATED entries are
+/// collected (in order, paired with the engine's `ExpectUsed` events); marks, set elements and
+/// the journal have no effect on what replay shows.
+struct SimKernel {
+    entry: CtLookup,
+    related: VecDeque<RelatedEntry>,
+}
+
+impl SimKernel {
+    fn new(entry: CtLookup) -> SimKernel {
+        SimKernel {
+            entry,
+            related: VecDeque::new(),
+        }
+    }
+}
+
+impl Conntrack for SimKernel {
+    fn lookup(&mut self, _: &FlowTuple, _: bool) -> CtLookup {
+        self.entry
+    }
+}
+
+impl Kernel for SimKernel {
+    fn run(&mut self, a: Action) {
+        if let Action::CreateRelated(e) = a {
+            self.related.push_back(e);
+        }
+    }
+    fn persist(&mut self, engine: &mut Engine) {
+        while engine.poll_journal().is_some() {}
+    }
+}
+
 struct PacketCtx {
-    /// Lines completed by this packet, in order.
-    lines: VecDeque<Line>,
     /// Related entries the engine asked for, in order (paired with `ExpectUsed`).
     related: VecDeque<RelatedEntry>,
 }
 
-struct Replayer<'o> {
-    out: &'o mut dyn Write,
-    json: bool,
+/// The simulated kernel's NAT: which connections are control connections (the ports), how
+/// the gateway translated each (the `--snat`/`--dnat` plan: the conntrack entry
+/// [`SimKernel`] answers with), what the gateway received of a captured packet, and the
+/// destination rewrite between the hooks. It reads the engine's state (a session's sequence
+/// map, the live expectations) where the kernel would have its own.
+struct SimNat {
     nat: Nat,
     ports: Vec<u16>,
-    engine: Engine,
-    t0: Option<u64>,
-    now: Timestamp,
-    sum: Summary,
-    sessions: BTreeMap<SessionId, SessInfo>,
-    /// Pre-conntrack tuples (both directions) of live sessions.
-    flows: HashMap<FlowTuple, SessionId>,
-    /// Line streams by captured tuple (one per direction).
-    streams: HashMap<FlowTuple, Stream>,
-    /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
-    expect_no: HashMap<ExpectId, u64>,
-    live: BTreeMap<u64, Expectation>,
-    next_expect: u64,
-    gw_buf: Vec<u8>,
-    mid_buf: Vec<u8>,
     tmp: Vec<u8>,
 }
 
-impl<'o> Replayer<'o> {
-    fn new(opts: &ReplayOptions, out: &'o mut dyn Write, format: CaptureFormat) -> Self {
-        let cfg = Config {
-            control_ports: opts.ports.clone(),
-            policy: opts.policy.clone(),
-            hash_key: [0, 0],
-        };
-        Replayer {
-            out,
-            json: opts.format == OutputFormat::Json,
-            nat: opts.nat,
-            ports: opts.ports.clone(),
-            engine: Engine::new(cfg),
-            t0: None,
-            now: Timestamp::ZERO,
-            sum: Summary {
-                format,
-                ..Summary::default()
-            },
-            sessions: BTreeMap::new(),
-            flows: HashMap::new(),
-            streams: HashMap::new(),
-            expect_no: HashMap::new(),
-            live: BTreeMap::new(),
-            next_expect: 1,
-            gw_buf: Vec::with_capacity(2048),
-            mid_buf: Vec::with_capacity(2048),
-            tmp: Vec::with_capacity(2048),
-        }
-    }
-
-    fn line(&mut self, s: &str) -> io::Result<()> {
-        self.out.write_all(s.as_bytes())?;
-        self.out.write_all(b"\n")
-    }
-
-    /// Seconds since the first packet, microsecond precision.
-    fn t(&self) -> String {
-        let d = self.now.0.saturating_sub(self.t0.unwrap_or(self.now.0));
-        format!("{}.{:06}", d / 1_000_000_000, (d % 1_000_000_000) / 1000)
-    }
-
-    fn nat_text(&self) -> String {
-        match self.nat {
-            Nat::None => "none".into(),
-            Nat::Snat(ip) => format!("snat {ip}"),
-            Nat::Dnat(ip) => format!("dnat {ip}"),
-        }
-    }
-
-    fn start(&mut self) -> io::Result<()> {
-        let ports = self
-            .ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let s = if self.json {
-            let (nat, public) = match self.nat {
-                Nat::None => ("none", None),
-                Nat::Snat(ip) => ("snat", Some(ip)),
-                Nat::Dnat(ip) => ("dnat", Some(ip)),
-            };
-            Obj::new("capture")
-                .s("format", self.sum.format.label())
-                .s("nat", nat)
-                .opt("public", public)
-                .raw("ports", &format!("[{ports}]"))
-                .end()
-        } else {
-            format!(
-                "capture {}, nat {}, control ports {ports}",
-                self.sum.format.label(),
-                self.nat_text()
-            )
-        };
-        self.line(&s)
-    }
-
-    fn warning(&mut self, sid: Option<SessionId>, msg: &str) -> io::Result<()> {
-        let s = if self.json {
-            Obj::new("warning")
-                .raw("t", &self.t())
-                .opt("session", sid)
-                .s("message", msg)
-                .end()
-        } else {
-            match sid {
-                Some(sid) => format!("{} {sid} warning: {msg}", self.t()),
-                None => format!("{} warning: {msg}", self.t()),
-            }
-        };
-        self.line(&s)
-    }
-
+impl SimNat {
     /// Client and server of a control connection, and whether the packet is from the client.
     fn classify(&self, t: FlowTuple) -> Option<(Conn, bool)> {
         if self.ports.contains(&t.dst.port()) {
@@ -1137,6 +936,255 @@ impl<'o> Replayer<'o> {
         }
     }
 
+    /// Rebuilds in `gw` the packet as it arrived at the gateway from the captured one.
+    fn gateway_input(
+        &mut self,
+        engine: &Engine,
+        cap: &TcpPacket<'_>,
+        ctl: Option<(Conn, bool)>,
+        gw: &mut Vec<u8>,
+    ) {
+        gw.clear();
+        gw.extend_from_slice(cap.bytes);
+        match ctl {
+            Some((c, from_client)) => {
+                let plan = self.plan(c);
+                // The far side's packets were translated back by the gateway.
+                let (far, private_dir, public) = match plan {
+                    Plan::Snat(p) => (!from_client, Dir::Original, p),
+                    Plan::Dnat(p) => (from_client, Dir::Reply, p),
+                    Plan::None | Plan::Untranslatable(_) => return,
+                };
+                if !far {
+                    return;
+                }
+                if !set_addrs(gw, None, Some(public)) {
+                    return;
+                }
+                let ct = Self::tuples(c, plan);
+                let tuple = if from_client { ct.original } else { ct.reply };
+                let adj = engine
+                    .session_of(tuple, Hook::PreConntrack)
+                    .and_then(|(sid, _)| engine.session(sid))
+                    .map(|s| &s.dir(private_dir).seqadj);
+                let Ok(p) = TcpPacket::parse(gw) else {
+                    return;
+                };
+                let identity = SeqAdj::new();
+                let adj = adj.unwrap_or(&identity);
+                let ack = if p.flags.ack { adj.map(p.ack) } else { p.ack };
+                let map = |x: u32| adj.map(x);
+                let edit = Edit {
+                    seq: p.seq,
+                    ack,
+                    payload: None,
+                    sack: Some(&map),
+                    clear_fin: false,
+                };
+                let mut tmp = std::mem::take(&mut self.tmp);
+                if packet::build(&p, &edit, &mut tmp).is_ok() {
+                    std::mem::swap(gw, &mut tmp);
+                }
+                self.tmp = tmp;
+            }
+            None => {
+                // A data connection's SYN from the far side to the private host: the gateway
+                // saw it addressed to the expectation's public destination.
+                if self.nat == Nat::None || !cap.flags.syn || cap.flags.ack {
+                    return;
+                }
+                let Some((_, exp)) = engine.expectations().iter().find(|(_, e)| {
+                    e.nat_to == Some(cap.tuple.dst)
+                        && (e.src.is_unspecified() || e.src == cap.tuple.src.ip())
+                }) else {
+                    return;
+                };
+                let dst = exp.dst;
+                if set_addrs(gw, None, Some(dst.ip()))
+                    && set_ports(gw, cap.tcp_off, None, Some(dst.port()))
+                {
+                    self.rechecksum(gw);
+                }
+            }
+        }
+    }
+
+    /// Recomputes the checksums of `buf` (after an address or port change).
+    fn rechecksum(&mut self, buf: &mut Vec<u8>) {
+        let Ok(p) = TcpPacket::parse(buf) else {
+            return;
+        };
+        let edit = Edit {
+            seq: p.seq,
+            ack: p.ack,
+            payload: None,
+            sack: None,
+            clear_fin: false,
+        };
+        let mut tmp = std::mem::take(&mut self.tmp);
+        if packet::build(&p, &edit, &mut tmp).is_ok() {
+            std::mem::swap(buf, &mut tmp);
+        }
+        self.tmp = tmp;
+    }
+
+    /// What conntrack does between the hooks to a packet of a session with tuples `ct` that
+    /// arrived as `gw_tuple`: DNAT (original) or de-SNAT (reply) of its destination, in `mid`.
+    /// False when the packet is of neither direction or cannot be rewritten.
+    fn between_hooks(&mut self, ct: CtTuples, gw_tuple: FlowTuple, mid: &mut Vec<u8>) -> bool {
+        let new_dst = if gw_tuple == ct.original {
+            ct.reply.src
+        } else if gw_tuple == ct.reply {
+            ct.original.src
+        } else {
+            return false;
+        };
+        let Ok(p) = TcpPacket::parse(mid) else {
+            return false;
+        };
+        let tcp_off = p.tcp_off;
+        if !set_addrs(mid, None, Some(new_dst.ip()))
+            || !set_ports(mid, tcp_off, None, Some(new_dst.port()))
+        {
+            return false;
+        }
+        self.rechecksum(mid);
+        true
+    }
+
+    /// The conntrack entry of a packet's control connection (`ctl`): its tuples as the NAT
+    /// plan makes them; none for other packets.
+    fn entry(&self, ctl: Option<(Conn, bool)>) -> CtLookup {
+        match ctl {
+            Some((c, _)) => CtLookup::Found {
+                tuples: Self::tuples(c, self.plan(c)),
+                id: None,
+            },
+            None => CtLookup::Missing,
+        }
+    }
+}
+
+struct Replayer<'o> {
+    out: &'o mut dyn Write,
+    json: bool,
+    /// The simulated kernel's NAT model.
+    sim: SimNat,
+    engine: Engine,
+    /// The daemon's per-packet sequence (`driver.rs`), over [`SimKernel`].
+    driver: Driver,
+    t0: Option<u64>,
+    now: Timestamp,
+    sum: Summary,
+    sessions: BTreeMap<SessionId, SessInfo>,
+    /// Our numbers for the engine's expectation ids (E1, E2, ... in creation order).
+    expect_no: HashMap<ExpectId, u64>,
+    next_expect: u64,
+    gw_buf: Vec<u8>,
+    mid_buf: Vec<u8>,
+}
+
+impl<'o> Replayer<'o> {
+    fn new(opts: &ReplayOptions, out: &'o mut dyn Write, format: CaptureFormat) -> Self {
+        let cfg = Config {
+            control_ports: opts.ports.clone(),
+            policy: opts.policy.clone(),
+            hash_key: [0, 0],
+        };
+        Replayer {
+            out,
+            json: opts.format == OutputFormat::Json,
+            sim: SimNat {
+                nat: opts.nat,
+                ports: opts.ports.clone(),
+                tmp: Vec::with_capacity(2048),
+            },
+            engine: {
+                let mut e = Engine::new(cfg);
+                // the report shows the line behind each message
+                e.keep_event_lines(true);
+                e
+            },
+            driver: Driver::new(),
+            t0: None,
+            now: Timestamp::ZERO,
+            sum: Summary {
+                format,
+                ..Summary::default()
+            },
+            sessions: BTreeMap::new(),
+            expect_no: HashMap::new(),
+            next_expect: 1,
+            gw_buf: Vec::with_capacity(2048),
+            mid_buf: Vec::with_capacity(2048),
+        }
+    }
+
+    fn line(&mut self, s: &str) -> io::Result<()> {
+        self.out.write_all(s.as_bytes())?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Seconds since the first packet, microsecond precision.
+    fn t(&self) -> String {
+        let d = self.now.0.saturating_sub(self.t0.unwrap_or(self.now.0));
+        format!("{}.{:06}", d / 1_000_000_000, (d % 1_000_000_000) / 1000)
+    }
+
+    fn nat_text(&self) -> String {
+        match self.sim.nat {
+            Nat::None => "none".into(),
+            Nat::Snat(ip) => format!("snat {ip}"),
+            Nat::Dnat(ip) => format!("dnat {ip}"),
+        }
+    }
+
+    fn start(&mut self) -> io::Result<()> {
+        let ports = self
+            .sim
+            .ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let s = if self.json {
+            let (nat, public) = match self.sim.nat {
+                Nat::None => ("none", None),
+                Nat::Snat(ip) => ("snat", Some(ip)),
+                Nat::Dnat(ip) => ("dnat", Some(ip)),
+            };
+            JsonObject::typed("capture")
+                .display("format", self.sum.format.label())
+                .display("nat", nat)
+                .opt("public", public)
+                .raw("ports", &format!("[{ports}]"))
+                .end()
+        } else {
+            format!(
+                "capture {}, nat {}, control ports {ports}",
+                self.sum.format.label(),
+                self.nat_text()
+            )
+        };
+        self.line(&s)
+    }
+
+    fn warning(&mut self, sid: Option<SessionId>, msg: &str) -> io::Result<()> {
+        let s = if self.json {
+            JsonObject::typed("warning")
+                .raw("t", &self.t())
+                .opt("session", sid)
+                .display("message", msg)
+                .end()
+        } else {
+            match sid {
+                Some(sid) => format!("{} {sid} warning: {msg}", self.t()),
+                None => format!("{} warning: {msg}", self.t()),
+            }
+        };
+        self.line(&s)
+    }
+
     fn frame(&mut self, meta: FrameMeta, frame: &[u8]) -> io::Result<()> {
         self.sum.packets_read += 1;
         if self.t0.is_none() {
@@ -1190,9 +1238,11 @@ impl<'o> Replayer<'o> {
         if let Some(t) = self.engine.poll_timeout() {
             if t <= self.now {
                 self.engine.handle_timeout(self.now);
+                let mut kernel = SimKernel::new(CtLookup::Missing);
+                self.driver.run_actions(&mut self.engine, &mut kernel);
+                kernel.persist(&mut self.engine);
                 let mut ctx = PacketCtx {
-                    lines: VecDeque::new(),
-                    related: VecDeque::new(),
+                    related: kernel.related,
                 };
                 self.drain(&mut ctx)?;
             }
@@ -1205,26 +1255,14 @@ impl<'o> Replayer<'o> {
         let Ok(cap) = TcpPacket::parse(captured) else {
             return Ok(());
         };
-        let ctl = self.classify(cap.tuple);
-        // Lines of the control stream, as sent.
+        let ctl = self.sim.classify(cap.tuple);
         let mut ctx = PacketCtx {
-            lines: VecDeque::new(),
             related: VecDeque::new(),
         };
-        if ctl.is_some() {
-            if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&cap.tuple) {
-                // Bounded memory on a capture of many connections that never became sessions
-                // (scans): start over; a live session may then miss one line's text.
-                self.streams.clear();
-            }
-            let st = self.streams.entry(cap.tuple).or_default();
-            st.feed(cap.seq, cap.flags.syn, cap.payload());
-            ctx.lines.extend(st.ready.drain(..));
-        }
 
         // What arrived at the gateway.
         let mut gw = std::mem::take(&mut self.gw_buf);
-        self.gateway_input(&cap, ctl, &mut gw);
+        self.sim.gateway_input(&self.engine, &cap, ctl, &mut gw);
         let gw_tuple = match TcpPacket::parse(&gw) {
             Ok(p) => p.tuple,
             Err(_) => {
@@ -1235,18 +1273,13 @@ impl<'o> Replayer<'o> {
 
         // Pre-conntrack hook.
         // The simulated kernel's conntrack entry of this control connection: its NAT plan.
-        let entry = match ctl {
-            Some((c, _)) => CtLookup::Found {
-                tuples: Self::tuples(c, self.plan(c)),
-                id: None,
-            },
-            None => CtLookup::Missing,
-        };
-        let mut conntrack = |_: &FlowTuple, _: bool| entry;
+        let entry = self.sim.entry(ctl);
+        let mut kernel = SimKernel::new(entry);
         let now = self.now;
         let v = self
-            .engine
-            .handle_packet(&gw, Hook::PreConntrack, now, &mut conntrack);
+            .driver
+            .decide(&mut self.engine, &mut kernel, &gw, Hook::PreConntrack, now);
+        // The verdict: the packet continues as accepted or modified, or not at all.
         let mut mid = std::mem::take(&mut self.mid_buf);
         mid.clear();
         match v {
@@ -1254,8 +1287,13 @@ impl<'o> Replayer<'o> {
             Verdict::Accept => mid.extend_from_slice(&gw),
             Verdict::Drop => {}
         }
+        self.driver.after_verdict(&mut kernel);
+        ctx.related = kernel.related;
         self.drain(&mut ctx)?;
-        let sid = self.flows.get(&gw_tuple).copied();
+        let sid = self
+            .engine
+            .session_of(gw_tuple, Hook::PreConntrack)
+            .map(|(sid, _)| sid);
         if let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
             match v {
                 Verdict::AcceptModified => s.seq_adjusted += 1,
@@ -1271,7 +1309,7 @@ impl<'o> Replayer<'o> {
 
         // Between the hooks: conntrack, then DNAT (original) or de-SNAT (reply) of the
         // destination. Then the post-conntrack hook.
-        if self.nat != Nat::None && v != Verdict::Drop {
+        if self.sim.nat != Nat::None && v != Verdict::Drop {
             if let Some(sid) = sid {
                 self.post(sid, gw_tuple, &mut mid)?;
             }
@@ -1281,119 +1319,23 @@ impl<'o> Replayer<'o> {
         Ok(())
     }
 
-    /// Rebuilds in `gw` the packet as it arrived at the gateway from the captured one.
-    fn gateway_input(&mut self, cap: &TcpPacket<'_>, ctl: Option<(Conn, bool)>, gw: &mut Vec<u8>) {
-        gw.clear();
-        gw.extend_from_slice(cap.bytes);
-        match ctl {
-            Some((c, from_client)) => {
-                let plan = self.plan(c);
-                // The far side's packets were translated back by the gateway.
-                let (far, private_dir, public) = match plan {
-                    Plan::Snat(p) => (!from_client, Dir::Original, p),
-                    Plan::Dnat(p) => (from_client, Dir::Reply, p),
-                    Plan::None | Plan::Untranslatable(_) => return,
-                };
-                if !far {
-                    return;
-                }
-                if !set_addrs(gw, None, Some(public)) {
-                    return;
-                }
-                let ct = Self::tuples(c, plan);
-                let tuple = if from_client { ct.original } else { ct.reply };
-                let adj = self
-                    .flows
-                    .get(&tuple)
-                    .and_then(|sid| self.sessions.get(sid))
-                    .map(|s| &s.adj[private_dir.index()]);
-                let Ok(p) = TcpPacket::parse(gw) else {
-                    return;
-                };
-                let identity = SeqAdj::new();
-                let adj = adj.unwrap_or(&identity);
-                let ack = if p.flags.ack { adj.map(p.ack) } else { p.ack };
-                let map = |x: u32| adj.map(x);
-                let edit = Edit {
-                    seq: p.seq,
-                    ack,
-                    payload: None,
-                    sack: Some(&map),
-                    clear_fin: false,
-                };
-                let mut tmp = std::mem::take(&mut self.tmp);
-                if packet::build(&p, &edit, &mut tmp).is_ok() {
-                    std::mem::swap(gw, &mut tmp);
-                }
-                self.tmp = tmp;
-            }
-            None => {
-                // A data connection's SYN from the far side to the private host: the gateway
-                // saw it addressed to the expectation's public destination.
-                if self.nat == Nat::None || !cap.flags.syn || cap.flags.ack {
-                    return;
-                }
-                let Some(exp) = self.live.values().find(|e| {
-                    e.nat_to == Some(cap.tuple.dst)
-                        && (e.src.is_unspecified() || e.src == cap.tuple.src.ip())
-                }) else {
-                    return;
-                };
-                let dst = exp.dst;
-                if set_addrs(gw, None, Some(dst.ip()))
-                    && set_ports(gw, cap.tcp_off, None, Some(dst.port()))
-                {
-                    self.rechecksum(gw);
-                }
-            }
-        }
-    }
-
-    /// Recomputes the checksums of `buf` (after an address or port change).
-    fn rechecksum(&mut self, buf: &mut Vec<u8>) {
-        let Ok(p) = TcpPacket::parse(buf) else {
-            return;
-        };
-        let edit = Edit {
-            seq: p.seq,
-            ack: p.ack,
-            payload: None,
-            sack: None,
-            clear_fin: false,
-        };
-        let mut tmp = std::mem::take(&mut self.tmp);
-        if packet::build(&p, &edit, &mut tmp).is_ok() {
-            std::mem::swap(buf, &mut tmp);
-        }
-        self.tmp = tmp;
-    }
-
     /// The post-conntrack hook for a packet of session `sid` that passed the pre hook as `mid`.
     fn post(&mut self, sid: SessionId, gw_tuple: FlowTuple, mid: &mut Vec<u8>) -> io::Result<()> {
         let Some(s) = self.sessions.get(&sid) else {
             return Ok(());
         };
-        let ct = s.ct;
-        let new_dst = if gw_tuple == ct.original {
-            ct.reply.src
-        } else if gw_tuple == ct.reply {
-            ct.original.src
-        } else {
-            return Ok(());
-        };
-        let Ok(p) = TcpPacket::parse(mid) else {
-            return Ok(());
-        };
-        let tcp_off = p.tcp_off;
-        if !set_addrs(mid, None, Some(new_dst.ip()))
-            || !set_ports(mid, tcp_off, None, Some(new_dst.port()))
-        {
+        if !self.sim.between_hooks(s.ct, gw_tuple, mid) {
             return Ok(());
         }
-        self.rechecksum(mid);
-        let v = self
-            .engine
-            .handle_packet(mid, Hook::PostConntrack, self.now, &mut NoConntrack);
+        let mut kernel = SimKernel::new(CtLookup::Missing);
+        let v = self.driver.decide(
+            &mut self.engine,
+            &mut kernel,
+            mid,
+            Hook::PostConntrack,
+            self.now,
+        );
+        self.driver.after_verdict(&mut kernel);
         if v == Verdict::AcceptModified {
             self.sum.ack_adjusted += 1;
             if let Some(s) = self.sessions.get_mut(&sid) {
@@ -1401,45 +1343,36 @@ impl<'o> Replayer<'o> {
             }
         }
         let mut ctx = PacketCtx {
-            lines: VecDeque::new(),
-            related: VecDeque::new(),
+            related: kernel.related,
         };
         self.drain(&mut ctx)
     }
 
-    /// Takes the engine's actions and events and reports them.
+    /// Takes the engine's events and reports them (the driver carried out the actions).
     fn drain(&mut self, ctx: &mut PacketCtx) -> io::Result<()> {
-        while let Some(a) = self.engine.poll_action() {
-            if let Action::CreateRelated(e) = a {
-                ctx.related.push_back(e);
-            }
-        }
         while let Some(e) = self.engine.poll_event() {
             self.event(e, ctx)?;
         }
         Ok(())
     }
 
-    /// The line of `ctx` that a message of `kind` was parsed from.
-    fn take_line(ctx: &mut PacketCtx, kind: MsgKind) -> Option<Line> {
-        let prefix = msg_prefix(kind);
-        while let Some(l) = ctx.lines.pop_front() {
-            let t = l.text.trim_ascii_start();
-            if t.len() >= prefix.len() && t[..prefix.len()].eq_ignore_ascii_case(prefix) {
-                return Some(l);
-            }
-        }
-        None
+    /// The line an event names, copied for the report.
+    fn event_line(&self, r: LineRef) -> Option<Line> {
+        self.engine.event_line(r).map(|t| Line {
+            start: r.pos(),
+            text: t.to_vec(),
+        })
     }
 
-    fn refresh_adj(&mut self, sid: SessionId) {
-        if let Some(s) = self.engine.sessions().find(|s| s.id == sid) {
-            let adj = [
-                s.dir(Dir::Original).seqadj.clone(),
-                s.dir(Dir::Reply).seqadj.clone(),
+    /// Takes the offsets of session `sid` from the engine.
+    fn refresh_offsets(&mut self, sid: SessionId) {
+        if let Some(s) = self.engine.session(sid) {
+            let offsets = [
+                Offsets::of(&s.dir(Dir::Original).seqadj),
+                Offsets::of(&s.dir(Dir::Reply).seqadj),
             ];
             if let Some(info) = self.sessions.get_mut(&sid) {
-                info.adj = adj;
+                info.offsets = offsets;
             }
         }
     }
@@ -1460,7 +1393,39 @@ impl<'o> Replayer<'o> {
         n
     }
 
+    /// The JSON object of `e` from the core's renderer, with `"t"`, the replay's own name of an
+    /// expectation (`E<n>`) and what only replay knows (the line behind a message, the NAT of
+    /// the related entry) after the event's fields.
+    fn json_event(
+        &self,
+        e: &Event,
+        t: &str,
+        n: Option<u64>,
+        extra: &[(&str, Extra<'_>)],
+    ) -> String {
+        let mut s = ReplayJson {
+            inner: JsonSink::new(Some(t)),
+            expect: n,
+        };
+        render::describe(e, self.now, &mut s);
+        let mut o = s.inner.obj;
+        for (k, v) in extra {
+            o = match v {
+                Extra::Line(l) => o.opt(k, l.map(text_of)),
+                Extra::Addr(a) => o.opt(k, *a),
+                Extra::Ip(a) => o.opt(k, *a),
+            };
+        }
+        o.end()
+    }
+
     fn event(&mut self, e: Event, ctx: &mut PacketCtx) -> io::Result<()> {
+        let n = match e {
+            Event::ExpectCreated { id, .. }
+            | Event::ExpectUsed { id, .. }
+            | Event::ExpectRemoved { id, .. } => Some(self.expect_number(id)),
+            _ => None,
+        };
         let t = self.t();
         let json = self.json;
         let s = match e {
@@ -1469,17 +1434,15 @@ impl<'o> Replayer<'o> {
                 // The captured endpoints: the client's is never translated on the private side
                 // (snat: it is the private address; dnat: the client is public), the server's
                 // is the reply's source (snat: public server; dnat: its private address).
-                let plan = self.plan(Conn {
+                let plan = self.sim.plan(Conn {
                     client: ct.original.src,
                     server: ct.reply.src,
                 });
-                self.flows.insert(ct.original, id);
-                self.flows.insert(ct.reply, id);
                 self.sessions.insert(
                     id,
                     SessInfo {
                         ct,
-                        adj: [SeqAdj::new(), SeqAdj::new()],
+                        offsets: [Offsets::default(); 2],
                         seq_adjusted: 0,
                         ack_adjusted: 0,
                         dropped: 0,
@@ -1487,21 +1450,12 @@ impl<'o> Replayer<'o> {
                         last_line: [None, None],
                     },
                 );
-                let (nat, public, note) = match plan {
-                    Plan::None => ("none", None, None),
-                    Plan::Snat(p) => ("snat", Some(p), None),
-                    Plan::Dnat(p) => ("dnat", Some(p), None),
-                    Plan::Untranslatable(why) => ("none", None, Some(why)),
+                let note = match plan {
+                    Plan::Untranslatable(why) => Some(why),
+                    _ => None,
                 };
                 let s = if json {
-                    Obj::new("session_start")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .tuple("original", ct.original)
-                        .tuple("reply", ct.reply)
-                        .s("nat", nat)
-                        .opt("public", public)
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     let nat = match plan {
                         Plan::Snat(p) => format!("snat to {p}"),
@@ -1519,45 +1473,26 @@ impl<'o> Replayer<'o> {
                 }
                 return Ok(());
             }
-            Event::SessionEnd { id, ct, reason } => {
-                for t in [ct.original, ct.reply] {
-                    if self.flows.get(&t) == Some(&id) {
-                        self.flows.remove(&t);
-                    }
-                }
-                // Captured tuples of the session: forget their line streams.
-                let cap = FlowTuple::new(ct.original.src, ct.reply.src);
-                self.streams.remove(&cap);
-                self.streams.remove(&cap.inverse());
+            Event::SessionEnd { id, reason, .. } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.end = Some(reason);
                 }
                 if json {
-                    Obj::new("session_end")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("reason", reason.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} {id} session end ({})", reason.label())
                 }
             }
-            Event::Message { id, kind } => {
+            Event::Message { id, kind, line } => {
                 self.sum.messages += 1;
-                let dir = msg_dir(kind);
-                let line = Self::take_line(ctx, kind);
+                let dir = render::msg_dir(kind);
+                let line = self.event_line(line);
                 let text = line.as_ref().map(|l| l.text.clone());
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.last_line[dir.index()] = line;
                 }
                 if json {
-                    Obj::new("message")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .opt("line", text.as_deref().map(text_of))
-                        .end()
+                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
                 } else {
                     format!(
                         "{t} {id} {} {} {}",
@@ -1572,20 +1507,13 @@ impl<'o> Replayer<'o> {
                 dir,
                 kind,
                 error,
+                line,
             } => {
                 self.sum.parse_failures += 1;
-                let line = Self::take_line(ctx, kind);
+                let line = self.event_line(line);
                 let text = line.map(|l| l.text);
                 if json {
-                    Obj::new("parse_failed")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .opt("line", text.as_deref().map(text_of))
-                        .s("error", error.label())
-                        .s("detail", error)
-                        .end()
+                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
                 } else {
                     format!(
                         "{t} {id} {} {} {}: parse failed: {error}",
@@ -1597,24 +1525,24 @@ impl<'o> Replayer<'o> {
             }
             Event::Rewritten { id, kind, from, to } => {
                 self.sum.rewrites += 1;
-                self.refresh_adj(id);
-                let dir = expect_dir(kind);
+                self.refresh_offsets(id);
+                let dir = render::expect_dir(kind);
+                // the line as the engine's rewrite record makes it
                 let new_line = self.sessions.get(&id).and_then(|s| {
                     let l = s.last_line[dir.index()].as_ref()?;
-                    rewritten_line(l, &s.adj[dir.index()])
+                    rewritten_line(l, &self.engine.session(id)?.dir(dir).seqadj)
                 });
                 let old = self.last_line(id, dir).map(|l| l.text.clone());
                 if json {
-                    Obj::new("rewrite")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .s("from", from)
-                        .s("to", to)
-                        .opt("line", old.as_deref().map(text_of))
-                        .opt("new_line", new_line.as_deref().map(text_of))
-                        .end()
+                    self.json_event(
+                        &e,
+                        &t,
+                        n,
+                        &[
+                            ("line", Extra::Line(old.as_deref())),
+                            ("new_line", Extra::Line(new_line.as_deref())),
+                        ],
+                    )
                 } else {
                     format!(
                         "{t} {id} rewrite {} {from} -> {to}: {}",
@@ -1626,11 +1554,7 @@ impl<'o> Replayer<'o> {
             Event::NotRewritten { id, kind } => {
                 self.sum.not_rewritten += 1;
                 if json {
-                    Obj::new("not_rewritten")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("kind", kind.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} NOT rewritten {}: the line had already been let through",
@@ -1640,20 +1564,10 @@ impl<'o> Replayer<'o> {
             }
             Event::ExpectCreated { id, exp } => {
                 self.sum.expect_created += 1;
-                let n = self.expect_number(id);
-                self.live.insert(n, exp);
+                let n = n.unwrap_or_else(|| self.expect_number(id));
                 let secs = exp.expires.since(exp.created).as_secs();
                 if json {
-                    Obj::new("expect_created")
-                        .raw("t", &t)
-                        .s("session", exp.master)
-                        .s("expect", format!("E{n}"))
-                        .s("kind", exp.kind.label())
-                        .s("src", any_ip(exp.src))
-                        .s("dst", exp.dst)
-                        .opt("nat_to", exp.nat_to)
-                        .n("timeout", secs)
-                        .end()
+                    self.json_event(&e, &t, Some(n), &[])
                 } else {
                     let nat = exp
                         .nat_to
@@ -1670,20 +1584,20 @@ impl<'o> Replayer<'o> {
             }
             Event::ExpectUsed { id, exp, data } => {
                 self.sum.expect_used += 1;
-                let n = self.expect_number(id);
-                self.live.remove(&n);
+                let n = n.unwrap_or_else(|| self.expect_number(id));
                 let rel = ctx.related.pop_front();
                 let nat_src = rel.and_then(|r| r.nat_src);
                 let nat_dst = rel.and_then(|r| r.nat_dst);
                 if json {
-                    Obj::new("expect_used")
-                        .raw("t", &t)
-                        .s("session", exp.master)
-                        .s("expect", format!("E{n}"))
-                        .tuple("data", data)
-                        .opt("nat_src", nat_src)
-                        .opt("nat_dst", nat_dst)
-                        .end()
+                    self.json_event(
+                        &e,
+                        &t,
+                        Some(n),
+                        &[
+                            ("nat_src", Extra::Ip(nat_src)),
+                            ("nat_dst", Extra::Addr(nat_dst)),
+                        ],
+                    )
                 } else {
                     let nat = match (nat_src, nat_dst) {
                         (Some(s), Some(d)) => format!(", related entry translated to {s} -> {d}"),
@@ -1698,15 +1612,9 @@ impl<'o> Replayer<'o> {
                 } else {
                     self.sum.expect_removed += 1;
                 }
-                let n = self.expect_number(id);
-                self.live.remove(&n);
+                let n = n.unwrap_or_else(|| self.expect_number(id));
                 if json {
-                    Obj::new("expect_removed")
-                        .raw("t", &t)
-                        .s("session", exp.master)
-                        .s("expect", format!("E{n}"))
-                        .s("reason", reason.label())
-                        .end()
+                    self.json_event(&e, &t, Some(n), &[])
                 } else {
                     format!(
                         "{t} {} expect E{n} removed ({})",
@@ -1722,26 +1630,17 @@ impl<'o> Replayer<'o> {
                 reason,
             } => {
                 self.sum.refusals += 1;
-                let dir = expect_dir(kind);
+                let dir = render::expect_dir(kind);
                 let text = self.last_line(id, dir).map(|l| l.text.clone());
                 if json {
-                    Obj::new("refused")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("kind", kind.label())
-                        .s("addr", addr)
-                        .opt("line", text.as_deref().map(text_of))
-                        .s("reason", reason.label())
-                        .s("detail", reason)
-                        .end()
+                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
                 } else {
                     format!("{t} {id} refused {} {addr}: {reason}", kind.label())
                 }
             }
             Event::TlsStarted { id } => {
                 if json {
-                    Obj::new("tls_started").raw("t", &t).s("session", id).end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} AUTH TLS accepted: the control channel is no longer inspected"
@@ -1750,11 +1649,7 @@ impl<'o> Replayer<'o> {
             }
             Event::LineTooLong { id, dir } => {
                 if json {
-                    Obj::new("line_too_long")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} {id} {} line too long, skipped", dir.label())
                 }
@@ -1767,13 +1662,7 @@ impl<'o> Replayer<'o> {
                 ..
             } => {
                 if json {
-                    Obj::new("hold_timeout")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .raw("held", &held.to_string())
-                        .s("action", action.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} {} partial line not complete within hold_timeout ({held} bytes held, {})",
@@ -1784,11 +1673,7 @@ impl<'o> Replayer<'o> {
             }
             Event::Resynced { id, dir } => {
                 if json {
-                    Obj::new("resynced")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} {} bytes missing from the capture, tracking resumes at the next line",
@@ -1798,12 +1683,7 @@ impl<'o> Replayer<'o> {
             }
             Event::Malformed { error, len, hook } => {
                 if json {
-                    Obj::new("malformed")
-                        .raw("t", &t)
-                        .s("hook", hook.label())
-                        .raw("bytes", &len.to_string())
-                        .s("error", error.to_string())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} malformed packet at {} ({len} bytes): {error}",
@@ -1813,12 +1693,7 @@ impl<'o> Replayer<'o> {
             }
             Event::SegmentRefused { id, dir, why } => {
                 if json {
-                    Obj::new("segment_refused")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("dir", dir.label())
-                        .s("why", why.label())
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!(
                         "{t} {id} {} segment refused ({}): {}",
@@ -1830,28 +1705,14 @@ impl<'o> Replayer<'o> {
             }
             Event::Throttled { id, kind } => {
                 if json {
-                    Obj::new("throttled")
-                        .raw("t", &t)
-                        .s("session", id)
-                        .s("kind", kind)
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} {id} more {kind} events this second are not shown")
                 }
             }
-            Event::EvictionStarted {
-                max_sessions,
-                protected_left,
-            } => {
+            Event::EvictionStarted { max_sessions, .. } => {
                 if json {
-                    Obj::new("eviction_started")
-                        .raw("t", &t)
-                        .raw("max_sessions", &max_sessions.to_string())
-                        .raw(
-                            "protected_left",
-                            if protected_left { "true" } else { "false" },
-                        )
-                        .end()
+                    self.json_event(&e, &t, n, &[])
                 } else {
                     format!("{t} session table full ({max_sessions}), evicting")
                 }
@@ -1869,7 +1730,7 @@ impl<'o> Replayer<'o> {
             .collect();
         let mut closing = Vec::new();
         for (sid, c) in live {
-            self.refresh_adj(sid);
+            self.refresh_offsets(sid);
             if c {
                 closing.push(sid);
             }
@@ -1882,27 +1743,26 @@ impl<'o> Replayer<'o> {
                 None if closing.contains(sid) => "closing",
                 None => "open",
             };
-            let o = &s.adj[0];
-            let r = &s.adj[1];
+            let [o, r] = s.offsets;
             let line = if self.json {
-                Obj::new("seq")
-                    .s("session", sid)
-                    .s("state", state)
-                    .n("original_offset", o.offset_after())
-                    .n("original_rewrites", o.records().count() as u64)
-                    .n("reply_offset", r.offset_after())
-                    .n("reply_rewrites", r.records().count() as u64)
-                    .n("seq_adjusted", s.seq_adjusted)
-                    .n("ack_adjusted", s.ack_adjusted)
-                    .n("dropped", s.dropped)
+                JsonObject::typed("seq")
+                    .display("session", sid)
+                    .display("state", state)
+                    .num("original_offset", o.after)
+                    .num("original_rewrites", o.rewrites as u64)
+                    .num("reply_offset", r.after)
+                    .num("reply_rewrites", r.rewrites as u64)
+                    .num("seq_adjusted", s.seq_adjusted)
+                    .num("ack_adjusted", s.ack_adjusted)
+                    .num("dropped", s.dropped)
                     .end()
             } else {
                 format!(
                     "{sid} seq offsets: original {} ({} rewrites), reply {} ({} rewrites); {} packets seq/payload adjusted, {} acks adjusted, {} dropped; {state}",
-                    signed(o.offset_after()),
-                    o.records().count(),
-                    signed(r.offset_after()),
-                    r.records().count(),
+                    signed(o.after),
+                    o.rewrites,
+                    signed(r.after),
+                    r.rewrites,
                     s.seq_adjusted,
                     s.ack_adjusted,
                     s.dropped,
@@ -1910,17 +1770,29 @@ impl<'o> Replayer<'o> {
             };
             lines.push(line);
         }
-        for (n, exp) in &self.live {
+        // The engine's expectations still live, in replay's order (E1, E2, ...).
+        let mut pending: Vec<(u64, Expectation)> = Vec::new();
+        let ids: Vec<(ExpectId, Expectation)> = self
+            .engine
+            .expectations()
+            .iter()
+            .map(|(id, e)| (id, *e))
+            .collect();
+        for (id, exp) in ids {
+            pending.push((self.expect_number(id), exp));
+        }
+        pending.sort_unstable_by_key(|(n, _)| *n);
+        for (n, exp) in &pending {
             let left = exp.expires.since(self.now).as_secs();
             let line = if self.json {
-                Obj::new("expect_pending")
-                    .s("session", exp.master)
-                    .s("expect", format!("E{n}"))
-                    .s("kind", exp.kind.label())
-                    .s("src", any_ip(exp.src))
-                    .s("dst", exp.dst)
+                JsonObject::typed("expect_pending")
+                    .display("session", exp.master)
+                    .display("expect", format!("E{n}"))
+                    .display("kind", exp.kind.label())
+                    .display("src", any_ip(exp.src))
+                    .display("dst", exp.dst)
                     .opt("nat_to", exp.nat_to)
-                    .n("expires_in", left)
+                    .num("expires_in", left)
                     .end()
             } else {
                 format!(
@@ -1935,29 +1807,29 @@ impl<'o> Replayer<'o> {
         }
         let s = &self.sum;
         let line = if self.json {
-            Obj::new("summary")
-                .s("format", s.format.label())
-                .n("packets_read", s.packets_read)
-                .n("packets_skipped", s.packets_skipped())
-                .n("skipped_link", s.skipped_link)
-                .n("skipped_non_ip", s.skipped_non_ip)
-                .n("skipped_non_tcp", s.skipped_non_tcp)
-                .n("skipped_fragment", s.skipped_fragment)
-                .n("skipped_malformed", s.skipped_malformed)
-                .n("sessions", s.sessions)
-                .n("messages", s.messages)
-                .n("rewrites", s.rewrites)
-                .n("expect_created", s.expect_created)
-                .n("expect_used", s.expect_used)
-                .n("expect_expired", s.expect_expired)
-                .n("expect_removed", s.expect_removed)
-                .n("refusals", s.refusals)
-                .n("parse_failures", s.parse_failures)
-                .n("not_rewritten", s.not_rewritten)
-                .n("seq_adjusted", s.seq_adjusted)
-                .n("ack_adjusted", s.ack_adjusted)
-                .n("dropped", s.dropped)
-                .b("complete", complete)
+            JsonObject::typed("summary")
+                .display("format", s.format.label())
+                .num("packets_read", s.packets_read)
+                .num("packets_skipped", s.packets_skipped())
+                .num("skipped_link", s.skipped_link)
+                .num("skipped_non_ip", s.skipped_non_ip)
+                .num("skipped_non_tcp", s.skipped_non_tcp)
+                .num("skipped_fragment", s.skipped_fragment)
+                .num("skipped_malformed", s.skipped_malformed)
+                .num("sessions", s.sessions)
+                .num("messages", s.messages)
+                .num("rewrites", s.rewrites)
+                .num("expect_created", s.expect_created)
+                .num("expect_used", s.expect_used)
+                .num("expect_expired", s.expect_expired)
+                .num("expect_removed", s.expect_removed)
+                .num("refusals", s.refusals)
+                .num("parse_failures", s.parse_failures)
+                .num("not_rewritten", s.not_rewritten)
+                .num("seq_adjusted", s.seq_adjusted)
+                .num("ack_adjusted", s.ack_adjusted)
+                .num("dropped", s.dropped)
+                .bool("complete", complete)
                 .end()
         } else {
             format!(

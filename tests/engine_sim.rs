@@ -23,6 +23,47 @@ fn cfg() -> Config {
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
+/// With `keep_event_lines`, the events of parsed messages and parse failures name their line
+/// (as sent, without its terminator), valid while the event is handled; other lines are not
+/// copied. Off (the default), no line is kept.
+#[test]
+fn message_events_carry_their_line() {
+    let mut lab = Lab::masq(cfg());
+    lab.gw.engine.keep_event_lines(true);
+    lab.server_says("220 ready\r\n");
+    lab.client_says("USER anonymous\r\n");
+    lab.server_says("331 ok\r\n");
+    lab.client_says("PORT 10,0,0,2,195,80\r\n");
+    lab.server_says("200 PORT command successful.\r\n");
+    lab.client_says("PASV\r\n");
+    lab.server_says("227 Entering Passive Mode (198,51,100,2,300,1)\r\n");
+    let lines: Vec<Option<String>> = lab
+        .gw
+        .seen
+        .lines
+        .iter()
+        .map(|l| l.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            Some("PORT 10,0,0,2,195,80".to_string()),
+            Some("PASV".to_string()),
+            Some("227 Entering Passive Mode (198,51,100,2,300,1)".to_string()),
+        ]
+    );
+    // read after a later poll returned None: no longer there
+    let stale = lab.events().iter().find_map(|e| match e {
+        Event::Message { line, .. } => Some(*line),
+        _ => None,
+    });
+    assert_eq!(lab.gw.engine.event_line(stale.expect("a message")), None);
+
+    let mut off = Lab::masq(cfg());
+    off.client_says("PORT 10,0,0,2,195,80\r\n");
+    assert_eq!(off.gw.seen.lines, [None]);
+}
+
 #[test]
 fn masq_port_rewritten_and_data_connection_admitted_with_nat() {
     let mut lab = Lab::masq(cfg());

@@ -300,6 +300,8 @@ pub enum Event {
     Message {
         id: SessionId,
         kind: MsgKind,
+        /// The line it was parsed from ([`Engine::event_line`]).
+        line: LineRef,
     },
     Rewritten {
         id: SessionId,
@@ -332,6 +334,8 @@ pub enum Event {
         dir: Dir,
         kind: MsgKind,
         error: ParseError,
+        /// The line that failed ([`Engine::event_line`]).
+        line: LineRef,
     },
     /// AUTH TLS accepted: data connections of this session will not be admitted.
     TlsStarted {
@@ -388,6 +392,37 @@ pub enum Event {
         protected_left: bool,
     },
 }
+
+/// The control line behind an event ([`Event::Message`], [`Event::ParseFailed`]): read it with
+/// [`Engine::event_line`] while the event is being handled (before the next `poll_event` that
+/// returns `None`). With [`Engine::keep_event_lines`] on, the engine copies a line only when an
+/// event names it, into one reused buffer of bounded size; off (the default), events carry
+/// [`LineRef::NONE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineRef {
+    gen: u32,
+    start: u32,
+    len: u32,
+    pos: u32,
+}
+
+impl LineRef {
+    /// No line (not kept, or the event was made outside the line path).
+    pub const NONE: LineRef = LineRef {
+        gen: 0,
+        start: 0,
+        len: 0,
+        pos: 0,
+    };
+
+    /// The sequence number of the line's first byte, in its sender's space.
+    pub fn pos(self) -> u32 {
+        self.pos
+    }
+}
+
+/// Bytes of event lines kept at once (beyond them, events carry [`LineRef::NONE`]).
+const MAX_EVENT_TEXT: usize = 64 << 10;
 
 /// Why a segment of a tracked session was not trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -589,6 +624,11 @@ pub struct Engine {
     expect: ExpectTable,
     next_session: u64,
     events: VecDeque<Event>,
+    /// The lines behind the queued events ([`LineRef`]), and their generation (0 = none).
+    event_text: Vec<u8>,
+    event_gen: u32,
+    /// Whether events name their lines ([`Engine::keep_event_lines`]).
+    keep_lines: bool,
     actions: VecDeque<Action>,
     journal: VecDeque<Journal>,
     /// Set when a journal record could not be queued: the shell must write a full snapshot.
@@ -641,6 +681,9 @@ impl Engine {
             cfg,
             next_session: 1,
             events: VecDeque::new(),
+            event_text: Vec::new(),
+            event_gen: 1,
+            keep_lines: false,
             actions: VecDeque::new(),
             journal: VecDeque::new(),
             journal_overflow: false,
@@ -684,6 +727,19 @@ impl Engine {
         self.sessions.values()
     }
 
+    /// The session `id`, if it is live.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    /// The session a packet with this tuple at `hook` belongs to, and its direction.
+    pub fn session_of(&self, tuple: FlowTuple, hook: Hook) -> Option<(SessionId, Dir)> {
+        self.sessions.lookup(&FlowKey {
+            tuple,
+            post: hook == Hook::PostConntrack,
+        })
+    }
+
     /// Sessions, deadline entries and flow keys held: the session table's memory, which must
     /// follow the live sessions (one deadline and at most 4 flow keys each).
     pub fn table_footprint(&self) -> (usize, usize, usize) {
@@ -713,7 +769,68 @@ impl Engine {
 
     /// The next event, oldest first (`None` when there is none).
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && !self.event_text.is_empty() {
+            // every event naming these lines has been taken
+            self.event_text.clear();
+            self.event_gen = self.event_gen.wrapping_add(1).max(1);
+        }
+        e
+    }
+
+    /// Whether [`Event::Message`] and [`Event::ParseFailed`] name their line (off by default:
+    /// `ftpct replay` shows lines, the daemon does not pay for copying them).
+    pub fn keep_event_lines(&mut self, on: bool) {
+        self.keep_lines = on;
+    }
+
+    /// The control line (without its terminator) behind an event just taken from
+    /// [`Engine::poll_event`]; `None` when it was not kept.
+    pub fn event_line(&self, r: LineRef) -> Option<&[u8]> {
+        if r.gen != self.event_gen {
+            return None;
+        }
+        let start = r.start as usize;
+        self.event_text.get(start..start + r.len as usize)
+    }
+
+    /// Gives the events pushed since `from` that name a line (still [`LineRef::NONE`]) the
+    /// line `line` at `pos`, copying it once.
+    fn name_line(&mut self, from: usize, line: &[u8], pos: u32) {
+        let mut named: Option<LineRef> = None;
+        for i in from..self.events.len() {
+            let Some(Event::Message { line: r, .. } | Event::ParseFailed { line: r, .. }) =
+                self.events.get(i)
+            else {
+                continue;
+            };
+            if *r != LineRef::NONE {
+                continue;
+            }
+            let lr = match named {
+                Some(lr) => lr,
+                None => {
+                    let text = line.strip_suffix(b"\r").unwrap_or(line);
+                    if self.event_text.len() + text.len() > MAX_EVENT_TEXT {
+                        return;
+                    }
+                    let lr = LineRef {
+                        gen: self.event_gen,
+                        start: self.event_text.len() as u32,
+                        len: text.len() as u32,
+                        pos,
+                    };
+                    self.event_text.extend_from_slice(text);
+                    named = Some(lr);
+                    lr
+                }
+            };
+            if let Some(Event::Message { line: r, .. } | Event::ParseFailed { line: r, .. }) =
+                self.events.get_mut(i)
+            {
+                *r = lr;
+            }
+        }
     }
 
     /// The next action for the shell, in order (`None` when there is none).
@@ -1741,9 +1858,13 @@ impl Engine {
                     completed = true;
                     let no_rewrite = s.dir(dir).no_rewrite_line;
                     s.dir_mut(dir).no_rewrite_line = false;
+                    let queued = self.events.len();
                     match dir {
                         Dir::Original => self.on_command(sid, &line, at, no_rewrite),
                         Dir::Reply => self.on_reply(sid, &line, at, no_rewrite),
+                    }
+                    if self.keep_lines && self.events.len() > queued {
+                        self.name_line(queued, &line, at);
                     }
                 }
             }
@@ -1761,7 +1882,11 @@ impl Engine {
 
     fn count(&mut self, sid: SessionId, kind: MsgKind) {
         self.stats.messages[kind as usize] += 1;
-        self.event(Event::Message { id: sid, kind });
+        self.event(Event::Message {
+            id: sid,
+            kind,
+            line: LineRef::NONE,
+        });
     }
 
     fn on_command(&mut self, sid: SessionId, line: &[u8], at: u32, no_rewrite: bool) {
@@ -1820,6 +1945,7 @@ impl Engine {
                     dir: Dir::Original,
                     kind,
                     error,
+                    line: LineRef::NONE,
                 });
             }
         }
@@ -1898,6 +2024,7 @@ impl Engine {
                     dir: Dir::Reply,
                     kind: msg,
                     error,
+                    line: LineRef::NONE,
                 };
                 return self.event(e);
             }

@@ -24,6 +24,7 @@ pub mod lookup;
 pub mod packet;
 pub mod parser;
 pub mod policy;
+pub mod render;
 pub mod restore;
 pub mod rulecheck;
 pub mod rulespec;

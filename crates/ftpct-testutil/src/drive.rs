@@ -17,6 +17,9 @@ use ftpct_core::types::{CtTuples, FlowTuple, Hook, Timestamp};
 pub trait Sink {
     fn action(&mut self, a: Action);
     fn event(&mut self, e: Event);
+    /// The line a `Message` or `ParseFailed` event names (`None` unless the engine keeps
+    /// event lines, [`Engine::keep_event_lines`]), given just before that event.
+    fn line(&mut self, _line: Option<&[u8]>) {}
     /// The packet as modified, when the verdict is `AcceptModified`.
     fn modified(&mut self, _packet: &[u8]) {}
 }
@@ -26,6 +29,8 @@ pub trait Sink {
 pub struct Record {
     pub actions: Vec<Action>,
     pub events: Vec<Event>,
+    /// The line of each `Message` / `ParseFailed` event, read as it was taken.
+    pub lines: Vec<Option<Vec<u8>>>,
 }
 
 impl Sink for Record {
@@ -34,6 +39,9 @@ impl Sink for Record {
     }
     fn event(&mut self, e: Event) {
         self.events.push(e);
+    }
+    fn line(&mut self, line: Option<&[u8]>) {
+        self.lines.push(line.map(<[u8]>::to_vec));
     }
 }
 
@@ -63,6 +71,9 @@ pub fn drain<S: Sink + ?Sized>(engine: &mut Engine, sink: &mut S) {
         sink.action(a);
     }
     while let Some(e) = engine.poll_event() {
+        if let Event::Message { line, .. } | Event::ParseFailed { line, .. } = e {
+            sink.line(engine.event_line(line));
+        }
         sink.event(e);
     }
 }
