@@ -764,14 +764,7 @@ impl Shell {
             Request::List => control::format_list(&self.engine, now),
             Request::Sessions => control::format_sessions(&self.engine, now),
             Request::Stats => self.format_stats(),
-            Request::Metrics => metrics::render(&metrics::Snapshot {
-                engine: self.engine.stats(),
-                shell: &self.shell_stats(),
-                latency: &self.hist,
-                sessions: self.engine.session_count(),
-                expectations: self.engine.expectations().len(),
-                kernel_queue_drops: kernel_queue_drops(self.settings.queue).unwrap_or((0, 0)),
-            }),
+            Request::Metrics => self.with_snapshot(metrics::render),
             Request::Events => String::new(),
         }
     }
@@ -786,102 +779,26 @@ impl Shell {
         }
     }
 
+    /// The `ftpct stats` text (the counters' tables: `metrics.rs`, `ftpct_core::stats`).
     fn format_stats(&self) -> String {
-        let s = self.engine.stats();
-        let k = &self.shell_stats();
-        let (kq_dropped, kq_user_dropped) =
-            kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 81] = [
-            ("sessions", self.engine.session_count() as u64),
-            ("expectations", self.engine.expectations().len() as u64),
-            ("sessions_started", s.sessions_started),
-            ("sessions_evicted", s.sessions_evicted),
-            ("packets_accepted", s.packets_accepted),
-            ("packets_modified", s.packets_modified),
-            ("packets_dropped_held", s.packets_dropped_held),
-            ("packets_dropped_out_of_order", s.packets_dropped_ooo),
-            ("packets_malformed", s.packets_malformed),
-            ("packets_untracked", s.untracked),
-            ("rewrites", s.rewrites),
-            ("expect_created", s.expect_created),
-            ("expect_used", s.expect_used),
-            ("expect_expired", s.expect_expired),
-            ("expect_evicted", s.expect_evicted),
-            ("refused_bounce", s.refused_bounce),
-            ("refused_privileged", s.refused_privileged),
-            ("refused_other", s.refused_other),
-            ("parse_failures", s.parse_failures),
-            ("tls_sessions", s.tls_sessions),
-            ("lines_too_long", s.lines_too_long),
-            ("lines_held", s.lines_held),
-            ("hold_gave_up", s.hold_gave_up),
-            ("hold_timeouts", s.hold_timeouts),
-            ("hold_acked", s.hold_acked),
-            ("resyncs", s.resyncs),
-            ("syn_unmatched", s.syn_unmatched),
-            ("events_dropped", s.events_dropped),
-            ("actions_dropped", s.actions_dropped),
-            ("replies_unsolicited", s.replies_unsolicited),
-            ("packets_out_of_window", s.packets_out_of_window),
-            ("rst_ignored", s.rst_ignored),
-            ("synack_ignored", s.synack_ignored),
-            ("resyncs_refused", s.resyncs_refused),
-            ("refused_rate_limited", s.refused_rate_limited),
-            ("events_throttled", s.events_throttled),
-            ("sessions_evicted_with_state", s.sessions_evicted_with_state),
-            ("queue_overruns", k.queue_overruns),
-            ("queue_errors", k.queue_errors),
-            ("queue_poll_errors", k.queue_poll_errors),
-            ("verdict_errors", k.verdict_errors),
-            ("queue_dropped", kq_dropped),
-            ("queue_user_dropped", kq_user_dropped),
-            ("ct_created", k.ct_created),
-            ("kernel_helper_seen", k.kernel_helper_seen),
-            ("ct_create_errors", k.ct_create_errors),
-            ("ct_lookup_errors", k.ct_lookup_errors),
-            ("ipset_errors", k.ipset_errors),
-            ("state_errors", k.state_errors),
-            ("rules_missing", k.rules_missing),
-            ("latency_count", self.hist.count()),
-            ("latency_p50_ns", self.hist.quantile(0.5)),
-            ("latency_p99_ns", self.hist.quantile(0.99)),
-            ("latency_max_ns", self.hist.max()),
-            ("latency_plain_count", self.hist_plain.count()),
-            ("latency_plain_p50_ns", self.hist_plain.quantile(0.5)),
-            ("latency_plain_p99_ns", self.hist_plain.quantile(0.99)),
-            ("latency_plain_max_ns", self.hist_plain.max()),
-            ("latency_work_count", self.hist_work.count()),
-            ("latency_work_p50_ns", self.hist_work.quantile(0.5)),
-            ("latency_work_p99_ns", self.hist_work.quantile(0.99)),
-            ("latency_work_max_ns", self.hist_work.max()),
-            ("verdict_call_p50_ns", self.hist_verdict.quantile(0.5)),
-            ("verdict_call_p99_ns", self.hist_verdict.quantile(0.99)),
-            ("ct_lookups", k.ct_lookups),
-            ("ct_lookup_ns", k.ct_lookup_ns),
-            ("ct_create_ns", k.ct_create_ns),
-            ("ct_marked", k.ct_marked),
-            ("ct_mark_ns", k.ct_mark_ns),
-            ("ct_mark_errors", k.ct_mark_errors),
-            ("ct_marks_lost", k.ct_marks_lost),
-            ("ipset_adds", k.ipset_adds),
-            ("ipset_add_ns", k.ipset_add_ns),
-            ("state_writes", k.state_writes),
-            ("state_write_ns", k.state_write_ns),
-            ("state_refused", k.state_refused),
-            ("restored_replaced", k.restored_replaced),
-            ("ct_lookups_cached", k.ct_lookups_cached),
-            ("ct_lookups_over_budget", k.ct_lookups_over_budget),
-            ("metrics_refused", k.metrics_refused),
-            ("metrics_timeouts", k.metrics_timeouts),
-        ];
-        let mut out = String::with_capacity(1024);
-        for (name, v) in rows {
-            out.push_str(name);
-            out.push(' ');
-            out.push_str(&v.to_string());
-            out.push('\n');
-        }
-        out
+        self.with_snapshot(metrics::render_stats)
+    }
+
+    /// Calls `f` with every counter, gauge and latency the daemon shows.
+    fn with_snapshot<T>(&self, f: impl FnOnce(&metrics::Snapshot<'_>) -> T) -> T {
+        f(&metrics::Snapshot {
+            engine: self.engine.stats(),
+            shell: &self.shell_stats(),
+            latency: metrics::Latencies {
+                all: &self.hist,
+                plain: &self.hist_plain,
+                work: &self.hist_work,
+                verdict: &self.hist_verdict,
+            },
+            sessions: self.engine.session_count(),
+            expectations: self.engine.expectations().len(),
+            kernel_queue_drops: kernel_queue_drops(self.settings.queue).unwrap_or((0, 0)),
+        })
     }
 }
 

@@ -19,7 +19,7 @@
 // re-exported under their old paths (`ftpct::engine`, ...).
 pub use ftpct_core::{
     engine, expect, journal, lookup, packet, parser, policy, restore, rulecheck, rulespec, seqadj,
-    session, types, window,
+    session, stats, types, window,
 };
 
 // The kernel interfaces live in crates/ftpct-netfilter.

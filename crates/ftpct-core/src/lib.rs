@@ -28,5 +28,6 @@ pub mod rulecheck;
 pub mod rulespec;
 pub mod seqadj;
 pub mod session;
+pub mod stats;
 pub mod types;
 pub mod window;
