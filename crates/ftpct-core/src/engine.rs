@@ -568,6 +568,11 @@ impl Engine {
         self.sessions.values()
     }
 
+    /// The session `id`, if it is tracked.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
     /// Sessions, deadline entries and flow keys held: the session table's memory, which must
     /// follow the live sessions (one deadline and at most 4 flow keys each).
     pub fn table_footprint(&self) -> (usize, usize, usize) {

@@ -23,6 +23,7 @@ pub mod lookup;
 pub mod packet;
 pub mod parser;
 pub mod policy;
+pub mod reconcile;
 pub mod restore;
 pub mod rulecheck;
 pub mod rulespec;
