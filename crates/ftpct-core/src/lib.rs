@@ -7,6 +7,9 @@
 //! a file, reads a clock or draws a random number: the crate's dependencies (etherparse,
 //! thiserror) cannot, and `unsafe` is forbidden. The daemon, `ftpct replay`, the simulation
 //! tests, the benches and the fuzz targets all drive [`engine::Engine`] the same way.
+//! [`stats`] holds the engine's counters with the table the shell renders them from, and
+//! [`reconcile`] answers the shell's questions about the kernel's state (marks to check,
+//! restored sessions against conntrack, the kernel work a restore needs).
 
 #![forbid(unsafe_code)]
 // No panic on any input: no unwrap, expect or panic outside tests.
