@@ -26,6 +26,8 @@ use crate::metrics::{self, Histogram, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
+use crate::reconcile::{MarkCursor, Settled};
+use crate::restore::CtSeen;
 use crate::rulecheck::{Checker, Notice};
 use crate::rules::RuleSpec;
 use crate::state::StateFile;
@@ -442,8 +444,8 @@ struct Shell {
     driver: Driver,
     /// The periodic check of ftpct's own rules; `None` when off or unavailable.
     rule_watch: Option<RuleWatch>,
-    /// Where the next `check_marks` starts (a session id).
-    mark_cursor: u64,
+    /// Where the next `check_marks` starts.
+    mark_cursor: MarkCursor,
     /// Rate limits of the lines that may repeat on every packet.
     malformed_log: Throttle,
     verdict_log: Throttle,
@@ -633,27 +635,10 @@ impl Shell {
         if bits == 0 {
             return;
         }
-        let cursor = self.mark_cursor;
-        let mut batch: Vec<(u64, FlowTuple)> = self
-            .engine
-            .sessions()
-            .filter(|s| s.id.0 > cursor && (s.shifts_sequence() || s.marked))
-            .map(|s| (s.id.0, s.ct.original))
-            .collect();
-        // the PER_PERIOD lowest ids, without sorting them all
-        if batch.len() > PER_PERIOD {
-            batch.select_nth_unstable_by_key(PER_PERIOD, |(id, _)| *id);
-            batch.truncate(PER_PERIOD);
-        }
-        batch.sort_unstable_by_key(|(id, _)| *id);
-        // next period: after the last one checked, or from the start again
-        self.mark_cursor = if batch.len() < PER_PERIOD {
-            0
-        } else {
-            batch.last().map_or(0, |(id, _)| *id)
-        };
+        let (batch, next) = self.engine.mark_check_batch(self.mark_cursor, PER_PERIOD);
+        self.mark_cursor = next;
         let mut lost = 0;
-        for (_, original) in &batch {
+        for original in &batch {
             if let Ok(Some(e)) = self.ct.get_entry(original) {
                 if e.mark & bits != bits {
                     lost += 1;
@@ -706,33 +691,31 @@ impl Shell {
         let sessions: Vec<_> = self
             .engine
             .sessions()
-            .map(|s| {
-                let marked = (bits != 0 && s.shifts_sequence()).then_some(bits);
-                (s.id, s.ct, s.ct_id, marked)
-            })
+            .map(|s| (s.id, s.ct.original))
             .collect();
         let (mut gone, mut replaced) = (0, 0);
-        for (id, ct, ct_id, marked) in sessions {
-            match self.ct.get_entry(&ct.original) {
-                Ok(None) => {
-                    self.engine.forget_session(id);
-                    gone += 1;
+        for (id, original) in sessions {
+            let seen = match self.ct.get_entry(&original) {
+                Ok(e) => e.map(|e| CtSeen {
+                    tuples: e.tuples,
+                    id: e.id,
+                    mark: e.mark,
+                }),
+                Err(e) => {
+                    warn!(error = %e, session = %id, "cannot check a restored session against conntrack; kept");
+                    continue;
                 }
-                Ok(Some(e)) => match restored_identity(&ct, ct_id, marked, &e) {
-                    Identity::Same => {}
-                    Identity::Unproven => {
-                        self.engine.set_conntrack_id(id, e.id);
-                    }
-                    Identity::Other => {
-                        debug!(session = %id, flow = %ct.original, saved = ?ct_id, now = e.id,
+            };
+            match self.engine.settle_restored(id, seen.as_ref(), bits) {
+                Settled::Kept | Settled::IdRecorded => {}
+                Settled::Gone => gone += 1,
+                Settled::Replaced { saved_id } => {
+                    if let Some(e) = seen {
+                        debug!(session = %id, flow = %original, saved = ?saved_id, now = e.id,
                                mark = format_args!("{:#x}", e.mark),
                                "restored session's conntrack entry is another connection; forgotten");
-                        self.engine.forget_session(id);
-                        replaced += 1;
                     }
-                },
-                Err(e) => {
-                    warn!(error = %e, session = %id, "cannot check a restored session against conntrack; kept")
+                    replaced += 1;
                 }
             }
         }
@@ -744,33 +727,20 @@ impl Shell {
                  (another conntrack entry) were dropped: their offsets would break it"
             );
         }
-        // The kernel keeps the marks across a restart; set them again anyway (rules installed
-        // or a mark cleared since).
-        let adjusted: Vec<_> = self
-            .engine
-            .sessions()
-            .filter(|s| s.shifts_sequence())
-            .map(|s| s.ct.original)
-            .collect();
-        for original in adjusted {
-            self.mark_adjusted(&original);
-        }
-        let now = monotonic_now();
-        let exps: Vec<_> = self.engine.expectations().iter().map(|(_, e)| *e).collect();
-        for e in exps {
-            let left = e.expires.0.saturating_sub(now.0) / 1_000_000_000;
-            let secs = u32::try_from(left.max(1)).unwrap_or(u32::MAX);
-            if let Err(err) = self.sets.add(set(&self.settings, &e.dst), e.dst, secs) {
-                warn!(error = %err, dst = %e.dst, "cannot re-watch a restored expectation");
-            }
-        }
         if gone > 0 {
             info!(
                 sessions = gone,
                 "restored sessions whose connection is gone were dropped"
             );
         }
+        // The forgotten sessions' set elements go first, then the marks and set elements of
+        // those kept: the same actions as on the packet path.
         self.run_actions();
+        let restore: Vec<Action> = self.engine.restore_actions(monotonic_now()).collect();
+        let (_, _, mut kernel) = self.parts(monotonic_now());
+        for a in restore {
+            kernel.run(a);
+        }
         self.drain_events();
         self.persist();
     }
@@ -781,14 +751,7 @@ impl Shell {
             Request::List => control::format_list(&self.engine, now),
             Request::Sessions => control::format_sessions(&self.engine, now),
             Request::Stats => self.format_stats(),
-            Request::Metrics => metrics::render(&metrics::Snapshot {
-                engine: self.engine.stats(),
-                shell: &self.shell_stats(),
-                latency: &self.hist,
-                sessions: self.engine.session_count(),
-                expectations: self.engine.expectations().len(),
-                kernel_queue_drops: kernel_queue_drops(self.settings.queue).unwrap_or((0, 0)),
-            }),
+            Request::Metrics => self.with_snapshot(metrics::render),
             Request::Events => String::new(),
         }
     }
@@ -803,102 +766,26 @@ impl Shell {
         }
     }
 
+    /// The `ftpct stats` text (the counters' tables: `metrics.rs`, `ftpct_core::stats`).
     fn format_stats(&self) -> String {
-        let s = self.engine.stats();
-        let k = &self.shell_stats();
-        let (kq_dropped, kq_user_dropped) =
-            kernel_queue_drops(self.settings.queue).unwrap_or((0, 0));
-        let rows: [(&str, u64); 81] = [
-            ("sessions", self.engine.session_count() as u64),
-            ("expectations", self.engine.expectations().len() as u64),
-            ("sessions_started", s.sessions_started),
-            ("sessions_evicted", s.sessions_evicted),
-            ("packets_accepted", s.packets_accepted),
-            ("packets_modified", s.packets_modified),
-            ("packets_dropped_held", s.packets_dropped_held),
-            ("packets_dropped_out_of_order", s.packets_dropped_ooo),
-            ("packets_malformed", s.packets_malformed),
-            ("packets_untracked", s.untracked),
-            ("rewrites", s.rewrites),
-            ("expect_created", s.expect_created),
-            ("expect_used", s.expect_used),
-            ("expect_expired", s.expect_expired),
-            ("expect_evicted", s.expect_evicted),
-            ("refused_bounce", s.refused_bounce),
-            ("refused_privileged", s.refused_privileged),
-            ("refused_other", s.refused_other),
-            ("parse_failures", s.parse_failures),
-            ("tls_sessions", s.tls_sessions),
-            ("lines_too_long", s.lines_too_long),
-            ("lines_held", s.lines_held),
-            ("hold_gave_up", s.hold_gave_up),
-            ("hold_timeouts", s.hold_timeouts),
-            ("hold_acked", s.hold_acked),
-            ("resyncs", s.resyncs),
-            ("syn_unmatched", s.syn_unmatched),
-            ("events_dropped", s.events_dropped),
-            ("actions_dropped", s.actions_dropped),
-            ("replies_unsolicited", s.replies_unsolicited),
-            ("packets_out_of_window", s.packets_out_of_window),
-            ("rst_ignored", s.rst_ignored),
-            ("synack_ignored", s.synack_ignored),
-            ("resyncs_refused", s.resyncs_refused),
-            ("refused_rate_limited", s.refused_rate_limited),
-            ("events_throttled", s.events_throttled),
-            ("sessions_evicted_with_state", s.sessions_evicted_with_state),
-            ("queue_overruns", k.queue_overruns),
-            ("queue_errors", k.queue_errors),
-            ("queue_poll_errors", k.queue_poll_errors),
-            ("verdict_errors", k.verdict_errors),
-            ("queue_dropped", kq_dropped),
-            ("queue_user_dropped", kq_user_dropped),
-            ("ct_created", k.ct_created),
-            ("kernel_helper_seen", k.kernel_helper_seen),
-            ("ct_create_errors", k.ct_create_errors),
-            ("ct_lookup_errors", k.ct_lookup_errors),
-            ("ipset_errors", k.ipset_errors),
-            ("state_errors", k.state_errors),
-            ("rules_missing", k.rules_missing),
-            ("latency_count", self.hist.count()),
-            ("latency_p50_ns", self.hist.quantile(0.5)),
-            ("latency_p99_ns", self.hist.quantile(0.99)),
-            ("latency_max_ns", self.hist.max()),
-            ("latency_plain_count", self.hist_plain.count()),
-            ("latency_plain_p50_ns", self.hist_plain.quantile(0.5)),
-            ("latency_plain_p99_ns", self.hist_plain.quantile(0.99)),
-            ("latency_plain_max_ns", self.hist_plain.max()),
-            ("latency_work_count", self.hist_work.count()),
-            ("latency_work_p50_ns", self.hist_work.quantile(0.5)),
-            ("latency_work_p99_ns", self.hist_work.quantile(0.99)),
-            ("latency_work_max_ns", self.hist_work.max()),
-            ("verdict_call_p50_ns", self.hist_verdict.quantile(0.5)),
-            ("verdict_call_p99_ns", self.hist_verdict.quantile(0.99)),
-            ("ct_lookups", k.ct_lookups),
-            ("ct_lookup_ns", k.ct_lookup_ns),
-            ("ct_create_ns", k.ct_create_ns),
-            ("ct_marked", k.ct_marked),
-            ("ct_mark_ns", k.ct_mark_ns),
-            ("ct_mark_errors", k.ct_mark_errors),
-            ("ct_marks_lost", k.ct_marks_lost),
-            ("ipset_adds", k.ipset_adds),
-            ("ipset_add_ns", k.ipset_add_ns),
-            ("state_writes", k.state_writes),
-            ("state_write_ns", k.state_write_ns),
-            ("state_refused", k.state_refused),
-            ("restored_replaced", k.restored_replaced),
-            ("ct_lookups_cached", k.ct_lookups_cached),
-            ("ct_lookups_over_budget", k.ct_lookups_over_budget),
-            ("metrics_refused", k.metrics_refused),
-            ("metrics_timeouts", k.metrics_timeouts),
-        ];
-        let mut out = String::with_capacity(1024);
-        for (name, v) in rows {
-            out.push_str(name);
-            out.push(' ');
-            out.push_str(&v.to_string());
-            out.push('\n');
-        }
-        out
+        self.with_snapshot(metrics::render_stats)
+    }
+
+    /// Calls `f` with every counter, gauge and latency the daemon shows.
+    fn with_snapshot<T>(&self, f: impl FnOnce(&metrics::Snapshot<'_>) -> T) -> T {
+        f(&metrics::Snapshot {
+            engine: self.engine.stats(),
+            shell: &self.shell_stats(),
+            latency: metrics::Latencies {
+                all: &self.hist,
+                plain: &self.hist_plain,
+                work: &self.hist_work,
+                verdict: &self.hist_verdict,
+            },
+            sessions: self.engine.session_count(),
+            expectations: self.engine.expectations().len(),
+            kernel_queue_drops: kernel_queue_drops(self.settings.queue).unwrap_or((0, 0)),
+        })
     }
 }
 
@@ -978,46 +865,6 @@ pub fn log_event(e: &Event) {
         Level::Debug => debug!("{}", line.text),
         Level::Info => info!("{}", line.text),
         Level::Warn => warn!("{}", line.text),
-    }
-}
-
-/// Whether a restored session still is the connection that conntrack has under its tuple.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Identity {
-    /// The same conntrack id (and mark) and tuples.
-    Same,
-    /// The same tuples (and mark); the state file had no id (written by an older ftpct).
-    Unproven,
-    /// Another id, other tuples, or no `seqadj_mark` on an entry that must carry it: a new
-    /// connection reuses the addresses and ports.
-    Other,
-}
-
-/// Compares a restored session (its tuples, its saved conntrack id, and the `seqadj_mark`
-/// bits its entry must carry when it has a sequence offset) with the entry conntrack has now.
-///
-/// The id alone is no proof: the kernel computes it from the entry's address and tuple
-/// (`nf_ct_get_id`), and a new entry for the same tuple often reuses the memory of the one just
-/// freed, so it can get the same id. The mark is the proof for the sessions that matter (those
-/// with an offset, whose restore onto another connection would break it): ftpct marked their
-/// entry when the offset appeared, the kernel keeps the mark for the entry's life, and nothing
-/// marks a new connection while ftpct is down.
-fn restored_identity(
-    saved: &crate::types::CtTuples,
-    saved_id: Option<u32>,
-    marked: Option<u32>,
-    now: &crate::ctnetlink::CtEntry,
-) -> Identity {
-    if now.tuples != *saved {
-        return Identity::Other;
-    }
-    if marked.is_some_and(|bits| now.mark & bits != bits) {
-        return Identity::Other;
-    }
-    match saved_id {
-        Some(id) if id == now.id => Identity::Same,
-        Some(_) => Identity::Other,
-        None => Identity::Unproven,
     }
 }
 
@@ -1526,7 +1373,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         },
         driver: Driver::new(),
         rule_watch,
-        mark_cursor: 0,
+        mark_cursor: MarkCursor::default(),
         malformed_log: Throttle::new(LOG_EVERY),
         verdict_log: Throttle::new(LOG_EVERY),
         overrun_log: Throttle::new(LOG_EVERY),
@@ -1896,76 +1743,6 @@ mod tests {
             },
         }]);
         assert!(untranslated[0].ends_with(" nat_to=-"), "{untranslated:?}");
-    }
-
-    #[test]
-    fn a_restored_session_is_kept_only_for_the_same_conntrack_entry() {
-        use crate::ctnetlink::CtEntry;
-        use crate::types::CtTuples;
-        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
-        let ct = CtTuples {
-            original: FlowTuple::new(sa("10.0.0.2:40000"), sa("198.51.100.2:21")),
-            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61000")),
-        };
-        let entry = |id: u32, tuples: CtTuples| CtEntry {
-            tuples,
-            id,
-            status: 0,
-            mark: 0x10_0000,
-            timeout_secs: 100,
-            tcp_state: Some(3),
-            helper: false,
-        };
-        assert_eq!(
-            restored_identity(&ct, Some(7), None, &entry(7, ct)),
-            Identity::Same
-        );
-        // the same addresses and ports, a new connection (a new entry, a new id)
-        assert_eq!(
-            restored_identity(&ct, Some(7), None, &entry(8, ct)),
-            Identity::Other
-        );
-        // another NAT mapping
-        let other = CtTuples {
-            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61001")),
-            ..ct
-        };
-        assert_eq!(
-            restored_identity(&ct, Some(7), None, &entry(7, other)),
-            Identity::Other
-        );
-        assert_eq!(
-            restored_identity(&ct, None, None, &entry(9, ct)),
-            Identity::Unproven
-        );
-        assert_eq!(
-            restored_identity(&ct, None, None, &entry(9, other)),
-            Identity::Other
-        );
-        // a session with an offset: its entry must carry seqadj_mark; a new entry (even with
-        // the same id: the kernel may reuse the freed entry's memory) does not
-        let bits = Some(0x10_0000);
-        assert_eq!(
-            restored_identity(&ct, Some(7), bits, &entry(7, ct)),
-            Identity::Same
-        );
-        let unmarked = CtEntry {
-            mark: 0x4654,
-            ..entry(7, ct)
-        };
-        assert_eq!(
-            restored_identity(&ct, Some(7), bits, &unmarked),
-            Identity::Other
-        );
-        assert_eq!(
-            restored_identity(&ct, None, bits, &unmarked),
-            Identity::Other
-        );
-        assert_eq!(
-            restored_identity(&ct, Some(7), None, &unmarked),
-            Identity::Same,
-            "no offset: the mark is not required"
-        );
     }
 
     #[test]

@@ -18,8 +18,8 @@
 // The core lives in its own crate (crates/ftpct-core), which cannot do I/O; its modules are
 // re-exported under their old paths (`ftpct::engine`, ...).
 pub use ftpct_core::{
-    engine, expect, journal, lookup, packet, parser, policy, restore, rulecheck, rulespec, seqadj,
-    session, types, window,
+    engine, expect, journal, lookup, packet, parser, policy, reconcile, restore, rulecheck,
+    rulespec, seqadj, session, stats, types, window,
 };
 
 // The kernel interfaces live in crates/ftpct-netfilter.

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::Stats;
+use crate::stats::{self, Counter as C, Family, Kind, Sample, Stats};
 
 /// Sub-buckets per power of two: 8, so a bucket is at most 12.5 % wide.
 const SUB_BITS: u32 = 3;
@@ -146,274 +146,311 @@ pub struct ShellStats {
     pub rules_missing: u64,
 }
 
-/// Everything a scrape shows.
+/// The latency histograms of the daemon.
+#[derive(Clone, Copy)]
+pub struct Latencies<'a> {
+    /// Every queued packet, from its receipt to its verdict being issued.
+    pub all: &'a Histogram,
+    /// The packets that needed no kernel work before their verdict, and those that did.
+    pub plain: &'a Histogram,
+    pub work: &'a Histogram,
+    /// The verdict call itself.
+    pub verdict: &'a Histogram,
+}
+
+/// Everything `ftpct stats` and a scrape show.
 pub struct Snapshot<'a> {
     pub engine: &'a Stats,
     pub shell: &'a ShellStats,
-    pub latency: &'a Histogram,
+    pub latency: Latencies<'a>,
     pub sessions: usize,
     pub expectations: usize,
     /// The kernel's drops on our queue: (queue full, netlink socket full).
     pub kernel_queue_drops: (u64, u64),
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {v}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+/// How a counter of the shell is read.
+type ShellRead = for<'a, 'b> fn(&'a Snapshot<'b>) -> u64;
+
+const SESSIONS: Family = Family::single(
+    "ftpct_sessions",
+    Kind::Gauge,
+    "FTP control connections tracked.",
+);
+const EXPECTATIONS: Family = Family::single(
+    "ftpct_expectations",
+    Kind::Gauge,
+    "Expected data connections (like node_nf_conntrack_entries for the expect table).",
+);
+const KERNEL_QUEUE_DROPPED: Family = Family {
+    name: "ftpct_kernel_queue_dropped_total",
+    kind: Kind::Counter,
+    help: "Packets the kernel dropped on ftpct's queue (nfnetlink_queue \
+           queue_dropped/user_dropped).",
+    label: "reason",
+    values: &["queue_full", "socket_full"],
+};
+const QUEUE_OVERRUNS: Family = Family::single(
+    "ftpct_queue_overruns_total",
+    Kind::Counter,
+    "NFQUEUE overruns (ENOBUFS: the kernel dropped queued packets).",
+);
+const KERNEL_ERRORS: Family = Family {
+    name: "ftpct_kernel_errors_total",
+    kind: Kind::Counter,
+    help: "Failed kernel requests.",
+    label: "op",
+    values: &[
+        "verdict",
+        "queue_receive",
+        "queue_poll",
+        "ct_lookup",
+        "ct_create",
+        "ipset",
+        "state_file",
+    ],
+};
+const RULES_MISSING: Family = Family::single(
+    "ftpct_rules_missing",
+    Kind::Gauge,
+    "ftpct's own firewall rules found missing at the last rule check (0: all there, or not \
+     checked: rule_check_interval = 0 or rules not in nf_tables).",
+);
+const CONNTRACK_LOOKUPS: Family = Family {
+    name: "ftpct_conntrack_lookups_total",
+    kind: Kind::Counter,
+    help: "Packets of unknown connections on the control ports: conntrack looked up, known \
+           missing (negative cache), or over the per-second lookup budget (accepted untouched).",
+    label: "result",
+    values: &["looked_up", "cached_missing", "over_budget"],
+};
+const STATE_RECORDS_REFUSED: Family = Family::single(
+    "ftpct_state_records_refused_total",
+    Kind::Counter,
+    "State file records refused at the restore (they break the engine's rules).",
+);
+const RESTORED_SESSIONS_REPLACED: Family = Family::single(
+    "ftpct_restored_sessions_replaced_total",
+    Kind::Counter,
+    "Restored sessions dropped because another connection now has their tuple.",
+);
+const METRICS_CONNECTIONS_REFUSED: Family = Family {
+    name: "ftpct_metrics_connections_refused_total",
+    kind: Kind::Counter,
+    help: "Connections of this endpoint closed: over the connection cap, or past the request \
+           deadline.",
+    label: "reason",
+    values: &["limit", "deadline"],
+};
+const CONNTRACK_CREATED: Family = Family::single(
+    "ftpct_conntrack_created_total",
+    Kind::Counter,
+    "Data connection entries created through ctnetlink.",
+);
+
+/// The families of the exposition, in its order (the latency histogram follows them).
+static EXPOSITION: &[&Family] = &[
+    &SESSIONS,
+    &EXPECTATIONS,
+    &stats::PACKETS,
+    &stats::PACKETS_MALFORMED,
+    &stats::MESSAGES,
+    &stats::REWRITES,
+    &stats::EXPECTATION_EVENTS,
+    &stats::EXPECTATIONS_REFUSED,
+    &stats::PARSE_FAILURES,
+    &stats::TLS_SESSIONS,
+    &stats::LINES_TOO_LONG,
+    &stats::SESSIONS_STARTED,
+    &stats::SESSIONS_EVICTED,
+    &KERNEL_QUEUE_DROPPED,
+    &stats::PACKETS_UNTRACKED,
+    &stats::RESYNCS,
+    &stats::SEGMENTS_REFUSED,
+    &stats::EVENTS_THROTTLED,
+    &stats::SESSIONS_EVICTED_WITH_STATE,
+    &QUEUE_OVERRUNS,
+    &KERNEL_ERRORS,
+    &RULES_MISSING,
+    &CONNTRACK_LOOKUPS,
+    &STATE_RECORDS_REFUSED,
+    &RESTORED_SESSIONS_REPLACED,
+    &METRICS_CONNECTIONS_REFUSED,
+    &CONNTRACK_CREATED,
+];
+
+/// The sizes of the engine's tables: the first lines of `ftpct stats`, before the engine's
+/// counters ([`stats::COUNTERS`]).
+static TABLES: &[stats::Counter<ShellRead>] = &[
+    C::both("sessions", &SESSIONS, "", |s| s.sessions as u64),
+    C::both("expectations", &EXPECTATIONS, "", |s| s.expectations as u64),
+];
+
+/// The shell's counters, gauges and latencies: the `ftpct stats` lines after the engine's.
+static SHELL: &[stats::Counter<ShellRead>] = &[
+    C::both("queue_overruns", &QUEUE_OVERRUNS, "", |s| {
+        s.shell.queue_overruns
+    }),
+    C::both("queue_errors", &KERNEL_ERRORS, "queue_receive", |s| {
+        s.shell.queue_errors
+    }),
+    C::both("queue_poll_errors", &KERNEL_ERRORS, "queue_poll", |s| {
+        s.shell.queue_poll_errors
+    }),
+    C::both("verdict_errors", &KERNEL_ERRORS, "verdict", |s| {
+        s.shell.verdict_errors
+    }),
+    C::both("queue_dropped", &KERNEL_QUEUE_DROPPED, "queue_full", |s| {
+        s.kernel_queue_drops.0
+    }),
+    C::both(
+        "queue_user_dropped",
+        &KERNEL_QUEUE_DROPPED,
+        "socket_full",
+        |s| s.kernel_queue_drops.1,
+    ),
+    C::both("ct_created", &CONNTRACK_CREATED, "", |s| s.shell.ct_created),
+    C::stat("kernel_helper_seen", |s| s.shell.kernel_helper_seen),
+    C::both("ct_create_errors", &KERNEL_ERRORS, "ct_create", |s| {
+        s.shell.ct_create_errors
+    }),
+    C::both("ct_lookup_errors", &KERNEL_ERRORS, "ct_lookup", |s| {
+        s.shell.ct_lookup_errors
+    }),
+    C::both("ipset_errors", &KERNEL_ERRORS, "ipset", |s| {
+        s.shell.ipset_errors
+    }),
+    C::both("state_errors", &KERNEL_ERRORS, "state_file", |s| {
+        s.shell.state_errors
+    }),
+    C::both("rules_missing", &RULES_MISSING, "", |s| {
+        s.shell.rules_missing
+    }),
+    C::stat("latency_count", |s| s.latency.all.count()),
+    C::stat("latency_p50_ns", |s| s.latency.all.quantile(0.5)),
+    C::stat("latency_p99_ns", |s| s.latency.all.quantile(0.99)),
+    C::stat("latency_max_ns", |s| s.latency.all.max()),
+    C::stat("latency_plain_count", |s| s.latency.plain.count()),
+    C::stat("latency_plain_p50_ns", |s| s.latency.plain.quantile(0.5)),
+    C::stat("latency_plain_p99_ns", |s| s.latency.plain.quantile(0.99)),
+    C::stat("latency_plain_max_ns", |s| s.latency.plain.max()),
+    C::stat("latency_work_count", |s| s.latency.work.count()),
+    C::stat("latency_work_p50_ns", |s| s.latency.work.quantile(0.5)),
+    C::stat("latency_work_p99_ns", |s| s.latency.work.quantile(0.99)),
+    C::stat("latency_work_max_ns", |s| s.latency.work.max()),
+    C::stat("verdict_call_p50_ns", |s| s.latency.verdict.quantile(0.5)),
+    C::stat("verdict_call_p99_ns", |s| s.latency.verdict.quantile(0.99)),
+    C::both("ct_lookups", &CONNTRACK_LOOKUPS, "looked_up", |s| {
+        s.shell.ct_lookups
+    }),
+    C::stat("ct_lookup_ns", |s| s.shell.ct_lookup_ns),
+    C::stat("ct_create_ns", |s| s.shell.ct_create_ns),
+    C::stat("ct_marked", |s| s.shell.ct_marked),
+    C::stat("ct_mark_ns", |s| s.shell.ct_mark_ns),
+    C::stat("ct_mark_errors", |s| s.shell.ct_mark_errors),
+    C::stat("ct_marks_lost", |s| s.shell.ct_marks_lost),
+    C::stat("ipset_adds", |s| s.shell.ipset_adds),
+    C::stat("ipset_add_ns", |s| s.shell.ipset_add_ns),
+    C::stat("state_writes", |s| s.shell.state_writes),
+    C::stat("state_write_ns", |s| s.shell.state_write_ns),
+    C::both("state_refused", &STATE_RECORDS_REFUSED, "", |s| {
+        s.shell.state_refused
+    }),
+    C::both("restored_replaced", &RESTORED_SESSIONS_REPLACED, "", |s| {
+        s.shell.restored_replaced
+    }),
+    C::both(
+        "ct_lookups_cached",
+        &CONNTRACK_LOOKUPS,
+        "cached_missing",
+        |s| s.shell.ct_lookups_cached,
+    ),
+    C::both(
+        "ct_lookups_over_budget",
+        &CONNTRACK_LOOKUPS,
+        "over_budget",
+        |s| s.shell.ct_lookups_over_budget,
+    ),
+    C::both(
+        "metrics_refused",
+        &METRICS_CONNECTIONS_REFUSED,
+        "limit",
+        |s| s.shell.metrics_refused,
+    ),
+    C::both(
+        "metrics_timeouts",
+        &METRICS_CONNECTIONS_REFUSED,
+        "deadline",
+        |s| s.shell.metrics_timeouts,
+    ),
+];
+
+/// One counter of the three tables with its value: a `ftpct stats` line and/or a sample.
+struct Row {
+    stat: Option<&'static str>,
+    sample: Option<Sample>,
+    value: u64,
+}
+
+/// Every counter with its value, in `ftpct stats` order: the engine's table sizes, the
+/// engine's counters, the shell's.
+fn rows(s: &Snapshot<'_>) -> Vec<Row> {
+    let shell = |c: &stats::Counter<ShellRead>| Row {
+        stat: c.stat,
+        sample: c.sample,
+        value: (c.read)(s),
+    };
+    let engine = stats::COUNTERS.iter().map(|c| Row {
+        stat: c.stat,
+        sample: c.sample,
+        value: (c.read)(s.engine),
+    });
+    TABLES
+        .iter()
+        .map(shell)
+        .chain(engine)
+        .chain(SHELL.iter().map(shell))
+        .collect()
+}
+
+/// The `ftpct stats` text: one `name value` line per counter.
+pub fn render_stats(s: &Snapshot<'_>) -> String {
+    let mut out = String::with_capacity(2048);
+    for r in rows(s) {
+        if let Some(name) = r.stat {
+            let _ = writeln!(out, "{name} {}", r.value);
         }
     }
+    out
 }
 
 /// The exposition text (format version 0.0.4).
 pub fn render(s: &Snapshot<'_>) -> String {
-    let e = s.engine;
-    let k = s.shell;
+    let rows = rows(s);
     let mut out = String::with_capacity(4096);
-    metric(
-        &mut out,
-        "ftpct_sessions",
-        "gauge",
-        "FTP control connections tracked.",
-        &[("", s.sessions as u64)],
-    );
-    metric(
-        &mut out,
-        "ftpct_expectations",
-        "gauge",
-        "Expected data connections (like node_nf_conntrack_entries for the expect table).",
-        &[("", s.expectations as u64)],
-    );
-    metric(
-        &mut out,
-        "ftpct_packets_total",
-        "counter",
-        "Queued packets by verdict.",
-        &[
-            ("verdict=\"accepted\"", e.packets_accepted),
-            ("verdict=\"modified\"", e.packets_modified),
-            ("verdict=\"dropped_held\"", e.packets_dropped_held),
-            ("verdict=\"dropped_out_of_order\"", e.packets_dropped_ooo),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_packets_malformed_total",
-        "counter",
-        "Queued packets that were not TCP/IP.",
-        &[("", e.packets_malformed)],
-    );
-    let kinds = [
-        "port", "eprt", "pasv", "epsv", "227", "229", "auth_tls", "234",
-    ];
-    let labels: Vec<String> = kinds.iter().map(|k| format!("type=\"{k}\"")).collect();
-    let samples: Vec<(&str, u64)> = labels
-        .iter()
-        .zip(e.messages.iter())
-        .map(|(l, v)| (l.as_str(), *v))
-        .collect();
-    metric(
-        &mut out,
-        "ftpct_messages_total",
-        "counter",
-        "FTP messages parsed, by type.",
-        &samples,
-    );
-    metric(
-        &mut out,
-        "ftpct_rewrites_total",
-        "counter",
-        "Addresses rewritten for NAT.",
-        &[("", e.rewrites)],
-    );
-    metric(
-        &mut out,
-        "ftpct_expectations_total",
-        "counter",
-        "Expectation events.",
-        &[
-            ("event=\"created\"", e.expect_created),
-            ("event=\"used\"", e.expect_used),
-            ("event=\"expired\"", e.expect_expired),
-            ("event=\"evicted\"", e.expect_evicted),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_expectations_refused_total",
-        "counter",
-        "Announced data addresses refused by policy.",
-        &[
-            ("reason=\"bounce\"", e.refused_bounce),
-            ("reason=\"privileged_port\"", e.refused_privileged),
-            ("reason=\"rate_limited\"", e.refused_rate_limited),
-            ("reason=\"other\"", e.refused_other),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_parse_failures_total",
-        "counter",
-        "PORT/EPRT/227/229 that could not be parsed.",
-        &[("", e.parse_failures)],
-    );
-    metric(
-        &mut out,
-        "ftpct_tls_sessions_total",
-        "counter",
-        "Sessions that switched to TLS (not inspectable).",
-        &[("", e.tls_sessions)],
-    );
-    metric(
-        &mut out,
-        "ftpct_lines_too_long_total",
-        "counter",
-        "Control lines over the length limit.",
-        &[("", e.lines_too_long)],
-    );
-    metric(
-        &mut out,
-        "ftpct_sessions_started_total",
-        "counter",
-        "Control sessions tracked since start.",
-        &[("", e.sessions_started)],
-    );
-    metric(
-        &mut out,
-        "ftpct_sessions_evicted_total",
-        "counter",
-        "Sessions evicted because the table was full.",
-        &[("", e.sessions_evicted)],
-    );
-    metric(
-        &mut out,
-        "ftpct_kernel_queue_dropped_total",
-        "counter",
-        "Packets the kernel dropped on ftpct's queue (nfnetlink_queue queue_dropped/user_dropped).",
-        &[
-            ("reason=\"queue_full\"", s.kernel_queue_drops.0),
-            ("reason=\"socket_full\"", s.kernel_queue_drops.1),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_packets_untracked_total",
-        "counter",
-        "Control-port packets without a conntrack entry (ignored).",
-        &[("", e.untracked)],
-    );
-    metric(
-        &mut out,
-        "ftpct_resyncs_total",
-        "counter",
-        "Streams resynchronised past bytes that never reached ftpct.",
-        &[("", e.resyncs)],
-    );
-    metric(
-        &mut out,
-        "ftpct_segments_refused_total",
-        "counter",
-        "Segments of tracked sessions the kernel would not accept either (the trust model): \
-         passed on untouched, no state changed.",
-        &[
-            ("reason=\"out_of_window\"", e.packets_out_of_window),
-            ("reason=\"rst_not_exact\"", e.rst_ignored),
-            ("reason=\"synack_on_live_session\"", e.synack_ignored),
-            ("reason=\"resync_unacknowledged\"", e.resyncs_refused),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_events_throttled_total",
-        "counter",
-        "Events not logged because of the per-session log throttle.",
-        &[("", e.events_throttled)],
-    );
-    metric(
-        &mut out,
-        "ftpct_sessions_evicted_with_state_total",
-        "counter",
-        "Evicted sessions that had a sequence offset or a live expectation.",
-        &[("", e.sessions_evicted_with_state)],
-    );
-    metric(
-        &mut out,
-        "ftpct_queue_overruns_total",
-        "counter",
-        "NFQUEUE overruns (ENOBUFS: the kernel dropped queued packets).",
-        &[("", k.queue_overruns)],
-    );
-    metric(
-        &mut out,
-        "ftpct_kernel_errors_total",
-        "counter",
-        "Failed kernel requests.",
-        &[
-            ("op=\"verdict\"", k.verdict_errors),
-            ("op=\"queue_receive\"", k.queue_errors),
-            ("op=\"queue_poll\"", k.queue_poll_errors),
-            ("op=\"ct_lookup\"", k.ct_lookup_errors),
-            ("op=\"ct_create\"", k.ct_create_errors),
-            ("op=\"ipset\"", k.ipset_errors),
-            ("op=\"state_file\"", k.state_errors),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_rules_missing",
-        "gauge",
-        "ftpct's own firewall rules found missing at the last rule check (0: all there, or not \
-         checked: rule_check_interval = 0 or rules not in nf_tables).",
-        &[("", k.rules_missing)],
-    );
-    metric(
-        &mut out,
-        "ftpct_conntrack_lookups_total",
-        "counter",
-        "Packets of unknown connections on the control ports: conntrack looked up, known \
-         missing (negative cache), or over the per-second lookup budget (accepted untouched).",
-        &[
-            ("result=\"looked_up\"", k.ct_lookups),
-            ("result=\"cached_missing\"", k.ct_lookups_cached),
-            ("result=\"over_budget\"", k.ct_lookups_over_budget),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_state_records_refused_total",
-        "counter",
-        "State file records refused at the restore (they break the engine's rules).",
-        &[("", k.state_refused)],
-    );
-    metric(
-        &mut out,
-        "ftpct_restored_sessions_replaced_total",
-        "counter",
-        "Restored sessions dropped because another connection now has their tuple.",
-        &[("", k.restored_replaced)],
-    );
-    metric(
-        &mut out,
-        "ftpct_metrics_connections_refused_total",
-        "counter",
-        "Connections of this endpoint closed: over the connection cap, or past the request deadline.",
-        &[
-            ("reason=\"limit\"", k.metrics_refused),
-            ("reason=\"deadline\"", k.metrics_timeouts),
-        ],
-    );
-    metric(
-        &mut out,
-        "ftpct_conntrack_created_total",
-        "counter",
-        "Data connection entries created through ctnetlink.",
-        &[("", k.ct_created)],
-    );
-    // Latency histogram in seconds, cumulative buckets.
+    for f in EXPOSITION {
+        let name = f.name;
+        let _ = writeln!(out, "# HELP {name} {}", f.help);
+        let _ = writeln!(out, "# TYPE {name} {}", f.kind.as_str());
+        for v in f.values {
+            let found = rows.iter().find(|r| {
+                r.sample
+                    .is_some_and(|m| m.family.name == name && m.value == *v)
+            });
+            let Some(r) = found else { continue };
+            if f.label.is_empty() {
+                let _ = writeln!(out, "{name} {}", r.value);
+            } else {
+                let _ = writeln!(out, "{name}{{{}=\"{v}\"}} {}", f.label, r.value);
+            }
+        }
+    }
+    latency_histogram(&mut out, s.latency.all);
+    out
+}
+
+/// The latency histogram in seconds, cumulative buckets.
+fn latency_histogram(out: &mut String, h: &Histogram) {
     let name = "ftpct_packet_latency_seconds";
     let _ = writeln!(
         out,
@@ -423,13 +460,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
     // Powers of two from 256 ns to 128 ms: bucket boundaries of the histogram.
     for exp in 8..28u32 {
         let le = (1u64 << exp) as f64 / 1e9;
-        let cum = s.latency.below_pow2(exp);
+        let cum = h.below_pow2(exp);
         let _ = writeln!(out, "{name}_bucket{{le=\"{le:e}\"}} {cum}");
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", s.latency.count);
-    let _ = writeln!(out, "{name}_sum {:e}", s.latency.sum_ns as f64 / 1e9);
-    let _ = writeln!(out, "{name}_count {}", s.latency.count);
-    out
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {:e}", h.sum_ns as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
 #[cfg(test)]
@@ -495,7 +531,12 @@ mod tests {
                 queue_poll_errors: 1,
                 ..ShellStats::default()
             },
-            latency: &h,
+            latency: Latencies {
+                all: &h,
+                plain: &h,
+                work: &h,
+                verdict: &h,
+            },
             sessions: 2,
             expectations: 1,
             kernel_queue_drops: (4, 0),
@@ -533,6 +574,377 @@ mod tests {
                 let v: u64 = value.parse().unwrap();
                 assert!(v >= last_bucket, "buckets must be cumulative");
                 last_bucket = v;
+            }
+        }
+    }
+
+    /// Distinct values in every counter: a wrong or missing source shows in the golden texts.
+    fn golden_sample() -> (
+        Stats,
+        ShellStats,
+        Histogram,
+        Histogram,
+        Histogram,
+        Histogram,
+    ) {
+        let s = Stats {
+            packets_accepted: 101,
+            packets_modified: 102,
+            packets_dropped_held: 103,
+            packets_dropped_ooo: 104,
+            packets_malformed: 105,
+            messages: [201, 202, 203, 204, 205, 206, 207, 208],
+            rewrites: 106,
+            expect_created: 107,
+            expect_used: 108,
+            expect_expired: 109,
+            expect_evicted: 110,
+            refused_bounce: 111,
+            refused_privileged: 112,
+            refused_other: 113,
+            parse_failures: 114,
+            tls_sessions: 115,
+            lines_too_long: 116,
+            lines_held: 117,
+            hold_timeouts: 118,
+            hold_gave_up: 119,
+            hold_acked: 120,
+            resyncs: 121,
+            sessions_started: 122,
+            sessions_evicted: 123,
+            syn_unmatched: 124,
+            untracked: 125,
+            events_dropped: 126,
+            replies_unsolicited: 127,
+            actions_dropped: 128,
+            packets_out_of_window: 129,
+            rst_ignored: 130,
+            synack_ignored: 131,
+            resyncs_refused: 132,
+            refused_rate_limited: 133,
+            events_throttled: 134,
+            sessions_evicted_with_state: 135,
+        };
+        let k = ShellStats {
+            queue_overruns: 301,
+            queue_errors: 302,
+            queue_poll_errors: 303,
+            verdict_errors: 304,
+            ct_lookups: 305,
+            ct_lookup_errors: 306,
+            ct_created: 307,
+            ct_create_errors: 308,
+            ipset_errors: 309,
+            state_errors: 310,
+            kernel_helper_seen: 311,
+            ct_lookup_ns: 312,
+            ct_create_ns: 313,
+            ct_marked: 314,
+            ct_mark_ns: 315,
+            ct_mark_errors: 316,
+            ct_marks_lost: 317,
+            ipset_adds: 318,
+            ipset_add_ns: 319,
+            state_writes: 320,
+            state_write_ns: 321,
+            state_refused: 322,
+            restored_replaced: 323,
+            ct_lookups_cached: 324,
+            ct_lookups_over_budget: 325,
+            metrics_refused: 326,
+            metrics_timeouts: 327,
+            rules_missing: 328,
+        };
+        let hist = |samples: &[u64]| {
+            let mut h = Histogram::default();
+            for ns in samples {
+                h.record(*ns);
+            }
+            h
+        };
+        (
+            s,
+            k,
+            hist(&[100, 3_000, 70_000, 1_500_000]),
+            hist(&[200, 5_000]),
+            hist(&[900, 12_000, 400_000]),
+            hist(&[50, 80, 20_000]),
+        )
+    }
+
+    fn golden_texts() -> (String, String) {
+        let (s, k, all, plain, work, verdict) = golden_sample();
+        let snap = Snapshot {
+            engine: &s,
+            shell: &k,
+            latency: Latencies {
+                all: &all,
+                plain: &plain,
+                work: &work,
+                verdict: &verdict,
+            },
+            sessions: 2,
+            expectations: 3,
+            kernel_queue_drops: (4, 5),
+        };
+        (render_stats(&snap), render(&snap))
+    }
+
+    /// Both outputs, byte for byte, as the hand-written lists before the tables rendered them
+    /// (src/testdata, rendered from the same values).
+    #[test]
+    fn outputs_are_unchanged() {
+        let (stats_text, metrics_text) = golden_texts();
+        assert_eq!(stats_text, include_str!("testdata/ftpct-stats.txt"));
+        assert_eq!(metrics_text, include_str!("testdata/metrics.prom"));
+    }
+
+    /// Every field of `ShellStats` (the literal in `golden_sample` names them all, without
+    /// `..`) is read by exactly one row, like the engine's (`stats::tests`).
+    #[test]
+    fn every_shell_field_is_read_by_exactly_one_row() {
+        let (s, k, all, plain, work, verdict) = golden_sample();
+        let snap = Snapshot {
+            engine: &s,
+            shell: &k,
+            latency: Latencies {
+                all: &all,
+                plain: &plain,
+                work: &work,
+                verdict: &verdict,
+            },
+            sessions: 0,
+            expectations: 0,
+            kernel_queue_drops: (0, 0),
+        };
+        let mut read: Vec<u64> = SHELL
+            .iter()
+            .map(|c| (c.read)(&snap))
+            .filter(|v| (301..400).contains(v))
+            .collect();
+        read.sort_unstable();
+        assert_eq!(read, (301..=328).collect::<Vec<u64>>());
+    }
+
+    /// The names of `ftpct stats` and the metric families, in order. A counter is added to
+    /// the tables once, with both its names (or on purpose with one: `STATS_ONLY`,
+    /// `METRICS_ONLY`), and this list with the golden texts says what changed.
+    #[test]
+    fn names_and_families() {
+        const STATS: [&str; 81] = [
+            "sessions",
+            "expectations",
+            "sessions_started",
+            "sessions_evicted",
+            "packets_accepted",
+            "packets_modified",
+            "packets_dropped_held",
+            "packets_dropped_out_of_order",
+            "packets_malformed",
+            "packets_untracked",
+            "rewrites",
+            "expect_created",
+            "expect_used",
+            "expect_expired",
+            "expect_evicted",
+            "refused_bounce",
+            "refused_privileged",
+            "refused_other",
+            "parse_failures",
+            "tls_sessions",
+            "lines_too_long",
+            "lines_held",
+            "hold_gave_up",
+            "hold_timeouts",
+            "hold_acked",
+            "resyncs",
+            "syn_unmatched",
+            "events_dropped",
+            "actions_dropped",
+            "replies_unsolicited",
+            "packets_out_of_window",
+            "rst_ignored",
+            "synack_ignored",
+            "resyncs_refused",
+            "refused_rate_limited",
+            "events_throttled",
+            "sessions_evicted_with_state",
+            "queue_overruns",
+            "queue_errors",
+            "queue_poll_errors",
+            "verdict_errors",
+            "queue_dropped",
+            "queue_user_dropped",
+            "ct_created",
+            "kernel_helper_seen",
+            "ct_create_errors",
+            "ct_lookup_errors",
+            "ipset_errors",
+            "state_errors",
+            "rules_missing",
+            "latency_count",
+            "latency_p50_ns",
+            "latency_p99_ns",
+            "latency_max_ns",
+            "latency_plain_count",
+            "latency_plain_p50_ns",
+            "latency_plain_p99_ns",
+            "latency_plain_max_ns",
+            "latency_work_count",
+            "latency_work_p50_ns",
+            "latency_work_p99_ns",
+            "latency_work_max_ns",
+            "verdict_call_p50_ns",
+            "verdict_call_p99_ns",
+            "ct_lookups",
+            "ct_lookup_ns",
+            "ct_create_ns",
+            "ct_marked",
+            "ct_mark_ns",
+            "ct_mark_errors",
+            "ct_marks_lost",
+            "ipset_adds",
+            "ipset_add_ns",
+            "state_writes",
+            "state_write_ns",
+            "state_refused",
+            "restored_replaced",
+            "ct_lookups_cached",
+            "ct_lookups_over_budget",
+            "metrics_refused",
+            "metrics_timeouts",
+        ];
+        const FAMILIES: [&str; 28] = [
+            "ftpct_sessions",
+            "ftpct_expectations",
+            "ftpct_packets_total",
+            "ftpct_packets_malformed_total",
+            "ftpct_messages_total",
+            "ftpct_rewrites_total",
+            "ftpct_expectations_total",
+            "ftpct_expectations_refused_total",
+            "ftpct_parse_failures_total",
+            "ftpct_tls_sessions_total",
+            "ftpct_lines_too_long_total",
+            "ftpct_sessions_started_total",
+            "ftpct_sessions_evicted_total",
+            "ftpct_kernel_queue_dropped_total",
+            "ftpct_packets_untracked_total",
+            "ftpct_resyncs_total",
+            "ftpct_segments_refused_total",
+            "ftpct_events_throttled_total",
+            "ftpct_sessions_evicted_with_state_total",
+            "ftpct_queue_overruns_total",
+            "ftpct_kernel_errors_total",
+            "ftpct_rules_missing",
+            "ftpct_conntrack_lookups_total",
+            "ftpct_state_records_refused_total",
+            "ftpct_restored_sessions_replaced_total",
+            "ftpct_metrics_connections_refused_total",
+            "ftpct_conntrack_created_total",
+            "ftpct_packet_latency_seconds",
+        ];
+        // In `ftpct stats` only: internal timings, latency quantiles, holds, queue bounds.
+        const STATS_ONLY: [&str; 33] = [
+            "lines_held",
+            "hold_gave_up",
+            "hold_timeouts",
+            "hold_acked",
+            "syn_unmatched",
+            "events_dropped",
+            "actions_dropped",
+            "replies_unsolicited",
+            "kernel_helper_seen",
+            "latency_count",
+            "latency_p50_ns",
+            "latency_p99_ns",
+            "latency_max_ns",
+            "latency_plain_count",
+            "latency_plain_p50_ns",
+            "latency_plain_p99_ns",
+            "latency_plain_max_ns",
+            "latency_work_count",
+            "latency_work_p50_ns",
+            "latency_work_p99_ns",
+            "latency_work_max_ns",
+            "verdict_call_p50_ns",
+            "verdict_call_p99_ns",
+            "ct_lookup_ns",
+            "ct_create_ns",
+            "ct_marked",
+            "ct_mark_ns",
+            "ct_mark_errors",
+            "ct_marks_lost",
+            "ipset_adds",
+            "ipset_add_ns",
+            "state_writes",
+            "state_write_ns",
+        ];
+        // In the exposition only: the message counts by type.
+        const METRICS_ONLY: [&str; 1] = ["ftpct_messages_total"];
+
+        let (stats_text, metrics_text) = golden_texts();
+        let names: Vec<&str> = stats_text
+            .lines()
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(names, STATS);
+        let families: Vec<&str> = metrics_text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(families, FAMILIES);
+
+        let snap_rows = {
+            let (s, k, all, plain, work, verdict) = golden_sample();
+            rows(&Snapshot {
+                engine: &s,
+                shell: &k,
+                latency: Latencies {
+                    all: &all,
+                    plain: &plain,
+                    work: &work,
+                    verdict: &verdict,
+                },
+                sessions: 0,
+                expectations: 0,
+                kernel_queue_drops: (0, 0),
+            })
+        };
+        let stats_only: Vec<&str> = snap_rows
+            .iter()
+            .filter(|r| r.sample.is_none())
+            .filter_map(|r| r.stat)
+            .collect();
+        assert_eq!(stats_only, STATS_ONLY, "rows not exposed");
+        let mut metrics_only: Vec<&str> = snap_rows
+            .iter()
+            .filter(|r| r.stat.is_none())
+            .filter_map(|r| r.sample.map(|m| m.family.name))
+            .collect();
+        metrics_only.dedup();
+        assert_eq!(metrics_only, METRICS_ONLY, "rows not in `ftpct stats`");
+        assert!(snap_rows
+            .iter()
+            .all(|r| r.stat.is_some() || r.sample.is_some()));
+        // every sample of a family is one row's, and every family of a row is exposed
+        for r in &snap_rows {
+            if let Some(m) = r.sample {
+                assert!(EXPOSITION.iter().any(|f| f.name == m.family.name));
+                assert!(m.family.values.contains(&m.value), "{}", m.value);
+            }
+        }
+        for f in EXPOSITION {
+            for v in f.values {
+                let n = snap_rows
+                    .iter()
+                    .filter(|r| {
+                        r.sample
+                            .is_some_and(|m| m.family.name == f.name && m.value == *v)
+                    })
+                    .count();
+                assert_eq!(n, 1, "{} {v}", f.name);
             }
         }
     }

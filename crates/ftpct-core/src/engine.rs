@@ -31,6 +31,7 @@ use crate::restore::{check_restored_expectation, check_restored_tuples};
 use crate::session::{
     Admit, DirState, FlowKey, LineOut, Pending, Session, SessionTable, SynCache, MAX_CUSTODY,
 };
+pub use crate::stats::Stats;
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
 use crate::window::{self, Segment, Untrusted};
 
@@ -545,62 +546,6 @@ pub enum Journal {
         /// Where it goes.
         dst: SocketAddr,
     },
-}
-
-/// Counters for metrics. Monotonic except `sessions`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub packets_accepted: u64,
-    pub packets_modified: u64,
-    pub packets_dropped_held: u64,
-    pub packets_dropped_ooo: u64,
-    pub packets_malformed: u64,
-    pub messages: [u64; 8],
-    pub rewrites: u64,
-    pub expect_created: u64,
-    pub expect_used: u64,
-    pub expect_expired: u64,
-    pub expect_evicted: u64,
-    pub refused_bounce: u64,
-    pub refused_privileged: u64,
-    pub refused_other: u64,
-    pub parse_failures: u64,
-    pub tls_sessions: u64,
-    pub lines_too_long: u64,
-    /// Partial lines held until their end (split PORT/EPRT/227/229).
-    pub lines_held: u64,
-    /// Holds that reached `hold_timeout` without the end of their line.
-    pub hold_timeouts: u64,
-    /// Held bytes let through unchanged (`hold_timeout_action = pass`).
-    pub hold_gave_up: u64,
-    /// Holds whose bytes ftpct acknowledged to a waiting sender on the receiver's behalf.
-    pub hold_acked: u64,
-    pub resyncs: u64,
-    pub sessions_started: u64,
-    pub sessions_evicted: u64,
-    pub syn_unmatched: u64,
-    /// Control-port packets of flows the kernel has no conntrack entry for.
-    pub untracked: u64,
-    pub events_dropped: u64,
-    /// 227/229 replies that no PASV/EPSV asked for (taken all the same, as the kernel does).
-    pub replies_unsolicited: u64,
-    /// Actions not queued because [`MAX_ACTIONS`] were waiting (see [`Engine::poll_action`]).
-    pub actions_dropped: u64,
-    /// Segments of tracked sessions outside the TCP window: passed on untouched, no state
-    /// changed (the trust model).
-    pub packets_out_of_window: u64,
-    /// RSTs whose sequence number was not the exact expected one: no session ended.
-    pub rst_ignored: u64,
-    /// SYN-ACKs on live sessions that answered no new SYN: no session replaced.
-    pub synack_ignored: u64,
-    /// Resynchronisations refused: the bytes before the segment were never acknowledged.
-    pub resyncs_refused: u64,
-    /// Announcements refused by the per-segment or per-second budget.
-    pub refused_rate_limited: u64,
-    /// Events not reported because of the per-session, per-kind log throttle.
-    pub events_throttled: u64,
-    /// Evictions that had to take a session with a sequence offset or a live expectation.
-    pub sessions_evicted_with_state: u64,
 }
 
 const MAX_EVENTS: usize = 4096;

@@ -8,6 +8,9 @@
 //! a file, reads a clock or draws a random number: the crate's dependencies (etherparse,
 //! thiserror) cannot, and `unsafe` is forbidden. The daemon, `ftpct replay`, the simulation
 //! tests, the benches and the fuzz targets all drive [`engine::Engine`] the same way.
+//! [`stats`] holds the engine's counters with the table the shell renders them from, and
+//! [`reconcile`] answers the shell's questions about the kernel's state (marks to check,
+//! restored sessions against conntrack, the kernel work a restore needs).
 
 #![forbid(unsafe_code)]
 // No panic on any input: no unwrap, expect or panic outside tests.
@@ -24,12 +27,14 @@ pub mod lookup;
 pub mod packet;
 pub mod parser;
 pub mod policy;
+pub mod reconcile;
 pub mod render;
 pub mod restore;
 pub mod rulecheck;
 pub mod rulespec;
 pub mod seqadj;
 pub mod session;
+pub mod stats;
 pub mod types;
 pub mod window;
 pub mod wire;

@@ -178,3 +178,175 @@ pub fn check_restored_expectation(
     }
     Ok(())
 }
+
+/// What conntrack reports now under a restored session's original tuple (the fields of its
+/// entry that [`restored_identity`] looks at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtSeen {
+    pub tuples: CtTuples,
+    /// `CTA_ID`.
+    pub id: u32,
+    /// `CTA_MARK` (0 if absent).
+    pub mark: u32,
+}
+
+/// Whether a restored session still is the connection that conntrack has under its tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The same conntrack id (and mark) and tuples.
+    Same,
+    /// The same tuples (and mark); the state file had no id (written by an older ftpct).
+    Unproven,
+    /// Another id, other tuples, or no `seqadj_mark` on an entry that must carry it: a new
+    /// connection reuses the addresses and ports.
+    Other,
+}
+
+/// Compares a restored session (its tuples, its saved conntrack id, and the `seqadj_mark`
+/// bits its entry must carry when it needs the mark, [`Session::needs_mark`]) with the entry
+/// conntrack has now.
+///
+/// The id alone is no proof: the kernel computes it from the entry's address and tuple
+/// (`nf_ct_get_id`), and a new entry for the same tuple often reuses the memory of the one just
+/// freed, so it can get the same id. The mark is the proof for the sessions that matter (those
+/// with an offset, whose restore onto another connection would break it): ftpct marked their
+/// entry when the offset appeared, the kernel keeps the mark for the entry's life, and nothing
+/// marks a new connection while ftpct is down.
+pub fn restored_identity(
+    saved: &CtTuples,
+    saved_id: Option<u32>,
+    required_mark: Option<u32>,
+    now: &CtSeen,
+) -> Identity {
+    if now.tuples != *saved {
+        return Identity::Other;
+    }
+    if required_mark.is_some_and(|bits| now.mark & bits != bits) {
+        return Identity::Other;
+    }
+    match saved_id {
+        Some(id) if id == now.id => Identity::Same,
+        Some(_) => Identity::Other,
+        None => Identity::Unproven,
+    }
+}
+
+/// The ipset timeout of a restored expectation's destination: the whole seconds left until it
+/// `expires` (rounded down), at least 1 (an ipset timeout of 0 means "never"), at most
+/// `u32::MAX`.
+pub fn watch_timeout(expires: Timestamp, now: Timestamp) -> u32 {
+    let left = expires.0.saturating_sub(now.0) / 1_000_000_000;
+    u32::try_from(left.max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::FlowTuple;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_restored_session_is_kept_only_for_the_same_conntrack_entry() {
+        let ct = CtTuples {
+            original: FlowTuple::new(sa("10.0.0.2:40000"), sa("198.51.100.2:21")),
+            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61000")),
+        };
+        let entry = |id: u32, tuples: CtTuples| CtSeen {
+            tuples,
+            id,
+            mark: 0x10_0000,
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &entry(7, ct)),
+            Identity::Same
+        );
+        // the same addresses and ports, a new connection (a new entry, a new id)
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &entry(8, ct)),
+            Identity::Other
+        );
+        // another NAT mapping
+        let other = CtTuples {
+            reply: FlowTuple::new(sa("198.51.100.2:21"), sa("203.0.113.1:61001")),
+            ..ct
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &entry(7, other)),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, None, None, &entry(9, ct)),
+            Identity::Unproven
+        );
+        assert_eq!(
+            restored_identity(&ct, None, None, &entry(9, other)),
+            Identity::Other
+        );
+        // a session with an offset: its entry must carry seqadj_mark; a new entry (even with
+        // the same id: the kernel may reuse the freed entry's memory) does not
+        let bits = Some(0x10_0000);
+        assert_eq!(
+            restored_identity(&ct, Some(7), bits, &entry(7, ct)),
+            Identity::Same
+        );
+        let unmarked = CtSeen {
+            mark: 0x4654,
+            ..entry(7, ct)
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), bits, &unmarked),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, None, bits, &unmarked),
+            Identity::Other
+        );
+        assert_eq!(
+            restored_identity(&ct, Some(7), None, &unmarked),
+            Identity::Same,
+            "no offset: the mark is not required"
+        );
+        // other bits besides the mark's are fine; only some of the mark's bits are not
+        let more = CtSeen {
+            mark: 0x10_00ff,
+            ..entry(7, ct)
+        };
+        assert_eq!(restored_identity(&ct, Some(7), bits, &more), Identity::Same);
+        let part = CtSeen {
+            mark: 0x10,
+            ..entry(7, ct)
+        };
+        assert_eq!(
+            restored_identity(&ct, Some(7), Some(0x11), &part),
+            Identity::Other
+        );
+    }
+
+    #[test]
+    fn watch_timeouts_round_down_to_whole_seconds_never_to_zero() {
+        let s = Timestamp::from_secs;
+        assert_eq!(watch_timeout(s(130), s(10)), 120);
+        // 119.999 s left: 119
+        assert_eq!(watch_timeout(Timestamp(s(130).0 - 1), s(10)), 119);
+        // below a second left, due now, or already past: 1 (0 would be "no timeout")
+        assert_eq!(watch_timeout(Timestamp(s(10).0 + 999_999_999), s(10)), 1);
+        assert_eq!(watch_timeout(s(10), s(10)), 1);
+        assert_eq!(watch_timeout(s(5), s(10)), 1);
+        // beyond u32 seconds: capped
+        assert_eq!(
+            watch_timeout(Timestamp(u64::MAX), Timestamp::ZERO),
+            u32::MAX
+        );
+        assert_eq!(
+            watch_timeout(s(u64::from(u32::MAX) + 1), Timestamp::ZERO),
+            u32::MAX
+        );
+        assert_eq!(
+            watch_timeout(s(u64::from(u32::MAX)), Timestamp::ZERO),
+            u32::MAX
+        );
+    }
+}

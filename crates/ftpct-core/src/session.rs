@@ -435,6 +435,13 @@ impl Session {
         self.dirs.iter().any(|d| d.seqadj.shifts())
     }
 
+    /// Its conntrack entry must carry `seqadj_mark`: a sequence offset, or ftpct acknowledges
+    /// held bytes of it ([`Session::marked`]); either way its packets must pass the
+    /// post-conntrack hook. (`marked` is not persisted: after a restore this is the offset.)
+    pub fn needs_mark(&self) -> bool {
+        self.shifts_sequence() || self.marked
+    }
+
     /// One direction's state.
     pub fn dir(&self, d: Dir) -> &DirState {
         &self.dirs[d.index()]
