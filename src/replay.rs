@@ -1717,6 +1717,15 @@ impl<'o> Replayer<'o> {
                     format!("{t} session table full ({max_sessions}), evicting")
                 }
             }
+            // A kind of event this replay has no template for: the shared renderer's words.
+            _ => {
+                if json {
+                    self.json_event(&e, &t, n, &[])
+                } else {
+                    let line = render::events_line(&e, self.now).unwrap_or_default();
+                    format!("{t} {}", line.trim_end())
+                }
+            }
         };
         self.line(&s)
     }

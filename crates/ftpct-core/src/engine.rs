@@ -286,110 +286,169 @@ impl MsgKind {
     }
 }
 
-/// Something worth a log line or a metric.
+/// Something worth a log line or a metric. New kinds may be added: match with a `_` arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
+    /// A control session started (or was picked up mid-stream).
     SessionStart {
+        /// The session.
         id: SessionId,
+        /// Its conntrack tuples (the NAT mapping).
         ct: CtTuples,
     },
+    /// A control session ended.
     SessionEnd {
+        /// The session.
         id: SessionId,
+        /// Its conntrack tuples.
         ct: CtTuples,
+        /// Why.
         reason: EndReason,
     },
+    /// An FTP message the engine acts on was parsed.
     Message {
+        /// The session.
         id: SessionId,
+        /// Which message.
         kind: MsgKind,
         /// The line it was parsed from ([`Engine::event_line`]).
         line: LineRef,
     },
+    /// An announced address was rewritten for NAT.
     Rewritten {
+        /// The session.
         id: SessionId,
+        /// Which announcement.
         kind: ExpectKind,
+        /// The address in the line.
         from: SocketAddr,
+        /// The address written instead.
         to: SocketAddr,
     },
+    /// A data connection is expected.
     ExpectCreated {
+        /// Its id in the expectation table.
         id: ExpectId,
+        /// The expectation.
         exp: Expectation,
     },
+    /// An expected data connection arrived and was admitted as RELATED.
     ExpectUsed {
+        /// Its id.
         id: ExpectId,
+        /// The expectation it matched.
         exp: Expectation,
+        /// The data connection's tuple.
         data: FlowTuple,
     },
+    /// An expectation went away unused.
     ExpectRemoved {
+        /// Its id.
         id: ExpectId,
+        /// The expectation.
         exp: Expectation,
+        /// Why.
         reason: RemoveReason,
     },
+    /// An announced data address was refused: no expectation, the line unchanged.
     Refused {
+        /// The session.
         id: SessionId,
+        /// Which announcement.
         kind: ExpectKind,
+        /// The announced address.
         addr: SocketAddr,
+        /// Why.
         reason: Refusal,
     },
+    /// An FTP message could not be parsed; let through unchanged.
     ParseFailed {
+        /// The session.
         id: SessionId,
+        /// Who sent it.
         dir: Dir,
+        /// Which message it looked like.
         kind: MsgKind,
+        /// What was wrong.
         error: ParseError,
         /// The line that failed ([`Engine::event_line`]).
         line: LineRef,
     },
     /// AUTH TLS accepted: data connections of this session will not be admitted.
     TlsStarted {
+        /// The session.
         id: SessionId,
     },
+    /// A line longer than `max_line`: let through, not parsed.
     LineTooLong {
+        /// The session.
         id: SessionId,
+        /// Who sent it.
         dir: Dir,
     },
     /// A partial line was held for `hold_timeout` without its end. With
     /// [`HoldTimeoutAction::Keep`] its held bytes (`held`) stay inside; with `Pass` they are let
     /// through unchanged with the sender's next packet and the line is not rewritten.
     HoldTimedOut {
+        /// The session.
         id: SessionId,
+        /// Who sent the line.
         dir: Dir,
+        /// Bytes held.
         held: u32,
+        /// How long they were held (`hold_timeout`).
         after: Duration,
+        /// What happened to them.
         action: HoldTimeoutAction,
     },
     /// A message needed rewriting but its line had already been let through.
     NotRewritten {
+        /// The session.
         id: SessionId,
+        /// Which announcement.
         kind: ExpectKind,
     },
     /// Bytes before a segment never came; tracking continues at the next line.
     Resynced {
+        /// The session.
         id: SessionId,
+        /// Which direction.
         dir: Dir,
     },
     /// A segment of a tracked session that the kernel would not accept either (the trust
     /// model, `window.rs`): passed on untouched, no state changed.
     SegmentRefused {
+        /// The session.
         id: SessionId,
+        /// Who sent the segment.
         dir: Dir,
+        /// Why it was refused.
         why: SegmentRefusal,
     },
     /// More than `log_events_per_second` events of this kind in one second from one session:
     /// the rest of this second's are not reported (counted in `events_throttled`).
     Throttled {
+        /// The session.
         id: SessionId,
+        /// The kind of event, as throttled.
         kind: &'static str,
     },
     /// A queued packet that is not TCP/IP the engine can read (accepted unchanged).
     Malformed {
+        /// Why it could not be read.
         error: packet::PacketError,
         /// Its length in bytes.
         len: usize,
+        /// Where it was queued.
         hook: Hook,
     },
     /// The session table is full and sessions are being evicted; `protected_left` is false
     /// when only sessions with sequence offsets or live expectations were left to evict.
     EvictionStarted {
+        /// `max_sessions`.
         max_sessions: usize,
+        /// Sessions without offsets or expectations are still left to evict.
         protected_left: bool,
     },
 }

@@ -22,9 +22,11 @@ pub enum Settled {
     IdRecorded,
     /// Conntrack has no entry under its tuple: forgotten.
     Gone,
-    /// Another connection has its tuple now ([`Identity::Other`]): forgotten. `saved_id` is
-    /// the conntrack id it was saved with.
-    Replaced { saved_id: Option<u32> },
+    /// Another connection has its tuple now ([`Identity::Other`]): forgotten.
+    Replaced {
+        /// The conntrack id it was saved with.
+        saved_id: Option<u32>,
+    },
 }
 
 impl Engine {

@@ -183,6 +183,7 @@ pub fn check_restored_expectation(
 /// entry that [`restored_identity`] looks at).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtSeen {
+    /// The entry's original and reply tuples.
     pub tuples: CtTuples,
     /// `CTA_ID`.
     pub id: u32,

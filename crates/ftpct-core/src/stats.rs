@@ -13,22 +13,39 @@ use crate::engine::MsgKind;
 /// Counters for metrics. Monotonic except `sessions`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Packets accepted unchanged.
     pub packets_accepted: u64,
+    /// Packets accepted rewritten (payload, sequence or acknowledgement numbers).
     pub packets_modified: u64,
+    /// Segments whose every byte was held (dropped when they carried no ACK either).
     pub packets_dropped_held: u64,
+    /// Segments dropped after a gap (the sender retransmits in order).
     pub packets_dropped_ooo: u64,
+    /// Queued packets that were not TCP/IP the engine can read.
     pub packets_malformed: u64,
+    /// FTP messages parsed, indexed by [`MsgKind`] (`MsgKind as usize`).
     pub messages: [u64; 8],
+    /// Announced addresses rewritten.
     pub rewrites: u64,
+    /// Expectations created.
     pub expect_created: u64,
+    /// Expectations that admitted their data connection.
     pub expect_used: u64,
+    /// Expectations that expired unused.
     pub expect_expired: u64,
+    /// Expectations evicted by a newer one (per-session limit).
     pub expect_evicted: u64,
+    /// Announcements refused: not the control peer (FTP bounce).
     pub refused_bounce: u64,
+    /// Announcements refused: a privileged data port.
     pub refused_privileged: u64,
+    /// Announcements refused for another reason (family, no public port, table full, clash).
     pub refused_other: u64,
+    /// Messages that could not be parsed (let through unchanged).
     pub parse_failures: u64,
+    /// Sessions that went TLS (no longer inspected).
     pub tls_sessions: u64,
+    /// Lines longer than `max_line` (not parsed).
     pub lines_too_long: u64,
     /// Partial lines held until their end (split PORT/EPRT/227/229).
     pub lines_held: u64,
@@ -38,12 +55,17 @@ pub struct Stats {
     pub hold_gave_up: u64,
     /// Holds whose bytes ftpct acknowledged to a waiting sender on the receiver's behalf.
     pub hold_acked: u64,
+    /// Resynchronisations after a gap that never filled.
     pub resyncs: u64,
+    /// Sessions started (or picked up).
     pub sessions_started: u64,
+    /// Sessions evicted from a full table.
     pub sessions_evicted: u64,
+    /// Data SYNs queued that matched no expectation.
     pub syn_unmatched: u64,
     /// Control-port packets of flows the kernel has no conntrack entry for.
     pub untracked: u64,
+    /// Events not queued because too many were waiting.
     pub events_dropped: u64,
     /// 227/229 replies that no PASV/EPSV asked for (taken all the same, as the kernel does).
     pub replies_unsolicited: u64,
@@ -70,7 +92,9 @@ pub struct Stats {
 /// The Prometheus type of a metric family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Only goes up.
     Counter,
+    /// Goes up and down.
     Gauge,
 }
 
@@ -87,8 +111,11 @@ impl Kind {
 /// A metric family of the exposition: its name, type and `# HELP` text, and its samples' label.
 #[derive(Debug)]
 pub struct Family {
+    /// The family's name (`ftpct_..._total` for counters).
     pub name: &'static str,
+    /// Counter or gauge.
     pub kind: Kind,
+    /// The `# HELP` text.
     pub help: &'static str,
     /// The label's name; `""` for a family of one sample without labels.
     pub label: &'static str,
@@ -113,6 +140,7 @@ impl Family {
 /// Where a counter shows in the exposition: one sample of a family.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
+    /// The family.
     pub family: &'static Family,
     /// The value of the family's label (`""` when it has none).
     pub value: &'static str,
@@ -122,8 +150,11 @@ pub struct Sample {
 /// exposed), and how to read its value (`read`, e.g. a `fn(&Stats) -> u64`).
 #[derive(Debug)]
 pub struct Counter<R> {
+    /// Its name in `ftpct stats`, if it is shown there.
     pub stat: Option<&'static str>,
+    /// Its sample in the exposition, if it is exposed.
     pub sample: Option<Sample>,
+    /// How to read its value.
     pub read: R,
 }
 
@@ -166,6 +197,7 @@ pub type Read = fn(&Stats) -> u64;
 
 use Kind::Counter as C;
 
+/// The `ftpct_packets_total` metric family.
 pub const PACKETS: Family = Family {
     name: "ftpct_packets_total",
     kind: C,
@@ -178,11 +210,13 @@ pub const PACKETS: Family = Family {
         "dropped_out_of_order",
     ],
 };
+/// The `ftpct_packets_malformed_total` metric family.
 pub const PACKETS_MALFORMED: Family = Family::single(
     "ftpct_packets_malformed_total",
     C,
     "Queued packets that were not TCP/IP.",
 );
+/// The `ftpct_messages_total` metric family.
 pub const MESSAGES: Family = Family {
     name: "ftpct_messages_total",
     kind: C,
@@ -193,8 +227,10 @@ pub const MESSAGES: Family = Family {
         "port", "eprt", "pasv", "epsv", "227", "229", "auth_tls", "234",
     ],
 };
+/// The `ftpct_rewrites_total` metric family.
 pub const REWRITES: Family =
     Family::single("ftpct_rewrites_total", C, "Addresses rewritten for NAT.");
+/// The `ftpct_expectations_total` metric family.
 pub const EXPECTATION_EVENTS: Family = Family {
     name: "ftpct_expectations_total",
     kind: C,
@@ -202,6 +238,7 @@ pub const EXPECTATION_EVENTS: Family = Family {
     label: "event",
     values: &["created", "used", "expired", "evicted"],
 };
+/// The `ftpct_expectations_refused_total` metric family.
 pub const EXPECTATIONS_REFUSED: Family = Family {
     name: "ftpct_expectations_refused_total",
     kind: C,
@@ -209,41 +246,49 @@ pub const EXPECTATIONS_REFUSED: Family = Family {
     label: "reason",
     values: &["bounce", "privileged_port", "rate_limited", "other"],
 };
+/// The `ftpct_parse_failures_total` metric family.
 pub const PARSE_FAILURES: Family = Family::single(
     "ftpct_parse_failures_total",
     C,
     "PORT/EPRT/227/229 that could not be parsed.",
 );
+/// The `ftpct_tls_sessions_total` metric family.
 pub const TLS_SESSIONS: Family = Family::single(
     "ftpct_tls_sessions_total",
     C,
     "Sessions that switched to TLS (not inspectable).",
 );
+/// The `ftpct_lines_too_long_total` metric family.
 pub const LINES_TOO_LONG: Family = Family::single(
     "ftpct_lines_too_long_total",
     C,
     "Control lines over the length limit.",
 );
+/// The `ftpct_sessions_started_total` metric family.
 pub const SESSIONS_STARTED: Family = Family::single(
     "ftpct_sessions_started_total",
     C,
     "Control sessions tracked since start.",
 );
+/// The `ftpct_sessions_evicted_total` metric family.
 pub const SESSIONS_EVICTED: Family = Family::single(
     "ftpct_sessions_evicted_total",
     C,
     "Sessions evicted because the table was full.",
 );
+/// The `ftpct_packets_untracked_total` metric family.
 pub const PACKETS_UNTRACKED: Family = Family::single(
     "ftpct_packets_untracked_total",
     C,
     "Control-port packets without a conntrack entry (ignored).",
 );
+/// The `ftpct_resyncs_total` metric family.
 pub const RESYNCS: Family = Family::single(
     "ftpct_resyncs_total",
     C,
     "Streams resynchronised past bytes that never reached ftpct.",
 );
+/// The `ftpct_segments_refused_total` metric family.
 pub const SEGMENTS_REFUSED: Family = Family {
     name: "ftpct_segments_refused_total",
     kind: C,
@@ -257,11 +302,13 @@ pub const SEGMENTS_REFUSED: Family = Family {
         "resync_unacknowledged",
     ],
 };
+/// The `ftpct_events_throttled_total` metric family.
 pub const EVENTS_THROTTLED: Family = Family::single(
     "ftpct_events_throttled_total",
     C,
     "Events not logged because of the per-session log throttle.",
 );
+/// The `ftpct_sessions_evicted_with_state_total` metric family.
 pub const SESSIONS_EVICTED_WITH_STATE: Family = Family::single(
     "ftpct_sessions_evicted_with_state_total",
     C,
