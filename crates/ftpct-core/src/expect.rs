@@ -324,14 +324,7 @@ impl<T: Copy> Slots<T> {
     fn at(&self, i: impl SlotIndex) -> &T {
         match self.v.get(i.slot()) {
             Some(x) => x,
-            None => {
-                debug_assert!(
-                    false,
-                    "expectation table: read of slot {} out of range",
-                    i.slot()
-                );
-                &self.blank
-            }
+            None => blank_read(&self.blank, i.slot()),
         }
     }
 
@@ -339,15 +332,18 @@ impl<T: Copy> Slots<T> {
     fn at_mut(&mut self, i: impl SlotIndex) -> &mut T {
         match self.v.get_mut(i.slot()) {
             Some(x) => x,
-            None => {
-                debug_assert!(
-                    false,
-                    "expectation table: write to slot {} out of range",
-                    i.slot()
-                );
-                self.spare = self.blank;
-                &mut self.spare
-            }
+            None => spare_write(&mut self.spare, &self.blank, i.slot()),
+        }
+    }
+
+    /// Applies `f` to element `i`; out of range, does nothing (debug builds assert). Unlike
+    /// [`Slots::at_mut`], the miss path does not merge with the hot one, so the compiler keeps
+    /// the hot path to one compare and one store.
+    #[inline(always)]
+    fn put(&mut self, i: impl SlotIndex, f: impl FnOnce(&mut T)) {
+        match self.v.get_mut(i.slot()) {
+            Some(x) => f(x),
+            None => missed_write(i.slot()),
         }
     }
 
@@ -355,6 +351,31 @@ impl<T: Copy> Slots<T> {
     fn replace(&mut self, fresh: Vec<T>) -> Vec<T> {
         std::mem::replace(&mut self.v, fresh)
     }
+}
+
+/// The out-of-range read of [`Slots::at`], kept out of line so the hot path stays one
+/// compare and one load.
+#[cold]
+#[inline(never)]
+fn blank_read<T>(blank: &T, i: usize) -> &T {
+    debug_assert!(false, "expectation table: read of slot {i} out of range");
+    blank
+}
+
+/// The out-of-range write of [`Slots::put`]: dropped.
+#[cold]
+#[inline(never)]
+fn missed_write(i: usize) {
+    debug_assert!(false, "expectation table: write to slot {i} out of range");
+}
+
+/// The out-of-range write of [`Slots::at_mut`]: goes to `spare`, reset to `blank` first.
+#[cold]
+#[inline(never)]
+fn spare_write<'a, T: Copy>(spare: &'a mut T, blank: &T, i: usize) -> &'a mut T {
+    debug_assert!(false, "expectation table: write to slot {i} out of range");
+    *spare = *blank;
+    spare
 }
 
 impl<T: Copy> std::ops::Deref for Slots<T> {
@@ -851,7 +872,8 @@ impl ExpectTable {
         while *self.dst_slots.at(p) != DST_EMPTY {
             p = (p + 1) & mask;
         }
-        *self.dst_slots.at_mut(p) = (u64::from(hash) << 32) | u64::from(i);
+        self.dst_slots
+            .put(p, |e| *e = (u64::from(hash) << 32) | u64::from(i));
     }
 
     fn dst_unlink(&mut self, i: u32) {
@@ -880,11 +902,11 @@ impl ExpectTable {
                 hole < home || home <= j
             };
             if !stays {
-                *self.dst_slots.at_mut(hole) = s;
+                self.dst_slots.put(hole, |e| *e = s);
                 hole = j;
             }
         }
-        *self.dst_slots.at_mut(hole) = DST_EMPTY;
+        self.dst_slots.put(hole, |e| *e = DST_EMPTY);
     }
 
     /// Rebuilds the dst index with `slots` positions, from the stored hashes.
@@ -901,7 +923,7 @@ impl ExpectTable {
             while *self.dst_slots.at(p) != DST_EMPTY {
                 p = (p + 1) & mask;
             }
-            *self.dst_slots.at_mut(p) = s;
+            self.dst_slots.put(p, |e| *e = s);
         }
     }
 
@@ -929,9 +951,9 @@ impl ExpectTable {
 
     fn chain_set_master(&mut self, b: usize, pred: u32, to: u32) {
         if pred == NIL {
-            *self.master_buckets.at_mut(b) = to;
+            self.master_buckets.put(b, |e| *e = to);
         } else {
-            self.nodes.at_mut(pred).h_next = to;
+            self.nodes.put(pred, |e| e.h_next = to);
         }
     }
 
@@ -939,24 +961,28 @@ impl ExpectTable {
         let m = self.nodes.at(i).exp.master;
         if let Some((_, h)) = self.master_find(m) {
             let t = self.nodes.at(h).m_prev;
-            self.nodes.at_mut(t).m_next = i;
-            self.nodes.at_mut(h).m_prev = i;
-            self.nodes.at_mut(h).m_count += 1;
-            let n = self.nodes.at_mut(i);
-            n.m_prev = t;
-            n.m_next = h;
+            self.nodes.put(t, |e| e.m_next = i);
+            self.nodes.put(h, |e| {
+                e.m_prev = i;
+                e.m_count += 1;
+            });
+            self.nodes.put(i, |n| {
+                n.m_prev = t;
+                n.m_next = h;
+            });
         } else {
             if self.masters + 1 > self.master_buckets.len() {
                 self.rehash_masters(self.master_buckets.len() * 2);
             }
             let b = self.master_bucket(m);
             let first = *self.master_buckets.at(b);
-            let n = self.nodes.at_mut(i);
-            n.m_prev = i;
-            n.m_next = i;
-            n.m_count = 1;
-            n.h_next = first;
-            *self.master_buckets.at_mut(b) = i;
+            self.nodes.put(i, |n| {
+                n.m_prev = i;
+                n.m_next = i;
+                n.m_count = 1;
+                n.h_next = first;
+            });
+            self.master_buckets.put(b, |e| *e = i);
             self.masters += 1;
         }
     }
@@ -976,18 +1002,19 @@ impl ExpectTable {
             self.masters -= 1;
             return;
         }
-        self.nodes.at_mut(p).m_next = n;
-        self.nodes.at_mut(n).m_prev = p;
+        self.nodes.put(p, |e| e.m_next = n);
+        self.nodes.put(n, |e| e.m_prev = p);
         if h == i {
             // The next oldest becomes the head.
             let (count, h_next) = (self.nodes.at(i).m_count, self.nodes.at(i).h_next);
-            let nn = self.nodes.at_mut(n);
-            nn.m_count = count.saturating_sub(1);
-            nn.h_next = h_next;
+            self.nodes.put(n, |nn| {
+                nn.m_count = count.saturating_sub(1);
+                nn.h_next = h_next;
+            });
             self.chain_set_master(b, pred, n);
         } else {
-            let hn = self.nodes.at_mut(h);
-            hn.m_count = hn.m_count.saturating_sub(1);
+            self.nodes
+                .put(h, |hn| hn.m_count = hn.m_count.saturating_sub(1));
         }
     }
 
@@ -1002,8 +1029,8 @@ impl ExpectTable {
             while i != NIL {
                 let next = self.nodes.at(i).h_next;
                 let b = self.master_bucket(self.nodes.at(i).exp.master);
-                self.nodes.at_mut(i).h_next = *self.master_buckets.at(b);
-                *self.master_buckets.at_mut(b) = i;
+                self.nodes.put(i, |e| e.h_next = *self.master_buckets.at(b));
+                self.master_buckets.put(b, |e| *e = i);
                 i = next;
             }
         }
@@ -1028,19 +1055,19 @@ impl ExpectTable {
         } else if loc & LOC_L1 != 0 {
             let s = (loc & !LOC_L1) as usize;
             if l.head == NIL {
-                *self.l1.at_mut(s) = TimerList::EMPTY_SORTED;
+                self.l1.put(s, |e| *e = TimerList::EMPTY_SORTED);
                 bit_clear(&mut self.l1_bits, s);
             } else {
-                *self.l1.at_mut(s) = l;
+                self.l1.put(s, |e| *e = l);
                 bit_set(&mut self.l1_bits, s);
             }
         } else {
             let s = loc as usize;
             if l.head == NIL {
-                *self.l0.at_mut(s) = TimerList::EMPTY;
+                self.l0.put(s, |e| *e = TimerList::EMPTY);
                 bit_clear(&mut self.l0_bits, s);
             } else {
-                *self.l0.at_mut(s) = l;
+                self.l0.put(s, |e| *e = l);
                 bit_set(&mut self.l0_bits, s);
             }
         }
@@ -1058,19 +1085,21 @@ impl ExpectTable {
             LOC_FAR
         };
         let mut l = self.list_get(loc);
-        self.nodes.at_mut(i).loc = loc;
+        self.nodes.put(i, |e| e.loc = loc);
         if l.head == NIL {
-            let n = self.nodes.at_mut(i);
-            n.t_prev = NIL;
-            n.t_next = NIL;
+            self.nodes.put(i, |n| {
+                n.t_prev = NIL;
+                n.t_next = NIL;
+            });
             l.head = i;
             l.tail = i;
         } else if !l.sorted {
             let t = l.tail;
-            self.nodes.at_mut(t).t_next = i;
-            let n = self.nodes.at_mut(i);
-            n.t_prev = t;
-            n.t_next = NIL;
+            self.nodes.put(t, |e| e.t_next = i);
+            self.nodes.put(i, |n| {
+                n.t_prev = t;
+                n.t_next = NIL;
+            });
             l.tail = i;
         } else {
             // Sorted list: walk back from the tail (no step for increasing deadlines);
@@ -1084,20 +1113,19 @@ impl ExpectTable {
             } else {
                 self.nodes.at(p).t_next
             };
-            {
-                let n = self.nodes.at_mut(i);
+            self.nodes.put(i, |n| {
                 n.t_prev = p;
                 n.t_next = next;
-            }
+            });
             if p == NIL {
                 l.head = i;
             } else {
-                self.nodes.at_mut(p).t_next = i;
+                self.nodes.put(p, |e| e.t_next = i);
             }
             if next == NIL {
                 l.tail = i;
             } else {
-                self.nodes.at_mut(next).t_prev = i;
+                self.nodes.put(next, |e| e.t_prev = i);
             }
         }
         l.min = l.min.min(e);
@@ -1111,12 +1139,12 @@ impl ExpectTable {
         if p == NIL {
             l.head = n;
         } else {
-            self.nodes.at_mut(p).t_next = n;
+            self.nodes.put(p, |e| e.t_next = n);
         }
         if n == NIL {
             l.tail = p;
         } else {
-            self.nodes.at_mut(n).t_prev = p;
+            self.nodes.put(n, |e| e.t_prev = p);
         }
         // An unsorted list keeps its (now possibly low) bound: still a valid lower bound.
         self.list_put(loc, l);
@@ -1179,14 +1207,14 @@ impl ExpectTable {
         scratch.sort_unstable_by_key(|&i| (nodes.at(i).exp.expires, i));
         let mut prev = NIL;
         for &i in &scratch {
-            self.nodes.at_mut(i).t_prev = prev;
+            self.nodes.put(i, |e| e.t_prev = prev);
             if prev != NIL {
-                self.nodes.at_mut(prev).t_next = i;
+                self.nodes.put(prev, |e| e.t_next = i);
             }
             prev = i;
         }
         if prev != NIL {
-            self.nodes.at_mut(prev).t_next = NIL;
+            self.nodes.put(prev, |e| e.t_next = NIL);
         }
         let l = self.l0.at_mut(s);
         if let (Some(&first), Some(&last)) = (scratch.first(), scratch.last()) {
