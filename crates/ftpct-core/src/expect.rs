@@ -336,6 +336,15 @@ impl<T: Copy> Slots<T> {
         }
     }
 
+    /// A copy of element `i`, or `blank` out of range (debug builds assert).
+    #[inline(always)]
+    fn val(&self, i: impl SlotIndex) -> T {
+        match self.v.get(i.slot()) {
+            Some(&x) => x,
+            None => *blank_read(&self.blank, i.slot()),
+        }
+    }
+
     /// Applies `f` to element `i`; out of range, does nothing (debug builds assert). Unlike
     /// [`Slots::at_mut`], the miss path does not merge with the hot one, so the compiler keeps
     /// the hot path to one compare and one store.
@@ -849,7 +858,7 @@ impl ExpectTable {
         let mask = self.dst_slots.len() - 1;
         let mut p = hash as usize & mask;
         loop {
-            let s = *self.dst_slots.at(p);
+            let s = self.dst_slots.val(p);
             if s == DST_EMPTY {
                 return None;
             }
@@ -869,7 +878,7 @@ impl ExpectTable {
         }
         let mask = self.dst_slots.len() - 1;
         let mut p = hash as usize & mask;
-        while *self.dst_slots.at(p) != DST_EMPTY {
+        while self.dst_slots.val(p) != DST_EMPTY {
             p = (p + 1) & mask;
         }
         self.dst_slots
@@ -890,7 +899,7 @@ impl ExpectTable {
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
-            let s = *self.dst_slots.at(j);
+            let s = self.dst_slots.val(j);
             if s == DST_EMPTY {
                 break;
             }
@@ -920,7 +929,7 @@ impl ExpectTable {
         let mask = self.dst_slots.len() - 1;
         for s in old.into_iter().filter(|&s| s != DST_EMPTY) {
             let mut p = (s >> 32) as usize & mask;
-            while *self.dst_slots.at(p) != DST_EMPTY {
+            while self.dst_slots.val(p) != DST_EMPTY {
                 p = (p + 1) & mask;
             }
             self.dst_slots.put(p, |e| *e = s);
@@ -937,7 +946,7 @@ impl ExpectTable {
     /// The master's oldest node and its predecessor in the hash chain (`NIL`: bucket head).
     fn master_find(&self, m: SessionId) -> Option<(u32, u32)> {
         let mut pred = NIL;
-        let mut i = *self.master_buckets.at(self.master_bucket(m));
+        let mut i = self.master_buckets.val(self.master_bucket(m));
         while i != NIL {
             let n = self.nodes.at(i);
             if n.exp.master == m {
@@ -975,7 +984,7 @@ impl ExpectTable {
                 self.rehash_masters(self.master_buckets.len() * 2);
             }
             let b = self.master_bucket(m);
-            let first = *self.master_buckets.at(b);
+            let first = self.master_buckets.val(b);
             self.nodes.put(i, |n| {
                 n.m_prev = i;
                 n.m_next = i;
@@ -988,16 +997,17 @@ impl ExpectTable {
     }
 
     fn master_unlink(&mut self, i: u32) {
-        let m = self.nodes.at(i).exp.master;
+        let node = self.nodes.at(i);
+        let (m, p, n) = (node.exp.master, node.m_prev, node.m_next);
+        let (count, h_next) = (node.m_count, node.h_next);
         let Some((pred, h)) = self.master_find(m) else {
             debug_assert!(false, "master_unlink: master not indexed");
             return;
         };
         let b = self.master_bucket(m);
-        let (p, n) = (self.nodes.at(i).m_prev, self.nodes.at(i).m_next);
         if n == i {
             // The master's only expectation.
-            let next_head = self.nodes.at(i).h_next;
+            let next_head = h_next;
             self.chain_set_master(b, pred, next_head);
             self.masters -= 1;
             return;
@@ -1006,7 +1016,6 @@ impl ExpectTable {
         self.nodes.put(n, |e| e.m_prev = p);
         if h == i {
             // The next oldest becomes the head.
-            let (count, h_next) = (self.nodes.at(i).m_count, self.nodes.at(i).h_next);
             self.nodes.put(n, |nn| {
                 nn.m_count = count.saturating_sub(1);
                 nn.h_next = h_next;
@@ -1029,7 +1038,7 @@ impl ExpectTable {
             while i != NIL {
                 let next = self.nodes.at(i).h_next;
                 let b = self.master_bucket(self.nodes.at(i).exp.master);
-                self.nodes.put(i, |e| e.h_next = *self.master_buckets.at(b));
+                self.nodes.put(i, |e| e.h_next = self.master_buckets.val(b));
                 self.master_buckets.put(b, |e| *e = i);
                 i = next;
             }
@@ -1042,9 +1051,9 @@ impl ExpectTable {
         if loc == LOC_FAR {
             self.far
         } else if loc & LOC_L1 != 0 {
-            *self.l1.at((loc & !LOC_L1) as usize)
+            self.l1.val((loc & !LOC_L1) as usize)
         } else {
-            *self.l0.at(loc as usize)
+            self.l0.val(loc as usize)
         }
     }
 
@@ -1133,9 +1142,9 @@ impl ExpectTable {
     }
 
     fn timer_unlink(&mut self, i: u32) {
-        let loc = self.nodes.at(i).loc;
+        let node = self.nodes.at(i);
+        let (loc, p, n) = (node.loc, node.t_prev, node.t_next);
         let mut l = self.list_get(loc);
-        let (p, n) = (self.nodes.at(i).t_prev, self.nodes.at(i).t_next);
         if p == NIL {
             l.head = n;
         } else {
@@ -1176,7 +1185,7 @@ impl ExpectTable {
     /// Removes the due nodes of the slot of the tick in progress.
     fn expire_current_tick(&mut self, now: u64, out: &mut Vec<(ExpectId, Expectation)>) {
         let s = (self.cur % L0_SLOTS) as usize;
-        let l = *self.l0.at(s);
+        let l = self.l0.val(s);
         if l.head == NIL {
             return;
         }
