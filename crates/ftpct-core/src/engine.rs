@@ -1885,7 +1885,9 @@ impl Engine {
     }
 
     fn count(&mut self, sid: SessionId, kind: MsgKind) {
-        self.stats.messages[kind as usize] += 1;
+        if let Some(n) = self.stats.messages.get_mut(kind as usize) {
+            *n += 1;
+        }
         self.event(Event::Message {
             id: sid,
             kind,
@@ -2629,8 +2631,10 @@ fn take_custody(d: &mut DirState, acked: u32) -> (Option<u32>, bool) {
 /// spaces; that of 227/229 at the first digit after the reply code (see `parser`).
 fn held_offset(dir: Dir, partial: &[u8], multiline: Option<u16>) -> Option<usize> {
     fn prefix_of(partial: &[u8], word: &[u8]) -> bool {
-        let n = partial.len().min(word.len());
-        partial[..n].eq_ignore_ascii_case(&word[..n])
+        partial
+            .iter()
+            .zip(word)
+            .all(|(a, b)| a.eq_ignore_ascii_case(b))
     }
     let off = match dir {
         Dir::Original => {
@@ -2645,7 +2649,10 @@ fn held_offset(dir: Dir, partial: &[u8], multiline: Option<u16>) -> Option<usize
             if !coded && !matches!(multiline, Some(227) | Some(229)) {
                 return None;
             }
-            let from = if partial.len() >= 3 && partial[..3].iter().all(u8::is_ascii_digit) {
+            let from = if partial
+                .get(..3)
+                .is_some_and(|c| c.iter().all(u8::is_ascii_digit))
+            {
                 3
             } else if coded {
                 // "22": the code itself is not complete yet

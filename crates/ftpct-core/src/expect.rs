@@ -50,7 +50,7 @@
 use std::collections::TryReserveError;
 use std::fmt::{self, Write as _};
 use std::hash::BuildHasher;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::hashkey::HashKey;
 use crate::types::{l3proto, SessionId, Timestamp};
@@ -154,8 +154,9 @@ const L0_SLOTS: u64 = 512;
 /// Level-1 slots (revolutions).
 const L1_SLOTS: u64 = 512;
 const BITMAP_WORDS: usize = 8;
-const _: () =
-    assert!(L0_SLOTS as usize == BITMAP_WORDS * 64 && L1_SLOTS as usize == BITMAP_WORDS * 64);
+/// Bits in an occupancy bitmap: one per wheel slot.
+const BITMAP_BITS: usize = BITMAP_WORDS * 64;
+const _: () = assert!(L0_SLOTS as usize == BITMAP_BITS && L1_SLOTS as usize == BITMAP_BITS);
 
 /// "No node" in every link.
 const NIL: u32 = u32::MAX;
@@ -193,6 +194,29 @@ struct Node {
     h_next: u32,
     /// Number of the master's expectations (meaningful on a master's oldest node only).
     m_count: u32,
+}
+
+impl Node {
+    /// What a read out of the slab's range gives (see [`Slots`]): free, every link `NIL`.
+    const BLANK: Node = Node {
+        exp: Expectation {
+            master: SessionId(0),
+            kind: ExpectKind::Port,
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            nat_to: None,
+            created: Timestamp(0),
+            expires: Timestamp(0),
+        },
+        gen: 0,
+        loc: LOC_FREE,
+        t_prev: NIL,
+        t_next: NIL,
+        m_prev: NIL,
+        m_next: NIL,
+        h_next: NIL,
+        m_count: 0,
+    };
 }
 
 /// A list of nodes in one timer-wheel slot (or the overflow list).
@@ -254,6 +278,135 @@ fn filled_vec<T: Copy>(len: usize, value: T) -> Result<Vec<T>, TryReserveError> 
     Ok(v)
 }
 
+/// An index into [`Slots`]: node indices are `u32`, wheel and hash positions `usize`.
+trait SlotIndex: Copy {
+    fn slot(self) -> usize;
+}
+
+impl SlotIndex for u32 {
+    #[inline(always)]
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl SlotIndex for usize {
+    #[inline(always)]
+    fn slot(self) -> usize {
+        self
+    }
+}
+
+/// A vector whose accessors cannot panic, for the slab, the hash indexes and the wheel levels.
+///
+/// Every index the table uses comes from its own links, which always name a live position;
+/// should that invariant ever break, a read out of range gives `blank` (whose links are all
+/// `NIL`/empty, so every walk stops there) and a write lands in `spare`, which is reset to
+/// `blank` first. Debug builds (hence the tests, including the model-based property test)
+/// assert instead. Each access costs the one bounds check an index would.
+#[derive(Clone, Debug)]
+struct Slots<T: Copy> {
+    v: Vec<T>,
+    blank: T,
+    spare: T,
+}
+
+impl<T: Copy> Slots<T> {
+    fn new(v: Vec<T>, blank: T) -> Self {
+        Slots {
+            v,
+            blank,
+            spare: blank,
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, i: impl SlotIndex) -> &T {
+        match self.v.get(i.slot()) {
+            Some(x) => x,
+            None => {
+                debug_assert!(
+                    false,
+                    "expectation table: read of slot {} out of range",
+                    i.slot()
+                );
+                &self.blank
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn at_mut(&mut self, i: impl SlotIndex) -> &mut T {
+        match self.v.get_mut(i.slot()) {
+            Some(x) => x,
+            None => spare_write(&mut self.spare, &self.blank, i.slot()),
+        }
+    }
+
+    /// A copy of element `i`, or `blank` out of range (debug builds assert).
+    #[inline(always)]
+    fn val(&self, i: impl SlotIndex) -> T {
+        match self.v.get(i.slot()) {
+            Some(&x) => x,
+            None => *blank_read(&self.blank, i.slot()),
+        }
+    }
+
+    /// Applies `f` to element `i`; out of range, does nothing (debug builds assert). Unlike
+    /// [`Slots::at_mut`], the miss path does not merge with the hot one, so the compiler keeps
+    /// the hot path to one compare and one store.
+    #[inline(always)]
+    fn put(&mut self, i: impl SlotIndex, f: impl FnOnce(&mut T)) {
+        match self.v.get_mut(i.slot()) {
+            Some(x) => f(x),
+            None => missed_write(i.slot()),
+        }
+    }
+
+    /// Swaps in a new vector (a rehash), returning the old one.
+    fn replace(&mut self, fresh: Vec<T>) -> Vec<T> {
+        std::mem::replace(&mut self.v, fresh)
+    }
+}
+
+/// The out-of-range read of [`Slots::val`], kept out of line so the hot path stays one
+/// compare and one load.
+#[cold]
+#[inline(never)]
+fn blank_read<T>(blank: &T, i: usize) -> &T {
+    debug_assert!(false, "expectation table: read of slot {i} out of range");
+    blank
+}
+
+/// The out-of-range write of [`Slots::put`]: dropped.
+#[cold]
+#[inline(never)]
+fn missed_write(i: usize) {
+    debug_assert!(false, "expectation table: write to slot {i} out of range");
+}
+
+/// The out-of-range write of [`Slots::at_mut`]: goes to `spare`, reset to `blank` first.
+#[cold]
+#[inline(never)]
+fn spare_write<'a, T: Copy>(spare: &'a mut T, blank: &T, i: usize) -> &'a mut T {
+    debug_assert!(false, "expectation table: write to slot {i} out of range");
+    *spare = *blank;
+    spare
+}
+
+impl<T: Copy> std::ops::Deref for Slots<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.v
+    }
+}
+
+impl<T: Copy> std::ops::DerefMut for Slots<T> {
+    fn deref_mut(&mut self) -> &mut Vec<T> {
+        &mut self.v
+    }
+}
+
 fn tick_of(t: u64) -> u64 {
     t / WHEEL_TICK_NS
 }
@@ -262,12 +415,29 @@ fn make_id(idx: u32, gen: u32) -> ExpectId {
     ExpectId((u64::from(gen) << 32) | u64::from(idx))
 }
 
+/// The bitmap word holding bit `s`; `s` is a wheel slot (below `BITMAP_BITS`), and the
+/// masking lets the compiler drop the bounds check.
+fn word_mut(bits: &mut [u64; BITMAP_WORDS], s: usize) -> Option<&mut u64> {
+    debug_assert!(s < BITMAP_BITS);
+    bits.get_mut((s % BITMAP_BITS) / 64)
+}
+
 fn bit_set(bits: &mut [u64; BITMAP_WORDS], s: usize) {
-    bits[s / 64] |= 1u64 << (s % 64);
+    if let Some(w) = word_mut(bits, s) {
+        *w |= 1u64 << (s % 64);
+    }
 }
 
 fn bit_clear(bits: &mut [u64; BITMAP_WORDS], s: usize) {
-    bits[s / 64] &= !(1u64 << (s % 64));
+    if let Some(w) = word_mut(bits, s) {
+        *w &= !(1u64 << (s % 64));
+    }
+}
+
+fn bit_test(bits: &[u64; BITMAP_WORDS], s: usize) -> bool {
+    debug_assert!(s < BITMAP_BITS);
+    bits.get((s % BITMAP_BITS) / 64)
+        .is_some_and(|w| w >> (s % 64) & 1 != 0)
 }
 
 fn bits_any(bits: &[u64; BITMAP_WORDS]) -> bool {
@@ -276,15 +446,15 @@ fn bits_any(bits: &[u64; BITMAP_WORDS]) -> bool {
 
 /// First set bit at or after `start`, wrapping around.
 fn first_set_circular(bits: &[u64; BITMAP_WORDS], start: usize) -> Option<usize> {
-    let start = start % (BITMAP_WORDS * 64);
+    let start = start % BITMAP_BITS;
     let (w0, b0) = (start / 64, start % 64);
-    let high = bits[w0] & (!0u64 << b0);
+    let high = bits.get(w0).map_or(0, |w| w & (!0u64 << b0));
     if high != 0 {
         return Some(w0 * 64 + high.trailing_zeros() as usize);
     }
     for k in 1..=BITMAP_WORDS {
         let w = (w0 + k) % BITMAP_WORDS;
-        let mut word = bits[w];
+        let mut word = bits.get(w).copied().unwrap_or(0);
         if k == BITMAP_WORDS {
             // Back at the starting word: only the bits below `start` are left.
             word &= !(!0u64 << b0);
@@ -301,7 +471,7 @@ fn first_set_in(bits: &[u64; BITMAP_WORDS], from: usize, to: usize) -> Option<us
     let mut s = from;
     while s <= to {
         let (w, b) = (s / 64, s % 64);
-        let word = bits[w] & (!0u64 << b);
+        let word = bits.get(w)? & (!0u64 << b);
         if word != 0 {
             let found = w * 64 + word.trailing_zeros() as usize;
             return (found <= to).then_some(found);
@@ -314,23 +484,23 @@ fn first_set_in(bits: &[u64; BITMAP_WORDS], from: usize, to: usize) -> Option<us
 /// The table.
 pub struct ExpectTable {
     limits: ExpectLimits,
-    nodes: Vec<Node>,
+    nodes: Slots<Node>,
     free_head: u32,
     len: usize,
     /// dst hash index, open addressing with linear probing (power-of-two length, at most half
     /// full): `hash32 << 32 | node`, or `DST_EMPTY`.
-    dst_slots: Vec<u64>,
+    dst_slots: Slots<u64>,
     hasher: HashKey,
     /// master hash index: bucket heads of master-head chains (`Node::h_next`).
-    master_buckets: Vec<u32>,
+    master_buckets: Slots<u32>,
     masters: usize,
     /// Wheel cursor: the tick in progress. Every level-0 deadline tick is in
     /// `cur..cur + L0_SLOTS`; every level-1 one in a later revolution less than `L1_SLOTS`
     /// revolutions ahead; the overflow list holds the rest.
     cur: u64,
-    l0: Vec<TimerList>,
+    l0: Slots<TimerList>,
     l0_bits: [u64; BITMAP_WORDS],
-    l1: Vec<TimerList>,
+    l1: Slots<TimerList>,
     l1_bits: [u64; BITMAP_WORDS],
     far: TimerList,
     /// Reused buffer for sorting a level-0 slot.
@@ -365,17 +535,20 @@ impl ExpectTable {
     pub fn with_key(limits: ExpectLimits, key: HashKey) -> Self {
         ExpectTable {
             limits,
-            nodes: Vec::new(),
+            nodes: Slots::new(Vec::new(), Node::BLANK),
             free_head: NIL,
             len: 0,
-            dst_slots: vec![DST_EMPTY; 2 * MIN_BUCKETS],
+            dst_slots: Slots::new(vec![DST_EMPTY; 2 * MIN_BUCKETS], DST_EMPTY),
             hasher: key,
-            master_buckets: vec![NIL; MIN_BUCKETS],
+            master_buckets: Slots::new(vec![NIL; MIN_BUCKETS], NIL),
             masters: 0,
             cur: 0,
-            l0: vec![TimerList::EMPTY; L0_SLOTS as usize],
+            l0: Slots::new(vec![TimerList::EMPTY; L0_SLOTS as usize], TimerList::EMPTY),
             l0_bits: [0; BITMAP_WORDS],
-            l1: vec![TimerList::EMPTY_SORTED; L1_SLOTS as usize],
+            l1: Slots::new(
+                vec![TimerList::EMPTY_SORTED; L1_SLOTS as usize],
+                TimerList::EMPTY_SORTED,
+            ),
             l1_bits: [0; BITMAP_WORDS],
             far: TimerList::EMPTY_SORTED,
             scratch: Vec::new(),
@@ -407,6 +580,7 @@ impl ExpectTable {
             .min(MAX_NODES);
         let free_slots = self.nodes.len() - self.len;
         self.nodes
+            .v
             .try_reserve_exact(want.saturating_sub(self.len).saturating_sub(free_slots))?;
         let buckets = want
             .checked_next_power_of_two()
@@ -436,7 +610,7 @@ impl ExpectTable {
     /// Number of live expectations of `master`.
     pub fn master_len(&self, master: SessionId) -> usize {
         match self.master_find(master) {
-            Some((_, h)) => self.nodes[h as usize].m_count as usize,
+            Some((_, h)) => self.nodes.at(h).m_count as usize,
             None => 0,
         }
     }
@@ -452,12 +626,12 @@ impl ExpectTable {
         let hash = self.dst_hash(&key);
         let existing = self.dst_find(&key, hash).map(|(_, i)| i);
         if let Some(e) = existing {
-            if self.nodes[e as usize].exp.master != exp.master {
+            if self.nodes.at(e).exp.master != exp.master {
                 return Err(InsertError::Clash);
             }
         }
         let head = self.master_find(exp.master).map(|(_, h)| h);
-        let mut count = head.map_or(0, |h| self.nodes[h as usize].m_count as usize);
+        let mut count = head.map_or(0, |h| self.nodes.at(h).m_count as usize);
         if existing.is_some() {
             count = count.saturating_sub(1);
         }
@@ -465,7 +639,7 @@ impl ExpectTable {
         let evict = match head {
             Some(h) if per != 0 && count >= per => {
                 if Some(h) == existing {
-                    Some(self.nodes[h as usize].m_next)
+                    Some(self.nodes.at(h).m_next)
                 } else {
                     Some(h)
                 }
@@ -494,7 +668,7 @@ impl ExpectTable {
         self.timer_place(i);
         self.len += 1;
         Ok(Inserted {
-            id: make_id(i, self.nodes[i as usize].gen),
+            id: make_id(i, self.nodes.at(i).gen),
             evicted,
             replaced,
         })
@@ -504,7 +678,7 @@ impl ExpectTable {
     pub fn lookup(&self, src: IpAddr, dst: SocketAddr) -> Option<(ExpectId, &Expectation)> {
         let key = DstKey::of(&dst);
         let (_, i) = self.dst_find(&key, self.dst_hash(&key))?;
-        let n = &self.nodes[i as usize];
+        let n = self.nodes.at(i);
         if n.exp.src == src || n.exp.src.is_unspecified() {
             Some((make_id(i, n.gen), &n.exp))
         } else {
@@ -512,7 +686,7 @@ impl ExpectTable {
         }
     }
     pub fn get(&self, id: ExpectId) -> Option<&Expectation> {
-        self.live_index(id).map(|i| &self.nodes[i as usize].exp)
+        self.live_index(id).map(|i| &self.nodes.at(i).exp)
     }
     /// Removes and returns an expectation (on use).
     pub fn remove(&mut self, id: ExpectId) -> Option<Expectation> {
@@ -525,12 +699,12 @@ impl ExpectTable {
             return;
         };
         let b = self.master_bucket(master);
-        let next_head = self.nodes[head as usize].h_next;
+        let next_head = self.nodes.at(head).h_next;
         self.chain_set_master(b, pred, next_head);
         self.masters -= 1;
         let mut i = head;
         loop {
-            let next = self.nodes[i as usize].m_next;
+            let next = self.nodes.at(i).m_next;
             self.timer_unlink(i);
             self.dst_unlink(i);
             out.push(self.free(i));
@@ -565,7 +739,7 @@ impl ExpectTable {
                     target = target.min(r);
                 }
                 if self.far.head != NIL {
-                    let dt = tick_of(self.nodes[self.far.head as usize].exp.expires.0);
+                    let dt = tick_of(self.nodes.at(self.far.head).exp.expires.0);
                     let pull = (dt / L0_SLOTS).saturating_sub(L1_SLOTS - 1);
                     target = target.min(pull.max(cur_rev + 1));
                 }
@@ -589,12 +763,12 @@ impl ExpectTable {
         // Level 0 (deadline ticks in `cur..cur + L0_SLOTS`) overlaps only the level-1 slot of
         // the next revolution; every later level-1 slot and the overflow list come after both.
         let next_rev = ((self.cur / L0_SLOTS + 1) % L1_SLOTS) as usize;
-        let l1_next = (self.l1_bits[next_rev / 64] >> (next_rev % 64) & 1 != 0)
-            .then(|| self.nodes[self.l1[next_rev].head as usize].exp.expires.0);
+        let l1_next = bit_test(&self.l1_bits, next_rev)
+            .then(|| self.nodes.at(self.l1.at(next_rev).head).exp.expires.0);
         if let Some(s) = first_set_circular(&self.l0_bits, (self.cur % L0_SLOTS) as usize) {
-            let l = &self.l0[s];
+            let l = self.l0.at(s);
             let t = if l.sorted {
-                self.nodes[l.head as usize].exp.expires.0
+                self.nodes.at(l.head).exp.expires.0
             } else {
                 l.min
             };
@@ -602,11 +776,11 @@ impl ExpectTable {
         }
         let start = ((self.cur / L0_SLOTS) % L1_SLOTS) as usize;
         if let Some(s) = first_set_circular(&self.l1_bits, start) {
-            let head = self.l1[s].head;
-            return Some(self.nodes[head as usize].exp.expires);
+            let head = self.l1.at(s).head;
+            return Some(self.nodes.at(head).exp.expires);
         }
         if self.far.head != NIL {
-            return Some(self.nodes[self.far.head as usize].exp.expires);
+            return Some(self.nodes.at(self.far.head).exp.expires);
         }
         None
     }
@@ -618,6 +792,7 @@ impl ExpectTable {
     /// All expectations, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (ExpectId, &Expectation)> + '_ {
         self.nodes
+            .v
             .iter()
             .enumerate()
             .filter(|(_, n)| n.loc != LOC_FREE)
@@ -637,7 +812,7 @@ impl ExpectTable {
     fn alloc(&mut self, exp: Expectation) -> u32 {
         if self.free_head != NIL {
             let i = self.free_head;
-            let n = &mut self.nodes[i as usize];
+            let n = self.nodes.at_mut(i);
             self.free_head = n.t_next;
             n.exp = exp;
             i
@@ -660,7 +835,7 @@ impl ExpectTable {
 
     /// Releases a slot already unlinked from every structure; returns its id and content.
     fn free(&mut self, i: u32) -> (ExpectId, Expectation) {
-        let n = &mut self.nodes[i as usize];
+        let n = self.nodes.at_mut(i);
         let out = (make_id(i, n.gen), n.exp);
         n.loc = LOC_FREE;
         n.gen = n.gen.wrapping_add(1);
@@ -690,13 +865,13 @@ impl ExpectTable {
         let mask = self.dst_slots.len() - 1;
         let mut p = hash as usize & mask;
         loop {
-            let s = self.dst_slots[p];
+            let s = self.dst_slots.val(p);
             if s == DST_EMPTY {
                 return None;
             }
             if (s >> 32) as u32 == hash {
                 let i = s as u32;
-                if DstKey::of(&self.nodes[i as usize].exp.dst) == *key {
+                if DstKey::of(&self.nodes.at(i).exp.dst) == *key {
                     return Some((p, i));
                 }
             }
@@ -710,14 +885,15 @@ impl ExpectTable {
         }
         let mask = self.dst_slots.len() - 1;
         let mut p = hash as usize & mask;
-        while self.dst_slots[p] != DST_EMPTY {
+        while self.dst_slots.val(p) != DST_EMPTY {
             p = (p + 1) & mask;
         }
-        self.dst_slots[p] = (u64::from(hash) << 32) | u64::from(i);
+        self.dst_slots
+            .put(p, |e| *e = (u64::from(hash) << 32) | u64::from(i));
     }
 
     fn dst_unlink(&mut self, i: u32) {
-        let key = DstKey::of(&self.nodes[i as usize].exp.dst);
+        let key = DstKey::of(&self.nodes.at(i).exp.dst);
         match self.dst_find(&key, self.dst_hash(&key)) {
             Some((p, found)) if found == i => self.dst_remove_at(p),
             _ => debug_assert!(false, "dst_unlink: node not indexed"),
@@ -730,7 +906,7 @@ impl ExpectTable {
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
-            let s = self.dst_slots[j];
+            let s = self.dst_slots.val(j);
             if s == DST_EMPTY {
                 break;
             }
@@ -742,11 +918,11 @@ impl ExpectTable {
                 hole < home || home <= j
             };
             if !stays {
-                self.dst_slots[hole] = s;
+                self.dst_slots.put(hole, |e| *e = s);
                 hole = j;
             }
         }
-        self.dst_slots[hole] = DST_EMPTY;
+        self.dst_slots.put(hole, |e| *e = DST_EMPTY);
     }
 
     /// Rebuilds the dst index with `slots` positions, from the stored hashes.
@@ -756,14 +932,14 @@ impl ExpectTable {
 
     /// Moves the dst index into `fresh` (all `DST_EMPTY`, power-of-two length).
     fn rehash_dst_into(&mut self, fresh: Vec<u64>) {
-        let old = std::mem::replace(&mut self.dst_slots, fresh);
+        let old = self.dst_slots.replace(fresh);
         let mask = self.dst_slots.len() - 1;
         for s in old.into_iter().filter(|&s| s != DST_EMPTY) {
             let mut p = (s >> 32) as usize & mask;
-            while self.dst_slots[p] != DST_EMPTY {
+            while self.dst_slots.val(p) != DST_EMPTY {
                 p = (p + 1) & mask;
             }
-            self.dst_slots[p] = s;
+            self.dst_slots.put(p, |e| *e = s);
         }
     }
 
@@ -777,9 +953,9 @@ impl ExpectTable {
     /// The master's oldest node and its predecessor in the hash chain (`NIL`: bucket head).
     fn master_find(&self, m: SessionId) -> Option<(u32, u32)> {
         let mut pred = NIL;
-        let mut i = self.master_buckets[self.master_bucket(m)];
+        let mut i = self.master_buckets.val(self.master_bucket(m));
         while i != NIL {
-            let n = &self.nodes[i as usize];
+            let n = self.nodes.at(i);
             if n.exp.master == m {
                 return Some((pred, i));
             }
@@ -791,68 +967,70 @@ impl ExpectTable {
 
     fn chain_set_master(&mut self, b: usize, pred: u32, to: u32) {
         if pred == NIL {
-            self.master_buckets[b] = to;
+            self.master_buckets.put(b, |e| *e = to);
         } else {
-            self.nodes[pred as usize].h_next = to;
+            self.nodes.put(pred, |e| e.h_next = to);
         }
     }
 
     fn master_link(&mut self, i: u32) {
-        let m = self.nodes[i as usize].exp.master;
+        let m = self.nodes.at(i).exp.master;
         if let Some((_, h)) = self.master_find(m) {
-            let t = self.nodes[h as usize].m_prev;
-            self.nodes[t as usize].m_next = i;
-            self.nodes[h as usize].m_prev = i;
-            self.nodes[h as usize].m_count += 1;
-            let n = &mut self.nodes[i as usize];
-            n.m_prev = t;
-            n.m_next = h;
+            let t = self.nodes.at(h).m_prev;
+            self.nodes.put(t, |e| e.m_next = i);
+            self.nodes.put(h, |e| {
+                e.m_prev = i;
+                e.m_count += 1;
+            });
+            self.nodes.put(i, |n| {
+                n.m_prev = t;
+                n.m_next = h;
+            });
         } else {
             if self.masters + 1 > self.master_buckets.len() {
                 self.rehash_masters(self.master_buckets.len() * 2);
             }
             let b = self.master_bucket(m);
-            let first = self.master_buckets[b];
-            let n = &mut self.nodes[i as usize];
-            n.m_prev = i;
-            n.m_next = i;
-            n.m_count = 1;
-            n.h_next = first;
-            self.master_buckets[b] = i;
+            let first = self.master_buckets.val(b);
+            self.nodes.put(i, |n| {
+                n.m_prev = i;
+                n.m_next = i;
+                n.m_count = 1;
+                n.h_next = first;
+            });
+            self.master_buckets.put(b, |e| *e = i);
             self.masters += 1;
         }
     }
 
     fn master_unlink(&mut self, i: u32) {
-        let m = self.nodes[i as usize].exp.master;
+        let node = self.nodes.at(i);
+        let (m, p, n) = (node.exp.master, node.m_prev, node.m_next);
+        let (count, h_next) = (node.m_count, node.h_next);
         let Some((pred, h)) = self.master_find(m) else {
             debug_assert!(false, "master_unlink: master not indexed");
             return;
         };
         let b = self.master_bucket(m);
-        let (p, n) = (self.nodes[i as usize].m_prev, self.nodes[i as usize].m_next);
         if n == i {
             // The master's only expectation.
-            let next_head = self.nodes[i as usize].h_next;
+            let next_head = h_next;
             self.chain_set_master(b, pred, next_head);
             self.masters -= 1;
             return;
         }
-        self.nodes[p as usize].m_next = n;
-        self.nodes[n as usize].m_prev = p;
+        self.nodes.put(p, |e| e.m_next = n);
+        self.nodes.put(n, |e| e.m_prev = p);
         if h == i {
             // The next oldest becomes the head.
-            let (count, h_next) = (
-                self.nodes[i as usize].m_count,
-                self.nodes[i as usize].h_next,
-            );
-            let nn = &mut self.nodes[n as usize];
-            nn.m_count = count.saturating_sub(1);
-            nn.h_next = h_next;
+            self.nodes.put(n, |nn| {
+                nn.m_count = count.saturating_sub(1);
+                nn.h_next = h_next;
+            });
             self.chain_set_master(b, pred, n);
         } else {
-            let hn = &mut self.nodes[h as usize];
-            hn.m_count = hn.m_count.saturating_sub(1);
+            self.nodes
+                .put(h, |hn| hn.m_count = hn.m_count.saturating_sub(1));
         }
     }
 
@@ -862,13 +1040,13 @@ impl ExpectTable {
 
     /// Moves the master index into `fresh` (all `NIL`, power-of-two length).
     fn rehash_masters_into(&mut self, fresh: Vec<u32>) {
-        let old = std::mem::replace(&mut self.master_buckets, fresh);
+        let old = self.master_buckets.replace(fresh);
         for mut i in old {
             while i != NIL {
-                let next = self.nodes[i as usize].h_next;
-                let b = self.master_bucket(self.nodes[i as usize].exp.master);
-                self.nodes[i as usize].h_next = self.master_buckets[b];
-                self.master_buckets[b] = i;
+                let next = self.nodes.at(i).h_next;
+                let b = self.master_bucket(self.nodes.at(i).exp.master);
+                self.nodes.put(i, |e| e.h_next = self.master_buckets.val(b));
+                self.master_buckets.put(b, |e| *e = i);
                 i = next;
             }
         }
@@ -880,9 +1058,9 @@ impl ExpectTable {
         if loc == LOC_FAR {
             self.far
         } else if loc & LOC_L1 != 0 {
-            self.l1[(loc & !LOC_L1) as usize]
+            self.l1.val((loc & !LOC_L1) as usize)
         } else {
-            self.l0[loc as usize]
+            self.l0.val(loc as usize)
         }
     }
 
@@ -893,19 +1071,19 @@ impl ExpectTable {
         } else if loc & LOC_L1 != 0 {
             let s = (loc & !LOC_L1) as usize;
             if l.head == NIL {
-                self.l1[s] = TimerList::EMPTY_SORTED;
+                self.l1.put(s, |e| *e = TimerList::EMPTY_SORTED);
                 bit_clear(&mut self.l1_bits, s);
             } else {
-                self.l1[s] = l;
+                self.l1.put(s, |e| *e = l);
                 bit_set(&mut self.l1_bits, s);
             }
         } else {
             let s = loc as usize;
             if l.head == NIL {
-                self.l0[s] = TimerList::EMPTY;
+                self.l0.put(s, |e| *e = TimerList::EMPTY);
                 bit_clear(&mut self.l0_bits, s);
             } else {
-                self.l0[s] = l;
+                self.l0.put(s, |e| *e = l);
                 bit_set(&mut self.l0_bits, s);
             }
         }
@@ -913,7 +1091,7 @@ impl ExpectTable {
 
     /// Puts node `i` on the timer list its deadline belongs to, relative to the cursor.
     fn timer_place(&mut self, i: u32) {
-        let e = self.nodes[i as usize].exp.expires.0;
+        let e = self.nodes.at(i).exp.expires.0;
         let dt = tick_of(e).max(self.cur);
         let loc = if dt - self.cur < L0_SLOTS {
             (dt % L0_SLOTS) as u32
@@ -923,46 +1101,47 @@ impl ExpectTable {
             LOC_FAR
         };
         let mut l = self.list_get(loc);
-        self.nodes[i as usize].loc = loc;
+        self.nodes.put(i, |e| e.loc = loc);
         if l.head == NIL {
-            let n = &mut self.nodes[i as usize];
-            n.t_prev = NIL;
-            n.t_next = NIL;
+            self.nodes.put(i, |n| {
+                n.t_prev = NIL;
+                n.t_next = NIL;
+            });
             l.head = i;
             l.tail = i;
         } else if !l.sorted {
             let t = l.tail;
-            self.nodes[t as usize].t_next = i;
-            let n = &mut self.nodes[i as usize];
-            n.t_prev = t;
-            n.t_next = NIL;
+            self.nodes.put(t, |e| e.t_next = i);
+            self.nodes.put(i, |n| {
+                n.t_prev = t;
+                n.t_next = NIL;
+            });
             l.tail = i;
         } else {
             // Sorted list: walk back from the tail (no step for increasing deadlines);
             // equal deadlines keep insertion order.
             let mut p = l.tail;
-            while p != NIL && self.nodes[p as usize].exp.expires.0 > e {
-                p = self.nodes[p as usize].t_prev;
+            while p != NIL && self.nodes.at(p).exp.expires.0 > e {
+                p = self.nodes.at(p).t_prev;
             }
             let next = if p == NIL {
                 l.head
             } else {
-                self.nodes[p as usize].t_next
+                self.nodes.at(p).t_next
             };
-            {
-                let n = &mut self.nodes[i as usize];
+            self.nodes.put(i, |n| {
                 n.t_prev = p;
                 n.t_next = next;
-            }
+            });
             if p == NIL {
                 l.head = i;
             } else {
-                self.nodes[p as usize].t_next = i;
+                self.nodes.put(p, |e| e.t_next = i);
             }
             if next == NIL {
                 l.tail = i;
             } else {
-                self.nodes[next as usize].t_prev = i;
+                self.nodes.put(next, |e| e.t_prev = i);
             }
         }
         l.min = l.min.min(e);
@@ -970,18 +1149,18 @@ impl ExpectTable {
     }
 
     fn timer_unlink(&mut self, i: u32) {
-        let loc = self.nodes[i as usize].loc;
+        let node = self.nodes.at(i);
+        let (loc, p, n) = (node.loc, node.t_prev, node.t_next);
         let mut l = self.list_get(loc);
-        let (p, n) = (self.nodes[i as usize].t_prev, self.nodes[i as usize].t_next);
         if p == NIL {
             l.head = n;
         } else {
-            self.nodes[p as usize].t_next = n;
+            self.nodes.put(p, |e| e.t_next = n);
         }
         if n == NIL {
             l.tail = p;
         } else {
-            self.nodes[n as usize].t_prev = p;
+            self.nodes.put(n, |e| e.t_prev = p);
         }
         // An unsorted list keeps its (now possibly low) bound: still a valid lower bound.
         self.list_put(loc, l);
@@ -997,10 +1176,10 @@ impl ExpectTable {
         let hi = ((to - 1) % L0_SLOTS) as usize;
         let mut s = lo;
         while let Some(found) = first_set_in(&self.l0_bits, s, hi) {
-            let mut i = self.l0[found].head;
+            let mut i = self.l0.at(found).head;
             self.list_put(found as u32, TimerList::EMPTY);
             while i != NIL {
-                let next = self.nodes[i as usize].t_next;
+                let next = self.nodes.at(i).t_next;
                 self.dst_unlink(i);
                 self.master_unlink(i);
                 out.push(self.free(i));
@@ -1013,7 +1192,7 @@ impl ExpectTable {
     /// Removes the due nodes of the slot of the tick in progress.
     fn expire_current_tick(&mut self, now: u64, out: &mut Vec<(ExpectId, Expectation)>) {
         let s = (self.cur % L0_SLOTS) as usize;
-        let l = self.l0[s];
+        let l = self.l0.val(s);
         if l.head == NIL {
             return;
         }
@@ -1024,8 +1203,8 @@ impl ExpectTable {
             self.sort_l0(s);
         }
         loop {
-            let h = self.l0[s].head;
-            if h == NIL || self.nodes[h as usize].exp.expires.0 > now {
+            let h = self.l0.at(s).head;
+            if h == NIL || self.nodes.at(h).exp.expires.0 > now {
                 break;
             }
             out.push(self.remove_index(h));
@@ -1035,29 +1214,29 @@ impl ExpectTable {
     fn sort_l0(&mut self, s: usize) {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let mut i = self.l0[s].head;
+        let mut i = self.l0.at(s).head;
         while i != NIL {
             scratch.push(i);
-            i = self.nodes[i as usize].t_next;
+            i = self.nodes.at(i).t_next;
         }
         let nodes = &self.nodes;
-        scratch.sort_unstable_by_key(|&i| (nodes[i as usize].exp.expires, i));
+        scratch.sort_unstable_by_key(|&i| (nodes.at(i).exp.expires, i));
         let mut prev = NIL;
         for &i in &scratch {
-            self.nodes[i as usize].t_prev = prev;
+            self.nodes.put(i, |e| e.t_prev = prev);
             if prev != NIL {
-                self.nodes[prev as usize].t_next = i;
+                self.nodes.put(prev, |e| e.t_next = i);
             }
             prev = i;
         }
         if prev != NIL {
-            self.nodes[prev as usize].t_next = NIL;
+            self.nodes.put(prev, |e| e.t_next = NIL);
         }
-        let l = &mut self.l0[s];
+        let l = self.l0.at_mut(s);
         if let (Some(&first), Some(&last)) = (scratch.first(), scratch.last()) {
             l.head = first;
             l.tail = last;
-            l.min = self.nodes[first as usize].exp.expires.0;
+            l.min = self.nodes.at(first).exp.expires.0;
         }
         l.sorted = true;
         self.scratch = scratch;
@@ -1069,18 +1248,18 @@ impl ExpectTable {
     fn enter_revolution(&mut self) {
         let rev = self.cur / L0_SLOTS;
         let s = (rev % L1_SLOTS) as usize;
-        let mut i = self.l1[s].head;
+        let mut i = self.l1.at(s).head;
         if i != NIL {
             self.list_put(LOC_L1 | s as u32, TimerList::EMPTY_SORTED);
             while i != NIL {
-                let next = self.nodes[i as usize].t_next;
+                let next = self.nodes.at(i).t_next;
                 self.timer_place(i);
                 i = next;
             }
         }
         while self.far.head != NIL {
             let h = self.far.head;
-            let dt = tick_of(self.nodes[h as usize].exp.expires.0).max(self.cur);
+            let dt = tick_of(self.nodes.at(h).exp.expires.0).max(self.cur);
             if dt / L0_SLOTS - rev >= L1_SLOTS {
                 break;
             }

@@ -284,8 +284,11 @@ fn put32(buf: &mut [u8], at: usize, v: u32) -> Result<(), PacketError> {
 }
 
 fn get32(buf: &[u8], at: usize) -> Result<u32, PacketError> {
-    let b = buf.get(at..at + 4).ok_or(PacketError::BadTcp)?;
-    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    let b = buf
+        .get(at..)
+        .and_then(<[u8]>::first_chunk::<4>)
+        .ok_or(PacketError::BadTcp)?;
+    Ok(u32::from_be_bytes(*b))
 }
 
 #[cfg(test)]

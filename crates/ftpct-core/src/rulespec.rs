@@ -844,7 +844,7 @@ pub fn split_rule_line(line: &str) -> Vec<String> {
 /// Whether the arguments of a rule carry exactly ftpct's comment.
 pub fn has_our_comment(args: &[String]) -> bool {
     args.windows(2)
-        .any(|w| w[0] == "--comment" && w[1] == COMMENT)
+        .any(|w| matches!(w, [flag, text] if flag == "--comment" && text == COMMENT))
 }
 
 impl Group {

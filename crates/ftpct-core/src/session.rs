@@ -444,12 +444,20 @@ impl Session {
 
     /// One direction's state.
     pub fn dir(&self, d: Dir) -> &DirState {
-        &self.dirs[d.index()]
+        let [original, reply] = &self.dirs;
+        match d {
+            Dir::Original => original,
+            Dir::Reply => reply,
+        }
     }
 
     /// One direction's state, to change.
     pub fn dir_mut(&mut self, d: Dir) -> &mut DirState {
-        &mut self.dirs[d.index()]
+        let [original, reply] = &mut self.dirs;
+        match d {
+            Dir::Original => original,
+            Dir::Reply => reply,
+        }
     }
 
     /// Closed: RST, or FIN in both directions.

@@ -89,6 +89,13 @@ pub struct Stats {
     pub sessions_evicted_with_state: u64,
 }
 
+impl Stats {
+    /// The count of one kind of FTP message.
+    pub fn message(&self, kind: MsgKind) -> u64 {
+        self.messages.get(kind as usize).copied().unwrap_or(0)
+    }
+}
+
 /// The Prometheus type of a metric family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -341,16 +348,14 @@ pub static COUNTERS: &[Counter<Read>] = &[
     Counter::both("packets_malformed", &PACKETS_MALFORMED, "", |s| {
         s.packets_malformed
     }),
-    Counter::metric(&MESSAGES, "port", |s| s.messages[MsgKind::Port as usize]),
-    Counter::metric(&MESSAGES, "eprt", |s| s.messages[MsgKind::Eprt as usize]),
-    Counter::metric(&MESSAGES, "pasv", |s| s.messages[MsgKind::Pasv as usize]),
-    Counter::metric(&MESSAGES, "epsv", |s| s.messages[MsgKind::Epsv as usize]),
-    Counter::metric(&MESSAGES, "227", |s| s.messages[MsgKind::Reply227 as usize]),
-    Counter::metric(&MESSAGES, "229", |s| s.messages[MsgKind::Reply229 as usize]),
-    Counter::metric(&MESSAGES, "auth_tls", |s| {
-        s.messages[MsgKind::AuthTls as usize]
-    }),
-    Counter::metric(&MESSAGES, "234", |s| s.messages[MsgKind::Reply234 as usize]),
+    Counter::metric(&MESSAGES, "port", |s| s.message(MsgKind::Port)),
+    Counter::metric(&MESSAGES, "eprt", |s| s.message(MsgKind::Eprt)),
+    Counter::metric(&MESSAGES, "pasv", |s| s.message(MsgKind::Pasv)),
+    Counter::metric(&MESSAGES, "epsv", |s| s.message(MsgKind::Epsv)),
+    Counter::metric(&MESSAGES, "227", |s| s.message(MsgKind::Reply227)),
+    Counter::metric(&MESSAGES, "229", |s| s.message(MsgKind::Reply229)),
+    Counter::metric(&MESSAGES, "auth_tls", |s| s.message(MsgKind::AuthTls)),
+    Counter::metric(&MESSAGES, "234", |s| s.message(MsgKind::Reply234)),
     Counter::both("packets_untracked", &PACKETS_UNTRACKED, "", |s| s.untracked),
     Counter::both("rewrites", &REWRITES, "", |s| s.rewrites),
     Counter::both("expect_created", &EXPECTATION_EVENTS, "created", |s| {
