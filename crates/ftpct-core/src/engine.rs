@@ -800,6 +800,8 @@ impl Engine {
 
     /// Gives the events pushed since `from` that name a line (still [`LineRef::NONE`]) the
     /// line `line` at `pos`, copying it once.
+    #[cold]
+    #[inline(never)]
     fn name_line(&mut self, from: usize, line: &[u8], pos: u32) {
         let mut named: Option<LineRef> = None;
         for i in from..self.events.len() {
@@ -1867,7 +1869,7 @@ impl Engine {
                         Dir::Original => self.on_command(sid, &line, at, no_rewrite),
                         Dir::Reply => self.on_reply(sid, &line, at, no_rewrite),
                     }
-                    if self.keep_lines && self.events.len() > queued {
+                    if self.keep_lines {
                         self.name_line(queued, &line, at);
                     }
                 }
