@@ -64,9 +64,13 @@ pub struct ExpectId(pub u64);
 /// What kind of message created the expectation (for logs and the `sessions` listing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExpectKind {
+    /// Announced by `PORT` (the server connects to the client).
     Port,
+    /// Announced by `EPRT` (the server connects to the client).
     Eprt,
+    /// Announced by a 227 reply (the client connects to the server).
     Pasv227,
+    /// Announced by a 229 reply (the client connects to the server).
     Epsv229,
 }
 
@@ -85,7 +89,9 @@ impl ExpectKind {
 /// One expected data connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expectation {
+    /// The control session that announced it.
     pub master: SessionId,
+    /// How it was announced.
     pub kind: ExpectKind,
     /// Source address the SYN must come from (the source port is a wildcard).
     /// The unspecified address (`0.0.0.0` or `::`) matches any source.
@@ -96,7 +102,9 @@ pub struct Expectation {
     pub dst: SocketAddr,
     /// DNAT target for the data connection (the private endpoint), if the message was rewritten.
     pub nat_to: Option<SocketAddr>,
+    /// When it was created.
     pub created: Timestamp,
+    /// When it expires unused.
     pub expires: Timestamp,
 }
 
@@ -116,6 +124,7 @@ pub enum InsertError {
 /// Result of a successful insert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Inserted {
+    /// The new expectation's id.
     pub id: ExpectId,
     /// The master's oldest expectation, removed to respect the per-session limit (as the kernel
     /// evicts the oldest when `max_expected` is reached).
@@ -554,6 +563,7 @@ impl ExpectTable {
             scratch: Vec::new(),
         }
     }
+    /// The limits in force.
     pub fn limits(&self) -> ExpectLimits {
         self.limits
     }
@@ -562,9 +572,11 @@ impl ExpectTable {
     pub fn set_limits(&mut self, limits: ExpectLimits) {
         self.limits = limits;
     }
+    /// Expectations in the table.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// True when the table is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -685,6 +697,7 @@ impl ExpectTable {
             None
         }
     }
+    /// The expectation with this id, if it is still there.
     pub fn get(&self, id: ExpectId) -> Option<&Expectation> {
         self.live_index(id).map(|i| &self.nodes.at(i).exp)
     }

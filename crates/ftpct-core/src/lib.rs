@@ -13,6 +13,7 @@
 //! restored sessions against conntrack, the kernel work a restore needs).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 // No panic on any input: no unwrap, expect or panic outside tests.
 #![cfg_attr(
     not(test),

@@ -3,7 +3,7 @@
 //! [`describe`] is the one place that says, for each event variant, its name (the JSON
 //! `type`), its level, its `ftpct events` line (tag and text, in the spirit of
 //! `conntrack -E`), the prose of its log line, and its fields (key and value, with the labels
-//! the enums define: [`Dir::label`], [`ExpectKind::label`], [`EndReason::label`], ...). It
+//! the enums define: [`Dir::label`], [`ExpectKind::label`], [`EndReason::label`](crate::engine::EndReason::label), ...). It
 //! hands them to a [`Sink`], which keeps what its output needs:
 //!
 //! - [`EventsLine`]: the `ftpct events` line (the control socket's stream);

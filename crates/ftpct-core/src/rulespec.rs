@@ -346,7 +346,7 @@ pub enum SpecError {
 
 /// Whether `name` can name a set of `backend`: an ipset (the iptables backends: what ipset and
 /// iptables' set match accept) or an nft set in `table inet ftpct` (an nft identifier). The one
-/// check of `ftpct rules` and of the configuration file ([`crate::config`]).
+/// check of `ftpct rules` and of the configuration file (`config.rs` in the ftpct crate).
 pub fn check_set_name(name: &str, backend: Backend) -> Result<(), SpecError> {
     if backend == Backend::Nft {
         let mut cs = name.chars();
