@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -1267,86 +1267,15 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     } else {
         DataSets::Ipset(open_ipsets(&settings, &spec, opts.config_path.as_deref())?)
     };
-    let rule_watch = if settings.rule_check_interval.is_zero() {
-        info!("rule check off (rule_check_interval = 0): a removal of ftpct's firewall rules is not reported");
-        None
-    } else {
-        let watch = Checker::new(&spec, opts.config_path.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|checker| {
-                let nft = NfTables::open().map_err(|e| e.to_string())?;
-                Ok(RuleWatch { nft, checker })
-            });
-        match watch {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(error = %e, "rule check unavailable: a removal of ftpct's firewall rules will not be reported");
-                None
-            }
-        }
-    };
-    // The directories that this start creates (and may hand over to the unprivileged user).
+    let rule_watch = open_rule_watch(&settings, &spec, opts.config_path.as_deref());
     let state_path = settings.state_path();
-    let mut created: Vec<PathBuf> = Vec::new();
-    for p in [&settings.socket, &state_path] {
-        if let Some(d) = p.parent() {
-            if !d.as_os_str().is_empty() && !d.exists() && !created.iter().any(|c| c == d) {
-                created.push(d.to_path_buf());
-            }
-        }
-    }
+    let created = dirs_to_create(&settings, &state_path);
     let listener = bind_control_socket(&settings.socket)?;
     let mut engine = Engine::new(crate::engine::Config {
         hash_key: random_hash_key(),
         ..settings.engine_config()
     });
-    let mut state_refused = 0;
-    let state = match StateFile::open(&state_path, &mut engine, monotonic_now()) {
-        Ok((sf, report)) => {
-            if report.stale {
-                info!(state = %state_path.display(), "state file from another boot (or unreadable header) ignored");
-            } else if report.records == 0 {
-                info!(state = %state_path.display(), "no saved state");
-            } else {
-                info!(
-                    state = %state_path.display(),
-                    records = report.records,
-                    sessions = report.sessions,
-                    expectations = report.expectations,
-                    "state restored"
-                );
-            }
-            if report.torn_tail {
-                info!(state = %state_path.display(), "the last state record was cut short (the daemon died while writing it, before its packet's verdict); ignored");
-            }
-            if !sf.is_mapped() {
-                info!(state = %state_path.display(), "state file cannot be preallocated and mapped here; appending with write(2)");
-            }
-            if let Some(line) = report.corrupt_at {
-                warn!(state = %state_path.display(), line, "state file corrupt from this line on; the rest was ignored");
-            }
-            if report.not_a_file {
-                warn!(state = %state_path.display(), "not a regular file (a symbolic link, a FIFO...): not read, replaced by the new state file");
-            }
-            for r in &report.refusals {
-                warn!(
-                    state = %state_path.display(),
-                    line = r.line,
-                    count = r.count,
-                    reason = %r.first,
-                    "state file records refused (not restored): they break a rule the daemon \
-                     keeps for live traffic (the file was edited, or the configuration changed \
-                     since); the reason is the first one's"
-                );
-            }
-            state_refused = report.refused as u64;
-            Some(sf)
-        }
-        Err(e) => {
-            error!(error = %e, "running without a state file: a restart will lose live sessions");
-            None
-        }
-    };
+    let (state, state_refused) = open_state(&state_path, &mut engine);
     let (events_tx, _) = broadcast::channel(1024);
     let metrics_listener = match settings.metrics {
         Some(addr) => Some(
@@ -1434,71 +1363,7 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         };
         tokio::select! {
             ready = queue.readable_mut() => {
-                let mut guard = match ready {
-                    Ok(g) => g,
-                    Err(e) => {
-                        // Only if tokio's I/O driver lost the socket: never seen. Counted, and
-                        // retried after a pause (not in a hot loop); lasting, it is fatal.
-                        let now = monotonic_now();
-                        shell.stats.queue_poll_errors += 1;
-                        if let Some(n) = shell.poll_error_log.hit(now) {
-                            error!(
-                                error = %e,
-                                count = n,
-                                "waiting for the NFQUEUE socket failed; retrying in 100 ms \
-                                 (counted in queue_poll_errors). If it repeats, check the \
-                                 process's file descriptor limit and free memory; ftpct exits \
-                                 after {}s of failures so that systemd restarts it",
-                                ErrorStreak::GIVE_UP.as_secs()
-                            );
-                        }
-                        if poll_streak.error(now) {
-                            return Err(DaemonError::QueueFailing {
-                                count: poll_streak.count(),
-                                secs: poll_streak.secs(now),
-                                last: e.to_string(),
-                            });
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                poll_streak.ok();
-                // Drain what is there, bounded so that timers and the control socket still run.
-                for _ in 0..256 {
-                    let q = guard.get_inner_mut();
-                    let t0 = Instant::now();
-                    match q.recv() {
-                        Ok(Some(pkt)) => {
-                            recv_streak.ok();
-                            shell.process(q, pkt, t0);
-                        }
-                        Ok(None) => {
-                            recv_streak.ok();
-                            guard.clear_ready();
-                            break;
-                        }
-                        Err(e) if e.is_fatal() => return Err(e.into()),
-                        Err(e) => {
-                            let now = monotonic_now();
-                            shell.queue_error(&e, now);
-                            if recv_streak.error(now) {
-                                return Err(DaemonError::QueueFailing {
-                                    count: recv_streak.count(),
-                                    secs: recv_streak.secs(now),
-                                    last: e.to_string(),
-                                });
-                            }
-                            if recv_streak.count() % ErrorStreak::MIN_ERRORS == 0 {
-                                // nothing but errors: let the rest of the loop run
-                                break;
-                            }
-                        }
-                    }
-                }
-                if recv_streak.count() >= ErrorStreak::MIN_ERRORS {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                on_queue_readable(&mut shell, ready, &mut recv_streak, &mut poll_streak).await?;
             }
             _ = sleep => {
                 shell.engine.handle_timeout(monotonic_now());
@@ -1536,36 +1401,214 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             Some((req, reply)) = rx.recv() => {
                 let _ = reply.send(shell.answer(req));
             }
-            _ = hup.recv() => {
-                sd_notify(notify::reloading(), "RELOADING");
-                match &opts.config_path {
-                    Some(p) => match config::load(p) {
-                        Ok(mut new) => {
-                            for w in &new.warnings {
-                                warn!("{w}");
-                            }
-                            opts.overrides.apply(&mut new);
-                            let (merged, ignored) = settings.reloaded(new);
-                            shell.engine.reconfigure(merged.engine_config());
-                            shell.settings = merged.clone();
-                            settings = merged;
-                            info!(config = %p.display(), "configuration reloaded; live sessions and expectations kept");
-                            if !ignored.is_empty() {
-                                warn!(keys = ?ignored, "changed in the file but applied only at restart \
-                                       (`systemctl restart ftpct`; with the rules: see ftpct.conf(5))");
-                            }
-                        }
-                        Err(e) => error!(error = %e, "reload failed; keeping the running configuration"),
-                    },
-                    None => info!("SIGHUP: no --config file to reload"),
-                }
-                sd_notify(notify::ready(), "READY");
-                sd_notify(notify::status(&status_line(&settings)), "STATUS");
-            }
+            _ = hup.recv() => reload(&mut shell, &mut settings, &opts),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    shut_down(&mut shell, &opts);
+    Ok(())
+}
+
+/// The queue's socket is readable (or waiting for it failed): drains what is there, bounded
+/// so that timers and the control socket still run. A lasting streak of errors is fatal (so
+/// that systemd restarts the daemon).
+async fn on_queue_readable(
+    shell: &mut Shell,
+    ready: std::io::Result<AsyncFdReadyMutGuard<'_, NfQueue>>,
+    recv_streak: &mut ErrorStreak,
+    poll_streak: &mut ErrorStreak,
+) -> Result<(), DaemonError> {
+    let mut guard = match ready {
+        Ok(g) => g,
+        Err(e) => {
+            // Only if tokio's I/O driver lost the socket: never seen. Counted, and
+            // retried after a pause (not in a hot loop); lasting, it is fatal.
+            let now = monotonic_now();
+            shell.stats.queue_poll_errors += 1;
+            if let Some(n) = shell.poll_error_log.hit(now) {
+                error!(
+                    error = %e,
+                    count = n,
+                    "waiting for the NFQUEUE socket failed; retrying in 100 ms \
+                     (counted in queue_poll_errors). If it repeats, check the \
+                     process's file descriptor limit and free memory; ftpct exits \
+                     after {}s of failures so that systemd restarts it",
+                    ErrorStreak::GIVE_UP.as_secs()
+                );
+            }
+            if poll_streak.error(now) {
+                return Err(DaemonError::QueueFailing {
+                    count: poll_streak.count(),
+                    secs: poll_streak.secs(now),
+                    last: e.to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Ok(());
+        }
+    };
+    poll_streak.ok();
+    // Drain what is there, bounded so that timers and the control socket still run.
+    for _ in 0..256 {
+        let q = guard.get_inner_mut();
+        let t0 = Instant::now();
+        match q.recv() {
+            Ok(Some(pkt)) => {
+                recv_streak.ok();
+                shell.process(q, pkt, t0);
+            }
+            Ok(None) => {
+                recv_streak.ok();
+                guard.clear_ready();
+                break;
+            }
+            Err(e) if e.is_fatal() => return Err(e.into()),
+            Err(e) => {
+                let now = monotonic_now();
+                shell.queue_error(&e, now);
+                if recv_streak.error(now) {
+                    return Err(DaemonError::QueueFailing {
+                        count: recv_streak.count(),
+                        secs: recv_streak.secs(now),
+                        last: e.to_string(),
+                    });
+                }
+                if recv_streak.count() % ErrorStreak::MIN_ERRORS == 0 {
+                    // nothing but errors: let the rest of the loop run
+                    break;
+                }
+            }
+        }
+    }
+    if recv_streak.count() >= ErrorStreak::MIN_ERRORS {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Opens the state file and restores what it holds into `engine`, logging what was found;
+/// also the number of records refused. Without a state file the daemon runs on, said loudly.
+fn open_state(state_path: &Path, engine: &mut Engine) -> (Option<StateFile>, u64) {
+    match StateFile::open(state_path, engine, monotonic_now()) {
+        Ok((sf, report)) => {
+            if report.stale {
+                info!(state = %state_path.display(), "state file from another boot (or unreadable header) ignored");
+            } else if report.records == 0 {
+                info!(state = %state_path.display(), "no saved state");
+            } else {
+                info!(
+                    state = %state_path.display(),
+                    records = report.records,
+                    sessions = report.sessions,
+                    expectations = report.expectations,
+                    "state restored"
+                );
+            }
+            if report.torn_tail {
+                info!(state = %state_path.display(), "the last state record was cut short (the daemon died while writing it, before its packet's verdict); ignored");
+            }
+            if !sf.is_mapped() {
+                info!(state = %state_path.display(), "state file cannot be preallocated and mapped here; appending with write(2)");
+            }
+            if let Some(line) = report.corrupt_at {
+                warn!(state = %state_path.display(), line, "state file corrupt from this line on; the rest was ignored");
+            }
+            if report.not_a_file {
+                warn!(state = %state_path.display(), "not a regular file (a symbolic link, a FIFO...): not read, replaced by the new state file");
+            }
+            for r in &report.refusals {
+                warn!(
+                    state = %state_path.display(),
+                    line = r.line,
+                    count = r.count,
+                    reason = %r.first,
+                    "state file records refused (not restored): they break a rule the daemon \
+                     keeps for live traffic (the file was edited, or the configuration changed \
+                     since); the reason is the first one's"
+                );
+            }
+            (Some(sf), report.refused as u64)
+        }
+        Err(e) => {
+            error!(error = %e, "running without a state file: a restart will lose live sessions");
+            (None, 0)
+        }
+    }
+}
+
+/// The periodic check of ftpct's firewall rules (`rule_check_interval`), if it is on and can
+/// read the ruleset.
+fn open_rule_watch(
+    settings: &Settings,
+    spec: &RuleSpec,
+    config_path: Option<&Path>,
+) -> Option<RuleWatch> {
+    if settings.rule_check_interval.is_zero() {
+        info!("rule check off (rule_check_interval = 0): a removal of ftpct's firewall rules is not reported");
+        None
+    } else {
+        let watch = Checker::new(spec, config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|checker| {
+                let nft = NfTables::open().map_err(|e| e.to_string())?;
+                Ok(RuleWatch { nft, checker })
+            });
+        match watch {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "rule check unavailable: a removal of ftpct's firewall rules will not be reported");
+                None
+            }
+        }
+    }
+}
+
+/// The directories that this start creates (and may hand over to the unprivileged user).
+fn dirs_to_create(settings: &Settings, state_path: &Path) -> Vec<PathBuf> {
+    let mut created: Vec<PathBuf> = Vec::new();
+    for p in [settings.socket.as_path(), state_path] {
+        if let Some(d) = p.parent() {
+            if !d.as_os_str().is_empty() && !d.exists() && !created.iter().any(|c| c == d) {
+                created.push(d.to_path_buf());
+            }
+        }
+    }
+    created
+}
+
+/// SIGHUP: reads the configuration file again and applies what can change while running; live
+/// sessions and expectations are kept.
+fn reload(shell: &mut Shell, settings: &mut Settings, opts: &RunOptions) {
+    sd_notify(notify::reloading(), "RELOADING");
+    match &opts.config_path {
+        Some(p) => match config::load(p) {
+            Ok(mut new) => {
+                for w in &new.warnings {
+                    warn!("{w}");
+                }
+                opts.overrides.apply(&mut new);
+                let (merged, ignored) = settings.reloaded(new);
+                shell.engine.reconfigure(merged.engine_config());
+                shell.settings = merged.clone();
+                *settings = merged;
+                info!(config = %p.display(), "configuration reloaded; live sessions and expectations kept");
+                if !ignored.is_empty() {
+                    warn!(keys = ?ignored, "changed in the file but applied only at restart \
+                           (`systemctl restart ftpct`; with the rules: see ftpct.conf(5))");
+                }
+            }
+            Err(e) => error!(error = %e, "reload failed; keeping the running configuration"),
+        },
+        None => info!("SIGHUP: no --config file to reload"),
+    }
+    sd_notify(notify::ready(), "READY");
+    sd_notify(notify::status(&status_line(settings)), "STATUS");
+}
+
+/// After SIGTERM or SIGINT: removes the control socket bound at start and writes the final
+/// state.
+fn shut_down(shell: &mut Shell, opts: &RunOptions) {
     sd_notify(notify::stopping(), "STOPPING");
     info!(
         sessions = shell.engine.session_count(),
@@ -1585,7 +1628,6 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
             error!(error = %e, "cannot write the final state");
         }
     }
-    Ok(())
 }
 
 /// The `STATUS=` line shown by `systemctl status ftpct`.
