@@ -62,31 +62,38 @@ pub enum RulesError {
 
 /// Runs a program with arguments; abstracted for tests.
 pub trait Exec {
+    /// Runs `program` with `args` and waits for it.
     fn exec(&mut self, program: &'static str, args: &[&str]) -> io::Result<Output>;
 
     /// Writes the nft backend's x_tables NFQUEUE verdict rules ([`NftVerdicts::Compat`]) over
     /// nf_tables netlink.
-    fn nft_queue_targets(&mut self, targets: &[QueueTarget]) -> Result<(), String> {
-        NfTables::open()
-            .and_then(|mut t| t.install_queue_targets(targets))
-            .map_err(|e| e.to_string())
-    }
+    fn nft_queue_targets(&mut self, targets: &[QueueTarget]) -> Result<(), String>;
 
     /// Whether nf_tables has iptables-nft's nat PREROUTING base chain for `family` (`table ip
     /// nat` / `table ip6 nat`, chain `PREROUTING` with a hook), read over netlink:
     /// iptables-nft creates it lazily, and `iptables -S` shows it whether it exists or not.
-    fn nat_base_chain(&mut self, family: Family) -> Result<bool, String> {
-        crate::nftables::nat_prerouting_exists(family).map_err(|e| e.to_string())
-    }
+    fn nat_base_chain(&mut self, family: Family) -> Result<bool, String>;
 }
 
 /// Runs commands with [`std::process::Command`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemExec;
 
+/// The real kernel: programs with [`std::process::Command`], nf_tables over netlink. The trait
+/// has no defaults, so that a test's fake never reaches the kernel by accident.
 impl Exec for SystemExec {
     fn exec(&mut self, program: &'static str, args: &[&str]) -> io::Result<Output> {
         Command::new(program).args(args).output()
+    }
+
+    fn nft_queue_targets(&mut self, targets: &[QueueTarget]) -> Result<(), String> {
+        NfTables::open()
+            .and_then(|mut t| t.install_queue_targets(targets))
+            .map_err(|e| e.to_string())
+    }
+
+    fn nat_base_chain(&mut self, family: Family) -> Result<bool, String> {
+        crate::nftables::nat_prerouting_exists(family).map_err(|e| e.to_string())
     }
 }
 
@@ -1328,6 +1335,9 @@ mod tests {
     }
 
     impl Exec for Fake {
+        fn nft_queue_targets(&mut self, _: &[QueueTarget]) -> Result<(), String> {
+            Ok(())
+        }
         fn nat_base_chain(&mut self, family: Family) -> Result<bool, String> {
             let prefix = format!("{} nat PREROUTING ", Backend::IptablesNft.program(family));
             Ok(self.empty_nat_chains.contains(&family)
@@ -1457,6 +1467,9 @@ mod tests {
         // a failed read of the chains is said, not guessed
         struct NoNetlink(Fake);
         impl Exec for NoNetlink {
+            fn nft_queue_targets(&mut self, _: &[QueueTarget]) -> Result<(), String> {
+                Ok(())
+            }
             fn exec(&mut self, p: &'static str, a: &[&str]) -> io::Result<Output> {
                 self.0.exec(p, a)
             }
@@ -1523,6 +1536,12 @@ mod tests {
     fn missing_tool_is_reported_with_a_fix() {
         struct Missing;
         impl Exec for Missing {
+            fn nft_queue_targets(&mut self, _: &[QueueTarget]) -> Result<(), String> {
+                Ok(())
+            }
+            fn nat_base_chain(&mut self, _: Family) -> Result<bool, String> {
+                Ok(true)
+            }
             fn exec(&mut self, _: &'static str, _: &[&str]) -> io::Result<Output> {
                 Err(io::Error::from(io::ErrorKind::NotFound))
             }
@@ -1557,6 +1576,12 @@ mod tests {
         assert!(!check_says_absent(&output(2, "", "Set x doesn't exist.")));
         struct NoRaw;
         impl Exec for NoRaw {
+            fn nft_queue_targets(&mut self, _: &[QueueTarget]) -> Result<(), String> {
+                Ok(())
+            }
+            fn nat_base_chain(&mut self, _: Family) -> Result<bool, String> {
+                Ok(true)
+            }
             fn exec(&mut self, _: &'static str, _: &[&str]) -> io::Result<Output> {
                 Ok(output(
                     1,
@@ -1573,6 +1598,12 @@ mod tests {
     fn legacy_tables_missing_names_the_kernel_feature() {
         struct NoLegacy;
         impl Exec for NoLegacy {
+            fn nft_queue_targets(&mut self, _: &[QueueTarget]) -> Result<(), String> {
+                Ok(())
+            }
+            fn nat_base_chain(&mut self, _: Family) -> Result<bool, String> {
+                Ok(true)
+            }
             fn exec(&mut self, p: &'static str, args: &[&str]) -> io::Result<Output> {
                 assert_eq!(p, "iptables-legacy");
                 Ok(output(
@@ -1609,6 +1640,9 @@ mod tests {
     const NO_QUEUE: &str = "Error: Could not process rule: No such file or directory";
 
     impl Exec for FakeNft {
+        fn nat_base_chain(&mut self, _: Family) -> Result<bool, String> {
+            Ok(true)
+        }
         fn exec(&mut self, p: &'static str, args: &[&str]) -> io::Result<Output> {
             assert_eq!(p, "nft");
             Ok(match args {
