@@ -1,7 +1,7 @@
 //! ftpct: a userspace FTP ALG for Linux.
 //!
 //! Three crates (see docs/design.md):
-//! - `ftpct-core` (crates/ftpct-core), pure and sans-IO: [`parser`], [`session`], [`window`],
+//! - `ftpct-core` (crates/ftpct-core), pure and sans-IO: [`parser`], [`session`],
 //!   [`expect`], [`seqadj`], [`packet`], [`policy`], [`rulespec`], [`rulecheck`], [`restore`] (checks of a state file's records), [`lookup`]
 //!   (the bound on conntrack lookups of unknown packets) and the
 //!   [`engine`] that ties them together. Bytes and timestamps in, decisions out; no sockets, no
@@ -19,7 +19,7 @@
 // re-exported under their old paths (`ftpct::engine`, ...).
 pub use ftpct_core::{
     engine, expect, journal, lookup, packet, parser, policy, reconcile, restore, rulecheck,
-    rulespec, seqadj, session, stats, types, window,
+    rulespec, seqadj, session, stats, types,
 };
 
 // The kernel interfaces live in crates/ftpct-netfilter.

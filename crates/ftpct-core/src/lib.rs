@@ -1,7 +1,7 @@
 //! The sans-IO core of ftpct: bytes and timestamps in, decisions out.
 //!
 //! [`engine`] ties together the FTP line parser ([`parser`]), the per-connection stream and
-//! FTP state ([`session`]), the TCP window check of the trust model ([`window`]), the rewrite
+//! FTP state ([`session`]), the TCP window check of the trust model (`window.rs`; its types [`Window`], [`Segment`], [`Untrusted`]), the rewrite
 //! log and sequence maps ([`seqadj`]), the expectation table ([`expect`]), the policy
 //! ([`policy`]) and IP/TCP slicing and rebuilding ([`packet`]); [`wire`] holds the netlink
 //! codecs (ctnetlink, ipset, nf_tables) that the netfilter crate sends over its sockets. Nothing here opens a socket or
@@ -27,7 +27,7 @@
 
 pub mod engine;
 pub mod expect;
-pub mod hashkey;
+mod hashkey;
 pub mod journal;
 pub mod lookup;
 pub mod packet;
@@ -42,5 +42,9 @@ pub mod seqadj;
 pub mod session;
 pub mod stats;
 pub mod types;
-pub mod window;
+mod window;
 pub mod wire;
+
+// Internal modules whose types show in the public API: named from the root.
+pub use hashkey::HashKey;
+pub use window::{Segment, Untrusted, Window};

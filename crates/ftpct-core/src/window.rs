@@ -29,7 +29,7 @@
 //! challenge ACK answers it). [`rst_closes`] is that rule.
 
 /// Largest window scale (RFC 7323, section 2.3).
-pub const MAX_SCALE: u8 = 14;
+pub(crate) const MAX_SCALE: u8 = 14;
 /// Conntrack's floor for the acknowledgement window (`MAXACKWINDOW`).
 const MIN_ACK_WINDOW: u32 = 66_000;
 
@@ -50,11 +50,11 @@ pub struct Window {
     pub maxack: Option<u32>,
     /// Highest acknowledgement of an otherwise trusted segment that was refused only because
     /// it acknowledged bytes ftpct never saw (they bypassed it: a fail-open queue), bounded by
-    /// the receiver's window. It changes nothing but lets [`acknowledged`] see those bytes.
+    /// the receiver's window. It changes nothing but lets `acknowledged` see those bytes.
     pub ack_beyond: Option<u32>,
 }
 
-/// One segment as [`check`] sees it.
+/// One segment as `check` sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
     /// The first sequence number the segment occupies.
@@ -128,7 +128,7 @@ impl Window {
 
 /// Checks a segment from `sender` to `receiver` (conditions 1–4 of the module documentation).
 /// Conditions that need a direction that was never seen are skipped, as conntrack skips them.
-pub fn check(sender: &Window, receiver: &Window, seg: &Segment) -> Result<(), Untrusted> {
+pub(crate) fn check(sender: &Window, receiver: &Window, seg: &Segment) -> Result<(), Untrusted> {
     if sender.seen && receiver.seen && !le(seg.seq, sender.maxend) {
         return Err(Untrusted::SeqAhead);
     }
@@ -154,7 +154,7 @@ pub fn check(sender: &Window, receiver: &Window, seg: &Segment) -> Result<(), Un
 }
 
 /// Takes a trusted segment into both windows (conntrack's update after a passed check).
-pub fn update(sender: &mut Window, receiver: &mut Window, seg: &Segment) {
+pub(crate) fn update(sender: &mut Window, receiver: &mut Window, seg: &Segment) {
     let win = sender.scaled(seg);
     if !sender.seen {
         sender.seen = true;
@@ -192,7 +192,7 @@ pub fn update(sender: &mut Window, receiver: &mut Window, seg: &Segment) {
 /// Starts both windows from a handshake: `client` sent a SYN (`syn`, if it was seen) and
 /// `server` answered with this SYN-ACK. Window scaling is in force only when both sides
 /// offered it, and a SYN-ACK offers it only when the SYN did.
-pub fn from_handshake(
+pub(crate) fn from_handshake(
     syn: Option<(Segment, Option<u8>)>,
     synack: &Segment,
     synack_scale: Option<u8>,
@@ -222,7 +222,7 @@ pub fn from_handshake(
 /// Whether an RST with sequence number `seq` from `sender` closes the connection (see the
 /// module documentation). Without any acknowledgement from the receiver yet, an RST inside
 /// the window ([`check`] passed) is taken.
-pub fn rst_closes(sender: &Window, receiver: &Window, seq: u32) -> bool {
+pub(crate) fn rst_closes(sender: &Window, receiver: &Window, seq: u32) -> bool {
     match receiver.maxack {
         Some(expected) => seq == expected || (sender.seen && seq == sender.end),
         None => true,
@@ -231,7 +231,7 @@ pub fn rst_closes(sender: &Window, receiver: &Window, seq: u32) -> bool {
 
 /// Whether the receiver has acknowledged every byte before `seq` (bytes that reached it
 /// without passing through ftpct); resynchronising onto bytes beyond that is never safe.
-pub fn acknowledged(receiver: &Window, seq: u32) -> bool {
+pub(crate) fn acknowledged(receiver: &Window, seq: u32) -> bool {
     [receiver.maxack, receiver.ack_beyond]
         .iter()
         .flatten()
@@ -240,7 +240,7 @@ pub fn acknowledged(receiver: &Window, seq: u32) -> bool {
 
 /// Notes the acknowledgement of a segment refused as [`Untrusted::AckAhead`] (see
 /// [`Window::ack_beyond`]); one beyond the window the acknowledged side was given is ignored.
-pub fn note_ack_beyond(sender: &mut Window, receiver: &Window, seg: &Segment) {
+pub(crate) fn note_ack_beyond(sender: &mut Window, receiver: &Window, seg: &Segment) {
     if let Some(ack) = seg.ack {
         if le(ack, receiver.maxend) && sender.ack_beyond.map_or(true, |a| lt(a, ack)) {
             sender.ack_beyond = Some(ack);
