@@ -831,17 +831,7 @@ impl ExpectTable {
             i
         } else {
             let i = self.nodes.len() as u32;
-            self.nodes.push(Node {
-                exp,
-                gen: 0,
-                loc: LOC_FREE,
-                t_prev: NIL,
-                t_next: NIL,
-                m_prev: NIL,
-                m_next: NIL,
-                h_next: NIL,
-                m_count: 0,
-            });
+            self.nodes.push(Node { exp, ..Node::BLANK });
             i
         }
     }
