@@ -16,6 +16,15 @@
 //! last [`MAX_RECORDS`] rewrites are kept exactly (more while one segment needs them) and older
 //! ones are folded into a base offset. Replacements are stored inline; the record list is
 //! allocated once, on the first rewrite of a direction.
+//!
+//! Cost: the records sit in a ring ([`VecDeque`]), so folding the oldest moves nothing. The
+//! offset after the last record is kept, and the kept records always lie within [`SPAN`] bytes
+//! of sequence space, so they compare without wrap-around: a position after every record (new
+//! data, or the ACK of it) maps in O(1), and [`SeqAdj::map`] and [`SeqAdj::transform`] find
+//! the records that matter from the newest back instead of walking all of them from the oldest. A position too far
+//! from the records to compare that way takes the plain walk, with the same answer.
+
+use std::collections::VecDeque;
 
 /// How many rewrites per direction are kept exactly between packets ([`SeqAdj::trim`]).
 pub const MAX_RECORDS: usize = 16;
@@ -24,6 +33,13 @@ pub const MAX_RECORDS: usize = 16;
 pub const HARD_MAX_RECORDS: usize = 256;
 /// Longest replacement text (an EPRT argument with a full IPv6 address is 49 bytes).
 pub const MAX_REPLACEMENT: usize = 56;
+/// The kept records lie within this many bytes of sequence space, from the first one's start
+/// to the last one's end: a rewrite further than that from the oldest kept ones folds them
+/// (they are a gigabyte behind, long acknowledged). It keeps every comparison between kept
+/// positions free of wrap-around.
+pub const SPAN: u32 = 1 << 30;
+/// Positions closer than this after the first record compare with the records directly.
+const NEAR: u32 = 1 << 31;
 
 /// Why a rewrite cannot be recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +54,9 @@ pub enum SeqAdjError {
     /// The rewritten range is empty.
     #[error("empty rewrite range")]
     Empty,
+    /// The rewritten range is [`SPAN`] bytes long or longer (a control line never is).
+    #[error("rewrite range of {SPAN} bytes or more")]
+    RangeTooLong,
 }
 
 /// One rewrite: `old_len` bytes at sequence number `pos` were replaced by `new`.
@@ -94,8 +113,10 @@ fn diff(a: u32, b: u32) -> i32 {
 pub struct SeqAdj {
     /// Sum of the deltas of folded (forgotten) records, as a wrapping two's-complement offset.
     base: u32,
-    /// In stream order; allocated only once something is rewritten.
-    records: Vec<Record>,
+    /// `base` plus the delta of every kept record: the offset after the last rewrite.
+    total: u32,
+    /// In stream order, within [`SPAN`]; allocated only once something is rewritten.
+    records: VecDeque<Record>,
 }
 
 impl SeqAdj {
@@ -128,21 +149,26 @@ impl SeqAdj {
         if self.records.len() <= keep {
             return;
         }
-        let n = self.records.len() - keep;
-        for r in self.records.drain(..n) {
+        for _ in keep..self.records.len() {
+            self.fold_oldest();
+        }
+    }
+
+    /// Folds the oldest record into the base offset (the total does not change).
+    fn fold_oldest(&mut self) {
+        if let Some(r) = self.records.pop_front() {
             self.base = self.base.wrapping_add(r.delta());
         }
     }
 
     /// Offset applied after the last rewrite (what the kernel calls `offset_after`).
     pub fn offset_after(&self) -> i32 {
-        self.records()
-            .fold(self.base, |d, r| d.wrapping_add(r.delta())) as i32
+        self.total as i32
     }
 
     /// Position of the last rewrite (the kernel's `correction_pos`).
     pub fn correction_pos(&self) -> Option<u32> {
-        self.records().last().map(|r| r.pos)
+        self.records.back().map(|r| r.pos)
     }
 
     /// Folded base offset (for the state file).
@@ -152,6 +178,7 @@ impl SeqAdj {
 
     /// Sets the folded base offset (state restore).
     pub fn set_base(&mut self, base: u32) {
+        self.total = self.total.wrapping_sub(self.base).wrapping_add(base);
         self.base = base;
     }
 
@@ -159,6 +186,7 @@ impl SeqAdj {
     pub fn restore(base: u32, records: &[(u32, u32, &[u8])]) -> Result<Self, SeqAdjError> {
         let mut s = SeqAdj {
             base,
+            total: base,
             ..Default::default()
         };
         for (pos, old_len, new) in records {
@@ -176,6 +204,9 @@ impl SeqAdj {
         if new.len() > MAX_REPLACEMENT {
             return Err(SeqAdjError::TooLong);
         }
+        if old_len >= SPAN {
+            return Err(SeqAdjError::RangeTooLong);
+        }
         let mut rec = Record {
             pos,
             old_len,
@@ -185,7 +216,7 @@ impl SeqAdj {
         if let Some(dst) = rec.new.get_mut(..new.len()) {
             dst.copy_from_slice(new);
         }
-        if let Some(last) = self.records().last() {
+        if let Some(last) = self.records.back() {
             if *last == rec {
                 return Ok(());
             }
@@ -196,12 +227,75 @@ impl SeqAdj {
         if self.records.len() >= HARD_MAX_RECORDS {
             self.trim(HARD_MAX_RECORDS - 1);
         }
-        self.records.push(rec);
+        self.keep_span(pos, old_len);
+        self.total = self.total.wrapping_add(rec.delta());
+        self.records.push_back(rec);
         Ok(())
+    }
+
+    /// Folds the oldest records until a new one at `pos` (after every kept one) ends within
+    /// [`SPAN`] of the first kept start. The distance cannot wrap: the kept ones span less
+    /// than `SPAN`, the gap to `pos` is under 2^31 (`add` checked the order) and `old_len`
+    /// under `SPAN` (`add` refuses longer), so it is under 2^32.
+    fn keep_span(&mut self, pos: u32, old_len: u32) {
+        let end = pos.wrapping_add(old_len);
+        while let Some(first) = self.records.front() {
+            if end.wrapping_sub(first.pos) < SPAN {
+                break;
+            }
+            self.fold_oldest();
+        }
+    }
+
+    /// `p`'s distance from the first kept record's start, if it is close enough after it to
+    /// compare with the records directly (no wrap-around: the records span under [`SPAN`]).
+    fn near(&self, p: u32) -> Option<(u32, &Record)> {
+        let first = self.records.front()?;
+        let a = p.wrapping_sub(first.pos);
+        (a < NEAR).then_some((a, first))
+    }
+
+    /// True if `p` is at or after the end of the last kept record (or none is kept), where
+    /// the map is the shift by `total`.
+    fn past_records(&self, p: u32) -> bool {
+        match (self.near(p), self.records.back()) {
+            (Some((a, first)), Some(last)) => {
+                let last_end = last.pos.wrapping_add(last.old_len).wrapping_sub(first.pos);
+                a >= last_end
+            }
+            (None, None) => true,
+            _ => false,
+        }
     }
 
     /// Maps a sequence number of the sender's space to the receiver's.
     pub fn map(&self, p: u32) -> u32 {
+        if self.past_records(p) {
+            return p.wrapping_add(self.total);
+        }
+        let Some((a, first)) = self.near(p) else {
+            return self.map_walk(p);
+        };
+        // From the newest back: the records starting at or after `p` take their deltas off
+        // the total; the first one starting before `p` is the only one that can contain it.
+        let mut after = 0u32;
+        for r in self.records.iter().rev() {
+            let start = r.pos.wrapping_sub(first.pos);
+            if start < a {
+                let rel = a - start;
+                if rel < r.old_len {
+                    let before = self.total.wrapping_sub(after).wrapping_sub(r.delta());
+                    return r.pos.wrapping_add(before).wrapping_add(r.inner(rel));
+                }
+                break;
+            }
+            after = after.wrapping_add(r.delta());
+        }
+        p.wrapping_add(self.total.wrapping_sub(after))
+    }
+
+    /// [`SeqAdj::map`] by walking every record (any `p`, even one far from the records).
+    fn map_walk(&self, p: u32) -> u32 {
         let mut d = self.base;
         for r in self.records() {
             let rel = diff(p, r.pos);
@@ -220,6 +314,9 @@ impl SeqAdj {
     /// Maps a sequence number of the receiver's space back to the sender's (for ACK and SACK of
     /// the other direction). Exact inverse of [`SeqAdj::map`] outside replaced ranges.
     pub fn unmap(&self, q: u32) -> u32 {
+        if self.past_new_records(q) {
+            return q.wrapping_sub(self.total);
+        }
         let mut d = self.base;
         for r in self.records() {
             let new_start = r.pos.wrapping_add(d);
@@ -236,6 +333,33 @@ impl SeqAdj {
         q.wrapping_sub(d)
     }
 
+    /// The first kept record that ends after `seq` (those before it cannot touch a segment
+    /// starting there), counted from the newest back; 0 when `seq` is too far from the records
+    /// to compare.
+    fn first_ending_after(&self, seq: u32) -> usize {
+        let Some((a, first)) = self.near(seq) else {
+            return 0;
+        };
+        let ends_after = |r: &&Record| {
+            u64::from(r.pos.wrapping_sub(first.pos)) + u64::from(r.old_len) > u64::from(a)
+        };
+        let touching = self.records.iter().rev().take_while(ends_after).count();
+        self.records.len() - touching
+    }
+
+    /// True if the receiver's `q` is at or after the end of the last kept record's replacement
+    /// (or none is kept), where `unmap` is the shift back by `total`. In the receiver's space
+    /// the records keep their order and the gaps between them, so they span under 2^31 too.
+    fn past_new_records(&self, q: u32) -> bool {
+        let (Some(first), Some(last)) = (self.records.front(), self.records.back()) else {
+            return true;
+        };
+        let new_first = first.pos.wrapping_add(self.base);
+        let new_end = last.pos.wrapping_add(last.old_len).wrapping_add(self.total);
+        let b = q.wrapping_sub(new_first);
+        b < NEAR && b >= new_end.wrapping_sub(new_first)
+    }
+
     /// Writes the rewritten form of the original bytes `payload` starting at sequence number
     /// `seq` into `out` (cleared first) and returns the sequence number they start at in the
     /// receiver's space. Works for any segment: first transmission, retransmission, or a
@@ -244,7 +368,7 @@ impl SeqAdj {
         out.clear();
         let len = payload.len() as i64;
         let mut cursor: usize = 0;
-        for r in self.records() {
+        for r in self.records.range(self.first_ending_after(seq)..) {
             let start = i64::from(diff(r.pos, seq));
             let end = start + i64::from(r.old_len);
             if end <= 0 {
@@ -289,6 +413,55 @@ mod tests {
         }
         out.extend_from_slice(&orig[cur..]);
         out
+    }
+
+    /// `map` as a walk over every kept record from the base (the definition).
+    fn walk_map(s: &SeqAdj, p: u32) -> u32 {
+        s.map_walk(p)
+    }
+
+    /// `unmap` as a walk over every kept record from the base.
+    fn walk_unmap(s: &SeqAdj, q: u32) -> u32 {
+        let mut d = s.base;
+        for r in s.records() {
+            let new_start = r.pos.wrapping_add(d);
+            let rel = diff(q, new_start);
+            if rel <= 0 {
+                break;
+            }
+            if rel as u32 >= r.new_len() {
+                d = d.wrapping_add(r.delta());
+                continue;
+            }
+            return r.pos.wrapping_add((rel as u32).min(r.old_len));
+        }
+        q.wrapping_sub(d)
+    }
+
+    /// `transform` as a walk over every kept record.
+    fn walk_transform(s: &SeqAdj, seq: u32, payload: &[u8], out: &mut Vec<u8>) -> u32 {
+        out.clear();
+        let len = payload.len() as i64;
+        let mut cursor: usize = 0;
+        for r in s.records() {
+            let start = i64::from(diff(r.pos, seq));
+            let end = start + i64::from(r.old_len);
+            if end <= 0 {
+                continue;
+            }
+            if start >= len {
+                break;
+            }
+            let ov_start = start.max(0) as usize;
+            let ov_end = end.min(len) as usize;
+            out.extend_from_slice(payload.get(cursor..ov_start).unwrap_or(&[]));
+            let a = r.inner((ov_start as i64 - start) as u32) as usize;
+            let b = r.inner((ov_end as i64 - start) as u32) as usize;
+            out.extend_from_slice(r.new_bytes().get(a..b).unwrap_or(&[]));
+            cursor = ov_end;
+        }
+        out.extend_from_slice(payload.get(cursor..).unwrap_or(&[]));
+        walk_map(s, seq)
     }
 
     #[test]
@@ -472,6 +645,54 @@ mod tests {
                 prop_assert_eq!(s.map(isn.wrapping_add(b as u32)), ns.wrapping_add(out.len() as u32));
             }
             prop_assert!(covered.iter().all(|c| *c));
+        }
+
+        /// The shortcuts (the kept offset, the walks from the newest record back) give exactly what walking every
+        /// record from the base gives, for any records (gaps up to 2^31, wrap-around, folding,
+        /// a base from a restore) and any position, near the records or far from them.
+        #[test]
+        fn shortcuts_agree_with_walking_every_record(
+            start in any::<u32>(),
+            base in any::<u32>(),
+            recs in prop::collection::vec(
+                (prop_oneof![0u32..64, 0u32..(1 << 31)], 1u32..80, 1usize..MAX_REPLACEMENT),
+                0..24,
+            ),
+            keep in 0usize..24,
+            probes in prop::collection::vec((any::<u32>(), 0usize..24, -90i64..90, 0usize..200), 1..40),
+        ) {
+            let mut s = SeqAdj::restore(base, &[]).unwrap();
+            let mut at = start;
+            for (gap, old, new_len) in &recs {
+                let pos = at.wrapping_add(*gap);
+                s.add(pos, *old, &vec![b'n'; *new_len]).unwrap();
+                at = pos.wrapping_add(*old);
+            }
+            s.trim(keep);
+            let kept: Vec<Record> = s.records().copied().collect();
+            prop_assert!(kept.len() <= recs.len());
+            if let (Some(f), Some(l)) = (kept.first(), kept.last()) {
+                prop_assert!(l.pos.wrapping_add(l.old_len).wrapping_sub(f.pos) < SPAN);
+            }
+            prop_assert_eq!(s.offset_after(), walk_map(&s, kept.last().map_or(0, |l| l.pos.wrapping_add(l.old_len))).wrapping_sub(kept.last().map_or(0, |l| l.pos.wrapping_add(l.old_len))) as i32);
+            let payload: Vec<u8> = (0..200u8).collect();
+            for (far, near_rec, off, len) in probes {
+                // a far position, or one near a kept record's start or end
+                let p = match kept.get(near_rec % kept.len().max(1)) {
+                    Some(r) if near_rec % 2 == 0 => r.pos.wrapping_add(off as u32),
+                    Some(r) => r.pos.wrapping_add(r.old_len).wrapping_add(off as u32),
+                    None => far,
+                };
+                for p in [p, far] {
+                    prop_assert_eq!(s.map(p), walk_map(&s, p), "map {}", p);
+                    prop_assert_eq!(s.unmap(p), walk_unmap(&s, p), "unmap {}", p);
+                    let mut out = Vec::new();
+                    let mut want = Vec::new();
+                    let got = s.transform(p, &payload[..len], &mut out);
+                    prop_assert_eq!(got, walk_transform(&s, p, &payload[..len], &mut want));
+                    prop_assert_eq!(out, want);
+                }
+            }
         }
     }
 }
