@@ -454,8 +454,8 @@ pub enum Event {
 }
 
 /// The control line behind an event ([`Event::Message`], [`Event::ParseFailed`]): read it with
-/// [`Engine::event_line`] while the event is being handled (before the next `poll_event` that
-/// returns `None`). With [`Engine::keep_event_lines`] on, the engine copies a line only when an
+/// [`Engine::event_line`] while the event is being handled (before the engine handles the next
+/// packet: a line that starts with no event queued drops the lines kept before it). With [`Engine::keep_event_lines`] on, the engine copies a line only when an
 /// event names it, into one reused buffer of bounded size; off (the default), events carry
 /// [`LineRef::NONE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -773,13 +773,7 @@ impl Engine {
 
     /// The next event, oldest first (`None` when there is none).
     pub fn poll_event(&mut self) -> Option<Event> {
-        let e = self.events.pop_front();
-        if e.is_none() && !self.event_text.is_empty() {
-            // every event naming these lines has been taken
-            self.event_text.clear();
-            self.event_gen = self.event_gen.wrapping_add(1).max(1);
-        }
-        e
+        self.events.pop_front()
     }
 
     /// Whether [`Event::Message`] and [`Event::ParseFailed`] name their line (off by default:
@@ -789,7 +783,7 @@ impl Engine {
     }
 
     /// The control line (without its terminator) behind an event just taken from
-    /// [`Engine::poll_event`]; `None` when it was not kept.
+    /// [`Engine::poll_event`]; `None` when it was not kept, or is gone (see [`LineRef`]).
     pub fn event_line(&self, r: LineRef) -> Option<&[u8]> {
         if r.gen != self.event_gen {
             return None;
@@ -803,6 +797,12 @@ impl Engine {
     #[cold]
     #[inline(never)]
     fn name_line(&mut self, from: usize, line: &[u8], pos: u32) {
+        if from == 0 && !self.event_text.is_empty() {
+            // The queue was empty when this line began: every event naming the lines kept so
+            // far has been taken (and its line read), so they can go.
+            self.event_text.clear();
+            self.event_gen = self.event_gen.wrapping_add(1).max(1);
+        }
         let mut named: Option<LineRef> = None;
         for i in from..self.events.len() {
             let Some(Event::Message { line: r, .. } | Event::ParseFailed { line: r, .. }) =

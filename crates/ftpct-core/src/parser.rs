@@ -335,17 +335,22 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
     if !matches!(rest.first(), None | Some(&b' ')) {
         return Ok(Command::Other);
     }
-    let arg = skip_spaces(rest);
     match &head.map(|b| b.to_ascii_uppercase()) {
-        b"PORT" => parse_port_arg(line, arg).map(Command::Port),
-        b"EPRT" => parse_eprt_arg(line, arg),
         b"PASV" => Ok(Command::Pasv),
         b"EPSV" => Ok(Command::Epsv),
-        b"AUTH" => Ok(if is_tls_mechanism(trim_ws_end(arg)) {
-            Command::AuthTls
-        } else {
-            Command::Other
-        }),
+        verb @ (b"PORT" | b"EPRT" | b"AUTH") => with_argument(verb, line, skip_spaces(rest)),
+        _ => Ok(Command::Other),
+    }
+}
+
+/// The verbs whose argument matters (`verb` upper case; `arg` after the verb and its spaces).
+/// Out of line, so that the other commands (most lines) take the short path above.
+#[inline(never)]
+fn with_argument(verb: &[u8; 4], line: &[u8], arg: &[u8]) -> Result<Command, ParseError> {
+    match verb {
+        b"PORT" => parse_port_arg(line, arg).map(Command::Port),
+        b"EPRT" => parse_eprt_arg(line, arg),
+        _ if is_tls_mechanism(trim_ws_end(arg)) => Ok(Command::AuthTls),
         _ => Ok(Command::Other),
     }
 }
