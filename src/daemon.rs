@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ftpct_core::Histogram;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -22,7 +23,7 @@ use crate::driver::{Driver, Kernel};
 use crate::engine::{Action, Conntrack, CtLookup, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::lookup::{Lookup, LookupGuard};
-use crate::metrics::{self, Histogram, ShellStats};
+use crate::metrics::{self, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
