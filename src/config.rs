@@ -503,10 +503,25 @@ impl File {
         Ok(s)
     }
 
-    /// The settings of each value on its own (without [`File::check`]).
-    fn values(&self, mut warn: impl FnMut(usize, String)) -> Result<Settings, Invalid> {
+    /// The settings of each value on its own (without [`File::check`]), key by key in the
+    /// order of ftpct.conf(5): the daemon's own, then the policy's.
+    fn values(&self, warn: impl FnMut(usize, String)) -> Result<Settings, Invalid> {
         let f = self;
         let mut s = Settings::default();
+        f.daemon_values(&mut s)?;
+        f.expectation_values(&mut s.policy)?;
+        f.session_values(&mut s.policy, warn)?;
+        f.budget_values(&mut s.policy)?;
+        let p = &mut s.policy;
+        set!(f, data_mark, p.data_mark, |n| mark("data_mark", n));
+        set!(f, seqadj_mark, s.seqadj_mark, |n| mark("seqadj_mark", n));
+        Ok(s)
+    }
+
+    /// The daemon's own keys: queue, ports, paths, metrics, sets, backend, logs, user, rule
+    /// check.
+    fn daemon_values(&self, s: &mut Settings) -> Result<(), Invalid> {
+        let f = self;
         set!(f, queue, s.queue, |n: i64| u16::try_from(n).map_err(
             |_| format!("queue = {n} is not a queue number (0-65535)")
         ));
@@ -549,7 +564,12 @@ impl File {
                 )),
             }
         });
-        let p = &mut s.policy;
+        Ok(())
+    }
+
+    /// The policy of announced data addresses and of the expectations made from them.
+    fn expectation_values(&self, p: &mut Policy) -> Result<(), Invalid> {
+        let f = self;
         set!(
             f,
             allow_third_party,
@@ -591,6 +611,18 @@ impl File {
             (p.nat_port_min, p.nat_port_max) =
                 nat_range(&v.0).map_err(|msg| Invalid { at, msg })?;
         }
+        Ok(())
+    }
+
+    /// The bounds of the sessions and of their line holds; `warn` receives the deprecation of
+    /// `max_hold_retries`.
+    fn session_values(
+        &self,
+        p: &mut Policy,
+        mut warn: impl FnMut(usize, String),
+    ) -> Result<(), Invalid> {
+        let f = self;
+        let usize_max = usize::MAX as u64;
         set!(f, max_line, p.max_line, |n: i64| {
             if n > MAX_MAX_LINE as i64 {
                 return Err(format!(
@@ -653,6 +685,13 @@ impl File {
             Ok::<bool, String>
         );
         set!(f, tcp_window_check, p.tcp_window_check, Ok::<bool, String>);
+        Ok(())
+    }
+
+    /// The per-session budgets of announcements and of log lines.
+    fn budget_values(&self, p: &mut Policy) -> Result<(), Invalid> {
+        let f = self;
+        let u32_max = u64::from(u32::MAX);
         set!(
             f,
             max_announce_per_segment,
@@ -686,9 +725,7 @@ impl File {
             )
             .map(|n| n as u16)
         });
-        set!(f, data_mark, p.data_mark, |n| mark("data_mark", n));
-        set!(f, seqadj_mark, s.seqadj_mark, |n| mark("seqadj_mark", n));
-        Ok(s)
+        Ok(())
     }
 
     /// The checks of values that depend on other keys (their order in the file is free): the

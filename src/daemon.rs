@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ftpct_core::Histogram;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -22,7 +23,7 @@ use crate::driver::{Driver, Kernel};
 use crate::engine::{Action, Conntrack, CtLookup, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
 use crate::lookup::{Lookup, LookupGuard};
-use crate::metrics::{self, Histogram, ShellStats};
+use crate::metrics::{self, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
@@ -879,62 +880,75 @@ fn choose_user(
     state: Option<&Path>,
     created: &[PathBuf],
 ) -> Option<String> {
-    use nix::unistd::{Uid, User};
-    let explicit = configured.is_some();
+    use nix::unistd::User;
     let user = match configured {
         Some(name) => match User::from_name(name) {
             Ok(Some(u)) => u,
             // drop_privileges reports it
             _ => return Some(name.to_string()),
         },
-        None => {
-            if !Uid::current().is_root() {
-                // started unprivileged already (systemd's DynamicUser=, User=)
-                return None;
-            }
-            let Some(u) = crate::privs::default_user() else {
-                warn!(
-                    users = ?crate::privs::DEFAULT_USERS,
-                    "running as root (CAP_NET_ADMIN only), which can still write every \
-                     root-owned file: none of these users exists. Create one (useradd --system \
-                     --no-create-home ftpct) or set `user =`; `user = root` silences this"
-                );
-                return None;
-            };
-            if !crate::privs::can_switch_user() {
-                warn!(
-                    user = %u.name,
-                    "running as root (CAP_NET_ADMIN only) without CAP_SETUID/CAP_SETGID to \
-                     switch to an unprivileged user: start ftpct as that user with \
-                     CAP_NET_ADMIN (systemd: User= or DynamicUser=, AmbientCapabilities=), \
-                     or set `user = root` to keep uid 0 on purpose"
-                );
-                return None;
-            }
-            u
-        }
+        None => default_user_to_switch_to()?,
     };
     if user.uid.is_root() {
         return Some(user.name);
     }
-    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
-    let chown = |p: &Path| {
-        nix::unistd::fchownat(
-            None,
-            p,
-            Some(user.uid),
-            Some(user.gid),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-    };
     for d in created {
-        if let Err(e) = chown(d) {
+        if let Err(e) = chown_to(&user, d) {
             warn!(error = %e, dir = %d.display(), user = %user.name, "cannot give a directory ftpct created to its user");
         }
     }
     let Some(state) = state else {
         return Some(user.name);
     };
+    user_for_state_dir(user, state, configured.is_some())
+}
+
+/// Without `user =`: for a daemon started as root, the first of
+/// [`crate::privs::DEFAULT_USERS`] if it exists and the process may switch to it; else none
+/// (with a warning, unless the daemon was started unprivileged already).
+fn default_user_to_switch_to() -> Option<nix::unistd::User> {
+    if !nix::unistd::Uid::current().is_root() {
+        // started unprivileged already (systemd's DynamicUser=, User=)
+        return None;
+    }
+    let Some(u) = crate::privs::default_user() else {
+        warn!(
+            users = ?crate::privs::DEFAULT_USERS,
+            "running as root (CAP_NET_ADMIN only), which can still write every \
+             root-owned file: none of these users exists. Create one (useradd --system \
+             --no-create-home ftpct) or set `user =`; `user = root` silences this"
+        );
+        return None;
+    };
+    if !crate::privs::can_switch_user() {
+        warn!(
+            user = %u.name,
+            "running as root (CAP_NET_ADMIN only) without CAP_SETUID/CAP_SETGID to \
+             switch to an unprivileged user: start ftpct as that user with \
+             CAP_NET_ADMIN (systemd: User= or DynamicUser=, AmbientCapabilities=), \
+             or set `user = root` to keep uid 0 on purpose"
+        );
+        return None;
+    }
+    Some(u)
+}
+
+/// Gives `p` (not following a symbolic link) to `user` and its group.
+fn chown_to(user: &nix::unistd::User, p: &Path) -> nix::Result<()> {
+    nix::unistd::fchownat(
+        None,
+        p,
+        Some(user.uid),
+        Some(user.gid),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
+/// The end of [`choose_user`] for a daemon with a state file: `user` (an unprivileged one) if
+/// the state file's directory is writable by it (the file is then given to it) or was
+/// `explicit`ly configured (with a warning); else none, staying root with a warning.
+fn user_for_state_dir(user: nix::unistd::User, state: &Path, explicit: bool) -> Option<String> {
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
     let dir = match state.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -945,7 +959,7 @@ fn choose_user(
     });
     if writable {
         // its own file, also for a sticky directory such as /tmp
-        if let Err(e) = chown(state) {
+        if let Err(e) = chown_to(&user, state) {
             warn!(error = %e, state = %state.display(), "cannot give the state file to its user");
         }
         return Some(user.name);
@@ -1246,6 +1260,88 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
 
 async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     let mut settings = opts.settings.clone();
+    let spec = settings.rule_spec();
+    let Opened {
+        mut queue,
+        listener,
+        metrics_listener,
+        mut shell,
+        created,
+    } = open_all(&settings, &spec, opts.config_path.as_deref()).await?;
+    shell.revalidate_restored();
+    // Everything is open: keep CAP_NET_ADMIN only, and switch to the configured user (or,
+    // started as root without `user =`, to the default one where possible).
+    let run_as = choose_user(
+        settings.user.as_deref(),
+        shell.state.as_ref().map(|s| s.path()),
+        &created,
+    );
+    match crate::privs::drop_privileges(run_as.as_deref()) {
+        Ok(d) => info!(uid = d.uid, capabilities = ?d.effective, "privileges dropped"),
+        Err(e) => return Err(DaemonError::Privileges(e)),
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+    let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
+    announce_running(&settings, &spec, opts.config_path.as_deref());
+    let mut recv_streak = ErrorStreak::default();
+    let mut poll_streak = ErrorStreak::default();
+    let mut rule_timer = periodic_timer(&shell, &settings);
+    loop {
+        let deadline = engine_deadline(&shell.engine);
+        tokio::select! {
+            ready = queue.readable_mut() => {
+                on_queue_readable(&mut shell, ready, &mut recv_streak, &mut poll_streak).await?;
+            }
+            _ = sleep_until_or_never(deadline) => on_engine_timer(&mut shell),
+            _ = tick_or_never(rule_timer.as_mut()) => {
+                shell.check_rules();
+                shell.check_marks();
+            }
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    tokio::spawn(serve_client(stream, tx.clone(), shell.events.clone()));
+                }
+            }
+            conn = accept_or_never(metrics_listener.as_ref()) => {
+                if let Ok((stream, _)) = conn {
+                    // over the cap: closed at once (dropped), counted in metrics_refused
+                    if let Some(slot) = HttpSlot::take(&shell.http) {
+                        tokio::spawn(serve_metrics(stream, tx.clone(), slot));
+                    }
+                }
+            }
+            Some((req, reply)) = rx.recv() => {
+                let _ = reply.send(shell.answer(req));
+            }
+            _ = hup.recv() => reload(&mut shell, &mut settings, &opts),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    shut_down(&mut shell, &opts);
+    Ok(())
+}
+
+/// What the daemon opens at start, before it drops its privileges.
+struct Opened {
+    queue: AsyncFd<NfQueue>,
+    listener: UnixListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    shell: Shell,
+    /// The directories this start created (given to the user it switches to).
+    created: Vec<PathBuf>,
+}
+
+/// Opens, in this order, the queue, ctnetlink, the data sets, the rule check, the control
+/// socket, the state file (restoring the engine from it) and the metrics endpoint, and builds
+/// the shell around the engine.
+async fn open_all(
+    settings: &Settings,
+    spec: &RuleSpec,
+    config_path: Option<&Path>,
+) -> Result<Opened, DaemonError> {
     let qopts = QueueOptions {
         fail_open: settings.fail_open,
         ..QueueOptions::default()
@@ -1253,30 +1349,18 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
     let queue = NfQueue::open(settings.queue, qopts)?;
     // SAFETY: `NfQueue` owns its netlink socket from `open` until it is dropped, and its
     // `as_raw_fd` always returns that same descriptor, as `AsyncFd::register` requires.
-    let mut queue =
-        unsafe { AsyncFd::register(queue) }.map_err(|e| DaemonError::Runtime(e.into()))?;
+    let queue = unsafe { AsyncFd::register(queue) }.map_err(|e| DaemonError::Runtime(e.into()))?;
     let ct = Ctnetlink::open()?;
-    let spec = settings.rule_spec();
-    let sets = if settings.backend == crate::rules::Backend::Nft {
-        // The sets are part of `table inet ftpct`, which `ftpct rules --apply` creates (the
-        // unit's ExecStartPre); without them no data SYN would ever reach the daemon.
-        let mut nft = NftSets::open()?;
-        nft.check(&settings.ipset4)?;
-        nft.check(&settings.ipset6)?;
-        DataSets::Nft(nft)
-    } else {
-        DataSets::Ipset(open_ipsets(&settings, &spec, opts.config_path.as_deref())?)
-    };
-    let rule_watch = open_rule_watch(&settings, &spec, opts.config_path.as_deref());
+    let sets = open_data_sets(settings, spec, config_path)?;
+    let rule_watch = open_rule_watch(settings, spec, config_path);
     let state_path = settings.state_path();
-    let created = dirs_to_create(&settings, &state_path);
+    let created = dirs_to_create(settings, &state_path);
     let listener = bind_control_socket(&settings.socket)?;
     let mut engine = Engine::new(crate::engine::Config {
         hash_key: random_hash_key(),
         ..settings.engine_config()
     });
-    let (state, state_refused) = open_state(&state_path, &mut engine);
-    let (events_tx, _) = broadcast::channel(1024);
+    let state = open_state(&state_path, &mut engine);
     let metrics_listener = match settings.metrics {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -1285,7 +1369,47 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         ),
         None => None,
     };
-    let mut shell = Shell {
+    let shell = new_shell(settings, engine, ct, sets, state, rule_watch);
+    Ok(Opened {
+        queue,
+        listener,
+        metrics_listener,
+        shell,
+        created,
+    })
+}
+
+/// The sets of data destinations: nf_tables' (checked: `ftpct rules --apply` creates them)
+/// or the ipsets (created if missing).
+fn open_data_sets(
+    settings: &Settings,
+    spec: &RuleSpec,
+    config_path: Option<&Path>,
+) -> Result<DataSets, DaemonError> {
+    if settings.backend == crate::rules::Backend::Nft {
+        // The sets are part of `table inet ftpct`, which `ftpct rules --apply` creates (the
+        // unit's ExecStartPre); without them no data SYN would ever reach the daemon.
+        let mut nft = NftSets::open()?;
+        nft.check(&settings.ipset4)?;
+        nft.check(&settings.ipset6)?;
+        Ok(DataSets::Nft(nft))
+    } else {
+        Ok(DataSets::Ipset(open_ipsets(settings, spec, config_path)?))
+    }
+}
+
+/// The shell at start: the engine (restored from the state file), the kernel interfaces,
+/// the state file with the count of its refused records, fresh counters and log throttles.
+fn new_shell(
+    settings: &Settings,
+    engine: Engine,
+    ct: Ctnetlink,
+    sets: DataSets,
+    (state, state_refused): (Option<StateFile>, u64),
+    rule_watch: Option<RuleWatch>,
+) -> Shell {
+    let (events_tx, _) = broadcast::channel(1024);
+    Shell {
         events: events_tx,
         state,
         engine,
@@ -1311,103 +1435,80 @@ async fn run_async(opts: RunOptions) -> Result<(), DaemonError> {
         lookup_budget_log: Throttle::new(LOG_EVERY),
         lookups: LookupGuard::default(),
         http: std::sync::Arc::new(HttpCounters::default()),
-    };
-    shell.revalidate_restored();
-    // Everything is open: keep CAP_NET_ADMIN only, and switch to the configured user (or,
-    // started as root without `user =`, to the default one where possible).
-    let run_as = choose_user(
-        settings.user.as_deref(),
-        shell.state.as_ref().map(|s| s.path()),
-        &created,
-    );
-    match crate::privs::drop_privileges(run_as.as_deref()) {
-        Ok(d) => info!(uid = d.uid, capabilities = ?d.effective, "privileges dropped"),
-        Err(e) => return Err(DaemonError::Privileges(e)),
     }
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
-    let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<String>)>(16);
+}
+
+/// The start line of the logs, and the readiness and status lines to systemd
+/// (`Type=notify`): the queue is bound and the control socket listens.
+fn announce_running(settings: &Settings, spec: &RuleSpec, config_path: Option<&Path>) {
     info!(
         queue = settings.queue,
         ports = ?settings.ports,
         socket = %settings.socket.display(),
         fail_open = settings.fail_open,
         "ftpct running; install the rules with `{}` if not done",
-        spec.command_line(opts.config_path.as_deref(), "--apply")
+        spec.command_line(config_path, "--apply")
     );
-    // Tell systemd (Type=notify) that the queue is bound and the control socket listens.
     sd_notify(notify::ready(), "READY");
-    sd_notify(notify::status(&status_line(&settings)), "STATUS");
-    // The first tick is immediate: the rules are checked at start, then every period.
-    // The same period drives the mark check (`check_marks`) when seqadj_mark is on.
+    sd_notify(notify::status(&status_line(settings)), "STATUS");
+}
+
+/// The timer of the rule check, which also drives the mark check (`check_marks`) when
+/// seqadj_mark is on; none when neither runs. Its first tick is immediate: the rules are
+/// checked at start, then every period.
+fn periodic_timer(shell: &Shell, settings: &Settings) -> Option<tokio::time::Interval> {
     let periodic = shell.rule_watch.is_some()
         || (settings.seqadj_mark != 0 && !settings.rule_check_interval.is_zero());
-    let mut recv_streak = ErrorStreak::default();
-    let mut poll_streak = ErrorStreak::default();
-    let mut rule_timer = periodic.then(|| {
+    periodic.then(|| {
         let mut t = tokio::time::interval(settings.rule_check_interval);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
-    });
-    loop {
-        let deadline = shell.engine.poll_timeout().map(|t| {
-            let now = monotonic_now();
-            tokio::time::Instant::now() + Duration::from_nanos(t.0.saturating_sub(now.0))
-        });
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            ready = queue.readable_mut() => {
-                on_queue_readable(&mut shell, ready, &mut recv_streak, &mut poll_streak).await?;
-            }
-            _ = sleep => {
-                shell.engine.handle_timeout(monotonic_now());
-                shell.run_actions();
-                shell.persist();
-                shell.drain_events();
-            }
-            _ = async {
-                match rule_timer.as_mut() {
-                    Some(t) => { t.tick().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {
-                shell.check_rules();
-                shell.check_marks();
-            }
-            conn = listener.accept() => {
-                if let Ok((stream, _)) = conn {
-                    tokio::spawn(serve_client(stream, tx.clone(), shell.events.clone()));
-                }
-            }
-            conn = async {
-                match &metrics_listener {
-                    Some(l) => l.accept().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Ok((stream, _)) = conn {
-                    // over the cap: closed at once (dropped), counted in metrics_refused
-                    if let Some(slot) = HttpSlot::take(&shell.http) {
-                        tokio::spawn(serve_metrics(stream, tx.clone(), slot));
-                    }
-                }
-            }
-            Some((req, reply)) = rx.recv() => {
-                let _ = reply.send(shell.answer(req));
-            }
-            _ = hup.recv() => reload(&mut shell, &mut settings, &opts),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
+    })
+}
+
+/// When the engine's next timer is due, on tokio's clock.
+fn engine_deadline(engine: &Engine) -> Option<tokio::time::Instant> {
+    engine.poll_timeout().map(|t| {
+        let now = monotonic_now();
+        tokio::time::Instant::now() + Duration::from_nanos(t.0.saturating_sub(now.0))
+    })
+}
+
+/// Sleeps until `deadline`; without one, never returns.
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending::<()>().await,
     }
-    shut_down(&mut shell, &opts);
-    Ok(())
+}
+
+/// The next tick of `timer`; without one, never returns.
+async fn tick_or_never(timer: Option<&mut tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// The next connection to the metrics endpoint; without one, never returns.
+async fn accept_or_never(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The engine's timer is due: expiries and timeouts, their actions, the state file, the
+/// events.
+fn on_engine_timer(shell: &mut Shell) {
+    shell.engine.handle_timeout(monotonic_now());
+    shell.run_actions();
+    shell.persist();
+    shell.drain_events();
 }
 
 /// The queue's socket is readable (or waiting for it failed): drains what is there, bounded

@@ -238,15 +238,6 @@ fn main() -> ExitCode {
             metrics,
             state,
         } => {
-            // The warnings (an old-format file, deprecated keys) are logged once logging is set
-            // up, so that under systemd they reach the journal as warnings.
-            let (mut s, warnings) = match load_quiet(config.as_deref()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("ftpct: {e}");
-                    return ExitCode::from(2);
-                }
-            };
             let overrides = config::Overrides {
                 queue,
                 socket,
@@ -255,25 +246,7 @@ fn main() -> ExitCode {
                 metrics,
                 state_file: state,
             };
-            overrides.apply(&mut s);
-            if let Err(e) = init_logs(log.as_deref().unwrap_or(&s.log)) {
-                eprintln!("ftpct: {e}");
-                return ExitCode::from(2);
-            }
-            for w in &warnings {
-                tracing::warn!("{w}");
-            }
-            match daemon::run(daemon::RunOptions {
-                settings: s,
-                config_path: config,
-                overrides,
-            }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::from(1)
-                }
-            }
+            run_daemon(config, log.as_deref(), overrides)
         }
         Cmd::Rules {
             config,
@@ -284,45 +257,13 @@ fn main() -> ExitCode {
             delete,
             bypass,
         } => {
-            let settings = match load_settings(config.as_deref(), "ftpct rules: ") {
-                Ok(s) => s,
-                Err(code) => return code,
+            let flags = RuleFlags {
+                backend,
+                queue,
+                ports,
+                bypass,
             };
-            let mut spec = settings.rule_spec();
-            if let Some(b) = backend {
-                spec.backend = b;
-            }
-            if let Some(q) = queue {
-                spec.queue = q;
-            }
-            if let Some(p) = ports {
-                spec.ports = p;
-            }
-            if bypass {
-                spec.bypass = true;
-            }
-            // --apply and --delete say, per group, what was there and what they changed, and
-            // what the kernel needs beside the rules (the nat PREROUTING base chain, the sets).
-            let result = if apply {
-                rules::apply_report(&spec).map(|r| r.to_string())
-            } else if delete {
-                rules::delete_report(&spec).map(|r| r.to_string())
-            } else {
-                rules::render(&spec).map_err(rules::RulesError::from)
-            };
-            match result {
-                Ok(text) => {
-                    println!("{}", text.trim_end());
-                    if apply {
-                        warn_small_sets(&spec, config.as_deref());
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ftpct rules: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            rules_command(config.as_deref(), RulesOp::of(apply, delete), flags)
         }
         Cmd::List { socket } => ask(&socket, Request::List),
         Cmd::Sessions { socket } => ask(&socket, Request::Sessions),
@@ -343,73 +284,210 @@ fn main() -> ExitCode {
             ports,
             config,
         } => {
-            let s = match load_settings(config.as_deref(), "ftpct: ") {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            let mut opts = replay::ReplayOptions::new(file);
-            if json {
-                opts.format = replay::OutputFormat::Json;
-            }
-            opts.nat = match (snat, dnat) {
+            let nat = match (snat, dnat) {
                 (Some(ip), _) => replay::Nat::Snat(ip),
                 (None, Some(ip)) => replay::Nat::Dnat(ip),
                 (None, None) => replay::Nat::None,
             };
-            opts.ports = ports.unwrap_or(s.ports);
-            opts.policy = s.policy;
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let result = replay::run(&opts, &mut out);
-            let _ = out.flush();
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                // `ftpct replay ... | head`: the reader is gone, nothing to report
-                Err(replay::ReplayError::Write(e))
-                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
-                {
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ftpct replay: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            replay_command(file, json, nat, ports, config.as_deref())
         }
         Cmd::CheckConfig {
             migrate: false,
             file,
-        } => match config::load(&file) {
-            Ok(s) => {
-                for w in &s.warnings {
-                    eprintln!("warning: {w}");
-                }
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        } => check_config(&file),
         Cmd::CheckConfig {
             migrate: true,
             file,
-        } => match config::read(&file).and_then(|text| config::migrate(&text, &file)) {
-            Ok((text, format)) => {
-                if format == config::Format::Toml {
-                    eprintln!(
-                        "{}: already in the TOML format: printed unchanged",
-                        file.display()
-                    );
-                }
-                print!("{text}");
-                ExitCode::SUCCESS
+        } => migrate_config(&file),
+    }
+}
+
+/// `ftpct run`: the settings of `config` with the command line's `overrides`, the logs, then
+/// the daemon until it stops.
+fn run_daemon(
+    config: Option<PathBuf>,
+    log: Option<&str>,
+    overrides: config::Overrides,
+) -> ExitCode {
+    // The warnings (an old-format file, deprecated keys) are logged once logging is set
+    // up, so that under systemd they reach the journal as warnings.
+    let (mut s, warnings) = match load_quiet(config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ftpct: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    overrides.apply(&mut s);
+    if let Err(e) = init_logs(log.unwrap_or(&s.log)) {
+        eprintln!("ftpct: {e}");
+        return ExitCode::from(2);
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    match daemon::run(daemon::RunOptions {
+        settings: s,
+        config_path: config,
+        overrides,
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What `ftpct rules` does with the rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RulesOp {
+    /// Print them (no flag).
+    Print,
+    /// `--apply`.
+    Apply,
+    /// `--delete`.
+    Delete,
+}
+
+impl RulesOp {
+    /// From the flags `--apply` and `--delete` (clap refuses both).
+    fn of(apply: bool, delete: bool) -> RulesOp {
+        if apply {
+            RulesOp::Apply
+        } else if delete {
+            RulesOp::Delete
+        } else {
+            RulesOp::Print
+        }
+    }
+}
+
+/// The flags of `ftpct rules` that override the configuration's rule specification.
+struct RuleFlags {
+    backend: Option<rules::Backend>,
+    queue: Option<u16>,
+    ports: Option<Vec<u16>>,
+    bypass: bool,
+}
+
+impl RuleFlags {
+    fn apply(self, spec: &mut rules::RuleSpec) {
+        if let Some(b) = self.backend {
+            spec.backend = b;
+        }
+        if let Some(q) = self.queue {
+            spec.queue = q;
+        }
+        if let Some(p) = self.ports {
+            spec.ports = p;
+        }
+        if self.bypass {
+            spec.bypass = true;
+        }
+    }
+}
+
+/// `ftpct rules`: prints, applies or deletes the rules of `config`'s specification with the
+/// command line's `flags`.
+fn rules_command(config: Option<&std::path::Path>, op: RulesOp, flags: RuleFlags) -> ExitCode {
+    let settings = match load_settings(config, "ftpct rules: ") {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut spec = settings.rule_spec();
+    flags.apply(&mut spec);
+    // --apply and --delete say, per group, what was there and what they changed, and
+    // what the kernel needs beside the rules (the nat PREROUTING base chain, the sets).
+    let result = match op {
+        RulesOp::Apply => rules::apply_report(&spec).map(|r| r.to_string()),
+        RulesOp::Delete => rules::delete_report(&spec).map(|r| r.to_string()),
+        RulesOp::Print => rules::render(&spec).map_err(rules::RulesError::from),
+    };
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            if op == RulesOp::Apply {
+                warn_small_sets(&spec, config);
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ftpct rules: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `ftpct replay`: runs the capture `file` through the driver and prints what happened.
+fn replay_command(
+    file: PathBuf,
+    json: bool,
+    nat: replay::Nat,
+    ports: Option<Vec<u16>>,
+    config: Option<&std::path::Path>,
+) -> ExitCode {
+    let s = match load_settings(config, "ftpct: ") {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut opts = replay::ReplayOptions::new(file);
+    if json {
+        opts.format = replay::OutputFormat::Json;
+    }
+    opts.nat = nat;
+    opts.ports = ports.unwrap_or(s.ports);
+    opts.policy = s.policy;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = replay::run(&opts, &mut out);
+    let _ = out.flush();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        // `ftpct replay ... | head`: the reader is gone, nothing to report
+        Err(replay::ReplayError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ftpct replay: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `ftpct check-config FILE`.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match config::load(file) {
+        Ok(s) => {
+            for w in &s.warnings {
+                eprintln!("warning: {w}");
             }
-        },
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `ftpct check-config --migrate FILE`.
+fn migrate_config(file: &std::path::Path) -> ExitCode {
+    match config::read(file).and_then(|text| config::migrate(&text, file)) {
+        Ok((text, format)) => {
+            if format == config::Format::Toml {
+                eprintln!(
+                    "{}: already in the TOML format: printed unchanged",
+                    file.display()
+                );
+            }
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -2,101 +2,14 @@
 //! or `--metrics ADDR`). Names follow node_exporter's conntrack metrics
 //! (`node_nf_conntrack_entries`, ...): `ftpct_` prefix, `_total` on counters, base units.
 //!
-//! Rendering is a pure function of the counters, so it is unit-tested; `daemon.rs` serves it.
+//! This module holds the shell's counter table and gathers every counter's value; the writers
+//! (and the latency [`Histogram`]) are the core's, pure functions of the rows
+//! ([`stats::render_stats`], [`stats::render_exposition`]), so the output is unit-tested;
+//! `daemon.rs` serves it.
 
-use std::fmt::Write as _;
+use ftpct_core::Histogram;
 
-use crate::stats::{self, Counter as C, Family, Kind, Sample, Stats};
-
-/// Sub-buckets per power of two: 8, so a bucket is at most 12.5 % wide.
-const SUB_BITS: u32 = 3;
-const SUB: usize = 1 << SUB_BITS;
-/// Enough buckets for every `u64`.
-const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
-
-/// Per-packet processing time (queue in → verdict issued) in nanoseconds, log-linear buckets (as
-/// HdrHistogram with 3 significant bits): below 8 ns one bucket per value, then each power of
-/// two split into 8 equal buckets. Quantiles are within 12.5 % of the true value; recording is
-/// a few integer operations and never allocates.
-#[derive(Clone, Debug)]
-pub struct Histogram {
-    buckets: Box<[u64; BUCKETS]>,
-    count: u64,
-    sum_ns: u64,
-    max_ns: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: Box::new([0; BUCKETS]),
-            count: 0,
-            sum_ns: 0,
-            max_ns: 0,
-        }
-    }
-}
-
-/// The bucket of a sample.
-fn bucket_of(ns: u64) -> usize {
-    if ns < SUB as u64 {
-        return ns as usize;
-    }
-    let shift = 63 - ns.leading_zeros() - SUB_BITS;
-    (shift as usize + 1) * SUB + ((ns >> shift) as usize & (SUB - 1))
-}
-
-/// The first value above bucket `i` (its exclusive upper bound).
-fn bucket_end(i: usize) -> u64 {
-    if i < SUB {
-        return i as u64 + 1;
-    }
-    let shift = (i / SUB - 1) as u32;
-    let top = (SUB + i % SUB) as u64 + 1;
-    top.checked_shl(shift).unwrap_or(u64::MAX)
-}
-
-impl Histogram {
-    pub fn record(&mut self, ns: u64) {
-        if let Some(x) = self.buckets.get_mut(bucket_of(ns)) {
-            *x += 1;
-        }
-        self.count += 1;
-        self.sum_ns = self.sum_ns.saturating_add(ns);
-        self.max_ns = self.max_ns.max(ns);
-    }
-    /// An upper bound of quantile `q` (0..=1), in ns: the end of the bucket that holds it,
-    /// never above the largest sample.
-    pub fn quantile(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= target {
-                return bucket_end(i).saturating_sub(1).min(self.max_ns);
-            }
-        }
-        self.max_ns
-    }
-    /// Samples below `2^exp` ns.
-    fn below_pow2(&self, exp: u32) -> u64 {
-        let end = if exp <= SUB_BITS {
-            1usize << exp
-        } else {
-            (exp - SUB_BITS + 1) as usize * SUB
-        };
-        self.buckets.iter().take(end).sum()
-    }
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-    pub fn max(&self) -> u64 {
-        self.max_ns
-    }
-}
+use crate::stats::{self, Counter as C, Family, HistogramFamily, Kind, Row, Stats};
 
 /// Counters of the I/O shell (kernel side).
 #[derive(Clone, Debug, Default)]
@@ -385,132 +298,37 @@ static SHELL: &[stats::Counter<ShellRead>] = &[
     ),
 ];
 
-/// One counter of the three tables with its value: a `ftpct stats` line and/or a sample.
-struct Row {
-    stat: Option<&'static str>,
-    sample: Option<Sample>,
-    value: u64,
-}
+/// The latency histogram of the exposition (after the families).
+const PACKET_LATENCY: HistogramFamily = HistogramFamily {
+    name: "ftpct_packet_latency_seconds",
+    help: "Per queued packet, from its receipt to its verdict being issued.",
+};
 
 /// Every counter with its value, in `ftpct stats` order: the engine's table sizes, the
 /// engine's counters, the shell's.
 fn rows(s: &Snapshot<'_>) -> Vec<Row> {
-    let shell = |c: &stats::Counter<ShellRead>| Row {
-        stat: c.stat,
-        sample: c.sample,
-        value: (c.read)(s),
-    };
-    let engine = stats::COUNTERS.iter().map(|c| Row {
-        stat: c.stat,
-        sample: c.sample,
-        value: (c.read)(s.engine),
-    });
+    let engine = stats::COUNTERS.iter().map(|c| c.row(s.engine));
     TABLES
         .iter()
-        .map(shell)
+        .map(|c| c.row(s))
         .chain(engine)
-        .chain(SHELL.iter().map(shell))
+        .chain(SHELL.iter().map(|c| c.row(s)))
         .collect()
 }
 
 /// The `ftpct stats` text: one `name value` line per counter.
 pub fn render_stats(s: &Snapshot<'_>) -> String {
-    let mut out = String::with_capacity(2048);
-    for r in rows(s) {
-        if let Some(name) = r.stat {
-            let _ = writeln!(out, "{name} {}", r.value);
-        }
-    }
-    out
+    stats::render_stats(&rows(s))
 }
 
 /// The exposition text (format version 0.0.4).
 pub fn render(s: &Snapshot<'_>) -> String {
-    let rows = rows(s);
-    let mut out = String::with_capacity(4096);
-    for f in EXPOSITION {
-        let name = f.name;
-        let _ = writeln!(out, "# HELP {name} {}", f.help);
-        let _ = writeln!(out, "# TYPE {name} {}", f.kind.as_str());
-        for v in f.values {
-            let found = rows.iter().find(|r| {
-                r.sample
-                    .is_some_and(|m| m.family.name == name && m.value == *v)
-            });
-            let Some(r) = found else { continue };
-            if f.label.is_empty() {
-                let _ = writeln!(out, "{name} {}", r.value);
-            } else {
-                let _ = writeln!(out, "{name}{{{}=\"{v}\"}} {}", f.label, r.value);
-            }
-        }
-    }
-    latency_histogram(&mut out, s.latency.all);
-    out
-}
-
-/// The latency histogram in seconds, cumulative buckets.
-fn latency_histogram(out: &mut String, h: &Histogram) {
-    let name = "ftpct_packet_latency_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Per queued packet, from its receipt to its verdict being issued."
-    );
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    // Powers of two from 256 ns to 128 ms: bucket boundaries of the histogram.
-    for exp in 8..28u32 {
-        let le = (1u64 << exp) as f64 / 1e9;
-        let cum = h.below_pow2(exp);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le:e}\"}} {cum}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {:e}", h.sum_ns as f64 / 1e9);
-    let _ = writeln!(out, "{name}_count {}", h.count);
+    stats::render_exposition(EXPOSITION, &rows(s), &[(&PACKET_LATENCY, s.latency.all)])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_quantiles() {
-        let mut h = Histogram::default();
-        for ns in [100u64, 200, 300, 5000, 100_000] {
-            h.record(ns);
-        }
-        assert_eq!(h.count(), 5);
-        // within one bucket (12.5 %) above the true value
-        let p50 = h.quantile(0.5);
-        assert!((300..=300 * 9 / 8).contains(&p50), "{p50}");
-        assert_eq!(h.quantile(0.99), 100_000, "capped at the largest sample");
-        assert_eq!(h.quantile(0.2), 103, "last value of 100's bucket [96, 104)");
-        assert_eq!(h.max(), 100_000);
-    }
-
-    #[test]
-    fn histogram_buckets_tile_the_range() {
-        // every value falls in a bucket whose bounds contain it, buckets are contiguous, and
-        // no bucket is wider than 1/8 of its start (beyond the exact ones below 8)
-        let mut prev_end = 0u64;
-        for i in 0..BUCKETS - 1 {
-            let end = bucket_end(i);
-            assert!(end > prev_end, "bucket {i}");
-            assert_eq!(bucket_of(prev_end), i, "start of bucket {i}");
-            assert_eq!(bucket_of(end - 1), i, "end of bucket {i}");
-            if prev_end >= 8 {
-                assert!(end - prev_end <= prev_end / 8, "bucket {i} too wide");
-            }
-            prev_end = end;
-        }
-        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
-        let mut h = Histogram::default();
-        for ns in [0, 1, 255, 256, 257, 1 << 20, u64::MAX] {
-            h.record(ns);
-        }
-        assert_eq!(h.below_pow2(8), 3);
-        assert_eq!(h.below_pow2(9), 5);
-        assert_eq!(h.below_pow2(21), 6);
-    }
 
     #[test]
     fn renders_valid_exposition_text() {

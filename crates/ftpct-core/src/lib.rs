@@ -8,7 +8,8 @@
 //! a file, reads a clock or draws a random number: the crate's dependencies (etherparse,
 //! thiserror) cannot, and `unsafe` is forbidden. The daemon, `ftpct replay`, the simulation
 //! tests, the benches and the fuzz targets all drive [`engine::Engine`] the same way.
-//! [`stats`] holds the engine's counters with the table the shell renders them from, and
+//! [`stats`] holds the engine's counters, their table and the writers of `ftpct stats` and
+//! the Prometheus exposition (with the latency [`Histogram`] they show), and
 //! [`reconcile`] answers the shell's questions about the kernel's state (marks to check,
 //! restored sessions against conntrack, the kernel work a restore needs).
 
@@ -28,6 +29,7 @@
 pub mod engine;
 pub mod expect;
 mod hashkey;
+mod histogram;
 pub mod journal;
 pub mod lookup;
 pub mod packet;
@@ -47,4 +49,5 @@ pub mod wire;
 
 // Internal modules whose types show in the public API: named from the root.
 pub use hashkey::HashKey;
+pub use histogram::Histogram;
 pub use window::{Segment, Untrusted, Window};

@@ -1,14 +1,19 @@
-//! The engine's counters ([`Stats`]) and the one table that describes each of them
+//! The engine's counters ([`Stats`]), the one table that describes each of them
 //! ([`COUNTERS`]): its name in `ftpct stats`, where it shows in the Prometheus exposition
-//! (metric family, label value) and how to read it.
+//! (metric family, label value) and how to read it, and the two writers that render such
+//! tables ([`render_stats`], [`render_exposition`]).
 //!
 //! The shell keeps a table of the same shape for its own counters (`src/metrics.rs`), and
 //! both `ftpct stats` and the `/metrics` endpoint are generated from the two tables, so a
 //! counter is declared once and cannot be shown by one and forgotten by the other. The order
 //! of the `ftpct stats` lines is the order of the tables; the order of the exposition is the
-//! shell's list of families, and within a family the order of [`Family::values`].
+//! shell's list of families, and within a family the order of [`Family::values`]. The shell
+//! only gathers the values (each table's rows read with [`Counter::row`]) and serves the text.
+
+use std::fmt::Write as _;
 
 use crate::engine::MsgKind;
+use crate::histogram::Histogram;
 
 /// Counters for metrics. Monotonic except `sessions`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -197,6 +202,106 @@ impl<R> Counter<R> {
             read,
         }
     }
+}
+
+impl<R> Counter<R> {
+    /// This counter with its value read from `src`: a `ftpct stats` line and/or a sample.
+    pub fn row<T: ?Sized>(&self, src: &T) -> Row
+    where
+        R: Fn(&T) -> u64,
+    {
+        Row {
+            stat: self.stat,
+            sample: self.sample,
+            value: (self.read)(src),
+        }
+    }
+}
+
+/// One counter with its value, as the writers take it.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    /// Its name in `ftpct stats`, if it is shown there.
+    pub stat: Option<&'static str>,
+    /// Its sample in the exposition, if it is exposed.
+    pub sample: Option<Sample>,
+    /// Its value.
+    pub value: u64,
+}
+
+/// A histogram family of the exposition: its name and `# HELP` text (the samples are the
+/// [`Histogram`]'s cumulative buckets, sum and count).
+#[derive(Debug)]
+pub struct HistogramFamily {
+    /// The family's name, in base units (`..._seconds`).
+    pub name: &'static str,
+    /// The `# HELP` text.
+    pub help: &'static str,
+}
+
+/// The `ftpct stats` text: one `name value` line per row that has a `ftpct stats` name, in
+/// the order of `rows`.
+pub fn render_stats(rows: &[Row]) -> String {
+    let mut out = String::with_capacity(2048);
+    for r in rows {
+        if let Some(name) = r.stat {
+            let _ = writeln!(out, "{name} {}", r.value);
+        }
+    }
+    out
+}
+
+/// The Prometheus exposition text (format version 0.0.4): each family of `families` in its
+/// order with the samples of `rows` that belong to it (in the order of [`Family::values`]),
+/// then each histogram of `histograms`, in seconds.
+pub fn render_exposition(
+    families: &[&Family],
+    rows: &[Row],
+    histograms: &[(&HistogramFamily, &Histogram)],
+) -> String {
+    let mut out = String::with_capacity(4096);
+    for f in families {
+        family(&mut out, f, rows);
+    }
+    for (f, h) in histograms {
+        histogram(&mut out, f, h);
+    }
+    out
+}
+
+/// One family: its `# HELP` and `# TYPE` lines and its samples.
+fn family(out: &mut String, f: &Family, rows: &[Row]) {
+    let name = f.name;
+    let _ = writeln!(out, "# HELP {name} {}", f.help);
+    let _ = writeln!(out, "# TYPE {name} {}", f.kind.as_str());
+    for v in f.values {
+        let found = rows.iter().find(|r| {
+            r.sample
+                .is_some_and(|m| m.family.name == name && m.value == *v)
+        });
+        let Some(r) = found else { continue };
+        if f.label.is_empty() {
+            let _ = writeln!(out, "{name} {}", r.value);
+        } else {
+            let _ = writeln!(out, "{name}{{{}=\"{v}\"}} {}", f.label, r.value);
+        }
+    }
+}
+
+/// A histogram in seconds, cumulative buckets.
+fn histogram(out: &mut String, f: &HistogramFamily, h: &Histogram) {
+    let name = f.name;
+    let _ = writeln!(out, "# HELP {name} {}", f.help);
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    // Powers of two from 256 ns to 128 ms: bucket boundaries of the histogram.
+    for exp in 8..28u32 {
+        let le = (1u64 << exp) as f64 / 1e9;
+        let cum = h.below_pow2(exp);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le:e}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{name}_sum {:e}", h.sum() as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count {}", h.count());
 }
 
 /// How an engine counter is read.
@@ -537,5 +642,45 @@ mod tests {
             assert_eq!(MESSAGES.values.get(i), Some(&k.label()));
         }
         assert_eq!(MESSAGES.values.len(), kinds.len());
+    }
+
+    /// The writers on a small table of their own: lines in row order, families in their
+    /// order with their samples in the order of their values, a label only where declared.
+    #[test]
+    fn writers_render_rows_in_table_order() {
+        const LABELLED: Family = Family {
+            name: "t_things_total",
+            kind: Kind::Counter,
+            help: "Things.",
+            label: "kind",
+            values: &["a", "b"],
+        };
+        const SINGLE: Family = Family::single("t_level", Kind::Gauge, "A level.");
+        type ReadValues = fn(&[u64; 4]) -> u64;
+        static TABLE: &[Counter<ReadValues>] = &[
+            Counter::both("b_things", &LABELLED, "b", |v| v[0]),
+            Counter::stat("hidden", |v| v[1]),
+            Counter::metric(&LABELLED, "a", |v| v[2]),
+            Counter::both("level", &SINGLE, "", |v| v[3]),
+        ];
+        let rows: Vec<Row> = TABLE.iter().map(|c| c.row(&[1, 2, 3, 4])).collect();
+        assert_eq!(render_stats(&rows), "b_things 1\nhidden 2\nlevel 4\n");
+        let mut h = Histogram::default();
+        h.record(300);
+        h.record(2_000_000_000);
+        let latency = HistogramFamily {
+            name: "t_seconds",
+            help: "Time.",
+        };
+        let text = render_exposition(&[&SINGLE, &LABELLED], &rows, &[(&latency, &h)]);
+        let head = "# HELP t_level A level.\n# TYPE t_level gauge\nt_level 4\n\
+                    # HELP t_things_total Things.\n# TYPE t_things_total counter\n\
+                    t_things_total{kind=\"a\"} 3\nt_things_total{kind=\"b\"} 1\n\
+                    # HELP t_seconds Time.\n# TYPE t_seconds histogram\n\
+                    t_seconds_bucket{le=\"2.56e-7\"} 0\nt_seconds_bucket{le=\"5.12e-7\"} 1\n";
+        assert!(text.starts_with(head), "{text}");
+        let tail = "t_seconds_bucket{le=\"1.34217728e-1\"} 1\nt_seconds_bucket{le=\"+Inf\"} 2\n\
+                    t_seconds_sum 2.0000003e0\nt_seconds_count 2\n";
+        assert!(text.ends_with(tail), "{text}");
     }
 }
