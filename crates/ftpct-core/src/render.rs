@@ -1343,4 +1343,86 @@ mod tests {
             assert_eq!(json(e, now), *js, "{e:?}");
         }
     }
+
+    /// The expectation number replay gives the event's expectation in these tests.
+    fn replay_no(e: &Event) -> Option<u64> {
+        match e {
+            Event::ExpectCreated { id, .. }
+            | Event::ExpectUsed { id, .. }
+            | Event::ExpectRemoved { id, .. } => Some(id.0 + 10),
+            _ => None,
+        }
+    }
+
+    /// Replay's text line of every variant is its `ftpct events` line (or, for an event that
+    /// is only counted, its counted line), then its notes, then replay's extras; its JSON
+    /// object is the event's, with `"t"`, the expectation named `E<n>` and the extras.
+    #[test]
+    fn every_event_has_a_replay_line() {
+        let now = Timestamp(100 * 1_000_000_000);
+        let events = every_event();
+        assert_eq!(events.len(), REPLAY_NOTES.len());
+        for (e, notes) in events.iter().zip(REPLAY_NOTES) {
+            let n = replay_no(e);
+            let extras = [("line", Value::Str("PORT 1,2")), ("nat_dst", Value::None)];
+            let text = replay_record(e, now, "1.500000", n, &extras, false);
+            let head = match events_line(e, now) {
+                Some(l) => l.trim_end().to_string(),
+                None => "[MESSAGE] session S3 reply 227".to_string(),
+            };
+            assert_eq!(
+                text,
+                format!("1.500000 {head}{notes} line=\"PORT 1,2\" nat_dst=-"),
+                "{e:?}"
+            );
+            let js = replay_record(e, now, "1.5", n, &extras, true);
+            let mut want = json(e, now).replacen(
+                &format!("{{\"type\":\"{}\"", js_type(e)),
+                &format!("{{\"type\":\"{}\",\"t\":1.5", js_type(e)),
+                1,
+            );
+            if let Some(n) = n {
+                want = want.replacen(
+                    &format!("\"expect\":{}", n - 10),
+                    &format!("\"expect\":\"E{n}\""),
+                    1,
+                );
+            }
+            want.pop();
+            want.push_str(",\"line\":\"PORT 1,2\",\"nat_dst\":null}");
+            assert_eq!(js, want, "{e:?}");
+        }
+    }
+
+    fn js_type(e: &Event) -> String {
+        let j = json(e, Timestamp::ZERO);
+        j.split('"').nth(3).unwrap_or_default().to_string()
+    }
+
+    /// What replay's line of each event of [`every_event`] shows after its `ftpct events` line.
+    const REPLAY_NOTES: &[&str] = &[
+        " nat=\"snat\" public=203.0.113.1",
+        "",
+        "",
+        "",
+        " session=S3 expect=E15 kind=\"227\" nat_to=10.0.0.2:50000",
+        " session=S3 expect=E16 kind=\"eprt\" nat_to=-",
+        " expect=E15",
+        " session=S3 expect=E16",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ];
 }

@@ -396,3 +396,111 @@ pub fn render(r: &Record<'_>, json: bool) -> String {
         s.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expect::ExpectKind;
+
+    #[test]
+    fn every_record_renders_as_pinned() {
+        const S: u64 = 1_000_000_000;
+        let exp = Expectation {
+            master: SessionId(1),
+            kind: ExpectKind::Port,
+            src: "203.0.113.2".parse().unwrap(),
+            dst: "203.0.113.1:40002".parse().unwrap(),
+            nat_to: Some("10.77.100.102:40002".parse().unwrap()),
+            created: Timestamp(10 * S),
+            expires: Timestamp(310 * S),
+        };
+        let summary = Summary {
+            packets_read: 21,
+            skipped_non_tcp: 1,
+            sessions: 1,
+            messages: 3,
+            rewrites: 2,
+            expect_created: 2,
+            expect_expired: 1,
+            refusals: 1,
+            parse_failures: 1,
+            seq_adjusted: 4,
+            ack_adjusted: 4,
+            ..Summary::default()
+        };
+        let nat = NatPlan {
+            label: "snat",
+            public: Some("203.0.113.1".parse().unwrap()),
+        };
+        let records = [
+            Record::Capture {
+                format: CaptureFormat::PcapNg,
+                nat,
+                ports: &[21, 2121],
+            },
+            Record::Warning {
+                t: "0.010000",
+                session: Some(SessionId(1)),
+                message: "the --snat address is of another family than the session",
+            },
+            Record::Warning {
+                t: "0.020000",
+                session: None,
+                message: "link type 147 is not supported; its frames are skipped",
+            },
+            Record::Seq(SeqRecord {
+                session: SessionId(1),
+                state: "closing",
+                offsets: [
+                    Offsets {
+                        after: -4,
+                        rewrites: 2,
+                    },
+                    Offsets::default(),
+                ],
+                seq_adjusted: 12,
+                ack_adjusted: 11,
+                dropped: 0,
+            }),
+            Record::Pending {
+                n: 2,
+                exp,
+                now: Timestamp(11 * S),
+            },
+            Record::Summary {
+                summary: &summary,
+                complete: false,
+            },
+        ];
+        let pinned = [
+            (
+                "capture pcapng, nat snat 203.0.113.1, control ports 21,2121",
+                "{\"type\":\"capture\",\"format\":\"pcapng\",\"nat\":\"snat\",\"public\":\"203.0.113.1\",\"ports\":[21,2121]}",
+            ),
+            (
+                "0.010000 S1 warning: the --snat address is of another family than the session",
+                "{\"type\":\"warning\",\"t\":0.010000,\"session\":\"S1\",\"message\":\"the --snat address is of another family than the session\"}",
+            ),
+            (
+                "0.020000 warning: link type 147 is not supported; its frames are skipped",
+                "{\"type\":\"warning\",\"t\":0.020000,\"session\":null,\"message\":\"link type 147 is not supported; its frames are skipped\"}",
+            ),
+            (
+                "S1 seq offsets: original -4 (2 rewrites), reply +0 (0 rewrites); 12 packets seq/payload adjusted, 11 acks adjusted, 0 dropped; closing",
+                "{\"type\":\"seq\",\"session\":\"S1\",\"state\":\"closing\",\"original_offset\":-4,\"original_rewrites\":2,\"reply_offset\":0,\"reply_rewrites\":0,\"seq_adjusted\":12,\"ack_adjusted\":11,\"dropped\":0}",
+            ),
+            (
+                "S1 expect E2 port still pending at the end: from 203.0.113.2 to 203.0.113.1:40002, 299s left",
+                "{\"type\":\"expect_pending\",\"session\":\"S1\",\"expect\":\"E2\",\"kind\":\"port\",\"src\":\"203.0.113.2\",\"dst\":\"203.0.113.1:40002\",\"nat_to\":\"10.77.100.102:40002\",\"expires_in\":299}",
+            ),
+            (
+                "summary: 21 packets read, 1 skipped (link 0, non-IP 0, non-TCP 1, fragments 0, malformed 0); 1 sessions, 3 messages, 2 rewrites; expectations 2 created, 0 used, 1 expired, 0 removed; 1 refusals, 1 parse failures, 0 not rewritten; 4 packets seq-adjusted, 4 ack-adjusted, 0 dropped",
+                "{\"type\":\"summary\",\"format\":\"pcap\",\"packets_read\":21,\"packets_skipped\":1,\"skipped_link\":0,\"skipped_non_ip\":0,\"skipped_non_tcp\":1,\"skipped_fragment\":0,\"skipped_malformed\":0,\"sessions\":1,\"messages\":3,\"rewrites\":2,\"expect_created\":2,\"expect_used\":0,\"expect_expired\":1,\"expect_removed\":0,\"refusals\":1,\"parse_failures\":1,\"not_rewritten\":0,\"seq_adjusted\":4,\"ack_adjusted\":4,\"dropped\":0,\"complete\":false}",
+            ),
+        ];
+        for (r, (text, js)) in records.iter().zip(pinned) {
+            assert_eq!(render(r, false), text, "{r:?}");
+            assert_eq!(render(r, true), js, "{r:?}");
+        }
+    }
+}
