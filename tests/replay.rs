@@ -1299,6 +1299,13 @@ fn bin_replay(lab: &common::Lab, file: &std::path::Path, args: &[&str]) -> Strin
     stdout
 }
 
+/// An IPv6 address as the kernel's expectation line writes it (every group, four digits).
+fn kernel_ip(ip: &str) -> String {
+    let ip: std::net::Ipv6Addr = ip.parse().unwrap();
+    let groups: Vec<String> = ip.segments().iter().map(|g| format!("{g:04x}")).collect();
+    groups.join(":")
+}
+
 /// The `--snat`/`--dnat` arguments of `nat`.
 fn nat_args(nat: Nat) -> Vec<String> {
     match nat {
@@ -1411,12 +1418,17 @@ fn lab_masq_port_capture_replays_with_snat() {
     assert_eq!(created[0].get("nat_to").str(), from.to_string());
     // the text report says the same
     assert!(
-        text.contains(&format!("rewrite port {from} -> {to}: \"{new_line}\"")),
+        text.contains(&format!(
+            "[REWRITE] session S1 port {from} -> {to} line=\"{line}\" new_line=\"{new_line}\""
+        )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "expect E1 port: from {srv_ip} to {to}, translated to {from}"
+            "[NEW] 300 l3proto = 2 proto=6 src={srv_ip} dst={} sport=0 dport={} ftp session=S1 \
+             expect=E1 kind=\"port\" nat_to={from}",
+            to.ip(),
+            to.port()
         )),
         "{text}"
     );
@@ -1675,15 +1687,29 @@ fn lab_v6_eprt_epsv_capture_replays_with_the_binary() {
         assert_eq!(sum[0].get(k).num(), v, "summary {k}: {text}");
     }
     assert_eq!(sum[0].get("format").str(), "pcap");
-    // the text report says the same
+    // the text report says the same (the kernel's expectation line writes IPv6 in full)
+    let (s1, s2) = (
+        created[0].get("session").str(),
+        created[1].get("session").str(),
+    );
+    let (kcli, ksrv) = (kernel_ip(cli_ip), kernel_ip(srv_ip));
     for want in [
-        format!("expect E1 eprt: from {srv_ip} to [{cli_ip}]:{eport}, for 300s"),
-        format!("expect E2 229: from {cli_ip} to [{srv_ip}]:{pport}, for 300s"),
+        format!(
+            "[NEW] 300 l3proto = 10 proto=6 src={ksrv} dst={kcli} sport=0 dport={eport} ftp \
+             session={s1} expect=E1 kind=\"eprt\" nat_to=-"
+        ),
+        format!(
+            "[NEW] 300 l3proto = 10 proto=6 src={kcli} dst={ksrv} sport=0 dport={pport} ftp \
+             session={s2} expect=E2 kind=\"229\" nat_to=-"
+        ),
         // vsftpd connects from port 20 (connect_from_port_20=YES)
         format!(
-            "expect E1 used by [{srv_ip}]:20 -> [{cli_ip}]:{eport}, related entry untranslated"
+            "data=[{srv_ip}]:20 -> [{cli_ip}]:{eport} (expected dst=[{cli_ip}]:{eport}) \
+             expect=E1 nat_src=- nat_dst=-"
         ),
-        format!("-> [{srv_ip}]:{pport}, related entry untranslated"),
+        format!(
+            "-> [{srv_ip}]:{pport} (expected dst=[{srv_ip}]:{pport}) expect=E2 nat_src=- nat_dst=-"
+        ),
         "2 sessions, 3 messages, 0 rewrites; expectations 2 created, 2 used".to_string(),
     ] {
         assert!(text.contains(&want), "text lacks {want:?}:\n{text}");
