@@ -2,10 +2,10 @@
 //! warnings, and at the end of the capture the sequence offsets of each session, the
 //! expectations still pending and the summary.
 //!
-//! Like [`render::describe`] for events, each `describe_*` function is the one description of
-//! its record: its name (the JSON `type`), its text sentence ([`Sink::message`]) and its JSON
-//! fields ([`Sink::record_field`]). [`text`] and [`json`] render a description. Nothing here
-//! does I/O.
+//! Like [`crate::render::describe`] for events, each `describe_*` function is the one
+//! description of its record: its name (the JSON `type`), its text sentence
+//! ([`Sink::message`]) and its JSON fields ([`Sink::record_field`]); [`Record`] names one
+//! record, [`render`] writes its text or JSON. Nothing here does I/O.
 
 use std::fmt;
 use std::net::IpAddr;
