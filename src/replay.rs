@@ -57,7 +57,8 @@ use crate::engine::{Conntrack, LineRef};
 use crate::policy::Policy;
 use crate::seqadj::SeqAdj;
 use crate::types::{CtTuples, Dir, FlowTuple, Hook, RelatedEntry, SessionId, Timestamp};
-use ftpct_core::render::{self, JsonObject, JsonSink, Level, Sink, Value};
+use ftpct_core::render::{self, Value};
+use ftpct_core::report::{self, NatPlan, Offsets, Record, SeqRecord};
 
 // ---------------------------------------------------------------------------------------------
 // Options, summary, errors
@@ -109,70 +110,7 @@ impl ReplayOptions {
     }
 }
 
-/// Container format of a capture.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CaptureFormat {
-    #[default]
-    Pcap,
-    PcapNg,
-}
-
-impl CaptureFormat {
-    pub fn label(self) -> &'static str {
-        match self {
-            CaptureFormat::Pcap => "pcap",
-            CaptureFormat::PcapNg => "pcapng",
-        }
-    }
-}
-
-/// Counts of one replay (also printed as the last record).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub format: CaptureFormat,
-    /// Packet records in the capture.
-    pub packets_read: u64,
-    /// Skipped: link type not supported (see [`run`]).
-    pub skipped_link: u64,
-    /// Skipped: not IPv4 / IPv6 (ARP, LLDP, ...).
-    pub skipped_non_ip: u64,
-    /// Skipped: IP but not TCP.
-    pub skipped_non_tcp: u64,
-    /// Skipped: IP fragments (the engine sees reassembled packets only).
-    pub skipped_fragment: u64,
-    /// Skipped: malformed, or cut short by the capture's snap length.
-    pub skipped_malformed: u64,
-    /// Control sessions the engine tracked.
-    pub sessions: u64,
-    /// FTP messages the engine acted on (PORT, EPRT, PASV, EPSV, 227, 229, AUTH TLS, 234).
-    pub messages: u64,
-    pub rewrites: u64,
-    pub expect_created: u64,
-    pub expect_used: u64,
-    pub expect_expired: u64,
-    /// Expectations evicted, replaced or dropped with their session.
-    pub expect_removed: u64,
-    pub refusals: u64,
-    pub parse_failures: u64,
-    /// Messages that needed a rewrite but whose line had already been let through.
-    pub not_rewritten: u64,
-    /// Packets whose seq or payload the engine changed at the pre-conntrack hook.
-    pub seq_adjusted: u64,
-    /// Packets whose ack or SACK blocks the engine changed at the post-conntrack hook.
-    pub ack_adjusted: u64,
-    /// Packets the engine would have dropped (held partial line, out of order).
-    pub dropped: u64,
-}
-
-impl Summary {
-    pub fn packets_skipped(&self) -> u64 {
-        self.skipped_link
-            + self.skipped_non_ip
-            + self.skipped_non_tcp
-            + self.skipped_fragment
-            + self.skipped_malformed
-    }
-}
+pub use ftpct_core::report::{CaptureFormat, Summary};
 
 /// Why a replay failed. A capture that breaks off in the middle still produces the records of
 /// the packets before the break, the end-of-capture records and the summary, then this error.
@@ -702,68 +640,38 @@ fn rewritten_line(line: &Line, adj: &SeqAdj) -> Option<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output helpers
+// Annotations
 
-/// What replay adds to an event's JSON object.
-enum Extra<'a> {
-    /// The line behind the event (`null`: not seen).
-    Line(Option<&'a [u8]>),
-    /// An address (`null`: none).
-    Addr(Option<SocketAddr>),
-    /// An IP address (`null`: none).
-    Ip(Option<IpAddr>),
+/// What replay adds to an event's record (after the event's own fields): the line behind a
+/// message, the rewritten line, the NAT of the related entry the simulated kernel made.
+#[derive(Debug)]
+enum Extra {
+    /// A line (`None`: not seen), lossy UTF-8.
+    Line(&'static str, Option<String>),
+    /// An IP address (`None`: none).
+    Ip(&'static str, Option<IpAddr>),
+    /// An address (`None`: none).
+    Addr(&'static str, Option<SocketAddr>),
 }
 
-/// The core's JSON sink, with replay's names for expectations (`E1`, `E2`, ... in creation
-/// order) instead of the engine's ids.
-struct ReplayJson<'a> {
-    inner: JsonSink<'a>,
-    expect: Option<u64>,
-}
+impl Extra {
+    fn line(key: &'static str, l: Option<&[u8]>) -> Extra {
+        Extra::Line(key, l.map(|b| String::from_utf8_lossy(b).into_owned()))
+    }
 
-impl Sink for ReplayJson<'_> {
-    fn begin(&mut self, name: &'static str, level: Level) -> bool {
-        self.inner.begin(name, level)
-    }
-    fn field(&mut self, key: &'static str, value: Value<'_>) {
-        self.record_field(key, value);
-    }
-    fn record_field(&mut self, key: &'static str, value: Value<'_>) {
-        match (value, self.expect) {
-            (Value::Expect(_), Some(n)) => self
-                .inner
-                .record_field(key, Value::Display(&format_args!("E{n}"))),
-            _ => self.inner.record_field(key, value),
+    fn value(&self) -> render::Extra<'_> {
+        fn opt<T: std::fmt::Display>(v: &Option<T>) -> Value<'_> {
+            match v {
+                Some(v) => Value::Display(v),
+                None => Value::None,
+            }
         }
-    }
-}
-
-/// Line text for the report: lossy UTF-8.
-fn text_of(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Quoted, escaped line text for the text format.
-fn quoted(b: Option<&[u8]>) -> String {
-    match b {
-        Some(b) => format!("\"{}\"", text_of(b).escape_debug()),
-        None => "(line not seen)".into(),
-    }
-}
-
-fn signed(v: i32) -> String {
-    if v >= 0 {
-        format!("+{v}")
-    } else {
-        v.to_string()
-    }
-}
-
-fn any_ip(ip: IpAddr) -> String {
-    if ip.is_unspecified() {
-        "any".into()
-    } else {
-        ip.to_string()
+        match self {
+            Extra::Line(k, Some(l)) => (k, Value::Str(l)),
+            Extra::Line(k, None) => (k, Value::None),
+            Extra::Ip(k, a) => (k, opt(a)),
+            Extra::Addr(k, a) => (k, opt(a)),
+        }
     }
 }
 
@@ -788,18 +696,10 @@ struct Conn {
 }
 
 /// A direction's sequence offset after its rewrites, and how many rewrite records it has.
-#[derive(Clone, Copy, Debug, Default)]
-struct Offsets {
-    after: i32,
-    rewrites: usize,
-}
-
-impl Offsets {
-    fn of(adj: &SeqAdj) -> Offsets {
-        Offsets {
-            after: adj.offset_after(),
-            rewrites: adj.records().count(),
-        }
+fn offsets_of(adj: &SeqAdj) -> Offsets {
+    Offsets {
+        after: adj.offset_after(),
+        rewrites: adj.records().count(),
     }
 }
 
@@ -852,6 +752,9 @@ impl Kernel for SimKernel {
         while engine.poll_journal().is_some() {}
     }
 }
+
+/// A warning an event calls for: its session and sentence.
+type Warning = Option<(SessionId, &'static str)>;
 
 struct PacketCtx {
     /// Related entries the engine asked for, in order (paired with `ExpectUsed`).
@@ -1131,58 +1034,33 @@ impl<'o> Replayer<'o> {
         format!("{}.{:06}", d / 1_000_000_000, (d % 1_000_000_000) / 1000)
     }
 
-    fn nat_text(&self) -> String {
-        match self.sim.nat {
-            Nat::None => "none".into(),
-            Nat::Snat(ip) => format!("snat {ip}"),
-            Nat::Dnat(ip) => format!("dnat {ip}"),
-        }
+    /// Writes a record of the report that is not an event (the core's `report`).
+    fn record(&mut self, r: Record<'_>) -> io::Result<()> {
+        let s = report::render(&r, self.json);
+        self.line(&s)
     }
 
     fn start(&mut self) -> io::Result<()> {
-        let ports = self
-            .sim
-            .ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let s = if self.json {
-            let (nat, public) = match self.sim.nat {
-                Nat::None => ("none", None),
-                Nat::Snat(ip) => ("snat", Some(ip)),
-                Nat::Dnat(ip) => ("dnat", Some(ip)),
-            };
-            JsonObject::typed("capture")
-                .display("format", self.sum.format.label())
-                .display("nat", nat)
-                .opt("public", public)
-                .raw("ports", &format!("[{ports}]"))
-                .end()
-        } else {
-            format!(
-                "capture {}, nat {}, control ports {ports}",
-                self.sum.format.label(),
-                self.nat_text()
-            )
+        let (label, public) = match self.sim.nat {
+            Nat::None => ("none", None),
+            Nat::Snat(ip) => ("snat", Some(ip)),
+            Nat::Dnat(ip) => ("dnat", Some(ip)),
         };
-        self.line(&s)
+        let ports = self.sim.ports.clone();
+        self.record(Record::Capture {
+            format: self.sum.format,
+            nat: NatPlan { label, public },
+            ports: &ports,
+        })
     }
 
-    fn warning(&mut self, sid: Option<SessionId>, msg: &str) -> io::Result<()> {
-        let s = if self.json {
-            JsonObject::typed("warning")
-                .raw("t", &self.t())
-                .opt("session", sid)
-                .display("message", msg)
-                .end()
-        } else {
-            match sid {
-                Some(sid) => format!("{} {sid} warning: {msg}", self.t()),
-                None => format!("{} warning: {msg}", self.t()),
-            }
-        };
-        self.line(&s)
+    fn warning(&mut self, session: Option<SessionId>, message: &str) -> io::Result<()> {
+        let t = self.t();
+        self.record(Record::Warning {
+            t: &t,
+            session,
+            message,
+        })
     }
 
     fn frame(&mut self, meta: FrameMeta, frame: &[u8]) -> io::Result<()> {
@@ -1368,8 +1246,8 @@ impl<'o> Replayer<'o> {
     fn refresh_offsets(&mut self, sid: SessionId) {
         if let Some(s) = self.engine.session(sid) {
             let offsets = [
-                Offsets::of(&s.dir(Dir::Original).seqadj),
-                Offsets::of(&s.dir(Dir::Reply).seqadj),
+                offsets_of(&s.dir(Dir::Original).seqadj),
+                offsets_of(&s.dir(Dir::Reply).seqadj),
             ];
             if let Some(info) = self.sessions.get_mut(&sid) {
                 info.offsets = offsets;
@@ -1393,482 +1271,198 @@ impl<'o> Replayer<'o> {
         n
     }
 
-    /// The JSON object of `e` from the core's renderer, with `"t"`, the replay's own name of an
-    /// expectation (`E<n>`) and what only replay knows (the line behind a message, the NAT of
-    /// the related entry) after the event's fields.
-    fn json_event(
-        &self,
-        e: &Event,
-        t: &str,
-        n: Option<u64>,
-        extra: &[(&str, Extra<'_>)],
-    ) -> String {
-        let mut s = ReplayJson {
-            inner: JsonSink::new(Some(t)),
-            expect: n,
-        };
-        render::describe(e, self.now, &mut s);
-        let mut o = s.inner.obj;
-        for (k, v) in extra {
-            o = match v {
-                Extra::Line(l) => o.opt(k, l.map(text_of)),
-                Extra::Addr(a) => o.opt(k, *a),
-                Extra::Ip(a) => o.opt(k, *a),
-            };
-        }
-        o.end()
-    }
-
-    fn event(&mut self, e: Event, ctx: &mut PacketCtx) -> io::Result<()> {
-        let n = match e {
+    /// Replay's number of the expectation of `e` (E1, E2, ... in creation order).
+    fn expect_of(&mut self, e: &Event) -> Option<u64> {
+        match *e {
             Event::ExpectCreated { id, .. }
             | Event::ExpectUsed { id, .. }
             | Event::ExpectRemoved { id, .. } => Some(self.expect_number(id)),
             _ => None,
-        };
+        }
+    }
+
+    /// One event: replay's bookkeeping, then its record from the core's renderer (text: the
+    /// `ftpct events` line; JSON: the event's object) with what only replay knows after the
+    /// event's own fields, then the warning the event calls for, if any.
+    fn event(&mut self, e: Event, ctx: &mut PacketCtx) -> io::Result<()> {
+        let n = self.expect_of(&e);
+        let (extras, warning) = self.bookkeep(&e, ctx);
+        let extras: Vec<render::Extra<'_>> = extras.iter().map(Extra::value).collect();
         let t = self.t();
-        let json = self.json;
-        let s = match e {
-            Event::SessionStart { id, ct } => {
-                self.sum.sessions += 1;
-                // The captured endpoints: the client's is never translated on the private side
-                // (snat: it is the private address; dnat: the client is public), the server's
-                // is the reply's source (snat: public server; dnat: its private address).
-                let plan = self.sim.plan(Conn {
-                    client: ct.original.src,
-                    server: ct.reply.src,
-                });
-                self.sessions.insert(
-                    id,
-                    SessInfo {
-                        ct,
-                        offsets: [Offsets::default(); 2],
-                        seq_adjusted: 0,
-                        ack_adjusted: 0,
-                        dropped: 0,
-                        end: None,
-                        last_line: [None, None],
-                    },
-                );
-                let note = match plan {
-                    Plan::Untranslatable(why) => Some(why),
-                    _ => None,
-                };
-                let s = if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    let nat = match plan {
-                        Plan::Snat(p) => format!("snat to {p}"),
-                        Plan::Dnat(p) => format!("dnat from {p}"),
-                        _ => "no nat".into(),
-                    };
-                    format!(
-                        "{t} {id} session {}, reply {} ({nat})",
-                        ct.original, ct.reply
-                    )
-                };
-                self.line(&s)?;
-                if let Some(why) = note {
-                    self.warning(Some(id), why)?;
-                }
-                return Ok(());
-            }
+        let s = render::replay_record(&e, self.now, &t, n, &extras, self.json);
+        self.line(&s)?;
+        match warning {
+            Some((sid, why)) => self.warning(Some(sid), why),
+            None => Ok(()),
+        }
+    }
+
+    /// What replay keeps of an event (its sessions, their last lines and end, the counts the
+    /// engine has no counter for), what it adds to the event's record, and a warning to
+    /// print after it.
+    fn bookkeep(&mut self, e: &Event, ctx: &mut PacketCtx) -> (Vec<Extra>, Warning) {
+        let extras = match *e {
+            Event::SessionStart { id, ct } => return (Vec::new(), self.session_started(id, ct)),
             Event::SessionEnd { id, reason, .. } => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.end = Some(reason);
                 }
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!("{t} {id} session end ({})", reason.label())
-                }
+                Vec::new()
             }
             Event::Message { id, kind, line } => {
-                self.sum.messages += 1;
-                let dir = render::msg_dir(kind);
                 let line = self.event_line(line);
-                let text = line.as_ref().map(|l| l.text.clone());
+                let extra = Extra::line("line", line.as_ref().map(|l| l.text.as_slice()));
                 if let Some(s) = self.sessions.get_mut(&id) {
-                    s.last_line[dir.index()] = line;
+                    s.last_line[render::msg_dir(kind).index()] = line;
                 }
-                if json {
-                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
-                } else {
-                    format!(
-                        "{t} {id} {} {} {}",
-                        dir.label(),
-                        kind.label(),
-                        quoted(text.as_deref())
-                    )
-                }
+                vec![extra]
             }
-            Event::ParseFailed {
-                id,
-                dir,
-                kind,
-                error,
-                line,
-            } => {
-                self.sum.parse_failures += 1;
+            Event::ParseFailed { line, .. } => {
                 let line = self.event_line(line);
-                let text = line.map(|l| l.text);
-                if json {
-                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
-                } else {
-                    format!(
-                        "{t} {id} {} {} {}: parse failed: {error}",
-                        dir.label(),
-                        kind.label(),
-                        quoted(text.as_deref())
-                    )
-                }
+                vec![Extra::line(
+                    "line",
+                    line.as_ref().map(|l| l.text.as_slice()),
+                )]
             }
-            Event::Rewritten { id, kind, from, to } => {
-                self.sum.rewrites += 1;
-                self.refresh_offsets(id);
-                let dir = render::expect_dir(kind);
-                // the line as the engine's rewrite record makes it
-                let new_line = self.sessions.get(&id).and_then(|s| {
-                    let l = s.last_line[dir.index()].as_ref()?;
-                    rewritten_line(l, &self.engine.session(id)?.dir(dir).seqadj)
-                });
-                let old = self.last_line(id, dir).map(|l| l.text.clone());
-                if json {
-                    self.json_event(
-                        &e,
-                        &t,
-                        n,
-                        &[
-                            ("line", Extra::Line(old.as_deref())),
-                            ("new_line", Extra::Line(new_line.as_deref())),
-                        ],
-                    )
-                } else {
-                    format!(
-                        "{t} {id} rewrite {} {from} -> {to}: {}",
-                        kind.label(),
-                        quoted(new_line.as_deref())
-                    )
-                }
-            }
-            Event::NotRewritten { id, kind } => {
+            Event::Rewritten { id, kind, .. } => self.rewritten(id, render::expect_dir(kind)),
+            Event::NotRewritten { .. } => {
                 self.sum.not_rewritten += 1;
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!(
-                        "{t} {id} NOT rewritten {}: the line had already been let through",
-                        kind.label()
-                    )
-                }
+                Vec::new()
             }
-            Event::ExpectCreated { id, exp } => {
-                self.sum.expect_created += 1;
-                let n = n.unwrap_or_else(|| self.expect_number(id));
-                let secs = exp.expires.since(exp.created).as_secs();
-                if json {
-                    self.json_event(&e, &t, Some(n), &[])
-                } else {
-                    let nat = exp
-                        .nat_to
-                        .map(|a| format!(", translated to {a}"))
-                        .unwrap_or_default();
-                    format!(
-                        "{t} {} expect E{n} {}: from {} to {}{nat}, for {secs}s",
-                        exp.master,
-                        exp.kind.label(),
-                        any_ip(exp.src),
-                        exp.dst
-                    )
-                }
-            }
-            Event::ExpectUsed { id, exp, data } => {
-                self.sum.expect_used += 1;
-                let n = n.unwrap_or_else(|| self.expect_number(id));
+            Event::ExpectUsed { .. } => {
                 let rel = ctx.related.pop_front();
-                let nat_src = rel.and_then(|r| r.nat_src);
-                let nat_dst = rel.and_then(|r| r.nat_dst);
-                if json {
-                    self.json_event(
-                        &e,
-                        &t,
-                        Some(n),
-                        &[
-                            ("nat_src", Extra::Ip(nat_src)),
-                            ("nat_dst", Extra::Addr(nat_dst)),
-                        ],
-                    )
-                } else {
-                    let nat = match (nat_src, nat_dst) {
-                        (Some(s), Some(d)) => format!(", related entry translated to {s} -> {d}"),
-                        _ => ", related entry untranslated".into(),
-                    };
-                    format!("{t} {} expect E{n} used by {data}{nat}", exp.master)
-                }
+                vec![
+                    Extra::Ip("nat_src", rel.and_then(|r| r.nat_src)),
+                    Extra::Addr("nat_dst", rel.and_then(|r| r.nat_dst)),
+                ]
             }
-            Event::ExpectRemoved { id, exp, reason } => {
-                if reason == RemoveReason::Expired {
-                    self.sum.expect_expired += 1;
-                } else {
+            Event::ExpectRemoved { reason, .. } => {
+                if reason != RemoveReason::Expired {
                     self.sum.expect_removed += 1;
                 }
-                let n = n.unwrap_or_else(|| self.expect_number(id));
-                if json {
-                    self.json_event(&e, &t, Some(n), &[])
-                } else {
-                    format!(
-                        "{t} {} expect E{n} removed ({})",
-                        exp.master,
-                        reason.label()
-                    )
-                }
+                Vec::new()
             }
-            Event::Refused {
-                id,
-                kind,
-                addr,
-                reason,
-            } => {
-                self.sum.refusals += 1;
-                let dir = render::expect_dir(kind);
-                let text = self.last_line(id, dir).map(|l| l.text.clone());
-                if json {
-                    self.json_event(&e, &t, n, &[("line", Extra::Line(text.as_deref()))])
-                } else {
-                    format!("{t} {id} refused {} {addr}: {reason}", kind.label())
-                }
+            Event::Refused { id, kind, .. } => {
+                let line = self.last_line(id, render::expect_dir(kind));
+                vec![Extra::line("line", line.map(|l| l.text.as_slice()))]
             }
-            Event::TlsStarted { id } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!(
-                        "{t} {id} AUTH TLS accepted: the control channel is no longer inspected"
-                    )
-                }
-            }
-            Event::LineTooLong { id, dir } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!("{t} {id} {} line too long, skipped", dir.label())
-                }
-            }
-            Event::HoldTimedOut {
-                id,
-                dir,
-                held,
-                action,
-                ..
-            } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!(
-                        "{t} {id} {} partial line not complete within hold_timeout ({held} bytes held, {})",
-                        dir.label(),
-                        action.label()
-                    )
-                }
-            }
-            Event::Resynced { id, dir } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!(
-                        "{t} {id} {} bytes missing from the capture, tracking resumes at the next line",
-                        dir.label()
-                    )
-                }
-            }
-            Event::Malformed { error, len, hook } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!(
-                        "{t} malformed packet at {} ({len} bytes): {error}",
-                        hook.label()
-                    )
-                }
-            }
-            Event::SegmentRefused { id, dir, why } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!(
-                        "{t} {id} {} segment refused ({}): {}",
-                        dir.label(),
-                        why.label(),
-                        why.describe()
-                    )
-                }
-            }
-            Event::Throttled { id, kind } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!("{t} {id} more {kind} events this second are not shown")
-                }
-            }
-            Event::EvictionStarted { max_sessions, .. } => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    format!("{t} session table full ({max_sessions}), evicting")
-                }
-            }
-            // A kind of event this replay has no template for: the shared renderer's words.
-            _ => {
-                if json {
-                    self.json_event(&e, &t, n, &[])
-                } else {
-                    let line = render::events_line(&e, self.now).unwrap_or_default();
-                    format!("{t} {}", line.trim_end())
-                }
-            }
+            _ => Vec::new(),
         };
-        self.line(&s)
+        (extras, None)
+    }
+
+    /// A new session: what replay keeps of it; a warning if its NAT cannot be replayed.
+    fn session_started(&mut self, id: SessionId, ct: CtTuples) -> Warning {
+        // The captured endpoints: the client's is never translated on the private side
+        // (snat: it is the private address; dnat: the client is public), the server's is the
+        // reply's source (snat: public server; dnat: its private address).
+        let plan = self.sim.plan(Conn {
+            client: ct.original.src,
+            server: ct.reply.src,
+        });
+        self.sessions.insert(
+            id,
+            SessInfo {
+                ct,
+                offsets: [Offsets::default(); 2],
+                seq_adjusted: 0,
+                ack_adjusted: 0,
+                dropped: 0,
+                end: None,
+                last_line: [None, None],
+            },
+        );
+        match plan {
+            Plan::Untranslatable(why) => Some((id, why)),
+            _ => None,
+        }
+    }
+
+    /// A rewrite of a line sent in `dir`: the line before and after it (the engine's rewrite
+    /// record applied to the last line of that direction).
+    fn rewritten(&mut self, id: SessionId, dir: Dir) -> Vec<Extra> {
+        self.refresh_offsets(id);
+        let old = self.last_line(id, dir);
+        let new = old.and_then(|l| rewritten_line(l, &self.engine.session(id)?.dir(dir).seqadj));
+        vec![
+            Extra::line("line", old.map(|l| l.text.as_slice())),
+            Extra::line("new_line", new.as_deref()),
+        ]
     }
 
     /// End of the capture: per-session sequence offsets, pending expectations, summary.
     fn finish(&mut self, complete: bool) -> io::Result<()> {
+        self.take_engine_counts();
+        for r in self.seq_records() {
+            self.record(Record::Seq(r))?;
+        }
+        let now = self.now;
+        for (n, exp) in self.pending() {
+            self.record(Record::Pending { n, exp, now })?;
+        }
+        let summary = self.sum.clone();
+        self.record(Record::Summary {
+            summary: &summary,
+            complete,
+        })
+    }
+
+    /// The counts the engine keeps ([`Engine::stats`]), into the summary.
+    fn take_engine_counts(&mut self) {
+        let st = self.engine.stats();
+        let s = &mut self.sum;
+        s.sessions = st.sessions_started;
+        s.messages = st.messages.iter().sum();
+        s.rewrites = st.rewrites;
+        s.expect_created = st.expect_created;
+        s.expect_used = st.expect_used;
+        s.expect_expired = st.expect_expired;
+        s.refusals =
+            st.refused_bounce + st.refused_privileged + st.refused_other + st.refused_rate_limited;
+        s.parse_failures = st.parse_failures;
+    }
+
+    /// Every session's offsets and fix-up counts, and its state: `open`, `closing` (FIN both
+    /// ways or RST, not yet forgotten) or why it ended.
+    fn seq_records(&mut self) -> Vec<SeqRecord> {
         let live: Vec<(SessionId, bool)> = self
             .engine
             .sessions()
             .map(|s| (s.id, s.is_closing()))
             .collect();
-        let mut closing = Vec::new();
-        for (sid, c) in live {
+        for &(sid, _) in &live {
             self.refresh_offsets(sid);
-            if c {
-                closing.push(sid);
-            }
         }
-        let mut lines = Vec::new();
-        for (sid, s) in &self.sessions {
-            // "open", "closing" (FIN both ways or RST, not yet forgotten) or why it ended.
-            let state = match s.end {
-                Some(r) => r.label(),
-                None if closing.contains(sid) => "closing",
-                None => "open",
-            };
-            let [o, r] = s.offsets;
-            let line = if self.json {
-                JsonObject::typed("seq")
-                    .display("session", sid)
-                    .display("state", state)
-                    .num("original_offset", o.after)
-                    .num("original_rewrites", o.rewrites as u64)
-                    .num("reply_offset", r.after)
-                    .num("reply_rewrites", r.rewrites as u64)
-                    .num("seq_adjusted", s.seq_adjusted)
-                    .num("ack_adjusted", s.ack_adjusted)
-                    .num("dropped", s.dropped)
-                    .end()
-            } else {
-                format!(
-                    "{sid} seq offsets: original {} ({} rewrites), reply {} ({} rewrites); {} packets seq/payload adjusted, {} acks adjusted, {} dropped; {state}",
-                    signed(o.after),
-                    o.rewrites,
-                    signed(r.after),
-                    r.rewrites,
-                    s.seq_adjusted,
-                    s.ack_adjusted,
-                    s.dropped,
-                )
-            };
-            lines.push(line);
-        }
-        // The engine's expectations still live, in replay's order (E1, E2, ...).
-        let mut pending: Vec<(u64, Expectation)> = Vec::new();
-        let ids: Vec<(ExpectId, Expectation)> = self
+        self.sessions
+            .iter()
+            .map(|(&session, s)| SeqRecord {
+                session,
+                state: match s.end {
+                    Some(r) => r.label(),
+                    None if live.contains(&(session, true)) => "closing",
+                    None => "open",
+                },
+                offsets: s.offsets,
+                seq_adjusted: s.seq_adjusted,
+                ack_adjusted: s.ack_adjusted,
+                dropped: s.dropped,
+            })
+            .collect()
+    }
+
+    /// The engine's expectations still live, in replay's order (E1, E2, ...).
+    fn pending(&mut self) -> Vec<(u64, Expectation)> {
+        let live: Vec<(ExpectId, Expectation)> = self
             .engine
             .expectations()
             .iter()
             .map(|(id, e)| (id, *e))
             .collect();
-        for (id, exp) in ids {
-            pending.push((self.expect_number(id), exp));
-        }
+        let mut pending: Vec<(u64, Expectation)> = live
+            .into_iter()
+            .map(|(id, e)| (self.expect_number(id), e))
+            .collect();
         pending.sort_unstable_by_key(|(n, _)| *n);
-        for (n, exp) in &pending {
-            let left = exp.expires.since(self.now).as_secs();
-            let line = if self.json {
-                JsonObject::typed("expect_pending")
-                    .display("session", exp.master)
-                    .display("expect", format!("E{n}"))
-                    .display("kind", exp.kind.label())
-                    .display("src", any_ip(exp.src))
-                    .display("dst", exp.dst)
-                    .opt("nat_to", exp.nat_to)
-                    .num("expires_in", left)
-                    .end()
-            } else {
-                format!(
-                    "{} expect E{n} {} still pending at the end: from {} to {}, {left}s left",
-                    exp.master,
-                    exp.kind.label(),
-                    any_ip(exp.src),
-                    exp.dst
-                )
-            };
-            lines.push(line);
-        }
-        let s = &self.sum;
-        let line = if self.json {
-            JsonObject::typed("summary")
-                .display("format", s.format.label())
-                .num("packets_read", s.packets_read)
-                .num("packets_skipped", s.packets_skipped())
-                .num("skipped_link", s.skipped_link)
-                .num("skipped_non_ip", s.skipped_non_ip)
-                .num("skipped_non_tcp", s.skipped_non_tcp)
-                .num("skipped_fragment", s.skipped_fragment)
-                .num("skipped_malformed", s.skipped_malformed)
-                .num("sessions", s.sessions)
-                .num("messages", s.messages)
-                .num("rewrites", s.rewrites)
-                .num("expect_created", s.expect_created)
-                .num("expect_used", s.expect_used)
-                .num("expect_expired", s.expect_expired)
-                .num("expect_removed", s.expect_removed)
-                .num("refusals", s.refusals)
-                .num("parse_failures", s.parse_failures)
-                .num("not_rewritten", s.not_rewritten)
-                .num("seq_adjusted", s.seq_adjusted)
-                .num("ack_adjusted", s.ack_adjusted)
-                .num("dropped", s.dropped)
-                .bool("complete", complete)
-                .end()
-        } else {
-            format!(
-                "summary: {} packets read, {} skipped (link {}, non-IP {}, non-TCP {}, fragments {}, malformed {}); {} sessions, {} messages, {} rewrites; expectations {} created, {} used, {} expired, {} removed; {} refusals, {} parse failures, {} not rewritten; {} packets seq-adjusted, {} ack-adjusted, {} dropped",
-                s.packets_read,
-                s.packets_skipped(),
-                s.skipped_link,
-                s.skipped_non_ip,
-                s.skipped_non_tcp,
-                s.skipped_fragment,
-                s.skipped_malformed,
-                s.sessions,
-                s.messages,
-                s.rewrites,
-                s.expect_created,
-                s.expect_used,
-                s.expect_expired,
-                s.expect_removed,
-                s.refusals,
-                s.parse_failures,
-                s.not_rewritten,
-                s.seq_adjusted,
-                s.ack_adjusted,
-                s.dropped,
-            )
-        };
-        lines.push(line);
-        for l in lines {
-            self.line(&l)?;
-        }
-        Ok(())
+        pending
     }
 }

@@ -538,29 +538,35 @@ fn masq_port_and_eprt_with_snat_show_rewrites_and_expectations() {
     has(&out, "capture pcap, nat snat 203.0.113.1, control ports 21");
     has(
         &out,
-        "0.010000 S1 session 10.77.100.102:40000 -> 203.0.113.2:21, reply 203.0.113.2:21 -> 203.0.113.1:40000 (snat to 203.0.113.1)",
-    );
-    has(&out, "S1 original port \"PORT 10,77,100,102,156,65\"");
-    has(
-        &out,
-        "S1 rewrite port 10.77.100.102:40001 -> 203.0.113.1:40001: \"PORT 203,0,113,1,156,65\"",
+        "0.010000 [NEW] session S1 client=10.77.100.102:40000 server=203.0.113.2:21 reply=203.0.113.2:21 -> 203.0.113.1:40000 nat=\"snat\" public=203.0.113.1",
     );
     has(
         &out,
-        "S1 expect E1 port: from 203.0.113.2 to 203.0.113.1:40001, translated to 10.77.100.102:40001, for 300s",
+        "[MESSAGE] session S1 original port line=\"PORT 10,77,100,102,156,65\"",
     );
     has(
         &out,
-        "S1 expect E1 used by 203.0.113.2:20 -> 203.0.113.1:40001, related entry translated to 203.0.113.2 -> 10.77.100.102:40001",
-    );
-    has(&out, "S1 original eprt \"EPRT |1|10.77.100.102|40002|\"");
-    has(
-        &out,
-        "S1 rewrite eprt 10.77.100.102:40002 -> 203.0.113.1:40002: \"EPRT |1|203.0.113.1|40002|\"",
+        "[REWRITE] session S1 port 10.77.100.102:40001 -> 203.0.113.1:40001 line=\"PORT 10,77,100,102,156,65\" new_line=\"PORT 203,0,113,1,156,65\"",
     );
     has(
         &out,
-        "S1 expect E2 used by 203.0.113.2:20 -> 203.0.113.1:40002",
+        "[NEW] 300 l3proto = 2 proto=6 src=203.0.113.2 dst=203.0.113.1 sport=0 dport=40001 ftp session=S1 expect=E1 kind=\"port\" nat_to=10.77.100.102:40001",
+    );
+    has(
+        &out,
+        "[USED] session S1 data=203.0.113.2:20 -> 203.0.113.1:40001 (expected dst=203.0.113.1:40001) expect=E1 nat_src=203.0.113.2 nat_dst=10.77.100.102:40001",
+    );
+    has(
+        &out,
+        "[MESSAGE] session S1 original eprt line=\"EPRT |1|10.77.100.102|40002|\"",
+    );
+    has(
+        &out,
+        "[REWRITE] session S1 eprt 10.77.100.102:40002 -> 203.0.113.1:40002 line=\"EPRT |1|10.77.100.102|40002|\" new_line=\"EPRT |1|203.0.113.1|40002|\"",
+    );
+    has(
+        &out,
+        "[USED] session S1 data=203.0.113.2:20 -> 203.0.113.1:40002 (expected dst=203.0.113.1:40002) expect=E2",
     );
     // each rewrite shortens the line by 2: the client's later bytes move back 4 in the end
     has(
@@ -597,16 +603,19 @@ fn masq_without_nat_only_expects() {
     let v = masq_session();
     let cap = pcap(LT_ETHERNET, false, &frames(LT_ETHERNET, &v.pkts));
     let (sum, out) = replay_ok(&cap, Nat::None, OutputFormat::Text);
-    has(&out, "(no nat)");
-    has(&out, "S1 original port \"PORT 10,77,100,102,156,65\"");
-    lacks(&out, "S1 rewrite");
+    has(&out, "nat=\"none\" public=-");
     has(
         &out,
-        "S1 expect E1 port: from 203.0.113.2 to 10.77.100.102:40001, for 300s",
+        "[MESSAGE] session S1 original port line=\"PORT 10,77,100,102,156,65\"",
+    );
+    lacks(&out, "[REWRITE]");
+    has(
+        &out,
+        "[NEW] 300 l3proto = 2 proto=6 src=203.0.113.2 dst=10.77.100.102 sport=0 dport=40001 ftp session=S1 expect=E1 kind=\"port\" nat_to=-",
     );
     has(
         &out,
-        "S1 expect E1 used by 203.0.113.2:20 -> 10.77.100.102:40001, related entry untranslated",
+        "[USED] session S1 data=203.0.113.2:20 -> 10.77.100.102:40001 (expected dst=10.77.100.102:40001) expect=E1 nat_src=- nat_dst=-",
     );
     has(&out, "S1 seq offsets: original +0 (0 rewrites), reply +0 (0 rewrites); 0 packets seq/payload adjusted, 0 acks adjusted");
     assert_eq!(
@@ -694,39 +703,39 @@ fn dnat_227_and_229() {
     let (sum, out) = replay_ok(&cap, Nat::Dnat(ip(PUB)), OutputFormat::Text);
     has(
         &out,
-        "S1 session 198.51.100.7:50000 -> 203.0.113.1:21, reply 10.1.0.2:21 -> 198.51.100.7:50000 (dnat from 203.0.113.1)",
+        "[NEW] session S1 client=198.51.100.7:50000 server=203.0.113.1:21 reply=10.1.0.2:21 -> 198.51.100.7:50000 nat=\"dnat\" public=203.0.113.1",
     );
-    has(&out, "S1 original pasv \"PASV\"");
+    has(&out, "[MESSAGE] session S1 original pasv line=\"PASV\"");
     has(
         &out,
-        "S1 reply 227 \"227 Entering Passive Mode (10,1,0,2,117,48).\"",
-    );
-    has(
-        &out,
-        "S1 rewrite 227 10.1.0.2:30000 -> 203.0.113.1:30000: \"227 Entering Passive Mode (203,0,113,1,117,48).\"",
+        "[MESSAGE] session S1 reply 227 line=\"227 Entering Passive Mode (10,1,0,2,117,48).\"",
     );
     has(
         &out,
-        "S1 expect E1 227: from 198.51.100.7 to 203.0.113.1:30000, translated to 10.1.0.2:30000",
+        "[REWRITE] session S1 227 10.1.0.2:30000 -> 203.0.113.1:30000 line=\"227 Entering Passive Mode (10,1,0,2,117,48).\" new_line=\"227 Entering Passive Mode (203,0,113,1,117,48).\"",
     );
     has(
         &out,
-        "S1 expect E1 used by 198.51.100.7:50001 -> 203.0.113.1:30000, related entry translated to 198.51.100.7 -> 10.1.0.2:30000",
+        "[NEW] 300 l3proto = 2 proto=6 src=198.51.100.7 dst=203.0.113.1 sport=0 dport=30000 ftp session=S1 expect=E1 kind=\"227\" nat_to=10.1.0.2:30000",
     );
-    has(&out, "S1 original epsv \"EPSV\"");
     has(
         &out,
-        "S1 reply 229 \"229 Entering Extended Passive Mode (|||30001|)\"",
+        "[USED] session S1 data=198.51.100.7:50001 -> 203.0.113.1:30000 (expected dst=203.0.113.1:30000) expect=E1 nat_src=198.51.100.7 nat_dst=10.1.0.2:30000",
+    );
+    has(&out, "[MESSAGE] session S1 original epsv line=\"EPSV\"");
+    has(
+        &out,
+        "[MESSAGE] session S1 reply 229 line=\"229 Entering Extended Passive Mode (|||30001|)\"",
     );
     // the port is free: 229 carries no address, nothing to rewrite
-    lacks(&out, "rewrite 229");
+    lacks(&out, "[REWRITE] session S1 229");
     has(
         &out,
-        "S1 expect E2 229: from 198.51.100.7 to 203.0.113.1:30001, translated to 10.1.0.2:30001",
+        "[NEW] 300 l3proto = 2 proto=6 src=198.51.100.7 dst=203.0.113.1 sport=0 dport=30001 ftp session=S1 expect=E2 kind=\"229\" nat_to=10.1.0.2:30001",
     );
     has(
         &out,
-        "S1 expect E2 used by 198.51.100.7:50002 -> 203.0.113.1:30001",
+        "[USED] session S1 data=198.51.100.7:50002 -> 203.0.113.1:30001 (expected dst=203.0.113.1:30001) expect=E2",
     );
     // "10,1,0,2" became "203,0,113,1": the server's later bytes move on by 3
     has(
@@ -789,14 +798,18 @@ fn ipv6_eprt_without_nat() {
     v.close();
     let cap = pcapng(1, None, &frames(LT_ETHERNET, &v.pkts));
     let (sum, out) = replay_ok(&cap, Nat::None, OutputFormat::Text);
-    has(&out, "S1 original eprt \"EPRT |2|fd77:1::2|40001|\"");
     has(
         &out,
-        "S1 expect E1 eprt: from fd77:2::2 to [fd77:1::2]:40001, for 300s",
+        "[MESSAGE] session S1 original eprt line=\"EPRT |2|fd77:1::2|40001|\"",
+    );
+    // the kernel's expectation line writes IPv6 addresses in full
+    has(
+        &out,
+        "[NEW] 300 l3proto = 10 proto=6 src=fd77:0002:0000:0000:0000:0000:0000:0002 dst=fd77:0001:0000:0000:0000:0000:0000:0002 sport=0 dport=40001 ftp session=S1 expect=E1 kind=\"eprt\" nat_to=-",
     );
     has(
         &out,
-        "S1 expect E1 used by [fd77:2::2]:20 -> [fd77:1::2]:40001",
+        "[USED] session S1 data=[fd77:2::2]:20 -> [fd77:1::2]:40001 (expected dst=[fd77:1::2]:40001) expect=E1",
     );
     assert_eq!((sum.expect_created, sum.expect_used), (1, 1));
     // --snat with an IPv4 address cannot apply to an IPv6 session: replayed without NAT, said so
@@ -833,18 +846,21 @@ fn refusals_and_parse_failures_are_reported_with_the_line() {
     v.close();
     let cap = pcap(LT_ETHERNET, false, &frames(LT_ETHERNET, &v.pkts));
     let (sum, out) = replay_ok(&cap, Nat::Snat(ip(PUB)), OutputFormat::Text);
-    has(&out, "S1 original port \"PORT 10,77,100,99,156,65\"");
     has(
         &out,
-        "S1 refused port 10.77.100.99:40001: address 10.77.100.99 is not the control peer 10.77.100.102",
+        "[MESSAGE] session S1 original port line=\"PORT 10,77,100,99,156,65\"",
     );
     has(
         &out,
-        "S1 refused port 10.77.100.102:80: privileged data port 80",
+        "[REFUSED] session S1 port 10.77.100.99:40001: address 10.77.100.99 is not the control peer 10.77.100.102 (possible FTP bounce attack; set allow_third_party to permit) line=\"PORT 10,77,100,99,156,65\"",
     );
     has(
         &out,
-        "S1 original port \"PORT 10,77,100\": parse failed: wrong number of fields",
+        "[REFUSED] session S1 port 10.77.100.102:80: privileged data port 80 (set allow_privileged_ports to permit) line=\"PORT 10,77,100,102,0,80\"",
+    );
+    has(
+        &out,
+        "[WARN] session S1 original port: unparseable (wrong number of fields) line=\"PORT 10,77,100\"",
     );
     assert_eq!((sum.refusals, sum.parse_failures, sum.rewrites), (2, 1, 0));
     let (_, out) = replay_ok(&cap, Nat::Snat(ip(PUB)), OutputFormat::Json);
@@ -870,7 +886,10 @@ fn expectations_expire_with_capture_time_and_pending_ones_are_listed() {
     v.srv("200 ok\r\n");
     let cap = pcap(LT_ETHERNET, false, &frames(LT_ETHERNET, &v.pkts));
     let (sum, out) = replay_ok(&cap, Nat::Snat(ip(PUB)), OutputFormat::Text);
-    has(&out, "S1 expect E1 removed (expired)");
+    has(
+        &out,
+        "[DESTROY] reason=expired 0 l3proto = 2 proto=6 src=203.0.113.2 dst=203.0.113.1 sport=0 dport=40001 ftp session=S1 expect=E1",
+    );
     has(
         &out,
         "S1 expect E2 port still pending at the end: from 203.0.113.2 to 203.0.113.1:40002, 299s left",
@@ -889,10 +908,13 @@ fn port_split_over_two_segments_is_held_then_rewritten() {
     v.srv("200 ok\r\n");
     let cap = pcap(LT_ETHERNET, false, &frames(LT_ETHERNET, &v.pkts));
     let (sum, out) = replay_ok(&cap, Nat::Snat(ip(PUB)), OutputFormat::Text);
-    has(&out, "S1 original port \"PORT 10,77,100,102,156,65\"");
     has(
         &out,
-        "rewrite port 10.77.100.102:40001 -> 203.0.113.1:40001: \"PORT 203,0,113,1,156,65\"",
+        "[MESSAGE] session S1 original port line=\"PORT 10,77,100,102,156,65\"",
+    );
+    has(
+        &out,
+        "[REWRITE] session S1 port 10.77.100.102:40001 -> 203.0.113.1:40001 line=\"PORT 10,77,100,102,156,65\" new_line=\"PORT 203,0,113,1,156,65\"",
     );
     // the first piece goes out up to the address ("PORT "), the address is held and merged
     // into the second: nothing is dropped
@@ -994,7 +1016,7 @@ fn broken_captures_give_clear_errors() {
     }
     assert!(e.to_string().starts_with("the capture is truncated"), "{e}");
     has(&out, "warning: the capture is truncated");
-    has(&out, "rewrite port");
+    has(&out, "[REWRITE] session S1 port");
     has(&out, "summary:");
     let (r, out) = replay_with(&good[..cut], &opts(Nat::None, OutputFormat::Json));
     assert!(r.is_err());
@@ -1277,6 +1299,13 @@ fn bin_replay(lab: &common::Lab, file: &std::path::Path, args: &[&str]) -> Strin
     stdout
 }
 
+/// An IPv6 address as the kernel's expectation line writes it (every group, four digits).
+fn kernel_ip(ip: &str) -> String {
+    let ip: std::net::Ipv6Addr = ip.parse().unwrap();
+    let groups: Vec<String> = ip.segments().iter().map(|g| format!("{g:04x}")).collect();
+    groups.join(":")
+}
+
 /// The `--snat`/`--dnat` arguments of `nat`.
 fn nat_args(nat: Nat) -> Vec<String> {
     match nat {
@@ -1389,12 +1418,17 @@ fn lab_masq_port_capture_replays_with_snat() {
     assert_eq!(created[0].get("nat_to").str(), from.to_string());
     // the text report says the same
     assert!(
-        text.contains(&format!("rewrite port {from} -> {to}: \"{new_line}\"")),
+        text.contains(&format!(
+            "[REWRITE] session S1 port {from} -> {to} line=\"{line}\" new_line=\"{new_line}\""
+        )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "expect E1 port: from {srv_ip} to {to}, translated to {from}"
+            "[NEW] 300 l3proto = 2 proto=6 src={srv_ip} dst={} sport=0 dport={} ftp session=S1 \
+             expect=E1 kind=\"port\" nat_to={from}",
+            to.ip(),
+            to.port()
         )),
         "{text}"
     );
@@ -1653,15 +1687,29 @@ fn lab_v6_eprt_epsv_capture_replays_with_the_binary() {
         assert_eq!(sum[0].get(k).num(), v, "summary {k}: {text}");
     }
     assert_eq!(sum[0].get("format").str(), "pcap");
-    // the text report says the same
+    // the text report says the same (the kernel's expectation line writes IPv6 in full)
+    let (s1, s2) = (
+        created[0].get("session").str(),
+        created[1].get("session").str(),
+    );
+    let (kcli, ksrv) = (kernel_ip(cli_ip), kernel_ip(srv_ip));
     for want in [
-        format!("expect E1 eprt: from {srv_ip} to [{cli_ip}]:{eport}, for 300s"),
-        format!("expect E2 229: from {cli_ip} to [{srv_ip}]:{pport}, for 300s"),
+        format!(
+            "[NEW] 300 l3proto = 10 proto=6 src={ksrv} dst={kcli} sport=0 dport={eport} ftp \
+             session={s1} expect=E1 kind=\"eprt\" nat_to=-"
+        ),
+        format!(
+            "[NEW] 300 l3proto = 10 proto=6 src={kcli} dst={ksrv} sport=0 dport={pport} ftp \
+             session={s2} expect=E2 kind=\"229\" nat_to=-"
+        ),
         // vsftpd connects from port 20 (connect_from_port_20=YES)
         format!(
-            "expect E1 used by [{srv_ip}]:20 -> [{cli_ip}]:{eport}, related entry untranslated"
+            "data=[{srv_ip}]:20 -> [{cli_ip}]:{eport} (expected dst=[{cli_ip}]:{eport}) \
+             expect=E1 nat_src=- nat_dst=-"
         ),
-        format!("-> [{srv_ip}]:{pport}, related entry untranslated"),
+        format!(
+            "-> [{srv_ip}]:{pport} (expected dst=[{srv_ip}]:{pport}) expect=E2 nat_src=- nat_dst=-"
+        ),
         "2 sessions, 3 messages, 0 rewrites; expectations 2 created, 2 used".to_string(),
     ] {
         assert!(text.contains(&want), "text lacks {want:?}:\n{text}");

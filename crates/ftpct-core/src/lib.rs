@@ -37,6 +37,7 @@ pub mod parser;
 pub mod policy;
 pub mod reconcile;
 pub mod render;
+pub mod report;
 pub mod restore;
 pub mod rulecheck;
 pub mod rulespec;

@@ -42,6 +42,10 @@ pub enum Value<'a> {
     Display(&'a dyn fmt::Display),
     /// A number (a JSON number).
     U64(u64),
+    /// A signed number (a JSON number).
+    I64(i64),
+    /// Port numbers (a JSON array of numbers, text `21,2121`).
+    Ports(&'a [u16]),
     /// A JSON boolean.
     Bool(bool),
     /// A connection tuple (JSON `{"src":..,"dst":..}`, text `src -> dst`).
@@ -58,6 +62,8 @@ impl fmt::Debug for Value<'_> {
             Value::Str(s) => write!(f, "Str({s:?})"),
             Value::Display(d) => write!(f, "Display({d})"),
             Value::U64(n) => write!(f, "U64({n})"),
+            Value::I64(n) => write!(f, "I64({n})"),
+            Value::Ports(p) => write!(f, "Ports({p:?})"),
             Value::Bool(b) => write!(f, "Bool({b})"),
             Value::Tuple(t) => write!(f, "Tuple({t})"),
             Value::Expect(id) => write!(f, "Expect({})", id.0),
@@ -72,6 +78,16 @@ impl fmt::Display for Value<'_> {
             Value::Str(s) => f.write_str(s),
             Value::Display(d) => d.fmt(f),
             Value::U64(n) => n.fmt(f),
+            Value::I64(n) => n.fmt(f),
+            Value::Ports(p) => {
+                for (i, port) in p.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    port.fmt(f)?;
+                }
+                Ok(())
+            }
             Value::Bool(b) => b.fmt(f),
             Value::Tuple(t) => t.fmt(f),
             Value::Expect(id) => id.0.fmt(f),
@@ -96,6 +112,13 @@ pub trait Sink {
     fn log_field(&mut self, _key: &'static str, _value: Value<'_>) {}
     /// A field of the record (JSON) only.
     fn record_field(&mut self, _key: &'static str, _value: Value<'_>) {}
+    /// A field the `ftpct events` line leaves out that a reader of this one line needs (the
+    /// session and expectation of a line in the kernel's expectation format, a session's NAT):
+    /// shown after the line by `ftpct replay`'s text ([`ReplayLine`]), by no other sink.
+    fn note(&mut self, _key: &'static str, _value: Value<'_>) {}
+    /// The line of an event that `ftpct events` does not show (it is only counted), in the
+    /// same shape as [`Sink::line`]: for a sink that shows every event ([`ReplayLine`]).
+    fn counted_line(&mut self, _tag: &'static str, _text: fmt::Arguments<'_>) {}
 }
 
 /// The direction a message travels in (commands from the client, replies from the server).
@@ -207,6 +230,8 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.record_field("reply", Value::Tuple(ct.reply));
             s.record_field("nat", Str(nat));
             s.record_field("public", opt_ip(&public));
+            s.note("nat", Str(nat));
+            s.note("public", opt_ip(&public));
         }
         Event::SessionEnd { id, ct, reason } => {
             if !s.begin("session_end", Level::Info) {
@@ -234,6 +259,10 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             if !s.begin("message", Level::Debug) {
                 return;
             }
+            s.counted_line(
+                "[MESSAGE]",
+                format_args!("session {id} {} {}", msg_dir(*kind).label(), kind.label()),
+            );
             s.message(format_args!("message"));
             s.field("session", D(id));
             s.record_field("dir", Str(msg_dir(*kind).label()));
@@ -271,6 +300,13 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
                 None => s.field("nat_to", Value::None),
             }
             s.record_field("timeout", U64(exp.expires.since(exp.created).as_secs()));
+            s.note("session", D(&exp.master));
+            s.note("expect", Value::Expect(*id));
+            s.note("kind", Str(exp.kind.label()));
+            match &exp.nat_to {
+                Some(a) => s.note("nat_to", D(a)),
+                None => s.note("nat_to", Value::None),
+            }
         }
         Event::ExpectUsed { id, exp, data } => {
             if !s.begin("expect_used", Level::Info) {
@@ -288,6 +324,7 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.log_field("expectation", U64(id.0));
             s.record_field("expect", Value::Expect(*id));
             s.field("data", Value::Tuple(*data));
+            s.note("expect", Value::Expect(*id));
         }
         Event::ExpectRemoved { id, exp, reason } => {
             if !s.begin("expect_removed", Level::Info) {
@@ -305,6 +342,8 @@ pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
             s.log_field("reason", Str(reason.describe()));
             s.record_field("reason", Str(reason.label()));
             s.record_field("detail", Str(reason.describe()));
+            s.note("session", D(&exp.master));
+            s.note("expect", Value::Expect(*id));
         }
         Event::Refused {
             id,
@@ -765,6 +804,8 @@ impl JsonObject {
                 o
             }
             Value::U64(n) => self.num(k, n),
+            Value::I64(n) => self.num(k, n),
+            Value::Ports(p) => self.raw(k, &format!("[{}]", Value::Ports(p))),
             Value::Bool(b) => self.bool(k, b),
             Value::Tuple(t) => self.tuple(k, t),
             Value::Expect(id) => self.num(k, id.0),
@@ -787,6 +828,8 @@ pub struct JsonSink<'a> {
     pub t: Option<&'a str>,
     /// The object (written by [`describe`]).
     pub obj: JsonObject,
+    /// Replay's number of the event's expectation (written `"E<n>"` instead of the id).
+    expect: Option<u64>,
 }
 
 impl<'a> JsonSink<'a> {
@@ -795,13 +838,24 @@ impl<'a> JsonSink<'a> {
         JsonSink {
             t,
             obj: JsonObject::new(),
+            expect: None,
         }
     }
 
-    /// Adds a field (what [`Sink::field`] does) and returns self.
+    /// Names the event's expectation `"E<n>"` (replay's numbers, in creation order) instead
+    /// of the engine's id.
+    pub fn expect_named(mut self, n: Option<u64>) -> JsonSink<'a> {
+        self.expect = n;
+        self
+    }
+
+    /// Adds a field (what [`Sink::field`] does).
     fn put(&mut self, key: &str, value: Value<'_>) {
         let obj = std::mem::take(&mut self.obj);
-        self.obj = obj.value(key, value);
+        self.obj = match (value, self.expect) {
+            (Value::Expect(_), Some(n)) => obj.display(key, format_args!("E{n}")),
+            _ => obj.value(key, value),
+        };
     }
 }
 
@@ -827,6 +881,112 @@ pub fn json(e: &Event, now: Timestamp) -> String {
     let mut s = JsonSink::new(None);
     describe(e, now, &mut s);
     s.obj.end()
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ftpct replay`
+
+/// A field only replay knows, shown after an event's own (the line behind a message, the
+/// rewritten line, the NAT of the related entry the simulated kernel made).
+pub type Extra<'a> = (&'static str, Value<'a>);
+
+/// Writes ` key=value` as the log line does (a `Str` quoted and escaped, any other value
+/// bare, an absent one `-`), an expectation as `E<n>` when `expect` names it.
+fn put_field(out: &mut String, key: &str, value: Value<'_>, expect: Option<u64>) {
+    out.push(' ');
+    out.push_str(key);
+    out.push('=');
+    let _ = match (value, expect) {
+        (Value::Str(v), _) => write!(out, "{v:?}"),
+        (Value::Expect(_), Some(n)) => write!(out, "E{n}"),
+        (v, _) => write!(out, "{v}"),
+    };
+}
+
+/// The text line of an event in `ftpct replay`: the `ftpct events` line (for an event that
+/// is only counted, its [`Sink::counted_line`]; for a kind with neither, its log prose), then
+/// the event's [`Sink::note`]s as ` key=value` (as the log line writes them).
+#[derive(Debug, Default)]
+pub struct ReplayLine {
+    /// The line so far (no newline).
+    pub text: String,
+    /// Replay's number of the event's expectation (`E<n>`).
+    expect: Option<u64>,
+    lined: bool,
+}
+
+impl ReplayLine {
+    /// An empty line; `expect` is replay's number of the event's expectation.
+    pub fn new(expect: Option<u64>) -> ReplayLine {
+        ReplayLine {
+            text: String::with_capacity(160),
+            expect,
+            lined: false,
+        }
+    }
+
+    fn put_line(&mut self, tag: &str, text: fmt::Arguments<'_>) {
+        if !self.lined {
+            let _ = write!(self.text, "{tag} {text}");
+            self.lined = true;
+        }
+    }
+
+    /// Adds ` key=value` after the line.
+    pub fn extra(&mut self, key: &str, value: Value<'_>) {
+        put_field(&mut self.text, key, value, self.expect);
+    }
+}
+
+impl Sink for ReplayLine {
+    fn begin(&mut self, _: &'static str, _: Level) -> bool {
+        true
+    }
+    fn line(&mut self, tag: &'static str, text: fmt::Arguments<'_>) {
+        self.put_line(tag, text);
+    }
+    fn counted_line(&mut self, tag: &'static str, text: fmt::Arguments<'_>) {
+        self.put_line(tag, text);
+    }
+    fn message(&mut self, text: fmt::Arguments<'_>) {
+        // Only for a kind of event that has neither line (every kind today has one).
+        self.put_line("[EVENT]", text);
+    }
+    fn note(&mut self, key: &'static str, value: Value<'_>) {
+        self.extra(key, value);
+    }
+}
+
+/// `ftpct replay`'s record of `e` at `t` (seconds since the capture's first packet, a JSON
+/// number), its expectation named `E<expect>`, with replay's `extras` after the event's own
+/// fields: the text line (`t`, the [`ReplayLine`], the extras as ` key=value`) or the JSON
+/// object (the [`JsonSink`]'s, with `"t"` and the extras as keys). No newline.
+pub fn replay_record(
+    e: &Event,
+    now: Timestamp,
+    t: &str,
+    expect: Option<u64>,
+    extras: &[Extra<'_>],
+    json: bool,
+) -> String {
+    if json {
+        let mut s = JsonSink::new(Some(t)).expect_named(expect);
+        describe(e, now, &mut s);
+        let mut o = s.obj;
+        for (k, v) in extras {
+            o = o.value(k, *v);
+        }
+        o.end()
+    } else {
+        let mut s = ReplayLine::new(expect);
+        s.text.push_str(t);
+        s.text.push(' ');
+        describe(e, now, &mut s);
+        for (k, v) in extras {
+            s.extra(k, *v);
+        }
+        s.text
+    }
 }
 
 #[cfg(test)]
@@ -1183,4 +1343,86 @@ mod tests {
             assert_eq!(json(e, now), *js, "{e:?}");
         }
     }
+
+    /// The expectation number replay gives the event's expectation in these tests.
+    fn replay_no(e: &Event) -> Option<u64> {
+        match e {
+            Event::ExpectCreated { id, .. }
+            | Event::ExpectUsed { id, .. }
+            | Event::ExpectRemoved { id, .. } => Some(id.0 + 10),
+            _ => None,
+        }
+    }
+
+    /// Replay's text line of every variant is its `ftpct events` line (or, for an event that
+    /// is only counted, its counted line), then its notes, then replay's extras; its JSON
+    /// object is the event's, with `"t"`, the expectation named `E<n>` and the extras.
+    #[test]
+    fn every_event_has_a_replay_line() {
+        let now = Timestamp(100 * 1_000_000_000);
+        let events = every_event();
+        assert_eq!(events.len(), REPLAY_NOTES.len());
+        for (e, notes) in events.iter().zip(REPLAY_NOTES) {
+            let n = replay_no(e);
+            let extras = [("line", Value::Str("PORT 1,2")), ("nat_dst", Value::None)];
+            let text = replay_record(e, now, "1.500000", n, &extras, false);
+            let head = match events_line(e, now) {
+                Some(l) => l.trim_end().to_string(),
+                None => "[MESSAGE] session S3 reply 227".to_string(),
+            };
+            assert_eq!(
+                text,
+                format!("1.500000 {head}{notes} line=\"PORT 1,2\" nat_dst=-"),
+                "{e:?}"
+            );
+            let js = replay_record(e, now, "1.5", n, &extras, true);
+            let mut want = json(e, now).replacen(
+                &format!("{{\"type\":\"{}\"", js_type(e)),
+                &format!("{{\"type\":\"{}\",\"t\":1.5", js_type(e)),
+                1,
+            );
+            if let Some(n) = n {
+                want = want.replacen(
+                    &format!("\"expect\":{}", n - 10),
+                    &format!("\"expect\":\"E{n}\""),
+                    1,
+                );
+            }
+            want.pop();
+            want.push_str(",\"line\":\"PORT 1,2\",\"nat_dst\":null}");
+            assert_eq!(js, want, "{e:?}");
+        }
+    }
+
+    fn js_type(e: &Event) -> String {
+        let j = json(e, Timestamp::ZERO);
+        j.split('"').nth(3).unwrap_or_default().to_string()
+    }
+
+    /// What replay's line of each event of [`every_event`] shows after its `ftpct events` line.
+    const REPLAY_NOTES: &[&str] = &[
+        " nat=\"snat\" public=203.0.113.1",
+        "",
+        "",
+        "",
+        " session=S3 expect=E15 kind=\"227\" nat_to=10.0.0.2:50000",
+        " session=S3 expect=E16 kind=\"eprt\" nat_to=-",
+        " expect=E15",
+        " session=S3 expect=E16",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ];
 }
