@@ -369,8 +369,8 @@ impl Scale {
                 "core/memory: {n} sessions: {:.0} heap bytes/session (engine tables, before any \
                  line; size_of Session {} B, DirState {} B, SeqAdj {} B)",
                 (live1 - live0) as f64 / f64::from(n),
-                std::mem::size_of::<ftpct::session::Session>(),
-                std::mem::size_of::<ftpct::session::DirState>(),
+                std::mem::size_of::<ftpct_core::Session>(),
+                std::mem::size_of::<ftpct_core::DirState>(),
                 std::mem::size_of::<ftpct::seqadj::SeqAdj>(),
             );
         }

@@ -22,17 +22,17 @@ use crate::ctnetlink::Ctnetlink;
 use crate::driver::{Driver, Kernel};
 use crate::engine::{Action, Conntrack, CtLookup, Engine, Event, Verdict};
 use crate::ipset::{Ipset, SetFamily};
-use crate::lookup::{Lookup, LookupGuard};
 use crate::metrics::{self, ShellStats};
 use crate::nfqueue::{NfQueue, Packet, QueueError, QueueOptions};
 use crate::nftables::{NfTables, NftSets};
 use crate::notify;
-use crate::reconcile::{MarkCursor, Settled};
-use crate::restore::CtSeen;
 use crate::rulecheck::{Checker, Notice};
 use crate::rules::RuleSpec;
 use crate::state::StateFile;
 use crate::types::{FlowTuple, Hook, Timestamp};
+use ftpct_core::CtSeen;
+use ftpct_core::{Lookup, LookupGuard};
+use ftpct_core::{MarkCursor, Settled};
 
 /// What `ftpct run` needs.
 #[derive(Clone, Debug)]
@@ -266,9 +266,9 @@ impl ShellKernel<'_> {
             total = self.stats.ct_lookups_over_budget,
             syn_ack,
             budget = if syn_ack {
-                crate::lookup::SYN_ACK_BUDGET
+                ftpct_core::SYN_ACK_BUDGET
             } else {
-                crate::lookup::LOOKUP_BUDGET
+                ftpct_core::LOOKUP_BUDGET
             },
             "more packets of unknown connections on the control ports than \
              conntrack lookups per second allowed (a flood of stray or spoofed \

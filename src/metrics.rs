@@ -43,11 +43,11 @@ pub struct ShellStats {
     pub ipset_add_ns: u64,
     pub state_writes: u64,
     pub state_write_ns: u64,
-    /// State file records refused at the restore ([`crate::restore`]).
+    /// State file records refused at the restore (`ftpct_core::RestoreRefusal`).
     pub state_refused: u64,
     /// Restored sessions forgotten because their tuple now belongs to another connection.
     pub restored_replaced: u64,
-    /// Unknown packets not looked up ([`crate::lookup`]): found missing a moment ago, or
+    /// Unknown packets not looked up (`ftpct_core::Lookup`): found missing a moment ago, or
     /// beyond the second's budget (accepted untouched).
     pub ct_lookups_cached: u64,
     pub ct_lookups_over_budget: u64,

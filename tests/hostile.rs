@@ -1009,12 +1009,12 @@ fn flood_cost(lab: &Lab, test: &str, count: u64, sport: Option<u16>) -> FloodCos
 /// (two when the first direction misses) before its verdict: a flood of junk ACKs, which needs
 /// no sequence numbers, turned into as many netlink round trips. Now a tuple found without an
 /// entry is not looked up again for a second (negative cache), and at most
-/// `ftpct::lookup::LOOKUP_BUDGET` lookups a second are made; the rest pass untouched, counted.
+/// `ftpct_core::LOOKUP_BUDGET` lookups a second are made; the rest pass untouched, counted.
 /// The real session in progress is unaffected.
 #[test]
 fn a_flood_of_unknown_segments_costs_bounded_conntrack_lookups() {
     let test = "a_flood_of_unknown_segments_costs_bounded_conntrack_lookups";
-    let budget = u64::from(ftpct::lookup::LOOKUP_BUDGET);
+    let budget = u64::from(ftpct_core::LOOKUP_BUDGET);
     let mut lab = Lab::up(test, Topology::Masq);
     lab.server();
     lab.start_ftpct(&[]);

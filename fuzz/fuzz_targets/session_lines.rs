@@ -1,4 +1,4 @@
-//! `ftpct::session::DirState::next_line` fed arbitrary chunks, checked against a model that
+//! `ftpct_core::DirState::next_line` fed arbitrary chunks, checked against a model that
 //! splits the concatenated stream into lines.
 //!
 //! Input: `max_line` (1 byte, 0..=255), the ISN (4 bytes), whether the stream starts at a line
@@ -10,7 +10,7 @@
 
 #![no_main]
 
-use ftpct::session::{DirState, LineOut};
+use ftpct_core::{DirState, LineOut};
 use ftpct_fuzz::Reader;
 use libfuzzer_sys::fuzz_target;
 

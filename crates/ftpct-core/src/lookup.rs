@@ -27,9 +27,9 @@ use std::time::Duration;
 use crate::types::{FlowTuple, Timestamp};
 
 /// How long a tuple found without a conntrack entry is not looked up again.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+pub(crate) const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// Tuples remembered at most (the oldest is forgotten first).
-pub const NEGATIVE_CACHE_MAX: usize = 4096;
+pub(crate) const NEGATIVE_CACHE_MAX: usize = 4096;
 /// Conntrack lookups for unknown packets other than SYN-ACKs, per second at most.
 pub const LOOKUP_BUDGET: u32 = 2000;
 /// Conntrack lookups for SYN-ACKs of unknown connections (new sessions), per second at most.
@@ -40,7 +40,7 @@ pub const SYN_ACK_BUDGET: u32 = 20_000;
 pub enum Lookup {
     /// Ask conntrack.
     Ask,
-    /// Found without an entry less than [`NEGATIVE_TTL`] ago: treat as missing.
+    /// Found without an entry less than `NEGATIVE_TTL` ago: treat as missing.
     KnownMissing,
     /// This second's budget is spent: accept the packet untouched.
     OverBudget,

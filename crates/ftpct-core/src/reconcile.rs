@@ -16,13 +16,13 @@ pub struct MarkCursor(u64);
 /// What [`Engine::settle_restored`] did with a restored session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settled {
-    /// Conntrack has the same connection ([`Identity::Same`]): kept.
+    /// Conntrack has the same connection (`Identity::Same`): kept.
     Kept,
-    /// The same tuples, no id saved ([`Identity::Unproven`]): kept, the entry's id recorded.
+    /// The same tuples, no id saved (`Identity::Unproven`): kept, the entry's id recorded.
     IdRecorded,
     /// Conntrack has no entry under its tuple: forgotten.
     Gone,
-    /// Another connection has its tuple now ([`Identity::Other`]): forgotten.
+    /// Another connection has its tuple now (`Identity::Other`): forgotten.
     Replaced {
         /// The conntrack id it was saved with.
         saved_id: Option<u32>,
@@ -57,7 +57,7 @@ impl Engine {
 
     /// After a restore: settles session `id` against what conntrack has under its original
     /// tuple now (`seen`, `None` when it has no entry). A session whose entry is gone or is
-    /// another connection ([`restored_identity`]; with `seqadj_mark = mark_bits`, nonzero, an
+    /// another connection (`restored_identity`; with `seqadj_mark = mark_bits`, nonzero, an
     /// entry that must carry the mark and does not is another connection) is forgotten; the
     /// id of one saved without is recorded.
     pub fn settle_restored(
@@ -92,7 +92,7 @@ impl Engine {
     /// [`Action::MarkAdjusted`] for each control connection that needs `seqadj_mark` (the
     /// kernel keeps marks across a restart, but rules may have been installed or a mark
     /// cleared since), then [`Action::WatchDst`] for each live expectation, with the whole
-    /// seconds it has left at `now` ([`watch_timeout`]).
+    /// seconds it has left at `now` (`watch_timeout`).
     pub fn restore_actions(&self, now: Timestamp) -> impl Iterator<Item = Action> + '_ {
         let marks = self
             .sessions()

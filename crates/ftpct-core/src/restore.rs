@@ -102,7 +102,7 @@ impl RestoreRefusal {
 
 /// The tuples of a control connection as conntrack reports them: one address family, no
 /// unspecified, multicast or broadcast address, no port 0.
-pub fn check_restored_tuples(ct: &CtTuples) -> Result<(), &'static str> {
+pub(crate) fn check_restored_tuples(ct: &CtTuples) -> Result<(), &'static str> {
     let ends = [ct.original.src, ct.original.dst, ct.reply.src, ct.reply.dst];
     let v4 = ct.original.src.is_ipv4();
     if ends.iter().any(|a| a.is_ipv4() != v4) {
@@ -135,7 +135,7 @@ fn announcer(kind: ExpectKind) -> Dir {
 /// address that the NAT shows the other side, with the announcer's address as `nat_to`), the
 /// policy accepts the announced address (no bounce, no privileged port unless allowed), and
 /// it expires within `expect_timeout` of `now`.
-pub fn check_restored_expectation(
+pub(crate) fn check_restored_expectation(
     policy: &Policy,
     s: &Session,
     exp: &Expectation,
@@ -180,7 +180,7 @@ pub fn check_restored_expectation(
 }
 
 /// What conntrack reports now under a restored session's original tuple (the fields of its
-/// entry that [`restored_identity`] looks at).
+/// entry that `restored_identity` looks at).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtSeen {
     /// The entry's original and reply tuples.
@@ -193,7 +193,7 @@ pub struct CtSeen {
 
 /// Whether a restored session still is the connection that conntrack has under its tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Identity {
+pub(crate) enum Identity {
     /// The same conntrack id (and mark) and tuples.
     Same,
     /// The same tuples (and mark); the state file had no id (written by an older ftpct).
@@ -213,7 +213,7 @@ pub enum Identity {
 /// with an offset, whose restore onto another connection would break it): ftpct marked their
 /// entry when the offset appeared, the kernel keeps the mark for the entry's life, and nothing
 /// marks a new connection while ftpct is down.
-pub fn restored_identity(
+pub(crate) fn restored_identity(
     saved: &CtTuples,
     saved_id: Option<u32>,
     required_mark: Option<u32>,
@@ -235,7 +235,7 @@ pub fn restored_identity(
 /// The ipset timeout of a restored expectation's destination: the whole seconds left until it
 /// `expires` (rounded down), at least 1 (an ipset timeout of 0 means "never"), at most
 /// `u32::MAX`.
-pub fn watch_timeout(expires: Timestamp, now: Timestamp) -> u32 {
+pub(crate) fn watch_timeout(expires: Timestamp, now: Timestamp) -> u32 {
     let left = expires.0.saturating_sub(now.0) / 1_000_000_000;
     u32::try_from(left.max(1)).unwrap_or(u32::MAX)
 }

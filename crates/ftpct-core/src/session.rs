@@ -44,7 +44,7 @@ fn find_newline(s: &[u8]) -> Option<usize> {
 
 /// Most held bytes ftpct acknowledges for the receiver (a data address argument is at most
 /// ~60 bytes; a longer held part is not a real PORT/EPRT/227/229 and is not taken into custody).
-pub const MAX_CUSTODY: usize = 256;
+pub(crate) const MAX_CUSTODY: usize = 256;
 
 /// What the line assembler produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub struct DirState {
     /// on the receiver's behalf: the sender never sends them again, so ftpct delivers them
     /// (merged into the segment that follows them) until the receiver acknowledges them.
     pub custody_from: Option<u32>,
-    /// The bytes in custody (at most [`MAX_CUSTODY`]).
+    /// The bytes in custody (at most `MAX_CUSTODY`).
     pub custody: Vec<u8>,
     /// The current line was let through without waiting for its end: do not rewrite it.
     pub no_rewrite_line: bool,
@@ -304,7 +304,7 @@ impl Budget {
 }
 
 /// Event kinds whose log lines are throttled per session (see [`Throttle`]).
-pub const THROTTLED_KINDS: usize = 8;
+pub(crate) const THROTTLED_KINDS: usize = 8;
 
 /// Counts a session's log-worthy events per kind in one-second windows, so that one peer
 /// cannot fill the log: past `limit` events of a kind in a window the rest are dropped (and
@@ -350,19 +350,19 @@ impl Throttle {
 /// client's [`Window`]. Bounded: the oldest entry gives way, and an entry older than
 /// [`SYN_MAX_AGE`] is not used.
 #[derive(Default)]
-pub struct SynCache {
+pub(crate) struct SynCache {
     syns: HashMap<FlowTuple, (Segment, Option<u8>, Timestamp), HashKey>,
     order: VecDeque<FlowTuple>,
 }
 
 /// Entries kept at most.
-pub const SYN_CACHE_MAX: usize = 4096;
+pub(crate) const SYN_CACHE_MAX: usize = 4096;
 /// A SYN older than this does not start a window (its handshake is long over).
-pub const SYN_MAX_AGE: Duration = Duration::from_secs(75);
+pub(crate) const SYN_MAX_AGE: Duration = Duration::from_secs(75);
 
 impl SynCache {
     /// An empty cache whose index hashes tuples with `key`.
-    pub fn with_key(key: HashKey) -> Self {
+    pub(crate) fn with_key(key: HashKey) -> Self {
         SynCache {
             syns: HashMap::with_hasher(key),
             order: VecDeque::new(),
@@ -370,7 +370,13 @@ impl SynCache {
     }
 
     /// Remembers a client's SYN (its window start and scale), the oldest going first when full.
-    pub fn record(&mut self, tuple: FlowTuple, syn: Segment, scale: Option<u8>, now: Timestamp) {
+    pub(crate) fn record(
+        &mut self,
+        tuple: FlowTuple,
+        syn: Segment,
+        scale: Option<u8>,
+        now: Timestamp,
+    ) {
         if self.syns.insert(tuple, (syn, scale, now)).is_none() {
             self.order.push_back(tuple);
         }
@@ -383,7 +389,7 @@ impl SynCache {
     }
 
     /// The SYN of `tuple` that `synack_ack` acknowledges, if it is recent; the entry is used up.
-    pub fn take(
+    pub(crate) fn take(
         &mut self,
         tuple: &FlowTuple,
         synack_ack: u32,
@@ -391,16 +397,6 @@ impl SynCache {
     ) -> Option<(Segment, Option<u8>)> {
         let (seg, scale, at) = self.syns.remove(tuple)?;
         (seg.end == synack_ack && now.since(at) <= SYN_MAX_AGE).then_some((seg, scale))
-    }
-
-    /// SYNs remembered.
-    pub fn len(&self) -> usize {
-        self.syns.len()
-    }
-
-    /// True when no SYN is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.syns.is_empty()
     }
 }
 
@@ -479,7 +475,7 @@ impl Session {
 
 /// Hasher for [`SessionId`] keys: Fibonacci hashing of the id.
 #[derive(Default)]
-pub struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -498,7 +494,7 @@ impl Hasher for IdHasher {
 /// Flow index key: a packet's 5-tuple and which hook class it was seen at (before conntrack a
 /// packet carries its sender's addresses; after conntrack and DNAT, the translated ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
+pub(crate) struct FlowKey {
     /// The packet's tuple.
     pub tuple: FlowTuple,
     /// Seen after conntrack (translated addresses) rather than before.
@@ -516,7 +512,7 @@ pub struct FlowKey {
 /// earlier than the session's real deadline (activity moves it lazily):
 /// [`SessionTable::next_due`] moves such an entry when it is reached.
 #[derive(Default)]
-pub struct SessionTable {
+pub(crate) struct SessionTable {
     /// Keyed by our own sequential ids (never by network input), so a plain multiplicative
     /// hash is enough; flow keys, which come from packets, are hashed with the engine's key.
     sessions: HashMap<SessionId, Session, BuildHasherDefault<IdHasher>>,
@@ -538,7 +534,7 @@ fn flow_keys(ct: &CtTuples) -> [(FlowKey, Dir); 4] {
 
 impl SessionTable {
     /// An empty table whose flow index hashes tuples with `key` (they come from packets).
-    pub fn with_key(key: HashKey) -> Self {
+    pub(crate) fn with_key(key: HashKey) -> Self {
         SessionTable {
             sessions: HashMap::default(),
             flows: HashMap::with_hasher(key),
@@ -547,50 +543,51 @@ impl SessionTable {
     }
 
     /// Sessions in the table.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sessions.len()
     }
 
     /// True when the table is empty.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
 
     /// True if the session is in the table.
-    pub fn contains_key(&self, id: &SessionId) -> bool {
+    pub(crate) fn contains_key(&self, id: &SessionId) -> bool {
         self.sessions.contains_key(id)
     }
 
     /// The session with this id.
     #[inline]
-    pub fn get(&self, id: &SessionId) -> Option<&Session> {
+    pub(crate) fn get(&self, id: &SessionId) -> Option<&Session> {
         self.sessions.get(id)
     }
 
     /// The session with this id, to change.
     #[inline]
-    pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
+    pub(crate) fn get_mut(&mut self, id: &SessionId) -> Option<&mut Session> {
         self.sessions.get_mut(id)
     }
 
     /// Every session, in no order.
-    pub fn values(&self) -> impl Iterator<Item = &Session> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
     }
 
     /// Every session's id, in no order.
-    pub fn keys(&self) -> impl Iterator<Item = &SessionId> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &SessionId> {
         self.sessions.keys()
     }
 
     /// The session (and the direction) a packet with this key belongs to.
-    pub fn lookup(&self, key: &FlowKey) -> Option<(SessionId, Dir)> {
+    pub(crate) fn lookup(&self, key: &FlowKey) -> Option<(SessionId, Dir)> {
         self.flows.get(key).copied()
     }
 
     /// Adds a session (replacing one with the same id), indexes its flow keys (taking them
     /// over from an older session that had them) and schedules its first deadline.
-    pub fn insert(&mut self, mut s: Session, deadline: Timestamp) {
+    pub(crate) fn insert(&mut self, mut s: Session, deadline: Timestamp) {
         let id = s.id;
         self.remove(id);
         for (k, dir) in flow_keys(&s.ct) {
@@ -602,7 +599,7 @@ impl SessionTable {
     }
 
     /// Removes a session with its deadline and the flow keys that still point to it.
-    pub fn remove(&mut self, id: SessionId) -> Option<Session> {
+    pub(crate) fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = self.sessions.remove(&id)?;
         self.deadlines.remove(&(s.scheduled, id));
         for (k, _) in flow_keys(&s.ct) {
@@ -614,7 +611,7 @@ impl SessionTable {
     }
 
     /// Moves a session's deadline to `t`.
-    pub fn reschedule(&mut self, id: SessionId, t: Timestamp) {
+    pub(crate) fn reschedule(&mut self, id: SessionId, t: Timestamp) {
         if let Some(s) = self.sessions.get_mut(&id) {
             self.deadlines.remove(&(s.scheduled, id));
             s.scheduled = t;
@@ -623,7 +620,7 @@ impl SessionTable {
     }
 
     /// The earliest deadline.
-    pub fn next_deadline(&self) -> Option<Timestamp> {
+    pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
         self.deadlines.first().map(|(t, _)| *t)
     }
 
@@ -631,7 +628,7 @@ impl SessionTable {
     /// `real` gives a session's actual deadline: an entry that `real` puts later is moved
     /// there first (so activity never has to touch the deadlines). The caller ends the session
     /// (or reschedules it); otherwise the same one is returned again.
-    pub fn next_due(
+    pub(crate) fn next_due(
         &mut self,
         now: Timestamp,
         real: impl Fn(&Session) -> Timestamp,
@@ -657,7 +654,11 @@ impl SessionTable {
 
     /// Among the `n` sessions with the earliest deadline entries (the least recently active),
     /// the first for which `pred` holds.
-    pub fn oldest_matching(&self, n: usize, pred: impl Fn(&Session) -> bool) -> Option<SessionId> {
+    pub(crate) fn oldest_matching(
+        &self,
+        n: usize,
+        pred: impl Fn(&Session) -> bool,
+    ) -> Option<SessionId> {
         self.deadlines
             .iter()
             .take(n)
@@ -667,7 +668,7 @@ impl SessionTable {
     }
 
     /// Deadline entries and flow keys held (for tests of the invariant).
-    pub fn footprint(&self) -> (usize, usize) {
+    pub(crate) fn footprint(&self) -> (usize, usize) {
         (self.deadlines.len(), self.flows.len())
     }
 }
