@@ -209,383 +209,512 @@ fn session_log_fields(s: &mut impl Sink, ct: &CtTuples) {
 
 /// Tells `s` everything about `e` (`now` for the time left of expectations).
 pub fn describe(e: &Event, now: Timestamp, s: &mut impl Sink) {
-    use Value::{Display as D, Str, U64};
     match e {
-        Event::SessionStart { id, ct } => {
-            if !s.begin("session_start", Level::Info) {
-                return;
-            }
-            s.line(
-                "[NEW]",
-                format_args!(
-                    "session {id} client={} server={} reply={} -> {}",
-                    ct.original.src, ct.original.dst, ct.reply.src, ct.reply.dst
-                ),
-            );
-            s.message(format_args!("control session start"));
-            s.field("session", D(id));
-            session_log_fields(s, ct);
-            let (nat, public) = nat_of(ct);
-            s.record_field("original", Value::Tuple(ct.original));
-            s.record_field("reply", Value::Tuple(ct.reply));
-            s.record_field("nat", Str(nat));
-            s.record_field("public", opt_ip(&public));
-            s.note("nat", Str(nat));
-            s.note("public", opt_ip(&public));
-        }
-        Event::SessionEnd { id, ct, reason } => {
-            if !s.begin("session_end", Level::Info) {
-                return;
-            }
-            s.line(
-                "[DESTROY]",
-                format_args!(
-                    "session {id} client={} server={} reply={} -> {} reason={}",
-                    ct.original.src,
-                    ct.original.dst,
-                    ct.reply.src,
-                    ct.reply.dst,
-                    reason.label()
-                ),
-            );
-            s.message(format_args!("control session end"));
-            s.field("session", D(id));
-            session_log_fields(s, ct);
-            s.log_field("reason", Str(reason.describe()));
-            s.record_field("reason", Str(reason.label()));
-            s.record_field("detail", Str(reason.describe()));
-        }
-        Event::Message { id, kind, .. } => {
-            if !s.begin("message", Level::Debug) {
-                return;
-            }
-            s.counted_line(
-                "[MESSAGE]",
-                format_args!("session {id} {} {}", msg_dir(*kind).label(), kind.label()),
-            );
-            s.message(format_args!("message"));
-            s.field("session", D(id));
-            s.record_field("dir", Str(msg_dir(*kind).label()));
-            s.field("kind", Str(kind.label()));
-        }
-        Event::Rewritten { id, kind, from, to } => {
-            if !s.begin("rewrite", Level::Info) {
-                return;
-            }
-            s.line(
-                "[REWRITE]",
-                format_args!("session {id} {} {from} -> {to}", kind.label()),
-            );
-            s.message(format_args!("address rewritten"));
-            s.field("session", D(id));
-            s.record_field("dir", Str(expect_dir(*kind).label()));
-            s.field("kind", Str(kind.label()));
-            s.field("from", D(from));
-            s.field("to", D(to));
-        }
-        Event::ExpectCreated { id, exp } => {
-            if !s.begin("expect_created", Level::Info) {
-                return;
-            }
-            s.line("[NEW]", format_args!("{}", KernelLine(exp, now)));
-            s.message(format_args!("expecting data connection"));
-            s.field("session", D(&exp.master));
-            s.log_field("expectation", U64(id.0));
-            s.record_field("expect", Value::Expect(*id));
-            s.record_field("kind", Str(exp.kind.label()));
-            s.field("src", D(&AnyIp(exp.src)));
-            s.field("dst", D(&exp.dst));
-            match &exp.nat_to {
-                Some(a) => s.field("nat_to", D(a)),
-                None => s.field("nat_to", Value::None),
-            }
-            s.record_field("timeout", U64(exp.expires.since(exp.created).as_secs()));
-            s.note("session", D(&exp.master));
-            s.note("expect", Value::Expect(*id));
-            s.note("kind", Str(exp.kind.label()));
-            match &exp.nat_to {
-                Some(a) => s.note("nat_to", D(a)),
-                None => s.note("nat_to", Value::None),
-            }
-        }
-        Event::ExpectUsed { id, exp, data } => {
-            if !s.begin("expect_used", Level::Info) {
-                return;
-            }
-            s.line(
-                "[USED]",
-                format_args!(
-                    "session {} data={} (expected dst={})",
-                    exp.master, data, exp.dst
-                ),
-            );
-            s.message(format_args!("data connection admitted as RELATED"));
-            s.field("session", D(&exp.master));
-            s.log_field("expectation", U64(id.0));
-            s.record_field("expect", Value::Expect(*id));
-            s.field("data", Value::Tuple(*data));
-            s.note("expect", Value::Expect(*id));
-        }
-        Event::ExpectRemoved { id, exp, reason } => {
-            if !s.begin("expect_removed", Level::Info) {
-                return;
-            }
-            s.line(
-                "[DESTROY]",
-                format_args!("reason={} {}", reason.label(), KernelLine(exp, now)),
-            );
-            s.message(format_args!("expectation removed"));
-            s.field("session", D(&exp.master));
-            s.log_field("expectation", U64(id.0));
-            s.record_field("expect", Value::Expect(*id));
-            s.field("dst", D(&exp.dst));
-            s.log_field("reason", Str(reason.describe()));
-            s.record_field("reason", Str(reason.label()));
-            s.record_field("detail", Str(reason.describe()));
-            s.note("session", D(&exp.master));
-            s.note("expect", Value::Expect(*id));
-        }
-        Event::Refused {
-            id,
-            kind,
-            addr,
-            reason,
-        } => {
-            if !s.begin("refused", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[REFUSED]",
-                format_args!("session {id} {} {addr}: {reason}", kind.label()),
-            );
-            s.message(format_args!("refused data address"));
-            s.field("session", D(id));
-            s.record_field("dir", Str(expect_dir(*kind).label()));
-            s.field("kind", Str(kind.label()));
-            s.field("addr", D(addr));
-            s.log_field("reason", D(reason));
-            s.record_field("reason", Str(reason.label()));
-            s.record_field("detail", D(reason));
-        }
-        Event::ParseFailed {
-            id,
-            dir,
-            kind,
-            error,
-            ..
-        } => {
-            if !s.begin("parse_failed", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!(
-                    "session {id} {} {}: unparseable ({error})",
-                    dir.label(),
-                    kind.label()
-                ),
-            );
-            s.message(format_args!("unparseable message let through unchanged"));
-            s.field("session", D(id));
-            s.field("dir", Str(dir.label()));
-            s.field("kind", Str(kind.label()));
-            s.log_field("error", D(error));
-            s.record_field("error", Str(error.label()));
-            s.record_field("detail", D(error));
-        }
-        Event::TlsStarted { id } => {
-            if !s.begin("tls_started", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!("session {id}: AUTH TLS, no longer inspected"),
-            );
-            s.message(format_args!(
-                "AUTH TLS accepted: the control channel is encrypted and no longer inspected; \
-                 data connections of this session cannot be admitted (allow the server's passive \
-                 port range in the firewall, or use plain FTP)"
-            ));
-            s.field("session", D(id));
-        }
-        Event::LineTooLong { id, dir } => {
-            if !s.begin("line_too_long", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!("session {id} {}: line too long", dir.label()),
-            );
-            s.message(format_args!("control line too long; skipped to its end"));
-            s.field("session", D(id));
-            s.field("dir", Str(dir.label()));
-        }
-        Event::HoldTimedOut {
-            id,
-            dir,
-            held,
-            after,
-            action,
-        } => {
-            if !s.begin("hold_timeout", Level::Warn) {
-                return;
-            }
-            let secs = after.as_secs();
-            let (short, long) = match action {
-                HoldTimeoutAction::Keep => (
-                    "kept inside",
-                    "its held part stays inside (hold_timeout_action = keep): it is still \
-                     rewritten if the rest comes, never let through unrewritten",
-                ),
-                HoldTimeoutAction::Pass => (
-                    "let through",
-                    "its held part is let through unchanged (hold_timeout_action = pass), the \
-                     line will not be rewritten",
-                ),
-            };
-            s.line(
-                "[WARN]",
-                format_args!(
-                    "session {id} {}: split line not complete after hold_timeout {secs} s \
-                     ({held} bytes held, {short})",
-                    dir.label()
-                ),
-            );
-            s.message(format_args!(
-                "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({secs} s); \
-                 {long}"
-            ));
-            s.field("session", D(id));
-            s.field("dir", Str(dir.label()));
-            s.log_field("held_bytes", U64(u64::from(*held)));
-            s.record_field("held", U64(u64::from(*held)));
-            s.record_field("action", Str(action.label()));
-            s.record_field("timeout", U64(secs));
-        }
-        Event::NotRewritten { id, kind } => {
-            if !s.begin("not_rewritten", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!("session {id} {}: could not be rewritten", kind.label()),
-            );
-            s.message(format_args!(
-                "message needed a rewrite but its start had already been forwarded; the data \
-                 connection will likely fail"
-            ));
-            s.field("session", D(id));
-            s.field("kind", Str(kind.label()));
-        }
-        Event::Resynced { id, dir } => {
-            if !s.begin("resynced", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!("session {id} {}: bytes missed, resynchronised", dir.label()),
-            );
-            s.message(format_args!(
-                "bytes of the control connection never reached ftpct (queue bypass?); tracking \
-                 resumes at the next line"
-            ));
-            s.field("session", D(id));
-            s.field("dir", Str(dir.label()));
-        }
-        Event::Malformed { error, len, hook } => {
-            if !s.begin("malformed", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!(
-                    "malformed packet at {} ({len} bytes): {error}, accepted unchanged",
-                    hook.label()
-                ),
-            );
-            s.message(format_args!(
-                "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged"
-            ));
-            s.log_field("reason", D(error));
-            s.record_field("hook", Str(hook.label()));
-            s.field("bytes", U64(*len as u64));
-            s.log_field("hook", Str(hook.label()));
-            s.record_field("error", D(error));
-        }
-        Event::SegmentRefused { id, dir, why } => {
-            if !s.begin("segment_refused", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!(
-                    "session {id} {}: segment refused ({}): {}",
-                    dir.label(),
-                    why.label(),
-                    Why(*why)
-                ),
-            );
-            s.message(format_args!(
-                "segment refused and passed on untouched, no state changed: {} (spoofed, or the \
-                 kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, \
-                 synack_ignored)",
-                Why(*why)
-            ));
-            s.field("session", D(id));
-            s.field("dir", Str(dir.label()));
-            s.field("why", Str(why.label()));
-            s.record_field("detail", D(&Why(*why)));
-        }
-        Event::Throttled { id, kind } => {
-            if !s.begin("throttled", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!("session {id}: more {kind} events this second are not shown"),
-            );
-            s.message(format_args!(
-                "more than log_events_per_second {kind} events from this session in one second; \
-                 the rest of this second's are not logged (counted in events_throttled)"
-            ));
-            s.field("session", D(id));
-            s.field("kind", Str(kind));
-        }
-        Event::EvictionStarted {
-            max_sessions,
-            protected_left,
-        } => {
-            if !s.begin("eviction_started", Level::Warn) {
-                return;
-            }
-            s.line(
-                "[WARN]",
-                format_args!(
-                    "session table full ({max_sessions}): evicting {}",
-                    if *protected_left {
-                        "idle sessions without offsets or expectations"
-                    } else {
-                        "sessions with offsets or expectations"
-                    }
-                ),
-            );
-            if *protected_left {
-                s.message(format_args!(
-                    "session table full: evicting the least recently active sessions without \
-                     sequence offsets or expectations (raise max_sessions if this is normal load)"
-                ));
-            } else {
-                s.message(format_args!(
-                    "session table full and every evictable session has a sequence offset or an \
-                     expectation: evicting the least recently active one, whose control \
-                     connection may break (raise max_sessions, or look for a flood of control \
-                     connections)"
-                ));
-            }
-            s.field("max_sessions", U64(*max_sessions as u64));
-            s.record_field("protected_left", Value::Bool(*protected_left));
-        }
+        Event::SessionStart { .. } => session_start(e, s),
+        Event::SessionEnd { .. } => session_end(e, s),
+        Event::Message { .. } => message(e, s),
+        Event::Rewritten { .. } => rewritten(e, s),
+        Event::ExpectCreated { .. } => expect_created(e, now, s),
+        Event::ExpectUsed { .. } => expect_used(e, s),
+        Event::ExpectRemoved { .. } => expect_removed(e, now, s),
+        Event::Refused { .. } => refused(e, s),
+        Event::ParseFailed { .. } => parse_failed(e, s),
+        Event::TlsStarted { .. } => tls_started(e, s),
+        Event::LineTooLong { .. } => line_too_long(e, s),
+        Event::HoldTimedOut { .. } => hold_timed_out(e, s),
+        Event::NotRewritten { .. } => not_rewritten(e, s),
+        Event::Resynced { .. } => resynced(e, s),
+        Event::Malformed { .. } => malformed(e, s),
+        Event::SegmentRefused { .. } => segment_refused(e, s),
+        Event::Throttled { .. } => throttled(e, s),
+        Event::EvictionStarted { .. } => eviction_started(e, s),
     }
+}
+
+/// [`describe`] of [`Event::SessionStart`].
+fn session_start(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::SessionStart { id, ct } = e else {
+        return;
+    };
+    if !s.begin("session_start", Level::Info) {
+        return;
+    }
+    s.line(
+        "[NEW]",
+        format_args!(
+            "session {id} client={} server={} reply={} -> {}",
+            ct.original.src, ct.original.dst, ct.reply.src, ct.reply.dst
+        ),
+    );
+    s.message(format_args!("control session start"));
+    s.field("session", D(id));
+    session_log_fields(s, ct);
+    let (nat, public) = nat_of(ct);
+    s.record_field("original", Value::Tuple(ct.original));
+    s.record_field("reply", Value::Tuple(ct.reply));
+    s.record_field("nat", Str(nat));
+    s.record_field("public", opt_ip(&public));
+    s.note("nat", Str(nat));
+    s.note("public", opt_ip(&public));
+}
+
+/// [`describe`] of [`Event::SessionEnd`].
+fn session_end(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::SessionEnd { id, ct, reason } = e else {
+        return;
+    };
+    if !s.begin("session_end", Level::Info) {
+        return;
+    }
+    s.line(
+        "[DESTROY]",
+        format_args!(
+            "session {id} client={} server={} reply={} -> {} reason={}",
+            ct.original.src,
+            ct.original.dst,
+            ct.reply.src,
+            ct.reply.dst,
+            reason.label()
+        ),
+    );
+    s.message(format_args!("control session end"));
+    s.field("session", D(id));
+    session_log_fields(s, ct);
+    s.log_field("reason", Str(reason.describe()));
+    s.record_field("reason", Str(reason.label()));
+    s.record_field("detail", Str(reason.describe()));
+}
+
+/// [`describe`] of [`Event::Message`].
+fn message(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::Message { id, kind, .. } = e else {
+        return;
+    };
+    if !s.begin("message", Level::Debug) {
+        return;
+    }
+    s.counted_line(
+        "[MESSAGE]",
+        format_args!("session {id} {} {}", msg_dir(*kind).label(), kind.label()),
+    );
+    s.message(format_args!("message"));
+    s.field("session", D(id));
+    s.record_field("dir", Str(msg_dir(*kind).label()));
+    s.field("kind", Str(kind.label()));
+}
+
+/// [`describe`] of [`Event::Rewritten`].
+fn rewritten(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::Rewritten { id, kind, from, to } = e else {
+        return;
+    };
+    if !s.begin("rewrite", Level::Info) {
+        return;
+    }
+    s.line(
+        "[REWRITE]",
+        format_args!("session {id} {} {from} -> {to}", kind.label()),
+    );
+    s.message(format_args!("address rewritten"));
+    s.field("session", D(id));
+    s.record_field("dir", Str(expect_dir(*kind).label()));
+    s.field("kind", Str(kind.label()));
+    s.field("from", D(from));
+    s.field("to", D(to));
+}
+
+/// [`describe`] of [`Event::ExpectCreated`].
+fn expect_created(e: &Event, now: Timestamp, s: &mut impl Sink) {
+    use Value::{Display as D, Str, U64};
+    let Event::ExpectCreated { id, exp } = e else {
+        return;
+    };
+    if !s.begin("expect_created", Level::Info) {
+        return;
+    }
+    s.line("[NEW]", format_args!("{}", KernelLine(exp, now)));
+    s.message(format_args!("expecting data connection"));
+    s.field("session", D(&exp.master));
+    s.log_field("expectation", U64(id.0));
+    s.record_field("expect", Value::Expect(*id));
+    s.record_field("kind", Str(exp.kind.label()));
+    s.field("src", D(&AnyIp(exp.src)));
+    s.field("dst", D(&exp.dst));
+    match &exp.nat_to {
+        Some(a) => s.field("nat_to", D(a)),
+        None => s.field("nat_to", Value::None),
+    }
+    s.record_field("timeout", U64(exp.expires.since(exp.created).as_secs()));
+    s.note("session", D(&exp.master));
+    s.note("expect", Value::Expect(*id));
+    s.note("kind", Str(exp.kind.label()));
+    match &exp.nat_to {
+        Some(a) => s.note("nat_to", D(a)),
+        None => s.note("nat_to", Value::None),
+    }
+}
+
+/// [`describe`] of [`Event::ExpectUsed`].
+fn expect_used(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, U64};
+    let Event::ExpectUsed { id, exp, data } = e else {
+        return;
+    };
+    if !s.begin("expect_used", Level::Info) {
+        return;
+    }
+    s.line(
+        "[USED]",
+        format_args!(
+            "session {} data={} (expected dst={})",
+            exp.master, data, exp.dst
+        ),
+    );
+    s.message(format_args!("data connection admitted as RELATED"));
+    s.field("session", D(&exp.master));
+    s.log_field("expectation", U64(id.0));
+    s.record_field("expect", Value::Expect(*id));
+    s.field("data", Value::Tuple(*data));
+    s.note("expect", Value::Expect(*id));
+}
+
+/// [`describe`] of [`Event::ExpectRemoved`].
+fn expect_removed(e: &Event, now: Timestamp, s: &mut impl Sink) {
+    use Value::{Display as D, Str, U64};
+    let Event::ExpectRemoved { id, exp, reason } = e else {
+        return;
+    };
+    if !s.begin("expect_removed", Level::Info) {
+        return;
+    }
+    s.line(
+        "[DESTROY]",
+        format_args!("reason={} {}", reason.label(), KernelLine(exp, now)),
+    );
+    s.message(format_args!("expectation removed"));
+    s.field("session", D(&exp.master));
+    s.log_field("expectation", U64(id.0));
+    s.record_field("expect", Value::Expect(*id));
+    s.field("dst", D(&exp.dst));
+    s.log_field("reason", Str(reason.describe()));
+    s.record_field("reason", Str(reason.label()));
+    s.record_field("detail", Str(reason.describe()));
+    s.note("session", D(&exp.master));
+    s.note("expect", Value::Expect(*id));
+}
+
+/// [`describe`] of [`Event::Refused`].
+fn refused(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::Refused {
+        id,
+        kind,
+        addr,
+        reason,
+    } = e
+    else {
+        return;
+    };
+    if !s.begin("refused", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[REFUSED]",
+        format_args!("session {id} {} {addr}: {reason}", kind.label()),
+    );
+    s.message(format_args!("refused data address"));
+    s.field("session", D(id));
+    s.record_field("dir", Str(expect_dir(*kind).label()));
+    s.field("kind", Str(kind.label()));
+    s.field("addr", D(addr));
+    s.log_field("reason", D(reason));
+    s.record_field("reason", Str(reason.label()));
+    s.record_field("detail", D(reason));
+}
+
+/// [`describe`] of [`Event::ParseFailed`].
+fn parse_failed(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::ParseFailed {
+        id,
+        dir,
+        kind,
+        error,
+        ..
+    } = e
+    else {
+        return;
+    };
+    if !s.begin("parse_failed", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!(
+            "session {id} {} {}: unparseable ({error})",
+            dir.label(),
+            kind.label()
+        ),
+    );
+    s.message(format_args!("unparseable message let through unchanged"));
+    s.field("session", D(id));
+    s.field("dir", Str(dir.label()));
+    s.field("kind", Str(kind.label()));
+    s.log_field("error", D(error));
+    s.record_field("error", Str(error.label()));
+    s.record_field("detail", D(error));
+}
+
+/// [`describe`] of [`Event::TlsStarted`].
+fn tls_started(e: &Event, s: &mut impl Sink) {
+    use Value::Display as D;
+    let Event::TlsStarted { id } = e else {
+        return;
+    };
+    if !s.begin("tls_started", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!("session {id}: AUTH TLS, no longer inspected"),
+    );
+    s.message(format_args!(
+        "AUTH TLS accepted: the control channel is encrypted and no longer inspected; \
+         data connections of this session cannot be admitted (allow the server's passive \
+         port range in the firewall, or use plain FTP)"
+    ));
+    s.field("session", D(id));
+}
+
+/// [`describe`] of [`Event::LineTooLong`].
+fn line_too_long(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::LineTooLong { id, dir } = e else {
+        return;
+    };
+    if !s.begin("line_too_long", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!("session {id} {}: line too long", dir.label()),
+    );
+    s.message(format_args!("control line too long; skipped to its end"));
+    s.field("session", D(id));
+    s.field("dir", Str(dir.label()));
+}
+
+/// [`describe`] of [`Event::HoldTimedOut`].
+fn hold_timed_out(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str, U64};
+    let Event::HoldTimedOut {
+        id,
+        dir,
+        held,
+        after,
+        action,
+    } = e
+    else {
+        return;
+    };
+    if !s.begin("hold_timeout", Level::Warn) {
+        return;
+    }
+    let secs = after.as_secs();
+    let (short, long) = match action {
+        HoldTimeoutAction::Keep => (
+            "kept inside",
+            "its held part stays inside (hold_timeout_action = keep): it is still \
+             rewritten if the rest comes, never let through unrewritten",
+        ),
+        HoldTimeoutAction::Pass => (
+            "let through",
+            "its held part is let through unchanged (hold_timeout_action = pass), the \
+             line will not be rewritten",
+        ),
+    };
+    s.line(
+        "[WARN]",
+        format_args!(
+            "session {id} {}: split line not complete after hold_timeout {secs} s \
+             ({held} bytes held, {short})",
+            dir.label()
+        ),
+    );
+    s.message(format_args!(
+        "a split PORT/EPRT/227/229 line did not complete within hold_timeout ({secs} s); \
+         {long}"
+    ));
+    s.field("session", D(id));
+    s.field("dir", Str(dir.label()));
+    s.log_field("held_bytes", U64(u64::from(*held)));
+    s.record_field("held", U64(u64::from(*held)));
+    s.record_field("action", Str(action.label()));
+    s.record_field("timeout", U64(secs));
+}
+
+/// [`describe`] of [`Event::NotRewritten`].
+fn not_rewritten(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::NotRewritten { id, kind } = e else {
+        return;
+    };
+    if !s.begin("not_rewritten", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!("session {id} {}: could not be rewritten", kind.label()),
+    );
+    s.message(format_args!(
+        "message needed a rewrite but its start had already been forwarded; the data \
+         connection will likely fail"
+    ));
+    s.field("session", D(id));
+    s.field("kind", Str(kind.label()));
+}
+
+/// [`describe`] of [`Event::Resynced`].
+fn resynced(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::Resynced { id, dir } = e else {
+        return;
+    };
+    if !s.begin("resynced", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!("session {id} {}: bytes missed, resynchronised", dir.label()),
+    );
+    s.message(format_args!(
+        "bytes of the control connection never reached ftpct (queue bypass?); tracking \
+         resumes at the next line"
+    ));
+    s.field("session", D(id));
+    s.field("dir", Str(dir.label()));
+}
+
+/// [`describe`] of [`Event::Malformed`].
+fn malformed(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str, U64};
+    let Event::Malformed { error, len, hook } = e else {
+        return;
+    };
+    if !s.begin("malformed", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!(
+            "malformed packet at {} ({len} bytes): {error}, accepted unchanged",
+            hook.label()
+        ),
+    );
+    s.message(format_args!(
+        "a queued packet is not a TCP/IP packet ftpct can read; accepted unchanged"
+    ));
+    s.log_field("reason", D(error));
+    s.record_field("hook", Str(hook.label()));
+    s.field("bytes", U64(*len as u64));
+    s.log_field("hook", Str(hook.label()));
+    s.record_field("error", D(error));
+}
+
+/// [`describe`] of [`Event::SegmentRefused`].
+fn segment_refused(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::SegmentRefused { id, dir, why } = e else {
+        return;
+    };
+    if !s.begin("segment_refused", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!(
+            "session {id} {}: segment refused ({}): {}",
+            dir.label(),
+            why.label(),
+            Why(*why)
+        ),
+    );
+    s.message(format_args!(
+        "segment refused and passed on untouched, no state changed: {} (spoofed, or the \
+         kernel will mark it INVALID too; counted in packets_out_of_window, rst_ignored, \
+         synack_ignored)",
+        Why(*why)
+    ));
+    s.field("session", D(id));
+    s.field("dir", Str(dir.label()));
+    s.field("why", Str(why.label()));
+    s.record_field("detail", D(&Why(*why)));
+}
+
+/// [`describe`] of [`Event::Throttled`].
+fn throttled(e: &Event, s: &mut impl Sink) {
+    use Value::{Display as D, Str};
+    let Event::Throttled { id, kind } = e else {
+        return;
+    };
+    if !s.begin("throttled", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!("session {id}: more {kind} events this second are not shown"),
+    );
+    s.message(format_args!(
+        "more than log_events_per_second {kind} events from this session in one second; \
+         the rest of this second's are not logged (counted in events_throttled)"
+    ));
+    s.field("session", D(id));
+    s.field("kind", Str(kind));
+}
+
+/// [`describe`] of [`Event::EvictionStarted`].
+fn eviction_started(e: &Event, s: &mut impl Sink) {
+    use Value::U64;
+    let Event::EvictionStarted {
+        max_sessions,
+        protected_left,
+    } = e
+    else {
+        return;
+    };
+    if !s.begin("eviction_started", Level::Warn) {
+        return;
+    }
+    s.line(
+        "[WARN]",
+        format_args!(
+            "session table full ({max_sessions}): evicting {}",
+            if *protected_left {
+                "idle sessions without offsets or expectations"
+            } else {
+                "sessions with offsets or expectations"
+            }
+        ),
+    );
+    if *protected_left {
+        s.message(format_args!(
+            "session table full: evicting the least recently active sessions without \
+             sequence offsets or expectations (raise max_sessions if this is normal load)"
+        ));
+    } else {
+        s.message(format_args!(
+            "session table full and every evictable session has a sequence offset or an \
+             expectation: evicting the least recently active one, whose control \
+             connection may break (raise max_sessions, or look for a flood of control \
+             connections)"
+        ));
+    }
+    s.field("max_sessions", U64(*max_sessions as u64));
+    s.record_field("protected_left", Value::Bool(*protected_left));
 }
 
 // ---------------------------------------------------------------------------------------------
