@@ -179,7 +179,7 @@ impl fmt::Display for Why {
 }
 
 /// The source of an expectation: `any` for the unspecified address.
-struct AnyIp(IpAddr);
+pub(crate) struct AnyIp(pub(crate) IpAddr);
 
 impl fmt::Display for AnyIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

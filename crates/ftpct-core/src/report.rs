@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::expect::Expectation;
-use crate::render::{JsonSink, Level, Sink, Value};
+use crate::render::{AnyIp, JsonSink, Level, Sink, Value};
 use crate::types::{SessionId, Timestamp};
 
 /// Container format of a capture.
@@ -134,19 +134,6 @@ impl fmt::Display for Signed {
             write!(f, "+{}", self.0)
         } else {
             write!(f, "{}", self.0)
-        }
-    }
-}
-
-/// The source of an expectation: `any` for the unspecified address.
-struct AnyIp(IpAddr);
-
-impl fmt::Display for AnyIp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_unspecified() {
-            f.write_str("any")
-        } else {
-            self.0.fmt(f)
         }
     }
 }
