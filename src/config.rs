@@ -1,5 +1,5 @@
 //! The configuration file, in TOML: flat `key = value` pairs read with `serde`'s derive into
-//! typed fields ([`File`]), unknown keys refused with their line and column, every value then
+//! typed fields (`File`), unknown keys refused with their line and column, every value then
 //! checked with an error that names its line and the fix. Command-line flags override it;
 //! SIGHUP re-reads it.
 //!
@@ -17,7 +17,7 @@
 //! ```
 //!
 //! The format before TOML (ftpct 0.1: bare words, `21, 2121`, `yes`/`no`) is still read, with a
-//! warning: [`legacy`] translates it line by line into TOML, which this parser then reads, and
+//! warning: `legacy` translates it line by line into TOML, which this parser then reads, and
 //! `ftpct check-config --migrate FILE` prints that translation ([`migrate`]).
 
 mod legacy;

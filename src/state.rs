@@ -1,6 +1,6 @@
 //! The state file: what must survive a daemon restart (`kill -9` included).
 //!
-//! One append-only text file: a header, then one record per line (see [`Journal`]), each line
+//! One append-only text file: a header, then one record per line (see `Journal`), each line
 //! prefixed with a hash of its content. The daemon appends the engine's journal records before it
 //! issues the verdict of the packet that produced them, so a record is in the kernel's page cache
 //! before the rewritten packet leaves: a killed daemon loses nothing. The file is preallocated
