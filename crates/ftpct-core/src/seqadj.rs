@@ -21,8 +21,9 @@
 //! offset after the last record is kept, and the kept records always lie within [`SPAN`] bytes
 //! of sequence space, so they compare without wrap-around: a position after every record (new
 //! data, or the ACK of it) maps in O(1), and [`SeqAdj::map`] and [`SeqAdj::transform`] find
-//! the records that matter from the newest back instead of walking all of them from the oldest. A position too far
-//! from the records to compare that way takes the plain walk, with the same answer.
+//! the records that matter from the newest back instead of walking all of them from the
+//! oldest. A position too far from the records to compare that way takes the plain walk,
+//! with the same answer.
 
 use std::collections::VecDeque;
 
@@ -255,29 +256,14 @@ impl SeqAdj {
         (a < NEAR).then_some((a, first))
     }
 
-    /// True if `p` is at or after the end of the last kept record (or none is kept), where
-    /// the map is the shift by `total`.
-    fn past_records(&self, p: u32) -> bool {
-        match (self.near(p), self.records.back()) {
-            (Some((a, first)), Some(last)) => {
-                let last_end = last.pos.wrapping_add(last.old_len).wrapping_sub(first.pos);
-                a >= last_end
-            }
-            (None, None) => true,
-            _ => false,
-        }
-    }
-
     /// Maps a sequence number of the sender's space to the receiver's.
     pub fn map(&self, p: u32) -> u32 {
-        if self.past_records(p) {
-            return p.wrapping_add(self.total);
-        }
         let Some((a, first)) = self.near(p) else {
             return self.map_walk(p);
         };
         // From the newest back: the records starting at or after `p` take their deltas off
-        // the total; the first one starting before `p` is the only one that can contain it.
+        // the total; the first one starting before `p` is the only one that can contain it
+        // (after every record, the newest is that one: O(1)).
         let mut after = 0u32;
         for r in self.records.iter().rev() {
             let start = r.pos.wrapping_sub(first.pos);
